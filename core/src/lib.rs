@@ -1,1 +1,66 @@
-//! placeholder
+//! pool-core: the pure core of pool-managerd.
+//!
+//! An event-sourced state machine over three pure functions:
+//! - [`decide`]`(&State, &Input, &Context) -> Result<Vec<Fact>, Rejection>`: what an input
+//!   means (commands from the API, observations from the shell);
+//! - [`evolve`]`(State, Stamp, &Event) -> State`: the fold that rebuilds the registry, total
+//!   and infallible;
+//! - [`effects`]`(&State, Stamp, &Event) -> Vec<Effect>`: what the shell must do once an event
+//!   is durable and folded (state *after* the event). Replay runs `evolve` only.
+//!
+//! Modules: [`ids`] (validated ids), [`engine`] (prepared engine, handoff, GPUs), [`event`]
+//! (the journal's vocabulary), [`command`] (inputs, context), [`state`] (the registry),
+//! [`status`] (public projection), [`policy`] (supervision knobs and pure functions),
+//! [`rejection`] (error codes), [`decide`](mod@decide), [`evolve`](mod@evolve),
+//! [`effect`] (effects and timers).
+//!
+//! **Architecture Invariant:** no I/O, no clock, no randomness, no panics on any input; the
+//! only dependencies are serde and thiserror (`tests/boundary.rs` checks this).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod command;
+pub mod decide;
+pub mod effect;
+pub mod engine;
+pub mod event;
+pub mod evolve;
+pub mod ids;
+pub mod policy;
+pub mod rejection;
+pub mod state;
+pub mod status;
+
+pub use command::{Command, Context, Input, Observation};
+pub use decide::decide;
+pub use effect::{effects, resume_effects, Effect, Timer};
+pub use engine::{GpuInfo, Handoff, HandoffModel, PreparedEngine, TensorSplit, SLOTS_MAX};
+pub use event::{
+    DrainOutcome, Event, ExitReason, Fact, FailureClass, ReloadStage, Scope, Stamp, StartFailure,
+    StartPurpose, StopReason, StormClass, EVENT_FORMAT_VERSION,
+};
+pub use evolve::evolve;
+pub use ids::{InvalidLeaseId, InvalidPoolId, LeaseId, PoolId};
+pub use policy::{
+    backoff_delay_ms, BackoffPolicy, BreakerPolicy, HealthPolicy, Policy, ReasonMultiplier,
+    StopPolicy, StormPolicy,
+};
+pub use rejection::Rejection;
+pub use state::{Activity, Pool, State, STATE_SNAPSHOT_VERSION};
+pub use status::{BreakerState, Phase, PoolStatus};

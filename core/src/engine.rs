@@ -1,0 +1,438 @@
+//! What an engine is: the provisioner's [`PreparedEngine`], the [`Handoff`] document that
+//! announces a ready engine, and the node's GPUs ([`GpuInfo`]) with device-mask matching.
+//!
+//! Owns: the shape and validation of these documents, and pure helpers over them (the reload
+//! rewrite of the model path, mask-to-GPU matching).
+//! Never: spawns, reads files or talks to NVML; the shell does that and reports observations.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The most flags a prepared engine may carry.
+pub const FLAGS_MAX: usize = 512;
+/// The most environment variables a prepared engine may carry.
+pub const ENV_MAX: usize = 256;
+/// The longest string field of a prepared engine or handoff, in bytes.
+pub const FIELD_LEN_MAX: usize = 4096;
+/// The most slots a pool may announce; bounds the lease set kept in the state.
+pub const SLOTS_MAX: u32 = 4096;
+
+/// The engine provisioner's output (SPEC section 5): everything needed to spawn one engine.
+///
+/// Recorded whole in `PreloadRequested` / `EngineStartRequested`, so a restart, a rollback or
+/// a replay can spawn it again without the provisioner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreparedEngine {
+    /// Absolute path of the engine binary (checked against `allowed_binaries` by the shell).
+    pub binary_path: String,
+    /// Arguments, in order.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Host the engine listens on; the health probe goes there.
+    pub host: String,
+    /// Port the engine listens on.
+    pub port: u16,
+    /// The model file; a reload replaces it (and equal flags).
+    pub model_path: String,
+    /// The engine's version as the provisioner knows it (the health check may refine it).
+    pub engine_version: String,
+    /// Must equal the pool id of the request.
+    pub pool_id: String,
+    /// Replica id, part of the handoff file name; preserved by reload.
+    pub replica_id: String,
+    /// GPUs the engine may use (`"0,1"`, `"GPU0"`, UUIDs); `None` = no mask given.
+    #[serde(default)]
+    pub device_mask: Option<String>,
+    /// Engine kind for display (`"llamacpp"`, `"vllm"`); defaults to the binary's file name.
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// Extra environment (besides PATH, HOME, LANG and the CUDA variables).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Health route, `/health` unless told.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// Slots the engine serves; when absent the shell asks `/props` or reads `--parallel`.
+    #[serde(default)]
+    pub slots_total: Option<u32>,
+    /// VRAM the engine needs (checked against free VRAM by the shell).
+    #[serde(default)]
+    pub vram_required_bytes: Option<u64>,
+    /// Host RAM the engine needs.
+    #[serde(default)]
+    pub ram_required_bytes: Option<u64>,
+    /// Multi-GPU split: `"auto"` or explicit ratios; `None` = no split.
+    #[serde(default)]
+    pub tensor_split: Option<TensorSplit>,
+}
+
+fn default_health_path() -> String {
+    "/health".to_string()
+}
+
+impl PreparedEngine {
+    /// Checks the fields the core can check without I/O; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let strings: [(&str, &str); 7] = [
+            ("binary_path", &self.binary_path),
+            ("host", &self.host),
+            ("model_path", &self.model_path),
+            ("engine_version", &self.engine_version),
+            ("pool_id", &self.pool_id),
+            ("replica_id", &self.replica_id),
+            ("health_path", &self.health_path),
+        ];
+        for (name, value) in strings {
+            if value.len() > FIELD_LEN_MAX {
+                return Err(format!(
+                    "prepared.{name} is longer than {FIELD_LEN_MAX} bytes"
+                ));
+            }
+        }
+        for (name, value) in [
+            ("binary_path", &self.binary_path),
+            ("host", &self.host),
+            ("model_path", &self.model_path),
+            ("replica_id", &self.replica_id),
+        ] {
+            if value.trim().is_empty() {
+                return Err(format!("prepared.{name} is empty"));
+            }
+        }
+        if self.port == 0 {
+            return Err("prepared.port must be 1..=65535".to_string());
+        }
+        if !self.health_path.starts_with('/') {
+            return Err("prepared.health_path must start with '/'".to_string());
+        }
+        if self.flags.len() > FLAGS_MAX {
+            return Err(format!("prepared.flags has more than {FLAGS_MAX} entries"));
+        }
+        if self.flags.iter().any(|f| f.len() > FIELD_LEN_MAX) {
+            return Err(format!(
+                "prepared.flags has an entry longer than {FIELD_LEN_MAX} bytes"
+            ));
+        }
+        if self.env.len() > ENV_MAX {
+            return Err(format!("prepared.env has more than {ENV_MAX} entries"));
+        }
+        if self.env.iter().any(|(k, v)| {
+            k.is_empty() || k.contains('=') || k.len() > FIELD_LEN_MAX || v.len() > FIELD_LEN_MAX
+        }) {
+            return Err("prepared.env has an invalid name or an over-long value".to_string());
+        }
+        if let Some(mask) = &self.device_mask {
+            if mask.len() > FIELD_LEN_MAX || mask_tokens(mask).next().is_none() {
+                return Err("prepared.device_mask is empty or too long".to_string());
+            }
+        }
+        if self
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.len() > FIELD_LEN_MAX)
+        {
+            return Err("prepared.engine is too long".to_string());
+        }
+        match self.slots_total {
+            Some(0) => return Err("prepared.slots_total must be at least 1".to_string()),
+            Some(n) if n > SLOTS_MAX => {
+                return Err(format!("prepared.slots_total must be at most {SLOTS_MAX}"))
+            }
+            _ => {}
+        }
+        if let Some(TensorSplit::Ratios(ratios)) = &self.tensor_split {
+            if ratios.is_empty()
+                || ratios.len() > 64
+                || ratios.iter().any(|r| !r.is_finite() || *r < 0.0)
+            {
+                return Err(
+                    "prepared.tensor_split ratios must be 1..=64 finite non-negative numbers"
+                        .to_string(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine kind shown in status: `engine` when given, else the binary's file name.
+    pub fn engine_name(&self) -> String {
+        match &self.engine {
+            Some(name) if !name.is_empty() => name.clone(),
+            _ => self
+                .binary_path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&self.binary_path)
+                .to_string(),
+        }
+    }
+
+    /// The engine a reload starts: the same one with `model_path` and every flag equal to the
+    /// old path replaced by `new_model_path` (pool id, replica id and device mask preserved).
+    pub fn with_model(&self, new_model_path: &str) -> PreparedEngine {
+        let mut next = self.clone();
+        for flag in &mut next.flags {
+            if *flag == self.model_path {
+                *flag = new_model_path.to_string();
+            }
+        }
+        next.model_path = new_model_path.to_string();
+        next
+    }
+
+    /// The URL the engine serves (for the handoff file).
+    pub fn url(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How a model is split across the GPUs of a multi-GPU mask.
+///
+/// Human-readable formats (JSON, TOML) use the SPEC's form: the string `"auto"` or a list of
+/// ratios. Binary formats (bincode in the journal) use `Option<Vec<f64>>` (`None` = auto),
+/// because bincode cannot decode self-describing ("untagged") forms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorSplit {
+    /// Ratios computed from free VRAM by the shell's planner.
+    Auto,
+    /// Explicit ratios, one per GPU of the mask.
+    Ratios(Vec<f64>),
+}
+
+impl Serialize for TensorSplit {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            match self {
+                TensorSplit::Auto => serializer.serialize_str("auto"),
+                TensorSplit::Ratios(r) => r.serialize(serializer),
+            }
+        } else {
+            let compact: Option<&Vec<f64>> = match self {
+                TensorSplit::Auto => None,
+                TensorSplit::Ratios(r) => Some(r),
+            };
+            compact.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TensorSplit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            struct SplitVisitor;
+            impl<'de> Visitor<'de> for SplitVisitor {
+                type Value = TensorSplit;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("\"auto\" or a list of ratios")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<TensorSplit, E> {
+                    if v == "auto" {
+                        Ok(TensorSplit::Auto)
+                    } else {
+                        Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                    }
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TensorSplit, A::Error> {
+                    let mut ratios = Vec::new();
+                    while let Some(r) = seq.next_element::<f64>()? {
+                        if ratios.len() >= 64 {
+                            return Err(de::Error::custom("more than 64 tensor_split ratios"));
+                        }
+                        ratios.push(r);
+                    }
+                    Ok(TensorSplit::Ratios(ratios))
+                }
+            }
+            deserializer.deserialize_any(SplitVisitor)
+        } else {
+            let compact = Option::<Vec<f64>>::deserialize(deserializer)?;
+            Ok(match compact {
+                None => TensorSplit::Auto,
+                Some(r) => TensorSplit::Ratios(r),
+            })
+        }
+    }
+}
+
+/// The `model` object of a handoff file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffModel {
+    /// The model file the engine serves.
+    pub path: String,
+}
+
+/// The handoff document (SPEC section 6): written by us when a pool becomes ready, or by an
+/// engine provisioner that started an engine itself (then registered through
+/// `Command::RegisterHandoff`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// Engine kind (`"llamacpp"`).
+    pub engine: String,
+    /// Engine version reported by the engine.
+    pub engine_version: String,
+    /// Where the engine serves.
+    pub url: String,
+    /// The pool.
+    pub pool_id: String,
+    /// The replica.
+    pub replica_id: String,
+    /// The model served.
+    pub model: HandoffModel,
+    /// The engine's arguments.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// GPUs the engine uses.
+    #[serde(default)]
+    pub device_mask: Option<String>,
+    /// Slots the engine serves.
+    pub slots_total: u32,
+    /// The engine's pid, when known; watched like an adopted engine.
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+impl Handoff {
+    /// Checks the fields; the error names the field (for `HandoffRejected`).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, why: &str| Err((field.to_string(), why.to_string()));
+        for (name, value) in [
+            ("engine", &self.engine),
+            ("engine_version", &self.engine_version),
+            ("url", &self.url),
+            ("pool_id", &self.pool_id),
+            ("replica_id", &self.replica_id),
+            ("model.path", &self.model.path),
+        ] {
+            if value.len() > FIELD_LEN_MAX {
+                return bad(name, "too long");
+            }
+        }
+        if crate::PoolId::new(&self.pool_id).is_err() {
+            return bad("pool_id", "not a valid pool id");
+        }
+        if self.url.trim().is_empty() {
+            return bad("url", "empty");
+        }
+        if self.slots_total == 0 || self.slots_total > SLOTS_MAX {
+            return bad("slots_total", "must be 1..=4096");
+        }
+        if self.flags.len() > FLAGS_MAX || self.flags.iter().any(|f| f.len() > FIELD_LEN_MAX) {
+            return bad("flags", "too many or too long");
+        }
+        if let Some(mask) = &self.device_mask {
+            if mask.len() > FIELD_LEN_MAX || mask_tokens(mask).next().is_none() {
+                return bad("device_mask", "empty or too long");
+            }
+        }
+        if self.pid == Some(0) {
+            return bad("pid", "must not be 0");
+        }
+        Ok(())
+    }
+}
+
+/// One GPU of the node's inventory (SPEC section 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// NVML index (PCI bus order).
+    pub index: u32,
+    /// `GPU-...` or `MIG-...` UUID.
+    pub uuid: String,
+    /// Marketing name.
+    pub name: String,
+    /// `"8.6"`.
+    pub compute_capability: String,
+    /// Total VRAM.
+    pub vram_total_bytes: u64,
+    /// Free VRAM when observed.
+    pub vram_free_bytes: u64,
+}
+
+/// The tokens of a device mask (`"0, GPU1,GPU-abc"` -> `["0","GPU1","GPU-abc"]`).
+pub fn mask_tokens(mask: &str) -> impl Iterator<Item = &str> {
+    mask.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Whether one mask token names `gpu` (an index, `GPU<index>`, or its UUID).
+pub fn token_matches(token: &str, gpu: &GpuInfo) -> bool {
+    let index = token
+        .strip_prefix("GPU")
+        .or_else(|| token.strip_prefix("gpu"))
+        .unwrap_or(token);
+    if let Ok(i) = index.parse::<u32>() {
+        return i == gpu.index;
+    }
+    token.eq_ignore_ascii_case(&gpu.uuid)
+}
+
+/// Whether a pool with `mask` may be using the GPU with `gpu_uuid`.
+///
+/// No mask means "all GPUs". An unknown GPU (not in the inventory) matches only by UUID.
+pub fn mask_covers(mask: Option<&str>, gpu_uuid: &str, inventory: &[GpuInfo]) -> bool {
+    let Some(mask) = mask else { return true };
+    let gpu = inventory
+        .iter()
+        .find(|g| g.uuid.eq_ignore_ascii_case(gpu_uuid));
+    mask_tokens(mask).any(|token| match gpu {
+        Some(gpu) => token_matches(token, gpu),
+        None => token.eq_ignore_ascii_case(gpu_uuid),
+    })
+}
+
+/// Checks a mask against a known inventory; the error says which token is unknown.
+pub fn validate_mask(mask: &str, inventory: &[GpuInfo]) -> Result<(), String> {
+    for token in mask_tokens(mask) {
+        if !inventory.iter().any(|gpu| token_matches(token, gpu)) {
+            return Err(format!("device '{token}' is not a GPU of this node"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, uuid: &str) -> GpuInfo {
+        GpuInfo {
+            index,
+            uuid: uuid.to_string(),
+            name: "test".to_string(),
+            compute_capability: "8.6".to_string(),
+            vram_total_bytes: 1,
+            vram_free_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn masks_match_indexes_names_and_uuids() {
+        let inv = [gpu(0, "GPU-a"), gpu(1, "GPU-b")];
+        assert!(mask_covers(Some("0"), "GPU-a", &inv));
+        assert!(!mask_covers(Some("0"), "GPU-b", &inv));
+        assert!(mask_covers(Some("GPU1"), "GPU-b", &inv));
+        assert!(mask_covers(Some("gpu-b"), "GPU-b", &inv));
+        assert!(mask_covers(None, "GPU-b", &inv));
+        assert!(validate_mask("0,1", &inv).is_ok());
+        assert!(validate_mask("0,2", &inv).is_err());
+    }
+
+    #[test]
+    fn tensor_split_json_and_bincode() {
+        let auto: TensorSplit = serde_json::from_str("\"auto\"").unwrap();
+        assert_eq!(auto, TensorSplit::Auto);
+        let r: TensorSplit = serde_json::from_str("[0.5,0.5]").unwrap();
+        assert_eq!(r, TensorSplit::Ratios(vec![0.5, 0.5]));
+        for v in [auto, r] {
+            let bytes = bincode::serialize(&v).unwrap();
+            assert_eq!(bincode::deserialize::<TensorSplit>(&bytes).unwrap(), v);
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The events: the journal's ground truth. Every lifecycle transition of a pool or of the node
+//! is one [`Event`]; the registry is their fold (`evolve`).
+//!
+//! Owns: the event vocabulary and its serde shape (bincode in the journal, JSON in exports).
+//! Never: holds behaviour beyond naming (`kind`, `is_node_event`); deciding is `decide`'s job,
+//! folding is `evolve`'s.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{GpuInfo, Handoff, PreparedEngine};
+use crate::ids::{LeaseId, PoolId};
+
+/// The format version of [`Event`] as encoded in the journal. Bump it (and add an upcaster in
+/// the journal schema) whenever a variant or a field changes.
+pub const EVENT_FORMAT_VERSION: u8 = 1;
+
+/// Why an engine process ended (SPEC section 7). The reason is kept apart from the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Exit code 0 without a stop request: not restarted.
+    Graceful,
+    /// Non-zero exit code.
+    Crash,
+    /// Death by a signal we did not send (SIGSEGV, SIGABRT, ...).
+    Signal,
+    /// Host OOM kill (SIGKILL not sent by us, or the cgroup's oom_kill counter moved).
+    OomKilled,
+    /// "CUDA error" in the engine log.
+    CudaError,
+    /// "out of memory" on the GPU in the engine log.
+    VramOom,
+    /// Xid in the log or from NVML, driver reset.
+    DriverError,
+    /// The engine stopped answering its health probe.
+    HealthTimeout,
+    /// Nothing tells.
+    Unknown,
+}
+
+impl ExitReason {
+    /// The breaker's failure class of this reason.
+    pub fn class(self) -> FailureClass {
+        match self {
+            ExitReason::CudaError | ExitReason::VramOom | ExitReason::DriverError => {
+                FailureClass::GpuFault
+            }
+            _ => FailureClass::Other,
+        }
+    }
+
+    /// The snake_case name (metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Graceful => "graceful",
+            ExitReason::Crash => "crash",
+            ExitReason::Signal => "signal",
+            ExitReason::OomKilled => "oom_killed",
+            ExitReason::CudaError => "cuda_error",
+            ExitReason::VramOom => "vram_oom",
+            ExitReason::DriverError => "driver_error",
+            ExitReason::HealthTimeout => "health_timeout",
+            ExitReason::Unknown => "unknown",
+        }
+    }
+}
+
+/// The breaker counts consecutive failures per class, so that GPU faults interleaved with
+/// other exits still open it (SPEC section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// cuda_error, vram_oom, driver_error.
+    GpuFault,
+    /// Everything else.
+    Other,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainOutcome {
+    /// Leases reached 0 before the deadline.
+    Graceful,
+    /// The deadline passed with leases still held.
+    ForceStopped,
+}
+
+/// Why we asked an engine to stop. Decides what happens once it has stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `Command::Stop`: the pool stays, phase `stopped`.
+    Requested,
+    /// `Command::Remove`: `PoolRemoved` follows.
+    Remove,
+    /// A drain whose leases reached 0: `DrainCompleted{graceful}` follows.
+    Drained,
+    /// A drain whose deadline passed: `DrainCompleted{force_stopped}` follows.
+    DrainDeadline,
+    /// The engine is faulty (hung, Xid): counted as a failure at once, restart policy follows.
+    Failure {
+        /// The failure's reason (`health_timeout`, `driver_error`).
+        reason: ExitReason,
+        /// Human detail for `last_error`.
+        detail: String,
+    },
+}
+
+/// Why an engine is being started (`EngineStartRequested`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPurpose {
+    /// A restart after a failure and its backoff (or a manual breaker reset).
+    Restart,
+    /// The breaker's half-open trial start.
+    Trial,
+    /// A reload's new engine.
+    Reload,
+    /// A failed reload's old engine, started again.
+    Rollback,
+}
+
+/// Why a start failed (the HTTP error code a waiting preload answers with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFailure {
+    /// The process could not be spawned (`SPAWN_FAILED`).
+    SpawnFailed,
+    /// No healthy answer before the preload deadline (`HEALTH_TIMEOUT`).
+    HealthTimeout,
+    /// The engine exited or vanished while starting (`ENGINE_EXITED`).
+    EngineExited,
+    /// A GPU fault (Xid) hit the engine while starting (`ENGINE_EXITED`).
+    GpuFault,
+    /// The handoff file could not be written (`SPAWN_FAILED`).
+    HandoffFailed,
+}
+
+impl StartFailure {
+    /// The SPEC section 5 error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            StartFailure::SpawnFailed | StartFailure::HandoffFailed => "SPAWN_FAILED",
+            StartFailure::HealthTimeout => "HEALTH_TIMEOUT",
+            StartFailure::EngineExited | StartFailure::GpuFault => "ENGINE_EXITED",
+        }
+    }
+}
+
+/// Where a reload was when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadStage {
+    /// Staging the new model; the old engine untouched.
+    Staging,
+    /// Draining the old engine.
+    Draining,
+    /// Starting the new engine.
+    Starting,
+    /// Starting the old engine again.
+    RollingBack,
+}
+
+/// A restart storm's dominant cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StormClass {
+    /// Host OOM kills.
+    OomStorm,
+    /// VRAM OOMs (kept apart from host OOM, ORCH-3039).
+    VramOomStorm,
+    /// CUDA errors.
+    CudaStorm,
+    /// Driver errors / Xids.
+    DriverStorm,
+    /// Hung engines.
+    HangStorm,
+    /// Crashes, signals, unknown.
+    CrashStorm,
+}
+
+impl StormClass {
+    /// The classification of a storm whose dominant reason is `reason`.
+    pub fn of(reason: ExitReason) -> StormClass {
+        match reason {
+            ExitReason::OomKilled => StormClass::OomStorm,
+            ExitReason::VramOom => StormClass::VramOomStorm,
+            ExitReason::CudaError => StormClass::CudaStorm,
+            ExitReason::DriverError => StormClass::DriverStorm,
+            ExitReason::HealthTimeout => StormClass::HangStorm,
+            _ => StormClass::CrashStorm,
+        }
+    }
+
+    /// What an operator should do about it.
+    pub fn hint(self) -> &'static str {
+        match self {
+            StormClass::OomStorm => {
+                "host OOM: lower ram use (context, batch, mmap) or give the engine more memory"
+            }
+            StormClass::VramOomStorm => {
+                "VRAM OOM: lower the context or the slots, or free the GPU"
+            }
+            StormClass::CudaStorm => {
+                "CUDA errors: check the driver/CUDA versions and the engine build; the GPU may be faulty"
+            }
+            StormClass::DriverStorm => {
+                "driver errors (Xid): check dmesg and nvidia-smi; the GPU may need a reset"
+            }
+            StormClass::HangStorm => {
+                "engine hangs: check the engine log; raise health.failures_to_crash if it is only slow"
+            }
+            StormClass::CrashStorm => {
+                "engine crashes: read the engine log tail in last_error; check flags and model file"
+            }
+        }
+    }
+}
+
+/// Every event of the journal (SPEC section 4, plus what replay needs, marked *extra*).
+///
+/// **Append-only, in this order.** bincode encodes the variant *index*, so a variant is never
+/// removed, reordered or reshaped; new variants go at the end. To change a shape: bump
+/// [`EVENT_FORMAT_VERSION`], keep the old shape as a frozen type in the journal schema and
+/// upcast it there (the core only ever sees current events).
+///
+/// Serde shape: externally tagged, every variant a struct or unit variant, no field named
+/// `kind`, so the exporter can flatten it into `{"kind": "EngineSpawned", ...fields}`.
+/// Pool events carry their pool in the envelope (`Stamp::pool_id`), not in the event.
+///
+/// Times: fields ending in `_at_ms` are absolute (ms since the epoch, from `Context::now_ms`
+/// at decision time); other `_ms` fields are durations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    // ---- node ----
+    /// The daemon started (pid = the daemon's own pid).
+    DaemonStarted {
+        /// Daemon version.
+        version: String,
+        /// Daemon pid.
+        pid: u32,
+    },
+    /// The daemon is stopping (engines keep running).
+    DaemonStopped {
+        /// Why (signal, operator).
+        reason: String,
+    },
+    /// The NVML inventory changed; a non-empty inventory clears a preflight failure.
+    GpuInventoryObserved {
+        /// All GPUs.
+        gpus: Vec<GpuInfo>,
+    },
+    /// A GPU is required and none is usable: preloads answer `GPU_REQUIRED` until an inventory
+    /// with GPUs is observed.
+    PreflightFailed {
+        /// Why.
+        reason: String,
+    },
+    /// NVML reported an Xid on a GPU.
+    GpuXidObserved {
+        /// The GPU.
+        gpu_uuid: String,
+        /// The Xid code.
+        xid: u32,
+    },
+    /// A GPU's driver was reset.
+    DriverResetObserved {
+        /// The GPU.
+        gpu_uuid: String,
+    },
+
+    // ---- preload ----
+    /// A preload was accepted; creates the pool if it is new. Effect: spawn.
+    PreloadRequested {
+        /// The whole prepared engine, so restarts and replays can spawn it again.
+        engine: PreparedEngine,
+    },
+    /// The shell refused a preload for a known pool before spawning (binary not allowed,
+    /// insufficient VRAM, invalid mask...). Sets `last_error`.
+    PreloadRejected {
+        /// The SPEC error code.
+        code: String,
+        /// Why.
+        reason: String,
+    },
+    /// The engine process exists. Effect: wait for health until `health_deadline_at_ms`.
+    EngineSpawned {
+        /// Its pid.
+        pid: u32,
+        /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22), to tell a
+        /// reused pid from our engine when adopting.
+        start_time: u64,
+        /// Its log file.
+        log_path: String,
+        /// Its pid file.
+        pid_path: String,
+        /// 0 for a preload, n for the n-th restart since the last backoff reset.
+        attempt: u32,
+        /// *extra*: when the health wait gives up (now + `health.preload_timeout_ms`).
+        health_deadline_at_ms: u64,
+    },
+    /// The engine answered healthy. Effect: write the handoff file.
+    HealthCheckPassed {
+        /// Time from spawn to healthy.
+        after_ms: u64,
+        /// Version the engine reports.
+        engine_version: String,
+        /// Slots: prepared, else `/props`, else `--parallel`, else 1 (at most `SLOTS_MAX`).
+        slots_total: u32,
+    },
+    /// The handoff file is written: the pool is ready.
+    PoolReady {
+        /// The handoff file.
+        handoff_path: String,
+        /// *extra*: when the backoff attempt resets if the engine is still running
+        /// (ready time + `backoff.reset_after_ms`).
+        backoff_reset_at_ms: u64,
+        /// *extra*: for a half-open breaker's trial, when it closes if still running
+        /// (ready time + `breaker.close_after_stable_ms`).
+        breaker_close_at_ms: Option<u64>,
+    },
+    /// A start failed (spawn error, health timeout, exit while starting). Counts as a failure.
+    PreloadFailed {
+        /// Human reason, with the engine log tail when there is one; becomes `last_error`.
+        reason: String,
+        /// Which failure (the code a waiting preload answers).
+        failure: StartFailure,
+        /// The failure's reason for the breaker's class count.
+        cause: ExitReason,
+        /// *extra*: a still-running engine the shell must kill (SIGKILL), if any.
+        pid: Option<u32>,
+    },
+
+    // ---- leases ----
+    /// One slot taken.
+    LeaseGranted {
+        /// Chosen by the shell.
+        lease_id: LeaseId,
+    },
+    /// One slot given back.
+    LeaseReleased {
+        /// The lease.
+        lease_id: LeaseId,
+    },
+
+    // ---- supervision ----
+    /// A health probe of a ready engine failed.
+    HealthCheckFailed {
+        /// Consecutive failures so far (at `health.failures_to_crash` the engine is stopped).
+        consecutive: u32,
+    },
+    /// The engine exited without a stop request. Unless `graceful`, counts as a failure:
+    /// unready, leases dropped.
+    EngineExited {
+        /// The pid.
+        pid: u32,
+        /// Exit code, if it exited.
+        exit_code: Option<i32>,
+        /// Signal, if killed.
+        signal: Option<i32>,
+        /// Classified reason.
+        reason: ExitReason,
+        /// *extra*: log tail or other detail, becomes `last_error`.
+        detail: String,
+    },
+    /// A restart is scheduled. Effect: arm the restart timer.
+    RestartScheduled {
+        /// The restart's number since the last backoff reset (1 = first).
+        attempt: u32,
+        /// The chosen delay (jitter included).
+        delay_ms: u64,
+        /// When the restart may happen.
+        not_before_ms: u64,
+        /// The failure that caused it.
+        reason: ExitReason,
+    },
+    /// The breaker opened: no restart until it half-opens. Effect: arm the half-open timer.
+    CircuitOpened {
+        /// Consecutive failures of `class`.
+        failures: u32,
+        /// How long it stays open.
+        open_ms: u64,
+        /// The class that opened it.
+        class: FailureClass,
+        /// *extra*: when it half-opens (now + open_ms).
+        half_open_at_ms: u64,
+    },
+    /// The breaker allows one trial start.
+    CircuitHalfOpened,
+    /// The trial ran stable: the breaker is closed, failure counts cleared.
+    CircuitClosed,
+    /// An operator closed the breaker.
+    CircuitReset {
+        /// Who (from the API).
+        by: String,
+    },
+    /// Too many restarts in the window: the breaker opens (a `CircuitOpened` follows).
+    RestartStormDetected {
+        /// Restarts in the window.
+        restarts: u32,
+        /// The window.
+        window_ms: u64,
+        /// Dominant cause.
+        classification: StormClass,
+        /// Remediation hint.
+        hint: String,
+    },
+    /// After a daemon restart, the recorded engine is alive and ours: keep it, its leases and
+    /// its readiness.
+    EngineAdopted {
+        /// The pid.
+        pid: u32,
+    },
+    /// After a daemon restart, the recorded engine is gone: handled as a crash.
+    EngineLost {
+        /// The pid.
+        pid: u32,
+    },
+
+    // ---- drain / reload ----
+    /// Drain started: new leases refused. Effect: arm the deadline timer.
+    DrainRequested {
+        /// The deadline as requested, relative (ms from the request).
+        deadline_ms: u64,
+        /// The absolute deadline.
+        deadline_at_ms: u64,
+    },
+    /// Drain finished: engine stopped, pool unready, phase `stopped`.
+    DrainCompleted {
+        /// Graceful or forced.
+        outcome: DrainOutcome,
+        /// From `DrainRequested` to now.
+        duration_ms: u64,
+        /// Leases still held when the engine was stopped.
+        leases_at_stop: u32,
+    },
+    /// We asked the engine to stop. Effect: SIGTERM, wait `grace_ms`, SIGKILL.
+    EngineStopRequested {
+        /// What happens once stopped.
+        reason: StopReason,
+        /// *extra*: the engine; `None` when no process runs (the stop completes at once).
+        pid: Option<u32>,
+        /// *extra*: SIGTERM grace.
+        grace_ms: u64,
+    },
+    /// The engine stopped after our request.
+    EngineStopped {
+        /// The pid.
+        pid: u32,
+        /// Exited within the grace period.
+        graceful: bool,
+    },
+    /// A reload was accepted. Effect: stage the model.
+    ReloadRequested {
+        /// Path or `file:` URI.
+        new_model_ref: String,
+        /// Optional `sha256:` digest.
+        digest: Option<String>,
+        /// *extra*: drain deadline for the old engine, relative.
+        drain_deadline_ms: u64,
+    },
+    /// The new model is staged; a drain follows.
+    ModelStaged {
+        /// Local path of the staged model.
+        path: String,
+        /// Digest verified, if any.
+        digest: Option<String>,
+    },
+    /// The new engine is ready.
+    ReloadSucceeded {
+        /// Old model ref.
+        old: String,
+        /// New model ref.
+        new: String,
+        /// From `ReloadRequested` to ready.
+        duration_ms: u64,
+    },
+    /// The reload failed at `stage`.
+    ReloadFailed {
+        /// Why.
+        reason: String,
+        /// Where.
+        stage: ReloadStage,
+        /// Whether the old engine is being started again (a `ReloadRolledBack` follows when
+        /// it is ready); `false` ends the reload here.
+        rolling_back: bool,
+        /// *extra*: a still-running new engine the shell must kill, if any.
+        pid: Option<u32>,
+    },
+    /// The old engine is ready again after a failed reload.
+    ReloadRolledBack {
+        /// The model ref serving again.
+        model_ref: String,
+        /// From `ReloadRequested` to ready again.
+        duration_ms: u64,
+    },
+
+    // ---- placement ----
+    /// The engine uses a GPU outside its mask (OC-POOL-3020). Sets `last_error`.
+    DeviceMaskViolation {
+        /// The engine.
+        pid: u32,
+        /// The GPU outside the mask.
+        gpu_uuid: String,
+    },
+    /// The pool is forgotten.
+    PoolRemoved,
+
+    // ---- extra ----
+    /// *extra*: an engine started by someone else was announced by a handoff file and found
+    /// healthy: the pool is ready with the handoff's slots, mask and version, without a prepared
+    /// engine (it cannot be restarted).
+    HandoffRegistered {
+        /// The document.
+        handoff: Handoff,
+        /// The file it came from (or `api`).
+        path: String,
+    },
+    /// *extra*: a handoff file was invalid; no pool is touched.
+    HandoffRejected {
+        /// The file.
+        file: String,
+        /// The offending field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// *extra*: an engine is being started again (restart, breaker trial, reload's new engine,
+    /// rollback's old engine). Effect: spawn.
+    EngineStartRequested {
+        /// The engine to start (recorded whole for replay).
+        engine: PreparedEngine,
+        /// Restart number (0 for a reload/rollback start).
+        attempt: u32,
+        /// Why.
+        purpose: StartPurpose,
+    },
+    /// *extra*: a ready engine answered again after failed probes; clears the count and sets
+    /// the heartbeat. (Routine successful probes are not journaled.)
+    HealthCheckRecovered {
+        /// The failures it recovered from.
+        after_failures: u32,
+    },
+    /// *extra*: the engine ran stable for `backoff.reset_after_ms`: backoff attempt and
+    /// consecutive failure counts reset.
+    BackoffReset {
+        /// The attempt that was reset.
+        previous_attempt: u32,
+    },
+    /// *extra*: the engine's VRAM use moved by at least `VRAM_DELTA_MIN_BYTES`.
+    VramUsageObserved {
+        /// The engine.
+        pid: u32,
+        /// VRAM used by it over all GPUs.
+        used_bytes: u64,
+    },
+}
+
+/// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Node-level.
+    Node,
+    /// Pool-level.
+    Pool,
+}
+
+impl Event {
+    /// The variant name (`"EngineSpawned"`), as in exports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::DaemonStarted { .. } => "DaemonStarted",
+            Event::DaemonStopped { .. } => "DaemonStopped",
+            Event::GpuInventoryObserved { .. } => "GpuInventoryObserved",
+            Event::PreflightFailed { .. } => "PreflightFailed",
+            Event::GpuXidObserved { .. } => "GpuXidObserved",
+            Event::DriverResetObserved { .. } => "DriverResetObserved",
+            Event::PreloadRequested { .. } => "PreloadRequested",
+            Event::PreloadRejected { .. } => "PreloadRejected",
+            Event::EngineSpawned { .. } => "EngineSpawned",
+            Event::HealthCheckPassed { .. } => "HealthCheckPassed",
+            Event::PoolReady { .. } => "PoolReady",
+            Event::PreloadFailed { .. } => "PreloadFailed",
+            Event::LeaseGranted { .. } => "LeaseGranted",
+            Event::LeaseReleased { .. } => "LeaseReleased",
+            Event::HealthCheckFailed { .. } => "HealthCheckFailed",
+            Event::EngineExited { .. } => "EngineExited",
+            Event::RestartScheduled { .. } => "RestartScheduled",
+            Event::CircuitOpened { .. } => "CircuitOpened",
+            Event::CircuitHalfOpened => "CircuitHalfOpened",
+            Event::CircuitClosed => "CircuitClosed",
+            Event::CircuitReset { .. } => "CircuitReset",
+            Event::RestartStormDetected { .. } => "RestartStormDetected",
+            Event::EngineAdopted { .. } => "EngineAdopted",
+            Event::EngineLost { .. } => "EngineLost",
+            Event::DrainRequested { .. } => "DrainRequested",
+            Event::DrainCompleted { .. } => "DrainCompleted",
+            Event::EngineStopRequested { .. } => "EngineStopRequested",
+            Event::EngineStopped { .. } => "EngineStopped",
+            Event::ReloadRequested { .. } => "ReloadRequested",
+            Event::ModelStaged { .. } => "ModelStaged",
+            Event::ReloadSucceeded { .. } => "ReloadSucceeded",
+            Event::ReloadFailed { .. } => "ReloadFailed",
+            Event::ReloadRolledBack { .. } => "ReloadRolledBack",
+            Event::DeviceMaskViolation { .. } => "DeviceMaskViolation",
+            Event::PoolRemoved => "PoolRemoved",
+            Event::HandoffRegistered { .. } => "HandoffRegistered",
+            Event::HandoffRejected { .. } => "HandoffRejected",
+            Event::EngineStartRequested { .. } => "EngineStartRequested",
+            Event::HealthCheckRecovered { .. } => "HealthCheckRecovered",
+            Event::BackoffReset { .. } => "BackoffReset",
+            Event::VramUsageObserved { .. } => "VramUsageObserved",
+        }
+    }
+
+    /// Node-level events have no pool id in their envelope; all others need one.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Event::DaemonStarted { .. }
+            | Event::DaemonStopped { .. }
+            | Event::GpuInventoryObserved { .. }
+            | Event::PreflightFailed { .. }
+            | Event::GpuXidObserved { .. }
+            | Event::DriverResetObserved { .. }
+            | Event::HandoffRejected { .. } => Scope::Node,
+            _ => Scope::Pool,
+        }
+    }
+
+    /// Shorthand for `scope() == Scope::Node`.
+    pub fn is_node_event(&self) -> bool {
+        self.scope() == Scope::Node
+    }
+}
+
+/// What `decide` returns: an event and the pool it belongs to (`None` for node events). The
+/// shell wraps each in a journal draft stamped with `Context::now_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    /// The pool, for pool events.
+    pub pool_id: Option<PoolId>,
+    /// The event.
+    pub event: Event,
+}
+
+impl Fact {
+    /// A node-level fact.
+    pub fn node(event: Event) -> Fact {
+        Fact {
+            pool_id: None,
+            event,
+        }
+    }
+
+    /// A pool fact.
+    pub fn pool(pool_id: &PoolId, event: Event) -> Fact {
+        Fact {
+            pool_id: Some(pool_id.clone()),
+            event,
+        }
+    }
+}
+
+/// The journal envelope's metadata, as `evolve` and `effects` need it (the core does not
+/// depend on the journal crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp<'a> {
+    /// The event's sequence number (gap-free, from 1).
+    pub seq: u64,
+    /// Wall-clock time it was decided at (ms since the epoch).
+    pub ts_ms: u64,
+    /// The pool, for pool events.
+    pub pool_id: Option<&'a str>,
+}

@@ -1,0 +1,566 @@
+//! `evolve`: the fold of one event into the registry.
+//!
+//! Owns: how each recorded fact changes [`State`].
+//! Never: fails, panics, reads a clock or decides anything. It applies facts as recorded;
+//! validation happened in `decide` before they were journaled. An event that cannot apply (a
+//! pool event for an unknown pool, or without a valid pool id) is counted in
+//! `State::anomalies` and otherwise ignored.
+
+use crate::engine::SLOTS_MAX;
+use crate::event::{
+    Event, ExitReason, FailureClass, ReloadStage, Scope, Stamp, StartPurpose, StopReason,
+};
+use crate::ids::PoolId;
+use crate::policy::RESTART_WINDOW_CAP;
+use crate::state::{
+    Activity, Breaker, Drain, EngineProcess, Pool, Reload, RestartMark, StartKind, State,
+};
+use crate::status::BreakerState;
+
+/// The most GPUs kept from an inventory event.
+pub const GPUS_MAX: usize = 64;
+
+/// Folds `event` (stamped with `stamp`) into `state`. Always sets `state.last_seq = stamp.seq`.
+pub fn evolve(mut state: State, stamp: Stamp<'_>, event: &Event) -> State {
+    state.last_seq = stamp.seq;
+    match event.scope() {
+        Scope::Node => apply_node(&mut state, stamp, event),
+        Scope::Pool => {
+            let id = match stamp.pool_id.map(PoolId::new) {
+                Some(Ok(id)) => id,
+                _ => {
+                    anomaly(&mut state, stamp.seq);
+                    return state;
+                }
+            };
+            if matches!(event, Event::PoolRemoved) {
+                if state.pools.remove(&id).is_none() {
+                    anomaly(&mut state, stamp.seq);
+                }
+                return state;
+            }
+            let creates = matches!(
+                event,
+                Event::PreloadRequested { .. } | Event::HandoffRegistered { .. }
+            );
+            if creates && !state.pools.contains_key(&id) {
+                state.pools.insert(id.clone(), Pool::new(id.clone()));
+            }
+            let applied = match state.pools.get_mut(&id) {
+                Some(pool) => {
+                    pool.last_seq = stamp.seq;
+                    apply_pool(pool, stamp, event)
+                }
+                None => false,
+            };
+            if !applied {
+                anomaly(&mut state, stamp.seq);
+            }
+        }
+    }
+    state
+}
+
+fn anomaly(state: &mut State, seq: u64) {
+    state.anomalies = state.anomalies.saturating_add(1);
+    state.last_anomaly_seq = Some(seq);
+}
+
+fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
+    let node = &mut state.node;
+    match event {
+        Event::DaemonStarted { version, pid } => {
+            node.daemon_version = Some(version.clone());
+            node.daemon_pid = Some(*pid);
+            node.started_at_ms = Some(stamp.ts_ms);
+            node.stopped = None;
+            node.preflight_error = None;
+            // Every recorded engine must be confirmed again (EngineAdopted / EngineLost).
+            for pool in state.pools.values_mut() {
+                if let Some(process) = pool.process.as_mut() {
+                    process.adopted = false;
+                }
+            }
+        }
+        Event::DaemonStopped { reason } => {
+            node.stopped = Some((stamp.ts_ms, reason.clone()));
+            node.daemon_pid = None;
+        }
+        Event::GpuInventoryObserved { gpus } => {
+            node.gpus = gpus.iter().take(GPUS_MAX).cloned().collect();
+            if !node.gpus.is_empty() {
+                node.preflight_error = None;
+            }
+        }
+        Event::PreflightFailed { reason } => node.preflight_error = Some(reason.clone()),
+        Event::GpuXidObserved { .. } => node.xid_total = node.xid_total.saturating_add(1),
+        Event::DriverResetObserved { .. } => {
+            node.driver_reset_total = node.driver_reset_total.saturating_add(1)
+        }
+        Event::HandoffRejected {
+            file,
+            field,
+            reason,
+        } => node.last_handoff_rejection = Some((file.clone(), field.clone(), reason.clone())),
+        _ => {}
+    }
+}
+
+/// Records a failure: unready at once, leases dropped, counted per class.
+fn note_failure(pool: &mut Pool, reason: ExitReason, detail: &str) {
+    pool.ready = false;
+    pool.leases.clear();
+    pool.drain = None;
+    pool.probe_failures = 0;
+    pool.crash_count = pool.crash_count.saturating_add(1);
+    let sup = &mut pool.supervision;
+    match reason.class() {
+        FailureClass::GpuFault => sup.gpu_failures = sup.gpu_failures.saturating_add(1),
+        FailureClass::Other => sup.other_failures = sup.other_failures.saturating_add(1),
+    }
+    sup.last_failure_reason = Some(reason);
+    pool.last_error = Some(detail.to_string());
+    pool.activity = Activity::Failed;
+    pool.backoff_reset_at_ms = None;
+    pool.breaker_close_at_ms = None;
+}
+
+/// The engine is gone (stopped, exited, lost): forget the process.
+fn engine_gone(pool: &mut Pool) {
+    pool.process = None;
+    pool.ready = false;
+    pool.leases.clear();
+    pool.vram_used_bytes = None;
+    pool.probe_failures = 0;
+}
+
+fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let ts = stamp.ts_ms;
+    match event {
+        Event::PreloadRequested { engine } => {
+            pool.model_ref = Some(engine.model_path.clone());
+            pool.model_digest = None;
+            pool.engine = Some(engine.clone());
+            pool.handoff = None;
+            pool.ready = false;
+            pool.start_token = stamp.seq;
+            pool.activity = Activity::Starting {
+                kind: StartKind::Preload,
+                attempt: 0,
+                health_passed: false,
+                health_deadline_at_ms: None,
+                requested_at_ms: ts,
+            };
+        }
+        Event::PreloadRejected { code, reason } => {
+            pool.last_error = Some(format!("{code}: {reason}"));
+        }
+        Event::EngineSpawned {
+            pid,
+            start_time,
+            log_path,
+            pid_path,
+            attempt: spawned_attempt,
+            health_deadline_at_ms,
+        } => {
+            pool.process = Some(EngineProcess {
+                pid: *pid,
+                start_time: *start_time,
+                log_path: log_path.clone(),
+                pid_path: pid_path.clone(),
+                spawned_seq: stamp.seq,
+                spawned_at_ms: ts,
+                adopted: false,
+                external: false,
+            });
+            pool.vram_used_bytes = None;
+            if let Activity::Starting {
+                attempt,
+                health_deadline_at_ms: deadline,
+                ..
+            } = &mut pool.activity
+            {
+                *attempt = *spawned_attempt;
+                *deadline = Some(*health_deadline_at_ms);
+            }
+        }
+        Event::HealthCheckPassed {
+            engine_version,
+            slots_total,
+            ..
+        } => {
+            pool.engine_version = Some(engine_version.clone());
+            pool.slots_total = (*slots_total).min(SLOTS_MAX);
+            pool.last_heartbeat_ms = Some(ts);
+            if let Activity::Starting { health_passed, .. } = &mut pool.activity {
+                *health_passed = true;
+            }
+        }
+        Event::PoolReady {
+            handoff_path,
+            backoff_reset_at_ms,
+            breaker_close_at_ms,
+        } => {
+            pool.activity = Activity::Running;
+            pool.ready = true;
+            pool.handoff_path = Some(handoff_path.clone());
+            pool.ready_token = stamp.seq;
+            pool.backoff_reset_at_ms = Some(*backoff_reset_at_ms);
+            pool.breaker_close_at_ms = *breaker_close_at_ms;
+            pool.last_error = None;
+            pool.probe_failures = 0;
+            pool.last_heartbeat_ms = Some(ts);
+        }
+        Event::PreloadFailed { reason, cause, .. } => {
+            engine_gone(pool);
+            note_failure(pool, *cause, reason);
+            if pool
+                .reload
+                .as_ref()
+                .is_some_and(|r| r.stage == ReloadStage::RollingBack)
+            {
+                pool.reload = None;
+            }
+        }
+        Event::LeaseGranted { lease_id } => {
+            if pool.leases.len() < SLOTS_MAX as usize {
+                pool.leases.insert(lease_id.clone());
+            }
+        }
+        Event::LeaseReleased { lease_id } => {
+            pool.leases.remove(lease_id);
+        }
+        Event::HealthCheckFailed { consecutive } => pool.probe_failures = *consecutive,
+        Event::EngineExited { reason, detail, .. } => {
+            engine_gone(pool);
+            if *reason == ExitReason::Graceful {
+                pool.drain = None;
+                pool.activity = Activity::Stopped;
+                pool.last_error = Some(detail.clone());
+            } else {
+                note_failure(pool, *reason, detail);
+            }
+        }
+        Event::RestartScheduled {
+            attempt,
+            delay_ms,
+            not_before_ms,
+            reason,
+        } => {
+            pool.supervision.backoff_attempt = *attempt;
+            pool.supervision.last_delay_ms = *delay_ms;
+            pool.activity = Activity::Backoff {
+                attempt: *attempt,
+                not_before_ms: *not_before_ms,
+                reason: *reason,
+                token: stamp.seq,
+            };
+        }
+        Event::CircuitOpened {
+            open_ms,
+            class,
+            half_open_at_ms,
+            ..
+        } => {
+            let breaker = &mut pool.supervision.breaker;
+            breaker.state = BreakerState::Open;
+            breaker.class = Some(*class);
+            breaker.open_ms = *open_ms;
+            breaker.half_open_at_ms = Some(*half_open_at_ms);
+            breaker.token = stamp.seq;
+            breaker.opened_total = breaker.opened_total.saturating_add(1);
+            pool.breaker_close_at_ms = None;
+            if pool.process.is_none() {
+                pool.activity = Activity::CircuitOpen;
+            }
+        }
+        Event::CircuitHalfOpened => {
+            let breaker = &mut pool.supervision.breaker;
+            breaker.state = BreakerState::HalfOpen;
+            breaker.half_open_at_ms = None;
+        }
+        Event::CircuitClosed => close_breaker(pool),
+        Event::CircuitReset { .. } => {
+            close_breaker(pool);
+            pool.supervision.backoff_attempt = 0;
+            if matches!(pool.activity, Activity::CircuitOpen) {
+                pool.activity = Activity::Failed;
+            }
+        }
+        Event::RestartStormDetected {
+            restarts,
+            window_ms,
+            classification,
+            hint,
+        } => {
+            let class = serde_name(classification);
+            pool.last_error = Some(format!(
+                "restart storm ({class}): {restarts} restarts in {window_ms} ms; {hint}"
+            ));
+        }
+        Event::EngineAdopted { pid } => match pool.process.as_mut() {
+            Some(process) if process.pid == *pid => process.adopted = true,
+            _ => return false,
+        },
+        Event::EngineLost { pid } => {
+            if pool.pid() != Some(*pid) {
+                return false;
+            }
+            engine_gone(pool);
+            let detail = format!("engine pid {pid} is gone (lost while the daemon was down)");
+            note_failure(pool, ExitReason::Unknown, &detail);
+        }
+        Event::DrainRequested { deadline_at_ms, .. } => {
+            pool.drain = Some(Drain {
+                requested_at_ms: ts,
+                deadline_at_ms: *deadline_at_ms,
+                token: stamp.seq,
+                leases_at_stop: 0,
+            });
+            if let Some(reload) = pool.reload.as_mut() {
+                reload.stage = ReloadStage::Draining;
+            }
+        }
+        Event::DrainCompleted { .. } => {
+            pool.drain = None;
+            pool.ready = false;
+            pool.leases.clear();
+        }
+        Event::EngineStopRequested {
+            reason,
+            pid,
+            grace_ms,
+        } => {
+            pool.ready = false;
+            pool.probe_failures = 0;
+            match reason {
+                StopReason::DrainDeadline => {
+                    let held = pool.active_leases();
+                    if let Some(drain) = pool.drain.as_mut() {
+                        drain.leases_at_stop = held;
+                    }
+                }
+                StopReason::Requested | StopReason::Remove => {
+                    pool.drain = None;
+                    pool.reload = None;
+                }
+                StopReason::Drained => {}
+                StopReason::Failure { reason, detail } => note_failure(pool, *reason, detail),
+            }
+            pool.leases.clear();
+            if pid.is_none() {
+                engine_gone(pool);
+                pool.activity = match reason {
+                    StopReason::Failure { .. } => Activity::Failed,
+                    _ => Activity::Stopped,
+                };
+            } else {
+                pool.activity = Activity::Stopping {
+                    reason: reason.clone(),
+                    grace_ms: *grace_ms,
+                };
+            }
+        }
+        Event::EngineStopped { .. } => {
+            engine_gone(pool);
+            pool.activity = match &pool.activity {
+                Activity::Stopping {
+                    reason: StopReason::Failure { .. },
+                    ..
+                } => Activity::Failed,
+                _ => Activity::Stopped,
+            };
+        }
+        Event::ReloadRequested {
+            new_model_ref,
+            digest,
+            drain_deadline_ms,
+        } => {
+            let Some(old_engine) = pool.engine.clone() else {
+                return false;
+            };
+            pool.reload = Some(Reload {
+                new_model_ref: new_model_ref.clone(),
+                digest: digest.clone(),
+                drain_deadline_ms: *drain_deadline_ms,
+                requested_at_ms: ts,
+                token: stamp.seq,
+                stage: ReloadStage::Staging,
+                staged_path: None,
+                old_model_ref: pool
+                    .model_ref
+                    .clone()
+                    .unwrap_or_else(|| old_engine.model_path.clone()),
+                old_digest: pool.model_digest.clone(),
+                old_engine,
+            });
+        }
+        Event::ModelStaged { path, digest } => {
+            let Some(reload) = pool.reload.as_mut() else {
+                return false;
+            };
+            reload.staged_path = Some(path.clone());
+            if digest.is_some() {
+                reload.digest = digest.clone();
+            }
+        }
+        Event::ReloadSucceeded { new, .. } => {
+            pool.model_ref = Some(new.clone());
+            pool.model_digest = pool.reload.take().and_then(|r| r.digest);
+        }
+        Event::ReloadFailed {
+            reason,
+            stage,
+            rolling_back,
+            pid,
+        } => {
+            pool.last_error = Some(format!(
+                "reload failed while {}: {reason}",
+                serde_name(stage)
+            ));
+            if pid.is_some() && pool.pid() == *pid {
+                engine_gone(pool);
+            }
+            if *rolling_back {
+                engine_gone(pool);
+                if let Some(reload) = pool.reload.as_mut() {
+                    reload.stage = ReloadStage::RollingBack;
+                    pool.engine = Some(reload.old_engine.clone());
+                }
+            } else {
+                pool.reload = None;
+            }
+        }
+        Event::ReloadRolledBack { model_ref, .. } => {
+            pool.model_ref = Some(model_ref.clone());
+            if let Some(reload) = pool.reload.take() {
+                pool.model_digest = reload.old_digest;
+            }
+        }
+        Event::DeviceMaskViolation { pid, gpu_uuid } => {
+            pool.mask_violations = pool.mask_violations.saturating_add(1);
+            pool.last_error = Some(mask_violation_message(pool, *pid, gpu_uuid));
+        }
+        Event::HandoffRegistered { handoff, path } => {
+            pool.engine = None;
+            pool.process = handoff.pid.map(|pid| EngineProcess {
+                pid,
+                start_time: 0,
+                log_path: String::new(),
+                pid_path: String::new(),
+                spawned_seq: stamp.seq,
+                spawned_at_ms: ts,
+                adopted: true,
+                external: true,
+            });
+            pool.activity = Activity::Running;
+            pool.ready = true;
+            pool.slots_total = handoff.slots_total.min(SLOTS_MAX);
+            pool.engine_version = Some(handoff.engine_version.clone());
+            pool.model_ref = Some(handoff.model.path.clone());
+            pool.model_digest = None;
+            pool.last_error = None;
+            pool.last_heartbeat_ms = Some(ts);
+            pool.handoff_path = Some(path.clone());
+            pool.handoff = Some(handoff.clone());
+            pool.probe_failures = 0;
+            pool.ready_token = stamp.seq;
+            pool.backoff_reset_at_ms = None;
+            pool.breaker_close_at_ms = None;
+            pool.drain = None;
+            pool.reload = None;
+            pool.vram_used_bytes = None;
+        }
+        Event::EngineStartRequested {
+            engine,
+            attempt,
+            purpose,
+        } => {
+            pool.engine = Some(engine.clone());
+            pool.handoff = None;
+            pool.ready = false;
+            pool.start_token = stamp.seq;
+            pool.activity = Activity::Starting {
+                kind: StartKind::Again(*purpose),
+                attempt: *attempt,
+                health_passed: false,
+                health_deadline_at_ms: None,
+                requested_at_ms: ts,
+            };
+            match purpose {
+                StartPurpose::Restart | StartPurpose::Trial => {
+                    pool.restart_count = pool.restart_count.saturating_add(1);
+                    let reason = pool
+                        .supervision
+                        .last_failure_reason
+                        .unwrap_or(ExitReason::Unknown);
+                    let window = &mut pool.supervision.restarts;
+                    window.push(RestartMark { at_ms: ts, reason });
+                    if window.len() > RESTART_WINDOW_CAP {
+                        let excess = window.len().saturating_sub(RESTART_WINDOW_CAP);
+                        window.drain(..excess);
+                    }
+                }
+                StartPurpose::Reload => {
+                    if let Some(reload) = pool.reload.as_mut() {
+                        reload.stage = ReloadStage::Starting;
+                    }
+                }
+                StartPurpose::Rollback => {
+                    if let Some(reload) = pool.reload.as_mut() {
+                        reload.stage = ReloadStage::RollingBack;
+                    }
+                }
+            }
+        }
+        Event::HealthCheckRecovered { .. } => {
+            pool.probe_failures = 0;
+            pool.last_heartbeat_ms = Some(ts);
+        }
+        Event::BackoffReset { .. } => {
+            pool.supervision.backoff_attempt = 0;
+            pool.supervision.gpu_failures = 0;
+            pool.supervision.other_failures = 0;
+            pool.backoff_reset_at_ms = None;
+        }
+        Event::VramUsageObserved { used_bytes, .. } => pool.vram_used_bytes = Some(*used_bytes),
+        // Node events and PoolRemoved never reach here.
+        _ => return false,
+    }
+    true
+}
+
+fn close_breaker(pool: &mut Pool) {
+    let opened_total = pool.supervision.breaker.opened_total;
+    pool.supervision.breaker = Breaker {
+        opened_total,
+        ..Breaker::default()
+    };
+    pool.supervision.gpu_failures = 0;
+    pool.supervision.other_failures = 0;
+    pool.breaker_close_at_ms = None;
+}
+
+/// The snake_case serde name of a unit enum value (for messages).
+fn serde_name<T: std::fmt::Debug>(value: &T) -> String {
+    let debug = format!("{value:?}");
+    let mut out = String::with_capacity(debug.len().saturating_add(4));
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `last_error` recorded for a device mask violation (also used by `decide` to skip
+/// repeats of the same violation).
+pub fn mask_violation_message(pool: &Pool, pid: u32, gpu_uuid: &str) -> String {
+    let mask = pool.device_mask().unwrap_or("(none)");
+    format!("engine pid {pid} uses GPU {gpu_uuid} outside its device mask {mask}")
+}

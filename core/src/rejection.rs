@@ -1,0 +1,104 @@
+//! [`Rejection`]: why `decide` refused a command, one variant per SPEC section 5 code that the
+//! core can decide.
+//!
+//! Owns: the codes and the messages (which name the pool and say what to do).
+//! Never: maps to HTTP statuses; the API layer does that from `code()`.
+
+/// A refused command. Nothing was journaled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Malformed request (`INVALID_REQUEST`).
+    #[error("invalid request: {what}")]
+    InvalidRequest {
+        /// What is wrong, naming the field.
+        what: String,
+    },
+    /// Unknown pool (`POOL_NOT_FOUND`).
+    #[error("pool '{pool_id}' not found; preload it first (GET /v2/pools lists the known pools)")]
+    PoolNotFound {
+        /// The pool.
+        pool_id: String,
+    },
+    /// Unknown lease (`LEASE_NOT_FOUND`).
+    #[error("lease '{lease_id}' not found on pool '{pool_id}'; it was released, or dropped when the engine stopped or crashed")]
+    LeaseNotFound {
+        /// The pool.
+        pool_id: String,
+        /// The lease.
+        lease_id: String,
+    },
+    /// A conflicting operation is under way (`POOL_BUSY`).
+    #[error("pool '{pool_id}' is busy: {operation}; retry when it is done")]
+    PoolBusy {
+        /// The pool.
+        pool_id: String,
+        /// What is under way.
+        operation: String,
+    },
+    /// The pool is draining (`POOL_DRAINING`).
+    #[error("pool '{pool_id}' is draining and takes no new leases; use another pool")]
+    PoolDraining {
+        /// The pool.
+        pool_id: String,
+    },
+    /// The mask names GPUs the node lacks (`INVALID_DEVICE_MASK`).
+    #[error("pool '{pool_id}': invalid device mask '{mask}': {reason}; see GET /v2/gpus")]
+    InvalidDeviceMask {
+        /// The pool.
+        pool_id: String,
+        /// The mask.
+        mask: String,
+        /// Why.
+        reason: String,
+    },
+    /// No free slot (`SLOTS_EXHAUSTED`).
+    #[error("pool '{pool_id}' has no free slot (all {slots_total} leased); retry after a lease is released")]
+    SlotsExhausted {
+        /// The pool.
+        pool_id: String,
+        /// Its slots.
+        slots_total: u32,
+    },
+    /// Not ready (`POOL_UNREADY`).
+    #[error(
+        "pool '{pool_id}' is not ready (phase {phase}); wait for it to become ready or preload it"
+    )]
+    PoolUnready {
+        /// The pool.
+        pool_id: String,
+        /// Its phase.
+        phase: String,
+    },
+    /// No usable GPU while one is required (`GPU_REQUIRED`).
+    #[error("a GPU is required and none is usable: {reason}; fix the GPU or run with --dev (require_gpu = false)")]
+    GpuRequired {
+        /// Why.
+        reason: String,
+    },
+    /// Breaker open (`CIRCUIT_OPEN`).
+    #[error("pool '{pool_id}': circuit breaker open after repeated failures; retry in {retry_after_ms} ms or reset it (POST /v2/pools/{pool_id}/breaker/reset)")]
+    CircuitOpen {
+        /// The pool.
+        pool_id: String,
+        /// Until it half-opens.
+        retry_after_ms: u64,
+    },
+}
+
+impl Rejection {
+    /// The SPEC section 5 code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::InvalidRequest { .. } => "INVALID_REQUEST",
+            Rejection::PoolNotFound { .. } => "POOL_NOT_FOUND",
+            Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
+            Rejection::PoolBusy { .. } => "POOL_BUSY",
+            Rejection::PoolDraining { .. } => "POOL_DRAINING",
+            Rejection::InvalidDeviceMask { .. } => "INVALID_DEVICE_MASK",
+            Rejection::SlotsExhausted { .. } => "SLOTS_EXHAUSTED",
+            Rejection::PoolUnready { .. } => "POOL_UNREADY",
+            Rejection::GpuRequired { .. } => "GPU_REQUIRED",
+            Rejection::CircuitOpen { .. } => "CIRCUIT_OPEN",
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! Properties: `evolve` is total on any event sequence, `decide` is total on any state and
+//! input, and replay (from scratch or from a bincode snapshot) equals the incremental state.
+
+mod support;
+
+use pool_core::*;
+use proptest::prelude::*;
+use support::*;
+
+const POOLS: [&str; 3] = ["p1", "p2", "p3"];
+
+fn arb_reason() -> impl Strategy<Value = ExitReason> {
+    prop_oneof![
+        Just(ExitReason::Graceful),
+        Just(ExitReason::Crash),
+        Just(ExitReason::Signal),
+        Just(ExitReason::OomKilled),
+        Just(ExitReason::CudaError),
+        Just(ExitReason::VramOom),
+        Just(ExitReason::DriverError),
+        Just(ExitReason::HealthTimeout),
+        Just(ExitReason::Unknown),
+    ]
+}
+
+fn arb_text() -> impl Strategy<Value = String> {
+    prop_oneof![Just(String::new()), "[a-z/._ ]{0,12}", any::<String>()]
+}
+
+fn arb_engine() -> impl Strategy<Value = PreparedEngine> {
+    (
+        prop::sample::select(&POOLS[..]),
+        any::<u16>(),
+        prop::option::of(0u32..10),
+        arb_text(),
+    )
+        .prop_map(|(pool, port, slots, model)| {
+            let mut e = engine(pool);
+            e.port = port;
+            e.slots_total = slots;
+            if !model.is_empty() {
+                e.model_path = model;
+            }
+            e
+        })
+}
+
+fn arb_stop_reason() -> impl Strategy<Value = StopReason> {
+    prop_oneof![
+        Just(StopReason::Requested),
+        Just(StopReason::Remove),
+        Just(StopReason::Drained),
+        Just(StopReason::DrainDeadline),
+        (arb_reason(), arb_text())
+            .prop_map(|(reason, detail)| StopReason::Failure { reason, detail }),
+    ]
+}
+
+fn arb_event() -> impl Strategy<Value = Event> {
+    let pid = 0u32..4;
+    let small = 0u64..5;
+    prop_oneof![
+        (arb_text(), any::<u32>()).prop_map(|(version, pid)| Event::DaemonStarted { version, pid }),
+        arb_text().prop_map(|reason| Event::DaemonStopped { reason }),
+        prop::collection::vec((0u32..3, "GPU-[ab]").prop_map(|(i, u)| gpu(i, &u)), 0..3)
+            .prop_map(|gpus| Event::GpuInventoryObserved { gpus }),
+        arb_text().prop_map(|reason| Event::PreflightFailed { reason }),
+        any::<u32>().prop_map(|xid| Event::GpuXidObserved {
+            gpu_uuid: "GPU-a".into(),
+            xid
+        }),
+        arb_engine().prop_map(|engine| Event::PreloadRequested { engine }),
+        (pid.clone(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
+            |(pid, start_time, attempt, at)| Event::EngineSpawned {
+                pid,
+                start_time,
+                log_path: "l".into(),
+                pid_path: "p".into(),
+                attempt,
+                health_deadline_at_ms: at
+            }
+        ),
+        (any::<u64>(), any::<u32>()).prop_map(|(after_ms, slots_total)| Event::HealthCheckPassed {
+            after_ms,
+            engine_version: "v".into(),
+            slots_total
+        }),
+        (any::<u64>(), prop::option::of(any::<u64>())).prop_map(|(a, b)| Event::PoolReady {
+            handoff_path: "h".into(),
+            backoff_reset_at_ms: a,
+            breaker_close_at_ms: b
+        }),
+        (arb_reason(), prop::option::of(pid.clone())).prop_map(|(cause, pid)| {
+            Event::PreloadFailed {
+                reason: "r".into(),
+                failure: StartFailure::SpawnFailed,
+                cause,
+                pid,
+            }
+        }),
+        "[a-c]".prop_map(|l| Event::LeaseGranted {
+            lease_id: lease(&l)
+        }),
+        "[a-c]".prop_map(|l| Event::LeaseReleased {
+            lease_id: lease(&l)
+        }),
+        any::<u32>().prop_map(|consecutive| Event::HealthCheckFailed { consecutive }),
+        (pid.clone(), arb_reason(), arb_text()).prop_map(|(pid, reason, detail)| {
+            Event::EngineExited {
+                pid,
+                exit_code: Some(1),
+                signal: None,
+                reason,
+                detail,
+            }
+        }),
+        (any::<u32>(), any::<u64>(), any::<u64>(), arb_reason()).prop_map(
+            |(attempt, delay_ms, not_before_ms, reason)| Event::RestartScheduled {
+                attempt,
+                delay_ms,
+                not_before_ms,
+                reason
+            }
+        ),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(failures, open_ms, at)| {
+            Event::CircuitOpened {
+                failures,
+                open_ms,
+                class: FailureClass::Other,
+                half_open_at_ms: at,
+            }
+        }),
+        Just(Event::CircuitHalfOpened),
+        Just(Event::CircuitClosed),
+        Just(Event::CircuitReset { by: "x".into() }),
+        (any::<u32>(), any::<u64>()).prop_map(|(restarts, window_ms)| {
+            Event::RestartStormDetected {
+                restarts,
+                window_ms,
+                classification: StormClass::HangStorm,
+                hint: "h".into(),
+            }
+        }),
+        pid.clone().prop_map(|pid| Event::EngineAdopted { pid }),
+        pid.clone().prop_map(|pid| Event::EngineLost { pid }),
+        (any::<u64>(), any::<u64>()).prop_map(|(deadline_ms, deadline_at_ms)| {
+            Event::DrainRequested {
+                deadline_ms,
+                deadline_at_ms,
+            }
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(duration_ms, leases_at_stop)| {
+            Event::DrainCompleted {
+                outcome: DrainOutcome::Graceful,
+                duration_ms,
+                leases_at_stop,
+            }
+        }),
+        (
+            arb_stop_reason(),
+            prop::option::of(pid.clone()),
+            small.clone()
+        )
+            .prop_map(|(reason, pid, grace_ms)| Event::EngineStopRequested {
+                reason,
+                pid,
+                grace_ms
+            }),
+        (pid.clone(), any::<bool>())
+            .prop_map(|(pid, graceful)| Event::EngineStopped { pid, graceful }),
+        (arb_text(), any::<u64>()).prop_map(|(m, d)| Event::ReloadRequested {
+            new_model_ref: m,
+            digest: None,
+            drain_deadline_ms: d
+        }),
+        arb_text().prop_map(|path| Event::ModelStaged { path, digest: None }),
+        (arb_text(), any::<u64>()).prop_map(|(new, duration_ms)| Event::ReloadSucceeded {
+            old: "o".into(),
+            new,
+            duration_ms
+        }),
+        (any::<bool>(), prop::option::of(pid.clone())).prop_map(|(rolling_back, pid)| {
+            Event::ReloadFailed {
+                reason: "r".into(),
+                stage: ReloadStage::Starting,
+                rolling_back,
+                pid,
+            }
+        }),
+        arb_text().prop_map(|model_ref| Event::ReloadRolledBack {
+            model_ref,
+            duration_ms: 1
+        }),
+        pid.clone().prop_map(|pid| Event::DeviceMaskViolation {
+            pid,
+            gpu_uuid: "GPU-z".into()
+        }),
+        Just(Event::PoolRemoved),
+        (0u32..6, prop::option::of(pid.clone())).prop_map(|(slots_total, pid)| {
+            Event::HandoffRegistered {
+                handoff: Handoff {
+                    engine: "e".into(),
+                    engine_version: "v".into(),
+                    url: "u".into(),
+                    pool_id: "p1".into(),
+                    replica_id: "r".into(),
+                    model: HandoffModel { path: "m".into() },
+                    flags: vec![],
+                    device_mask: None,
+                    slots_total,
+                    pid,
+                },
+                path: "f".into(),
+            }
+        }),
+        (
+            arb_engine(),
+            any::<u32>(),
+            prop_oneof![
+                Just(StartPurpose::Restart),
+                Just(StartPurpose::Trial),
+                Just(StartPurpose::Reload),
+                Just(StartPurpose::Rollback)
+            ]
+        )
+            .prop_map(|(engine, attempt, purpose)| Event::EngineStartRequested {
+                engine,
+                attempt,
+                purpose
+            }),
+        any::<u32>().prop_map(|after_failures| Event::HealthCheckRecovered { after_failures }),
+        any::<u32>().prop_map(|previous_attempt| Event::BackoffReset { previous_attempt }),
+        (pid, any::<u64>())
+            .prop_map(|(pid, used_bytes)| Event::VramUsageObserved { pid, used_bytes }),
+    ]
+}
+
+fn arb_pool_ref() -> impl Strategy<Value = Option<&'static str>> {
+    prop_oneof![
+        Just(None),
+        Just(Some("p1")),
+        Just(Some("p2")),
+        Just(Some("p3")),
+        Just(Some("not a valid id!"))
+    ]
+}
+
+fn arb_stamped() -> impl Strategy<Value = (u64, u64, Option<&'static str>, Event)> {
+    (any::<u64>(), any::<u64>(), arb_pool_ref(), arb_event())
+}
+
+/// An abstract action resolved against the current state, so that random drives reach deep
+/// states (spawn results carry the right token, exits the right pid, timers the right token).
+fn arb_action() -> impl Strategy<Value = (u8, usize, u64, ExitReason)> {
+    (0u8..48, 0usize..3, any::<u64>(), arb_reason())
+}
+
+fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason)) -> Input {
+    let name = POOLS.get(pool).copied().unwrap_or("p1");
+    let pool_id = id(name);
+    let p = state.pool(name);
+    let pid = p.and_then(Pool::pid).unwrap_or((x % 3) as u32);
+    let token = p.map_or(x % 8, |p| p.start_token);
+    let lease_id = lease(["a", "b", "c"][(x % 3) as usize]);
+    // 30..45: extra weight on progress (spawn, health, handoff, acquire, release).
+    let kind = match kind {
+        30..=32 => 10,
+        33..=35 => 13,
+        36..=38 => 15,
+        39..=41 => 2,
+        42..=44 => 4,
+        45..=47 => 23,
+        k => k,
+    };
+    match kind {
+        0 | 1 => cmd(Command::Preload {
+            pool_id,
+            engine: engine(name),
+        }),
+        2 | 3 => cmd(Command::AcquireLease { pool_id, lease_id }),
+        4 => {
+            let held: Vec<LeaseId> = p
+                .map(|p| p.leases.iter().cloned().collect())
+                .unwrap_or_default();
+            let lease_id = if held.is_empty() {
+                lease_id
+            } else {
+                held[(x as usize) % held.len()].clone()
+            };
+            cmd(Command::ReleaseLease { pool_id, lease_id })
+        }
+        5 => cmd(Command::Drain {
+            pool_id,
+            deadline_ms: x % 10_000,
+        }),
+        6 => cmd(Command::Reload {
+            pool_id,
+            new_model_ref: format!("/m/{}", x % 3),
+            digest: None,
+            drain_deadline_ms: Some(x % 5000),
+        }),
+        7 => cmd(Command::Stop { pool_id }),
+        8 => cmd(Command::ResetBreaker {
+            pool_id,
+            by: "t".into(),
+        }),
+        9 => cmd(Command::Remove { pool_id }),
+        10 | 11 => obs(Observation::EngineSpawned {
+            pool_id,
+            token,
+            pid: 100 + (x % 50) as u32,
+            start_time: x,
+            log_path: "l".into(),
+            pid_path: "p".into(),
+        }),
+        12 => obs(Observation::SpawnFailed {
+            pool_id,
+            token,
+            reason: "e".into(),
+        }),
+        13 | 14 => obs(Observation::HealthPassed {
+            pool_id,
+            pid,
+            after_ms: x % 1000,
+            engine_version: None,
+            slots_total: Some((x % 4) as u32),
+        }),
+        15 | 16 => obs(Observation::HandoffWritten {
+            pool_id,
+            pid,
+            path: "h".into(),
+        }),
+        17 => obs(Observation::EngineExited {
+            pool_id,
+            pid,
+            exit_code: Some((x % 2) as i32),
+            signal: None,
+            reason,
+            detail: "t".into(),
+        }),
+        18 => obs(Observation::EngineStopped {
+            pool_id,
+            pid,
+            graceful: x % 2 == 0,
+        }),
+        19 => obs(Observation::ProbeFailed {
+            pool_id,
+            pid,
+            error: "e".into(),
+        }),
+        20 => obs(Observation::PreloadTimedOut { pool_id, pid }),
+        21 | 22 => {
+            let (timer, token) = match p {
+                Some(p) => match (&p.activity, x % 5) {
+                    (Activity::Backoff { token, .. }, _) => (Timer::Restart, *token),
+                    (_, 0) => (Timer::HalfOpen, p.supervision.breaker.token),
+                    (_, 1) => (
+                        Timer::DrainDeadline,
+                        p.drain.as_ref().map_or(0, |d| d.token),
+                    ),
+                    (_, 2) => (Timer::BackoffReset, p.ready_token),
+                    _ => (Timer::BreakerClose, p.ready_token),
+                },
+                None => (Timer::Restart, x),
+            };
+            obs(Observation::TimerFired {
+                pool_id,
+                timer,
+                token,
+            })
+        }
+        23 => {
+            let token = p.and_then(|p| p.reload.as_ref()).map_or(x, |r| r.token);
+            if x % 4 != 0 {
+                obs(Observation::ModelStaged {
+                    pool_id,
+                    token,
+                    path: format!("/m/{}", x % 3),
+                    digest: None,
+                })
+            } else {
+                obs(Observation::StagingFailed {
+                    pool_id,
+                    token,
+                    reason: "e".into(),
+                })
+            }
+        }
+        24 => obs(Observation::EngineLost { pool_id, pid }),
+        25 => obs(Observation::EngineAdopted { pool_id, pid }),
+        26 => obs(Observation::GpuXid {
+            gpu_uuid: "GPU-a".into(),
+            xid: (x % 100) as u32,
+        }),
+        27 => obs(Observation::ProbeSucceeded { pool_id, pid }),
+        28 => obs(Observation::DaemonStarted {
+            version: "v".into(),
+            pid: 1,
+        }),
+        _ => obs(Observation::VramObserved {
+            pool_id,
+            pid,
+            used_bytes: x,
+        }),
+    }
+}
+
+type Journal = Vec<(u64, u64, Option<PoolId>, Event)>;
+
+fn replay(journal: &[(u64, u64, Option<PoolId>, Event)], mut state: State) -> State {
+    for (seq, ts, pool, event) in journal {
+        state = evolve(
+            state,
+            Stamp {
+                seq: *seq,
+                ts_ms: *ts,
+                pool_id: pool.as_ref().map(PoolId::as_str),
+            },
+            event,
+        );
+    }
+    state
+}
+
+/// Drives `decide` with resolved actions; returns the journal and the state after each event.
+/// An action, the time step before it, and the entropy for its decision.
+type Step = ((u8, usize, u64, ExitReason), u64, u64);
+
+fn drive(actions: &[Step]) -> (Journal, Vec<State>) {
+    let policy = Policy::default();
+    let mut state = State::default();
+    let mut now = T0;
+    let mut journal = Vec::new();
+    let mut states = vec![state.clone()];
+    for (action, dt, random) in actions {
+        now += dt;
+        let input = resolve(&state, *action);
+        let ctx = Context {
+            now_ms: now,
+            random: *random,
+            policy: &policy,
+        };
+        if let Ok(facts) = decide(&state, &input, &ctx) {
+            for fact in facts {
+                let seq = state.last_seq() + 1;
+                let stamp = Stamp {
+                    seq,
+                    ts_ms: now,
+                    pool_id: fact.pool_id.as_ref().map(PoolId::as_str),
+                };
+                let _ = effects(&state, stamp, &fact.event);
+                let anomalies = state.anomalies;
+                state = evolve(state, stamp, &fact.event);
+                assert_eq!(
+                    state.anomalies, anomalies,
+                    "decide emitted an inapplicable {:?}",
+                    fact.event
+                );
+                let _ = effects(&state, stamp, &fact.event);
+                check_invariants(&state);
+                journal.push((seq, now, fact.pool_id.clone(), fact.event));
+                states.push(state.clone());
+            }
+        }
+    }
+    (journal, states)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn evolve_never_panics(events in prop::collection::vec(arb_stamped(), 0..60)) {
+        let mut state = State::default();
+        for (seq, ts, pool, event) in &events {
+            state = evolve(state, Stamp { seq: *seq, ts_ms: *ts, pool_id: *pool }, event);
+            prop_assert_eq!(state.last_seq(), *seq);
+            for s in state.statuses() {
+                prop_assert!(s.slots_free <= s.slots_total);
+            }
+            let _ = resume_effects(&state);
+        }
+    }
+
+    #[test]
+    fn decide_never_panics_on_arbitrary_states(
+        events in prop::collection::vec(arb_stamped(), 0..40),
+        actions in prop::collection::vec((arb_action(), any::<u64>(), any::<u64>()), 1..10),
+    ) {
+        let mut state = State::default();
+        for (seq, ts, pool, event) in &events {
+            state = evolve(state, Stamp { seq: *seq, ts_ms: *ts, pool_id: *pool }, event);
+        }
+        let policy = Policy::default();
+        for (action, now, random) in actions {
+            let input = resolve(&state, action);
+            let ctx = Context { now_ms: now, random, policy: &policy };
+            if let Ok(facts) = decide(&state, &input, &ctx) {
+                for fact in facts {
+                    let stamp = Stamp { seq: state.last_seq().wrapping_add(1), ts_ms: now, pool_id: fact.pool_id.as_ref().map(PoolId::as_str) };
+                    state = evolve(state, stamp, &fact.event);
+                    let _ = effects(&state, stamp, &fact.event);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn replay_of_any_prefix_equals_the_incremental_state(
+        actions in prop::collection::vec((arb_action(), 0u64..70_000, any::<u64>()), 0..80),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let (journal, states) = drive(&actions);
+        for (n, expected) in states.iter().enumerate() {
+            let replayed = replay(&journal[..n], State::default());
+            prop_assert_eq!(&replayed, expected, "prefix of {} events", n);
+        }
+        // snapshot at any point (bincode), then fold the rest
+        let at = cut.index(states.len());
+        let bytes = bincode::serialize(&states[at]).unwrap();
+        let snapshot: State = bincode::deserialize(&bytes).unwrap();
+        prop_assert_eq!(&snapshot, &states[at]);
+        let resumed = replay(&journal[at..], snapshot);
+        prop_assert_eq!(&resumed, states.last().unwrap());
+        // and the journal itself survives bincode
+        for (_, _, _, event) in &journal {
+            let bytes = bincode::serialize(event).unwrap();
+            prop_assert_eq!(&bincode::deserialize::<Event>(&bytes).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn backoff_delay_is_total_and_bounded(attempt in any::<u32>(), random in any::<u64>(), reason in arb_reason()) {
+        let p = BackoffPolicy::default();
+        let d = backoff_delay_ms(&p, attempt, reason, random);
+        prop_assert!((p.min_ms..=p.max_ms).contains(&d));
+    }
+}
+
+#[test]
+fn random_drives_reach_deep_states() {
+    // A sanity check that the resolver is not trivially stale: a scripted drive gets ready.
+    let a = |k: u8| ((k, 0usize, 0u64, ExitReason::Crash), 10u64, 1u64);
+    let (journal, states) = drive(&[a(0), a(10), a(13), a(15), a(2)]);
+    let kinds: Vec<_> = journal.iter().map(|j| j.3.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "PreloadRequested",
+            "EngineSpawned",
+            "HealthCheckPassed",
+            "PoolReady",
+            "LeaseGranted"
+        ]
+    );
+    assert!(states.last().unwrap().status("p1").unwrap().ready);
+}
+
+#[test]
+fn long_random_drive_covers_the_lifecycle() {
+    let mut x: u64 = 0x1234_5678;
+    let mut next = || {
+        // splitmix64
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let reasons = [
+        ExitReason::Crash,
+        ExitReason::CudaError,
+        ExitReason::VramOom,
+        ExitReason::Graceful,
+        ExitReason::HealthTimeout,
+    ];
+    let actions: Vec<_> = (0..6000)
+        .map(|_| {
+            let kind = (next() % 48) as u8;
+            let pool = (next() % 3) as usize;
+            let param = next();
+            let reason = reasons[(next() % 5) as usize];
+            ((kind, pool, param, reason), next() % 400_000, next())
+        })
+        .collect();
+    let (journal, states) = drive(&actions);
+    let mut kinds: Vec<&str> = journal.iter().map(|j| j.3.kind()).collect();
+    kinds.sort();
+    kinds.dedup();
+    for want in [
+        "PreloadRequested",
+        "EngineSpawned",
+        "HealthCheckPassed",
+        "PoolReady",
+        "LeaseGranted",
+        "LeaseReleased",
+        "EngineExited",
+        "RestartScheduled",
+        "EngineStartRequested",
+        "DrainRequested",
+        "DrainCompleted",
+        "EngineStopRequested",
+        "EngineStopped",
+        "ReloadRequested",
+        "PreloadFailed",
+        "CircuitOpened",
+        "PoolRemoved",
+    ] {
+        assert!(
+            kinds.contains(&want),
+            "{want} never reached; reached {kinds:?}"
+        );
+    }
+    assert_eq!(replay(&journal, State::default()), *states.last().unwrap());
+}
+
+#[test]
+fn scripted_drive_reaches_reload_staging() {
+    let a = |k: u8, x: u64| ((k, 0usize, x, ExitReason::Crash), 10u64, 1u64);
+    let (journal, _) = drive(&[a(0, 0), a(10, 0), a(13, 0), a(15, 0), a(6, 1), a(23, 1)]);
+    let kinds: Vec<_> = journal.iter().map(|j| j.3.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "PreloadRequested",
+            "EngineSpawned",
+            "HealthCheckPassed",
+            "PoolReady",
+            "ReloadRequested",
+            "ModelStaged",
+            "DrainRequested",
+            "EngineStopRequested"
+        ]
+    );
+}

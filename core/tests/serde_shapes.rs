@@ -1,0 +1,325 @@
+//! Serde shapes: every event round-trips through bincode (journal) and JSON (export), has a
+//! flattenable shape, and `PoolStatus` JSON has exactly the SPEC field names in order.
+
+mod support;
+
+use pool_core::*;
+use support::*;
+
+pub fn one_of_each() -> Vec<Event> {
+    let mut e = engine("p1");
+    e.tensor_split = Some(TensorSplit::Ratios(vec![0.25, 0.75]));
+    vec![
+        Event::DaemonStarted {
+            version: "0.1.0".into(),
+            pid: 1,
+        },
+        Event::DaemonStopped {
+            reason: "SIGTERM".into(),
+        },
+        Event::GpuInventoryObserved {
+            gpus: vec![gpu(0, "GPU-a")],
+        },
+        Event::PreflightFailed {
+            reason: "no GPU".into(),
+        },
+        Event::GpuXidObserved {
+            gpu_uuid: "GPU-a".into(),
+            xid: 79,
+        },
+        Event::DriverResetObserved {
+            gpu_uuid: "GPU-a".into(),
+        },
+        Event::PreloadRequested { engine: e },
+        Event::PreloadRejected {
+            code: "BINARY_NOT_ALLOWED".into(),
+            reason: "x".into(),
+        },
+        Event::EngineSpawned {
+            pid: 1,
+            start_time: 2,
+            log_path: "l".into(),
+            pid_path: "p".into(),
+            attempt: 0,
+            health_deadline_at_ms: 3,
+        },
+        Event::HealthCheckPassed {
+            after_ms: 1,
+            engine_version: "b1".into(),
+            slots_total: 2,
+        },
+        Event::PoolReady {
+            handoff_path: "h".into(),
+            backoff_reset_at_ms: 1,
+            breaker_close_at_ms: Some(2),
+        },
+        Event::PreloadFailed {
+            reason: "r".into(),
+            failure: StartFailure::HealthTimeout,
+            cause: ExitReason::HealthTimeout,
+            pid: Some(1),
+        },
+        Event::LeaseGranted {
+            lease_id: lease("l1"),
+        },
+        Event::LeaseReleased {
+            lease_id: lease("l1"),
+        },
+        Event::HealthCheckFailed { consecutive: 1 },
+        Event::EngineExited {
+            pid: 1,
+            exit_code: Some(1),
+            signal: None,
+            reason: ExitReason::Crash,
+            detail: "d".into(),
+        },
+        Event::RestartScheduled {
+            attempt: 1,
+            delay_ms: 1000,
+            not_before_ms: 2000,
+            reason: ExitReason::Crash,
+        },
+        Event::CircuitOpened {
+            failures: 5,
+            open_ms: 1,
+            class: FailureClass::GpuFault,
+            half_open_at_ms: 2,
+        },
+        Event::CircuitHalfOpened,
+        Event::CircuitClosed,
+        Event::CircuitReset { by: "op".into() },
+        Event::RestartStormDetected {
+            restarts: 11,
+            window_ms: 60_000,
+            classification: StormClass::CrashStorm,
+            hint: "h".into(),
+        },
+        Event::EngineAdopted { pid: 1 },
+        Event::EngineLost { pid: 1 },
+        Event::DrainRequested {
+            deadline_ms: 1,
+            deadline_at_ms: 2,
+        },
+        Event::DrainCompleted {
+            outcome: DrainOutcome::ForceStopped,
+            duration_ms: 1,
+            leases_at_stop: 2,
+        },
+        Event::EngineStopRequested {
+            reason: StopReason::Failure {
+                reason: ExitReason::HealthTimeout,
+                detail: "d".into(),
+            },
+            pid: Some(1),
+            grace_ms: 5000,
+        },
+        Event::EngineStopped {
+            pid: 1,
+            graceful: true,
+        },
+        Event::ReloadRequested {
+            new_model_ref: "m".into(),
+            digest: Some("sha256:00".into()),
+            drain_deadline_ms: 1,
+        },
+        Event::ModelStaged {
+            path: "m".into(),
+            digest: None,
+        },
+        Event::ReloadSucceeded {
+            old: "a".into(),
+            new: "b".into(),
+            duration_ms: 1,
+        },
+        Event::ReloadFailed {
+            reason: "r".into(),
+            stage: ReloadStage::Starting,
+            rolling_back: true,
+            pid: None,
+        },
+        Event::ReloadRolledBack {
+            model_ref: "a".into(),
+            duration_ms: 1,
+        },
+        Event::DeviceMaskViolation {
+            pid: 1,
+            gpu_uuid: "GPU-b".into(),
+        },
+        Event::PoolRemoved,
+        Event::HandoffRegistered {
+            handoff: Handoff {
+                engine: "llamacpp".into(),
+                engine_version: "b1".into(),
+                url: "http://127.0.0.1:1".into(),
+                pool_id: "p1".into(),
+                replica_id: "r".into(),
+                model: HandoffModel { path: "m".into() },
+                flags: vec![],
+                device_mask: None,
+                slots_total: 1,
+                pid: None,
+            },
+            path: "f".into(),
+        },
+        Event::HandoffRejected {
+            file: "f".into(),
+            field: "slots_total".into(),
+            reason: "r".into(),
+        },
+        Event::EngineStartRequested {
+            engine: engine("p1"),
+            attempt: 1,
+            purpose: StartPurpose::Trial,
+        },
+        Event::HealthCheckRecovered { after_failures: 1 },
+        Event::BackoffReset {
+            previous_attempt: 3,
+        },
+        Event::VramUsageObserved {
+            pid: 1,
+            used_bytes: 1 << 30,
+        },
+    ]
+}
+
+#[test]
+fn every_event_round_trips_through_bincode_and_json() {
+    let events = one_of_each();
+    let mut kinds: Vec<&str> = events.iter().map(Event::kind).collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(kinds.len(), events.len(), "one of each, no duplicates");
+    assert_eq!(events.len(), 41, "update one_of_each when adding an event");
+    for event in &events {
+        let bytes = bincode::serialize(event).unwrap();
+        assert_eq!(
+            &bincode::deserialize::<Event>(&bytes).unwrap(),
+            event,
+            "bincode {}",
+            event.kind()
+        );
+        let json = serde_json::to_value(event).unwrap();
+        assert_eq!(
+            &serde_json::from_value::<Event>(json.clone()).unwrap(),
+            event,
+            "json {}",
+            event.kind()
+        );
+        // externally tagged: a unit variant is its name, a struct variant {name: {fields}}
+        match &json {
+            serde_json::Value::String(name) => assert_eq!(name, event.kind()),
+            serde_json::Value::Object(map) => {
+                assert_eq!(map.len(), 1);
+                let fields = map.get(event.kind()).unwrap();
+                assert!(
+                    fields.is_object(),
+                    "{} must be a struct variant",
+                    event.kind()
+                );
+                assert!(fields.get("kind").is_none(), "no field named kind");
+            }
+            other => panic!("{other}"),
+        }
+    }
+}
+
+#[test]
+fn pool_status_json_has_the_spec_fields_in_order() {
+    let state = given(&ready("p1", 100)).state;
+    let json = serde_json::to_string(&state.status("p1").unwrap()).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let spec = [
+        "pool_id",
+        "phase",
+        "live",
+        "ready",
+        "draining",
+        "pid",
+        "engine",
+        "engine_version",
+        "model_ref",
+        "device_mask",
+        "slots_total",
+        "slots_free",
+        "active_leases",
+        "last_error",
+        "last_heartbeat_ms",
+        "restart_count",
+        "crash_count",
+        "backoff_ms",
+        "breaker",
+        "vram_used_bytes",
+        "handoff_path",
+        "last_seq",
+    ];
+    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), spec.len());
+    let mut last = 0;
+    for key in spec {
+        let at = json
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("missing {key}"));
+        assert!(at >= last, "{key} out of order");
+        last = at;
+    }
+    assert_eq!(value["phase"], "ready");
+    assert_eq!(value["breaker"], "closed");
+    assert_eq!(value["pool_id"], "p1");
+}
+
+#[test]
+fn state_snapshot_round_trips_through_bincode() {
+    let mut state = given(&ready("p1", 100)).state;
+    state = fold(
+        state,
+        &[Fact {
+            pool_id: Some(id("p1")),
+            event: Event::LeaseGranted {
+                lease_id: lease("l1"),
+            },
+        }],
+        T0,
+    );
+    let bytes = bincode::serialize(&state).unwrap();
+    assert_eq!(bincode::deserialize::<State>(&bytes).unwrap(), state);
+    let _ = STATE_SNAPSHOT_VERSION;
+}
+
+#[test]
+fn enums_are_snake_case() {
+    assert_eq!(
+        serde_json::to_value(Phase::CircuitOpen).unwrap(),
+        "circuit_open"
+    );
+    assert_eq!(
+        serde_json::to_value(ExitReason::OomKilled).unwrap(),
+        "oom_killed"
+    );
+    assert_eq!(
+        serde_json::to_value(BreakerState::HalfOpen).unwrap(),
+        "half_open"
+    );
+    assert_eq!(
+        serde_json::to_value(DrainOutcome::ForceStopped).unwrap(),
+        "force_stopped"
+    );
+    assert_eq!(
+        serde_json::to_value(FailureClass::GpuFault).unwrap(),
+        "gpu_fault"
+    );
+}
+
+#[test]
+fn rejection_codes_and_messages() {
+    let r = Rejection::PoolNotFound {
+        pool_id: "p1".into(),
+    };
+    assert_eq!(r.code(), "POOL_NOT_FOUND");
+    assert!(r.to_string().contains("'p1'"));
+    let r = Rejection::CircuitOpen {
+        pool_id: "p1".into(),
+        retry_after_ms: 5,
+    };
+    assert_eq!(r.code(), "CIRCUIT_OPEN");
+    assert!(r.to_string().contains("breaker/reset"));
+}
