@@ -1,1 +1,15 @@
-//! pool-managerd
+//! pool-managerd: the per-node daemon of an LLM serving stack.
+//!
+//! Layout of this crate (the package root; see `ARCHITECTURE.md` for the whole map):
+//! - [`core`] re-exports `pool-core`, the pure state machine (`decide`, `evolve`, `effects`).
+//! - [`schema`] binds the core's `Event` to the journal (format version, upcasting, kind names).
+//! - [`projection`] rebuilds the registry from the journal: snapshot + tail, or up to a seq/time.
+//! - [`table`] renders a registry for people.
+//! - [`cli`] the command line: `journal {show,export,import,verify,stats,repair}` and `replay`.
+
+pub use pool_core as core;
+
+pub mod cli;
+pub mod projection;
+pub mod schema;
+pub mod table;

@@ -1,1 +1,17 @@
-fn main() {}
+//! Thin binary: parse the command line, run it, turn an error into a message and an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = pool_managerd::cli::Cli::parse();
+    pool_managerd::cli::init_logging(cli.log_format);
+    match pool_managerd::cli::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

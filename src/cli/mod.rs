@@ -1,0 +1,148 @@
+//! The command line (clap): `journal {show,export,import,verify,stats,repair}` and `replay`.
+//!
+//! Owns: argument parsing, opening journals for commands, exit codes, logging set-up.
+//! Never: changes a journal except through `journal import` and `journal repair`; every other
+//! command only reads. Errors name the path or the seq and what to do.
+
+mod journal;
+mod replay;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use pool_journal::JournalConfig;
+
+use crate::schema::PoolJournal;
+
+pub use journal::JournalCommand;
+pub use replay::ReplayArgs;
+
+/// pool-managerd: supervises LLM inference engines on a GPU node, with a durable event journal.
+#[derive(Debug, Parser)]
+#[command(name = "pool-managerd", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect, check, export, import or repair a journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+    /// Print the registry as it was after a given event or time (for post-mortems).
+    Replay(ReplayArgs),
+}
+
+/// The journal a command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JournalDirArg {
+    /// The journal directory (a sled database).
+    #[arg(
+        long,
+        env = "POOL_MANAGERD_JOURNAL_DIR",
+        default_value = ".runtime/journal",
+        value_name = "DIR"
+    )]
+    pub journal_dir: PathBuf,
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling `run` twice) is harmless: ignore it.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Journal(command) => journal::run(command),
+        Command::Replay(args) => replay::run(args),
+    }
+}
+
+/// Opens an existing journal. A missing directory, or one that holds no journal, is an error
+/// (sled would silently create an empty database there, and an empty history is not an answer).
+pub(crate) fn open_existing(dir: &Path) -> anyhow::Result<PoolJournal> {
+    open_existing_with(dir, OpenPurpose::Use)
+}
+
+/// Why a command opens a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenPurpose {
+    /// Normal use: recovery runs, and corruption before the tail refuses to open.
+    Use,
+    /// Verify or repair: nothing is quarantined or refused, so that damage can be listed and cut.
+    Repair,
+}
+
+/// Like [`open_existing`], for the given purpose.
+pub(crate) fn open_existing_with(dir: &Path, purpose: OpenPurpose) -> anyhow::Result<PoolJournal> {
+    if !dir.exists() {
+        bail!(
+            "no journal at {}: the directory does not exist; pass --journal-dir DIR (or set \
+             POOL_MANAGERD_JOURNAL_DIR) to the journal of a pool-managerd",
+            dir.display()
+        );
+    }
+    if !dir.is_dir() {
+        bail!("no journal at {}: it is not a directory", dir.display());
+    }
+    if !dir.join("conf").exists() && !dir.join("db").exists() {
+        bail!(
+            "no journal at {}: the directory holds no journal database (no 'db' or 'conf' file); \
+             pass --journal-dir DIR to the journal of a pool-managerd",
+            dir.display()
+        );
+    }
+    match purpose {
+        OpenPurpose::Use => open_dir(dir),
+        OpenPurpose::Repair => {
+            let (journal, _report) = PoolJournal::open_for_repair(JournalConfig::new(dir))
+                .with_context(|| format!("cannot open the journal at {}", dir.display()))?;
+            Ok(journal)
+        }
+    }
+}
+
+/// Opens (creating if absent) the journal at `dir` and reports what recovery did.
+pub(crate) fn open_dir(dir: &Path) -> anyhow::Result<PoolJournal> {
+    let (journal, report) = PoolJournal::open(JournalConfig::new(dir))
+        .with_context(|| format!("cannot open the journal at {}", dir.display()))?;
+    if !report.quarantined.is_empty() {
+        eprintln!(
+            "warning: {} corrupt record(s) at the tail of {} were quarantined{}",
+            report.quarantined.len(),
+            dir.display(),
+            report
+                .quarantine_file
+                .as_ref()
+                .map(|path| format!(" to {}", path.display()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(journal)
+}
