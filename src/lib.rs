@@ -4,6 +4,7 @@
 //! - [`core`] re-exports `pool-core`, the pure state machine (`decide`, `evolve`, `effects`).
 //! - [`schema`] binds the core's `Event` to the journal (format version, upcasting, kind names).
 //! - [`projection`] rebuilds the registry from the journal: snapshot + tail, or up to a seq/time.
+//! - [`script`] drives the core with no I/O: the source of recorded journals and test histories.
 //! - [`table`] renders a registry for people.
 //! - [`cli`] the command line: `journal {show,export,import,verify,stats,repair}` and `replay`.
 
@@ -12,4 +13,5 @@ pub use pool_core as core;
 pub mod cli;
 pub mod projection;
 pub mod schema;
+pub mod script;
 pub mod table;
