@@ -281,13 +281,29 @@ impl Scripted {
     }
 
     /// The engine answers its health check after `after_ms` (the clock moves that far), with
-    /// `slots_total` from its `/props` if given, and the handoff file is written.
+    /// `slots_total` from its `/props` if given, and the handoff file is written: the
+    /// [`health_passed`](Self::health_passed) and [`write_handoff`](Self::write_handoff)
+    /// steps in one.
     pub fn pass_health(
         &mut self,
         pool: &str,
         after_ms: u64,
         slots_total: Option<u32>,
     ) -> Result<(), ScriptError> {
+        self.health_passed(pool, after_ms, slots_total)?;
+        self.write_handoff(pool)?;
+        Ok(())
+    }
+
+    /// The engine answers its health check after `after_ms` (the clock moves that far), with
+    /// `slots_total` from its `/props` if given; the handoff file is not written yet (the
+    /// pool stays starting until [`write_handoff`](Self::write_handoff)).
+    pub fn health_passed(
+        &mut self,
+        pool: &str,
+        after_ms: u64,
+        slots_total: Option<u32>,
+    ) -> Result<Vec<PoolEnvelope>, ScriptError> {
         let (cause, effect) = self.take_pending(pool, "StartHealthWait", |e| {
             matches!(e, Effect::StartHealthWait { .. })
         })?;
@@ -305,9 +321,14 @@ impl Scripted {
             }
             .into(),
             Some(cause),
-        )?;
-        let (cause, effect) =
-            self.take_pending(pool, "WriteHandoff", |e| matches!(e, Effect::WriteHandoff { .. }))?;
+        )
+    }
+
+    /// The pool's pending handoff file is written (after a passed health check).
+    pub fn write_handoff(&mut self, pool: &str) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        let (cause, effect) = self.take_pending(pool, "WriteHandoff", |e| {
+            matches!(e, Effect::WriteHandoff { .. })
+        })?;
         let Effect::WriteHandoff { pid, handoff, .. } = effect else {
             return Err(self.unexpected(pool, "WriteHandoff"));
         };
@@ -319,8 +340,7 @@ impl Scripted {
             }
             .into(),
             Some(cause),
-        )?;
-        Ok(())
+        )
     }
 
     /// The engine never answers healthy: the clock moves to the health deadline and the wait
@@ -495,5 +515,117 @@ pub fn sample_engine(pool: &str, port: u16, model_path: &str, slots: Option<u32>
         vram_required_bytes: None,
         ram_required_bytes: None,
         tensor_split: None,
+    }
+}
+
+/// More commands and answers of the world, for scripts that go beyond preload, leases, drain
+/// and crashes (reloads, probes, stops, handoffs): the journals of `tests/formats.rs` and
+/// `tests/replay.rs`.
+impl Scripted {
+    /// The orchestrator asks to stop the pool's engine (the pool stays).
+    pub fn stop(&mut self, pool: &str) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        self.submit(Command::Stop {
+            pool_id: pool_id(pool)?,
+        })
+    }
+
+    /// The orchestrator removes the pool.
+    pub fn remove(&mut self, pool: &str) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        self.submit(Command::Remove {
+            pool_id: pool_id(pool)?,
+        })
+    }
+
+    /// The orchestrator asks for a reload to `new_model_ref`.
+    pub fn reload(
+        &mut self,
+        pool: &str,
+        new_model_ref: &str,
+        digest: Option<&str>,
+        drain_deadline_ms: Option<u64>,
+    ) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        self.submit(Command::Reload {
+            pool_id: pool_id(pool)?,
+            new_model_ref: new_model_ref.to_string(),
+            digest: digest.map(str::to_string),
+            drain_deadline_ms,
+        })
+    }
+
+    /// The pool's pending model staging succeeds: the model is at `path`.
+    pub fn stage_model(
+        &mut self,
+        pool: &str,
+        path: &str,
+    ) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        let (cause, effect) =
+            self.take_pending(pool, "StageModel", |e| matches!(e, Effect::StageModel { .. }))?;
+        let Effect::StageModel { token, digest, .. } = effect else {
+            return Err(self.unexpected(pool, "StageModel"));
+        };
+        self.submit_caused(
+            Observation::ModelStaged {
+                pool_id: pool_id(pool)?,
+                token,
+                path: path.to_string(),
+                digest,
+            }
+            .into(),
+            Some(cause),
+        )
+    }
+
+    /// The pool's pending model staging fails (missing file, digest mismatch, ...).
+    pub fn fail_staging(
+        &mut self,
+        pool: &str,
+        reason: &str,
+    ) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        let (cause, effect) =
+            self.take_pending(pool, "StageModel", |e| matches!(e, Effect::StageModel { .. }))?;
+        let Effect::StageModel { token, .. } = effect else {
+            return Err(self.unexpected(pool, "StageModel"));
+        };
+        self.submit_caused(
+            Observation::StagingFailed {
+                pool_id: pool_id(pool)?,
+                token,
+                reason: reason.to_string(),
+            }
+            .into(),
+            Some(cause),
+        )
+    }
+
+    /// A health probe of the pool's ready engine fails with `error`.
+    pub fn fail_probe(&mut self, pool: &str, error: &str) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        let pid = self.current_pid(pool)?;
+        self.submit(Observation::ProbeFailed {
+            pool_id: pool_id(pool)?,
+            pid,
+            error: error.to_string(),
+        })
+    }
+
+    /// A health probe of the pool's ready engine succeeds (journaled only after failures).
+    pub fn pass_probe(&mut self, pool: &str) -> Result<Vec<PoolEnvelope>, ScriptError> {
+        let pid = self.current_pid(pool)?;
+        self.submit(Observation::ProbeSucceeded {
+            pool_id: pool_id(pool)?,
+            pid,
+        })
+    }
+
+    /// The pid of the pool's engine process, or an error naming the pool when none runs.
+    fn current_pid(&self, pool: &str) -> Result<u32, ScriptError> {
+        self.state
+            .pool(pool)
+            .and_then(|p| p.process.as_ref())
+            .map(|process| process.pid)
+            .ok_or_else(|| ScriptError::NoPendingEffect {
+                pool_id: pool.to_string(),
+                what: "running engine",
+                pending: String::new(),
+            })
     }
 }
