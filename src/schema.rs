@@ -7,7 +7,9 @@
 //!
 //! Format versions: 1 is the first and current one. To change an event's shape, add a variant
 //! or field under a new `EVENT_FORMAT_VERSION`, keep the old shape as a frozen type here, and
-//! upcast from it in [`PoolSchema::upcast`]; `tests/formats.rs` keeps a journal of every version.
+//! upcast from it in [`PoolSchema::upcast`]; `tests/formats.rs` keeps a journal of every version
+//! (`tests/fixtures/pool-events-vN.records`, never regenerated: a new version's fixture is
+//! written beside the old ones, see that file's header).
 
 use pool_core::Event;
 use pool_journal::{Envelope, EventSchema, Journal};

@@ -558,8 +558,9 @@ impl Scripted {
         pool: &str,
         path: &str,
     ) -> Result<Vec<PoolEnvelope>, ScriptError> {
-        let (cause, effect) =
-            self.take_pending(pool, "StageModel", |e| matches!(e, Effect::StageModel { .. }))?;
+        let (cause, effect) = self.take_pending(pool, "StageModel", |e| {
+            matches!(e, Effect::StageModel { .. })
+        })?;
         let Effect::StageModel { token, digest, .. } = effect else {
             return Err(self.unexpected(pool, "StageModel"));
         };
@@ -581,8 +582,9 @@ impl Scripted {
         pool: &str,
         reason: &str,
     ) -> Result<Vec<PoolEnvelope>, ScriptError> {
-        let (cause, effect) =
-            self.take_pending(pool, "StageModel", |e| matches!(e, Effect::StageModel { .. }))?;
+        let (cause, effect) = self.take_pending(pool, "StageModel", |e| {
+            matches!(e, Effect::StageModel { .. })
+        })?;
         let Effect::StageModel { token, .. } = effect else {
             return Err(self.unexpected(pool, "StageModel"));
         };
@@ -598,7 +600,11 @@ impl Scripted {
     }
 
     /// A health probe of the pool's ready engine fails with `error`.
-    pub fn fail_probe(&mut self, pool: &str, error: &str) -> Result<Vec<PoolEnvelope>, ScriptError> {
+    pub fn fail_probe(
+        &mut self,
+        pool: &str,
+        error: &str,
+    ) -> Result<Vec<PoolEnvelope>, ScriptError> {
         let pid = self.current_pid(pool)?;
         self.submit(Observation::ProbeFailed {
             pool_id: pool_id(pool)?,

@@ -62,7 +62,7 @@ impl VerifyReport {
 }
 
 /// Result of `Journal::stats`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Stats {
     /// Records in the journal.
     pub records: u64,

@@ -36,7 +36,9 @@ pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(seq) = args.until_seq {
         if seq > last_seq {
             bail!(
-                "--until-seq {seq} is past the end of the journal at {} (last seq {last_seq})",
+                "--until-seq {seq} is past the end of the journal at {} (last seq {last_seq}); \
+                 pass a seq up to {last_seq}, or leave --until-seq out for the registry as it is \
+                 now",
                 args.dir.journal_dir.display()
             );
         }
@@ -80,7 +82,10 @@ pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 /// Parses an RFC 3339 time ("2026-11-23T10:00:00Z", or without the zone, taken as UTC).
 fn parse_time_ms(text: &str) -> anyhow::Result<u64> {
     let time = humantime::parse_rfc3339_weak(text).with_context(|| {
-        format!("--until '{text}' is not a time; give RFC 3339, e.g. 2026-11-23T10:00:00Z")
+        format!(
+            "--until '{text}' is not a time; give RFC 3339 in UTC, e.g. 2026-11-23T10:00:00Z \
+             (or 2026-11-23T10:00:00.250Z)"
+        )
     })?;
     let since_epoch = time
         .duration_since(UNIX_EPOCH)

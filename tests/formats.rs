@@ -1,0 +1,639 @@
+//! Journals written by every event format version, read by today's build.
+//!
+//! SPEC section 3: "an old record decodes (upcast) into today's event type; a test keeps a
+//! journal written by every released format version". For each version N from 1 to
+//! `pool_core::EVENT_FORMAT_VERSION` two files are checked in under `tests/fixtures/`:
+//!
+//! - `pool-events-vN.records`: the raw records (the bytes sled stored: `version u8 | crc32c
+//!   u32 LE | bincode envelope`) of a journal written by a build whose format version was N.
+//!   UTF-8 text; lines starting with `#` are comments; every other line is
+//!   `seq<TAB>lower-case hex of the raw value` (the format of `journal/tests/fixtures/`).
+//! - `pool-events-vN.expected.ndjson`: what those records must read as *today*, in the
+//!   export format (`pool-managerd journal export`).
+//!
+//! The records are history: **never regenerate or edit a `.records` file.** They stand for
+//! journals already on disk. When a change of `pool_core::Event` bumps
+//! `EVENT_FORMAT_VERSION` to N+1 (with an upcaster in `src/schema.rs`):
+//!
+//! 1. write `pool-events-v(N+1).records` and its `.expected.ndjson` beside the old ones with
+//!    `POOL_MANAGERD_WRITE_FORMAT_FIXTURE=1 cargo test --test formats -- --ignored
+//!    write_fixture_of_the_current_format_version` (it refuses to overwrite a file), after
+//!    adding the new variants to the scenario in `all_event_kinds()` and to `kinds_of_version`;
+//! 2. if the upcaster changes how older events read today (a new field with its default),
+//!    update the older `.expected.ndjson` files to today's reading, by hand or from
+//!    `pool-managerd journal export` of a journal loaded from the `.records`; never the
+//!    `.records`.
+//!
+//! The tests load each `.records` file into a real sled journal through the journal crate's
+//! raw `Store::put_raw`, open it with `PoolJournal` (recovery, decode, upcast) and check that
+//! every record decodes, that the export equals the `.expected.ndjson`, that records of the
+//! current version re-encode to the very same bytes, that `verify` (the library's and the
+//! CLI's `journal verify`) finds nothing and that the registry replays.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+
+use pool_core::{
+    Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, Observation, Policy, PoolId,
+    StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
+};
+use pool_journal::{Draft, JournalConfig, SledStore, Store};
+use pool_managerd::projection::{replay, ReplayLimit};
+use pool_managerd::schema::{PoolJournal, PoolSchema};
+use pool_managerd::script::{sample_engine, ScriptError, Scripted};
+
+const FIXTURES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+/// Set to `1` (with `--ignored`) to write the fixture of the current format version.
+const WRITE_ENV: &str = "POOL_MANAGERD_WRITE_FORMAT_FIXTURE";
+/// sled page cache for the temp journals.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+fn records_path(version: u8) -> PathBuf {
+    Path::new(FIXTURES_DIR).join(format!("pool-events-v{version}.records"))
+}
+
+fn expected_path(version: u8) -> PathBuf {
+    Path::new(FIXTURES_DIR).join(format!("pool-events-v{version}.expected.ndjson"))
+}
+
+/// The event kinds that exist in format version `version` (frozen per version: a new version
+/// appends its new kinds).
+fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
+    const V1: [&str; 41] = [
+        "DaemonStarted",
+        "DaemonStopped",
+        "GpuInventoryObserved",
+        "PreflightFailed",
+        "GpuXidObserved",
+        "DriverResetObserved",
+        "PreloadRequested",
+        "PreloadRejected",
+        "EngineSpawned",
+        "HealthCheckPassed",
+        "PoolReady",
+        "PreloadFailed",
+        "LeaseGranted",
+        "LeaseReleased",
+        "HealthCheckFailed",
+        "EngineExited",
+        "RestartScheduled",
+        "CircuitOpened",
+        "CircuitHalfOpened",
+        "CircuitClosed",
+        "CircuitReset",
+        "RestartStormDetected",
+        "EngineAdopted",
+        "EngineLost",
+        "DrainRequested",
+        "DrainCompleted",
+        "EngineStopRequested",
+        "EngineStopped",
+        "ReloadRequested",
+        "ModelStaged",
+        "ReloadSucceeded",
+        "ReloadFailed",
+        "ReloadRolledBack",
+        "DeviceMaskViolation",
+        "PoolRemoved",
+        "HandoffRegistered",
+        "HandoffRejected",
+        "EngineStartRequested",
+        "HealthCheckRecovered",
+        "BackoffReset",
+        "VramUsageObserved",
+    ];
+    match version {
+        1 => V1.into_iter().collect(),
+        other => panic!(
+            "kinds_of_version({other}): list the kinds of format version {other} here \
+             (version 1's plus the new ones)"
+        ),
+    }
+}
+
+// ---- the fixture files ----------------------------------------------------------------------
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str, line: usize) -> Vec<u8> {
+    assert!(
+        text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()),
+        "fixture line {line}: the value is not hex"
+    );
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digit pair"))
+        .collect()
+}
+
+/// The `(seq, raw value)` records of a `.records` file.
+fn read_records(path: &Path) -> Vec<(u64, Vec<u8>)> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read the fixture {}: {e}", path.display()));
+    let mut records = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (seq, value) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("{} line {number}: expected seq<TAB>hex", path.display()));
+        let seq: u64 = seq
+            .parse()
+            .unwrap_or_else(|e| panic!("{} line {number}: seq: {e}", path.display()));
+        records.push((seq, unhex(value, number)));
+    }
+    records
+}
+
+/// A closed journal in `dir` holding exactly `records`, written through the raw store.
+fn write_raw_journal(dir: &Path, records: &[(u64, Vec<u8>)]) {
+    let store = SledStore::open(dir, CACHE_BYTES).expect("open the raw store");
+    for (seq, value) in records {
+        store.put_raw(*seq, value).expect("put_raw");
+    }
+    store.sync().expect("sync the raw store");
+}
+
+// ---- the scenario ---------------------------------------------------------------------------
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+fn gpus() -> Vec<GpuInfo> {
+    vec![
+        GpuInfo {
+            index: 0,
+            uuid: "GPU-0b1e7c52-91a4-4f0e-8c3d-2a6f5e9d1b70".into(),
+            name: "NVIDIA A100-SXM4-80GB".into(),
+            compute_capability: "8.0".into(),
+            vram_total_bytes: 80 * GIB,
+            vram_free_bytes: 79 * GIB,
+        },
+        GpuInfo {
+            index: 1,
+            uuid: "GPU-7d3f1a08-5c62-4b9e-a0d7-e41c8b2f6a95".into(),
+            name: "NVIDIA A100-SXM4-80GB".into(),
+            compute_capability: "8.0".into(),
+            vram_total_bytes: 80 * GIB,
+            vram_free_bytes: 79 * GIB,
+        },
+    ]
+}
+
+fn id(pool: &str) -> Result<PoolId, ScriptError> {
+    PoolId::new(pool).map_err(|e| ScriptError::InvalidId(e.to_string()))
+}
+
+fn pid_of(s: &Scripted, pool: &str) -> u32 {
+    s.state().pool(pool).and_then(|p| p.pid()).unwrap_or(0)
+}
+
+/// One node's journal in which every event kind of the current format version occurs, driven
+/// through the core (so every record is a real decision). Optional fields are exercised both
+/// empty and set (node events without a pool, causes, digests, tensor splits, env).
+fn all_event_kinds() -> Result<Scripted, ScriptError> {
+    let policy = Policy {
+        storm: StormPolicy {
+            max_restarts: 2,
+            window_ms: 60_000,
+        },
+        ..Policy::default()
+    };
+    let mut s = Scripted::new(1_767_261_600_000, 3).with_policy(policy);
+
+    // The node.
+    s.submit(Observation::DaemonStarted {
+        version: "0.1.0".into(),
+        pid: 901,
+    })?;
+    s.submit(Observation::PreflightFailed {
+        reason: "NVML: Driver/library version mismatch".into(),
+    })?;
+    s.advance(20_000);
+    s.submit(Observation::GpuInventory { gpus: gpus() })?;
+    s.submit(Observation::HandoffInvalid {
+        file: ".runtime/engines/stray.json".into(),
+        field: "slots_total".into(),
+        reason: "must be at least 1".into(),
+    })?;
+    s.submit(Observation::GpuXid {
+        gpu_uuid: gpus()[1].uuid.clone(),
+        xid: 79,
+    })?;
+    s.submit(Observation::DriverReset {
+        gpu_uuid: gpus()[1].uuid.clone(),
+    })?;
+
+    // alpha: ready, leases, probes, VRAM, a mask violation, a refused preload, a crash and its
+    // restart, a backoff reset, a reload that succeeds and one that rolls back.
+    let alpha = "alpha";
+    s.advance(1_000);
+    s.preload(
+        alpha,
+        sample_engine(alpha, 8101, "/models/alpha-v1.gguf", Some(4)),
+    )?;
+    s.spawn_engine(alpha)?;
+    s.pass_health(alpha, 5_000, None)?;
+    s.submit(Observation::VramObserved {
+        pool_id: id(alpha)?,
+        pid: pid_of(&s, alpha),
+        used_bytes: 9 * GIB,
+    })?;
+    s.submit(Observation::DeviceMaskViolation {
+        pool_id: id(alpha)?,
+        pid: pid_of(&s, alpha),
+        gpu_uuid: gpus()[1].uuid.clone(),
+    })?;
+    s.acquire_lease(alpha, "lease-1")?;
+    s.advance(3_000);
+    s.release_lease(alpha, "lease-1")?;
+    s.fail_probe(alpha, "GET /health: connection refused")?;
+    s.advance(5_000);
+    s.pass_probe(alpha)?;
+    s.submit(Observation::PreloadRefused {
+        pool_id: id(alpha)?,
+        code: "INSUFFICIENT_VRAM".into(),
+        reason: "needs 90 GiB, 71 GiB free on GPU 0".into(),
+    })?;
+    s.advance(60_000);
+    s.exit_engine(
+        alpha,
+        Some(1),
+        None,
+        ExitReason::CudaError,
+        "CUDA error: an illegal memory access was encountered",
+    )?;
+    s.fire_timer(alpha, Timer::Restart)?;
+    s.spawn_engine(alpha)?;
+    s.pass_health(alpha, 4_000, Some(4))?;
+    s.fire_timer(alpha, Timer::BackoffReset)?;
+    s.reload(
+        alpha,
+        "file:///models/alpha-v2.gguf",
+        Some("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+        Some(30_000),
+    )?;
+    s.stage_model(alpha, "/models/alpha-v2.gguf")?;
+    s.finish_stop(alpha, true)?;
+    s.spawn_engine(alpha)?;
+    s.pass_health(alpha, 6_000, None)?;
+    s.advance(600_000);
+    s.reload(alpha, "/models/alpha-v3.gguf", None, None)?;
+    s.stage_model(alpha, "/models/alpha-v3.gguf")?;
+    s.finish_stop(alpha, true)?;
+    s.spawn_engine(alpha)?;
+    s.advance(2_000);
+    s.exit_engine(
+        alpha,
+        None,
+        Some(11),
+        ExitReason::Signal,
+        "llama_model_load: unknown model architecture: 'alpha3'",
+    )?;
+    s.spawn_engine(alpha)?;
+    s.pass_health(alpha, 5_000, None)?;
+
+    // beta: five spaced-out failures open the breaker; it half-opens, the trial runs stable
+    // and the breaker closes. Its engine asks for an automatic tensor split over both GPUs.
+    let beta = "beta";
+    let mut beta_engine = sample_engine(beta, 8102, "/models/beta.gguf", None);
+    beta_engine.device_mask = Some("0,1".into());
+    beta_engine.tensor_split = Some(TensorSplit::Auto);
+    beta_engine.vram_required_bytes = Some(40 * GIB);
+    beta_engine.ram_required_bytes = Some(8 * GIB);
+    beta_engine
+        .env
+        .insert("GGML_CUDA_NO_PINNED".into(), "1".into());
+    s.preload(beta, beta_engine)?;
+    s.spawn_engine(beta)?;
+    s.pass_health(beta, 7_000, Some(2))?;
+    for failure in 1..=5 {
+        s.advance(70_000);
+        s.exit_engine(
+            beta,
+            Some(134),
+            None,
+            ExitReason::Crash,
+            "GGML_ASSERT: n_tokens <= n_batch",
+        )?;
+        if failure < 5 {
+            s.fire_timer(beta, Timer::Restart)?;
+            s.spawn_engine(beta)?;
+            s.pass_health(beta, 7_000, Some(2))?;
+        }
+    }
+    s.fire_timer(beta, Timer::HalfOpen)?;
+    s.spawn_engine(beta)?;
+    s.pass_health(beta, 7_000, Some(2))?;
+    s.fire_timer(beta, Timer::BreakerClose)?;
+
+    // gamma: a vLLM engine with explicit split ratios in a restart storm; an operator resets
+    // the breaker and the restart is healthy.
+    let gamma = "gamma";
+    let mut gamma_engine = sample_engine(gamma, 8103, "/models/gamma", Some(16));
+    gamma_engine.binary_path = "/opt/vllm/bin/vllm".into();
+    gamma_engine.engine = Some("vllm".into());
+    gamma_engine.engine_version = "vllm-0.6.3".into();
+    gamma_engine.device_mask = Some("GPU0,GPU1".into());
+    gamma_engine.tensor_split = Some(TensorSplit::Ratios(vec![0.6, 0.4]));
+    s.preload(gamma, gamma_engine)?;
+    s.spawn_engine(gamma)?;
+    s.pass_health(gamma, 30_000, None)?;
+    loop {
+        s.advance(2_000);
+        s.exit_engine(
+            gamma,
+            None,
+            Some(9),
+            ExitReason::OomKilled,
+            "oom-kill: task=python3",
+        )?;
+        let open = s
+            .state()
+            .pool(gamma)
+            .is_some_and(|p| p.supervision.breaker.state != pool_core::BreakerState::Closed);
+        if open {
+            break;
+        }
+        s.fire_timer(gamma, Timer::Restart)?;
+        s.spawn_engine(gamma)?;
+        s.pass_health(gamma, 1_000, None)?;
+    }
+    s.advance(30_000);
+    s.reset_breaker(gamma, "ops:jun")?;
+    s.spawn_engine(gamma)?;
+    s.pass_health(gamma, 30_000, None)?;
+
+    // delta: an engine started by someone else, announced by its handoff file, then removed.
+    let delta = "delta";
+    s.submit(Command::RegisterHandoff {
+        pool_id: id(delta)?,
+        handoff: Handoff {
+            engine: "llamacpp".into(),
+            engine_version: "llamacpp-b3900".into(),
+            url: "http://127.0.0.1:8104".into(),
+            pool_id: delta.into(),
+            replica_id: "r1".into(),
+            model: HandoffModel {
+                path: "/models/delta.gguf".into(),
+            },
+            flags: vec!["--parallel".into(), "2".into()],
+            device_mask: Some("1".into()),
+            slots_total: 2,
+            pid: Some(5150),
+        },
+        path: ".runtime/engines/delta-r1.json".into(),
+    })?;
+    s.advance(10_000);
+    s.remove(delta)?;
+    s.finish_stop(delta, true)?;
+
+    // epsilon: a preload that never becomes healthy, then stopped during its backoff.
+    let epsilon = "epsilon";
+    s.preload(
+        epsilon,
+        sample_engine(epsilon, 8105, "/models/epsilon.gguf", Some(1)),
+    )?;
+    s.spawn_engine(epsilon)?;
+    s.time_out_health(epsilon)?;
+    s.stop(epsilon)?;
+
+    // A daemon restart: alpha's engine is still ours (adopted), beta's is gone (lost); the
+    // node drains alpha with no leases.
+    s.advance(5_000);
+    s.submit(Observation::DaemonStopping {
+        reason: "SIGTERM".into(),
+    })?;
+    s.advance(3_000);
+    s.submit(Observation::DaemonStarted {
+        version: "0.1.0".into(),
+        pid: 977,
+    })?;
+    s.submit(Observation::EngineAdopted {
+        pool_id: id(alpha)?,
+        pid: pid_of(&s, alpha),
+    })?;
+    s.submit(Observation::EngineLost {
+        pool_id: id(beta)?,
+        pid: pid_of(&s, beta),
+    })?;
+    s.drain(alpha, 15_000)?;
+    s.finish_stop(alpha, true)?;
+    Ok(s)
+}
+
+fn scenario() -> Scripted {
+    all_event_kinds().unwrap_or_else(|e| panic!("the core refused a step of the scenario: {e}"))
+}
+
+// ---- the tests ------------------------------------------------------------------------------
+
+/// What a fixture reads as today, checked against its expected export; returns the export.
+fn check_fixture(version: u8) {
+    let records = read_records(&records_path(version));
+    assert!(!records.is_empty(), "fixture v{version} is empty");
+    for (seq, value) in &records {
+        assert_eq!(
+            value.first(),
+            Some(&version),
+            "pool-events-v{version}.records seq {seq} is not a version {version} record"
+        );
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    write_raw_journal(tmp.path(), &records);
+
+    let (journal, report) =
+        PoolJournal::open(JournalConfig::new(tmp.path())).expect("open the fixture journal");
+    assert!(
+        report.quarantined.is_empty(),
+        "v{version}: recovery quarantined {:?}",
+        report.quarantined
+    );
+    assert_eq!(report.last_seq, records.len() as u64);
+    assert!(journal.verify().is_ok(), "{:?}", journal.verify());
+
+    let envelopes: Vec<_> = journal
+        .read_from(1)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("v{version} records do not read back: {e}"));
+    assert_eq!(envelopes.len(), records.len());
+    for (envelope, (seq, raw)) in envelopes.iter().zip(&records) {
+        assert_eq!(envelope.seq, *seq);
+        if version == EVENT_FORMAT_VERSION {
+            let again = pool_journal::encode_record::<PoolSchema>(envelope).expect("re-encode");
+            assert!(
+                again == *raw,
+                "v{version} seq {seq} ({}) does not re-encode to the same bytes:\n  \
+                 fixture {}\n  today   {}",
+                envelope.event.kind(),
+                hex(raw),
+                hex(&again)
+            );
+        }
+    }
+
+    let mut exported = Vec::new();
+    journal.export(&mut exported).expect("export");
+    let expected = std::fs::read(expected_path(version))
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", expected_path(version).display()));
+    if exported != expected {
+        let exported = String::from_utf8_lossy(&exported);
+        let expected = String::from_utf8_lossy(&expected);
+        let line = exported
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, b)| a != b)
+            .map_or(
+                exported.lines().count().min(expected.lines().count()),
+                |i| i,
+            );
+        panic!(
+            "v{version} records read as other events than {} (first difference at line {}):\n  \
+             expected {}\n  today    {}",
+            expected_path(version).display(),
+            line + 1,
+            expected.lines().nth(line).unwrap_or("(end)"),
+            exported.lines().nth(line).unwrap_or("(end)")
+        );
+    }
+
+    let replayed = replay(&journal, ReplayLimit::NONE).expect("the fixture replays");
+    assert_eq!(replayed.state.last_seq(), records.len() as u64);
+    journal.close().expect("close");
+    drop(journal);
+
+    let output = Process::new(env!("CARGO_BIN_EXE_pool-managerd"))
+        .args(["journal", "verify", "--journal-dir"])
+        .arg(tmp.path())
+        .env_remove("POOL_MANAGERD_JOURNAL_DIR")
+        .output()
+        .expect("run pool-managerd journal verify");
+    assert!(
+        output.status.success(),
+        "journal verify of the v{version} fixture failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_fixture_exists_for_every_format_version_from_the_first() {
+    for version in 1..=EVENT_FORMAT_VERSION {
+        for path in [records_path(version), expected_path(version)] {
+            assert!(
+                path.exists(),
+                "{} is missing: every format version keeps a journal (see the header of \
+                 tests/formats.rs)",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_fixture_reads_back_as_its_expected_events() {
+    for version in 1..=EVENT_FORMAT_VERSION {
+        check_fixture(version);
+    }
+}
+
+#[test]
+fn each_fixture_holds_every_event_kind_of_its_version() {
+    for version in 1..=EVENT_FORMAT_VERSION {
+        let records = read_records(&records_path(version));
+        let tmp = tempfile::tempdir().expect("temp dir");
+        write_raw_journal(tmp.path(), &records);
+        let (journal, _) = PoolJournal::open(JournalConfig::new(tmp.path())).expect("open");
+        let kinds: BTreeSet<&str> = journal
+            .read_from(1)
+            .map(|envelope| envelope.expect("decodes").event.kind())
+            .collect();
+        let missing: Vec<_> = kinds_of_version(version)
+            .difference(&kinds)
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "pool-events-v{version}.records lacks {missing:?}"
+        );
+    }
+}
+
+/// The scenario that writes the next fixture must cover every kind of today's format, so
+/// that the next version's fixture is complete: checked now, not when it is too late.
+#[test]
+fn the_fixture_scenario_covers_every_current_event_kind() {
+    let script = scenario();
+    let kinds: BTreeSet<&str> = script.envelopes().iter().map(|e| e.event.kind()).collect();
+    let expected = kinds_of_version(EVENT_FORMAT_VERSION);
+    let missing: Vec<_> = expected.difference(&kinds).copied().collect();
+    assert!(missing.is_empty(), "the scenario lacks {missing:?}");
+    // A new variant of `Event` must be listed in `kinds_of_version` (and so in the scenario).
+    let unknown: Vec<_> = kinds.difference(&expected).copied().collect();
+    assert!(unknown.is_empty(), "kinds_of_version lacks {unknown:?}");
+}
+
+/// Writes `pool-events-vN.records` and `.expected.ndjson` for N = the current format version.
+/// Run once per new version (see the header); it refuses to overwrite an existing fixture.
+#[test]
+#[ignore = "writes a checked-in fixture; run once per new format version, never again"]
+fn write_fixture_of_the_current_format_version() {
+    if std::env::var(WRITE_ENV).ok().as_deref() != Some("1") {
+        eprintln!("{WRITE_ENV} is not 1: nothing written");
+        return;
+    }
+    let version = EVENT_FORMAT_VERSION;
+    let records_file = records_path(version);
+    assert!(
+        !records_file.exists(),
+        "{} exists: a format version's fixture is history and is never regenerated; bump \
+         EVENT_FORMAT_VERSION to write a new one beside it",
+        records_file.display()
+    );
+    let script = scenario();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let drafts: Vec<Draft<Event>> = script
+        .envelopes()
+        .iter()
+        .map(|envelope| Draft {
+            ts_ms: envelope.ts_ms,
+            pool_id: envelope.pool_id.clone(),
+            cause: envelope.cause,
+            event: envelope.event.clone(),
+        })
+        .collect();
+    let mut expected = Vec::new();
+    {
+        let (journal, _) = PoolJournal::open(JournalConfig::new(tmp.path())).expect("open");
+        let appended = journal.append_blocking(drafts).expect("append");
+        assert_eq!(appended, script.envelopes());
+        journal.export(&mut expected).expect("export");
+        journal.close().expect("close");
+    }
+    let store = SledStore::open(tmp.path(), CACHE_BYTES).expect("raw store");
+    let mut out = format!(
+        "# pool-managerd journal, event format version {version}: one record per line, \
+         seq<TAB>hex(raw record value = version | crc32c LE | bincode envelope).\n\
+         # Written by tests/formats.rs (write_fixture_of_the_current_format_version). History: \
+         never regenerate or edit; add a new version beside it.\n"
+    );
+    for envelope in script.envelopes() {
+        let raw = store
+            .get(envelope.seq)
+            .expect("read the raw record")
+            .expect("the record is present");
+        out.push_str(&format!("{}\t{}\n", envelope.seq, hex(&raw)));
+    }
+    std::fs::write(&records_file, out).expect("write the records fixture");
+    std::fs::write(expected_path(version), expected).expect("write the expected export");
+    eprintln!(
+        "wrote {} ({} records) and {}",
+        records_file.display(),
+        script.envelopes().len(),
+        expected_path(version).display()
+    );
+}
