@@ -1232,7 +1232,7 @@ fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observation) {
             if pool.pid() != Some(*pid) {
                 return;
             }
-            let moved = pool.vram_used_bytes.map_or(true, |old| {
+            let moved = pool.vram_used_bytes.is_none_or(|old| {
                 old.abs_diff(*used_bytes) >= VRAM_DELTA_MIN_BYTES
             });
             if moved {

@@ -351,8 +351,13 @@ impl Pool {
         u32::try_from(self.leases.len()).unwrap_or(u32::MAX)
     }
 
-    /// Free slots: `slots_total - active_leases`, clamped to `0..=slots_total`.
+    /// Free slots: `slots_total - active_leases`, clamped to `0..=slots_total`; 0 when not ready.
     pub fn slots_free(&self) -> u32 {
+        // An unready pool lends nothing: it keeps `slots_total` for display, but an
+        // orchestrator reading `slots_free` must never place work on it.
+        if !self.ready {
+            return 0;
+        }
         self.slots_total.saturating_sub(self.active_leases())
     }
 

@@ -147,7 +147,12 @@ pub fn check_invariants(state: &State) {
     assert_eq!(ids.len(), statuses.len());
     for s in &statuses {
         assert!(s.slots_free <= s.slots_total, "{s:?}");
-        assert_eq!(s.slots_free, s.slots_total.saturating_sub(s.active_leases));
+        let lendable = if s.ready {
+            s.slots_total.saturating_sub(s.active_leases)
+        } else {
+            0
+        };
+        assert_eq!(s.slots_free, lendable, "an unready pool lends nothing: {s:?}");
         assert!(s.active_leases <= SLOTS_MAX);
         if s.phase == Phase::Ready {
             assert!(s.ready, "phase ready implies ready: {s:?}");
