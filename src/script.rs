@@ -13,7 +13,7 @@
 
 use pool_core::{
     decide, effects, evolve, Command, Context, Effect, ExitReason, Input, LeaseId, Observation,
-    PoolId, PreparedEngine, Policy, Rejection, Stamp, State, Timer,
+    Policy, PoolId, PreparedEngine, Rejection, Stamp, State, Timer,
 };
 use pool_journal::{Draft, Envelope};
 
@@ -176,7 +176,10 @@ impl Scripted {
             None => Err(ScriptError::NoPendingEffect {
                 pool_id: pool.to_string(),
                 what,
-                pending: format!("{:?}", self.pending.iter().map(|(_, e)| e).collect::<Vec<_>>()),
+                pending: format!(
+                    "{:?}",
+                    self.pending.iter().map(|(_, e)| e).collect::<Vec<_>>()
+                ),
             }),
         }
     }
@@ -220,7 +223,11 @@ impl Scripted {
     }
 
     /// The orchestrator asks for a drain.
-    pub fn drain(&mut self, pool: &str, deadline_ms: u64) -> Result<Vec<PoolEnvelope>, ScriptError> {
+    pub fn drain(
+        &mut self,
+        pool: &str,
+        deadline_ms: u64,
+    ) -> Result<Vec<PoolEnvelope>, ScriptError> {
         self.submit(Command::Drain {
             pool_id: pool_id(pool)?,
             deadline_ms,
@@ -228,7 +235,11 @@ impl Scripted {
     }
 
     /// An operator resets the circuit breaker.
-    pub fn reset_breaker(&mut self, pool: &str, by: &str) -> Result<Vec<PoolEnvelope>, ScriptError> {
+    pub fn reset_breaker(
+        &mut self,
+        pool: &str,
+        by: &str,
+    ) -> Result<Vec<PoolEnvelope>, ScriptError> {
         self.submit(Command::ResetBreaker {
             pool_id: pool_id(pool)?,
             by: by.to_string(),
@@ -401,12 +412,17 @@ impl Scripted {
     /// The pool's pending stop completes (SIGTERM honoured when `graceful`, else SIGKILL after
     /// the grace period, which the clock then covers).
     pub fn finish_stop(&mut self, pool: &str, graceful: bool) -> Result<(), ScriptError> {
-        let (cause, effect) =
-            self.take_pending(pool, "StopEngine", |e| matches!(e, Effect::StopEngine { .. }))?;
+        let (cause, effect) = self.take_pending(pool, "StopEngine", |e| {
+            matches!(e, Effect::StopEngine { .. })
+        })?;
         let Effect::StopEngine { pid, grace_ms, .. } = effect else {
             return Err(self.unexpected(pool, "StopEngine"));
         };
-        self.advance(if graceful { 200.min(grace_ms) } else { grace_ms });
+        self.advance(if graceful {
+            200.min(grace_ms)
+        } else {
+            grace_ms
+        });
         self.submit_caused(
             Observation::EngineStopped {
                 pool_id: pool_id(pool)?,
@@ -421,9 +437,11 @@ impl Scripted {
 
     /// The pool's pending `timer` fires: the clock moves to its time first.
     pub fn fire_timer(&mut self, pool: &str, timer: Timer) -> Result<(), ScriptError> {
-        let (cause, effect) = self.take_pending(pool, "ArmTimer", |e| {
-            matches!(e, Effect::ArmTimer { timer: t, .. } if *t == timer)
-        })?;
+        let (cause, effect) = self.take_pending(
+            pool,
+            "ArmTimer",
+            |e| matches!(e, Effect::ArmTimer { timer: t, .. } if *t == timer),
+        )?;
         let Effect::ArmTimer { token, at_ms, .. } = effect else {
             return Err(self.unexpected(pool, "ArmTimer"));
         };
@@ -488,7 +506,12 @@ fn lease_id(lease: &str) -> Result<LeaseId, ScriptError> {
 }
 
 /// A prepared engine for scripts: llama.cpp's server on loopback, serving `model_path`.
-pub fn sample_engine(pool: &str, port: u16, model_path: &str, slots: Option<u32>) -> PreparedEngine {
+pub fn sample_engine(
+    pool: &str,
+    port: u16,
+    model_path: &str,
+    slots: Option<u32>,
+) -> PreparedEngine {
     PreparedEngine {
         binary_path: "/opt/llama.cpp/bin/llama-server".into(),
         flags: vec![

@@ -72,7 +72,10 @@ pub fn registry_table(statuses: &[PoolStatus]) -> String {
         }
     }
     let mut out = String::new();
-    let header: Vec<String> = REGISTRY_COLUMNS.iter().map(|(h, _)| h.to_string()).collect();
+    let header: Vec<String> = REGISTRY_COLUMNS
+        .iter()
+        .map(|(h, _)| h.to_string())
+        .collect();
     for row in std::iter::once(&header).chain(rows.iter()) {
         let line: Vec<String> = row
             .iter()
@@ -111,7 +114,11 @@ pub fn timeline_line(envelope: &PoolEnvelope) -> String {
         format_ts_ms(envelope.ts_ms),
         envelope.pool_id.as_deref().unwrap_or("(node)"),
         kind,
-        if detail.is_empty() { String::new() } else { format!(" {detail}") },
+        if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" {detail}")
+        },
         cause
     )
 }

@@ -157,7 +157,12 @@ fn a_corrupt_snapshot_gives_the_same_state_as_a_full_replay() {
     // Flip one byte of the snapshot's payload, behind the journal's back.
     {
         let store = SledStore::open(tmp.path(), 8 << 20).unwrap();
-        let mut value = store.snapshot_get(covers).unwrap().unwrap().as_ref().to_vec();
+        let mut value = store
+            .snapshot_get(covers)
+            .unwrap()
+            .unwrap()
+            .as_ref()
+            .to_vec();
         let last = value.len() - 1;
         value[last] ^= 0xA5;
         store.snapshot_put(covers, &value).unwrap();
@@ -166,7 +171,10 @@ fn a_corrupt_snapshot_gives_the_same_state_as_a_full_replay() {
 
     let journal = reopen(tmp.path());
     let replayed = replay(&journal, ReplayLimit::NONE).unwrap();
-    assert_eq!(replayed.from_snapshot_seq, None, "the bad snapshot is not used");
+    assert_eq!(
+        replayed.from_snapshot_seq, None,
+        "the bad snapshot is not used"
+    );
     assert_eq!(&replayed.state, script.state());
 }
 

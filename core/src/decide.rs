@@ -1232,9 +1232,9 @@ fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observation) {
             if pool.pid() != Some(*pid) {
                 return;
             }
-            let moved = pool.vram_used_bytes.is_none_or(|old| {
-                old.abs_diff(*used_bytes) >= VRAM_DELTA_MIN_BYTES
-            });
+            let moved = pool
+                .vram_used_bytes
+                .is_none_or(|old| old.abs_diff(*used_bytes) >= VRAM_DELTA_MIN_BYTES);
             if moved {
                 d.push(
                     Some(pool_id),

@@ -152,7 +152,10 @@ pub fn check_invariants(state: &State) {
         } else {
             0
         };
-        assert_eq!(s.slots_free, lendable, "an unready pool lends nothing: {s:?}");
+        assert_eq!(
+            s.slots_free, lendable,
+            "an unready pool lends nothing: {s:?}"
+        );
         assert!(s.active_leases <= SLOTS_MAX);
         if s.phase == Phase::Ready {
             assert!(s.ready, "phase ready implies ready: {s:?}");
