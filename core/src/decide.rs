@@ -674,29 +674,38 @@ fn start_failed(
                     },
                 );
             }
-            d.push(
-                Some(pool_id),
-                Event::PreloadFailed {
-                    reason,
-                    failure,
-                    cause,
-                    pid,
-                },
-            );
-            supervise(d, pool_id, cause);
+            fail_start(d, pool_id, reason, failure, cause, pid);
         }
         _ => {
-            d.push(
-                Some(pool_id),
-                Event::PreloadFailed {
-                    reason,
-                    failure,
-                    cause,
-                    pid,
-                },
-            );
-            supervise(d, pool_id, cause);
+            fail_start(d, pool_id, reason, failure, cause, pid);
         }
+    }
+}
+
+/// Records a failed start. An engine that is still alive (hung, or its handoff failed) is
+/// killed first (`PreloadFailed` with its pid puts the pool in `Stopping`); the restart policy
+/// answers its `EngineStopped`, so a restart can never race the old engine for its port or GPU.
+/// An engine that is gone (never spawned, exited) goes to the restart policy at once.
+fn fail_start(
+    d: &mut Decision<'_, '_>,
+    pool_id: &PoolId,
+    reason: String,
+    failure: StartFailure,
+    cause: ExitReason,
+    pid: Option<u32>,
+) {
+    let alive = pid.is_some() && d.pool(pool_id).and_then(Pool::pid) == pid;
+    d.push(
+        Some(pool_id),
+        Event::PreloadFailed {
+            reason,
+            failure,
+            cause,
+            pid,
+        },
+    );
+    if !alive {
+        supervise(d, pool_id, cause);
     }
 }
 

@@ -216,18 +216,19 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
         Event::PreloadFailed {
             pid, reason, cause, ..
         } => {
-            if let Some(pid) = pid {
-                out.push(Effect::StopEngine {
-                    pool_id: pool_id.clone(),
+            match pid {
+                // Still alive: kill it; its pid file goes with its `EngineStopped`.
+                Some(pid) => out.push(Effect::StopEngine {
+                    pool_id,
                     pid: *pid,
                     grace_ms: 0,
                     reason: StopReason::Failure {
                         reason: *cause,
                         detail: reason.clone(),
                     },
-                });
+                }),
+                None => out.push(Effect::RemovePidFile { pool_id }),
             }
-            out.push(Effect::RemovePidFile { pool_id });
         }
         Event::ReloadFailed {
             pid: Some(pid),

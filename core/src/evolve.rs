@@ -211,9 +211,24 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
             pool.probe_failures = 0;
             pool.last_heartbeat_ms = Some(ts);
         }
-        Event::PreloadFailed { reason, cause, .. } => {
-            engine_gone(pool);
+        Event::PreloadFailed {
+            reason, cause, pid, ..
+        } => {
+            let still_running = pid.is_some() && pool.pid() == *pid;
             note_failure(pool, *cause, reason);
+            if still_running {
+                // The engine is alive (hung, or its handoff failed) and is being killed: the
+                // restart policy answers its `EngineStopped`, so no new engine can race it.
+                pool.activity = Activity::Stopping {
+                    reason: StopReason::Failure {
+                        reason: *cause,
+                        detail: reason.clone(),
+                    },
+                    grace_ms: 0,
+                };
+            } else {
+                engine_gone(pool);
+            }
             if pool
                 .reload
                 .as_ref()

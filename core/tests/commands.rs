@@ -210,7 +210,7 @@ fn preload_timeout_fails_kills_and_schedules_a_restart() {
             pool_id: id("p1"),
             pid: 100,
         }))
-        .then_kinds(&["PreloadFailed", "RestartScheduled"]);
+        .then_kinds(&["PreloadFailed"]);
     match &o.facts[0].event {
         Event::PreloadFailed {
             failure,
@@ -224,10 +224,13 @@ fn preload_timeout_fails_kills_and_schedules_a_restart() {
         }
         other => panic!("{other:?}"),
     }
+    // The hung engine is killed first: unready, still live until it is reaped, and no restart
+    // is scheduled while it may still hold its port and GPU memory.
     let s = o.status("p1");
-    assert_eq!(s.phase, Phase::Backoff);
-    assert!(!s.ready && !s.live);
+    assert_eq!(s.phase, Phase::Stopping);
+    assert!(!s.ready && s.live);
     assert!(s.last_error.unwrap().contains("no healthy answer"));
+    assert_eq!(s.crash_count, 1);
     assert!(o.has_effect(|e| matches!(
         e,
         Effect::StopEngine {
@@ -236,7 +239,23 @@ fn preload_timeout_fails_kills_and_schedules_a_restart() {
             ..
         }
     )));
+    assert!(!o.has_effect(|e| matches!(e, Effect::ArmTimer { .. })));
+
+    // Once it is gone, the restart policy answers (the failure is not counted twice).
+    let o = o
+        .and()
+        .when(obs(Observation::EngineStopped {
+            pool_id: id("p1"),
+            pid: 100,
+            graceful: false,
+        }))
+        .then_kinds(&["EngineStopped", "RestartScheduled"]);
+    let s = o.status("p1");
+    assert_eq!(s.phase, Phase::Backoff);
+    assert!(!s.ready && !s.live);
+    assert_eq!(s.crash_count, 1);
     assert!(o.has_effect(|e| matches!(e, Effect::RemovePidFile { .. })));
+    assert!(o.has_effect(|e| matches!(e, Effect::ArmTimer { .. })));
 }
 
 #[test]

@@ -602,8 +602,17 @@ fn xid_on_a_gpu_of_the_mask_is_a_driver_error() {
             gpu_uuid: "GPU-b".into(),
             xid: 48,
         }))
-        .then_kinds(&["GpuXidObserved", "PreloadFailed", "RestartScheduled"]);
+        .then_kinds(&["GpuXidObserved", "PreloadFailed"]);
     assert_eq!(o.facts[1].pool_id, Some(id("p2")));
+    // The starting engine is killed first; the restart is scheduled once it is gone.
+    assert_eq!(o.status("p2").phase, Phase::Stopping);
+    o.and()
+        .when(obs(Observation::EngineStopped {
+            pool_id: id("p2"),
+            pid: 200,
+            graceful: false,
+        }))
+        .then_kinds(&["EngineStopped", "RestartScheduled"]);
 }
 
 #[test]
