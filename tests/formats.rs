@@ -599,12 +599,8 @@ fn write_fixture_of_the_current_format_version() {
     let drafts: Vec<Draft<Event>> = script
         .envelopes()
         .iter()
-        .map(|envelope| Draft {
-            ts_ms: envelope.ts_ms,
-            pool_id: envelope.pool_id.clone(),
-            cause: envelope.cause,
-            event: envelope.event.clone(),
-        })
+        .cloned()
+        .map(Draft::from)
         .collect();
     let mut expected = Vec::new();
     {

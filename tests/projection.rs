@@ -34,15 +34,7 @@ fn history() -> Scripted {
 
 fn write(dir: &Path, envelopes: &[PoolEnvelope]) -> PoolJournal {
     let (journal, _) = PoolJournal::open(JournalConfig::new(dir)).unwrap();
-    let drafts = envelopes
-        .iter()
-        .map(|e| Draft {
-            ts_ms: e.ts_ms,
-            pool_id: e.pool_id.clone(),
-            cause: e.cause,
-            event: e.event.clone(),
-        })
-        .collect();
+    let drafts = envelopes.iter().cloned().map(Draft::from).collect();
     let written = journal.append_blocking(drafts).unwrap();
     assert_eq!(written, envelopes, "the journal assigns the script's seqs");
     journal
@@ -113,15 +105,7 @@ fn a_valid_snapshot_is_used_and_gives_the_same_state() {
     let tmp = tempfile::tempdir().unwrap();
     let journal = write(tmp.path(), &envelopes[..half]);
     save_snapshot(&journal, &fold_prefix(envelopes, half)).unwrap();
-    let rest: Vec<Draft<_>> = envelopes[half..]
-        .iter()
-        .map(|e| Draft {
-            ts_ms: e.ts_ms,
-            pool_id: e.pool_id.clone(),
-            cause: e.cause,
-            event: e.event.clone(),
-        })
-        .collect();
+    let rest: Vec<Draft<_>> = envelopes[half..].iter().cloned().map(Draft::from).collect();
     journal.append_blocking(rest).unwrap();
     drop(journal);
 

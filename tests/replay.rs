@@ -273,15 +273,7 @@ fn open_journal(dir: &Path) -> PoolJournal {
 }
 
 fn drafts_of(envelopes: &[PoolEnvelope]) -> Vec<Draft<Event>> {
-    envelopes
-        .iter()
-        .map(|envelope| Draft {
-            ts_ms: envelope.ts_ms,
-            pool_id: envelope.pool_id.clone(),
-            cause: envelope.cause,
-            event: envelope.event.clone(),
-        })
-        .collect()
+    envelopes.iter().cloned().map(Draft::from).collect()
 }
 
 /// The export of a real journal holding the script's envelopes.

@@ -76,6 +76,18 @@ impl<E> Draft<E> {
     }
 }
 
+impl<E> From<Envelope<E>> for Draft<E> {
+    /// The envelope without its seq: to append a recorded history again (import, tests).
+    fn from(envelope: Envelope<E>) -> Draft<E> {
+        Draft {
+            ts_ms: envelope.ts_ms,
+            pool_id: envelope.pool_id,
+            cause: envelope.cause,
+            event: envelope.event,
+        }
+    }
+}
+
 /// Why an old record could not be brought up to today's shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot upcast a version {version} record: {what}")]

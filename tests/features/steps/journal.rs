@@ -58,15 +58,7 @@ impl JournalFixture {
 
     /// Appends the script's `envelopes`; the journal must give them the script's seqs.
     pub fn append(&mut self, envelopes: &[PoolEnvelope]) {
-        let drafts = envelopes
-            .iter()
-            .map(|envelope| Draft {
-                ts_ms: envelope.ts_ms,
-                pool_id: envelope.pool_id.clone(),
-                cause: envelope.cause,
-                event: envelope.event.clone(),
-            })
-            .collect();
+        let drafts = envelopes.iter().cloned().map(Draft::from).collect();
         let appended = self
             .journal()
             .append_blocking(drafts)
