@@ -5,7 +5,7 @@
 //! Owns: the fold from envelopes to `State`, and writing snapshots of it.
 //! Never: runs effects (replay only rebuilds state) or reads the clock.
 
-use pool_core::{evolve, Stamp, State, STATE_SNAPSHOT_VERSION};
+use pool_core::{evolve_in_place, Stamp, State, STATE_SNAPSHOT_VERSION};
 use pool_journal::JournalError;
 
 use crate::schema::{PoolEnvelope, PoolJournal};
@@ -46,13 +46,22 @@ pub struct Replayed {
 }
 
 /// Folds one envelope into the state.
-pub fn apply(state: State, envelope: &PoolEnvelope) -> State {
-    let stamp = Stamp {
+pub fn apply(mut state: State, envelope: &PoolEnvelope) -> State {
+    apply_in_place(&mut state, envelope);
+    state
+}
+
+/// Folds one envelope into the state, in place (the replay loop).
+pub fn apply_in_place(state: &mut State, envelope: &PoolEnvelope) {
+    evolve_in_place(state, stamp_of(envelope), &envelope.event);
+}
+
+fn stamp_of(envelope: &PoolEnvelope) -> Stamp<'_> {
+    Stamp {
         seq: envelope.seq,
         ts_ms: envelope.ts_ms,
         pool_id: envelope.pool_id.as_deref(),
-    };
-    evolve(state, stamp, &envelope.event)
+    }
 }
 
 /// Rebuilds the registry from `journal`, up to `limit`.
@@ -80,7 +89,7 @@ pub fn replay(journal: &PoolJournal, limit: ReplayLimit) -> Result<Replayed, Jou
         if !limit.admits(&envelope) {
             break;
         }
-        state = apply(state, &envelope);
+        apply_in_place(&mut state, &envelope);
         as_of_ts_ms = Some(envelope.ts_ms);
         events_folded += 1;
     }

@@ -16,17 +16,17 @@
 use crate::command::{Command, Context, Input, Observation};
 use crate::engine::{mask_covers, validate_mask, FIELD_LEN_MAX, SLOTS_MAX};
 use crate::event::{
-    DrainOutcome, Event, ExitReason, Fact, ReloadStage, Stamp, StartFailure, StartPurpose,
+    DrainOutcome, Event, ExitReason, Fact, ReloadStage, Scope, Stamp, StartFailure, StartPurpose,
     StopReason,
 };
-use crate::evolve::{evolve, mask_violation_message, GPUS_MAX};
+use crate::evolve::{evolve_in_place, evolve_pool_slot, mask_violation_message, GPUS_MAX};
 use crate::ids::PoolId;
 use crate::policy::{
     backoff_delay_ms, classify_storm, DEFAULT_RELOAD_DRAIN_DEADLINE_MS, OPEN_MS_MAX,
     VRAM_DELTA_MIN_BYTES,
 };
 use crate::rejection::Rejection;
-use crate::state::{Activity, Pool, StartKind, State};
+use crate::state::{Activity, Node, Pool, StartKind, State};
 use crate::status::{phase, BreakerState};
 
 /// The longest engine log tail or detail kept in an event, in bytes (the end is kept).
@@ -37,7 +37,8 @@ pub const DETAIL_LEN_MAX: usize = 4096;
 pub fn decide(state: &State, input: &Input, ctx: &Context<'_>) -> Result<Vec<Fact>, Rejection> {
     let mut d = Decision {
         base: state,
-        scratch: None,
+        scratch: Scratch::Pools(Vec::new()),
+        next_seq: state.last_seq.saturating_add(1),
         facts: Vec::new(),
         ctx,
     };
@@ -50,19 +51,59 @@ pub fn decide(state: &State, input: &Input, ctx: &Context<'_>) -> Result<Vec<Fac
 
 struct Decision<'a, 'c> {
     base: &'a State,
-    /// The state with `facts` folded in (cloned on the first fact).
-    scratch: Option<State>,
+    /// The facts so far, folded into copies of only what they touch (see [`Scratch`]).
+    scratch: Scratch,
+    /// The seq the next fact will get (the journal numbers facts in order from here).
+    next_seq: u64,
     facts: Vec<Fact>,
     ctx: &'a Context<'c>,
 }
 
+/// What a decision's facts have changed so far. Most decisions touch one pool, so copying the
+/// whole registry for each of them (every lease grant) would make `decide` cost grow with the
+/// number of pools; only a node-level fact (rare: daemon start, inventory) copies it all.
+enum Scratch {
+    /// Copies of the pools touched, with the facts folded in (`None`: removed).
+    Pools(Vec<(PoolId, Option<Pool>)>),
+    /// A copy of the whole state, with the facts folded in (boxed: it is the rare case).
+    Full(Box<State>),
+}
+
 impl Decision<'_, '_> {
-    fn state(&self) -> &State {
-        self.scratch.as_ref().unwrap_or(self.base)
+    fn node(&self) -> &Node {
+        match &self.scratch {
+            Scratch::Full(state) => &state.node,
+            Scratch::Pools(_) => &self.base.node,
+        }
     }
 
     fn pool(&self, id: &PoolId) -> Option<&Pool> {
-        self.state().pools.get(id)
+        match &self.scratch {
+            Scratch::Full(state) => state.pools.get(id),
+            Scratch::Pools(touched) => match touched.iter().find(|(touched, _)| touched == id) {
+                Some((_, slot)) => slot.as_ref(),
+                None => self.base.pools.get(id),
+            },
+        }
+    }
+
+    /// Every pool, as the facts so far left them (by id).
+    fn pools(&self) -> Vec<&Pool> {
+        match &self.scratch {
+            Scratch::Full(state) => state.pools.values().collect(),
+            Scratch::Pools(touched) => {
+                let untouched = self
+                    .base
+                    .pools
+                    .values()
+                    .filter(|pool| touched.iter().all(|(id, _)| *id != pool.id));
+                let mut all: Vec<&Pool> = untouched
+                    .chain(touched.iter().filter_map(|(_, slot)| slot.as_ref()))
+                    .collect();
+                all.sort_by(|a, b| a.id.cmp(&b.id));
+                all
+            }
+        }
     }
 
     fn now(&self) -> u64 {
@@ -70,16 +111,38 @@ impl Decision<'_, '_> {
     }
 
     fn push(&mut self, pool_id: Option<&PoolId>, event: Event) {
-        let state = match self.scratch.take() {
-            Some(state) => state,
-            None => self.base.clone(),
-        };
         let stamp = Stamp {
-            seq: state.last_seq.saturating_add(1),
+            seq: self.next_seq,
             ts_ms: self.ctx.now_ms,
             pool_id: pool_id.map(PoolId::as_str),
         };
-        self.scratch = Some(evolve(state, stamp, &event));
+        self.next_seq = self.next_seq.saturating_add(1);
+        match (&mut self.scratch, pool_id, event.scope()) {
+            (Scratch::Pools(touched), Some(id), Scope::Pool) => {
+                let index = match touched.iter().position(|(touched, _)| touched == id) {
+                    Some(index) => index,
+                    None => {
+                        touched.push((id.clone(), self.base.pools.get(id).cloned()));
+                        touched.len() - 1
+                    }
+                };
+                if let Some((_, slot)) = touched.get_mut(index) {
+                    evolve_pool_slot(slot, stamp, &event);
+                }
+            }
+            (Scratch::Full(state), _, _) => evolve_in_place(state, stamp, &event),
+            (Scratch::Pools(touched), _, _) => {
+                let mut state = self.base.clone();
+                for (id, slot) in touched.drain(..) {
+                    match slot {
+                        Some(pool) => state.pools.insert(id, pool),
+                        None => state.pools.remove(&id),
+                    };
+                }
+                evolve_in_place(&mut state, stamp, &event);
+                self.scratch = Scratch::Full(Box::new(state));
+            }
+        }
         self.facts.push(Fact {
             pool_id: pool_id.cloned(),
             event,
@@ -186,13 +249,13 @@ fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rej
                     tail(&engine.pool_id, 80)
                 )));
             }
-            if let Some(reason) = &d.state().node.preflight_error {
+            if let Some(reason) = &d.node().preflight_error {
                 return Err(Rejection::GpuRequired {
                     reason: reason.clone(),
                 });
             }
             if let Some(mask) = &engine.device_mask {
-                let gpus = &d.state().node.gpus;
+                let gpus = &d.node().gpus;
                 if !gpus.is_empty() {
                     validate_mask(mask, gpus).map_err(|reason| Rejection::InvalidDeviceMask {
                         pool_id: pool_id.to_string(),
@@ -750,14 +813,14 @@ fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observation) {
         ),
         Observation::GpuInventory { gpus } => {
             let gpus: Vec<_> = gpus.iter().take(GPUS_MAX).cloned().collect();
-            let node = &d.state().node;
+            let node = &d.node();
             let clears = node.preflight_error.is_some() && !gpus.is_empty();
             if gpus != node.gpus || clears {
                 d.push(None, Event::GpuInventoryObserved { gpus });
             }
         }
         Observation::PreflightFailed { reason } => {
-            if d.state().node.preflight_error.as_ref() != Some(reason) {
+            if d.node().preflight_error.as_ref() != Some(reason) {
                 d.push(
                     None,
                     Event::PreflightFailed {
@@ -1176,11 +1239,10 @@ fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observation) {
                     xid: *xid,
                 },
             );
-            let gpus = d.state().node.gpus.clone();
+            let gpus = d.node().gpus.clone();
             let hit: Vec<(PoolId, bool)> = d
-                .state()
-                .pools
-                .values()
+                .pools()
+                .into_iter()
                 .filter(|p| p.process.is_some() && mask_covers(p.device_mask(), &gpu_uuid, &gpus))
                 .filter_map(|p| match p.activity {
                     Activity::Starting { .. } => Some((p.id.clone(), true)),
@@ -1275,7 +1337,7 @@ fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observation) {
             reason,
         } => {
             let record = (tail(file, 1024), tail(field, 256), tail(reason, 1024));
-            if d.state().node.last_handoff_rejection.as_ref() != Some(&record) {
+            if d.node().last_handoff_rejection.as_ref() != Some(&record) {
                 d.push(
                     None,
                     Event::HandoffRejected {

@@ -22,43 +22,70 @@ pub const GPUS_MAX: usize = 64;
 
 /// Folds `event` (stamped with `stamp`) into `state`. Always sets `state.last_seq = stamp.seq`.
 pub fn evolve(mut state: State, stamp: Stamp<'_>, event: &Event) -> State {
+    evolve_in_place(&mut state, stamp, event);
+    state
+}
+
+/// [`evolve`] on a borrowed state: the same fold, for callers that keep the state in place.
+pub fn evolve_in_place(state: &mut State, stamp: Stamp<'_>, event: &Event) {
     state.last_seq = stamp.seq;
     match event.scope() {
-        Scope::Node => apply_node(&mut state, stamp, event),
+        Scope::Node => apply_node(state, stamp, event),
         Scope::Pool => {
-            let id = match stamp.pool_id.map(PoolId::new) {
-                Some(Ok(id)) => id,
-                _ => {
-                    anomaly(&mut state, stamp.seq);
-                    return state;
-                }
+            let Some(id) = stamp.pool_id else {
+                anomaly(state, stamp.seq);
+                return;
             };
-            if matches!(event, Event::PoolRemoved) {
-                if state.pools.remove(&id).is_none() {
-                    anomaly(&mut state, stamp.seq);
+            let applied = match state.pools.get_mut(id) {
+                Some(pool) if !matches!(event, Event::PoolRemoved) => {
+                    evolve_existing_pool(pool, stamp, event)
                 }
-                return state;
-            }
-            let creates = matches!(
-                event,
-                Event::PreloadRequested { .. } | Event::HandoffRegistered { .. }
-            );
-            if creates && !state.pools.contains_key(&id) {
-                state.pools.insert(id.clone(), Pool::new(id.clone()));
-            }
-            let applied = match state.pools.get_mut(&id) {
-                Some(pool) => {
-                    pool.last_seq = stamp.seq;
-                    apply_pool(pool, stamp, event)
+                _ => {
+                    let mut slot = state.pools.remove(id);
+                    let applied = evolve_pool_slot(&mut slot, stamp, event);
+                    if let Some(pool) = slot {
+                        state.pools.insert(pool.id.clone(), pool);
+                    }
+                    applied
                 }
-                None => false,
             };
             if !applied {
-                anomaly(&mut state, stamp.seq);
+                anomaly(state, stamp.seq);
             }
         }
     }
-    state
+}
+
+/// Folds a pool event into one pool's slot (`None`: no such pool), as [`evolve`] does for the
+/// pool named by `stamp.pool_id`: creates the pool on `PreloadRequested` / `HandoffRegistered`,
+/// empties the slot on `PoolRemoved`. Returns false for an event that cannot apply (an anomaly
+/// to the caller). `decide` uses this to fold its facts into copies of the pools they touch,
+/// without copying the registry.
+pub(crate) fn evolve_pool_slot(slot: &mut Option<Pool>, stamp: Stamp<'_>, event: &Event) -> bool {
+    if matches!(event, Event::PoolRemoved) {
+        return slot.take().is_some();
+    }
+    if slot.is_none()
+        && matches!(
+            event,
+            Event::PreloadRequested { .. } | Event::HandoffRegistered { .. }
+        )
+    {
+        // Only here is an id built (and validated): lookups go by `&str`.
+        match stamp.pool_id.map(PoolId::new) {
+            Some(Ok(id)) => *slot = Some(Pool::new(id)),
+            _ => return false,
+        }
+    }
+    match slot.as_mut() {
+        Some(pool) => evolve_existing_pool(pool, stamp, event),
+        None => false,
+    }
+}
+
+fn evolve_existing_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    pool.last_seq = stamp.seq;
+    apply_pool(pool, stamp, event)
 }
 
 fn anomaly(state: &mut State, seq: u64) {

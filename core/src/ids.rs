@@ -74,6 +74,14 @@ impl From<PoolId> for String {
     }
 }
 
+/// Lets maps keyed by `PoolId` be searched with a `&str` without building (and allocating) an
+/// id. Sound because `PoolId`'s `Eq`, `Ord` and `Hash` are those of its string.
+impl std::borrow::Borrow<str> for PoolId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for PoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

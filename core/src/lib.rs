@@ -55,7 +55,7 @@ pub use event::{
     DrainOutcome, Event, ExitReason, Fact, FailureClass, ReloadStage, Scope, Stamp, StartFailure,
     StartPurpose, StopReason, StormClass, EVENT_FORMAT_VERSION,
 };
-pub use evolve::evolve;
+pub use evolve::{evolve, evolve_in_place};
 pub use ids::{InvalidLeaseId, InvalidPoolId, LeaseId, PoolId};
 pub use policy::{
     backoff_delay_ms, BackoffPolicy, BreakerPolicy, HealthPolicy, Policy, ReasonMultiplier,

@@ -397,8 +397,7 @@ impl State {
 
     /// A pool by id (an invalid id is simply not found).
     pub fn pool(&self, id: &str) -> Option<&Pool> {
-        let id = PoolId::new(id).ok()?;
-        self.pools.get(&id)
+        self.pools.get(id)
     }
 
     /// A pool's public status.
@@ -424,5 +423,11 @@ impl State {
     /// Folds one event (same as [`crate::evolve`]).
     pub fn apply(self, stamp: crate::event::Stamp<'_>, event: &crate::event::Event) -> State {
         crate::evolve::evolve(self, stamp, event)
+    }
+
+    /// [`evolve`](crate::evolve::evolve) in place: the same fold without moving the state in and
+    /// out (replay of long journals uses this).
+    pub fn apply_mut(&mut self, stamp: crate::event::Stamp<'_>, event: &crate::event::Event) {
+        crate::evolve::evolve_in_place(self, stamp, event);
     }
 }

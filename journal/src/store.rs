@@ -225,6 +225,9 @@ fn try_flock(file: &File) -> std::io::Result<bool> {
     }
 }
 
+/// The sled trees of a journal: records by seq, the per-pool index, snapshots.
+const TREE_NAMES: [&str; 3] = ["records", "pool_index", "snapshots"];
+
 impl SledStore {
     /// Opens (creating if absent) the store in `dir`, taking the directory lock first.
     ///
@@ -269,9 +272,12 @@ impl SledStore {
                 Err(e) => return Err(e.into()),
             }
         };
-        let records = db.open_tree("records")?;
-        let index = db.open_tree("pool_index")?;
-        let snapshots = db.open_tree("snapshots")?;
+        let existing = db.tree_names();
+        let creates_trees = TREE_NAMES
+            .iter()
+            .any(|name| !existing.iter().any(|tree| tree.as_ref() == name.as_bytes()));
+        let [records, index, snapshots] = TREE_NAMES.map(|name| db.open_tree(name));
+        let (records, index, snapshots) = (records?, index?, snapshots?);
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(io_err(&db_path))?;
 
@@ -285,9 +291,14 @@ impl SledStore {
             synced_blobs: Mutex::new(HashSet::new()),
             _lock: lock,
         };
-        // Tree creation above is durable only after a flush; and the directory entries of
-        // files sled created must be synced once.
-        store.sync()?;
+        // Tree creation above is durable only after a flush. An existing journal has nothing of
+        // ours to sync here: sled's own recovery rewrites its free segments with zeros at every
+        // open (page cache only; sled does not sync them), and waiting for that at open would
+        // put tens of ms of disk time into every start-up; the first append's fdatasync carries
+        // those pages instead. The directory entries of the files sled created are synced once.
+        if creates_trees {
+            store.sync()?;
+        }
         let conf = dir.join("conf");
         if conf.exists() {
             File::open(&conf)
