@@ -281,7 +281,7 @@ fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rej
             d.push(
                 Some(pool_id),
                 Event::PreloadRequested {
-                    engine: engine.clone(),
+                    engine: Box::new(engine.clone()),
                 },
             );
         }
@@ -468,7 +468,7 @@ fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rej
                 d.push(
                     Some(pool_id),
                     Event::EngineStartRequested {
-                        engine,
+                        engine: Box::new(engine),
                         attempt: 1,
                         purpose: StartPurpose::Restart,
                     },
@@ -513,7 +513,7 @@ fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rej
             d.push(
                 Some(pool_id),
                 Event::HandoffRegistered {
-                    handoff: handoff.clone(),
+                    handoff: Box::new(handoff.clone()),
                     path: path.clone(),
                 },
             );
@@ -573,7 +573,7 @@ fn after_stop(d: &mut Decision<'_, '_>, pool_id: &PoolId, reason: &StopReason) {
                 d.push(
                     Some(pool_id),
                     Event::EngineStartRequested {
-                        engine,
+                        engine: Box::new(engine),
                         attempt: 0,
                         purpose: StartPurpose::Reload,
                     },
@@ -718,7 +718,7 @@ fn start_failed(
                 d.push(
                     Some(pool_id),
                     Event::EngineStartRequested {
-                        engine,
+                        engine: Box::new(engine),
                         attempt: 0,
                         purpose: StartPurpose::Rollback,
                     },
@@ -1378,7 +1378,7 @@ fn timer_fired(
             d.push(
                 Some(pool_id),
                 Event::EngineStartRequested {
-                    engine,
+                    engine: Box::new(engine),
                     attempt,
                     purpose: StartPurpose::Restart,
                 },
@@ -1399,7 +1399,7 @@ fn timer_fired(
                 d.push(
                     Some(pool_id),
                     Event::EngineStartRequested {
-                        engine,
+                        engine: Box::new(engine),
                         attempt,
                         purpose: StartPurpose::Trial,
                     },

@@ -181,7 +181,7 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
     match event {
         Event::PreloadRequested { engine } => out.push(Effect::Spawn {
             pool_id,
-            engine: engine.clone(),
+            engine: (**engine).clone(),
             attempt: 0,
             token: seq,
         }),
@@ -189,7 +189,7 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
             engine, attempt, ..
         } => out.push(Effect::Spawn {
             pool_id,
-            engine: engine.clone(),
+            engine: (**engine).clone(),
             attempt: *attempt,
             token: seq,
         }),

@@ -274,7 +274,7 @@ pub enum Event {
     /// A preload was accepted; creates the pool if it is new. Effect: spawn.
     PreloadRequested {
         /// The whole prepared engine, so restarts and replays can spawn it again.
-        engine: PreparedEngine,
+        engine: Box<PreparedEngine>,
     },
     /// The shell refused a preload for a known pool before spawning (binary not allowed,
     /// insufficient VRAM, invalid mask...). Sets `last_error`.
@@ -513,7 +513,7 @@ pub enum Event {
     /// engine (it cannot be restarted).
     HandoffRegistered {
         /// The document.
-        handoff: Handoff,
+        handoff: Box<Handoff>,
         /// The file it came from (or `api`).
         path: String,
     },
@@ -530,7 +530,7 @@ pub enum Event {
     /// rollback's old engine). Effect: spawn.
     EngineStartRequested {
         /// The engine to start (recorded whole for replay).
-        engine: PreparedEngine,
+        engine: Box<PreparedEngine>,
         /// Restart number (0 for a reload/rollback start).
         attempt: u32,
         /// Why.

@@ -167,7 +167,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         Event::PreloadRequested { engine } => {
             pool.model_ref = Some(engine.model_path.clone());
             pool.model_digest = None;
-            pool.engine = Some(engine.clone());
+            pool.engine = Some((**engine).clone());
             pool.handoff = None;
             pool.ready = false;
             pool.start_token = stamp.seq;
@@ -504,7 +504,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
             pool.last_error = None;
             pool.last_heartbeat_ms = Some(ts);
             pool.handoff_path = Some(path.clone());
-            pool.handoff = Some(handoff.clone());
+            pool.handoff = Some((**handoff).clone());
             pool.probe_failures = 0;
             pool.ready_token = stamp.seq;
             pool.backoff_reset_at_ms = None;
@@ -518,7 +518,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
             attempt,
             purpose,
         } => {
-            pool.engine = Some(engine.clone());
+            pool.engine = Some((**engine).clone());
             pool.handoff = None;
             pool.ready = false;
             pool.start_token = stamp.seq;

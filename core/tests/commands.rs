@@ -19,7 +19,7 @@ fn preload_of_a_new_pool_requests_a_spawn() {
     let o = given(&[])
         .when(preload("p1"))
         .then_events(&[Event::PreloadRequested {
-            engine: engine("p1"),
+            engine: Box::new(engine("p1")),
         }]);
     let s = o.status("p1");
     assert_eq!(s.phase, Phase::Starting);
@@ -734,7 +734,7 @@ fn breaker_reset_closes_and_restarts() {
         .then_events(&[
             Event::CircuitReset { by: "alice".into() },
             Event::EngineStartRequested {
-                engine: engine("p1"),
+                engine: Box::new(engine("p1")),
                 attempt: 1,
                 purpose: StartPurpose::Restart,
             },

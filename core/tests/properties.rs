@@ -69,7 +69,9 @@ fn arb_event() -> impl Strategy<Value = Event> {
             gpu_uuid: "GPU-a".into(),
             xid
         }),
-        arb_engine().prop_map(|engine| Event::PreloadRequested { engine }),
+        arb_engine().prop_map(|engine| Event::PreloadRequested {
+            engine: Box::new(engine),
+        }),
         (pid.clone(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
             |(pid, start_time, attempt, at)| Event::EngineSpawned {
                 pid,
@@ -198,7 +200,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
         Just(Event::PoolRemoved),
         (0u32..6, prop::option::of(pid.clone())).prop_map(|(slots_total, pid)| {
             Event::HandoffRegistered {
-                handoff: Handoff {
+                handoff: Box::new(Handoff {
                     engine: "e".into(),
                     engine_version: "v".into(),
                     url: "u".into(),
@@ -209,7 +211,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     device_mask: None,
                     slots_total,
                     pid,
-                },
+                }),
                 path: "f".into(),
             }
         }),
@@ -224,7 +226,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
             ]
         )
             .prop_map(|(engine, attempt, purpose)| Event::EngineStartRequested {
-                engine,
+                engine: Box::new(engine),
                 attempt,
                 purpose
             }),

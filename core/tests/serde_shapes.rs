@@ -30,7 +30,9 @@ pub fn one_of_each() -> Vec<Event> {
         Event::DriverResetObserved {
             gpu_uuid: "GPU-a".into(),
         },
-        Event::PreloadRequested { engine: e },
+        Event::PreloadRequested {
+            engine: Box::new(e),
+        },
         Event::PreloadRejected {
             code: "BINARY_NOT_ALLOWED".into(),
             reason: "x".into(),
@@ -147,7 +149,7 @@ pub fn one_of_each() -> Vec<Event> {
         },
         Event::PoolRemoved,
         Event::HandoffRegistered {
-            handoff: Handoff {
+            handoff: Box::new(Handoff {
                 engine: "llamacpp".into(),
                 engine_version: "b1".into(),
                 url: "http://127.0.0.1:1".into(),
@@ -158,7 +160,7 @@ pub fn one_of_each() -> Vec<Event> {
                 device_mask: None,
                 slots_total: 1,
                 pid: None,
-            },
+            }),
             path: "f".into(),
         },
         Event::HandoffRejected {
@@ -167,7 +169,7 @@ pub fn one_of_each() -> Vec<Event> {
             reason: "r".into(),
         },
         Event::EngineStartRequested {
-            engine: engine("p1"),
+            engine: Box::new(engine("p1")),
             attempt: 1,
             purpose: StartPurpose::Trial,
         },

@@ -68,7 +68,7 @@ fn crash_then_backoff_then_restart() {
             token,
         }))
         .then_events(&[Event::EngineStartRequested {
-            engine: engine("p1"),
+            engine: Box::new(engine("p1")),
             attempt: 1,
             purpose: StartPurpose::Restart,
         }]);
@@ -565,7 +565,12 @@ fn xid_on_a_gpu_of_the_mask_is_a_driver_error() {
         )],
         ready("p1", 100),
         vec![
-            ("p2", Event::PreloadRequested { engine: other }),
+            (
+                "p2",
+                Event::PreloadRequested {
+                    engine: Box::new(other),
+                },
+            ),
             (
                 "p2",
                 Event::EngineSpawned {

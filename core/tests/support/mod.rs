@@ -70,7 +70,7 @@ pub fn preloaded(pool: &'static str) -> Vec<Given> {
     vec![(
         pool,
         Event::PreloadRequested {
-            engine: engine(pool),
+            engine: Box::new(engine(pool)),
         },
     )]
 }
