@@ -130,7 +130,12 @@ impl<S: EventSchema> Journal<S> {
         let mut report = OpenReport::default();
         match mode {
             OpenMode::Recover => {
-                let recovered = recover::<S, _>(&store, &dir, config.recovery)?;
+                let recovered = recover::<S, _>(
+                    &store,
+                    &dir,
+                    config.recovery,
+                    config.max_batch_records as u64,
+                )?;
                 report.last_seq = recovered.last_seq;
                 report.quarantined = recovered.quarantined;
                 report.quarantine_file = recovered.quarantine_file;

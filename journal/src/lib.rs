@@ -56,6 +56,9 @@
 //! [`JournalError::Corruption`] naming the seq and the repair command
 //! (`pool-managerd journal repair --journal-dir <dir> --from-seq <seq>`, which calls
 //! [`Journal::truncate_from`] on a journal opened with [`Journal::open_for_repair`]).
+//! A damaged tail longer than one group commit (`max_batch_records`) is not a torn write
+//! (a binary that cannot read the journal, a failing disk): open refuses rather than turn it
+//! into a shorter history, and drops nothing.
 //! [`RecoveryMode::AbsoluteConsistency`] refuses on any damage. A record of a newer format
 //! refuses with `UnsupportedVersion`, never quarantined. Open's cost does not grow with the
 //! journal: it checks the damaged suffix plus [`recovery::OPEN_CHECK_WINDOW_RECORDS`] valid

@@ -28,10 +28,15 @@ pub(crate) struct Recovered {
     pub quarantine_file: Option<PathBuf>,
 }
 
+/// `tail_records_max` bounds the damaged suffix that may be dropped: one group commit
+/// (`max_batch_records`) is the most that a single interrupted write can leave behind. A longer
+/// run of bad records at the end is not a torn write (a binary that cannot read this journal,
+/// a failing disk): dropping it would turn an error into a shorter history, so open refuses.
 pub(crate) fn recover<S: EventSchema, St: Store>(
     store: &St,
     dir: &Path,
     mode: RecoveryMode,
+    tail_records_max: u64,
 ) -> Result<Recovered, JournalError> {
     let se = |e: crate::store::StoreError| e.into_journal(dir);
     let corruption = |seq: u64, what: String| JournalError::Corruption {
@@ -65,7 +70,22 @@ pub(crate) fn recover<S: EventSchema, St: Store>(
         };
         let in_suffix = lowest_valid_region_key.is_none();
         match (fault, in_suffix) {
-            (Some(what), true) => suffix.push((seq, what)),
+            (Some(what), true) => {
+                suffix.push((seq, what));
+                if suffix.len() as u64 > tail_records_max {
+                    return Err(corruption(
+                        seq,
+                        format!(
+                            "the last {} records (seq {last_seq} back to at least seq {seq}) are \
+                             all damaged: more than one group commit ({tail_records_max} records) \
+                             can hold, so this is not a torn write (a pool-managerd that cannot \
+                             read this journal, or a failing disk?); nothing was dropped. Run \
+                             `pool-managerd journal verify` to see the damage",
+                            suffix.len()
+                        ),
+                    ));
+                }
+            }
             (fault, _) => {
                 if let Some(above) = lowest_valid_region_key {
                     if seq + 1 != above {

@@ -236,6 +236,31 @@ fn empty_and_fully_corrupt_journals_open() {
     assert_eq!(journal.append_blocking(vec![draft(1)]).unwrap()[0].seq, 1);
 }
 
+#[test]
+fn a_damaged_tail_longer_than_one_group_commit_refuses_and_drops_nothing() {
+    let tmp = written(10);
+    for seq in 6..=10 {
+        damage(tmp.path(), seq, |v| v[5] ^= 1);
+    }
+    let mut config = JournalConfig::new(tmp.path());
+    config.max_batch_records = 4;
+    let err = match Journal::<TestSchema>::open(config) {
+        Err(err) => err,
+        Ok(_) => panic!("five damaged tail records with batches of four must refuse"),
+    };
+    assert!(
+        matches!(err, JournalError::Corruption { seq: 6, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not a torn write"), "{err}");
+    // Nothing was dropped: with room for five, the same journal quarantines the five.
+    let mut config = JournalConfig::new(tmp.path());
+    config.max_batch_records = 5;
+    let (journal, report) = Journal::<TestSchema>::open(config).unwrap();
+    assert_eq!(report.quarantined.len(), 5);
+    assert_eq!(journal.last_seq(), 5);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
