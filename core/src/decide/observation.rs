@@ -1,0 +1,651 @@
+//! `decide` for observations (what the shell saw: processes, probes, timers, GPUs): stale
+//! ones are ignored, current ones become facts.
+//!
+//! Owns: how each `Observation` is matched to the pool's current engine, start or timer.
+//! Never: trusts a pid or token that is not the current one.
+
+use super::lifecycle::{
+    after_stop, cancel_reload, exit_text, fail_running, start_failed, stop, supervise,
+};
+use super::*;
+use crate::command::Observation;
+
+pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observation) {
+    let now = d.now();
+    let policy = d.ctx.policy;
+    match observation {
+        Observation::DaemonStarted { version, pid } => d.push(
+            None,
+            Event::DaemonStarted {
+                version: version.clone(),
+                pid: *pid,
+            },
+        ),
+        Observation::DaemonStopping { reason } => d.push(
+            None,
+            Event::DaemonStopped {
+                reason: reason.clone(),
+            },
+        ),
+        Observation::GpuInventory { gpus } => {
+            let gpus: Vec<_> = gpus.iter().take(GPUS_MAX).cloned().collect();
+            let node = &d.node();
+            let clears = node.preflight_error.is_some() && !gpus.is_empty();
+            if gpus != node.gpus || clears {
+                d.push(None, Event::GpuInventoryObserved { gpus });
+            }
+        }
+        Observation::PreflightFailed { reason } => {
+            if d.node().preflight_error.as_ref() != Some(reason) {
+                d.push(
+                    None,
+                    Event::PreflightFailed {
+                        reason: reason.clone(),
+                    },
+                );
+            }
+        }
+        Observation::EngineSpawned {
+            pool_id,
+            token,
+            pid,
+            start_time,
+            log_path,
+            pid_path,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            let Activity::Starting { attempt, .. } = pool.activity else {
+                return;
+            };
+            if pool.process.is_some() || pool.start_token != *token {
+                return;
+            }
+            d.push(
+                Some(pool_id),
+                Event::EngineSpawned {
+                    pid: *pid,
+                    start_time: *start_time,
+                    log_path: log_path.clone(),
+                    pid_path: pid_path.clone(),
+                    attempt,
+                    health_deadline_at_ms: now.saturating_add(policy.health.preload_timeout_ms),
+                },
+            );
+        }
+        Observation::SpawnFailed {
+            pool_id,
+            token,
+            reason,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if !matches!(pool.activity, Activity::Starting { .. })
+                || pool.process.is_some()
+                || pool.start_token != *token
+            {
+                return;
+            }
+            start_failed(
+                d,
+                pool_id,
+                StartFailure::SpawnFailed,
+                ExitReason::Unknown,
+                format!("spawn failed: {reason}"),
+                None,
+            );
+        }
+        Observation::HealthPassed {
+            pool_id,
+            pid,
+            after_ms,
+            engine_version,
+            slots_total,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid)
+                || !matches!(
+                    pool.activity,
+                    Activity::Starting {
+                        health_passed: false,
+                        ..
+                    }
+                )
+            {
+                return;
+            }
+            let prepared = pool.engine.as_ref();
+            let slots = prepared
+                .and_then(|e| e.slots_total)
+                .or(*slots_total)
+                .unwrap_or(1)
+                .clamp(1, SLOTS_MAX);
+            let version = match engine_version {
+                Some(v) if !v.trim().is_empty() => tail(v, 256),
+                _ => prepared
+                    .map(|e| e.engine_version.clone())
+                    .unwrap_or_default(),
+            };
+            d.push(
+                Some(pool_id),
+                Event::HealthCheckPassed {
+                    after_ms: *after_ms,
+                    engine_version: version,
+                    slots_total: slots,
+                },
+            );
+        }
+        Observation::PreloadTimedOut { pool_id, pid } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid) || !matches!(pool.activity, Activity::Starting { .. }) {
+                return;
+            }
+            start_failed(
+                d,
+                pool_id,
+                StartFailure::HealthTimeout,
+                ExitReason::HealthTimeout,
+                format!(
+                    "no healthy answer within {} ms",
+                    policy.health.preload_timeout_ms
+                ),
+                Some(*pid),
+            );
+        }
+        Observation::HandoffWritten { pool_id, pid, path } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            let kind = match pool.activity {
+                Activity::Starting {
+                    kind,
+                    health_passed: true,
+                    ..
+                } if pool.pid() == Some(*pid) => kind,
+                _ => return,
+            };
+            let breaker_close_at_ms = (pool.supervision.breaker.state == BreakerState::HalfOpen)
+                .then(|| now.saturating_add(policy.breaker.close_after_stable_ms));
+            let reload = pool.reload.clone();
+            d.push(
+                Some(pool_id),
+                Event::PoolReady {
+                    handoff_path: path.clone(),
+                    backoff_reset_at_ms: now.saturating_add(policy.backoff.reset_after_ms),
+                    breaker_close_at_ms,
+                },
+            );
+            if let Some(reload) = reload {
+                let duration_ms = now.saturating_sub(reload.requested_at_ms);
+                match kind {
+                    StartKind::Again(StartPurpose::Reload) => d.push(
+                        Some(pool_id),
+                        Event::ReloadSucceeded {
+                            old: reload.old_model_ref,
+                            new: reload.new_model_ref,
+                            duration_ms,
+                        },
+                    ),
+                    StartKind::Again(StartPurpose::Rollback) => d.push(
+                        Some(pool_id),
+                        Event::ReloadRolledBack {
+                            model_ref: reload.old_model_ref,
+                            duration_ms,
+                        },
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        Observation::HandoffWriteFailed {
+            pool_id,
+            pid,
+            reason,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid)
+                || !matches!(
+                    pool.activity,
+                    Activity::Starting {
+                        health_passed: true,
+                        ..
+                    }
+                )
+            {
+                return;
+            }
+            start_failed(
+                d,
+                pool_id,
+                StartFailure::HandoffFailed,
+                ExitReason::Unknown,
+                format!("writing the handoff file failed: {reason}"),
+                Some(*pid),
+            );
+        }
+        Observation::ProbeFailed {
+            pool_id,
+            pid,
+            error,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid().unwrap_or(0) != *pid || !pool.serving() {
+                return;
+            }
+            let consecutive = pool.probe_failures.saturating_add(1);
+            d.push(Some(pool_id), Event::HealthCheckFailed { consecutive });
+            if consecutive >= policy.health.failures_to_crash {
+                let detail = format!(
+                    "{consecutive} consecutive health probes failed: {}",
+                    tail(error, 512)
+                );
+                fail_running(d, pool_id, ExitReason::HealthTimeout, detail);
+            }
+        }
+        Observation::ProbeSucceeded { pool_id, pid } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid().unwrap_or(0) != *pid || !pool.serving() || pool.probe_failures == 0 {
+                return; // routine heartbeats are not journaled
+            }
+            let after_failures = pool.probe_failures;
+            d.push(
+                Some(pool_id),
+                Event::HealthCheckRecovered { after_failures },
+            );
+        }
+        Observation::EngineExited {
+            pool_id,
+            pid,
+            exit_code,
+            signal,
+            reason,
+            detail,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid) {
+                return;
+            }
+            let reason = match (*exit_code, *signal, *reason) {
+                (Some(0), None, ExitReason::Graceful | ExitReason::Crash | ExitReason::Unknown) => {
+                    ExitReason::Graceful
+                }
+                (_, Some(_), ExitReason::Graceful) => ExitReason::Signal,
+                (_, _, ExitReason::Graceful) => ExitReason::Crash,
+                (_, _, other) => other,
+            };
+            let detail = tail(detail, DETAIL_LEN_MAX);
+            match pool.activity.clone() {
+                Activity::Stopping {
+                    reason: stop_reason,
+                    ..
+                } => {
+                    let graceful = *exit_code == Some(0) || *signal == Some(15);
+                    d.push(
+                        Some(pool_id),
+                        Event::EngineStopped {
+                            pid: *pid,
+                            graceful,
+                        },
+                    );
+                    after_stop(d, pool_id, &stop_reason);
+                }
+                Activity::Starting { .. } => {
+                    let cause = if reason == ExitReason::Graceful {
+                        ExitReason::Crash
+                    } else {
+                        reason
+                    };
+                    start_failed(
+                        d,
+                        pool_id,
+                        StartFailure::EngineExited,
+                        cause,
+                        exit_text(*exit_code, *signal, cause, &detail),
+                        None,
+                    );
+                }
+                _ => {
+                    cancel_reload(d, pool_id, "the engine exited during the reload");
+                    d.push(
+                        Some(pool_id),
+                        Event::EngineExited {
+                            pid: *pid,
+                            exit_code: *exit_code,
+                            signal: *signal,
+                            reason,
+                            detail: if reason == ExitReason::Graceful {
+                                "engine exited with code 0 without a stop request".to_string()
+                            } else {
+                                exit_text(*exit_code, *signal, reason, &detail)
+                            },
+                        },
+                    );
+                    if reason != ExitReason::Graceful {
+                        supervise(d, pool_id, reason);
+                    }
+                }
+            }
+        }
+        Observation::EngineStopped {
+            pool_id,
+            pid,
+            graceful,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            let Activity::Stopping { reason, .. } = pool.activity.clone() else {
+                return;
+            };
+            if pool.pid() != Some(*pid) {
+                return;
+            }
+            d.push(
+                Some(pool_id),
+                Event::EngineStopped {
+                    pid: *pid,
+                    graceful: *graceful,
+                },
+            );
+            after_stop(d, pool_id, &reason);
+        }
+        Observation::TimerFired {
+            pool_id,
+            timer,
+            token,
+        } => timer_fired(d, pool_id, *timer, *token),
+        Observation::ModelStaged {
+            pool_id,
+            token,
+            path,
+            digest,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            let Some(reload) = &pool.reload else { return };
+            if reload.token != *token
+                || reload.stage != ReloadStage::Staging
+                || reload.staged_path.is_some()
+                || !pool.serving()
+            {
+                return;
+            }
+            if let (Some(want), Some(got)) = (&reload.digest, digest) {
+                if want != got {
+                    let reason = format!("digest mismatch: expected {want}, staged {got}");
+                    cancel_reload(d, pool_id, &reason);
+                    return;
+                }
+            }
+            let deadline_ms = reload.drain_deadline_ms;
+            let idle = pool.leases.is_empty();
+            d.push(
+                Some(pool_id),
+                Event::ModelStaged {
+                    path: path.clone(),
+                    digest: digest.clone(),
+                },
+            );
+            d.push(
+                Some(pool_id),
+                Event::DrainRequested {
+                    deadline_ms,
+                    deadline_at_ms: now.saturating_add(deadline_ms),
+                },
+            );
+            if idle {
+                stop(d, pool_id, StopReason::Drained);
+            }
+        }
+        Observation::StagingFailed {
+            pool_id,
+            token,
+            reason,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            let Some(reload) = &pool.reload else { return };
+            if reload.token != *token || reload.stage != ReloadStage::Staging {
+                return;
+            }
+            cancel_reload(
+                d,
+                pool_id,
+                &format!("staging failed: {}", tail(reason, 1024)),
+            );
+        }
+        Observation::EngineAdopted { pool_id, pid } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            match &pool.process {
+                Some(process) if process.pid == *pid && !process.adopted => {
+                    d.push(Some(pool_id), Event::EngineAdopted { pid: *pid })
+                }
+                _ => {}
+            }
+        }
+        Observation::EngineLost { pool_id, pid } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid) {
+                return;
+            }
+            match pool.activity.clone() {
+                Activity::Stopping { reason, .. } => {
+                    d.push(
+                        Some(pool_id),
+                        Event::EngineStopped {
+                            pid: *pid,
+                            graceful: false,
+                        },
+                    );
+                    after_stop(d, pool_id, &reason);
+                }
+                Activity::Starting { .. } => start_failed(
+                    d,
+                    pool_id,
+                    StartFailure::EngineExited,
+                    ExitReason::Unknown,
+                    format!("engine pid {pid} is gone (lost while the daemon was down)"),
+                    None,
+                ),
+                _ => {
+                    cancel_reload(d, pool_id, "the engine was lost during the reload");
+                    d.push(Some(pool_id), Event::EngineLost { pid: *pid });
+                    supervise(d, pool_id, ExitReason::Unknown);
+                }
+            }
+        }
+        Observation::GpuXid { gpu_uuid, xid } => {
+            let gpu_uuid = tail(gpu_uuid, 256);
+            d.push(
+                None,
+                Event::GpuXidObserved {
+                    gpu_uuid: gpu_uuid.clone(),
+                    xid: *xid,
+                },
+            );
+            let gpus = d.node().gpus.clone();
+            let hit: Vec<(PoolId, bool)> = d
+                .pools()
+                .into_iter()
+                .filter(|p| p.process.is_some() && mask_covers(p.device_mask(), &gpu_uuid, &gpus))
+                .filter_map(|p| match p.activity {
+                    Activity::Starting { .. } => Some((p.id.clone(), true)),
+                    Activity::Running => Some((p.id.clone(), false)),
+                    _ => None,
+                })
+                .collect();
+            for (pool_id, starting) in hit {
+                let detail = format!("NVML Xid {xid} on GPU {gpu_uuid}");
+                if starting {
+                    let pid = d.pool(&pool_id).and_then(Pool::pid);
+                    start_failed(
+                        d,
+                        &pool_id,
+                        StartFailure::GpuFault,
+                        ExitReason::DriverError,
+                        detail,
+                        pid,
+                    );
+                } else {
+                    fail_running(d, &pool_id, ExitReason::DriverError, detail);
+                }
+            }
+        }
+        Observation::DriverReset { gpu_uuid } => d.push(
+            None,
+            Event::DriverResetObserved {
+                gpu_uuid: tail(gpu_uuid, 256),
+            },
+        ),
+        Observation::DeviceMaskViolation {
+            pool_id,
+            pid,
+            gpu_uuid,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid) {
+                return;
+            }
+            let gpu_uuid = tail(gpu_uuid, 256);
+            if pool.last_error.as_deref() == Some(&mask_violation_message(pool, *pid, &gpu_uuid)) {
+                return; // already recorded
+            }
+            d.push(
+                Some(pool_id),
+                Event::DeviceMaskViolation {
+                    pid: *pid,
+                    gpu_uuid,
+                },
+            );
+        }
+        Observation::VramObserved {
+            pool_id,
+            pid,
+            used_bytes,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid) {
+                return;
+            }
+            let moved = pool
+                .vram_used_bytes
+                .is_none_or(|old| old.abs_diff(*used_bytes) >= VRAM_DELTA_MIN_BYTES);
+            if moved {
+                d.push(
+                    Some(pool_id),
+                    Event::VramUsageObserved {
+                        pid: *pid,
+                        used_bytes: *used_bytes,
+                    },
+                );
+            }
+        }
+        Observation::PreloadRefused {
+            pool_id,
+            code,
+            reason,
+        } => {
+            if d.pool(pool_id).is_some() {
+                d.push(
+                    Some(pool_id),
+                    Event::PreloadRejected {
+                        code: tail(code, 64),
+                        reason: tail(reason, 1024),
+                    },
+                );
+            }
+        }
+        Observation::HandoffInvalid {
+            file,
+            field,
+            reason,
+        } => {
+            let record = (tail(file, 1024), tail(field, 256), tail(reason, 1024));
+            if d.node().last_handoff_rejection.as_ref() != Some(&record) {
+                d.push(
+                    None,
+                    Event::HandoffRejected {
+                        file: record.0,
+                        field: record.1,
+                        reason: record.2,
+                    },
+                );
+            }
+        }
+    }
+}
+
+pub(super) fn timer_fired(
+    d: &mut Decision<'_, '_>,
+    pool_id: &PoolId,
+    timer: crate::effect::Timer,
+    token: u64,
+) {
+    use crate::effect::Timer;
+    let Some(pool) = d.pool(pool_id) else { return };
+    match timer {
+        Timer::Restart => {
+            let Activity::Backoff {
+                attempt,
+                token: armed,
+                ..
+            } = pool.activity
+            else {
+                return;
+            };
+            if armed != token || pool.supervision.breaker.state == BreakerState::Open {
+                return;
+            }
+            let Some(engine) = pool.engine.clone() else {
+                return;
+            };
+            d.push(
+                Some(pool_id),
+                Event::EngineStartRequested {
+                    engine: Box::new(engine),
+                    attempt,
+                    purpose: StartPurpose::Restart,
+                },
+            );
+        }
+        Timer::HalfOpen => {
+            let breaker = &pool.supervision.breaker;
+            if breaker.state != BreakerState::Open || breaker.token != token {
+                return;
+            }
+            let trial = match (&pool.activity, &pool.engine) {
+                (Activity::CircuitOpen | Activity::Failed, Some(engine)) => Some(engine.clone()),
+                _ => None,
+            };
+            let attempt = pool.supervision.backoff_attempt.saturating_add(1);
+            d.push(Some(pool_id), Event::CircuitHalfOpened);
+            if let Some(engine) = trial {
+                d.push(
+                    Some(pool_id),
+                    Event::EngineStartRequested {
+                        engine: Box::new(engine),
+                        attempt,
+                        purpose: StartPurpose::Trial,
+                    },
+                );
+            }
+        }
+        Timer::DrainDeadline => {
+            let Some(drain) = &pool.drain else { return };
+            if drain.token != token || !matches!(pool.activity, Activity::Running) {
+                return;
+            }
+            stop(d, pool_id, StopReason::DrainDeadline);
+        }
+        Timer::BackoffReset => {
+            let sup = &pool.supervision;
+            let dirty = sup.backoff_attempt > 0 || sup.gpu_failures > 0 || sup.other_failures > 0;
+            if pool.ready_token != token || !pool.serving() || !dirty {
+                return;
+            }
+            let previous_attempt = sup.backoff_attempt;
+            d.push(Some(pool_id), Event::BackoffReset { previous_attempt });
+        }
+        Timer::BreakerClose => {
+            if pool.ready_token != token
+                || !pool.serving()
+                || pool.supervision.breaker.state != BreakerState::HalfOpen
+            {
+                return;
+            }
+            d.push(Some(pool_id), Event::CircuitClosed);
+        }
+    }
+}
