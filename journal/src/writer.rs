@@ -323,3 +323,193 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         std::thread::park();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The failure path of the group commit, with a store whose `sync` can be made to fail:
+    //! no waiter is ever told `Ok` for records whose sync failed, and the failure is sticky.
+
+    use std::sync::atomic::AtomicBool;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::store::{SledStore, StoreError};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Noted {
+        n: u32,
+    }
+
+    struct NotedSchema;
+
+    impl EventSchema for NotedSchema {
+        type Event = Noted;
+        const CURRENT_VERSION: u8 = 1;
+        fn kind(_: &Noted) -> &'static str {
+            "Noted"
+        }
+    }
+
+    /// A sled store whose `sync` fails while `fail_sync` is set (as an fsync EIO would).
+    struct FlakyStore {
+        inner: SledStore,
+        fail_sync: AtomicBool,
+        syncs: AtomicU64,
+    }
+
+    impl Store for FlakyStore {
+        type Value = <SledStore as Store>::Value;
+        type RecordIter = <SledStore as Store>::RecordIter;
+        type IndexIter = <SledStore as Store>::IndexIter;
+
+        fn append_batch(
+            &self,
+            records: &[(u64, Vec<u8>)],
+            index_keys: &[Vec<u8>],
+            index_high_water_seq: u64,
+        ) -> Result<(), StoreError> {
+            self.inner
+                .append_batch(records, index_keys, index_high_water_seq)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(StoreError::Io {
+                    path: PathBuf::from("db"),
+                    source: std::io::Error::other("injected fdatasync failure"),
+                });
+            }
+            self.inner.sync()
+        }
+        fn get(&self, seq: u64) -> Result<Option<Self::Value>, StoreError> {
+            self.inner.get(seq)
+        }
+        fn iter_from(&self, seq: u64) -> Self::RecordIter {
+            self.inner.iter_from(seq)
+        }
+        fn iter_rev(&self) -> Self::RecordIter {
+            self.inner.iter_rev()
+        }
+        fn last(&self) -> Result<Option<(u64, Self::Value)>, StoreError> {
+            self.inner.last()
+        }
+        fn put_raw(&self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.put_raw(seq, value)
+        }
+        fn remove_from(&self, seq: u64) -> Result<u64, StoreError> {
+            self.inner.remove_from(seq)
+        }
+        fn index_high_water(&self) -> Result<u64, StoreError> {
+            self.inner.index_high_water()
+        }
+        fn index_add(&self, keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError> {
+            self.inner.index_add(keys, high_water_seq)
+        }
+        fn index_remove(&self, keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError> {
+            self.inner.index_remove(keys, high_water_seq)
+        }
+        fn index_scan(&self, pool_id: &str, since_seq: u64) -> Self::IndexIter {
+            self.inner.index_scan(pool_id, since_seq)
+        }
+        fn snapshot_put(&self, covers_seq: u64, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.snapshot_put(covers_seq, value)
+        }
+        fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+            self.inner.snapshot_seqs()
+        }
+        fn snapshot_get(&self, covers_seq: u64) -> Result<Option<Self::Value>, StoreError> {
+            self.inner.snapshot_get(covers_seq)
+        }
+        fn snapshot_remove(&self, covers_seq: u64) -> Result<(), StoreError> {
+            self.inner.snapshot_remove(covers_seq)
+        }
+        fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
+            self.inner.size_on_disk_bytes()
+        }
+    }
+
+    fn draft(n: u32) -> Draft<Noted> {
+        Draft {
+            ts_ms: u64::from(n),
+            pool_id: Some("p1".into()),
+            cause: None,
+            event: Noted { n },
+        }
+    }
+
+    fn append(
+        tx: &mpsc::Sender<Command<Noted>>,
+        drafts: Vec<Draft<Noted>>,
+    ) -> Result<Vec<Envelope<Noted>>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        block_on(async {
+            tx.send(Command::Append { drafts, reply })
+                .await
+                .map_err(|_| JournalError::Closed)?;
+            answer.await.map_err(|_| JournalError::Closed)?
+        })
+    }
+
+    #[test]
+    fn a_failed_sync_is_never_acknowledged_and_refuses_every_later_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(FlakyStore {
+            inner: SledStore::open(tmp.path(), 8 << 20).unwrap(),
+            fail_sync: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+        });
+        let last_seq = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(16);
+        let writer = Writer::<NotedSchema, FlakyStore> {
+            store: Arc::clone(&store),
+            dir: tmp.path().to_path_buf(),
+            last_seq: Arc::clone(&last_seq),
+            next_seq: 1,
+            max_batch_records: 64,
+            rx,
+            failed: None,
+            _schema: PhantomData,
+        };
+        let handle = std::thread::spawn(move || writer.run());
+
+        // Healthy: acknowledged, published.
+        let acked = append(&tx, vec![draft(1), draft(2)]).unwrap();
+        assert_eq!(acked.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(last_seq.load(Ordering::SeqCst), 2);
+
+        // The sync fails: the waiter hears WriteFailed, and last_seq does not move.
+        store.fail_sync.store(true, Ordering::SeqCst);
+        let err = append(&tx, vec![draft(3)]).unwrap_err();
+        assert!(matches!(err, JournalError::WriteFailed { .. }), "{err}");
+        assert!(
+            err.to_string().contains("injected fdatasync failure"),
+            "{err}"
+        );
+        assert_eq!(last_seq.load(Ordering::SeqCst), 2);
+
+        // Sticky: even with a store that would now succeed, nothing more is written or
+        // acknowledged (after a failed fsync the kernel may have dropped the dirty pages).
+        store.fail_sync.store(false, Ordering::SeqCst);
+        let syncs_before = store.syncs.load(Ordering::SeqCst);
+        let err = append(&tx, vec![draft(4)]).unwrap_err();
+        assert!(matches!(err, JournalError::WriteFailed { .. }), "{err}");
+        assert_eq!(store.syncs.load(Ordering::SeqCst), syncs_before);
+        assert_eq!(last_seq.load(Ordering::SeqCst), 2);
+        let (reply, answer) = oneshot::channel();
+        block_on(tx.send(Command::SaveSnapshot {
+            covers_seq: 2,
+            value: vec![1, 2, 3],
+            reply,
+        }))
+        .map_err(|_| ())
+        .unwrap();
+        assert!(matches!(
+            block_on(answer).unwrap(),
+            Err(JournalError::WriteFailed { .. })
+        ));
+
+        drop(tx);
+        handle.join().unwrap();
+    }
+}
