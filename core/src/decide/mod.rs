@@ -93,6 +93,24 @@ impl Decision<'_, '_> {
         }
     }
 
+    /// The pool, if `pid` is its engine and it is starting, before (`health_passed: false`) or
+    /// after (`true`) its health check: the test an answer to a start's effects must pass to
+    /// be current rather than stale.
+    pub(super) fn starting_engine(
+        &self,
+        id: &PoolId,
+        pid: u32,
+        health_passed: bool,
+    ) -> Option<&Pool> {
+        self.pool(id).filter(|pool| {
+            pool.pid() == Some(pid)
+                && matches!(
+                    pool.activity,
+                    Activity::Starting { health_passed: passed, .. } if passed == health_passed
+                )
+        })
+    }
+
     /// Every pool, as the facts so far left them (by id).
     pub(super) fn pools(&self) -> Vec<&Pool> {
         match &self.scratch {

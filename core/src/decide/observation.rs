@@ -100,18 +100,9 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
             engine_version,
             slots_total,
         } => {
-            let Some(pool) = d.pool(pool_id) else { return };
-            if pool.pid() != Some(*pid)
-                || !matches!(
-                    pool.activity,
-                    Activity::Starting {
-                        health_passed: false,
-                        ..
-                    }
-                )
-            {
+            let Some(pool) = d.starting_engine(pool_id, *pid, false) else {
                 return;
-            }
+            };
             let prepared = pool.engine.as_ref();
             let slots = prepared
                 .and_then(|e| e.slots_total)
@@ -151,14 +142,11 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
             );
         }
         Observation::HandoffWritten { pool_id, pid, path } => {
-            let Some(pool) = d.pool(pool_id) else { return };
-            let kind = match pool.activity {
-                Activity::Starting {
-                    kind,
-                    health_passed: true,
-                    ..
-                } if pool.pid() == Some(*pid) => kind,
-                _ => return,
+            let Some(pool) = d.starting_engine(pool_id, *pid, true) else {
+                return;
+            };
+            let Activity::Starting { kind, .. } = pool.activity else {
+                return;
             };
             let breaker_close_at_ms = (pool.supervision.breaker.state == BreakerState::HalfOpen)
                 .then(|| now.saturating_add(policy.breaker.close_after_stable_ms));
@@ -198,16 +186,7 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
             pid,
             reason,
         } => {
-            let Some(pool) = d.pool(pool_id) else { return };
-            if pool.pid() != Some(*pid)
-                || !matches!(
-                    pool.activity,
-                    Activity::Starting {
-                        health_passed: true,
-                        ..
-                    }
-                )
-            {
+            if d.starting_engine(pool_id, *pid, true).is_none() {
                 return;
             }
             start_failed(
