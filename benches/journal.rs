@@ -915,8 +915,12 @@ fn main() {
     if std::env::var_os("POOL_BENCH_KEEP").is_some() {
         eprintln!("journals kept in {}", setup.root.keep().display());
     }
-    // Criterion's `--test` runs each benchmark once: no figures worth keeping.
-    if std::env::args().any(|arg| arg == "--test" || arg == "--list") {
+    // Only `cargo bench` (which passes `--bench`) measures; `--test`, `--list` and a run from
+    // `cargo test --bench journal` run each benchmark once: no figures worth keeping.
+    let args: Vec<String> = std::env::args().collect();
+    let measured = args.iter().any(|arg| arg == "--bench")
+        && !args.iter().any(|arg| arg == "--test" || arg == "--list");
+    if !measured {
         return;
     }
     setup.figures.insert(
