@@ -1,8 +1,11 @@
 //! The command line (clap): `journal {show,export,import,verify,stats,repair}` and `replay`.
 //!
 //! Owns: argument parsing, opening journals for commands, exit codes, logging set-up.
-//! Never: changes a journal except through `journal import` and `journal repair`; every other
-//! command only reads. Errors name the path or the seq and what to do.
+//! Never: changes a journal's events except through `journal import` and `journal repair`;
+//! every other command only reads them. (Opening a journal for normal use runs its recovery,
+//! which may quarantine a damaged tail, with a warning, exactly as the daemon's start-up
+//! would; `verify` and `repair` open it without recovery.) Errors name the path or the seq
+//! and what to do.
 
 mod journal;
 mod replay;
