@@ -235,16 +235,15 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
             reason,
             ..
         } => {
+            // The pid file goes with its `EngineStopped`.
             out.push(Effect::StopEngine {
-                pool_id: pool_id.clone(),
+                pool_id,
                 pid: *pid,
                 grace_ms: 0,
-                reason: StopReason::Failure {
-                    reason: crate::event::ExitReason::Unknown,
+                reason: StopReason::ReloadFailed {
                     detail: reason.clone(),
                 },
             });
-            out.push(Effect::RemovePidFile { pool_id });
         }
         Event::EngineExited { .. } | Event::EngineLost { .. } | Event::EngineStopped { .. } => {
             out.push(Effect::RemovePidFile { pool_id })

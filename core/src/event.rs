@@ -105,6 +105,13 @@ pub enum StopReason {
         /// Human detail for `last_error`.
         detail: String,
     },
+    /// A reload's new engine failed but still runs: once it is gone, the old engine starts
+    /// again (the rollback), so the two never run at once. (Appended: variants keep their
+    /// order.)
+    ReloadFailed {
+        /// Human detail for `last_error`.
+        detail: String,
+    },
 }
 
 /// Why an engine is being started (`EngineStartRequested`).

@@ -386,7 +386,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
                     pool.drain = None;
                     pool.reload = None;
                 }
-                StopReason::Drained => {}
+                StopReason::Drained | StopReason::ReloadFailed { .. } => {}
                 StopReason::Failure { reason, detail } => note_failure(pool, *reason, detail),
             }
             pool.leases.clear();
@@ -460,11 +460,25 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
                 "reload failed while {}: {reason}",
                 serde_name(stage)
             ));
-            if pid.is_some() && pool.pid() == *pid {
+            let still_running = pid.is_some() && pool.pid() == *pid;
+            if *rolling_back && still_running {
+                // The failed new engine is killed first; the rollback starts on its
+                // `EngineStopped`, so it can never race the old engine for the port or GPU.
+                pool.ready = false;
+                pool.leases.clear();
+                pool.activity = Activity::Stopping {
+                    reason: StopReason::ReloadFailed {
+                        detail: reason.clone(),
+                    },
+                    grace_ms: 0,
+                };
+            } else if still_running {
                 engine_gone(pool);
             }
             if *rolling_back {
-                engine_gone(pool);
+                if !still_running {
+                    engine_gone(pool);
+                }
                 if let Some(reload) = pool.reload.as_mut() {
                     reload.stage = ReloadStage::RollingBack;
                     pool.engine = Some(reload.old_engine.clone());

@@ -912,6 +912,7 @@ fn reload_failure_of_the_new_engine_rolls_back() {
         pool_id: id("p1"),
         pid: 200,
     }));
+    assert_eq!(facts.len(), 1, "{facts:?}");
     assert!(matches!(
         &facts[0].event,
         Event::ReloadFailed {
@@ -921,6 +922,15 @@ fn reload_failure_of_the_new_engine_rolls_back() {
             ..
         }
     ));
+    // The failed new engine is killed first: the old one must not start beside it.
+    let s = sim.status("p1");
+    assert_eq!((s.phase, s.ready, s.live), (Phase::Reloading, false, true));
+    let facts = sim.step(obs(Observation::EngineStopped {
+        pool_id: id("p1"),
+        pid: 200,
+        graceful: false,
+    }));
+    assert_eq!(facts[0].event.kind(), "EngineStopped");
     match &facts[1].event {
         Event::EngineStartRequested {
             engine: e,

@@ -65,6 +65,16 @@ pub(super) fn after_stop(d: &mut Decision<'_, '_>, pool_id: &PoolId, reason: &St
             }
         }
         StopReason::Failure { reason, .. } => supervise(d, pool_id, *reason),
+        StopReason::ReloadFailed { .. } => {
+            let old = d
+                .pool(pool_id)
+                .and_then(|pool| pool.reload.as_ref())
+                .filter(|reload| reload.stage == ReloadStage::RollingBack)
+                .map(|reload| reload.old_engine.clone());
+            if let Some(engine) = old {
+                start_rollback(d, pool_id, engine);
+            }
+        }
     }
 }
 
@@ -194,6 +204,7 @@ pub(super) fn start_failed(
     match kind {
         StartKind::Again(StartPurpose::Reload) => {
             let old = pool.reload.as_ref().map(|r| r.old_engine.clone());
+            let alive = pid.is_some() && pool.pid() == pid;
             d.push(
                 Some(pool_id),
                 Event::ReloadFailed {
@@ -203,15 +214,8 @@ pub(super) fn start_failed(
                     pid,
                 },
             );
-            if let Some(engine) = old {
-                d.push(
-                    Some(pool_id),
-                    Event::EngineStartRequested {
-                        engine: Box::new(engine),
-                        attempt: 0,
-                        purpose: StartPurpose::Rollback,
-                    },
-                );
+            if let Some(engine) = old.filter(|_| !alive) {
+                start_rollback(d, pool_id, engine);
             }
         }
         StartKind::Again(StartPurpose::Rollback) => {
@@ -278,4 +282,20 @@ pub(super) fn exit_text(
     } else {
         format!("engine exited ({how}, {}): {detail}", reason.as_str())
     }
+}
+
+/// Starts the old engine again after a failed reload.
+fn start_rollback(
+    d: &mut Decision<'_, '_>,
+    pool_id: &PoolId,
+    engine: crate::engine::PreparedEngine,
+) {
+    d.push(
+        Some(pool_id),
+        Event::EngineStartRequested {
+            engine: Box::new(engine),
+            attempt: 0,
+            purpose: StartPurpose::Rollback,
+        },
+    );
 }
