@@ -1,9 +1,9 @@
 //! pool-core: the pure core of pool-managerd.
 //!
 //! An event-sourced state machine over three pure functions:
-//! - [`decide`]`(&State, &Input, &Context) -> Result<Vec<Fact>, Rejection>`: what an input
+//! - [`decide()`]`(&State, &Input, &Context) -> Result<Vec<Fact>, Rejection>`: what an input
 //!   means (commands from the API, observations from the shell);
-//! - [`evolve`]`(State, Stamp, &Event) -> State`: the fold that rebuilds the registry, total
+//! - [`evolve()`]`(State, Stamp, &Event) -> State`: the fold that rebuilds the registry, total
 //!   and infallible;
 //! - [`effects`]`(&State, Stamp, &Event) -> Vec<Effect>`: what the shell must do once an event
 //!   is durable and folded (state *after* the event). Replay runs `evolve` only.

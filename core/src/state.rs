@@ -420,7 +420,7 @@ impl State {
         self.pool(id).map_or(0, Pool::active_leases)
     }
 
-    /// Folds one event (same as [`crate::evolve`]).
+    /// Folds one event (same as [`crate::evolve()`]).
     pub fn apply(self, stamp: crate::event::Stamp<'_>, event: &crate::event::Event) -> State {
         crate::evolve::evolve(self, stamp, event)
     }
