@@ -29,8 +29,9 @@
 //! 3. It assigns consecutive seqs (`last_seq + 1 ..`) and encodes each record.
 //! 4. It writes all records in one sled `Batch`, then the index keys and the index high-water
 //!    seq in a second one.
-//! 5. It makes them durable once: `Db::flush()`, `fdatasync(<dir>/db)`, fsync of new files in
-//!    `<dir>/blobs/` (see [`store`] for why flush alone is not enough).
+//! 5. It makes them durable once: `Db::flush()`, fsync of new or grown files in
+//!    `<dir>/blobs/`, then `fdatasync(<dir>/db)` (blobs first, so that a durable log entry
+//!    never points at a blob that is not; see [`store`] for why flush alone is not enough).
 //! 6. It publishes `last_seq` (readers never see past it) and answers every waiter.
 //!
 //! If step 4 or 5 fails, every waiter of that batch gets [`JournalError::WriteFailed`], and so

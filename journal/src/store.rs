@@ -33,7 +33,7 @@
 //!
 //! `conf` and the directory entries of `db`, `blobs/` and `LOCK` are fsynced once at open.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -185,7 +185,7 @@ pub struct SledStore {
     /// Our fd on `<dir>/db`, used only for `fdatasync`.
     db_file: File,
     /// Blob files already fsynced (pruned to what exists at each sweep).
-    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
     /// Holds the `flock` on `<dir>/LOCK` until the store is dropped.
     _lock: File,
 }
@@ -288,7 +288,7 @@ impl SledStore {
             index,
             snapshots,
             db_file,
-            synced_blobs: Mutex::new(HashSet::new()),
+            synced_blobs: Mutex::new(HashMap::new()),
             _lock: lock,
         };
         // Tree creation above is durable only after a flush. An existing journal has nothing of
@@ -325,13 +325,20 @@ impl SledStore {
             .synced_blobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut present = HashSet::new();
+        let mut present = HashMap::new();
         let mut new_files = 0usize;
         for entry in entries {
             let entry = entry.map_err(io_err(&blobs))?;
             let name = entry.file_name();
-            if !synced.contains(&name) {
-                let path = entry.path();
+            let path = entry.path();
+            // The length is part of what was synced: a blob that sled was still writing when
+            // it was last seen (the writer thread writes while this one syncs) is synced again.
+            let len = match entry.metadata() {
+                Ok(metadata) => metadata.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            if synced.get(&name) != Some(&len) {
                 match File::open(&path).and_then(|f| f.sync_all()) {
                     Ok(()) => new_files += 1,
                     // sled's blob GC may remove it meanwhile: then it is not needed.
@@ -339,7 +346,7 @@ impl SledStore {
                     Err(e) => return Err(io_err(&path)(e)),
                 }
             }
-            present.insert(name);
+            present.insert(name, len);
         }
         *synced = present;
         drop(synced);
@@ -412,10 +419,13 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        // sled writes a blob file before the log entry that points at it; after the flush,
+        // every blob the log refers to is written. Blobs are synced before the log, so that
+        // a durable pointer never points at a blob that is not.
         self.db.flush()?;
+        self.sync_blobs()?;
         let db_path = self.dir.join("db");
-        self.db_file.sync_data().map_err(io_err(&db_path))?;
-        self.sync_blobs()
+        self.db_file.sync_data().map_err(io_err(&db_path))
     }
 
     fn get(&self, seq: u64) -> Result<Option<IVec>, StoreError> {
