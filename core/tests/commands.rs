@@ -696,30 +696,7 @@ fn remove_of_a_pool_without_engine_is_immediate() {
 
 #[test]
 fn breaker_reset_closes_and_restarts() {
-    let h = concat(&[
-        ready("p1", 100),
-        vec![
-            (
-                "p1",
-                Event::EngineExited {
-                    pid: 100,
-                    exit_code: Some(1),
-                    signal: None,
-                    reason: ExitReason::Crash,
-                    detail: "x".into(),
-                },
-            ),
-            (
-                "p1",
-                Event::CircuitOpened {
-                    failures: 5,
-                    open_ms: 300_000,
-                    class: FailureClass::Other,
-                    half_open_at_ms: T0 + 300_000,
-                },
-            ),
-        ],
-    ]);
+    let h = breaker_open("p1", 100);
     let s = given(&h).state.status("p1").unwrap();
     assert_eq!(
         (s.phase, s.breaker),

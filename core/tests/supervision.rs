@@ -308,30 +308,7 @@ fn gpu_faults_are_counted_apart_and_open_the_breaker_when_interleaved() {
 }
 
 fn open_breaker() -> Sim {
-    let h = concat(&[
-        ready("p1", 100),
-        vec![
-            (
-                "p1",
-                Event::EngineExited {
-                    pid: 100,
-                    exit_code: Some(1),
-                    signal: None,
-                    reason: ExitReason::Crash,
-                    detail: "x".into(),
-                },
-            ),
-            (
-                "p1",
-                Event::CircuitOpened {
-                    failures: 5,
-                    open_ms: 300_000,
-                    class: FailureClass::Other,
-                    half_open_at_ms: T0 + 300_000,
-                },
-            ),
-        ],
-    ]);
+    let h = breaker_open("p1", 100);
     Sim::new(&h)
 }
 

@@ -114,6 +114,32 @@ pub fn ready(pool: &'static str, pid: u32) -> Vec<Given> {
     h
 }
 
+/// A ready pool whose engine `pid` crashed and whose breaker then opened (at `T0`, for
+/// `open_ms` 300 000).
+pub fn breaker_open(pool: &'static str, pid: u32) -> Vec<Given> {
+    let mut h = ready(pool, pid);
+    h.push((
+        pool,
+        Event::EngineExited {
+            pid,
+            exit_code: Some(1),
+            signal: None,
+            reason: ExitReason::Crash,
+            detail: "x".into(),
+        },
+    ));
+    h.push((
+        pool,
+        Event::CircuitOpened {
+            failures: 5,
+            open_ms: 300_000,
+            class: FailureClass::Other,
+            half_open_at_ms: T0 + 300_000,
+        },
+    ));
+    h
+}
+
 pub fn concat(parts: &[Vec<Given>]) -> Vec<Given> {
     parts.iter().flatten().cloned().collect()
 }
