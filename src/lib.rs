@@ -10,8 +10,16 @@
 
 pub use pool_core as core;
 
+pub mod api;
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod engine_sim;
+pub mod gpu;
+pub mod node;
 pub mod projection;
 pub mod schema;
 pub mod script;
+pub mod supervisor;
 pub mod table;

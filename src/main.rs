@@ -6,7 +6,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pool_managerd::cli::Cli::parse();
-    pool_managerd::cli::init_logging(cli.log_format);
+    let level = cli.default_log_level();
+    pool_managerd::cli::init_logging(cli.log_format, level);
     match pool_managerd::cli::run(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -48,9 +48,11 @@ pub mod state;
 pub mod status;
 
 pub use command::{Command, Context, Input, Observation};
-pub use decide::decide;
+pub use decide::{decide, tail as tail_text};
 pub use effect::{effects, resume_effects, Effect, Timer};
-pub use engine::{GpuInfo, Handoff, HandoffModel, PreparedEngine, TensorSplit, SLOTS_MAX};
+pub use engine::{
+    mask_tokens, GpuInfo, Handoff, HandoffModel, PreparedEngine, TensorSplit, SLOTS_MAX,
+};
 pub use event::{
     DrainOutcome, Event, ExitReason, Fact, FailureClass, ReloadStage, Scope, Stamp, StartFailure,
     StartPurpose, StopReason, StormClass, EVENT_FORMAT_VERSION,

@@ -161,8 +161,8 @@ pub(crate) fn write_export_line<E: Serialize>(
     Ok(())
 }
 
-/// The export form of an envelope as a JSON value (used in quarantine files).
-pub(crate) fn envelope_to_json<E: Serialize>(env: &Envelope<E>) -> Result<Value, JournalError> {
+/// The export form of an envelope as a JSON value (quarantine files, the HTTP API).
+pub fn envelope_to_json<E: Serialize>(env: &Envelope<E>) -> Result<Value, JournalError> {
     Ok(serde_json::json!({
         "seq": env.seq,
         "ts_ms": env.ts_ms,

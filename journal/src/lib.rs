@@ -86,7 +86,7 @@ mod writer;
 pub use config::{JournalConfig, RecoveryMode};
 pub use error::JournalError;
 pub use journal::{Journal, MAX_POOL_ID_BYTES, MAX_READ_POOL_LIMIT, MAX_SNAPSHOT_BYTES};
-pub use json::{event_from_json, event_to_json};
+pub use json::{envelope_to_json, event_from_json, event_to_json};
 pub use record::{
     decode_payload, decode_record, encode_record, Draft, Envelope, EventSchema, RecordFault,
     UpcastError, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,

@@ -7,8 +7,10 @@
 //! would; `verify` and `repair` open it without recovery.) Errors name the path or the seq
 //! and what to do.
 
+mod demo;
 mod journal;
 mod replay;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,8 +21,10 @@ use pool_journal::JournalConfig;
 
 use crate::schema::PoolJournal;
 
+pub use demo::DemoArgs;
 pub use journal::JournalCommand;
 pub use replay::ReplayArgs;
+pub use serve::{load_config, wait_for_signal, ServeArgs};
 
 /// pool-managerd: supervises LLM inference engines on a GPU node, with a durable event journal.
 #[derive(Debug, Parser)]
@@ -45,11 +49,22 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: supervise engines and serve the HTTP API.
+    Serve(ServeArgs),
+    /// Run a self-contained demonstration (no GPU, no configuration needed).
+    Demo(DemoArgs),
     /// Inspect, check, export, import or repair a journal.
     #[command(subcommand)]
     Journal(JournalCommand),
     /// Print the registry as it was after a given event or time (for post-mortems).
     Replay(ReplayArgs),
+    /// The test engine (engine-sim), for the demo and tests: `pool-managerd engine-sim --help`.
+    #[command(hide = true, disable_help_flag = true)]
+    EngineSim {
+        /// engine-sim's own arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// The journal a command works on.
@@ -65,10 +80,21 @@ pub struct JournalDirArg {
     pub journal_dir: PathBuf,
 }
 
-/// Sets up `tracing` on stderr; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
+impl Cli {
+    /// The log level when `RUST_LOG` is not set: `warn` for the demo (its printout is the
+    /// point) and the test engine, `info` otherwise.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) | Command::EngineSim { .. } => "warn",
+            _ => "info",
+        }
+    }
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` filters (default `default_level`).
+pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -84,6 +110,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Journal(command) => journal::run(command),
         Command::Replay(args) => replay::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::EngineSim { args } => {
+            crate::engine_sim::main(std::iter::once("engine-sim".to_string()).chain(args))
+        }
     }
 }
 

@@ -1,0 +1,174 @@
+//! API errors and request extraction: every failure is the JSON of SPEC section 5
+//! (`{"code", "error"}`) with its status; bodies are parsed by hand so that malformed JSON
+//! names the field (`INVALID_REQUEST`), never a 500, never a panic.
+//!
+//! Owns: the code -> status table, [`ApiError`], [`JsonBody`], [`PoolPath`].
+//! Never: decides anything about pools.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pool_core::{PoolId, Rejection};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::node::NodeError;
+
+/// The largest request body accepted (SPEC section 11).
+pub const BODY_MAX_BYTES: usize = 1024 * 1024;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// SPEC code.
+    pub code: &'static str,
+    /// For people: names the thing and what to do.
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    error: &'a str,
+}
+
+/// The status of a SPEC code.
+pub fn status_of(code: &str) -> StatusCode {
+    match code {
+        "INVALID_REQUEST" => StatusCode::BAD_REQUEST,
+        "UNAUTHORIZED" => StatusCode::UNAUTHORIZED,
+        "BINARY_NOT_ALLOWED" => StatusCode::FORBIDDEN,
+        "POOL_NOT_FOUND" | "LEASE_NOT_FOUND" => StatusCode::NOT_FOUND,
+        "POOL_BUSY" | "POOL_DRAINING" => StatusCode::CONFLICT,
+        "MODEL_NOT_FOUND" | "INVALID_DEVICE_MASK" => StatusCode::UNPROCESSABLE_ENTITY,
+        "SLOTS_EXHAUSTED" => StatusCode::TOO_MANY_REQUESTS,
+        "POOL_UNREADY" | "GPU_REQUIRED" | "INSUFFICIENT_VRAM" | "CIRCUIT_OPEN" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    /// An error with the status of its code.
+    pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: status_of(code),
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `INVALID_REQUEST` (400).
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new("INVALID_REQUEST", message)
+    }
+
+    /// With another status (413 for an oversized body, 404/405 for unknown routes).
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(error: NodeError) -> ApiError {
+        let code = error.code();
+        let status = match &error {
+            NodeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => status_of(code),
+        };
+        ApiError {
+            status,
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> ApiError {
+        ApiError::from(NodeError::Rejected(rejection))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code,
+            error: &self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body of type `T`, parsed with the failing field's path in the error.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::invalid(format!(
+                        "request body larger than {BODY_MAX_BYTES} bytes; send a smaller body"
+                    ))
+                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                } else {
+                    ApiError::invalid(format!("cannot read the request body: {rejection}"))
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses `bytes` as `T`, naming the field that failed (`prepared.port: invalid type ...`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "request body is empty; a JSON object is expected",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::invalid(format!("malformed JSON body: {inner}"))
+        } else {
+            ApiError::invalid(format!("field '{path}': {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))?;
+    Ok(value)
+}
+
+/// A validated pool id from the path's `{id}`.
+pub struct PoolPath(pub PoolId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PoolPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("invalid path: {e}")))?;
+        let raw = params
+            .iter()
+            .find(|(name, _)| name == "id")
+            .map(|(_, value)| value.as_str())
+            .ok_or_else(|| ApiError::invalid("the path has no pool id"))?;
+        PoolId::new(raw)
+            .map(PoolPath)
+            .map_err(|e| ApiError::invalid(e.to_string()))
+    }
+}

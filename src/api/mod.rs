@@ -1,0 +1,216 @@
+//! The HTTP API (SPEC section 5): routes, authentication, body limits.
+//!
+//! Owns: the routes and their JSON shapes, the bearer-token check, the allow-list of engine
+//! binaries (checked before a preload reaches the core).
+//! Never: touches the journal or processes directly: commands go to the node actor through
+//! its handle, reads come from the published registry (so readers never wait on the actor).
+//!
+//! Route map (`pools.rs` holds the handlers):
+//! - `GET /health`
+//! - `GET /v2/pools`, `GET /v2/pools/{id}` (= `/status`, `?at_seq=N`), `GET .../health`
+//! - `POST .../preload` (`?wait=false` answers 202), `POST .../leases`,
+//!   `DELETE .../leases/{lease_id}`, `POST .../drain`, `POST .../stop`,
+//!   `POST .../breaker/reset`, `DELETE /v2/pools/{id}`, `GET .../events`
+//! - compatibility: `POST /pools/{id}/preload`, `GET|POST /pools/{id}/status`
+
+mod error;
+mod pools;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::node::NodeHandle;
+
+pub use error::{parse_json, status_of, ApiError, JsonBody, PoolPath, BODY_MAX_BYTES};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<ApiInner>,
+}
+
+struct ApiInner {
+    node: NodeHandle,
+    token: Option<String>,
+    allowed_binaries: Vec<PathBuf>,
+    version: String,
+}
+
+/// API settings.
+#[derive(Debug, Clone, Default)]
+pub struct ApiSettings {
+    /// `LLORCH_API_TOKEN`: when set, every route but `GET /health` needs it.
+    pub token: Option<String>,
+    /// Engine binaries allowed (paths or directory prefixes); empty = any.
+    pub allowed_binaries: Vec<PathBuf>,
+    /// The daemon's version for `/health`.
+    pub version: String,
+}
+
+impl ApiState {
+    /// State over `node`.
+    pub fn new(node: NodeHandle, settings: ApiSettings) -> ApiState {
+        ApiState {
+            inner: Arc::new(ApiInner {
+                node,
+                token: settings.token.filter(|t| !t.is_empty()),
+                allowed_binaries: settings.allowed_binaries,
+                version: settings.version,
+            }),
+        }
+    }
+
+    pub(crate) fn node(&self) -> &NodeHandle {
+        &self.inner.node
+    }
+
+    /// `Err(BINARY_NOT_ALLOWED)` unless `binary` is allowed.
+    pub(crate) fn check_binary(&self, binary: &str) -> Result<(), ApiError> {
+        if self.inner.allowed_binaries.is_empty() {
+            return Ok(());
+        }
+        let path = std::path::Path::new(binary);
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(ApiError::new(
+                "BINARY_NOT_ALLOWED",
+                format!("binary_path '{binary}' must be an absolute path without '..' when allowed_binaries is set"),
+            ));
+        }
+        if self
+            .inner
+            .allowed_binaries
+            .iter()
+            .any(|allowed| path.starts_with(allowed))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                "BINARY_NOT_ALLOWED",
+                format!(
+                    "binary_path '{binary}' is not under allowed_binaries ({}); add it to the config or use an allowed engine",
+                    self.inner
+                        .allowed_binaries
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The router with every route, the body limit and the token check.
+pub fn router(state: ApiState) -> Router {
+    let pools = Router::new()
+        .route("/v2/pools", get(pools::list))
+        .route("/v2/pools/{id}", get(pools::get_one).delete(pools::remove))
+        .route("/v2/pools/{id}/status", get(pools::get_one))
+        .route("/v2/pools/{id}/health", get(pools::pool_health))
+        .route("/v2/pools/{id}/preload", post(pools::preload))
+        .route("/v2/pools/{id}/leases", post(pools::acquire_lease))
+        .route(
+            "/v2/pools/{id}/leases/{lease_id}",
+            delete(pools::release_lease),
+        )
+        .route("/v2/pools/{id}/drain", post(pools::drain))
+        .route("/v2/pools/{id}/stop", post(pools::stop))
+        .route("/v2/pools/{id}/breaker/reset", post(pools::reset_breaker))
+        .route("/v2/pools/{id}/events", get(pools::events))
+        .route("/pools/{id}/preload", post(pools::preload))
+        .route(
+            "/pools/{id}/status",
+            get(pools::get_one).post(pools::get_one),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/health", get(pools::daemon_health))
+        .merge(pools)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::invalid(format!(
+        "no route {method} {}; see the API in SPEC section 5",
+        uri.path()
+    ))
+    .with_status(StatusCode::NOT_FOUND)
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::invalid(format!("method {method} is not allowed on {}", uri.path()))
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// Bearer-token check (constant-time) when a token is configured.
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.inner.token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            "UNAUTHORIZED",
+            "missing or wrong bearer token; send 'Authorization: Bearer <LLORCH_API_TOKEN>'",
+        )
+        .into_response()
+    }
+}
+
+/// Compares in time that depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves (in-flight requests finish).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,248 @@
+//! `pool-managerd demo`: the daemon's main job on a machine with nothing installed (no GPU,
+//! no configuration): a daemon on a free loopback port with a temporary runtime directory,
+//! two engine-sim pools preloaded over HTTP, leases taken and returned (one refused with
+//! `SLOTS_EXHAUSTED`), one preload failing (`ENGINE_EXITED`, with the engine's log tail), then
+//! the registry table and the journal's timeline.
+//!
+//! The engines are this very binary run as its hidden `engine-sim` subcommand, so the demo
+//! needs nothing but itself.
+//!
+//! Owns: the demo's script and its printout.
+//! Never: leaves an engine running or a file behind (unless `--keep`).
+
+use std::net::TcpListener as StdListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::table;
+
+/// `demo` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Keep the temporary runtime directory (journal, engine logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(demo(args))
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn engine(pool: &str, port: u16, sim_flags: &[&str]) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let mut flags = vec![
+        "engine-sim".to_string(),
+        "--port".to_string(),
+        port.to_string(),
+        "-m".to_string(),
+        format!("/models/{pool}.gguf"),
+    ];
+    flags.extend(sim_flags.iter().map(|f| f.to_string()));
+    Ok(json!({
+        "binary_path": exe.display().to_string(),
+        "flags": flags,
+        "host": "127.0.0.1",
+        "port": port,
+        "model_path": format!("/models/{pool}.gguf"),
+        "engine_version": "engine-sim",
+        "engine": "engine-sim",
+        "pool_id": pool,
+        "replica_id": "r0",
+    }))
+}
+
+fn step(text: &str) {
+    println!("  {text}");
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::Builder::new()
+        .prefix("pool-managerd-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let mut config = Config {
+        addr: "127.0.0.1:0".parse()?,
+        runtime_dir: dir.path().join("runtime"),
+        journal_dir: dir.path().join("runtime/journal"),
+        require_gpu: false,
+        ..Config::default()
+    };
+    config.health.preload_timeout_ms = 15_000;
+    config.stop.grace_ms = 2_000;
+    let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await?;
+    let client = Client {
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        base: format!("http://{}", daemon.addr()),
+    };
+    println!("pool-managerd {} demo: daemon on http://{} (no GPU: CPU-only engines allowed, as with --dev)", crate::daemon::VERSION, daemon.addr());
+    println!("runtime directory: {}\n", config.runtime_dir.display());
+    let result = script(&client).await;
+    // Cleanup whatever happened: stop and forget every pool.
+    let (_, pools) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
+    let registry_before_cleanup = pools.clone();
+    for pool in pools.as_array().cloned().unwrap_or_default() {
+        if let Some(id) = pool["pool_id"].as_str() {
+            let _ = client
+                .call(reqwest::Method::DELETE, &format!("/v2/pools/{id}"), None)
+                .await;
+        }
+    }
+    let handle = daemon.handle();
+    daemon.shutdown("demo finished").await;
+    drop(handle);
+    println!("\nRegistry before cleanup (GET /v2/pools):");
+    let statuses: Vec<pool_core::PoolStatus> =
+        serde_json::from_value(registry_before_cleanup).unwrap_or_default();
+    print!("{}", table::registry_table(&statuses));
+    println!("\nJournal timeline ({}):", config.journal_dir.display());
+    let journal = crate::cli::open_existing(&config.journal_dir)?;
+    for envelope in journal.read_from(1) {
+        println!("  {}", table::timeline_line(&envelope?));
+    }
+    let _ = journal.close();
+    if args.keep {
+        let kept = dir.keep();
+        println!("\nkept: {}", kept.display());
+    }
+    result?;
+    println!("\ndemo finished: every engine stopped, every pool removed.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn script(client: &Client) -> anyhow::Result<()> {
+    use reqwest::Method;
+    println!("1. Preload two engine-sim pools (each waits until its engine answers /health 200)");
+    for (pool, sim) in [
+        ("chat-a", ["--parallel", "4", "--load-ms", "400"]),
+        ("chat-b", ["--parallel", "2", "--load-ms", "800"]),
+    ] {
+        let body = json!({"prepared": engine(pool, free_port()?, &sim)?});
+        let (status, answer) = client
+            .call(
+                Method::POST,
+                &format!("/v2/pools/{pool}/preload"),
+                Some(body),
+            )
+            .await?;
+        if status != 200 {
+            bail!("preload of {pool} answered {status}: {answer}");
+        }
+        step(&format!(
+            "POST /v2/pools/{pool}/preload -> {status}: ready in {} ms, pid {}, {} slots, handoff {}",
+            answer["ready_ms"], answer["pid"], answer["slots_total"], answer["handoff_path"].as_str().unwrap_or("-")
+        ));
+    }
+    println!("\n2. Take leases (each is a durable journal append before the answer)");
+    let mut leases = Vec::new();
+    for pool in ["chat-a", "chat-a", "chat-a", "chat-b", "chat-b", "chat-b"] {
+        let (status, answer) = client
+            .call(Method::POST, &format!("/v2/pools/{pool}/leases"), None)
+            .await?;
+        match status {
+            201 => {
+                step(&format!(
+                    "POST /v2/pools/{pool}/leases -> 201 {} (active {}, free {})",
+                    answer["lease_id"].as_str().unwrap_or("?"),
+                    answer["active_leases"],
+                    answer["slots_free"]
+                ));
+                leases.push((
+                    pool,
+                    answer["lease_id"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            _ => step(&format!(
+                "POST /v2/pools/{pool}/leases -> {status} {}: {}",
+                answer["code"].as_str().unwrap_or("?"),
+                answer["error"].as_str().unwrap_or("")
+            )),
+        }
+    }
+    println!("\n3. Return some of them");
+    for (pool, lease) in leases.iter().skip(1) {
+        let (status, answer) = client
+            .call(
+                Method::DELETE,
+                &format!("/v2/pools/{pool}/leases/{lease}"),
+                None,
+            )
+            .await?;
+        step(&format!(
+            "DELETE /v2/pools/{pool}/leases/{lease} -> {status} (active {}, free {})",
+            answer["active_leases"], answer["slots_free"]
+        ));
+    }
+    println!("\n4. A preload that fails: the engine crashes while loading");
+    let body = json!({"prepared": engine("broken", free_port()?, &["--load-ms", "2000", "--crash-after-ms", "150", "--exit-code", "3"])?});
+    let (status, answer) = client
+        .call(Method::POST, "/v2/pools/broken/preload", Some(body))
+        .await?;
+    step(&format!(
+        "POST /v2/pools/broken/preload -> {status} {}",
+        answer["code"].as_str().unwrap_or("?")
+    ));
+    for line in answer["error"].as_str().unwrap_or("").lines() {
+        step(&format!("    {line}"));
+    }
+    if status == 200 {
+        bail!("the broken engine's preload should have failed");
+    }
+    let (_, health) = client
+        .call(Method::GET, "/v2/pools/broken/health", None)
+        .await?;
+    step(&format!(
+        "GET /v2/pools/broken/health -> live {}, ready {}",
+        health["live"], health["ready"]
+    ));
+    Ok(())
+}

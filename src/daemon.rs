@@ -1,0 +1,172 @@
+//! The daemon assembled: node actor + supervisor + HTTP API on one listener. Used by
+//! `serve`, `demo`, the integration tests and the feature suite alike, so that what is tested
+//! is what runs.
+//!
+//! Owns: start-up order (GPU preflight, journal replay, `DaemonStarted`, resume, listen) and
+//! shutdown order (stop listening, optionally stop engines, `DaemonStopped`, close the
+//! journal).
+//! Never: parses the command line or reads the process environment (the caller loads the
+//! [`Config`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pool_core::Command;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiSettings, ApiState};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::gpu;
+use crate::node::{Node, NodeHandle, NodeSettings, StartReport};
+
+/// The daemon's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A running daemon.
+pub struct Daemon {
+    addr: SocketAddr,
+    node: Node,
+    server: JoinHandle<std::io::Result<()>>,
+    stop_server: oneshot::Sender<()>,
+    stop_engines_on_shutdown: bool,
+    stop_wait_ms: u64,
+}
+
+impl Daemon {
+    /// Starts the daemon of `config` with `clock`; listens on `config.addr` (port 0 picks a
+    /// free port: see [`Daemon::addr`]).
+    pub async fn start(
+        config: &Config,
+        clock: SharedClock,
+    ) -> anyhow::Result<(Daemon, StartReport)> {
+        Self::start_with_gpus(config, clock, Path::new(gpu::NVIDIA_PROC_GPUS)).await
+    }
+
+    /// [`Daemon::start`] with the GPU preflight looking at `proc_gpus` (tests).
+    pub async fn start_with_gpus(
+        config: &Config,
+        clock: SharedClock,
+        proc_gpus: &Path,
+    ) -> anyhow::Result<(Daemon, StartReport)> {
+        config.check_security()?;
+        let gpu = gpu::preflight(config.require_gpu, proc_gpus);
+        let listener = TcpListener::bind(config.addr).await.with_context(|| {
+            format!(
+                "cannot listen on {} (addr); is another daemon running there?",
+                config.addr
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let (node, report) = Node::start(NodeSettings {
+            journal_dir: config.journal_dir.clone(),
+            runtime_dir: config.runtime_dir.clone(),
+            policy: config.policy(),
+            snapshot_every: config.journal.snapshot_every,
+            clock,
+            gpu,
+            version: VERSION.to_string(),
+        })
+        .await?;
+        let state = ApiState::new(
+            node.handle(),
+            ApiSettings {
+                token: config.api_token.clone(),
+                allowed_binaries: config.allowed_binaries.clone(),
+                version: VERSION.to_string(),
+            },
+        );
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, api::router(state), async move {
+            let _ = stopped.await;
+        }));
+        Ok((
+            Daemon {
+                addr,
+                node,
+                server,
+                stop_server,
+                stop_engines_on_shutdown: config.stop_engines_on_shutdown,
+                stop_wait_ms: config
+                    .stop
+                    .grace_ms
+                    .saturating_add(crate::supervisor::KILL_WAIT_MS)
+                    .saturating_add(1_000),
+            },
+            report,
+        ))
+    }
+
+    /// Where the API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node.
+    pub fn handle(&self) -> NodeHandle {
+        self.node.handle()
+    }
+
+    /// Stops listening (in-flight requests finish), stops the engines if configured to, and
+    /// journals `DaemonStopped{reason}`. By default engines keep running.
+    pub async fn shutdown(self, reason: &str) {
+        let _ = self.stop_server.send(());
+        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!("the API server ended with an error: {e}"),
+            Err(_) => tracing::warn!("the API server did not finish its requests within 10 s"),
+            _ => {}
+        }
+        if self.stop_engines_on_shutdown {
+            stop_all(&self.node.handle(), self.stop_wait_ms).await;
+        }
+        self.node.shutdown(reason).await;
+    }
+}
+
+/// Asks every pool with an engine to stop and waits (bounded) until none has one.
+pub async fn stop_all(node: &NodeHandle, wait_ms: u64) {
+    let pools: Vec<_> = node
+        .registry()
+        .load()
+        .state
+        .pools
+        .values()
+        .filter(|p| p.pid().is_some())
+        .map(|p| p.id.clone())
+        .collect();
+    for pool_id in pools {
+        if let Err(e) = node
+            .submit(Command::Stop {
+                pool_id: pool_id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(pool_id = %pool_id, "cannot stop the engine: {e}");
+        }
+    }
+    let mut changes = node.registry().subscribe();
+    let all_stopped = async {
+        loop {
+            let running = node
+                .registry()
+                .load()
+                .state
+                .pools
+                .values()
+                .any(|p| p.pid().is_some());
+            if !running || changes.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_millis(wait_ms), all_stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("engines still running {wait_ms} ms after the stop request");
+    }
+}

@@ -1,0 +1,440 @@
+//! `engine-sim`: a test engine for pool-managerd's supervisor tests (SPEC §8). Not a server for
+//! production: it serves no model and runs no inference.
+//!
+//! Seen from a supervisor it behaves like llama.cpp's `llama-server`: the port listens from the
+//! start; every request answers 503 with llama-server's "Loading model" body while the "model"
+//! loads, then `GET /health` answers 200 `{"status":"ok"}`, `GET /props` reports `total_slots`,
+//! `build_info` and `model_path`, `GET /slots` lists the slots, anything else is 404. SIGTERM
+//! and SIGINT make it exit 0 at once. It logs a few llama-server-like lines to stdout/stderr.
+//!
+//! Flags make it misbehave on purpose: a load time, never becoming healthy, a crash after N ms
+//! (with an exit code, or a real death by a signal), hanging (the listener stays open but no
+//! request is ever answered), ignoring SIGTERM, printing a CUDA error and exiting, and holding
+//! resident host memory. Arguments after a `--` are ignored. The flags are listed by `--help`.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Parser;
+use nix::sys::signal::{SigHandler, SigSet, Signal};
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{sleep_until, Instant};
+
+/// llama-server's answer to every request while the model loads (byte for byte).
+const LOADING_BODY: &str =
+    r#"{"error":{"message":"Loading model","type":"unavailable_error","code":503}}"#;
+/// llama-server's answer to an unknown route.
+const NOT_FOUND_BODY: &str =
+    r#"{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}"#;
+
+/// A test engine that behaves like llama-server and misbehaves on purpose when told.
+#[derive(Parser, Debug)]
+#[command(name = "engine-sim", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// Port to listen on (required). If it cannot be bound, exit 1.
+    #[arg(long)]
+    port: u16,
+
+    /// Model path, reported in /props as `model_path` (the file need not exist).
+    #[arg(short = 'm', long, default_value = "sim.gguf")]
+    model: String,
+
+    /// Number of slots, reported in /props as `total_slots` (`-np N` is accepted too).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: u32,
+
+    /// Context size, reported in /props as `default_generation_settings.n_ctx`.
+    #[arg(short = 'c', long, default_value_t = 4096)]
+    ctx_size: u32,
+
+    /// Text reported in /props as `build_info`.
+    #[arg(long, default_value = "b0-engine-sim")]
+    build_info: String,
+
+    /// Leave `total_slots` out of /props (to test a supervisor's fallback).
+    #[arg(long)]
+    no_slots_in_props: bool,
+
+    /// Answer /props with this HTTP status (e.g. 404, 501) and a llama-server-style error body,
+    /// to test a supervisor's fallback; a 2xx status answers the normal body.
+    #[arg(long, value_name = "CODE", value_parser = parse_status)]
+    props_status: Option<StatusCode>,
+
+    /// Milliseconds from start until the model is "loaded" (503 until then).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    load_ms: u64,
+
+    /// Never finish loading: answer 503 "Loading model" forever.
+    #[arg(long)]
+    never_healthy: bool,
+
+    /// After this many ms from start, write a line to stderr and exit with --exit-code (or die
+    /// by --crash-signal). 0 exits right after start.
+    #[arg(long, value_name = "MS")]
+    crash_after_ms: Option<u64>,
+
+    /// Exit code used by --crash-after-ms.
+    #[arg(long, value_name = "C", default_value_t = 1)]
+    exit_code: i32,
+
+    /// With --crash-after-ms: die by this signal instead of exiting (a real signal death as seen
+    /// by waitpid): a name with or without SIG (SEGV, SIGABRT, KILL, TERM, BUS...) or a number.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal, requires = "crash_after_ms")]
+    crash_signal: Option<Signal>,
+
+    /// After this many ms from start, keep the listener open but never answer any request.
+    #[arg(long, value_name = "MS")]
+    hang_after_ms: Option<u64>,
+
+    /// Log and ignore SIGTERM (SIGKILL is then needed to stop it).
+    #[arg(long)]
+    ignore_sigterm: bool,
+
+    /// After this many ms from start, print --cuda-error-message to stderr and exit 1.
+    #[arg(long, value_name = "MS")]
+    cuda_error_after_ms: Option<u64>,
+
+    /// The CUDA error text; a literal `\n` in it starts a new line.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "CUDA error: an illegal memory access was encountered",
+        requires = "cuda_error_after_ms"
+    )]
+    cuda_error_message: String,
+
+    /// Allocate this many MiB of host memory at start, touch every page so it is resident, and
+    /// keep it for the life of the process.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    alloc_mb: usize,
+
+    /// Everything after `--` is accepted and ignored.
+    #[arg(last = true, hide = true)]
+    _ignored: Vec<String>,
+}
+
+fn parse_status(s: &str) -> Result<StatusCode, String> {
+    let code: u16 = s.parse().map_err(|e| format!("{e}"))?;
+    StatusCode::from_u16(code).map_err(|e| format!("{e}"))
+}
+
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    let sig = match s.parse::<i32>() {
+        Ok(n) => Signal::try_from(n).map_err(|_| format!("no signal number {n}"))?,
+        Err(_) => {
+            let upper = s.to_ascii_uppercase();
+            let name = if upper.starts_with("SIG") {
+                upper
+            } else {
+                format!("SIG{upper}")
+            };
+            name.parse::<Signal>()
+                .map_err(|_| format!("unknown signal {s:?}"))?
+        }
+    };
+    use Signal::*;
+    match sig {
+        SIGCHLD | SIGCONT | SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU | SIGURG | SIGWINCH => {
+            Err(format!("{sig} does not kill a process by default"))
+        }
+        _ => Ok(sig),
+    }
+}
+
+/// Writes one log line to stderr (like llama-server) and flushes it.
+fn log(msg: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "engine-sim: {msg}");
+    let _ = err.flush();
+}
+
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+/// Dies by `sig` for real: default disposition, unblocked, raised. No core file is written.
+fn die_by_signal(sig: Signal) -> ! {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on this process; resetting a disposition to SIG_DFL is always sound.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        let _ = nix::sys::signal::signal(sig, SigHandler::SigDfl);
+    }
+    let mut set = SigSet::empty();
+    set.add(sig);
+    let _ = set.thread_unblock();
+    let _ = nix::sys::signal::raise(sig);
+    // Only reached if the signal somehow did not kill us.
+    exit(128 + sig as i32)
+}
+
+struct Sim {
+    start: Instant,
+    loaded: AtomicBool,
+    hang_at: Option<Instant>,
+    total_slots: u32,
+    slots_in_props: bool,
+    props_status: Option<StatusCode>,
+    build_info: String,
+    model_path: String,
+    n_ctx: u32,
+}
+
+fn json_text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Applied to every request: hang once past --hang-after-ms, 503 while loading.
+async fn gate(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response {
+    if sim.hang_at.is_some_and(|at| Instant::now() >= at) {
+        std::future::pending::<()>().await;
+    }
+    if !sim.loaded.load(Ordering::SeqCst) {
+        return json_text(StatusCode::SERVICE_UNAVAILABLE, LOADING_BODY.to_owned());
+    }
+    next.run(req).await
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn props(State(sim): State<Arc<Sim>>) -> Response {
+    let status = sim.props_status.unwrap_or(StatusCode::OK);
+    if !status.is_success() {
+        let body = json!({"error": {
+            "code": status.as_u16(),
+            "message": format!("/props answers {status} (engine-sim --props-status)"),
+            "type": "not_supported_error",
+        }});
+        return json_text(status, body.to_string());
+    }
+    let mut body = json!({
+        "build_info": sim.build_info,
+        "model_path": sim.model_path,
+        "default_generation_settings": {"n_ctx": sim.n_ctx},
+    });
+    if sim.slots_in_props {
+        body["total_slots"] = json!(sim.total_slots);
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn slots(State(sim): State<Arc<Sim>>) -> Json<serde_json::Value> {
+    let list: Vec<_> = (0..sim.total_slots)
+        .map(|id| json!({"id": id, "is_processing": false}))
+        .collect();
+    Json(json!(list))
+}
+
+async fn not_found() -> Response {
+    json_text(StatusCode::NOT_FOUND, NOT_FOUND_BODY.to_owned())
+}
+
+/// llama-server spells the slot count `-np`, which clap cannot express as a short flag.
+fn normalized_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut seen_dashdash = false;
+    args.into_iter()
+        .map(|a| {
+            if seen_dashdash {
+                return a;
+            }
+            seen_dashdash = a == "--";
+            match a.strip_prefix("-np") {
+                Some("") => "--parallel".to_owned(),
+                Some(rest) if rest.starts_with('=') => format!("--parallel{rest}"),
+                _ => a,
+            }
+        })
+        .collect()
+}
+
+fn ms_after(start: Instant, ms: u64) -> Instant {
+    start + Duration::from_millis(ms)
+}
+
+/// Runs engine-sim with `args` (the first is the program name) and never returns: it exits
+/// the process (the `engine-sim` binary and the hidden `pool-managerd engine-sim` both call it,
+/// so the demo needs no second binary).
+pub fn main(args: impl IntoIterator<Item = String>) -> ! {
+    let args = Args::parse_from(normalized_args(args));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            log(&format!("error: cannot start the runtime: {e}"));
+            exit(1);
+        }
+    };
+    runtime.block_on(run(args));
+    exit(0)
+}
+
+async fn run(args: Args) {
+    let start = Instant::now();
+
+    // Handle SIGTERM/SIGINT before anything else, so an early SIGTERM is not a signal death.
+    let mut sigterm = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut sigint = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let ignore_sigterm = args.ignore_sigterm;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => {
+                    if ignore_sigterm {
+                        log("received SIGTERM, ignoring it (--ignore-sigterm)");
+                        continue;
+                    }
+                    log("received SIGTERM, shutting down");
+                }
+                _ = sigint.recv() => log("received SIGINT, shutting down"),
+            }
+            exit(0);
+        }
+    });
+
+    println!(
+        "engine-sim: build: {} | pid {} | slots {} (a test engine, not a server)",
+        args.build_info,
+        std::process::id(),
+        args.parallel
+    );
+    let _ = std::io::stdout().flush();
+
+    if let Some(ms) = args.crash_after_ms {
+        let (code, sig) = (args.exit_code, args.crash_signal);
+        tokio::spawn(async move {
+            sleep_until(ms_after(start, ms)).await;
+            match sig {
+                Some(sig) => {
+                    log(&format!(
+                        "crashing after {ms} ms: dying by {sig} (--crash-signal)"
+                    ));
+                    die_by_signal(sig)
+                }
+                None => {
+                    log(&format!(
+                        "crashing after {ms} ms: exit code {code} (--crash-after-ms)"
+                    ));
+                    exit(code)
+                }
+            }
+        });
+    }
+    if let Some(ms) = args.cuda_error_after_ms {
+        let text = args.cuda_error_message.replace("\\n", "\n");
+        tokio::spawn(async move {
+            sleep_until(ms_after(start, ms)).await;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
+            let _ = err.flush();
+            exit(1)
+        });
+    }
+    if let Some(ms) = args.hang_after_ms {
+        tokio::spawn(async move {
+            sleep_until(ms_after(start, ms)).await;
+            log(&format!(
+                "hanging after {ms} ms: no request will be answered (--hang-after-ms)"
+            ));
+        });
+    }
+
+    let listener = match tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!(
+                "error: couldn't bind HTTP server socket, hostname: {}, port: {}: {e}",
+                args.host, args.port
+            ));
+            exit(1)
+        }
+    };
+    log(&format!("listening on http://{}:{}", args.host, args.port));
+    log(&format!("loading model '{}'", args.model));
+
+    if args.alloc_mb > 0 {
+        let len = args.alloc_mb << 20;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let buf = vec![0u8; len].leak();
+        for i in (0..len).step_by(page.max(1)) {
+            // SAFETY: i < len; volatile so the store that makes the page resident is kept.
+            unsafe { std::ptr::write_volatile(buf.as_mut_ptr().add(i), 1) };
+        }
+        log(&format!(
+            "allocated {} MiB of resident host memory (--alloc-mb)",
+            args.alloc_mb
+        ));
+    }
+
+    let sim = Arc::new(Sim {
+        start,
+        loaded: AtomicBool::new(false),
+        hang_at: args.hang_after_ms.map(|ms| ms_after(start, ms)),
+        total_slots: args.parallel,
+        slots_in_props: !args.no_slots_in_props,
+        props_status: args.props_status,
+        build_info: args.build_info,
+        model_path: args.model,
+        n_ctx: args.ctx_size,
+    });
+    if args.never_healthy {
+        log("the model will never finish loading (--never-healthy)");
+    } else {
+        let sim = Arc::clone(&sim);
+        let load_ms = args.load_ms;
+        let finish = move || {
+            sim.loaded.store(true, Ordering::SeqCst);
+            log(&format!(
+                "model loaded in {} ms",
+                sim.start.elapsed().as_millis()
+            ));
+        };
+        if load_ms == 0 {
+            finish();
+        } else {
+            tokio::spawn(async move {
+                sleep_until(ms_after(start, load_ms)).await;
+                finish();
+            });
+        }
+    }
+
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/v1/health", get(health))
+        .route("/props", get(props))
+        .route("/slots", get(slots))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(Arc::clone(&sim), gate))
+        .with_state(sim);
+    if let Err(e) = axum::serve(listener, app).await {
+        log(&format!("error: HTTP server failed: {e}"));
+        exit(1);
+    }
+}

@@ -1,0 +1,952 @@
+//! The node actor: the one task that owns the registry state.
+//!
+//! Every input (an API command, a supervisor observation, a timer) arrives through one bounded
+//! channel. The actor takes what is queued (up to [`BATCH_INPUTS_MAX`] inputs), decides each
+//! against the state as the earlier ones of the batch left it, appends all their facts to the
+//! journal in one durable append (group commit), and only then makes that state current,
+//! answers the callers, publishes the registry and hands the effects to the supervisor. If the
+//! append fails nothing of the batch happened: callers get the error, the state is unchanged,
+//! and the node refuses further changes (a journal that failed to sync cannot be trusted).
+//!
+//! At start-up the journal is replayed (snapshot + tail) without running effects; then
+//! `resume_effects` re-attaches the world (verify recorded engines, re-arm timers).
+//!
+//! Owns: the `State`, the journal writer, the waiters of preloads and removals.
+//! Never: does I/O other than the journal (the supervisor does), never publishes or answers
+//! before the flush, never panics on an input.
+
+mod registry;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pool_core::{
+    decide, effects, resume_effects, Command, Context, Effect, Event, Input, LeaseId, Observation,
+    Policy, PoolId, PoolStatus, PreparedEngine, Rejection, Stamp, State,
+};
+use pool_journal::{Draft, JournalConfig, JournalError};
+use rand::Rng as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock::SharedClock;
+use crate::projection::{self, ReplayLimit};
+use crate::schema::{PoolEnvelope, PoolJournal};
+use crate::supervisor::files::RuntimeDirs;
+use crate::supervisor::{Supervisor, SupervisorSettings};
+
+pub use registry::{GpuSummary, Published, Registry};
+
+/// Inputs the actor takes per batch (one journal append for all of them).
+pub const BATCH_INPUTS_MAX: usize = 256;
+/// Capacity of the actor's inbox; senders wait when it is full.
+pub const INBOX_CAPACITY: usize = 1_024;
+/// Waiters (preloads with `wait`, removals) per pool.
+pub const WAITERS_PER_POOL_MAX: usize = 64;
+/// Extra time a waiting preload allows beyond the health timeout (spawn, stop of a failed
+/// engine).
+pub const PRELOAD_WAIT_MARGIN_MS: u64 = 30_000;
+
+/// Why the node could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// The core refused (nothing journaled).
+    #[error("{0}")]
+    Rejected(#[from] Rejection),
+    /// The start failed (SPAWN_FAILED, HEALTH_TIMEOUT, ENGINE_EXITED) or was refused by the
+    /// shell (`code`), with the reason that is now the pool's `last_error`.
+    #[error("{reason}")]
+    Failed {
+        /// The SPEC code.
+        code: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The journal failed; the change did not happen.
+    #[error(
+        "journal failure: {0}; the daemon takes no further changes until restarted (see its log)"
+    )]
+    Journal(String),
+    /// The wait for an outcome gave up (the operation goes on).
+    #[error("{0}")]
+    Timeout(String),
+    /// The daemon is stopping.
+    #[error("the daemon is shutting down; retry against its next start")]
+    ShuttingDown,
+}
+
+impl NodeError {
+    /// The SPEC section 5 code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NodeError::Rejected(rejection) => rejection.code(),
+            NodeError::Failed { code, .. } => code,
+            NodeError::Journal(_) | NodeError::Timeout(_) | NodeError::ShuttingDown => "INTERNAL",
+        }
+    }
+}
+
+/// What a durable input produced.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The envelopes appended for it (empty when the input was a no-op).
+    pub envelopes: Vec<PoolEnvelope>,
+    /// The state right after the batch it was part of.
+    pub state: Arc<State>,
+}
+
+/// What a waiting preload answers.
+#[derive(Debug, Clone)]
+pub struct PreloadOutcome {
+    /// The pool's status once ready (or accepted, without wait).
+    pub status: PoolStatus,
+    /// Milliseconds from the request to ready (by the decision clock).
+    pub ready_ms: u64,
+}
+
+enum Waiter {
+    Preload {
+        reply: oneshot::Sender<Result<PreloadOutcome, NodeError>>,
+        since_ms: u64,
+        /// The start failed with a live engine: answer once it is gone.
+        failed: Option<NodeError>,
+    },
+    Removed {
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
+
+struct Submission {
+    input: Input,
+    cause: Option<u64>,
+    reply: Option<oneshot::Sender<Result<Committed, NodeError>>>,
+    waiter: Option<Waiter>,
+}
+
+#[allow(clippy::large_enum_variant)] // moved once per input; boxing would only add an allocation
+enum NodeInput {
+    Submit(Submission),
+    /// Effects that re-attach the world after a replay (`resume_effects`).
+    Resume {
+        effects: Vec<Effect>,
+    },
+    Shutdown {
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// How the supervisor reports observations to the actor.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: mpsc::Sender<NodeInput>,
+}
+
+impl Reporter {
+    /// Sends `observation` (the answer to the effect of event `cause`); waits while the inbox
+    /// is full; dropped silently once the actor is gone (the daemon is stopping).
+    pub async fn report(&self, cause: u64, observation: Observation) {
+        let _ = self
+            .tx
+            .send(NodeInput::Submit(Submission {
+                input: Input::Observation(observation),
+                cause: Some(cause),
+                reply: None,
+                waiter: None,
+            }))
+            .await;
+    }
+}
+
+/// Everything the node needs to start.
+#[derive(Clone)]
+pub struct NodeSettings {
+    /// The journal directory.
+    pub journal_dir: PathBuf,
+    /// The runtime directory (logs, pids, handoff files).
+    pub runtime_dir: PathBuf,
+    /// Supervision policy.
+    pub policy: Policy,
+    /// Snapshot of the state every this many events.
+    pub snapshot_every: u64,
+    /// The clock of decisions.
+    pub clock: SharedClock,
+    /// What the GPU preflight found; `required` with `available == false` refuses preloads.
+    pub gpu: GpuSummary,
+    /// The daemon's version (for `DaemonStarted`).
+    pub version: String,
+}
+
+/// What start-up found.
+#[derive(Debug, Clone)]
+pub struct StartReport {
+    /// Seq the replay ended at.
+    pub replayed_to_seq: u64,
+    /// Events folded (after the snapshot, if one was used).
+    pub events_folded: u64,
+    /// The snapshot used, if any.
+    pub from_snapshot_seq: Option<u64>,
+    /// Wall time of the replay.
+    pub replay_ms: u64,
+    /// Pools known after the replay.
+    pub pools: usize,
+    /// Damaged tail records quarantined by the journal's recovery.
+    pub quarantined: u64,
+}
+
+/// A handle on the running node (cheap to clone).
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<NodeInput>,
+    registry: Registry,
+    journal: PoolJournal,
+    clock: SharedClock,
+    policy: Arc<Policy>,
+}
+
+/// The running node: its handle and its actor task.
+pub struct Node {
+    handle: NodeHandle,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Opens the journal, replays it, starts the actor and the supervisor, journals
+    /// `DaemonStarted` (and the preflight's verdict), then resumes the recorded engines.
+    pub async fn start(settings: NodeSettings) -> anyhow::Result<(Node, StartReport)> {
+        use anyhow::Context as _;
+        let dirs = RuntimeDirs::create(&settings.runtime_dir)?;
+        let journal_dir = settings.journal_dir.clone();
+        let started = std::time::Instant::now();
+        let (journal, open_report, replayed, max_batch_records) =
+            tokio::task::spawn_blocking(move || {
+                let config = JournalConfig::new(&journal_dir);
+                let max_batch = config.max_batch_records;
+                let (journal, report) = PoolJournal::open(config)?;
+                let replayed = projection::replay(&journal, ReplayLimit::default())?;
+                Ok::<_, JournalError>((journal, report, replayed, max_batch))
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the journal at {}",
+                    settings.journal_dir.display()
+                )
+            })?;
+        let report = StartReport {
+            replayed_to_seq: replayed.state.last_seq(),
+            events_folded: replayed.events_folded,
+            from_snapshot_seq: replayed.from_snapshot_seq,
+            replay_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            pools: replayed.state.pools.len(),
+            quarantined: open_report.quarantined.len() as u64,
+        };
+        let state = Arc::new(replayed.state);
+        let registry = Registry::new(Published {
+            state: state.clone(),
+            gpu: settings.gpu.clone(),
+            journal_failure: None,
+        });
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let supervisor = Supervisor::new(
+            SupervisorSettings::new(dirs, settings.policy.clone(), settings.clock.clone()),
+            Reporter { tx: tx.clone() },
+            registry.clone(),
+        );
+        let handle = NodeHandle {
+            tx,
+            registry: registry.clone(),
+            journal: journal.clone(),
+            clock: settings.clock.clone(),
+            policy: Arc::new(settings.policy.clone()),
+        };
+        let actor = Actor {
+            state,
+            journal,
+            registry,
+            supervisor,
+            policy: settings.policy.clone(),
+            clock: settings.clock.clone(),
+            gpu: settings.gpu.clone(),
+            waiters: HashMap::new(),
+            snapshot_every: settings.snapshot_every.max(1),
+            max_batch_records: max_batch_records.max(1),
+            journal_failure: None,
+        };
+        let resume = resume_effects(&actor.state);
+        let task = tokio::spawn(actor.run(rx));
+        handle
+            .submit(Observation::DaemonStarted {
+                version: settings.version.clone(),
+                pid: std::process::id(),
+            })
+            .await
+            .context("cannot record the daemon's start in the journal")?;
+        if settings.gpu.required && !settings.gpu.available {
+            let reason = settings
+                .gpu
+                .reason
+                .clone()
+                .unwrap_or_else(|| "no usable GPU".to_string());
+            handle
+                .submit(Observation::PreflightFailed { reason })
+                .await
+                .context("cannot record the GPU preflight in the journal")?;
+        }
+        handle.resume(resume).await;
+        Ok((Node { handle, task }, report))
+    }
+
+    /// The handle.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Journals `DaemonStopped{reason}`, stops the actor and closes the journal. Engines keep
+    /// running (they outlive the daemon).
+    pub async fn shutdown(self, reason: &str) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .handle
+            .tx
+            .send(NodeInput::Shutdown {
+                reason: reason.to_string(),
+                reply,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+        let _ = self.task.await;
+        let journal = self.handle.journal.clone();
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
+    }
+}
+
+impl NodeHandle {
+    /// The published registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The decision clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The supervision policy the node runs with.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Decides on `input`, appends its events durably, and answers with them.
+    pub async fn submit(&self, input: impl Into<Input>) -> Result<Committed, NodeError> {
+        self.send(input.into(), None).await
+    }
+
+    async fn send(&self, input: Input, waiter: Option<Waiter>) -> Result<Committed, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(NodeInput::Submit(Submission {
+                input,
+                cause: None,
+                reply: Some(reply),
+                waiter,
+            }))
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Hands the start-up's resume effects to the actor, which dispatches them in order
+    /// after the start-up events.
+    async fn resume(&self, effects: Vec<Effect>) {
+        let _ = self.tx.send(NodeInput::Resume { effects }).await;
+    }
+
+    /// Preloads `engine` into `pool_id`. With `wait`, answers once the pool is ready or the
+    /// start failed (bounded by the health timeout plus a margin); without, once accepted.
+    pub async fn preload(
+        &self,
+        pool_id: PoolId,
+        engine: PreparedEngine,
+        wait: bool,
+    ) -> Result<PreloadOutcome, NodeError> {
+        let since_ms = self.clock.now_ms();
+        let input = Input::Command(Command::Preload {
+            pool_id: pool_id.clone(),
+            engine,
+        });
+        if !wait {
+            let committed = self.send(input, None).await?;
+            let status = committed.state.status(pool_id.as_str()).ok_or_else(|| {
+                NodeError::Rejected(Rejection::PoolNotFound {
+                    pool_id: pool_id.to_string(),
+                })
+            })?;
+            return Ok(PreloadOutcome {
+                status,
+                ready_ms: 0,
+            });
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.send(
+            input,
+            Some(Waiter::Preload {
+                reply,
+                since_ms,
+                failed: None,
+            }),
+        )
+        .await?;
+        let limit_ms = self
+            .policy
+            .health
+            .preload_timeout_ms
+            .saturating_add(self.policy.stop.grace_ms)
+            .saturating_add(PRELOAD_WAIT_MARGIN_MS);
+        match tokio::time::timeout(Duration::from_millis(limit_ms), outcome).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::ShuttingDown),
+            Err(_) => Err(NodeError::Timeout(format!(
+                "pool '{pool_id}': no outcome within {limit_ms} ms; the preload goes on, see GET /v2/pools/{pool_id}"
+            ))),
+        }
+    }
+
+    /// Takes one slot of `pool_id` under a new lease id.
+    pub async fn acquire_lease(&self, pool_id: PoolId) -> Result<(LeaseId, Arc<State>), NodeError> {
+        let lease_id = new_lease_id();
+        let committed = self
+            .submit(Command::AcquireLease {
+                pool_id,
+                lease_id: lease_id.clone(),
+            })
+            .await?;
+        Ok((lease_id, committed.state))
+    }
+
+    /// Stops and forgets `pool_id`; answers once it is gone (bounded by the stop grace plus a
+    /// margin).
+    pub async fn remove(&self, pool_id: PoolId) -> Result<(), NodeError> {
+        let (reply, outcome) = oneshot::channel();
+        let committed = self
+            .send(
+                Input::Command(Command::Remove {
+                    pool_id: pool_id.clone(),
+                }),
+                Some(Waiter::Removed { reply }),
+            )
+            .await?;
+        if committed.state.pool(pool_id.as_str()).is_none() {
+            return Ok(());
+        }
+        let limit_ms = self
+            .policy
+            .stop
+            .grace_ms
+            .saturating_add(crate::supervisor::KILL_WAIT_MS)
+            .saturating_add(PRELOAD_WAIT_MARGIN_MS);
+        match tokio::time::timeout(Duration::from_millis(limit_ms), outcome).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::ShuttingDown),
+            Err(_) => Err(NodeError::Timeout(format!(
+                "pool '{pool_id}': still stopping after {limit_ms} ms; see GET /v2/pools/{pool_id}"
+            ))),
+        }
+    }
+
+    /// The registry as it was right after event `seq` (a bounded replay from the nearest
+    /// snapshot at or before it; `INVALID_REQUEST` beyond the journal's end).
+    pub async fn state_at(&self, seq: u64) -> Result<Arc<State>, NodeError> {
+        let current = self.registry.load().state.clone();
+        if seq >= current.last_seq() {
+            if seq > current.last_seq() {
+                return Err(NodeError::Rejected(Rejection::InvalidRequest {
+                    what: format!(
+                        "at_seq {seq} is beyond the journal's last event ({})",
+                        current.last_seq()
+                    ),
+                }));
+            }
+            return Ok(current);
+        }
+        let journal = self.journal.clone();
+        let replayed = tokio::task::spawn_blocking(move || {
+            projection::replay(
+                &journal,
+                ReplayLimit {
+                    until_seq: Some(seq),
+                    until_ts_ms: None,
+                },
+            )
+        })
+        .await
+        .map_err(|e| NodeError::Journal(e.to_string()))?
+        .map_err(|e| NodeError::Journal(e.to_string()))?;
+        Ok(Arc::new(replayed.state))
+    }
+
+    /// The pool's events, oldest first, from `since` (seq, inclusive), at most `limit`.
+    pub async fn pool_events(
+        &self,
+        pool_id: PoolId,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<PoolEnvelope>, NodeError> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.read_pool(pool_id.as_str(), since, limit))
+            .await
+            .map_err(|e| NodeError::Journal(e.to_string()))?
+            .map_err(|e| NodeError::Journal(e.to_string()))
+    }
+}
+
+/// A random lease id: `lease-` and 16 hex digits.
+fn new_lease_id() -> LeaseId {
+    let n: u64 = rand::thread_rng().gen();
+    LeaseId::new(&format!("lease-{n:016x}")).unwrap_or_else(|_| unreachable_lease())
+}
+
+fn unreachable_lease() -> LeaseId {
+    // `lease-<hex>` is always valid; keep a total function without panicking.
+    LeaseId::new("lease-0").expect("constant lease id is valid")
+}
+
+struct Actor {
+    state: Arc<State>,
+    journal: PoolJournal,
+    registry: Registry,
+    supervisor: Supervisor,
+    policy: Policy,
+    clock: SharedClock,
+    gpu: GpuSummary,
+    waiters: HashMap<PoolId, Vec<Waiter>>,
+    snapshot_every: u64,
+    max_batch_records: usize,
+    journal_failure: Option<String>,
+}
+
+/// One decided input of a batch, waiting for the append.
+struct Decided {
+    reply: Option<oneshot::Sender<Result<Committed, NodeError>>>,
+    waiter: Option<Waiter>,
+    pool_id: Option<PoolId>,
+    /// Range of this input's drafts in the batch.
+    range: std::ops::Range<usize>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<NodeInput>) {
+        let mut batch = Vec::with_capacity(BATCH_INPUTS_MAX);
+        loop {
+            if rx.recv_many(&mut batch, BATCH_INPUTS_MAX).await == 0 {
+                return;
+            }
+            let mut shutdown = None;
+            let mut submissions = Vec::with_capacity(batch.len());
+            for input in batch.drain(..) {
+                match input {
+                    NodeInput::Submit(submission) if shutdown.is_none() => {
+                        submissions.push(submission)
+                    }
+                    NodeInput::Submit(submission) => {
+                        if let Some(reply) = submission.reply {
+                            let _ = reply.send(Err(NodeError::ShuttingDown));
+                        }
+                    }
+                    NodeInput::Resume { effects } => {
+                        // Submissions queued before it are decided first, so effects stay
+                        // in order with the events that came before them.
+                        self.process(std::mem::take(&mut submissions)).await;
+                        let cause = self.state.last_seq();
+                        for effect in effects {
+                            self.supervisor.dispatch(cause, effect);
+                        }
+                    }
+                    NodeInput::Shutdown { reason, reply } => {
+                        if shutdown.is_none() {
+                            shutdown = Some((reason, reply));
+                        }
+                    }
+                }
+            }
+            self.process(submissions).await;
+            if let Some((reason, reply)) = shutdown {
+                self.process(vec![Submission {
+                    input: Input::Observation(Observation::DaemonStopping { reason }),
+                    cause: None,
+                    reply: None,
+                    waiter: None,
+                }])
+                .await;
+                for (_, waiters) in self.waiters.drain() {
+                    for waiter in waiters {
+                        answer_waiter(waiter, Err(NodeError::ShuttingDown));
+                    }
+                }
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    async fn process(&mut self, submissions: Vec<Submission>) {
+        if submissions.is_empty() {
+            return;
+        }
+        if let Some(failure) = &self.journal_failure {
+            for submission in submissions {
+                if let Some(reply) = submission.reply {
+                    let _ = reply.send(Err(NodeError::Journal(failure.clone())));
+                }
+            }
+            return;
+        }
+        let now_ms = self.clock.now_ms();
+        let mut next: State = (*self.state).clone();
+        let mut drafts: Vec<Draft<Event>> = Vec::new();
+        let mut pending_effects: Vec<(u64, Effect)> = Vec::new();
+        let mut decided: Vec<Decided> = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            let ctx = Context {
+                now_ms,
+                random: rand::thread_rng().gen(),
+                policy: &self.policy,
+            };
+            let pool_id = input_pool(&submission.input);
+            let facts = match decide(&next, &submission.input, &ctx) {
+                Ok(facts) => facts,
+                Err(rejection) => {
+                    if let Some(reply) = submission.reply {
+                        let _ = reply.send(Err(NodeError::Rejected(rejection)));
+                    }
+                    continue;
+                }
+            };
+            let start = drafts.len();
+            for fact in facts {
+                let seq = next.last_seq() + 1;
+                let pool = fact.pool_id.map(|id| id.to_string());
+                let stamp = Stamp {
+                    seq,
+                    ts_ms: now_ms,
+                    pool_id: pool.as_deref(),
+                };
+                next.apply_mut(stamp, &fact.event);
+                for effect in effects(&next, stamp, &fact.event) {
+                    pending_effects.push((seq, effect));
+                }
+                drafts.push(Draft {
+                    ts_ms: now_ms,
+                    pool_id: pool,
+                    cause: submission.cause,
+                    event: fact.event,
+                });
+            }
+            decided.push(Decided {
+                reply: submission.reply,
+                waiter: submission.waiter,
+                pool_id,
+                range: start..drafts.len(),
+            });
+        }
+        let envelopes = if drafts.is_empty() {
+            Vec::new()
+        } else {
+            match self.append(drafts).await {
+                Ok(envelopes) => envelopes,
+                Err(failure) => {
+                    tracing::error!(
+                        "{failure}; the daemon refuses further changes until it is restarted"
+                    );
+                    self.journal_failure = Some(failure.clone());
+                    self.registry.publish(Published {
+                        state: self.state.clone(),
+                        gpu: self.gpu.clone(),
+                        journal_failure: Some(failure.clone()),
+                    });
+                    for d in decided {
+                        if let Some(reply) = d.reply {
+                            let _ = reply.send(Err(NodeError::Journal(failure.clone())));
+                        }
+                        if let Some(waiter) = d.waiter {
+                            answer_waiter(waiter, Err(NodeError::Journal(failure.clone())));
+                        }
+                    }
+                    return;
+                }
+            }
+        };
+        let previous_seq = self.state.last_seq();
+        self.state = Arc::new(next);
+        self.registry.publish(Published {
+            state: self.state.clone(),
+            gpu: self.gpu.clone(),
+            journal_failure: None,
+        });
+        for envelope in &envelopes {
+            log_event(envelope);
+        }
+        for d in decided {
+            let own = envelopes[d.range.clone()].to_vec();
+            if let (Some(waiter), Some(pool_id)) = (d.waiter, &d.pool_id) {
+                self.register_waiter(pool_id, waiter, own.is_empty());
+            }
+            if let Some(reply) = d.reply {
+                let _ = reply.send(Ok(Committed {
+                    envelopes: own,
+                    state: self.state.clone(),
+                }));
+            }
+        }
+        for envelope in &envelopes {
+            self.resolve_waiters(envelope);
+        }
+        for (seq, effect) in pending_effects {
+            self.supervisor.dispatch(seq, effect);
+        }
+        let last = self.state.last_seq();
+        if last / self.snapshot_every > previous_seq / self.snapshot_every {
+            let journal = self.journal.clone();
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = projection::save_snapshot(&journal, &state) {
+                    tracing::warn!(
+                        "cannot save a snapshot at seq {}: {e}; start-up will replay more",
+                        state.last_seq()
+                    );
+                }
+            });
+        }
+    }
+
+    async fn append(&self, drafts: Vec<Draft<Event>>) -> Result<Vec<PoolEnvelope>, String> {
+        let expected_first = self.state.last_seq() + 1;
+        let mut out = Vec::with_capacity(drafts.len());
+        let mut drafts = drafts.into_iter().peekable();
+        while drafts.peek().is_some() {
+            let chunk: Vec<_> = drafts.by_ref().take(self.max_batch_records).collect();
+            let envelopes = self
+                .journal
+                .append(chunk)
+                .await
+                .map_err(|e| e.to_string())?;
+            out.extend(envelopes);
+        }
+        if out.first().map(|e| e.seq) != Some(expected_first) {
+            return Err(format!(
+                "the journal assigned seq {:?} where the node expected {expected_first}: another writer?",
+                out.first().map(|e| e.seq)
+            ));
+        }
+        Ok(out)
+    }
+
+    fn register_waiter(&mut self, pool_id: &PoolId, waiter: Waiter, no_op: bool) {
+        if no_op {
+            // Nothing happened: answer from the state as it is.
+            match waiter {
+                Waiter::Preload { reply, .. } => {
+                    let result = match self.state.pool(pool_id.as_str()) {
+                        Some(pool) if pool.serving() => Ok(PreloadOutcome {
+                            status: pool.status(),
+                            ready_ms: 0,
+                        }),
+                        Some(pool) => Err(NodeError::Rejected(Rejection::PoolBusy {
+                            pool_id: pool_id.to_string(),
+                            operation: format!("phase {}", pool.status().phase.as_str()),
+                        })),
+                        None => Err(NodeError::Rejected(Rejection::PoolNotFound {
+                            pool_id: pool_id.to_string(),
+                        })),
+                    };
+                    let _ = reply.send(result);
+                }
+                Waiter::Removed { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            return;
+        }
+        let list = self.waiters.entry(pool_id.clone()).or_default();
+        if list.len() >= WAITERS_PER_POOL_MAX {
+            answer_waiter(
+                waiter,
+                Err(NodeError::Timeout(format!(
+                    "pool '{pool_id}': more than {WAITERS_PER_POOL_MAX} requests wait on it; poll GET /v2/pools/{pool_id} instead"
+                ))),
+            );
+            return;
+        }
+        list.push(waiter);
+    }
+
+    fn resolve_waiters(&mut self, envelope: &PoolEnvelope) {
+        let Some(pool_id) = envelope.pool_id.as_deref() else {
+            return;
+        };
+        let Some(list) = self.waiters.get_mut(pool_id) else {
+            return;
+        };
+        let pool = self.state.pool(pool_id);
+        let engine_gone = pool.is_none_or(|p| p.pid().is_none());
+        let mut kept = Vec::with_capacity(list.len());
+        for waiter in list.drain(..) {
+            match waiter {
+                Waiter::Preload {
+                    reply,
+                    since_ms,
+                    failed,
+                } => {
+                    let failed = failed.or_else(|| preload_failure(pool_id, &envelope.event));
+                    match (&envelope.event, failed) {
+                        (Event::PoolReady { .. }, _) => {
+                            let status = pool.map(|p| p.status());
+                            let result = status.map_or_else(
+                                || {
+                                    Err(NodeError::Rejected(Rejection::PoolNotFound {
+                                        pool_id: pool_id.to_string(),
+                                    }))
+                                },
+                                |status| {
+                                    Ok(PreloadOutcome {
+                                        status,
+                                        ready_ms: envelope.ts_ms.saturating_sub(since_ms),
+                                    })
+                                },
+                            );
+                            let _ = reply.send(result);
+                        }
+                        (_, Some(error)) if engine_gone => {
+                            let _ = reply.send(Err(error));
+                        }
+                        (_, failed) => kept.push(Waiter::Preload {
+                            reply,
+                            since_ms,
+                            failed,
+                        }),
+                    }
+                }
+                Waiter::Removed { reply } => {
+                    if matches!(envelope.event, Event::PoolRemoved) {
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        kept.push(Waiter::Removed { reply });
+                    }
+                }
+            }
+        }
+        if kept.is_empty() {
+            self.waiters.remove(pool_id);
+        } else if let Some(list) = self.waiters.get_mut(pool_id) {
+            *list = kept;
+        }
+    }
+}
+
+/// The error a waiting preload answers when `event` ends its start.
+fn preload_failure(pool_id: &str, event: &Event) -> Option<NodeError> {
+    match event {
+        Event::PreloadFailed {
+            reason, failure, ..
+        } => Some(NodeError::Failed {
+            code: failure.code(),
+            reason: format!("pool '{pool_id}': {reason}"),
+        }),
+        Event::PreloadRejected { code, reason } => Some(NodeError::Failed {
+            code: static_code(code),
+            reason: format!("pool '{pool_id}': {reason}"),
+        }),
+        Event::PoolRemoved => Some(NodeError::Rejected(Rejection::PoolNotFound {
+            pool_id: pool_id.to_string(),
+        })),
+        Event::EngineStopRequested { .. } => Some(NodeError::Rejected(Rejection::PoolBusy {
+            pool_id: pool_id.to_string(),
+            operation: "the engine was asked to stop while it was starting".to_string(),
+        })),
+        _ => None,
+    }
+}
+
+/// Maps a recorded code to its static form (unknown codes become `INTERNAL`).
+fn static_code(code: &str) -> &'static str {
+    const CODES: [&str; 18] = [
+        "INVALID_REQUEST",
+        "UNAUTHORIZED",
+        "BINARY_NOT_ALLOWED",
+        "POOL_NOT_FOUND",
+        "LEASE_NOT_FOUND",
+        "POOL_BUSY",
+        "POOL_DRAINING",
+        "MODEL_NOT_FOUND",
+        "INVALID_DEVICE_MASK",
+        "SLOTS_EXHAUSTED",
+        "SPAWN_FAILED",
+        "HEALTH_TIMEOUT",
+        "ENGINE_EXITED",
+        "RELOAD_FAILED",
+        "CPU_SPILLOVER",
+        "POOL_UNREADY",
+        "GPU_REQUIRED",
+        "INSUFFICIENT_VRAM",
+    ];
+    CODES
+        .iter()
+        .copied()
+        .chain(["CIRCUIT_OPEN"])
+        .find(|c| *c == code)
+        .unwrap_or("INTERNAL")
+}
+
+fn answer_waiter(waiter: Waiter, error: Result<(), NodeError>) {
+    let Err(error) = error else { return };
+    match waiter {
+        Waiter::Preload { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Waiter::Removed { reply } => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+/// The pool an input is about, for waiters.
+fn input_pool(input: &Input) -> Option<PoolId> {
+    match input {
+        Input::Command(
+            Command::Preload { pool_id, .. }
+            | Command::Remove { pool_id }
+            | Command::AcquireLease { pool_id, .. }
+            | Command::ReleaseLease { pool_id, .. }
+            | Command::Drain { pool_id, .. }
+            | Command::Reload { pool_id, .. }
+            | Command::Stop { pool_id }
+            | Command::ResetBreaker { pool_id, .. }
+            | Command::RegisterHandoff { pool_id, .. },
+        ) => Some(pool_id.clone()),
+        Input::Observation(_) => None,
+    }
+}
+
+/// Every journaled event is logged once, at a level that fits.
+fn log_event(envelope: &PoolEnvelope) {
+    let pool_id = envelope.pool_id.as_deref().unwrap_or("-");
+    let kind = envelope.event.kind();
+    let seq = envelope.seq;
+    match &envelope.event {
+        Event::EngineExited { reason, .. } => {
+            tracing::warn!(seq, pool_id, kind, reason = reason.as_str(), "event")
+        }
+        Event::PreloadFailed { reason, .. } => {
+            tracing::warn!(seq, pool_id, kind, last_error = %reason, "event")
+        }
+        Event::CircuitOpened { .. } | Event::RestartStormDetected { .. } => {
+            tracing::error!(seq, pool_id, kind, "event")
+        }
+        _ => tracing::info!(seq, pool_id, kind, "event"),
+    }
+}

@@ -1,0 +1,161 @@
+//! The published registry: what readers (the API, probes, the demo) see of the node's state.
+//!
+//! Owns: the current [`Published`] view, swapped in by the actor after each durable batch
+//! (`arc-swap`: readers never lock and never wait on the actor), a change signal (`watch` of
+//! the last seq), heartbeats of ready engines (probe successes are not journaled, so they are
+//! overlaid here), and the serialized `GET /v2/pools` body, computed at most once per change.
+//! Never: changes the state; only the actor publishes, and only what is durable.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use axum::body::Bytes;
+use pool_core::{PoolStatus, State};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// What the node knows about its GPUs, for `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuSummary {
+    /// A usable GPU was found.
+    pub available: bool,
+    /// How many.
+    pub count: u32,
+    /// Why none is usable (or how they were found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether preloads need a GPU (`require_gpu`; `--dev` turns it off).
+    pub required: bool,
+}
+
+/// One published view: a durable state and what goes with it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The registry after the last durable event.
+    pub state: Arc<State>,
+    /// GPU summary.
+    pub gpu: GpuSummary,
+    /// The journal failed: the daemon takes no more changes (why).
+    pub journal_failure: Option<String>,
+}
+
+#[derive(Debug)]
+struct CachedJson {
+    seq: u64,
+    heartbeat_gen: u64,
+    body: Bytes,
+}
+
+#[derive(Debug)]
+struct Inner {
+    current: ArcSwap<Published>,
+    changed: watch::Sender<u64>,
+    heartbeats: Mutex<HashMap<String, u64>>,
+    heartbeat_gen: AtomicU64,
+    pools_json: ArcSwapOption<CachedJson>,
+}
+
+/// A handle on the published registry (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl Registry {
+    pub(crate) fn new(first: Published) -> Registry {
+        let seq = first.state.last_seq();
+        Registry {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from_pointee(first),
+                changed: watch::Sender::new(seq),
+                heartbeats: Mutex::new(HashMap::new()),
+                heartbeat_gen: AtomicU64::new(0),
+                pools_json: ArcSwapOption::empty(),
+            }),
+        }
+    }
+
+    /// The current view.
+    pub fn load(&self) -> Arc<Published> {
+        self.inner.current.load_full()
+    }
+
+    /// A receiver that changes whenever a new view is published (its value: the last seq).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// The status of one pool, with its latest heartbeat.
+    pub fn status(&self, pool_id: &str) -> Option<PoolStatus> {
+        let published = self.load();
+        let mut status = published.state.status(pool_id)?;
+        self.overlay(&mut status);
+        Some(status)
+    }
+
+    /// Every pool's status, sorted by id, with heartbeats.
+    pub fn statuses(&self) -> Vec<PoolStatus> {
+        let published = self.load();
+        let mut statuses = published.state.statuses();
+        for status in &mut statuses {
+            self.overlay(status);
+        }
+        statuses
+    }
+
+    /// The JSON body of `GET /v2/pools`: serialized once per change (a new seq or heartbeat)
+    /// by whichever reader comes first, then shared.
+    pub fn statuses_json(&self) -> Bytes {
+        let seq = self.load().state.last_seq();
+        let heartbeat_gen = self.inner.heartbeat_gen.load(Ordering::Acquire);
+        if let Some(cached) = self.inner.pools_json.load().as_ref() {
+            if cached.seq == seq && cached.heartbeat_gen == heartbeat_gen {
+                return cached.body.clone();
+            }
+        }
+        let body = Bytes::from(serde_json::to_vec(&self.statuses()).unwrap_or_default());
+        self.inner.pools_json.store(Some(Arc::new(CachedJson {
+            seq,
+            heartbeat_gen,
+            body: body.clone(),
+        })));
+        body
+    }
+
+    /// Records a successful probe of `pool_id` at `at_ms`.
+    pub(crate) fn heartbeat(&self, pool_id: &str, at_ms: u64) {
+        if let Ok(mut beats) = self.inner.heartbeats.lock() {
+            beats.insert(pool_id.to_string(), at_ms);
+        }
+        self.inner.heartbeat_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn overlay(&self, status: &mut PoolStatus) {
+        if !status.live {
+            return;
+        }
+        let beat = self
+            .inner
+            .heartbeats
+            .lock()
+            .ok()
+            .and_then(|beats| beats.get(status.pool_id.as_str()).copied());
+        if let Some(beat) = beat {
+            status.last_heartbeat_ms = Some(status.last_heartbeat_ms.map_or(beat, |t| t.max(beat)));
+        }
+    }
+
+    pub(crate) fn publish(&self, published: Published) {
+        let seq = published.state.last_seq();
+        self.inner.current.store(Arc::new(published));
+        self.inner.changed.send_replace(seq);
+    }
+
+    pub(crate) fn forget_heartbeat(&self, pool_id: &str) {
+        if let Ok(mut beats) = self.inner.heartbeats.lock() {
+            beats.remove(pool_id);
+        }
+    }
+}

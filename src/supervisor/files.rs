@@ -1,0 +1,256 @@
+//! The runtime directory: engine logs, pid files and handoff files, and model staging.
+//!
+//! Layout under `runtime_dir`: `logs/<pool_id>.log`, `pids/<pool_id>.pid`,
+//! `engines/<pool_id>-<replica_id>.json`. Pool ids are validated (`PoolId`), so they are safe
+//! file names; replica ids are checked here before they become part of a path.
+//!
+//! Owns: paths, atomic writes (temp file + fsync + rename), log tails, model staging checks.
+//! Never: decides anything; never deletes outside the runtime directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use pool_core::Handoff;
+use sha2::{Digest as _, Sha256};
+
+/// The most bytes of an engine log kept in `last_error` and exit details.
+pub const LOG_TAIL_BYTES: u64 = 2_048;
+
+/// The runtime directory and its three sub-directories.
+#[derive(Debug, Clone)]
+pub struct RuntimeDirs {
+    /// The root (`runtime_dir`).
+    pub root: PathBuf,
+    /// `logs/`.
+    pub logs: PathBuf,
+    /// `pids/`.
+    pub pids: PathBuf,
+    /// `engines/` (handoff files).
+    pub engines: PathBuf,
+}
+
+impl RuntimeDirs {
+    /// Creates the directories under `root` when missing.
+    pub fn create(root: &Path) -> io::Result<RuntimeDirs> {
+        let dirs = RuntimeDirs {
+            root: root.to_path_buf(),
+            logs: root.join("logs"),
+            pids: root.join("pids"),
+            engines: root.join("engines"),
+        };
+        for dir in [&dirs.root, &dirs.logs, &dirs.pids, &dirs.engines] {
+            fs::create_dir_all(dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create runtime directory {}: {e}; check the path and its permissions (runtime_dir)",
+                        dir.display()
+                    ),
+                )
+            })?;
+        }
+        Ok(dirs)
+    }
+
+    /// `logs/<pool_id>.log`.
+    pub fn log_path(&self, pool_id: &str) -> PathBuf {
+        self.logs.join(format!("{pool_id}.log"))
+    }
+
+    /// `pids/<pool_id>.pid`.
+    pub fn pid_path(&self, pool_id: &str) -> PathBuf {
+        self.pids.join(format!("{pool_id}.pid"))
+    }
+
+    /// `engines/<pool_id>-<replica_id>.json`; `None` when the replica id is not a safe file
+    /// name part.
+    pub fn handoff_path(&self, pool_id: &str, replica_id: &str) -> Option<PathBuf> {
+        let safe = !replica_id.is_empty()
+            && replica_id.len() <= 64
+            && replica_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !replica_id.starts_with('.');
+        safe.then(|| self.engines.join(format!("{pool_id}-{replica_id}.json")))
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
+/// directory. A reader sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// Writes the pid file (plain text: the pid and a newline).
+pub fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    write_atomic(path, format!("{pid}\n").as_bytes())
+}
+
+/// Reads a pid file.
+pub fn read_pid_file(path: &Path) -> io::Result<u32> {
+    let text = fs::read_to_string(path)?;
+    text.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not a pid: {:?}", path.display(), text.trim()),
+        )
+    })
+}
+
+/// Writes a handoff file (pretty JSON).
+pub fn write_handoff(path: &Path, handoff: &Handoff) -> io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(handoff).map_err(io::Error::other)?;
+    json.push(b'\n');
+    write_atomic(path, &json)
+}
+
+/// Removes `path`; a missing file is fine.
+pub fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+            e.kind(),
+            format!("cannot remove {}: {e}", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The last `max_bytes` of a log file, starting at a line boundary; empty when unreadable.
+pub fn log_tail(path: &Path, max_bytes: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(max_bytes);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(max_bytes).unwrap_or(4096));
+    if file.take(max_bytes).read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let text = if start > 0 {
+        text.split_once('\n').map_or(&*text, |(_, rest)| rest)
+    } else {
+        &text
+    };
+    text.trim_end().to_string()
+}
+
+/// Checks a model reference before a reload touches the running engine: a path or `file:`
+/// URI to a readable regular file whose `sha256:` digest matches when one is given. Returns
+/// the local path and the digest verified.
+pub fn stage_model(
+    model_ref: &str,
+    digest: Option<&str>,
+) -> Result<(String, Option<String>), String> {
+    let path = match model_ref.strip_prefix("file://") {
+        Some(rest) => rest,
+        None => model_ref.strip_prefix("file:").unwrap_or(model_ref),
+    };
+    if path.is_empty() {
+        return Err(format!("model reference {model_ref:?} names no file"));
+    }
+    let meta = fs::metadata(path).map_err(|e| format!("model {path}: {e}; check new_model_ref"))?;
+    if !meta.is_file() {
+        return Err(format!("model {path} is not a regular file"));
+    }
+    let mut file = File::open(path).map_err(|e| format!("model {path} is not readable: {e}"))?;
+    let Some(expected) = digest else {
+        return Ok((path.to_string(), None));
+    };
+    let expected_hex = expected
+        .strip_prefix("sha256:")
+        .filter(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .ok_or_else(|| format!("digest {expected:?} is not sha256:<64 hex digits>"))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("model {path}: read failed: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !actual.eq_ignore_ascii_case(expected_hex) {
+        return Err(format!(
+            "model {path}: digest mismatch: expected sha256:{expected_hex}, file has sha256:{actual}"
+        ));
+    }
+    Ok((path.to_string(), Some(format!("sha256:{actual}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_starts_at_a_line_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        fs::write(&path, text).unwrap();
+        let tail = log_tail(&path, 30);
+        assert!(tail.ends_with("line 99"));
+        assert!(tail.starts_with("line "));
+        assert!(tail.len() <= 30);
+        assert_eq!(log_tail(&dir.path().join("missing"), 30), "");
+    }
+
+    #[test]
+    fn handoff_paths_refuse_unsafe_replica_ids() {
+        let dirs = RuntimeDirs::create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(dirs.handoff_path("p", "r0").is_some());
+        assert!(dirs.handoff_path("p", "../x").is_none());
+        assert!(dirs.handoff_path("p", "").is_none());
+    }
+
+    #[test]
+    fn staging_checks_existence_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        fs::write(&path, b"abc").unwrap();
+        let p = path.to_str().unwrap();
+        let sha = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(
+            stage_model(&format!("file://{p}"), Some(sha)).unwrap(),
+            (p.to_string(), Some(sha.to_string()))
+        );
+        assert!(stage_model(p, Some("sha256:00")).is_err());
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        assert!(stage_model(p, Some(&wrong))
+            .unwrap_err()
+            .contains("mismatch"));
+        assert!(stage_model("/nonexistent/m.gguf", None).is_err());
+        assert!(stage_model(dir.path().to_str().unwrap(), None).is_err());
+    }
+}

@@ -1,0 +1,774 @@
+//! The supervisor: runs the core's [`Effect`]s against the world and reports what happened as
+//! [`Observation`]s to the node actor.
+//!
+//! Each pool has one worker task that takes its effects in order (the core's contract: a
+//! `StopEngine` is finished, process reaped, before the next effect of that pool starts, so a
+//! restart never races the old engine for its port). Long waits (health wait, ready probes,
+//! timers, process exits, staging) run as tasks owned by the worker, replaced or aborted when a
+//! newer effect supersedes them. The exit of a child is seen at once (tokio reaps on SIGCHLD;
+//! engines we did not spawn are watched through a pidfd), never by polling.
+//!
+//! Owns: engine processes and their files, probe tasks, timers, heartbeats.
+//! Never: changes the state or the journal; it only reports, and the core ignores stale
+//! reports (each carries the pid or token it was given). Never kills an engine on drop or on
+//! daemon exit: engines outlive the daemon.
+//!
+//! Submodules: [`process`] (spawn, signals, `/proc`, pidfd, exit classification), [`probe`]
+//! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging).
+
+pub mod files;
+pub mod probe;
+pub mod process;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use pool_core::{
+    Effect, ExitReason, Observation, Policy, PoolId, PreparedEngine, StopReason, Timer,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::SharedClock;
+use crate::node::{Registry, Reporter};
+use files::RuntimeDirs;
+use probe::{Health, Prober};
+use process::ExitInfo;
+
+/// After SIGKILL, how long a stop waits for the process to be gone before it reports anyway.
+pub const KILL_WAIT_MS: u64 = 5_000;
+
+/// What the supervisor needs from the daemon.
+#[derive(Clone)]
+pub struct SupervisorSettings {
+    /// The runtime directory.
+    pub dirs: RuntimeDirs,
+    /// Intervals, timeouts, grace.
+    pub policy: Policy,
+    /// The clock of decisions and deadlines.
+    pub clock: SharedClock,
+    /// `PATH`, `HOME`, `LANG` of the daemon, passed to engines.
+    pub passed_env: Vec<(String, String)>,
+}
+
+impl SupervisorSettings {
+    /// Settings that pass `PATH`, `HOME` and `LANG` from this process's environment.
+    pub fn new(dirs: RuntimeDirs, policy: Policy, clock: SharedClock) -> SupervisorSettings {
+        let passed_env = process::PASSED_ENV
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v)))
+            .collect();
+        SupervisorSettings {
+            dirs,
+            policy,
+            clock,
+            passed_env,
+        }
+    }
+}
+
+struct Shared {
+    settings: SupervisorSettings,
+    prober: Prober,
+    reporter: Reporter,
+    registry: Registry,
+}
+
+impl Shared {
+    async fn report(&self, cause: u64, observation: Observation) {
+        self.reporter.report(cause, observation).await;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.settings.clock.now_ms()
+    }
+
+    /// The prepared engine the registry holds for `pool_id`.
+    fn engine_of(&self, pool_id: &PoolId) -> Option<PreparedEngine> {
+        self.registry
+            .load()
+            .state
+            .pool(pool_id.as_str())?
+            .engine
+            .clone()
+    }
+}
+
+struct Job {
+    cause: u64,
+    effect: Effect,
+}
+
+/// Runs effects. Cheap to share behind an `Arc`.
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    workers: Mutex<HashMap<PoolId, mpsc::UnboundedSender<Job>>>,
+}
+
+impl Supervisor {
+    /// A supervisor reporting to `reporter` and reading `registry`.
+    pub fn new(settings: SupervisorSettings, reporter: Reporter, registry: Registry) -> Supervisor {
+        Supervisor {
+            shared: Arc::new(Shared {
+                settings,
+                prober: Prober::new(),
+                reporter,
+                registry,
+            }),
+            workers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues `effect` (asked for by the event `cause`) on its pool's worker. Never blocks: the
+    /// actor must never wait on the shell, which may itself be waiting to report to the actor.
+    /// The queue is unbounded by type but bounded in practice by the actor's bounded inbox
+    /// (each input yields a handful of effects).
+    pub fn dispatch(&self, cause: u64, effect: Effect) {
+        let Some(pool_id) = effect_pool(&effect).cloned() else {
+            return;
+        };
+        let Ok(mut workers) = self.workers.lock() else {
+            return;
+        };
+        let job = Job { cause, effect };
+        let job = match workers.get(&pool_id) {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(job);
+        workers.insert(pool_id.clone(), tx);
+        let worker = PoolWorker::new(self.shared.clone(), pool_id);
+        tokio::spawn(worker.run(rx));
+    }
+}
+
+/// The pool an effect is about.
+pub fn effect_pool(effect: &Effect) -> Option<&PoolId> {
+    Some(match effect {
+        Effect::Spawn { pool_id, .. }
+        | Effect::StartHealthWait { pool_id, .. }
+        | Effect::StartProbing { pool_id, .. }
+        | Effect::WatchProcess { pool_id, .. }
+        | Effect::VerifyEngine { pool_id, .. }
+        | Effect::StopEngine { pool_id, .. }
+        | Effect::WriteHandoff { pool_id, .. }
+        | Effect::RemovePidFile { pool_id }
+        | Effect::RemovePoolFiles { pool_id }
+        | Effect::ArmTimer { pool_id, .. }
+        | Effect::StageModel { pool_id, .. } => pool_id,
+    })
+}
+
+/// A task aborted when its handle is dropped or replaced.
+struct Owned(JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn own(future: impl std::future::Future<Output = ()> + Send + 'static) -> Owned {
+    Owned(tokio::spawn(future))
+}
+
+/// The engine process a worker watches.
+struct Engine {
+    pid: u32,
+    /// `Some` once it has ended.
+    exited: watch::Receiver<Option<ExitInfo>>,
+    /// A stop is under way: the exit is reported by the stop, not by the exit watcher.
+    stopping: Arc<AtomicBool>,
+    /// We sent SIGKILL (so a SIGKILL death is not an OOM kill).
+    killed: Arc<AtomicBool>,
+    /// When it was spawned (for `after_ms`), by the decision clock.
+    spawned_at_ms: u64,
+}
+
+struct PoolWorker {
+    shared: Arc<Shared>,
+    pool_id: PoolId,
+    engine: Option<Engine>,
+    health: Option<Owned>,
+    probe: Option<Owned>,
+    timers: HashMap<Timer, Owned>,
+    staging: Option<Owned>,
+    handoff_path: Option<PathBuf>,
+}
+
+impl PoolWorker {
+    fn new(shared: Arc<Shared>, pool_id: PoolId) -> PoolWorker {
+        PoolWorker {
+            shared,
+            pool_id,
+            engine: None,
+            health: None,
+            probe: None,
+            timers: HashMap::new(),
+            staging: None,
+            handoff_path: None,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        while let Some(job) = rx.recv().await {
+            self.run_effect(job.cause, job.effect).await;
+        }
+    }
+
+    fn dirs(&self) -> &RuntimeDirs {
+        &self.shared.settings.dirs
+    }
+
+    async fn run_effect(&mut self, cause: u64, effect: Effect) {
+        tracing::debug!(pool_id = %self.pool_id, ?effect, cause, "effect");
+        match effect {
+            Effect::Spawn {
+                engine,
+                attempt,
+                token,
+                ..
+            } => self.spawn(cause, &engine, attempt, token).await,
+            Effect::StartHealthWait {
+                pid,
+                deadline_at_ms,
+                ..
+            } => self.start_health_wait(cause, pid, deadline_at_ms),
+            Effect::StartProbing { pid, .. } => self.start_probing(cause, pid),
+            Effect::WatchProcess { pid, .. } => self.watch_foreign(cause, pid),
+            Effect::VerifyEngine {
+                pid,
+                start_time,
+                binary_path,
+                ..
+            } => self.verify(cause, pid, start_time, binary_path).await,
+            Effect::StopEngine {
+                pid,
+                grace_ms,
+                reason,
+                ..
+            } => self.stop(cause, pid, grace_ms, &reason).await,
+            Effect::WriteHandoff { pid, handoff, .. } => {
+                let observation = match self.dirs().handoff_path(self.pool_id.as_str(), &handoff.replica_id) {
+                    None => Observation::HandoffWriteFailed {
+                        pool_id: self.pool_id.clone(),
+                        pid,
+                        reason: format!(
+                            "replica_id {:?} cannot be part of a file name (letters, digits, '.', '_', '-')",
+                            handoff.replica_id
+                        ),
+                    },
+                    Some(path) => match files::write_handoff(&path, &handoff) {
+                        Ok(()) => {
+                            self.handoff_path = Some(path.clone());
+                            Observation::HandoffWritten {
+                                pool_id: self.pool_id.clone(),
+                                pid,
+                                path: path.display().to_string(),
+                            }
+                        }
+                        Err(e) => Observation::HandoffWriteFailed {
+                            pool_id: self.pool_id.clone(),
+                            pid,
+                            reason: format!("cannot write the handoff file: {e}"),
+                        },
+                    },
+                };
+                self.shared.report(cause, observation).await;
+            }
+            Effect::RemovePidFile { .. } => {
+                let path = self.dirs().pid_path(self.pool_id.as_str());
+                if let Err(e) = files::remove_if_exists(&path) {
+                    tracing::warn!(pool_id = %self.pool_id, "{e}");
+                }
+            }
+            Effect::RemovePoolFiles { .. } => {
+                self.health = None;
+                self.probe = None;
+                self.timers.clear();
+                self.staging = None;
+                self.shared.registry.forget_heartbeat(self.pool_id.as_str());
+                let pid_path = self.dirs().pid_path(self.pool_id.as_str());
+                let mut paths = vec![pid_path];
+                paths.extend(self.handoff_path.take());
+                for path in paths {
+                    if let Err(e) = files::remove_if_exists(&path) {
+                        tracing::warn!(pool_id = %self.pool_id, "{e}");
+                    }
+                }
+            }
+            Effect::ArmTimer {
+                timer,
+                token,
+                at_ms,
+                ..
+            } => {
+                let shared = self.shared.clone();
+                let pool_id = self.pool_id.clone();
+                let task = own(async move {
+                    shared.settings.clock.sleep_until(at_ms).await;
+                    shared
+                        .report(
+                            cause,
+                            Observation::TimerFired {
+                                pool_id,
+                                timer,
+                                token,
+                            },
+                        )
+                        .await;
+                });
+                self.timers.insert(timer, task);
+            }
+            Effect::StageModel {
+                model_ref,
+                digest,
+                token,
+                ..
+            } => {
+                let shared = self.shared.clone();
+                let pool_id = self.pool_id.clone();
+                self.staging = Some(own(async move {
+                    let staged = tokio::task::spawn_blocking(move || {
+                        files::stage_model(&model_ref, digest.as_deref())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("staging task failed: {e}")));
+                    let observation = match staged {
+                        Ok((path, digest)) => Observation::ModelStaged {
+                            pool_id,
+                            token,
+                            path,
+                            digest,
+                        },
+                        Err(reason) => Observation::StagingFailed {
+                            pool_id,
+                            token,
+                            reason,
+                        },
+                    };
+                    shared.report(cause, observation).await;
+                }));
+            }
+        }
+    }
+
+    async fn spawn(&mut self, cause: u64, engine: &PreparedEngine, attempt: u32, token: u64) {
+        self.health = None;
+        self.probe = None;
+        let pool = self.pool_id.as_str();
+        let log_path = self.dirs().log_path(pool);
+        let pid_path = self.dirs().pid_path(pool);
+        let env = process::engine_env(engine, |name| {
+            self.shared
+                .settings
+                .passed_env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        });
+        let now_ms = self.shared.now_ms();
+        let spawned = match process::spawn(engine, &env, &log_path, attempt, now_ms) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                let reason = format!("cannot start engine '{}': {e}", engine.binary_path);
+                tracing::warn!(pool_id = %self.pool_id, "{reason}");
+                self.shared
+                    .report(
+                        cause,
+                        Observation::SpawnFailed {
+                            pool_id: self.pool_id.clone(),
+                            token,
+                            reason,
+                        },
+                    )
+                    .await;
+                return;
+            }
+        };
+        let pid = spawned.pid;
+        let engine_watch = self.watch_child(cause, spawned, log_path.clone(), now_ms);
+        if let Err(e) = files::write_pid_file(&pid_path, pid) {
+            // Without a pid file the engine could not be found by operators' tools: give up.
+            engine_watch.killed.store(true, Ordering::SeqCst);
+            engine_watch.stopping.store(true, Ordering::SeqCst);
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            self.engine = Some(engine_watch);
+            self.shared
+                .report(
+                    cause,
+                    Observation::SpawnFailed {
+                        pool_id: self.pool_id.clone(),
+                        token,
+                        reason: format!("cannot write the pid file: {e}"),
+                    },
+                )
+                .await;
+            return;
+        }
+        let start_time = process::start_time(pid).unwrap_or(0);
+        self.engine = Some(engine_watch);
+        tracing::info!(pool_id = %self.pool_id, pid, attempt, binary = %engine.binary_path, "engine spawned");
+        self.shared
+            .report(
+                cause,
+                Observation::EngineSpawned {
+                    pool_id: self.pool_id.clone(),
+                    token,
+                    pid,
+                    start_time,
+                    log_path: log_path.display().to_string(),
+                    pid_path: pid_path.display().to_string(),
+                },
+            )
+            .await;
+    }
+
+    /// Starts the exit watcher of a child we spawned: it owns the child and reaps it.
+    fn watch_child(
+        &self,
+        cause: u64,
+        spawned: process::Spawned,
+        log_path: PathBuf,
+        spawned_at_ms: u64,
+    ) -> Engine {
+        let (tx, rx) = watch::channel(None);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
+        let pid = spawned.pid;
+        let mut child = spawned.child;
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
+        // Detached on purpose: it must reap the child even if the worker goes away.
+        tokio::spawn(async move {
+            let info = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    ExitInfo {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+                Err(_) => ExitInfo::default(),
+            };
+            let _ = tx.send(Some(info));
+            if stop_flag.load(Ordering::SeqCst) {
+                return;
+            }
+            report_exit(
+                &shared,
+                cause,
+                pool_id,
+                pid,
+                info,
+                &log_path,
+                kill_flag.load(Ordering::SeqCst),
+            )
+            .await;
+        });
+        Engine {
+            pid,
+            exited: rx,
+            stopping,
+            killed,
+            spawned_at_ms,
+        }
+    }
+
+    /// Watches an engine we did not spawn in this daemon's life (adopted or handed off).
+    fn watch_foreign(&mut self, cause: u64, pid: u32) {
+        if self.engine.as_ref().is_some_and(|e| e.pid == pid) {
+            return;
+        }
+        let (tx, rx) = watch::channel(None);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        let log_path = self.dirs().log_path(pool_id.as_str());
+        let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
+        tokio::spawn(async move {
+            process::wait_foreign(pid).await;
+            let info = ExitInfo::default();
+            let _ = tx.send(Some(info));
+            if stop_flag.load(Ordering::SeqCst) {
+                return;
+            }
+            report_exit(
+                &shared,
+                cause,
+                pool_id,
+                pid,
+                info,
+                &log_path,
+                kill_flag.load(Ordering::SeqCst),
+            )
+            .await;
+        });
+        self.engine = Some(Engine {
+            pid,
+            exited: rx,
+            stopping,
+            killed,
+            spawned_at_ms: self.shared.now_ms(),
+        });
+    }
+
+    fn start_health_wait(&mut self, cause: u64, pid: u32, deadline_at_ms: u64) {
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        let (mut exited, spawned_at_ms) = match &self.engine {
+            Some(engine) if engine.pid == pid => (engine.exited.clone(), engine.spawned_at_ms),
+            _ => {
+                // Not ours to watch (after a restart the adoption's watcher covers it).
+                let (_tx, rx) = watch::channel(None);
+                (rx, shared.now_ms())
+            }
+        };
+        self.probe = None;
+        self.health = Some(own(async move {
+            let Some(engine) = shared.engine_of(&pool_id) else {
+                return;
+            };
+            let interval =
+                Duration::from_millis(shared.settings.policy.health.preload_interval_ms.max(1));
+            loop {
+                if exited.borrow().is_some() {
+                    return; // the exit watcher reports
+                }
+                if shared.now_ms() >= deadline_at_ms {
+                    break;
+                }
+                if shared.prober.health(&engine).await == Health::Healthy {
+                    let after_ms = shared.now_ms().saturating_sub(spawned_at_ms);
+                    let props = if engine.slots_total.is_some() {
+                        probe::Props::default()
+                    } else {
+                        shared.prober.props(&engine).await
+                    };
+                    let slots_total = engine
+                        .slots_total
+                        .or(props.total_slots)
+                        .or_else(|| probe::parallel_flag(&engine.flags));
+                    shared.registry.heartbeat(pool_id.as_str(), shared.now_ms());
+                    shared
+                        .report(
+                            cause,
+                            Observation::HealthPassed {
+                                pool_id,
+                                pid,
+                                after_ms,
+                                engine_version: props.build_info,
+                                slots_total,
+                            },
+                        )
+                        .await;
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = shared.settings.clock.sleep_until(deadline_at_ms) => break,
+                    _ = exited.changed() => return,
+                }
+            }
+            if exited.borrow().is_some() {
+                return;
+            }
+            shared
+                .report(cause, Observation::PreloadTimedOut { pool_id, pid })
+                .await;
+        }));
+    }
+
+    fn start_probing(&mut self, cause: u64, pid: Option<u32>) {
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        self.health = None;
+        self.probe = Some(own(async move {
+            let interval =
+                Duration::from_millis(shared.settings.policy.health.ready_interval_ms.max(1));
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let published = shared.registry.load();
+                let Some(pool) = published.state.pool(pool_id.as_str()) else {
+                    return;
+                };
+                let current = pool.pid();
+                if !pool.serving() || (pid.is_some() && current != pid) {
+                    return;
+                }
+                let Some(engine) = pool.engine.clone() else {
+                    return;
+                };
+                let Some(current) = current.or(pid) else {
+                    return;
+                };
+                drop(published);
+                let health = shared.prober.health(&engine).await;
+                let observation = if health == Health::Healthy {
+                    shared.registry.heartbeat(pool_id.as_str(), shared.now_ms());
+                    Observation::ProbeSucceeded {
+                        pool_id: pool_id.clone(),
+                        pid: current,
+                    }
+                } else {
+                    Observation::ProbeFailed {
+                        pool_id: pool_id.clone(),
+                        pid: current,
+                        error: health.describe(),
+                    }
+                };
+                shared.report(cause, observation).await;
+            }
+        }));
+    }
+
+    async fn verify(&mut self, cause: u64, pid: u32, start_time: u64, binary_path: Option<String>) {
+        let alive_start = if process::is_gone(pid) {
+            None
+        } else {
+            process::start_time(pid)
+        };
+        let same_start = match (alive_start, start_time) {
+            (None, _) => false,
+            (Some(_), 0) => false,
+            (Some(actual), recorded) => actual == recorded,
+        };
+        let same_binary = match &binary_path {
+            None => true,
+            Some(recorded) => process::exe(pid).is_some_and(|exe| {
+                let exe = exe.display().to_string();
+                let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
+                let recorded = std::fs::canonicalize(recorded)
+                    .map_or_else(|_| recorded.clone(), |p| p.display().to_string());
+                exe == recorded
+            }),
+        };
+        let observation = if same_start && same_binary {
+            tracing::info!(pool_id = %self.pool_id, pid, "engine from before the restart is alive: adopting it");
+            Observation::EngineAdopted {
+                pool_id: self.pool_id.clone(),
+                pid,
+            }
+        } else {
+            tracing::warn!(pool_id = %self.pool_id, pid, alive = alive_start.is_some(), same_start, same_binary, "recorded engine is gone (or its pid now belongs to another program)");
+            Observation::EngineLost {
+                pool_id: self.pool_id.clone(),
+                pid,
+            }
+        };
+        self.shared.report(cause, observation).await;
+    }
+
+    async fn stop(&mut self, cause: u64, pid: u32, grace_ms: u64, reason: &StopReason) {
+        self.health = None;
+        self.probe = None;
+        let (mut exited, killed) = match &self.engine {
+            Some(engine) if engine.pid == pid => {
+                engine.stopping.store(true, Ordering::SeqCst);
+                (engine.exited.clone(), engine.killed.clone())
+            }
+            _ => {
+                // Not watched yet (an engine adopted and stopped at once): watch it now.
+                self.watch_foreign(cause, pid);
+                match &self.engine {
+                    Some(engine) => {
+                        engine.stopping.store(true, Ordering::SeqCst);
+                        (engine.exited.clone(), engine.killed.clone())
+                    }
+                    None => return,
+                }
+            }
+        };
+        tracing::info!(pool_id = %self.pool_id, pid, grace_ms, ?reason, "stopping engine");
+        let first = if grace_ms == 0 {
+            killed.store(true, Ordering::SeqCst);
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        let mut graceful = grace_ms > 0;
+        match process::signal_group(pid, first) {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pool_id = %self.pool_id, pid, "cannot signal the engine: {e}"),
+        }
+        let ended = wait_exit(&mut exited, grace_ms).await;
+        if !ended {
+            graceful = false;
+            killed.store(true, Ordering::SeqCst);
+            tracing::warn!(pool_id = %self.pool_id, pid, grace_ms, "engine did not stop within its grace period: SIGKILL");
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            if !wait_exit(&mut exited, KILL_WAIT_MS).await {
+                tracing::error!(pool_id = %self.pool_id, pid, "engine still present {KILL_WAIT_MS} ms after SIGKILL (uninterruptible sleep?)");
+            }
+        }
+        self.shared
+            .report(
+                cause,
+                Observation::EngineStopped {
+                    pool_id: self.pool_id.clone(),
+                    pid,
+                    graceful,
+                },
+            )
+            .await;
+    }
+}
+
+/// Waits up to `ms` for the process to end; `true` when it did.
+async fn wait_exit(exited: &mut watch::Receiver<Option<ExitInfo>>, ms: u64) -> bool {
+    if ms == 0 {
+        return exited.borrow().is_some();
+    }
+    tokio::time::timeout(Duration::from_millis(ms), exited.wait_for(Option::is_some))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+async fn report_exit(
+    shared: &Shared,
+    cause: u64,
+    pool_id: PoolId,
+    pid: u32,
+    info: ExitInfo,
+    log_path: &std::path::Path,
+    we_sent_kill: bool,
+) {
+    let tail = files::log_tail(log_path, files::LOG_TAIL_BYTES);
+    let reason = if info.code.is_none() && info.signal.is_none() {
+        process::classify_log(&tail).unwrap_or(ExitReason::Unknown)
+    } else {
+        process::classify(info, we_sent_kill, &tail)
+    };
+    let detail = if tail.is_empty() {
+        format!("engine {}; its log is empty", info.describe())
+    } else {
+        format!("engine {}; log tail:\n{tail}", info.describe())
+    };
+    tracing::warn!(pool_id = %pool_id, pid, exit = %info.describe(), reason = reason.as_str(), "engine exited");
+    shared
+        .report(
+            cause,
+            Observation::EngineExited {
+                pool_id,
+                pid,
+                exit_code: info.code,
+                signal: info.signal,
+                reason,
+                detail,
+            },
+        )
+        .await;
+}

@@ -1,0 +1,165 @@
+//! Health probes of engines over HTTP: `GET {health_path}` and llama-server's `/props`.
+//!
+//! Owns: what an answer means (200 healthy; 503 loading, with llama-server's body or the older
+//! `{"status":"loading model"}`; refused connection: not listening yet; anything else
+//! unhealthy), the slot count fallbacks (`/props` `total_slots`, then `--parallel N`), and
+//! bounded timeouts and body sizes.
+//! Never: decides what a failure means; the core counts failures.
+
+use std::time::Duration;
+
+use pool_core::PreparedEngine;
+
+/// One probe's time limit (connect + answer).
+pub const PROBE_TIMEOUT_MS: u64 = 2_000;
+/// The most bytes read from a `/props` answer.
+const PROPS_BODY_MAX: usize = 256 * 1024;
+
+/// What one health probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// 200.
+    Healthy,
+    /// 503: still loading (the body, shortened).
+    Loading(String),
+    /// Connection refused: not listening yet.
+    NotListening,
+    /// Anything else: status, timeout, reset (what happened).
+    Unhealthy(String),
+}
+
+impl Health {
+    /// For `last_error` and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Health::Healthy => "healthy".into(),
+            Health::Loading(body) => format!("503 loading: {body}"),
+            Health::NotListening => "connection refused (not listening)".into(),
+            Health::Unhealthy(what) => what.clone(),
+        }
+    }
+}
+
+/// What `/props` told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Props {
+    /// `total_slots`.
+    pub total_slots: Option<u32>,
+    /// `build_info` (the engine's version).
+    pub build_info: Option<String>,
+}
+
+/// An HTTP client for probes (one per daemon; connections are pooled).
+#[derive(Debug, Clone)]
+pub struct Prober {
+    client: reqwest::Client,
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        Prober::new()
+    }
+}
+
+impl Prober {
+    /// A client with the probe timeouts, no proxy (engines are local).
+    pub fn new() -> Prober {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_millis(PROBE_TIMEOUT_MS))
+            .timeout(Duration::from_millis(PROBE_TIMEOUT_MS))
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap_or_default();
+        Prober { client }
+    }
+
+    /// `GET {url}{health_path}`.
+    pub async fn health(&self, engine: &PreparedEngine) -> Health {
+        let url = format!("{}{}", engine.url(), engine.health_path);
+        match self.client.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match status {
+                    200 => Health::Healthy,
+                    503 => {
+                        let body = response.text().await.unwrap_or_default();
+                        Health::Loading(pool_core::tail_text(&body, 200))
+                    }
+                    other => Health::Unhealthy(format!("GET {url} answered {other}")),
+                }
+            }
+            Err(e) if e.is_connect() => Health::NotListening,
+            Err(e) if e.is_timeout() => {
+                Health::Unhealthy(format!("GET {url} timed out after {PROBE_TIMEOUT_MS} ms"))
+            }
+            Err(e) => Health::Unhealthy(format!("GET {url} failed: {e}")),
+        }
+    }
+
+    /// `GET {url}/props`; empty when the engine has no such route.
+    pub async fn props(&self, engine: &PreparedEngine) -> Props {
+        let url = format!("{}/props", engine.url());
+        let Ok(response) = self.client.get(&url).send().await else {
+            return Props::default();
+        };
+        if !response.status().is_success() {
+            return Props::default();
+        }
+        let Ok(bytes) = response.bytes().await else {
+            return Props::default();
+        };
+        if bytes.len() > PROPS_BODY_MAX {
+            return Props::default();
+        }
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Props::default();
+        };
+        Props {
+            total_slots: value
+                .get("total_slots")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1),
+            build_info: value
+                .get("build_info")
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| pool_core::tail_text(s, 256)),
+        }
+    }
+}
+
+/// `--parallel N`, `--parallel=N`, `-np N` among the flags.
+pub fn parallel_flag(flags: &[String]) -> Option<u32> {
+    let mut iter = flags.iter();
+    while let Some(flag) = iter.next() {
+        let value = match flag.as_str() {
+            "--parallel" | "-np" => iter.next().map(String::as_str),
+            other => other.strip_prefix("--parallel="),
+        };
+        if let Some(n) = value
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|n| *n >= 1)
+        {
+            return Some(n);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_flag_forms() {
+        let f = |v: &[&str]| parallel_flag(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(f(&["-m", "x", "--parallel", "8"]), Some(8));
+        assert_eq!(f(&["-np", "2"]), Some(2));
+        assert_eq!(f(&["--parallel=3"]), Some(3));
+        assert_eq!(f(&["--parallel"]), None);
+        assert_eq!(f(&["--parallel", "0"]), None);
+        assert_eq!(f(&[]), None);
+    }
+}

@@ -1,0 +1,348 @@
+//! Engine processes: spawn in their own session, signal their process group, watch their end,
+//! read what `/proc` says about them, and name why they ended.
+//!
+//! Owns: the `Command` an engine is started with (scrubbed environment, stdin closed, output
+//! appended to its log), process-group signals, pidfd waits for processes we did not spawn in
+//! this daemon's life, `/proc/<pid>/stat` start times, and the exit classification.
+//! Never: decides what happens after an exit (the core does), never kills anything but the
+//! process group of a pid the core gave it, and never kills an engine on drop: engines
+//! outlive the daemon.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use pool_core::{ExitReason, PreparedEngine};
+use tokio::io::unix::AsyncFd;
+
+/// Environment variables passed through from the daemon to every engine (SPEC section 6);
+/// everything else comes from the prepared engine's `env{}` and its device mask.
+pub const PASSED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// How a process ended, as `waitpid` tells it (both `None` when we could not reap it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExitInfo {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    /// For people: "exit code 3", "killed by signal 11 (SIGSEGV)", "ended".
+    pub fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => {
+                let name = Signal::try_from(signal).map_or("?", |s| s.as_str());
+                format!("killed by signal {signal} ({name})")
+            }
+            (None, None) => "ended (not our child: no exit status)".to_string(),
+        }
+    }
+}
+
+/// A spawned engine.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child, owned by whoever waits for it.
+    pub child: tokio::process::Child,
+    /// Its pid (also its process group and session id).
+    pub pid: u32,
+    /// `/proc/<pid>/stat` start time (0 when unreadable).
+    pub start_time: u64,
+}
+
+/// The `CUDA_VISIBLE_DEVICES` value of a device mask: `"GPU0,GPU1"` and `"0,1"` give `0,1`,
+/// UUIDs pass through.
+pub fn cuda_visible_devices(mask: &str) -> String {
+    pool_core::mask_tokens(mask)
+        .map(|token| {
+            token
+                .strip_prefix("GPU")
+                .or_else(|| token.strip_prefix("gpu"))
+                .filter(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()))
+                .unwrap_or(token)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The environment an engine gets: `PATH`, `HOME`, `LANG` from `daemon_env`, then the
+/// prepared engine's `env{}`, then the device mask's CUDA variables (which win).
+pub fn engine_env(
+    engine: &PreparedEngine,
+    daemon_env: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = PASSED_ENV
+        .iter()
+        .filter_map(|name| daemon_env(name).map(|value| (name.to_string(), value)))
+        .collect();
+    for (key, value) in &engine.env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    if let Some(mask) = &engine.device_mask {
+        env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES" && k != "CUDA_DEVICE_ORDER");
+        env.push(("CUDA_VISIBLE_DEVICES".into(), cuda_visible_devices(mask)));
+        env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
+    }
+    env
+}
+
+/// Spawns `engine` in a new session (so its process group is its pid and it survives the
+/// daemon), stdin closed, stdout and stderr appended to `log_path` after a header line.
+pub fn spawn(
+    engine: &PreparedEngine,
+    env: &[(String, String)],
+    log_path: &Path,
+    attempt: u32,
+    now_ms: u64,
+) -> io::Result<Spawned> {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", log_path.display())))?;
+    writeln!(
+        log,
+        "==== pool-managerd: starting {} {} (attempt {attempt}, at {}) ====",
+        engine.binary_path,
+        engine.flags.join(" "),
+        crate::table::format_ts_ms(now_ms),
+    )?;
+    let stderr: File = log.try_clone()?;
+    let mut command = tokio::process::Command::new(&engine.binary_path);
+    command
+        .args(&engine.flags)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(false);
+    // SAFETY: `setsid` is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("the child exited before its pid was read"))?;
+    Ok(Spawned {
+        child,
+        pid,
+        start_time: start_time(pid).unwrap_or(0),
+    })
+}
+
+/// Sends `signal` to the process group `pid` (our engines lead their own group). `Ok(false)`
+/// when the group no longer exists.
+pub fn signal_group(pid: u32, signal: Signal) -> io::Result<bool> {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Ok(false);
+    };
+    if raw <= 1 {
+        return Err(io::Error::other(format!(
+            "refusing to signal process group {pid}"
+        )));
+    }
+    match killpg(Pid::from_raw(raw), signal) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::ESRCH) => Ok(false),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// `/proc/<pid>/stat` field 22: the start time in clock ticks since boot. `None` when the
+/// process does not exist.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    // `after` starts at field 3; field 22 is the 20th from there.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is a zombie or gone (a zombie has ended; only its parent's reap is missing).
+pub fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// The binary `pid` runs (`/proc/<pid>/exe`), when readable.
+pub fn exe(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// Waits until `pid` (not our child) has ended, through a pidfd: no polling. Falls back to
+/// checking `/proc` every 100 ms where pidfds are not available (Linux < 5.3).
+pub async fn wait_foreign(pid: u32) {
+    match pidfd_open(pid) {
+        // SAFETY: we own `fd` (just opened) and move it into the AsyncFd, which keeps it open
+        // for as long as it is registered.
+        Ok(fd) => match unsafe { AsyncFd::register(fd) } {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(_) => poll_gone(pid).await,
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+        Err(_) => poll_gone(pid).await,
+    }
+}
+
+async fn poll_gone(pid: u32) {
+    while !is_gone(pid) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let raw = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: plain syscall with integer arguments; the result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Names why an engine ended, from its exit, whether we sent it SIGKILL, and its log tail:
+/// GPU lines first (`vram_oom` before `cuda_error`, `driver_error` for Xid), then a SIGKILL
+/// we did not send (`oom_killed`), another signal (`signal`), exit 0 (`graceful`), any other
+/// code (`crash`).
+pub fn classify(exit: ExitInfo, we_sent_kill: bool, log_tail: &str) -> ExitReason {
+    if let Some(reason) = classify_log(log_tail) {
+        return reason;
+    }
+    match (exit.code, exit.signal) {
+        (_, Some(9)) if !we_sent_kill => ExitReason::OomKilled,
+        (_, Some(_)) => ExitReason::Signal,
+        (Some(0), _) => ExitReason::Graceful,
+        (Some(_), _) => ExitReason::Crash,
+        (None, None) => ExitReason::Unknown,
+    }
+}
+
+/// The GPU failure a log tail shows, if any.
+pub fn classify_log(log_tail: &str) -> Option<ExitReason> {
+    let mut found = None;
+    for line in log_tail.lines() {
+        let lower = line.to_ascii_lowercase();
+        let gpu_context = lower.contains("cuda") || lower.contains("device");
+        if lower.contains("out of memory") && gpu_context {
+            return Some(ExitReason::VramOom);
+        }
+        if lower.contains("xid") {
+            found = Some(ExitReason::DriverError);
+        } else if lower.contains("cuda error") && found.is_none() {
+            found = Some(ExitReason::CudaError);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_become_cuda_visible_devices() {
+        assert_eq!(cuda_visible_devices("GPU0,GPU1"), "0,1");
+        assert_eq!(cuda_visible_devices("0, 1"), "0,1");
+        assert_eq!(
+            cuda_visible_devices("GPU-5f2c,MIG-1a2b"),
+            "GPU-5f2c,MIG-1a2b"
+        );
+    }
+
+    #[test]
+    fn exits_are_classified() {
+        let exit = |code, signal| ExitInfo { code, signal };
+        assert_eq!(
+            classify(exit(Some(0), None), false, ""),
+            ExitReason::Graceful
+        );
+        assert_eq!(classify(exit(Some(3), None), false, ""), ExitReason::Crash);
+        assert_eq!(
+            classify(exit(None, Some(11)), false, ""),
+            ExitReason::Signal
+        );
+        assert_eq!(
+            classify(exit(None, Some(9)), false, ""),
+            ExitReason::OomKilled
+        );
+        assert_eq!(classify(exit(None, Some(9)), true, ""), ExitReason::Signal);
+        let vram = "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 97656.25 MiB on device 0: cudaMalloc failed: out of memory\nexiting due to model loading error";
+        assert_eq!(
+            classify(exit(Some(1), None), false, vram),
+            ExitReason::VramOom
+        );
+        let cuda = "CUDA error: an illegal memory access was encountered";
+        assert_eq!(
+            classify(exit(Some(1), None), false, cuda),
+            ExitReason::CudaError
+        );
+        assert_eq!(
+            classify(
+                exit(Some(1), None),
+                false,
+                "NVRM: Xid 79, GPU has fallen off the bus"
+            ),
+            ExitReason::DriverError
+        );
+        assert_eq!(
+            classify(exit(Some(1), None), false, "host: out of memory"),
+            ExitReason::Crash
+        );
+    }
+
+    #[test]
+    fn start_time_of_this_process_is_read() {
+        assert!(start_time(std::process::id()).is_some_and(|t| t > 0));
+        assert!(!is_gone(std::process::id()));
+    }
+
+    #[test]
+    fn engine_env_is_scrubbed_and_mask_wins() {
+        let mut engine: PreparedEngine = serde_json::from_value(serde_json::json!({
+            "binary_path": "/bin/true", "host": "127.0.0.1", "port": 1, "model_path": "m",
+            "engine_version": "v", "pool_id": "p", "replica_id": "r0", "device_mask": "GPU1",
+            "env": {"CUDA_VISIBLE_DEVICES": "7", "FOO": "bar"}
+        }))
+        .unwrap();
+        let env = engine_env(&engine, |name| match name {
+            "PATH" => Some("/usr/bin".into()),
+            "SECRET" => Some("x".into()),
+            _ => None,
+        });
+        assert_eq!(
+            env,
+            vec![
+                ("PATH".to_string(), "/usr/bin".to_string()),
+                ("FOO".to_string(), "bar".to_string()),
+                ("CUDA_VISIBLE_DEVICES".to_string(), "1".to_string()),
+                ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
+            ]
+        );
+        engine.device_mask = None;
+        assert!(engine_env(&engine, |_| None)
+            .iter()
+            .all(|(k, _)| k != "CUDA_DEVICE_ORDER"));
+    }
+}

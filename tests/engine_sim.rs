@@ -1,0 +1,298 @@
+//! Runs the `engine-sim` test engine as a real child process and checks that it looks like
+//! llama-server to a supervisor, and misbehaves exactly as told.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Every wait in this file is bounded by this.
+const BOUND: Duration = Duration::from_secs(5);
+const LOADING_BODY: &str =
+    r#"{"error":{"message":"Loading model","type":"unavailable_error","code":503}}"#;
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A running engine-sim; killed and reaped on drop so no child outlives a test.
+struct Engine {
+    child: Child,
+    port: u16,
+}
+
+impl Engine {
+    fn start(flags: &[&str]) -> Engine {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_engine-sim"))
+            .args(["--port", &port.to_string()])
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn engine-sim");
+        Engine { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits (bounded) for the child to exit and returns its status and its stderr.
+    async fn wait_exit(&mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status, err);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "engine-sim did not exit within {BOUND:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `path` (bounded) until it answers with `want`; returns the body.
+    async fn wait_status(&self, client: &reqwest::Client, path: &str, want: u16) -> String {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Ok(resp) = client.get(self.url(path)).send().await {
+                if resp.status().as_u16() == want {
+                    return resp.text().await.unwrap();
+                }
+            }
+            assert!(Instant::now() < deadline, "{path} never answered {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn health_is_503_loading_then_200() {
+    let c = client();
+    let e = Engine::start(&["--load-ms", "1500"]);
+    // The port listens from the start and every request is 503 while loading.
+    assert_eq!(e.wait_status(&c, "/health", 503).await, LOADING_BODY);
+    let props = c.get(e.url("/props")).send().await.unwrap();
+    assert_eq!(props.status(), 503);
+    let ok = e.wait_status(&c, "/health", 200).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&ok).unwrap(),
+        serde_json::json!({"status": "ok"})
+    );
+}
+
+#[tokio::test]
+async fn never_healthy_stays_503() {
+    let c = client();
+    let e = Engine::start(&["--never-healthy"]);
+    assert_eq!(e.wait_status(&c, "/health", 503).await, LOADING_BODY);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get(e.url("/health")).send().await.unwrap().status(), 503);
+}
+
+#[tokio::test]
+async fn props_slots_and_404() {
+    let c = client();
+    let e = Engine::start(&["-np", "3", "-m", "/models/x.gguf", "--build-info", "b42"]);
+    e.wait_status(&c, "/health", 200).await;
+    let props: Value = c
+        .get(e.url("/props"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(props["total_slots"], 3);
+    assert_eq!(props["build_info"], "b42");
+    assert_eq!(props["model_path"], "/models/x.gguf");
+    assert_eq!(props["default_generation_settings"]["n_ctx"], 4096);
+    let slots: Value = c
+        .get(e.url("/slots"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(slots.as_array().unwrap().len(), 3);
+    assert_eq!(
+        slots[2],
+        serde_json::json!({"id": 2, "is_processing": false})
+    );
+    assert_eq!(c.get(e.url("/nope")).send().await.unwrap().status(), 404);
+
+    let e = Engine::start(&["--parallel", "2", "--no-slots-in-props"]);
+    e.wait_status(&c, "/health", 200).await;
+    let props: Value = c
+        .get(e.url("/props"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(props.get("total_slots").is_none(), "{props}");
+    assert_eq!(props["build_info"], "b0-engine-sim");
+    assert_eq!(props["model_path"], "sim.gguf");
+
+    let e = Engine::start(&["--props-status", "501"]);
+    e.wait_status(&c, "/health", 200).await;
+    assert_eq!(c.get(e.url("/props")).send().await.unwrap().status(), 501);
+}
+
+#[tokio::test]
+async fn crash_after_ms_exits_with_code() {
+    let mut e = Engine::start(&["--crash-after-ms", "100", "--exit-code", "7"]);
+    let (status, err) = e.wait_exit().await;
+    assert_eq!(status.code(), Some(7), "{status:?}\n{err}");
+    assert!(err.contains("crashing after 100 ms"), "{err}");
+}
+
+#[tokio::test]
+async fn crash_signal_is_a_real_signal_death() {
+    for (name, sig) in [
+        ("SEGV", libc::SIGSEGV),
+        ("SIGABRT", libc::SIGABRT),
+        ("9", libc::SIGKILL),
+    ] {
+        let mut e = Engine::start(&["--crash-after-ms", "50", "--crash-signal", name]);
+        let (status, err) = e.wait_exit().await;
+        assert_eq!(status.signal(), Some(sig), "{name}: {status:?}\n{err}");
+        assert_eq!(status.code(), None);
+    }
+}
+
+#[tokio::test]
+async fn cuda_error_line_then_exit_1() {
+    let mut e = Engine::start(&["--cuda-error-after-ms", "100"]);
+    let (status, err) = e.wait_exit().await;
+    assert_eq!(status.code(), Some(1), "{status:?}\n{err}");
+    assert!(
+        err.lines()
+            .any(|l| l == "CUDA error: an illegal memory access was encountered"),
+        "{err}"
+    );
+
+    let msg = r"CUDA error: out of memory\n  current device: 0";
+    let mut e = Engine::start(&["--cuda-error-after-ms", "0", "--cuda-error-message", msg]);
+    let (status, err) = e.wait_exit().await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("CUDA error: out of memory\n  current device: 0\n"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_exits_0() {
+    let c = client();
+    let mut e = Engine::start(&[]);
+    e.wait_status(&c, "/health", 200).await;
+    kill(e.pid(), Signal::SIGTERM).unwrap();
+    let (status, err) = e.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{status:?}\n{err}");
+}
+
+#[tokio::test]
+async fn ignore_sigterm_survives_sigterm() {
+    let c = client();
+    let mut e = Engine::start(&["--ignore-sigterm"]);
+    e.wait_status(&c, "/health", 200).await;
+    kill(e.pid(), Signal::SIGTERM).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(e.child.try_wait().unwrap().is_none(), "exited on SIGTERM");
+    e.wait_status(&c, "/health", 200).await;
+    e.child.kill().unwrap();
+    let (status, err) = e.wait_exit().await;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(err.contains("ignoring"), "{err}");
+}
+
+#[tokio::test]
+async fn hang_keeps_listening_but_never_answers() {
+    let c = client();
+    let e = Engine::start(&["--hang-after-ms", "400"]);
+    e.wait_status(&c, "/health", 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let short = Duration::from_millis(300);
+    let err = c
+        .get(e.url("/health"))
+        .timeout(short)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // Still listening: a plain TCP connect succeeds.
+    std::net::TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+}
+
+#[tokio::test]
+async fn busy_port_exits_1_and_bad_flags_exit_2() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine-sim"))
+        .args(["--port", &port])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("couldn't bind"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_engine-sim"))
+        .args(["--port", "1", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // A trailing `--` and what follows it are accepted and ignored.
+    let c = client();
+    let e = Engine::start(&["--", "--no-such-flag", "x"]);
+    e.wait_status(&c, "/health", 200).await;
+}
+
+#[tokio::test]
+async fn alloc_mb_is_resident() {
+    let c = client();
+    let e = Engine::start(&["--alloc-mb", "64"]);
+    e.wait_status(&c, "/health", 200).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", e.child.id())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kb >= 64 * 1024, "VmRSS {rss_kb} kB");
+}
