@@ -373,6 +373,7 @@ impl Scripted {
             Observation::PreloadTimedOut {
                 pool_id: pool_id(pool)?,
                 pid,
+                last_probe: "503 loading".to_string(),
             }
             .into(),
             Some(cause),

@@ -58,15 +58,25 @@ impl Harness {
         self.dir.path().join("runtime")
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<String>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body);
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -74,7 +84,8 @@ impl Harness {
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body.to_string())).await
+        self.call(reqwest::Method::POST, path, Some(body.to_string()))
+            .await
     }
 
     /// Polls `GET /v2/pools/{pool}` until `check` holds (5 s at most).
@@ -85,7 +96,10 @@ impl Harness {
             if check(&status) {
                 return status;
             }
-            assert!(Instant::now() < deadline, "pool {pool}: {what} not reached: {status}");
+            assert!(
+                Instant::now() < deadline,
+                "pool {pool}: {what} not reached: {status}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -155,7 +169,10 @@ async fn preload_writes_the_pid_file_before_ready_and_the_handoff_after() {
     assert_eq!(starting["phase"], "starting");
     let pid_text = std::fs::read_to_string(&pid_file).expect("pid file before ready");
     assert_eq!(pid_text.trim(), starting["pid"].to_string());
-    assert!(!handoff.exists(), "no handoff file before the engine is healthy");
+    assert!(
+        !handoff.exists(),
+        "no handoff file before the engine is healthy"
+    );
 
     let ready = h.wait_pool("p1", "ready", |s| s["ready"] == true).await;
     assert_eq!(ready["slots_total"], 3, "slots from /props total_slots");
@@ -185,11 +202,20 @@ async fn an_engine_that_never_becomes_healthy_times_out_and_is_killed() {
     let took = started.elapsed();
     assert_eq!(status, 500, "{answer}");
     assert_eq!(answer["code"], "HEALTH_TIMEOUT");
-    assert!(took >= Duration::from_millis(700), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(700),
+        "answered after {took:?}"
+    );
     let (_, pool) = h.get("/v2/pools/slow").await;
     assert_eq!(pool["ready"], false);
-    assert!(pool["last_error"].as_str().unwrap().contains("health"), "{pool}");
-    assert!(!h.runtime().join("pids/slow.pid").exists(), "pid file removed");
+    assert!(
+        pool["last_error"].as_str().unwrap().contains("health"),
+        "{pool}"
+    );
+    assert!(
+        !h.runtime().join("pids/slow.pid").exists(),
+        "pid file removed"
+    );
     let (_, events) = h.get("/v2/pools/slow/events").await;
     let spawned = events
         .as_array()
@@ -208,7 +234,14 @@ async fn an_engine_that_exits_while_loading_fails_at_once_with_its_log_tail() {
     let (body, _) = engine(
         "crashy",
         ENGINE_SIM,
-        &["--load-ms", "5000", "--crash-after-ms", "100", "--exit-code", "7"],
+        &[
+            "--load-ms",
+            "5000",
+            "--crash-after-ms",
+            "100",
+            "--exit-code",
+            "7",
+        ],
     );
     let started = Instant::now();
     let (status, answer) = h.post("/v2/pools/crashy/preload", body).await;
@@ -220,10 +253,16 @@ async fn an_engine_that_exits_while_loading_fails_at_once_with_its_log_tail() {
     );
     let error = answer["error"].as_str().unwrap();
     assert!(error.contains("exit code 7"), "{error}");
-    assert!(error.contains("crashing after 100 ms"), "log tail in the error: {error}");
+    assert!(
+        error.contains("crashing after 100 ms"),
+        "log tail in the error: {error}"
+    );
     let (_, health) = h.get("/v2/pools/crashy/health").await;
     assert_eq!(health["ready"], false);
-    assert!(health["last_error"].as_str().unwrap().contains("crashing after"));
+    assert!(health["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("crashing after"));
     assert!(!h.runtime().join("pids/crashy.pid").exists());
     h.stop().await;
 }
@@ -233,30 +272,62 @@ async fn bad_requests_get_their_codes_never_a_500() {
     let h = Harness::start().await;
     let missing = engine("nobin", "/nonexistent/llama-server", &[]).0;
     let (status, answer) = h.post("/v2/pools/nobin/preload", missing).await;
-    assert_eq!((status, answer["code"].as_str()), (500, Some("SPAWN_FAILED")), "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("/nonexistent/llama-server"));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (500, Some("SPAWN_FAILED")),
+        "{answer}"
+    );
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/llama-server"));
 
     let (status, answer) = h.post("/v2/pools/bad%20id/preload", json!({})).await;
-    assert_eq!((status, answer["code"].as_str()), (400, Some("INVALID_REQUEST")));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("INVALID_REQUEST"))
+    );
     let (status, answer) = h.get("/v2/pools/-leading-dash").await;
-    assert_eq!((status, answer["code"].as_str()), (400, Some("INVALID_REQUEST")));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("INVALID_REQUEST"))
+    );
 
     let (status, answer) = h
-        .call(reqwest::Method::POST, "/v2/pools/p/preload", Some("{not json".into()))
+        .call(
+            reqwest::Method::POST,
+            "/v2/pools/p/preload",
+            Some("{not json".into()),
+        )
         .await;
-    assert_eq!((status, answer["code"].as_str()), (400, Some("INVALID_REQUEST")));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("INVALID_REQUEST"))
+    );
     let mut wrong = engine("p", ENGINE_SIM, &[]).0;
     wrong["prepared"]["port"] = json!("eighty");
     let (status, answer) = h.post("/v2/pools/p/preload", wrong).await;
     assert_eq!(status, 400);
-    assert!(answer["error"].as_str().unwrap().contains("prepared.port"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("prepared.port"),
+        "{answer}"
+    );
 
     let huge = format!("{{\"prepared\": \"{}\"}}", "x".repeat(1024 * 1024 + 10));
-    let (status, answer) = h.call(reqwest::Method::POST, "/v2/pools/p/preload", Some(huge)).await;
-    assert_eq!((status, answer["code"].as_str()), (413, Some("INVALID_REQUEST")), "{answer}");
+    let (status, answer) = h
+        .call(reqwest::Method::POST, "/v2/pools/p/preload", Some(huge))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("INVALID_REQUEST")),
+        "{answer}"
+    );
 
     let (status, answer) = h.get("/v2/pools/unknown").await;
-    assert_eq!((status, answer["code"].as_str()), (404, Some("POOL_NOT_FOUND")));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("POOL_NOT_FOUND"))
+    );
     let (status, _) = h.post("/v2/pools/unknown/leases", json!({})).await;
     assert_eq!(status, 404);
     let (status, answer) = h.get("/no/such/route").await;
@@ -266,7 +337,11 @@ async fn bad_requests_get_their_codes_never_a_500() {
 
 #[tokio::test]
 async fn any_http_server_with_a_health_route_works_as_an_engine() {
-    if std::process::Command::new("python3").arg("--version").output().is_err() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("python3 not installed: skipping (CI installs it)");
         return;
     }
@@ -287,12 +362,17 @@ async fn any_http_server_with_a_health_route_works_as_an_engine() {
     assert_eq!(status, 429);
     let lease_id = lease["lease_id"].as_str().unwrap();
     let (status, _) = h
-        .call(reqwest::Method::DELETE, &format!("/v2/pools/web/leases/{lease_id}"), None)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v2/pools/web/leases/{lease_id}"),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _) = h.post("/v2/pools/web/stop", json!({})).await;
     assert_eq!(status, 202);
-    h.wait_pool("web", "stopped", |s| s["phase"] == "stopped").await;
+    h.wait_pool("web", "stopped", |s| s["phase"] == "stopped")
+        .await;
     let (status, _) = h.call(reqwest::Method::DELETE, "/v2/pools/web", None).await;
     assert_eq!(status, 200);
     let (status, _) = h.get("/v2/pools/web").await;
@@ -308,7 +388,8 @@ async fn a_restarted_daemon_serves_the_same_registry() {
     let (_, lease) = h.post("/v2/pools/kept/leases", json!({})).await;
     assert!(lease["lease_id"].is_string());
     assert_eq!(h.post("/v2/pools/kept/stop", json!({})).await.0, 202);
-    h.wait_pool("kept", "stopped", |s| s["phase"] == "stopped").await;
+    h.wait_pool("kept", "stopped", |s| s["phase"] == "stopped")
+        .await;
     let failed = engine("gone", "/nonexistent/engine", &[]).0;
     assert_eq!(h.post("/v2/pools/gone/preload", failed).await.0, 500);
     let (_, before) = h.get("/v2/pools").await;
@@ -323,7 +404,11 @@ async fn a_restarted_daemon_serves_the_same_registry() {
         }
         v
     };
-    assert_eq!(strip(before.clone()), strip(after.clone()), "before: {before}\nafter: {after}");
+    assert_eq!(
+        strip(before.clone()),
+        strip(after.clone()),
+        "before: {before}\nafter: {after}"
+    );
     let (_, health) = h.get("/health").await;
     assert!(health["journal_seq"].as_u64().unwrap() > 0);
     h.stop().await;
@@ -335,7 +420,10 @@ async fn a_token_guards_every_route_but_health() {
     let (status, _) = h.get("/health").await;
     assert_eq!(status, 200);
     let (status, answer) = h.get("/v2/pools").await;
-    assert_eq!((status, answer["code"].as_str()), (401, Some("UNAUTHORIZED")));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (401, Some("UNAUTHORIZED"))
+    );
     let response = h
         .http
         .get(format!("{}/v2/pools", h.base))
@@ -352,6 +440,64 @@ async fn binaries_outside_the_allow_list_are_refused() {
     let h = Harness::start_with(|c| c.allowed_binaries = vec![PathBuf::from("/opt/engines")]).await;
     let (body, _) = engine("p", ENGINE_SIM, &[]);
     let (status, answer) = h.post("/v2/pools/p/preload", body).await;
-    assert_eq!((status, answer["code"].as_str()), (403, Some("BINARY_NOT_ALLOWED")), "{answer}");
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("BINARY_NOT_ALLOWED")),
+        "{answer}"
+    );
     h.stop().await;
+}
+
+/// Records the journals of real daemon runs into `replay-tests/journals/daemon-*.ndjson`
+/// (their snapshots follow with `INSTA_UPDATE=always cargo test --test replay`). Not a test:
+/// run it on purpose with `cargo test --test daemon -- --ignored record_daemon_journals`.
+#[tokio::test]
+#[ignore = "records replay-tests journals from real runs; run on purpose"]
+async fn record_daemon_journals() {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("replay-tests/journals");
+
+    // A preload with leases, then a stop.
+    let h = Harness::start().await;
+    let (body, _) = engine("chat", ENGINE_SIM, &["--parallel", "4", "--load-ms", "300"]);
+    assert_eq!(h.post("/v2/pools/chat/preload", body).await.0, 200);
+    let mut leases = Vec::new();
+    for _ in 0..3 {
+        let (status, lease) = h.post("/v2/pools/chat/leases", json!({})).await;
+        assert_eq!(status, 201);
+        leases.push(lease["lease_id"].as_str().unwrap().to_string());
+    }
+    let path = format!("/v2/pools/chat/leases/{}", leases[0]);
+    assert_eq!(h.call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    assert_eq!(h.post("/v2/pools/chat/stop", json!({})).await.0, 202);
+    h.wait_pool("chat", "stopped", |s| s["phase"] == "stopped")
+        .await;
+    export(h, &out.join("daemon-preload-leases.ndjson")).await;
+
+    // Failed preloads: an engine that never becomes healthy, one that exits while loading.
+    let h = Harness::start_with(|c| c.health.preload_timeout_ms = 600).await;
+    let (body, _) = engine("slow", ENGINE_SIM, &["--never-healthy"]);
+    assert_eq!(h.post("/v2/pools/slow/preload", body).await.0, 500);
+    let (body, _) = engine(
+        "crashy",
+        ENGINE_SIM,
+        &["--load-ms", "3000", "--crash-after-ms", "100"],
+    );
+    assert_eq!(h.post("/v2/pools/crashy/preload", body).await.0, 500);
+    for pool in ["slow", "crashy"] {
+        let path = format!("/v2/pools/{pool}");
+        assert_eq!(h.call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    }
+    export(h, &out.join("daemon-preload-failed.ndjson")).await;
+}
+
+async fn export(h: Harness, to: &Path) {
+    let Harness { dir, daemon, .. } = h;
+    let journal_dir = dir.path().join("journal");
+    daemon.unwrap().shutdown("recording finished").await;
+    let (journal, _) =
+        pool_managerd::schema::PoolJournal::open(pool_journal::JournalConfig::new(&journal_dir))
+            .unwrap();
+    let mut file = std::fs::File::create(to).unwrap();
+    journal.export(&mut file).unwrap();
+    journal.close().unwrap();
 }

@@ -177,6 +177,9 @@ pub enum Observation {
         pool_id: PoolId,
         /// The engine.
         pid: u32,
+        /// What the last probe saw ("503 loading: ...", "connection refused"), for
+        /// `last_error`; empty when no probe ran.
+        last_probe: String,
     },
     /// A probe of a ready engine failed.
     ProbeFailed {

@@ -209,6 +209,7 @@ fn preload_timeout_fails_kills_and_schedules_a_restart() {
         .when(obs(Observation::PreloadTimedOut {
             pool_id: id("p1"),
             pid: 100,
+            last_probe: "503 loading".into(),
         }))
         .then_kinds(&["PreloadFailed"]);
     match &o.facts[0].event {
@@ -888,6 +889,7 @@ fn reload_failure_of_the_new_engine_rolls_back() {
     let facts = sim.step(obs(Observation::PreloadTimedOut {
         pool_id: id("p1"),
         pid: 200,
+        last_probe: String::new(),
     }));
     assert_eq!(facts.len(), 1, "{facts:?}");
     assert!(matches!(

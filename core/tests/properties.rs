@@ -350,7 +350,11 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             pid,
             error: "e".into(),
         }),
-        20 => obs(Observation::PreloadTimedOut { pool_id, pid }),
+        20 => obs(Observation::PreloadTimedOut {
+            pool_id,
+            pid,
+            last_probe: "503".into(),
+        }),
         21 | 22 => {
             let (timer, token) = match p {
                 Some(p) => match (&p.activity, x % 5) {

@@ -199,6 +199,7 @@ fn stale_observations_are_ignored() {
         .when(obs(Observation::PreloadTimedOut {
             pool_id: id("p1"),
             pid: 7,
+            last_probe: String::new(),
         }))
         .then_nothing();
     given(&h)

@@ -541,6 +541,7 @@ impl PoolWorker {
             };
             let interval =
                 Duration::from_millis(shared.settings.policy.health.preload_interval_ms.max(1));
+            let mut last_probe = String::new();
             loop {
                 if exited.borrow().is_some() {
                     return; // the exit watcher reports
@@ -548,7 +549,8 @@ impl PoolWorker {
                 if shared.now_ms() >= deadline_at_ms {
                     break;
                 }
-                if shared.prober.health(&engine).await == Health::Healthy {
+                let health = shared.prober.health(&engine).await;
+                if health == Health::Healthy {
                     let after_ms = shared.now_ms().saturating_sub(spawned_at_ms);
                     let props = if engine.slots_total.is_some() {
                         probe::Props::default()
@@ -574,6 +576,7 @@ impl PoolWorker {
                         .await;
                     return;
                 }
+                last_probe = health.describe();
                 tokio::select! {
                     () = tokio::time::sleep(interval) => {}
                     () = shared.settings.clock.sleep_until(deadline_at_ms) => break,
@@ -584,7 +587,14 @@ impl PoolWorker {
                 return;
             }
             shared
-                .report(cause, Observation::PreloadTimedOut { pool_id, pid })
+                .report(
+                    cause,
+                    Observation::PreloadTimedOut {
+                        pool_id,
+                        pid,
+                        last_probe,
+                    },
+                )
                 .await;
         }));
     }

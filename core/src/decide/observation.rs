@@ -124,7 +124,11 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
                 },
             );
         }
-        Observation::PreloadTimedOut { pool_id, pid } => {
+        Observation::PreloadTimedOut {
+            pool_id,
+            pid,
+            last_probe,
+        } => {
             let Some(pool) = d.pool(pool_id) else { return };
             if pool.pid() != Some(*pid) || !matches!(pool.activity, Activity::Starting { .. }) {
                 return;
@@ -134,10 +138,18 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
                 pool_id,
                 StartFailure::HealthTimeout,
                 ExitReason::HealthTimeout,
-                format!(
-                    "no healthy answer within {} ms",
-                    policy.health.preload_timeout_ms
-                ),
+                if last_probe.trim().is_empty() {
+                    format!(
+                        "no healthy answer within {} ms",
+                        policy.health.preload_timeout_ms
+                    )
+                } else {
+                    format!(
+                        "no healthy answer within {} ms; last probe: {}",
+                        policy.health.preload_timeout_ms,
+                        tail(last_probe, 512)
+                    )
+                },
                 Some(*pid),
             );
         }
