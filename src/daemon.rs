@@ -55,6 +55,12 @@ impl Daemon {
     ) -> anyhow::Result<(Daemon, StartReport)> {
         config.check_security()?;
         let gpu = gpu::preflight(config.require_gpu, proc_gpus);
+        let run_as = crate::supervisor::process::resolve_engine_user(&config.engine_user)?;
+        if run_as.is_none() && nix::unistd::geteuid().is_root() {
+            tracing::warn!(
+                "running as root with no engine_user: engines run as root; set engine_user"
+            );
+        }
         let listener = TcpListener::bind(config.addr).await.with_context(|| {
             format!(
                 "cannot listen on {} (addr); is another daemon running there?",
@@ -70,6 +76,7 @@ impl Daemon {
             clock,
             gpu,
             version: VERSION.to_string(),
+            run_as,
         })
         .await?;
         let state = ApiState::new(

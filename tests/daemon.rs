@@ -448,6 +448,86 @@ async fn binaries_outside_the_allow_list_are_refused() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn engines_outlive_the_daemon_and_are_adopted_by_its_next_start() {
+    let mut h = Harness::start_with(|c| c.stop_engines_on_shutdown = false).await;
+    let (body, _) = engine("long", ENGINE_SIM, &["--parallel", "2"]);
+    let (status, answer) = h.post("/v2/pools/long/preload", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let pid = answer["pid"].as_u64().unwrap();
+    let (_, lease) = h.post("/v2/pools/long/leases", json!({})).await;
+    assert_eq!(lease["active_leases"], 1);
+
+    // Stop the daemon; the engine keeps serving.
+    let daemon = h.daemon.take().unwrap();
+    daemon.shutdown("upgrade").await;
+    assert!(pid_alive(pid), "the engine outlived the daemon");
+
+    let config = config(h.dir.path());
+    let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
+    h.base = format!("http://{}", daemon.addr());
+    h.daemon = Some(daemon);
+    let status = h
+        .wait_pool("long", "adopted", |s| s["ready"] == true && s["pid"] == pid)
+        .await;
+    assert_eq!(status["active_leases"], 1, "leases kept across the restart");
+    let (_, events) = h.get("/v2/pools/long/events").await;
+    let kinds: Vec<_> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.iter().any(|k| k == "EngineAdopted"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "EngineSpawned").count(),
+        1,
+        "never a second engine: {kinds:?}"
+    );
+    // The adopted engine is watched: its death is seen.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    h.wait_pool("long", "unready after the adopted engine died", |s| {
+        s["ready"] == false
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_root_daemon_runs_engines_as_engine_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: engine_user does not apply");
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        panic!("this test needs the user 'nobody'");
+    };
+    let h = Harness::start_with(|c| c.engine_user = "nobody".into()).await;
+    let (body, _) = engine("unpriv", ENGINE_SIM, &[]);
+    let (status, answer) = h.post("/v2/pools/unpriv/preload", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let pid = answer["pid"].as_u64().unwrap();
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.uid.to_string()),
+        "{uid_line}"
+    );
+    let nnp = proc_status
+        .lines()
+        .find(|l| l.starts_with("NoNewPrivs:"))
+        .unwrap();
+    assert!(nnp.ends_with('1'), "{nnp}");
+    h.stop().await;
+}
+
 /// Records the journals of real daemon runs into `replay-tests/journals/daemon-*.ndjson`
 /// (their snapshots follow with `INSTA_UPDATE=always cargo test --test replay`). Not a test:
 /// run it on purpose with `cargo test --test daemon -- --ignored record_daemon_journals`.

@@ -177,6 +177,8 @@ pub struct NodeSettings {
     pub gpu: GpuSummary,
     /// The daemon's version (for `DaemonStarted`).
     pub version: String,
+    /// The user engines run as (resolved `engine_user`), if any.
+    pub run_as: Option<crate::supervisor::process::RunAs>,
 }
 
 /// What start-up found.
@@ -250,8 +252,11 @@ impl Node {
             journal_failure: None,
         });
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let mut supervisor_settings =
+            SupervisorSettings::new(dirs, settings.policy.clone(), settings.clock.clone());
+        supervisor_settings.run_as = settings.run_as;
         let supervisor = Supervisor::new(
-            SupervisorSettings::new(dirs, settings.policy.clone(), settings.clock.clone()),
+            supervisor_settings,
             Reporter { tx: tx.clone() },
             registry.clone(),
         );
@@ -275,7 +280,7 @@ impl Node {
             max_batch_records: max_batch_records.max(1),
             journal_failure: None,
         };
-        let resume = resume_effects(&actor.state);
+        let mut resume = resume_effects(&actor.state);
         let task = tokio::spawn(actor.run(rx));
         handle
             .submit(Observation::DaemonStarted {
@@ -295,7 +300,32 @@ impl Node {
                 .await
                 .context("cannot record the GPU preflight in the journal")?;
         }
-        handle.resume(resume).await;
+        // Recorded engines are verified before the node serves anyone, so the API never
+        // shows an engine as ready that is gone (a quick `/proc` check per engine).
+        let (verify, rest): (Vec<_>, Vec<_>) = resume
+            .drain(..)
+            .partition(|e| matches!(e, Effect::VerifyEngine { .. }));
+        for effect in verify {
+            if let Effect::VerifyEngine {
+                pool_id,
+                pid,
+                start_time,
+                binary_path,
+            } = effect
+            {
+                let observation = crate::supervisor::verify_engine(
+                    &pool_id,
+                    pid,
+                    start_time,
+                    binary_path.as_deref(),
+                );
+                handle
+                    .submit(observation)
+                    .await
+                    .context("cannot record the engines found at start-up in the journal")?;
+            }
+        }
+        handle.resume(rest).await;
         Ok((Node { handle, task }, report))
     }
 

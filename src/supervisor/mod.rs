@@ -53,6 +53,8 @@ pub struct SupervisorSettings {
     pub clock: SharedClock,
     /// `PATH`, `HOME`, `LANG` of the daemon, passed to engines.
     pub passed_env: Vec<(String, String)>,
+    /// The user engines run as (a root daemon with `engine_user`), with no new privileges.
+    pub run_as: Option<process::RunAs>,
 }
 
 impl SupervisorSettings {
@@ -67,6 +69,7 @@ impl SupervisorSettings {
             policy,
             clock,
             passed_env,
+            run_as: None,
         }
     }
 }
@@ -376,7 +379,14 @@ impl PoolWorker {
                 .map(|(_, v)| v.clone())
         });
         let now_ms = self.shared.now_ms();
-        let spawned = match process::spawn(engine, &env, &log_path, attempt, now_ms) {
+        let spawned = match process::spawn(
+            engine,
+            &env,
+            &log_path,
+            attempt,
+            now_ms,
+            self.shared.settings.run_as,
+        ) {
             Ok(spawned) => spawned,
             Err(e) => {
                 let reason = format!("cannot start engine '{}': {e}", engine.binary_path);
@@ -646,39 +656,7 @@ impl PoolWorker {
     }
 
     async fn verify(&mut self, cause: u64, pid: u32, start_time: u64, binary_path: Option<String>) {
-        let alive_start = if process::is_gone(pid) {
-            None
-        } else {
-            process::start_time(pid)
-        };
-        let same_start = match (alive_start, start_time) {
-            (None, _) => false,
-            (Some(_), 0) => false,
-            (Some(actual), recorded) => actual == recorded,
-        };
-        let same_binary = match &binary_path {
-            None => true,
-            Some(recorded) => process::exe(pid).is_some_and(|exe| {
-                let exe = exe.display().to_string();
-                let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
-                let recorded = std::fs::canonicalize(recorded)
-                    .map_or_else(|_| recorded.clone(), |p| p.display().to_string());
-                exe == recorded
-            }),
-        };
-        let observation = if same_start && same_binary {
-            tracing::info!(pool_id = %self.pool_id, pid, "engine from before the restart is alive: adopting it");
-            Observation::EngineAdopted {
-                pool_id: self.pool_id.clone(),
-                pid,
-            }
-        } else {
-            tracing::warn!(pool_id = %self.pool_id, pid, alive = alive_start.is_some(), same_start, same_binary, "recorded engine is gone (or its pid now belongs to another program)");
-            Observation::EngineLost {
-                pool_id: self.pool_id.clone(),
-                pid,
-            }
-        };
+        let observation = verify_engine(&self.pool_id, pid, start_time, binary_path.as_deref());
         self.shared.report(cause, observation).await;
     }
 
@@ -734,6 +712,48 @@ impl PoolWorker {
                 },
             )
             .await;
+    }
+}
+
+/// Is `pid` still the engine the journal recorded? Alive, with the recorded start time
+/// (`/proc/<pid>/stat`) and, when we spawned it, the recorded binary: `EngineAdopted`;
+/// anything else (gone, a zombie, a reused pid): `EngineLost`. A recorded start time of 0
+/// (unknown) never adopts: a reused pid must never be taken for our engine.
+pub fn verify_engine(
+    pool_id: &PoolId,
+    pid: u32,
+    start_time: u64,
+    binary_path: Option<&str>,
+) -> Observation {
+    let alive_start = if process::is_gone(pid) {
+        None
+    } else {
+        process::start_time(pid)
+    };
+    let same_start = matches!(alive_start, Some(actual) if start_time != 0 && actual == start_time);
+    let same_binary = match binary_path {
+        None => true,
+        Some(recorded) => {
+            let exe = process::exe(pid).map(|exe| {
+                let exe = exe.display().to_string();
+                exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string()
+            });
+            let recorded = process::resolve_binary(recorded).map(|p| p.display().to_string());
+            matches!((exe, recorded), (Some(a), Some(b)) if a == b)
+        }
+    };
+    if same_start && same_binary {
+        tracing::info!(pool_id = %pool_id, pid, "engine from before the restart is alive: adopting it");
+        Observation::EngineAdopted {
+            pool_id: pool_id.clone(),
+            pid,
+        }
+    } else {
+        tracing::warn!(pool_id = %pool_id, pid, alive = alive_start.is_some(), same_start, same_binary, "recorded engine is gone (or its pid now belongs to another program)");
+        Observation::EngineLost {
+            pool_id: pool_id.clone(),
+            pid,
+        }
     }
 }
 

@@ -46,6 +46,36 @@ impl ExitInfo {
     }
 }
 
+/// The user engines run as when the daemon runs as root (`engine_user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id (also the only supplementary group).
+    pub gid: u32,
+}
+
+/// Resolves `engine_user`: `None` when it is empty or the daemon is not root (an unprivileged
+/// daemon cannot change user; its engines run as itself). An unknown user is an error.
+pub fn resolve_engine_user(name: &str) -> io::Result<Option<RunAs>> {
+    if name.is_empty() || !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(Some(RunAs {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("engine_user '{name}' does not exist on this machine; create it or change engine_user"),
+        )),
+        Err(e) => Err(io::Error::other(format!(
+            "cannot look up engine_user '{name}': {e}"
+        ))),
+    }
+}
+
 /// A spawned engine.
 #[derive(Debug)]
 pub struct Spawned {
@@ -102,6 +132,7 @@ pub fn spawn(
     log_path: &Path,
     attempt: u32,
     now_ms: u64,
+    run_as: Option<RunAs>,
 ) -> io::Result<Spawned> {
     let mut log = OpenOptions::new()
         .create(true)
@@ -125,10 +156,21 @@ pub fn spawn(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(stderr))
         .kill_on_drop(false);
-    // SAFETY: `setsid` is async-signal-safe and touches no memory of the parent.
+    // SAFETY: between fork and exec only async-signal-safe calls (plain syscalls) are made,
+    // on values computed before the fork.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
+            if let Some(run_as) = run_as {
+                let gid = nix::unistd::Gid::from_raw(run_as.gid);
+                nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
+                nix::unistd::setgid(gid).map_err(io::Error::from)?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(run_as.uid))
+                    .map_err(io::Error::from)?;
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -185,6 +227,19 @@ pub fn is_gone(pid: u32) -> bool {
 /// The binary `pid` runs (`/proc/<pid>/exe`), when readable.
 pub fn exe(pid: u32) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// The file a binary path names, symlinks resolved: a path with a `/` as it is, a bare name
+/// through `PATH` (as `execvp` finds it).
+pub fn resolve_binary(binary: &str) -> Option<std::path::PathBuf> {
+    if binary.contains('/') {
+        return std::fs::canonicalize(binary).ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+        .and_then(|found| std::fs::canonicalize(found).ok())
 }
 
 /// Waits until `pid` (not our child) has ended, through a pidfd: no polling. Falls back to
