@@ -72,7 +72,9 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             "damaged records at the journal's tail were quarantined (see the journal's quarantine/ folder)"
         );
     }
+    notify_systemd("READY=1");
     let reason = wait_for_signal().await;
+    notify_systemd("STOPPING=1");
     tracing::info!(
         reason,
         "shutting down; engines keep running unless stop_engines_on_shutdown"
@@ -95,5 +97,50 @@ pub async fn wait_for_signal() -> &'static str {
             let _ = tokio::signal::ctrl_c().await;
             "SIGINT"
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) about the daemon's state through `$NOTIFY_SOCKET`, when set;
+/// a no-op elsewhere. Failures are logged, never fatal.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::warn!("sd_notify: cannot create a socket: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify {state}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_reaches_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        // SAFETY of the test: this is the only test in this binary that sets NOTIFY_SOCKET.
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        notify_systemd("READY=1");
+        std::env::remove_var("NOTIFY_SOCKET");
+        let mut buf = [0u8; 32];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
     }
 }
