@@ -99,6 +99,7 @@ pub fn timeline_line(envelope: &PoolEnvelope) -> String {
         .and_then(|object| object.remove("kind"))
         .and_then(|kind| kind.as_str().map(str::to_string))
         .unwrap_or_else(|| envelope.event.kind().to_string());
+    compact(&mut fields);
     let detail = match &fields {
         Value::Object(object) if object.is_empty() => String::new(),
         Value::Object(_) => fields.to_string(),
@@ -121,4 +122,43 @@ pub fn timeline_line(envelope: &PoolEnvelope) -> String {
         },
         cause
     )
+}
+
+/// Shortens event fields for a timeline: drops nulls and empty collections, and shows a
+/// prepared engine as its command line (`binary flags...`); `journal export` keeps all.
+fn compact(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(engine) = object.get_mut("engine") {
+                if let Some(command) = engine_command(engine) {
+                    *engine = Value::String(command);
+                }
+            }
+            object.retain(|_, v| match v {
+                Value::Null => false,
+                Value::Object(o) => !o.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                _ => true,
+            });
+            for field in object.values_mut() {
+                compact(field);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(compact),
+        _ => {}
+    }
+}
+
+fn engine_command(engine: &Value) -> Option<String> {
+    let binary = engine.get("binary_path")?.as_str()?;
+    let flags: Vec<&str> = engine
+        .get("flags")
+        .and_then(Value::as_array)
+        .map(|flags| flags.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    Some(if flags.is_empty() {
+        binary.to_string()
+    } else {
+        format!("{binary} {}", flags.join(" "))
+    })
 }
