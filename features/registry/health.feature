@@ -1,32 +1,65 @@
-Feature: Pool health in the registry
-  The registry answers the orchestrator's questions: is the pool live, is it ready, is it
-  draining, and what went wrong last. Readiness comes only from a passed health check.
+Feature: A pool's health for the orchestrator
+  GET /v2/pools/{id}/health answers the orchestrator's questions (OC-CTRL-2001): is the
+  engine live, is the pool ready, is it draining, what went wrong last, how many slots are
+  free. Readiness comes only from a passed health check (OC-POOL-3001); the last error
+  says why a pool is not ready (OC-POOL-3003) until a later success clears it.
 
-  Scenario: A pool that is starting is live but not ready
-    Given a registered pool "p1" that is still starting
-    Then pool "p1" is live and not ready
-    And pool "p1" is in phase "starting"
+  Background:
+    Given a running daemon
 
-  Scenario: A passed health check makes the pool ready
-    Given a registered pool "p1" that is still starting
-    When the engine of pool "p1" passes its health check with 4 slots
-    And the handoff file of pool "p1" is written
-    Then pool "p1" is live and ready
-    And pool "p1" is in phase "ready"
-    And pool "p1" has 0 active leases and 4 free slots
+  Scenario: The health view has exactly the orchestrator's fields
+    Given a ready pool "p1" with 2 slots
+    When the health of pool "p1" is requested
+    Then the answer is 200
+    And the answer has exactly the fields "live, ready, draining, last_error, slots_free"
+
+  Scenario: A pool whose engine is still loading is live but not ready
+    Given pool "p1" is loading with an engine-sim started with "--load-ms 5000"
+    When the health of pool "p1" is requested
+    Then the answer is 200
+    And the answer's "live" is true
+    And the answer's "ready" is false
+    And the answer's "draining" is false
+    And the answer's "last_error" is null
+    And the answer's "slots_free" is 0
+
+  Scenario: A ready pool is live and ready, with its free slots
+    Given a ready pool "p1" with 4 slots
+    And the orchestrator took lease "A" on pool "p1"
+    When the health of pool "p1" is requested
+    Then the answer's "live" is true
+    And the answer's "ready" is true
+    And the answer's "draining" is false
+    And the answer's "last_error" is null
+    And the answer's "slots_free" is 3
+
+  Scenario: A draining pool says so
+    Given a ready pool "p1" with 2 slots
+    And the orchestrator took lease "A" on pool "p1"
+    And pool "p1" is asked to drain within 30000 ms
+    When the health of pool "p1" is requested
+    Then the answer's "draining" is true
+    And the answer's "ready" is true
+    And the answer's "slots_free" is 1
 
   Scenario: A failed preload leaves the pool unready with the reason
-    Given a registered pool "p1" that is still starting
-    When the engine of pool "p1" never becomes healthy
-    Then pool "p1" is not live and not ready
-    And pool "p1" has a last error containing "health"
+    Given pool "p1" failed to preload because its engine exited while loading
+    When the health of pool "p1" is requested
+    Then the answer is 200
+    And the answer's "live" is false
+    And the answer's "ready" is false
+    And the answer's "slots_free" is 0
+    And the answer's "last_error" mentions "exit code 3"
 
   Scenario: A later success clears the last error
-    Given a registered pool "p1" that is still starting
-    And the engine of pool "p1" never became healthy
-    When pool "p1" is preloaded again and becomes ready with 2 slots
-    Then pool "p1" is live and ready
-    And pool "p1" has no last error
+    Given pool "p1" failed to preload because its engine exited while loading
+    When pool "p1" is preloaded again with an engine-sim
+    Then the answer is 200
+    When the health of pool "p1" is requested
+    Then the answer's "live" is true
+    And the answer's "ready" is true
+    And the answer's "last_error" is null
 
-  Scenario: An unknown pool is not found
-    Then pool "ghost" is not in the registry
+  Scenario: An unknown pool has no health
+    When the health of pool "ghost" is requested
+    Then the answer is 404 with code "POOL_NOT_FOUND"

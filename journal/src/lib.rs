@@ -92,7 +92,7 @@ pub use record::{
     UpcastError, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
 };
 pub use report::{OpenReport, Problem, QuarantinedRecord, Stats, TruncateReport, VerifyReport};
-pub use store::{SledStore, Store, StoreError};
+pub use store::{SledStore, Store, StoreError, LOCK_FILE_NAME};
 pub use writer::SNAPSHOTS_KEPT;
 
 /// Lower-case hex of `bytes` (quarantine files, error messages).

@@ -141,7 +141,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
+        let syntax = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        if syntax || path == "." || path.is_empty() {
             ApiError::invalid(format!("malformed JSON body: {inner}"))
         } else {
             ApiError::invalid(format!("field '{path}': {inner}"))
@@ -170,5 +174,36 @@ impl<S: Send + Sync> FromRequestParts<S> for PoolPath {
         PoolId::new(raw)
             .map(PoolPath)
             .map_err(|e| ApiError::invalid(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)] // fields are read by serde only
+    struct Body {
+        prepared: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        port: u16,
+    }
+
+    fn message(body: &str) -> String {
+        parse_json::<Body>(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn errors_name_the_field_or_say_malformed() {
+        assert!(message(r#"{"prepared": {"port": "x"}}"#).starts_with("field 'prepared.port'"));
+        assert!(message(r#"{"prepared": {}}"#).contains("missing field `port`"));
+        assert!(message(r#"{"prepared": {"port": 1"#).starts_with("malformed JSON body"));
+        assert!(message("{nope").starts_with("malformed JSON body"));
+        assert!(message("  ").contains("empty"));
+        assert!(message(r#"{"prepared": {"port": 1}} x"#).starts_with("malformed JSON body"));
     }
 }

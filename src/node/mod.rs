@@ -49,6 +49,25 @@ pub const WAITERS_PER_POOL_MAX: usize = 64;
 /// engine).
 pub const PRELOAD_WAIT_MARGIN_MS: u64 = 30_000;
 
+/// How long a shutdown waits for the last clones of the journal to go.
+pub const JOURNAL_RELEASE_WAIT_MS: u64 = 10_000;
+
+/// Whether nobody (in this process or another) holds the journal at `dir`: both its `LOCK`
+/// file and sled's `db` file can be locked (and are unlocked again at once).
+fn journal_released(dir: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    [dir.join(pool_journal::LOCK_FILE_NAME), dir.join("db")]
+        .iter()
+        .all(|path| match std::fs::File::open(path) {
+            // SAFETY: flock on a valid fd we own for the duration of the call; closing the
+            // file (end of this arm) drops the lock.
+            Ok(file) => unsafe {
+                libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
+            },
+            Err(_) => true,
+        })
+}
+
 /// Why the node could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
@@ -352,7 +371,23 @@ impl Node {
         }
         let _ = self.task.await;
         let journal = self.handle.journal.clone();
+        let dir = journal.dir().to_path_buf();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
+        drop(self.handle);
+        // Other clones of the journal (a connection task dropping its router, a snapshot
+        // being written) go away on their own within moments; return only once the journal's
+        // locks are free, so that the next start (an in-process restart, a test) can open it.
+        let deadline = std::time::Instant::now() + Duration::from_millis(JOURNAL_RELEASE_WAIT_MS);
+        while !journal_released(&dir) {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    journal = %dir.display(),
+                    "the journal is still held {JOURNAL_RELEASE_WAIT_MS} ms after shutdown"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 

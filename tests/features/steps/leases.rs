@@ -1,82 +1,128 @@
-//! Leases and the commands around them: taking and returning leases, draining, and whether the
-//! last command was accepted or rejected with which code.
+//! Leases: the orchestrator takes a slot (the daemon chooses the lease id; scenarios call the
+//! lease by an alias such as "A") and gives it back; draining refuses new leases.
+//!
+//! `Given the orchestrator took lease ...` also drives the scripted core (journal feature),
+//! where the alias is the lease id itself.
 
 use cucumber::{given, then, when};
+use reqwest::Method;
+use serde_json::json;
 
-use pool_managerd::script::ScriptError;
-
+use crate::live::Body;
 use crate::world::PoolWorld;
 
+/// A lease id the daemon never grants (its ids are generated).
+const NEVER_GRANTED: &str = "lease-that-was-never-granted";
+
+async fn take_lease(world: &mut PoolWorld, alias: &str, pool: &str) {
+    let answer = world
+        .request(
+            Method::POST,
+            &format!("/v2/pools/{pool}/leases"),
+            Body::Empty,
+        )
+        .await
+        .clone();
+    if answer.status == 201 {
+        let lease_id = answer.body["lease_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a granted lease has a lease_id: {}", answer.body))
+            .to_string();
+        world
+            .leases
+            .insert((pool.to_string(), alias.to_string()), lease_id);
+    }
+}
+
 #[when(expr = "the orchestrator takes lease {string} on pool {string}")]
-fn take_lease(world: &mut PoolWorld, lease: String, pool: String) {
-    world.command(format!("taking lease '{lease}' on pool '{pool}'"), |s| {
-        s.acquire_lease(&pool, &lease)
-    });
+async fn takes_lease(world: &mut PoolWorld, alias: String, pool: String) {
+    take_lease(world, &alias, &pool).await;
 }
 
 #[given(expr = "the orchestrator took lease {string} on pool {string}")]
-fn took_lease(world: &mut PoolWorld, lease: String, pool: String) {
-    world
-        .drive(|s| s.acquire_lease(&pool, &lease))
-        .unwrap_or_else(|e| panic!("taking lease '{lease}' on pool '{pool}': {e}"));
-}
-
-#[when(expr = "the orchestrator returns lease {string} on pool {string}")]
-fn return_lease(world: &mut PoolWorld, lease: String, pool: String) {
-    world.command(format!("returning lease '{lease}' on pool '{pool}'"), |s| {
-        s.release_lease(&pool, &lease)
-    });
-}
-
-#[given(expr = "the orchestrator returned lease {string} on pool {string}")]
-fn returned_lease(world: &mut PoolWorld, lease: String, pool: String) {
-    world
-        .drive(|s| s.release_lease(&pool, &lease))
-        .unwrap_or_else(|e| panic!("returning lease '{lease}' on pool '{pool}': {e}"));
-}
-
-#[given(expr = "pool {string} is asked to drain within {int} ms")]
-fn drain(world: &mut PoolWorld, pool: String, deadline_ms: u64) {
-    world
-        .drive(|s| s.drain(&pool, deadline_ms))
-        .unwrap_or_else(|e| panic!("draining pool '{pool}': {e}"));
-    let status = world.status(&pool);
-    assert!(
-        status.draining,
-        "pool '{pool}' should be draining: {status:?}"
+async fn took_lease(world: &mut PoolWorld, alias: String, pool: String) {
+    if !world.has_daemon() {
+        world
+            .drive(|s| s.acquire_lease(&pool, &alias))
+            .unwrap_or_else(|e| panic!("taking lease '{alias}' on pool '{pool}': {e}"));
+        return;
+    }
+    take_lease(world, &alias, &pool).await;
+    let answer = world.answer();
+    assert_eq!(
+        answer.status, 201,
+        "taking lease \"{alias}\" on pool '{pool}': {}",
+        answer.body
     );
 }
 
-#[then("it is accepted")]
-fn accepted(world: &mut PoolWorld) {
-    let outcome = world.take_outcome();
-    match outcome.result {
-        Ok(events) => assert!(
-            events > 0,
-            "{} was accepted but recorded no event",
-            outcome.what
-        ),
-        Err(error) => panic!("{} should be accepted, got: {error}", outcome.what),
-    }
+#[when(expr = "the orchestrator returns lease {string} on pool {string}")]
+async fn returns_lease(world: &mut PoolWorld, alias: String, pool: String) {
+    let lease_id = world.lease_id(&pool, &alias);
+    world
+        .request(
+            Method::DELETE,
+            &format!("/v2/pools/{pool}/leases/{lease_id}"),
+            Body::Empty,
+        )
+        .await;
 }
 
-#[then(expr = "it is rejected with {word}")]
-fn rejected(world: &mut PoolWorld, code: String) {
-    let outcome = world.take_outcome();
-    match outcome.result {
-        Err(ScriptError::Rejected(rejection)) => assert_eq!(
-            rejection.code(),
-            code,
-            "{} was rejected with: {rejection}",
-            outcome.what
-        ),
-        Err(other) => panic!(
-            "{} should be rejected with {code}, got: {other}",
-            outcome.what
-        ),
-        Ok(events) => panic!(
-            "{} should be rejected with {code}, but was accepted ({events} events)",
-            outcome.what
-        ),
-    }
+#[given(expr = "the orchestrator returned lease {string} on pool {string}")]
+async fn returned_lease(world: &mut PoolWorld, alias: String, pool: String) {
+    returns_lease(world, alias.clone(), pool.clone()).await;
+    let answer = world.answer();
+    assert_eq!(
+        answer.status, 200,
+        "returning lease \"{alias}\" on pool '{pool}': {}",
+        answer.body
+    );
+}
+
+#[when(expr = "the orchestrator returns a lease that was never granted on pool {string}")]
+async fn returns_unknown_lease(world: &mut PoolWorld, pool: String) {
+    world
+        .request(
+            Method::DELETE,
+            &format!("/v2/pools/{pool}/leases/{NEVER_GRANTED}"),
+            Body::Empty,
+        )
+        .await;
+}
+
+#[then("the answer names a new lease")]
+fn answer_names_lease(world: &mut PoolWorld) {
+    let answer = world.answer();
+    assert!(
+        answer.body["lease_id"]
+            .as_str()
+            .is_some_and(|id| !id.trim().is_empty()),
+        "a lease id in {}",
+        answer.body
+    );
+}
+
+#[then(expr = "leases {string} and {string} of pool {string} have different ids")]
+fn leases_differ(world: &mut PoolWorld, first: String, second: String, pool: String) {
+    let (a, b) = (
+        world.lease_id(&pool, &first),
+        world.lease_id(&pool, &second),
+    );
+    assert_ne!(a, b, "two leases with one id");
+}
+
+#[given(expr = "pool {string} is asked to drain within {int} ms")]
+async fn drain(world: &mut PoolWorld, pool: String, deadline_ms: u64) {
+    let answer = world
+        .request(
+            Method::POST,
+            &format!("/v2/pools/{pool}/drain"),
+            Body::Json(json!({ "deadline_ms": deadline_ms })),
+        )
+        .await;
+    assert_eq!(
+        answer.status, 202,
+        "drain of pool '{pool}': {}",
+        answer.body
+    );
 }

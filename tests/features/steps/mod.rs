@@ -1,7 +1,25 @@
 //! Step definitions, one module per concept. Cucumber collects the `#[given]`, `#[when]` and
 //! `#[then]` functions of every module compiled in; nothing needs to be re-exported.
+//!
+//! - `params`: the parameter types of the steps (`{liveness}`, `{readiness}`, `{json}`) and
+//!   the JSON path lookup the answer steps share.
+//! - `api`: generic requests and checks of the last answer (status, error shape, fields).
+//! - `daemon`: starting, configuring and restarting the daemon; its `/health`.
+//! - `preload`: prepared engines and preloads.
+//! - `pools`: a pool's status and the registry's list (real daemon or scripted core).
+//! - `leases`: taking and returning leases, draining.
+//! - `health`: the orchestrator's health view of a pool.
+//! - `files`: the runtime directory: logs, pid files, handoff files.
+//! - `process`: engine processes as `/proc` shows them, stopping, removing, crashing.
+//! - `journal`: a real journal of the scripted core: reopen, replay, damage.
 
+pub mod api;
+pub mod daemon;
+pub mod files;
 pub mod health;
 pub mod journal;
 pub mod leases;
+pub mod params;
 pub mod pools;
+pub mod preload;
+pub mod process;

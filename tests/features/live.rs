@@ -1,0 +1,348 @@
+//! A real daemon for one scenario: `pool_managerd::daemon::Daemon` started in this process
+//! (node actor, supervisor, HTTP API) on a free loopback port, over a journal and a runtime
+//! directory in the scenario's temporary directory, and an HTTP client that talks to it.
+//!
+//! Clean-up ([`LiveDaemon::clean_up`], run after every scenario whatever its outcome): every
+//! pool is removed over the API (which stops its engine: SIGTERM, grace, SIGKILL), the daemon
+//! is shut down, and then the journal is read for every engine the daemon ever spawned
+//! (`EngineSpawned` carries the pid and its start time): one still running is killed and
+//! reported (which fails the run), so that no engine outlives the run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pool_managerd::clock::SystemClock;
+use pool_managerd::config::Config;
+use pool_managerd::core::Event;
+use pool_managerd::daemon::Daemon;
+use pool_managerd::schema::PoolJournal;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::engines::EngineProcess;
+
+/// How long a request may take before the step fails (a waiting preload is bounded by the
+/// scenario's health timeout, well below this).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the clean-up keeps retrying the removal of a pool that is busy.
+const REMOVE_RETRY: Duration = Duration::from_secs(10);
+/// The files of a journal directory that are locked while it is open: `pool_journal`'s
+/// store takes a `flock` on `LOCK`, sled one on `db`.
+const JOURNAL_LOCK_FILES: [&str; 2] = ["LOCK", "db"];
+/// How long the clean-up waits for a killed survivor to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// What a scenario sets before its daemon starts.
+#[derive(Debug, Clone)]
+pub struct DaemonSetup {
+    /// The daemon's configuration (addresses and directories are filled in at start).
+    pub config: Config,
+    /// How many GPUs the (simulated) NVIDIA driver lists; `None`: no driver at all.
+    pub gpus: Option<u32>,
+}
+
+impl DaemonSetup {
+    /// The daemon the scenarios run unless they say otherwise: development mode (no GPU
+    /// required), a fast health poll, a health timeout of 10 s, a ready probe only every 60 s
+    /// (so that only exit detection can explain a crash seen sooner), a stop grace of 2 s, and
+    /// a first restart delay of 60 s (a failed start is restarted only after the scenario is
+    /// over: each scenario sees the starts it asked for and no other).
+    pub fn for_tests() -> DaemonSetup {
+        let mut config = Config {
+            addr: "127.0.0.1:0"
+                .parse()
+                .unwrap_or_else(|e| panic!("loopback address: {e}")),
+            require_gpu: false,
+            ..Config::default()
+        };
+        config.health.preload_interval_ms = 25;
+        config.health.preload_timeout_ms = 10_000;
+        config.health.ready_interval_ms = 60_000;
+        config.stop.grace_ms = 2_000;
+        config.backoff.initial_ms = 60_000;
+        config.backoff.max_ms = 60_000;
+        DaemonSetup { config, gpus: None }
+    }
+
+    /// Sets one configuration key (the TOML name, with its table) to `value`.
+    pub fn set(&mut self, key: &str, value: &str) {
+        let number = || -> u64 {
+            value
+                .parse()
+                .unwrap_or_else(|e| panic!("{key} = {value:?}: not a number of ms ({e})"))
+        };
+        let config = &mut self.config;
+        match key {
+            "health.preload_interval_ms" => config.health.preload_interval_ms = number(),
+            "health.preload_timeout_ms" => config.health.preload_timeout_ms = number(),
+            "health.ready_interval_ms" => config.health.ready_interval_ms = number(),
+            "stop.grace_ms" => config.stop.grace_ms = number(),
+            "backoff.initial_ms" => config.backoff.initial_ms = number(),
+            other => panic!("the feature suite does not set `{other}` (see live.rs)"),
+        }
+        config
+            .policy()
+            .validate()
+            .unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
+    }
+}
+
+/// An answer of the daemon's API.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The request, for messages (`POST /v2/pools/p1/preload`).
+    pub request: String,
+    /// HTTP status.
+    pub status: u16,
+    /// The body: JSON when it parses, else the text as a JSON string.
+    pub body: Value,
+    /// How long the request took.
+    pub elapsed: Duration,
+}
+
+/// A request body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// None.
+    Empty,
+    /// JSON.
+    Json(Value),
+    /// Raw text sent as `application/json` (malformed bodies).
+    Raw(String),
+}
+
+/// A running daemon and its client.
+pub struct LiveDaemon {
+    setup: DaemonSetup,
+    proc_gpus: PathBuf,
+    daemon: Option<Daemon>,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for LiveDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveDaemon")
+            .field("base", &self.base)
+            .field("running", &self.daemon.is_some())
+            .field("config", &self.setup.config)
+            .finish()
+    }
+}
+
+impl LiveDaemon {
+    /// Starts a daemon of `setup` whose directories live under `dir`.
+    pub async fn start(mut setup: DaemonSetup, dir: &Path) -> LiveDaemon {
+        setup.config.runtime_dir = dir.join("runtime");
+        setup.config.journal_dir = dir.join("journal");
+        let proc_gpus = dir.join("proc-driver-nvidia-gpus");
+        if let Some(count) = setup.gpus {
+            for i in 0..count {
+                std::fs::create_dir_all(proc_gpus.join(format!("0000:0{i}:00.0")))
+                    .unwrap_or_else(|e| panic!("simulated GPU {i}: {e}"));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        let mut live = LiveDaemon {
+            setup,
+            proc_gpus,
+            daemon: None,
+            base: String::new(),
+            http,
+        };
+        live.boot().await;
+        live
+    }
+
+    async fn boot(&mut self) {
+        let (daemon, _report) =
+            Daemon::start_with_gpus(&self.setup.config, Arc::new(SystemClock), &self.proc_gpus)
+                .await
+                .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
+        self.base = format!("http://{}", daemon.addr());
+        self.daemon = Some(daemon);
+    }
+
+    /// The configuration the daemon runs with.
+    pub fn config(&self) -> &Config {
+        &self.setup.config
+    }
+
+    /// Shuts the daemon down (its engines keep running) and starts it again over the same
+    /// journal and runtime directory, on a new port.
+    pub async fn restart(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown("restarted by the scenario").await;
+        }
+        assert_journal_released(&self.setup.config.journal_dir);
+        self.boot().await;
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn call(&self, method: Method, path: &str, body: Body) -> Answer {
+        let request_text = format!("{method} {path}");
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        match body {
+            Body::Empty => {}
+            Body::Json(value) => {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(value.to_string());
+            }
+            Body::Raw(text) => {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(text);
+            }
+        }
+        let started = Instant::now();
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{request_text}: {e}"));
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{request_text}: reading the answer: {e}"));
+        let elapsed = started.elapsed();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            request: request_text,
+            status,
+            body,
+            elapsed,
+        }
+    }
+
+    /// Removes every pool, shuts the daemon down and kills any engine it spawned that still
+    /// runs. Returns what went wrong (an engine that had to be killed, a pool that could not
+    /// be removed), for the run's output.
+    pub async fn clean_up(mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.daemon.is_some() {
+            self.remove_all_pools(&mut problems).await;
+        }
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown("scenario finished").await;
+        }
+        assert_journal_released(&self.setup.config.journal_dir);
+        for engine in spawned_engines(&self.setup.config.journal_dir, &mut problems) {
+            if engine.signal_group(nix::sys::signal::Signal::SIGKILL) {
+                problems.push(format!(
+                    "engine pid {} was still running after the daemon shut down with its pools removed: killed",
+                    engine.pid
+                ));
+                let deadline = Instant::now() + KILL_WAIT;
+                while engine.is_running() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        problems
+    }
+
+    async fn remove_all_pools(&self, problems: &mut Vec<String>) {
+        let list = self.call(Method::GET, "/v2/pools", Body::Empty).await;
+        let pools: Vec<String> = list
+            .body
+            .as_array()
+            .map(|pools| {
+                pools
+                    .iter()
+                    .filter_map(|p| p["pool_id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for pool in pools {
+            let deadline = Instant::now() + REMOVE_RETRY;
+            loop {
+                let answer = self
+                    .call(Method::DELETE, &format!("/v2/pools/{pool}"), Body::Empty)
+                    .await;
+                // 409: a start or a stop is under way; it ends within the scenario's bounds.
+                if answer.status == 409 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                if answer.status != 200 && answer.status != 404 {
+                    problems.push(format!(
+                        "removing pool '{pool}': {} {}",
+                        answer.status, answer.body
+                    ));
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Asserts that nothing holds the journal directory's locks (the journal's own `LOCK` and
+/// sled's `db`, both `flock`s): `Daemon::shutdown` returns only once the journal is released,
+/// so that a daemon can start again at once over the same directory.
+fn assert_journal_released(journal_dir: &Path) {
+    for name in JOURNAL_LOCK_FILES {
+        let path = journal_dir.join(name);
+        assert!(
+            !is_locked(&path),
+            "{} is still locked after the daemon shut down",
+            path.display()
+        );
+    }
+}
+
+/// Whether someone holds a `flock` on `path` (a missing file is not locked).
+fn is_locked(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a valid fd we own; no memory is passed. Closing the file releases the
+    // lock if we got it.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    rc != 0
+}
+
+/// Every engine recorded as spawned in the journal at `journal_dir` (read after shut-down).
+fn spawned_engines(journal_dir: &Path, problems: &mut Vec<String>) -> Vec<EngineProcess> {
+    if !journal_dir.exists() {
+        return Vec::new();
+    }
+    let (journal, _) = match PoolJournal::open(pool_journal::JournalConfig::new(journal_dir)) {
+        Ok(opened) => opened,
+        Err(e) => {
+            problems.push(format!(
+                "cannot read the journal to find leftover engines: {e}"
+            ));
+            return Vec::new();
+        }
+    };
+    let mut engines = Vec::new();
+    for envelope in journal.read_from(1) {
+        match envelope {
+            Ok(envelope) => {
+                if let Event::EngineSpawned {
+                    pid, start_time, ..
+                } = envelope.event
+                {
+                    engines.push(EngineProcess { pid, start_time });
+                }
+            }
+            Err(e) => {
+                problems.push(format!("reading the journal: {e}"));
+                break;
+            }
+        }
+    }
+    let _ = journal.close();
+    engines
+}
