@@ -448,6 +448,20 @@ async fn binaries_outside_the_allow_list_are_refused() {
     h.stop().await;
 }
 
+/// Kills the process group of an engine when dropped (also when a test panics).
+struct KillOnDrop(u64);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn engines_outlive_the_daemon_and_are_adopted_by_its_next_start() {
     let mut h = Harness::start_with(|c| c.stop_engines_on_shutdown = false).await;
@@ -455,6 +469,8 @@ async fn engines_outlive_the_daemon_and_are_adopted_by_its_next_start() {
     let (status, answer) = h.post("/v2/pools/long/preload", body).await;
     assert_eq!(status, 200, "{answer}");
     let pid = answer["pid"].as_u64().unwrap();
+    // This engine outlives a daemon on purpose: never let it outlive a failed test.
+    let _guard = KillOnDrop(pid);
     let (_, lease) = h.post("/v2/pools/long/leases", json!({})).await;
     assert_eq!(lease["active_leases"], 1);
 
