@@ -170,7 +170,7 @@ impl Scripted {
         let position = self
             .pending
             .iter()
-            .rposition(|(_, effect)| effect_pool(effect) == Some(pool) && matches(effect));
+            .rposition(|(_, effect)| effect.pool_id().as_str() == pool && matches(effect));
         match position {
             Some(index) => Ok(self.pending.remove(index)),
             None => Err(ScriptError::NoPendingEffect {
@@ -480,22 +480,6 @@ fn answerable(effect: &Effect) -> bool {
             | Effect::StageModel { .. }
             | Effect::VerifyEngine { .. }
     )
-}
-
-fn effect_pool(effect: &Effect) -> Option<&str> {
-    match effect {
-        Effect::Spawn { pool_id, .. }
-        | Effect::StartHealthWait { pool_id, .. }
-        | Effect::StartProbing { pool_id, .. }
-        | Effect::WatchProcess { pool_id, .. }
-        | Effect::VerifyEngine { pool_id, .. }
-        | Effect::StopEngine { pool_id, .. }
-        | Effect::WriteHandoff { pool_id, .. }
-        | Effect::RemovePidFile { pool_id }
-        | Effect::RemovePoolFiles { pool_id }
-        | Effect::ArmTimer { pool_id, .. }
-        | Effect::StageModel { pool_id, .. } => Some(pool_id.as_str()),
-    }
 }
 
 fn pool_id(pool: &str) -> Result<PoolId, ScriptError> {

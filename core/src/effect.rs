@@ -143,6 +143,25 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// The pool the effect is about (every effect is about one pool).
+    pub fn pool_id(&self) -> &PoolId {
+        match self {
+            Effect::Spawn { pool_id, .. }
+            | Effect::StartHealthWait { pool_id, .. }
+            | Effect::StartProbing { pool_id, .. }
+            | Effect::WatchProcess { pool_id, .. }
+            | Effect::VerifyEngine { pool_id, .. }
+            | Effect::StopEngine { pool_id, .. }
+            | Effect::WriteHandoff { pool_id, .. }
+            | Effect::RemovePidFile { pool_id }
+            | Effect::RemovePoolFiles { pool_id }
+            | Effect::ArmTimer { pool_id, .. }
+            | Effect::StageModel { pool_id, .. } => pool_id,
+        }
+    }
+}
+
 /// The handoff document of a pool whose engine passed health.
 pub fn handoff_of(pool: &Pool, engine: &PreparedEngine, pid: Option<u32>) -> Handoff {
     Handoff {

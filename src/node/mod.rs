@@ -672,7 +672,9 @@ impl Actor {
             return;
         }
         let now_ms = self.clock.now_ms();
-        let mut next: State = (*self.state).clone();
+        // The state as the batch's earlier inputs left it: a private copy, made only once an
+        // input produces facts (reads, rejections and no-ops never copy the registry).
+        let mut next: Option<State> = None;
         let mut drafts: Vec<Draft<Event>> = Vec::new();
         let mut pending_effects: Vec<(u64, Effect)> = Vec::new();
         let mut decided: Vec<Decided> = Vec::with_capacity(submissions.len());
@@ -683,7 +685,8 @@ impl Actor {
                 policy: &self.policy,
             };
             let pool_id = input_pool(&submission.input);
-            let facts = match decide(&next, &submission.input, &ctx) {
+            let view: &State = next.as_ref().unwrap_or(&self.state);
+            let facts = match decide(view, &submission.input, &ctx) {
                 Ok(facts) => facts,
                 Err(rejection) => {
                     if let Some(reply) = submission.reply {
@@ -693,7 +696,11 @@ impl Actor {
                 }
             };
             let start = drafts.len();
+            if !facts.is_empty() && next.is_none() {
+                next = Some((*self.state).clone());
+            }
             for fact in facts {
+                let Some(next) = next.as_mut() else { break };
                 let seq = next.last_seq() + 1;
                 let pool = fact.pool_id.map(|id| id.to_string());
                 let stamp = Stamp {
@@ -702,7 +709,7 @@ impl Actor {
                     pool_id: pool.as_deref(),
                 };
                 next.apply_mut(stamp, &fact.event);
-                for effect in effects(&next, stamp, &fact.event) {
+                for effect in effects(next, stamp, &fact.event) {
                     pending_effects.push((seq, effect));
                 }
                 drafts.push(Draft {
@@ -747,12 +754,14 @@ impl Actor {
             }
         };
         let previous_seq = self.state.last_seq();
-        self.state = Arc::new(next);
-        self.registry.publish(Published {
-            state: self.state.clone(),
-            gpu: self.gpu.clone(),
-            journal_failure: None,
-        });
+        if let Some(next) = next {
+            self.state = Arc::new(next);
+            self.registry.publish(Published {
+                state: self.state.clone(),
+                gpu: self.gpu.clone(),
+                journal_failure: None,
+            });
+        }
         for envelope in &envelopes {
             log_event(envelope);
         }

@@ -131,9 +131,7 @@ impl Supervisor {
     /// The queue is unbounded by type but bounded in practice by the actor's bounded inbox
     /// (each input yields a handful of effects).
     pub fn dispatch(&self, cause: u64, effect: Effect) {
-        let Some(pool_id) = effect_pool(&effect).cloned() else {
-            return;
-        };
+        let pool_id = effect.pool_id().clone();
         let Ok(mut workers) = self.workers.lock() else {
             return;
         };
@@ -151,23 +149,6 @@ impl Supervisor {
         let worker = PoolWorker::new(self.shared.clone(), pool_id);
         tokio::spawn(worker.run(rx));
     }
-}
-
-/// The pool an effect is about.
-pub fn effect_pool(effect: &Effect) -> Option<&PoolId> {
-    Some(match effect {
-        Effect::Spawn { pool_id, .. }
-        | Effect::StartHealthWait { pool_id, .. }
-        | Effect::StartProbing { pool_id, .. }
-        | Effect::WatchProcess { pool_id, .. }
-        | Effect::VerifyEngine { pool_id, .. }
-        | Effect::StopEngine { pool_id, .. }
-        | Effect::WriteHandoff { pool_id, .. }
-        | Effect::RemovePidFile { pool_id }
-        | Effect::RemovePoolFiles { pool_id }
-        | Effect::ArmTimer { pool_id, .. }
-        | Effect::StageModel { pool_id, .. } => pool_id,
-    })
 }
 
 /// A task aborted when its handle is dropped or replaced.
@@ -269,7 +250,11 @@ impl PoolWorker {
                             handoff.replica_id
                         ),
                     },
-                    Some(path) => match files::write_handoff(&path, &handoff) {
+                    Some(path) => match write_blocking(&path, move |path| {
+                        files::write_handoff(path, &handoff)
+                    })
+                    .await
+                    {
                         Ok(()) => {
                             self.handoff_path = Some(path.clone());
                             Observation::HandoffWritten {
@@ -406,7 +391,8 @@ impl PoolWorker {
         };
         let pid = spawned.pid;
         let engine_watch = self.watch_child(cause, spawned, log_path.clone(), now_ms);
-        if let Err(e) = files::write_pid_file(&pid_path, pid) {
+        let written = write_blocking(&pid_path, move |path| files::write_pid_file(path, pid)).await;
+        if let Err(e) = written {
             // Without a pid file the engine could not be found by operators' tools: give up.
             engine_watch.killed.store(true, Ordering::SeqCst);
             engine_watch.stopping.store(true, Ordering::SeqCst);
@@ -450,17 +436,9 @@ impl PoolWorker {
         log_path: PathBuf,
         spawned_at_ms: u64,
     ) -> Engine {
-        let (tx, rx) = watch::channel(None);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let killed = Arc::new(AtomicBool::new(false));
-        let pid = spawned.pid;
         let mut child = spawned.child;
-        let shared = self.shared.clone();
-        let pool_id = self.pool_id.clone();
-        let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
-        // Detached on purpose: it must reap the child even if the worker goes away.
-        tokio::spawn(async move {
-            let info = match child.wait().await {
+        self.watch_exit(cause, spawned.pid, log_path, spawned_at_ms, async move {
+            match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt as _;
                     ExitInfo {
@@ -469,21 +447,49 @@ impl PoolWorker {
                     }
                 }
                 Err(_) => ExitInfo::default(),
-            };
+            }
+        })
+    }
+
+    /// Watches an engine we did not spawn in this daemon's life (adopted or handed off)
+    /// through a pidfd; its exit status is not ours to read.
+    fn watch_foreign(&mut self, cause: u64, pid: u32) {
+        if self.engine.as_ref().is_some_and(|e| e.pid == pid) {
+            return;
+        }
+        let log_path = self.dirs().log_path(self.pool_id.as_str());
+        let engine = self.watch_exit(cause, pid, log_path, self.shared.now_ms(), async move {
+            process::wait_foreign(pid).await;
+            ExitInfo::default()
+        });
+        self.engine = Some(engine);
+    }
+
+    /// Runs `exit` in a detached task (it must see the end even if the worker goes away) that
+    /// publishes the exit to the returned [`Engine`] and reports it, unless a stop is under
+    /// way (the stop reports it then).
+    fn watch_exit(
+        &self,
+        cause: u64,
+        pid: u32,
+        log_path: PathBuf,
+        spawned_at_ms: u64,
+        exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
+    ) -> Engine {
+        let (tx, rx) = watch::channel(None);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
+        tokio::spawn(async move {
+            let info = exit.await;
             let _ = tx.send(Some(info));
             if stop_flag.load(Ordering::SeqCst) {
                 return;
             }
-            report_exit(
-                &shared,
-                cause,
-                pool_id,
-                pid,
-                info,
-                &log_path,
-                kill_flag.load(Ordering::SeqCst),
-            )
-            .await;
+            let we_sent_kill = kill_flag.load(Ordering::SeqCst);
+            report_exit(&shared, cause, pool_id, pid, info, &log_path, we_sent_kill).await;
         });
         Engine {
             pid,
@@ -492,45 +498,6 @@ impl PoolWorker {
             killed,
             spawned_at_ms,
         }
-    }
-
-    /// Watches an engine we did not spawn in this daemon's life (adopted or handed off).
-    fn watch_foreign(&mut self, cause: u64, pid: u32) {
-        if self.engine.as_ref().is_some_and(|e| e.pid == pid) {
-            return;
-        }
-        let (tx, rx) = watch::channel(None);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let killed = Arc::new(AtomicBool::new(false));
-        let shared = self.shared.clone();
-        let pool_id = self.pool_id.clone();
-        let log_path = self.dirs().log_path(pool_id.as_str());
-        let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
-        tokio::spawn(async move {
-            process::wait_foreign(pid).await;
-            let info = ExitInfo::default();
-            let _ = tx.send(Some(info));
-            if stop_flag.load(Ordering::SeqCst) {
-                return;
-            }
-            report_exit(
-                &shared,
-                cause,
-                pool_id,
-                pid,
-                info,
-                &log_path,
-                kill_flag.load(Ordering::SeqCst),
-            )
-            .await;
-        });
-        self.engine = Some(Engine {
-            pid,
-            exited: rx,
-            stopping,
-            killed,
-            spawned_at_ms: self.shared.now_ms(),
-        });
     }
 
     fn start_health_wait(&mut self, cause: u64, pid: u32, deadline_at_ms: u64) {
@@ -755,6 +722,17 @@ pub fn verify_engine(
             pid,
         }
     }
+}
+
+/// Runs a file write (which fsyncs) on a blocking thread, off the runtime's workers.
+async fn write_blocking(
+    path: &std::path::Path,
+    write: impl FnOnce(&std::path::Path) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || write(&path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Waits up to `ms` for the process to end; `true` when it did.
