@@ -851,3 +851,47 @@ fn a_journal_in_use_is_reported_at_once() {
     let replayed = run(&["replay", "--journal-dir", d, "--json"]).ok().json();
     assert_eq!(replayed["as_of_seq"], 11, "{replayed}");
 }
+
+/// The README's main job: the demo finishes by itself, exit 0, with its story, the registry
+/// and the timeline, and leaves no engine behind.
+#[test]
+fn the_demo_runs_its_story_and_cleans_up() {
+    let demo = run(&["demo"]).ok();
+    for expected in [
+        "POST /v2/pools/chat-a/preload -> 200",
+        "429 SLOTS_EXHAUSTED",
+        "-> 500 ENGINE_EXITED",
+        "crashing after 150 ms",
+        "Registry before cleanup",
+        "Journal timeline",
+        "PoolReady",
+        "PoolRemoved",
+        "DaemonStopped",
+        "every engine stopped, every pool removed",
+    ] {
+        assert!(
+            demo.stdout.contains(expected),
+            "missing {expected:?} in:\n{}",
+            demo.stdout
+        );
+    }
+    let pids: Vec<&str> = demo
+        .stdout
+        .lines()
+        .filter(|l| l.contains("EngineSpawned"))
+        .filter_map(|l| l.split("\"pid\":").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .collect();
+    assert!(pids.len() >= 3, "{}", demo.stdout);
+    for pid in pids {
+        // Gone, a zombie, or the pid reused by something that is not an engine-sim.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let is_engine = String::from_utf8_lossy(&cmdline).contains("engine-sim");
+        assert!(
+            stat.is_empty() || state.starts_with('Z') || !is_engine,
+            "engine {pid} still runs: {stat}"
+        );
+    }
+}

@@ -137,9 +137,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .await;
         }
     }
-    let handle = daemon.handle();
     daemon.shutdown("demo finished").await;
-    drop(handle);
     println!("\nRegistry before cleanup (GET /v2/pools):");
     let statuses: Vec<pool_core::PoolStatus> =
         serde_json::from_value(registry_before_cleanup).unwrap_or_default();
