@@ -69,8 +69,10 @@
 //! # Locking
 //!
 //! A journal directory has one owner: open takes `flock(LOCK_EX|LOCK_NB)` on `<dir>/LOCK`
-//! and fails at once with [`JournalError::Locked`] if it is held (by another process or
-//! another `Journal` in this one). sled also flocks `<dir>/db` with a non-blocking try.
+//! and fails with [`JournalError::Locked`] if it is held (by another process or another
+//! `Journal` in this one) for longer than `store::LOCK_RETRY_MS` (250 ms: a child forked to
+//! spawn an engine holds inherited descriptors, with their locks, until it execs). sled also
+//! flocks `<dir>/db`, retried for up to `store::SLED_LOCK_RETRY_MS`.
 
 pub mod config;
 pub mod error;

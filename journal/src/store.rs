@@ -46,6 +46,10 @@ pub const LOCK_FILE_NAME: &str = "LOCK";
 /// How long `open` keeps retrying sled's own lock after ours was granted: only a previous
 /// `Journal` of this same process whose last sled thread is still exiting can hold it then.
 pub const SLED_LOCK_RETRY_MS: u64 = 2_000;
+/// How long `open` retries `<dir>/LOCK` before it reports the journal in use: a child that a
+/// daemon forks to spawn an engine holds every inherited descriptor, with its `flock`, until
+/// it execs (milliseconds), so a journal closed a moment ago may still look held.
+pub const LOCK_RETRY_MS: u64 = 250;
 /// Pause between those retries.
 pub const SLED_LOCK_RETRY_DELAY_MS: u64 = 20;
 
@@ -231,7 +235,8 @@ const TREE_NAMES: [&str; 3] = ["records", "pool_index", "snapshots"];
 impl SledStore {
     /// Opens (creating if absent) the store in `dir`, taking the directory lock first.
     ///
-    /// Fails at once with [`StoreError::Locked`] if another opener holds `<dir>/LOCK`.
+    /// Fails with [`StoreError::Locked`] if another opener holds `<dir>/LOCK` for longer than
+    /// [`LOCK_RETRY_MS`].
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE_NAME);
@@ -242,10 +247,14 @@ impl SledStore {
             .truncate(false)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        if !try_flock(&lock).map_err(io_err(&lock_path))? {
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-            });
+        let started = Instant::now();
+        while !try_flock(&lock).map_err(io_err(&lock_path))? {
+            if started.elapsed() >= Duration::from_millis(LOCK_RETRY_MS) {
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
 
         let config = sled::Config::new()

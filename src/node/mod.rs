@@ -781,7 +781,12 @@ impl Actor {
             self.resolve_waiters(envelope);
         }
         for (seq, effect) in pending_effects {
-            self.supervisor.dispatch(seq, effect);
+            if let Effect::RemovePoolFiles { pool_id } = &effect {
+                let done = self.take_removal_waiters(pool_id);
+                self.supervisor.dispatch_then(seq, effect, done);
+            } else {
+                self.supervisor.dispatch(seq, effect);
+            }
         }
         let last = self.state.last_seq();
         if last / self.snapshot_every > previous_seq / self.snapshot_every {
@@ -859,6 +864,28 @@ impl Actor {
         list.push(waiter);
     }
 
+    /// The `DELETE`s waiting on `pool_id`, as callbacks for the supervisor to call once the
+    /// pool's files are removed.
+    fn take_removal_waiters(&mut self, pool_id: &PoolId) -> Vec<crate::supervisor::Done> {
+        let Some(list) = self.waiters.remove(pool_id) else {
+            return Vec::new();
+        };
+        let mut done: Vec<crate::supervisor::Done> = Vec::new();
+        let mut kept = Vec::new();
+        for waiter in list {
+            match waiter {
+                Waiter::Removed { reply } => done.push(Box::new(move || {
+                    let _ = reply.send(Ok(()));
+                })),
+                other => kept.push(other),
+            }
+        }
+        if !kept.is_empty() {
+            self.waiters.insert(pool_id.clone(), kept);
+        }
+        done
+    }
+
     fn resolve_waiters(&mut self, envelope: &PoolEnvelope) {
         let Some(pool_id) = envelope.pool_id.as_deref() else {
             return;
@@ -905,13 +932,8 @@ impl Actor {
                         }),
                     }
                 }
-                Waiter::Removed { reply } => {
-                    if matches!(envelope.event, Event::PoolRemoved) {
-                        let _ = reply.send(Ok(()));
-                    } else {
-                        kept.push(Waiter::Removed { reply });
-                    }
-                }
+                // Answered once the pool's files are gone too (see `process`).
+                Waiter::Removed { reply } => kept.push(Waiter::Removed { reply }),
             }
         }
         if kept.is_empty() {

@@ -101,9 +101,14 @@ impl Shared {
     }
 }
 
+/// Called once an effect has been carried out (the removal of a pool's files, for the
+/// `DELETE` that waits on it).
+pub type Done = Box<dyn FnOnce() + Send>;
+
 struct Job {
     cause: u64,
     effect: Effect,
+    done: Vec<Done>,
 }
 
 /// Runs effects. Cheap to share behind an `Arc`.
@@ -131,11 +136,20 @@ impl Supervisor {
     /// The queue is unbounded by type but bounded in practice by the actor's bounded inbox
     /// (each input yields a handful of effects).
     pub fn dispatch(&self, cause: u64, effect: Effect) {
+        self.dispatch_then(cause, effect, Vec::new());
+    }
+
+    /// [`dispatch`](Self::dispatch), calling each of `done` once the effect is carried out.
+    pub fn dispatch_then(&self, cause: u64, effect: Effect, done: Vec<Done>) {
         let pool_id = effect.pool_id().clone();
         let Ok(mut workers) = self.workers.lock() else {
             return;
         };
-        let job = Job { cause, effect };
+        let job = Job {
+            cause,
+            effect,
+            done,
+        };
         let job = match workers.get(&pool_id) {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return,
@@ -205,6 +219,9 @@ impl PoolWorker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         while let Some(job) = rx.recv().await {
             self.run_effect(job.cause, job.effect).await;
+            for done in job.done {
+                done();
+            }
         }
     }
 
@@ -213,6 +230,18 @@ impl PoolWorker {
     }
 
     async fn run_effect(&mut self, cause: u64, effect: Effect) {
+        // Remember the pool's handoff file while the pool exists (also one written before a
+        // daemon restart), so that its removal can take the file with it.
+        if let Some(path) = self
+            .shared
+            .registry
+            .load()
+            .state
+            .pool(self.pool_id.as_str())
+            .and_then(|pool| pool.handoff_path.clone())
+        {
+            self.handoff_path = Some(PathBuf::from(path));
+        }
         tracing::debug!(pool_id = %self.pool_id, ?effect, cause, "effect");
         match effect {
             Effect::Spawn {

@@ -112,18 +112,14 @@ fn no_handoff_file(world: &mut PoolWorld, pool: String) {
     );
 }
 
-/// Polls: the daemon answers `DELETE /v2/pools/{id}` before its supervisor removes the files.
+/// Checked at once: `DELETE /v2/pools/{id}` answers only after the pool's files are removed.
 #[then(expr = "the handoff file of pool {string} is gone")]
-async fn handoff_file_gone(world: &mut PoolWorld, pool: String) {
-    let dir = world.runtime_dir().join("engines");
-    PoolWorld::until(
-        &format!(
-            "the handoff file of pool '{pool}' in {} should be removed",
-            dir.display()
-        ),
-        || handoff_files(world, &pool).is_empty(),
-    )
-    .await;
+fn handoff_file_gone(world: &mut PoolWorld, pool: String) {
+    let files = handoff_files(world, &pool);
+    assert!(
+        files.is_empty(),
+        "the handoff file of pool '{pool}' should be removed: {files:?}"
+    );
 }
 
 #[then(expr = "the answer's {string} is the handoff file {string}")]

@@ -343,15 +343,23 @@ async fn engine_health(world: &mut PoolWorld, pool: &str) -> (u16, String) {
         prepared["port"],
         prepared["health_path"].as_str().unwrap_or("/health")
     );
-    let response = reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(std::time::Duration::from_secs(5))
         .build()
-        .unwrap_or_else(|e| panic!("HTTP client: {e}"))
-        .get(&url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+    // A live engine may not listen yet (its pid is known from the moment it is spawned):
+    // a refused connection is retried, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let response = loop {
+        match client.get(&url).send().await {
+            Ok(response) => break response,
+            Err(e) if e.is_connect() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    };
     let status = response.status().as_u16();
     (status, response.text().await.unwrap_or_default())
 }
