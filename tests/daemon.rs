@@ -448,6 +448,55 @@ async fn binaries_outside_the_allow_list_are_refused() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn a_drain_refuses_new_leases_and_stops_the_engine_when_the_last_lease_returns() {
+    let h = Harness::start().await;
+    let (body, _) = engine("d", ENGINE_SIM, &["--parallel", "2"]);
+    assert_eq!(h.post("/v2/pools/d/preload", body).await.0, 200);
+    let (_, lease) = h.post("/v2/pools/d/leases", json!({})).await;
+    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+
+    let (status, answer) = h
+        .post("/v2/pools/d/drain", json!({"deadline_ms": 30_000}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer, json!({"pool_id": "d", "draining": true}));
+    let (status, answer) = h.post("/v2/pools/d/leases", json!({})).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (409, Some("POOL_DRAINING"))
+    );
+    let (status, _) = h.post("/v2/pools/d/drain", json!({"deadline_ms": 1})).await;
+    assert_eq!(status, 202, "a second drain joins the first");
+    let (status, answer) = h.post("/v2/pools/d/drain", json!({"deadline": 1})).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("INVALID_REQUEST"))
+    );
+
+    let path = format!("/v2/pools/d/leases/{lease_id}");
+    assert_eq!(h.call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    let stopped = h
+        .wait_pool("d", "stopped by the drain", |s| s["phase"] == "stopped")
+        .await;
+    assert_eq!(stopped["draining"], false);
+    assert_eq!(stopped["ready"], false);
+    let (_, events) = h.get("/v2/pools/d/events").await;
+    let completed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["kind"] == "DrainCompleted")
+        .expect("DrainCompleted journaled");
+    assert_eq!(completed["event"]["outcome"], "graceful");
+
+    // A manual breaker reset of a closed breaker is accepted and changes nothing.
+    let (status, answer) = h.post("/v2/pools/d/breaker/reset", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["breaker"], "closed");
+    h.stop().await;
+}
+
 /// Kills the process group of an engine when dropped (also when a test panics).
 struct KillOnDrop(u64);
 
