@@ -116,6 +116,20 @@ struct Args {
     )]
     cuda_error_message: String,
 
+    /// After this many ms from start, print --log-line to stderr and keep running (a fault
+    /// that does not kill the engine, for a supervisor's log watcher).
+    #[arg(long, value_name = "MS")]
+    log_line_after_ms: Option<u64>,
+
+    /// The line --log-line-after-ms prints.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "CUDA error: an illegal memory access was encountered",
+        requires = "log_line_after_ms"
+    )]
+    log_line: String,
+
     /// Allocate this many MiB of host memory at start, touch every page so it is resident, and
     /// keep it for the life of the process.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -353,6 +367,15 @@ async fn run(args: Args) {
             let _ = writeln!(err, "{text}");
             let _ = err.flush();
             exit(1)
+        });
+    }
+    if let Some(ms) = args.log_line_after_ms {
+        let text = args.log_line.clone();
+        tokio::spawn(async move {
+            sleep_until(ms_after(start, ms)).await;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
+            let _ = err.flush();
         });
     }
     if let Some(ms) = args.hang_after_ms {

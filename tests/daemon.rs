@@ -497,6 +497,99 @@ async fn a_drain_refuses_new_leases_and_stops_the_engine_when_the_last_lease_ret
     h.stop().await;
 }
 
+/// The kinds of a pool's events, oldest first.
+async fn kinds(h: &Harness, pool: &str) -> Vec<String> {
+    let (_, events) = h.get(&format!("/v2/pools/{pool}/events")).await;
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gpu_fault_in_the_log_of_a_running_engine_makes_it_a_crash_of_that_reason() {
+    let h = Harness::start().await;
+    let (body, _) = engine(
+        "gpu",
+        ENGINE_SIM,
+        &[
+            "--log-line-after-ms",
+            "300",
+            "--log-line",
+            "CUDA error: an illegal memory access was encountered",
+        ],
+    );
+    let (status, answer) = h.post("/v2/pools/gpu/preload", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let pid = answer["pid"].as_u64().unwrap();
+    let _guard = KillOnDrop(pid);
+    // The engine keeps running after the line: only the log watcher can tell.
+    let failed = h
+        .wait_pool("gpu", "unready after the fault line", |s| {
+            s["ready"] == false
+        })
+        .await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("illegal memory access"),
+        "{failed}"
+    );
+    let (_, events) = h.get("/v2/pools/gpu/events").await;
+    let stop = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["kind"] == "EngineStopRequested")
+        .expect("the faulty engine is stopped");
+    assert_eq!(
+        stop["event"]["reason"]["failure"]["reason"], "cuda_error",
+        "{stop}"
+    );
+    h.wait_pool("gpu", "the engine gone", |s| s["pid"] != pid)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "engine {pid} still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(kinds(&h, "gpu")
+        .await
+        .contains(&"RestartScheduled".to_string()));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_engine_that_dies_of_a_cuda_error_is_recorded_as_cuda_error() {
+    let h = Harness::start().await;
+    let (body, _) = engine("cuda", ENGINE_SIM, &["--cuda-error-after-ms", "300"]);
+    assert_eq!(h.post("/v2/pools/cuda/preload", body).await.0, 200);
+    h.wait_pool("cuda", "unready", |s| s["ready"] == false)
+        .await;
+    let (_, events) = h.get("/v2/pools/cuda/events").await;
+    let reasons: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e["event"]["kind"].as_str() {
+            Some("EngineExited") => e["event"]["reason"].as_str().map(str::to_string),
+            Some("EngineStopRequested") => e["event"]["reason"]["failure"]["reason"]
+                .as_str()
+                .map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons.first().map(String::as_str),
+        Some("cuda_error"),
+        "{events}"
+    );
+    h.stop().await;
+}
+
 /// Kills the process group of an engine when dropped (also when a test panics).
 struct KillOnDrop(u64);
 

@@ -230,6 +230,18 @@ pub enum Observation {
         /// Log tail.
         detail: String,
     },
+    /// The engine's log shows a GPU fault ("CUDA error", "out of memory" on the device, "Xid")
+    /// while it still runs: the engine is faulty (a crash of that reason). Appended variant.
+    EngineLogFault {
+        /// The pool.
+        pool_id: PoolId,
+        /// The engine.
+        pid: u32,
+        /// `cuda_error`, `vram_oom` or `driver_error`.
+        reason: ExitReason,
+        /// The log line.
+        line: String,
+    },
     /// `Effect::StopEngine` done.
     EngineStopped {
         /// The pool.

@@ -254,7 +254,7 @@ fn arb_stamped() -> impl Strategy<Value = (u64, u64, Option<&'static str>, Event
 /// An abstract action resolved against the current state, so that random drives reach deep
 /// states (spawn results carry the right token, exits the right pid, timers the right token).
 fn arb_action() -> impl Strategy<Value = (u8, usize, u64, ExitReason)> {
-    (0u8..48, 0usize..3, any::<u64>(), arb_reason())
+    (0u8..49, 0usize..3, any::<u64>(), arb_reason())
 }
 
 fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason)) -> Input {
@@ -399,6 +399,12 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             xid: (x % 100) as u32,
         }),
         27 => obs(Observation::ProbeSucceeded { pool_id, pid }),
+        29 => obs(Observation::EngineLogFault {
+            pool_id,
+            pid,
+            reason,
+            line: "CUDA error".into(),
+        }),
         28 => obs(Observation::DaemonStarted {
             version: "v".into(),
             pid: 1,

@@ -684,3 +684,57 @@ fn device_mask_violations_are_recorded_once() {
     assert!(sim.kinds(v()).is_empty());
     assert!(sim.status("p1").last_error.unwrap().contains("GPU-z"));
 }
+
+#[test]
+fn a_gpu_fault_in_the_log_of_a_ready_engine_stops_it_as_a_crash_of_that_reason() {
+    let fault = |pid| {
+        obs(Observation::EngineLogFault {
+            pool_id: id("p1"),
+            pid,
+            reason: ExitReason::CudaError,
+            line: "CUDA error: an illegal memory access was encountered".into(),
+        })
+    };
+    given(&ready("p1", 100)).when(fault(7)).then_nothing();
+    let mut sim = Sim::new(&ready("p1", 100));
+    let facts = sim.step(fault(100));
+    match &facts[0].event {
+        Event::EngineStopRequested {
+            reason: StopReason::Failure { reason, detail },
+            pid: Some(100),
+            ..
+        } => {
+            assert_eq!(*reason, ExitReason::CudaError);
+            assert!(detail.contains("illegal memory access"), "{detail}");
+        }
+        other => panic!("expected a failure stop, got {other:?}"),
+    }
+    // A second fault line while it stops changes nothing.
+    assert!(sim.step(fault(100)).is_empty());
+}
+
+#[test]
+fn a_gpu_fault_in_the_log_while_starting_fails_the_start() {
+    let o = given(&spawned("p1", 100))
+        .when(obs(Observation::EngineLogFault {
+            pool_id: id("p1"),
+            pid: 100,
+            reason: ExitReason::VramOom,
+            line: "cudaMalloc failed: out of memory".into(),
+        }))
+        .then_kinds(&["PreloadFailed"]);
+    match &o.facts[0].event {
+        Event::PreloadFailed {
+            failure,
+            cause,
+            pid,
+            reason,
+        } => {
+            assert_eq!(*failure, StartFailure::GpuFault);
+            assert_eq!(*cause, ExitReason::VramOom);
+            assert_eq!(*pid, Some(100), "the live engine is killed");
+            assert!(reason.contains("cudaMalloc failed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -17,6 +17,7 @@
 //! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging).
 
 pub mod files;
+pub mod logwatch;
 pub mod probe;
 pub mod process;
 
@@ -190,6 +191,9 @@ struct Engine {
     /// When it was spawned (for `after_ms`), by the decision clock.
     spawned_at_ms: u64,
 }
+
+/// The first GPU fault line the log watcher found, shared with the exit watcher.
+type Fault = Arc<Mutex<Option<(ExitReason, String)>>>;
 
 struct PoolWorker {
     shared: Arc<Shared>,
@@ -383,6 +387,8 @@ impl PoolWorker {
         self.probe = None;
         let pool = self.pool_id.as_str();
         let log_path = self.dirs().log_path(pool);
+        // The log watcher starts where this start's header will be written.
+        let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let pid_path = self.dirs().pid_path(pool);
         let env = process::engine_env(engine, |name| {
             self.shared
@@ -419,7 +425,7 @@ impl PoolWorker {
             }
         };
         let pid = spawned.pid;
-        let engine_watch = self.watch_child(cause, spawned, log_path.clone(), now_ms);
+        let engine_watch = self.watch_child(cause, spawned, log_path.clone(), log_offset, now_ms);
         let written = write_blocking(&pid_path, move |path| files::write_pid_file(path, pid)).await;
         if let Err(e) = written {
             // Without a pid file the engine could not be found by operators' tools: give up.
@@ -463,10 +469,12 @@ impl PoolWorker {
         cause: u64,
         spawned: process::Spawned,
         log_path: PathBuf,
+        log_offset: u64,
         spawned_at_ms: u64,
     ) -> Engine {
         let mut child = spawned.child;
-        self.watch_exit(cause, spawned.pid, log_path, spawned_at_ms, async move {
+        let at = (log_path, log_offset);
+        self.watch_exit(cause, spawned.pid, at, spawned_at_ms, async move {
             match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt as _;
@@ -487,7 +495,10 @@ impl PoolWorker {
             return;
         }
         let log_path = self.dirs().log_path(self.pool_id.as_str());
-        let engine = self.watch_exit(cause, pid, log_path, self.shared.now_ms(), async move {
+        // Only what it writes from now on: its earlier lines were read by the daemon before.
+        let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+        let at = (log_path, log_offset);
+        let engine = self.watch_exit(cause, pid, at, self.shared.now_ms(), async move {
             process::wait_foreign(pid).await;
             ExitInfo::default()
         });
@@ -496,21 +507,24 @@ impl PoolWorker {
 
     /// Runs `exit` in a detached task (it must see the end even if the worker goes away) that
     /// publishes the exit to the returned [`Engine`] and reports it, unless a stop is under
-    /// way (the stop reports it then).
+    /// way (the stop reports it then). A second task follows the engine's log from the given
+    /// offset and reports the first GPU fault line while the engine runs.
     fn watch_exit(
         &self,
         cause: u64,
         pid: u32,
-        log_path: PathBuf,
+        (log_path, log_offset): (PathBuf, u64),
         spawned_at_ms: u64,
         exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
     ) -> Engine {
         let (tx, rx) = watch::channel(None);
         let stopping = Arc::new(AtomicBool::new(false));
         let killed = Arc::new(AtomicBool::new(false));
+        let fault: Fault = Arc::new(Mutex::new(None));
         let shared = self.shared.clone();
         let pool_id = self.pool_id.clone();
         let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
+        let (found, path) = (fault.clone(), log_path.clone());
         tokio::spawn(async move {
             let info = exit.await;
             let _ = tx.send(Some(info));
@@ -518,7 +532,34 @@ impl PoolWorker {
                 return;
             }
             let we_sent_kill = kill_flag.load(Ordering::SeqCst);
-            report_exit(&shared, cause, pool_id, pid, info, &log_path, we_sent_kill).await;
+            let fault = found.lock().ok().and_then(|f| f.clone());
+            let at = (log_path.as_path(), fault);
+            report_exit(&shared, cause, pool_id, pid, info, at, we_sent_kill).await;
+        });
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        let stop_flag = stopping.clone();
+        let exited = rx.clone();
+        tokio::spawn(async move {
+            let Some((reason, line)) =
+                logwatch::first_fault(path, log_offset, exited.clone()).await
+            else {
+                return;
+            };
+            if let Ok(mut slot) = fault.lock() {
+                *slot = Some((reason, line.clone()));
+            }
+            if exited.borrow().is_some() || stop_flag.load(Ordering::SeqCst) {
+                return; // the exit (or the stop) reports it, with this fault
+            }
+            tracing::warn!(pool_id = %pool_id, pid, reason = reason.as_str(), %line, "GPU fault in the engine log");
+            let observation = Observation::EngineLogFault {
+                pool_id,
+                pid,
+                reason,
+                line,
+            };
+            shared.report(cause, observation).await;
         });
         Engine {
             pid,
@@ -780,14 +821,16 @@ async fn report_exit(
     pool_id: PoolId,
     pid: u32,
     info: ExitInfo,
-    log_path: &std::path::Path,
+    (log_path, fault): (&std::path::Path, Option<(ExitReason, String)>),
     we_sent_kill: bool,
 ) {
     let tail = files::log_tail(log_path, files::LOG_TAIL_BYTES);
-    let reason = if info.code.is_none() && info.signal.is_none() {
-        process::classify_log(&tail).unwrap_or(ExitReason::Unknown)
-    } else {
-        process::classify(info, we_sent_kill, &tail)
+    let reason = match (fault, info.code.is_none() && info.signal.is_none()) {
+        // A GPU fault the log watcher saw names the exit, even if later output pushed it out
+        // of the tail.
+        (Some((reason, _)), _) => reason,
+        (None, true) => process::classify_log(&tail).unwrap_or(ExitReason::Unknown),
+        (None, false) => process::classify(info, we_sent_kill, &tail),
     };
     let detail = if tail.is_empty() {
         format!("engine {}; its log is empty", info.describe())

@@ -76,6 +76,9 @@ pub fn resolve_engine_user(name: &str) -> io::Result<Option<RunAs>> {
     }
 }
 
+/// How the header line the supervisor writes into an engine's log before each start begins.
+pub const LOG_HEADER_PREFIX: &str = "==== pool-managerd:";
+
 /// A spawned engine.
 #[derive(Debug)]
 pub struct Spawned {
@@ -141,7 +144,7 @@ pub fn spawn(
         .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", log_path.display())))?;
     writeln!(
         log,
-        "==== pool-managerd: starting {} {} (attempt {attempt}, at {}) ====",
+        "{LOG_HEADER_PREFIX} starting {} {} (attempt {attempt}, at {}) ====",
         engine.binary_path,
         engine.flags.join(" "),
         crate::table::format_ts_ms(now_ms),
@@ -297,7 +300,11 @@ pub fn classify(exit: ExitInfo, we_sent_kill: bool, log_tail: &str) -> ExitReaso
 /// The GPU failure a log tail shows, if any.
 pub fn classify_log(log_tail: &str) -> Option<ExitReason> {
     let mut found = None;
-    for line in log_tail.lines() {
+    // Our own header lines quote the engine's command line, which may name anything.
+    for line in log_tail
+        .lines()
+        .filter(|l| !l.starts_with(LOG_HEADER_PREFIX))
+    {
         let lower = line.to_ascii_lowercase();
         let gpu_context = lower.contains("cuda") || lower.contains("device");
         if lower.contains("out of memory") && gpu_context {

@@ -313,6 +313,31 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
                 }
             }
         }
+        Observation::EngineLogFault {
+            pool_id,
+            pid,
+            reason,
+            line,
+        } => {
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid) {
+                return;
+            }
+            let detail = format!("engine log: {}", tail(line.trim(), 512));
+            match pool.activity {
+                Activity::Starting { .. } => start_failed(
+                    d,
+                    pool_id,
+                    StartFailure::GpuFault,
+                    *reason,
+                    detail,
+                    Some(*pid),
+                ),
+                Activity::Running => fail_running(d, pool_id, *reason, detail),
+                // Stopping, or already handled: the exit will tell the rest.
+                _ => {}
+            }
+        }
         Observation::EngineStopped {
             pool_id,
             pid,
