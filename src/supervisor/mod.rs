@@ -474,17 +474,24 @@ impl PoolWorker {
     ) -> Engine {
         let mut child = spawned.child;
         let at = (log_path, log_offset);
+        // The memory cgroup's OOM-kill count before, to tell a host OOM kill at exit.
+        let oom = process::oom_kill_counter(spawned.pid);
         self.watch_exit(cause, spawned.pid, at, spawned_at_ms, async move {
-            match child.wait().await {
+            let mut info = match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt as _;
                     ExitInfo {
                         code: status.code(),
                         signal: status.signal(),
+                        oom_killed: false,
                     }
                 }
                 Err(_) => ExitInfo::default(),
+            };
+            if let (Some((file, before)), Some(9)) = (oom, info.signal) {
+                info.oom_killed = process::read_oom_kills(&file).is_some_and(|now| now > before);
             }
+            info
         })
     }
 

@@ -30,6 +30,8 @@ pub struct ExitInfo {
     pub code: Option<i32>,
     /// Signal number, when a signal killed it.
     pub signal: Option<i32>,
+    /// Killed by SIGKILL while its memory cgroup's OOM-kill counter moved.
+    pub oom_killed: bool,
 }
 
 impl ExitInfo {
@@ -280,6 +282,41 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The OOM-kill counter of the memory cgroup `pid` runs in: the file to read it from and its
+/// value now. cgroup v2 (`memory.events`, also under `unified/` on hybrid hosts) or v1
+/// (`memory/.../memory.oom_control`); `None` where neither is readable.
+pub fn oom_kill_counter(pid: u32) -> Option<(std::path::PathBuf, u64)> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut candidates = Vec::new();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            candidates.push(root.join(path).join("memory.events"));
+            candidates.push(root.join("unified").join(path).join("memory.events"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(root.join("memory").join(path).join("memory.oom_control"));
+        }
+    }
+    candidates
+        .into_iter()
+        .find_map(|file| read_oom_kills(&file).map(|count| (file, count)))
+}
+
+/// The `oom_kill N` line of a cgroup memory file.
+pub fn read_oom_kills(file: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// Names why an engine ended, from its exit, whether we sent it SIGKILL, and its log tail:
 /// GPU lines first (`vram_oom` before `cuda_error`, `driver_error` for Xid), then a SIGKILL
 /// we did not send (`oom_killed`), another signal (`signal`), exit 0 (`graceful`), any other
@@ -289,7 +326,7 @@ pub fn classify(exit: ExitInfo, we_sent_kill: bool, log_tail: &str) -> ExitReaso
         return reason;
     }
     match (exit.code, exit.signal) {
-        (_, Some(9)) if !we_sent_kill => ExitReason::OomKilled,
+        (_, Some(9)) if exit.oom_killed || !we_sent_kill => ExitReason::OomKilled,
         (_, Some(_)) => ExitReason::Signal,
         (Some(0), _) => ExitReason::Graceful,
         (Some(_), _) => ExitReason::Crash,
@@ -335,7 +372,11 @@ mod tests {
 
     #[test]
     fn exits_are_classified() {
-        let exit = |code, signal| ExitInfo { code, signal };
+        let exit = |code, signal| ExitInfo {
+            code,
+            signal,
+            oom_killed: false,
+        };
         assert_eq!(
             classify(exit(Some(0), None), false, ""),
             ExitReason::Graceful
@@ -350,6 +391,15 @@ mod tests {
             ExitReason::OomKilled
         );
         assert_eq!(classify(exit(None, Some(9)), true, ""), ExitReason::Signal);
+        let counted = ExitInfo {
+            oom_killed: true,
+            ..exit(None, Some(9))
+        };
+        assert_eq!(
+            classify(counted, true, ""),
+            ExitReason::OomKilled,
+            "the cgroup counted an OOM kill, even while we were stopping it"
+        );
         let vram = "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 97656.25 MiB on device 0: cudaMalloc failed: out of memory\nexiting due to model loading error";
         assert_eq!(
             classify(exit(Some(1), None), false, vram),
@@ -372,6 +422,18 @@ mod tests {
             classify(exit(Some(1), None), false, "host: out of memory"),
             ExitReason::Crash
         );
+    }
+
+    #[test]
+    fn the_oom_kill_counter_is_found_where_the_host_has_one() {
+        // Hosts without a memory cgroup have none: that is a clear `None`, never an error.
+        if let Some((file, count)) = oom_kill_counter(std::process::id()) {
+            assert_eq!(read_oom_kills(&file), Some(count));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        std::fs::write(&file, "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n").unwrap();
+        assert_eq!(read_oom_kills(&file), Some(1));
     }
 
     #[test]
