@@ -385,6 +385,7 @@ impl PoolWorker {
     async fn spawn(&mut self, cause: u64, engine: &PreparedEngine, attempt: u32, token: u64) {
         self.health = None;
         self.probe = None;
+        self.kill_leftover(engine).await;
         let pool = self.pool_id.as_str();
         let log_path = self.dirs().log_path(pool);
         // The log watcher starts where this start's header will be written.
@@ -425,7 +426,14 @@ impl PoolWorker {
             }
         };
         let pid = spawned.pid;
-        let engine_watch = self.watch_child(cause, spawned, log_path.clone(), log_offset, now_ms);
+        // Read at once: an engine that dies at once is reaped by its watcher, and its `/proc`
+        // entry goes with it.
+        let start_time = spawned.start_time;
+        // The watchers report nothing about this engine before its `EngineSpawned` is sent
+        // (the core would take an exit it has not heard of for a stale one and drop it).
+        let (announced, gate) = watch::channel(false);
+        let at = (log_path.clone(), log_offset);
+        let engine_watch = self.watch_child(cause, spawned, at, gate, now_ms);
         let written = write_blocking(&pid_path, move |path| files::write_pid_file(path, pid)).await;
         if let Err(e) = written {
             // Without a pid file the engine could not be found by operators' tools: give up.
@@ -445,7 +453,6 @@ impl PoolWorker {
                 .await;
             return;
         }
-        let start_time = process::start_time(pid).unwrap_or(0);
         self.engine = Some(engine_watch);
         tracing::info!(pool_id = %self.pool_id, pid, attempt, binary = %engine.binary_path, "engine spawned");
         self.shared
@@ -461,6 +468,58 @@ impl PoolWorker {
                 },
             )
             .await;
+        let _ = announced.send(true);
+    }
+
+    /// A daemon killed between spawning an engine and journaling `EngineSpawned` leaves an
+    /// engine the journal does not know, holding the pool's port. It is found by its pid file
+    /// (if the daemon got to write it) or by its exact command line (binary and flags, which
+    /// hold its port), leading its own session as our engines do: its group is killed before
+    /// another start, so that a pool never has two engines. Anything else is left alone.
+    async fn kill_leftover(&self, engine: &PreparedEngine) {
+        let pid_path = self.dirs().pid_path(self.pool_id.as_str());
+        let argv: Vec<String> = std::iter::once(engine.binary_path.clone())
+            .chain(engine.flags.iter().cloned())
+            .collect();
+        let mut suspects = process::session_leaders_running(&argv);
+        if let Ok(pid) = files::read_pid_file(&pid_path) {
+            let same_binary = match (
+                process::exe(pid),
+                process::resolve_binary(&engine.binary_path),
+            ) {
+                (Some(exe), Some(binary)) => {
+                    let exe = exe.display().to_string();
+                    exe.strip_suffix(" (deleted)").unwrap_or(&exe) == binary.display().to_string()
+                }
+                _ => false,
+            };
+            if same_binary && process::session_id(pid) == Some(pid) && !process::is_gone(pid) {
+                suspects.push(pid);
+            }
+        }
+        suspects.sort_unstable();
+        suspects.dedup();
+        let tracked = self
+            .engine
+            .as_ref()
+            .filter(|e| e.exited.borrow().is_none())
+            .map(|e| e.pid);
+        for pid in suspects.into_iter().filter(|pid| Some(*pid) != tracked) {
+            tracing::warn!(
+                pool_id = %self.pool_id,
+                pid,
+                "an engine the journal never recorded (started just before the daemon died) still runs; killing it before the new start"
+            );
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            let gone = tokio::time::timeout(
+                Duration::from_millis(KILL_WAIT_MS),
+                process::wait_foreign(pid),
+            )
+            .await;
+            if gone.is_err() {
+                tracing::error!(pool_id = %self.pool_id, pid, "the leftover engine is still present {KILL_WAIT_MS} ms after SIGKILL");
+            }
+        }
     }
 
     /// Starts the exit watcher of a child we spawned: it owns the child and reaps it.
@@ -468,15 +527,14 @@ impl PoolWorker {
         &self,
         cause: u64,
         spawned: process::Spawned,
-        log_path: PathBuf,
-        log_offset: u64,
+        at: (PathBuf, u64),
+        gate: watch::Receiver<bool>,
         spawned_at_ms: u64,
     ) -> Engine {
         let mut child = spawned.child;
-        let at = (log_path, log_offset);
         // The memory cgroup's OOM-kill count before, to tell a host OOM kill at exit.
         let oom = process::oom_kill_counter(spawned.pid);
-        self.watch_exit(cause, spawned.pid, at, spawned_at_ms, async move {
+        self.watch_exit(cause, spawned.pid, at, gate, spawned_at_ms, async move {
             let mut info = match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt as _;
@@ -505,7 +563,9 @@ impl PoolWorker {
         // Only what it writes from now on: its earlier lines were read by the daemon before.
         let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let at = (log_path, log_offset);
-        let engine = self.watch_exit(cause, pid, at, self.shared.now_ms(), async move {
+        // Already known to the core (adopted or handed off): nothing to wait for.
+        let (_, gate) = watch::channel(true);
+        let engine = self.watch_exit(cause, pid, at, gate, self.shared.now_ms(), async move {
             process::wait_foreign(pid).await;
             ExitInfo::default()
         });
@@ -521,6 +581,7 @@ impl PoolWorker {
         cause: u64,
         pid: u32,
         (log_path, log_offset): (PathBuf, u64),
+        gate: watch::Receiver<bool>,
         spawned_at_ms: u64,
         exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
     ) -> Engine {
@@ -532,9 +593,12 @@ impl PoolWorker {
         let pool_id = self.pool_id.clone();
         let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
         let (found, path) = (fault.clone(), log_path.clone());
+        let mut exit_gate = gate.clone();
         tokio::spawn(async move {
             let info = exit.await;
             let _ = tx.send(Some(info));
+            // An error means the start was given up (its sender dropped): the stop flag says.
+            let _ = exit_gate.wait_for(|announced| *announced).await;
             if stop_flag.load(Ordering::SeqCst) {
                 return;
             }
@@ -556,6 +620,8 @@ impl PoolWorker {
             if let Ok(mut slot) = fault.lock() {
                 *slot = Some((reason, line.clone()));
             }
+            let mut gate = gate;
+            let _ = gate.wait_for(|announced| *announced).await;
             if exited.borrow().is_some() || stop_flag.load(Ordering::SeqCst) {
                 return; // the exit (or the stop) reports it, with this fault
             }

@@ -218,6 +218,31 @@ pub fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `/proc/<pid>/stat` field 6: the session id (our engines lead their own session).
+pub fn session_id(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    // `after` starts at field 3; field 6 is the 4th from there.
+    after.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Processes that lead their own session and run exactly `argv` (compared with
+/// `/proc/<pid>/cmdline`): the engines started with this command line, whoever started them.
+pub fn session_leaders_running(argv: &[String]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline == wanted)
+        })
+        .filter(|pid| session_id(*pid) == Some(*pid) && !is_gone(*pid))
+        .collect()
+}
+
 /// Whether `pid` is a zombie or gone (a zombie has ended; only its parent's reap is missing).
 pub fn is_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -291,7 +316,8 @@ pub fn oom_kill_counter(pid: u32) -> Option<(std::path::PathBuf, u64)> {
     let mut candidates = Vec::new();
     for line in cgroups.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -434,6 +460,15 @@ mod tests {
         let file = dir.path().join("memory.events");
         std::fs::write(&file, "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n").unwrap();
         assert_eq!(read_oom_kills(&file), Some(1));
+    }
+
+    #[test]
+    fn the_session_of_this_process_is_read() {
+        let ours = session_id(std::process::id()).unwrap();
+        assert_eq!(
+            Some(ours),
+            nix::unistd::getsid(None).ok().map(|s| s.as_raw() as u32)
+        );
     }
 
     #[test]

@@ -1,0 +1,1034 @@
+//! Supervision state survives a SIGKILL of the daemon (issue 5, "Durability across daemon
+//! restarts"): the real `pool-managerd serve` binary runs as a child process of the test with
+//! a real journal, real engine-sim engines, and is killed with SIGKILL while a pool is in
+//! backoff, while its breaker is open, and while its engine is ready. After a restart over the
+//! same directories the registry shows the same state, the next spawn happens no earlier than
+//! what the journal recorded, and no pool ever has two engines (checked in the journal and by
+//! sampling `/proc` from a thread of the test).
+//!
+//! Waits poll the API with a bounded deadline; nothing sleeps hoping that something happened.
+//! Every daemon and engine a test started is SIGKILLed by a drop guard, and each test checks
+//! at its end that none survived.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
+const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
+
+/// Fast policies: first backoff 1.5 s (long enough to kill the daemon inside it), breaker after
+/// 3 consecutive failures, open for 2 s.
+const FAST_POLICY: &str = r#"
+stop_engines_on_shutdown = false
+
+[health]
+preload_interval_ms = 50
+preload_timeout_ms = 5000
+ready_interval_ms = 200
+
+[stop]
+grace_ms = 500
+
+[backoff]
+initial_ms = 1500
+min_ms = 100
+max_ms = 4000
+jitter = 0.1
+
+[breaker]
+failure_threshold = 3
+open_ms = 2000
+close_after_stable_ms = 500
+"#;
+
+/// Fields of `GET /v2/pools/{id}` that are not journaled (probe heartbeats are overlaid by
+/// the registry) and so may differ across a restart.
+const VOLATILE_FIELDS: &[&str] = &["last_heartbeat_ms"];
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after the epoch")
+        .as_millis() as u64
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// `/proc/<pid>/stat`'s state letter is not Z (zombie) or X (dead).
+fn pid_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Live engine-sim processes whose command line has `--port <port>`.
+fn engine_pids(port: u16) -> Vec<u64> {
+    let port = port.to_string();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        let is_sim = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"engine-sim") || *a == ENGINE_SIM.as_bytes());
+        let has_port = args
+            .windows(2)
+            .any(|w| w[0] == b"--port" && w[1] == port.as_bytes());
+        if is_sim && has_port && pid_alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Samples `/proc` every few ms: the most engines alive at once for the port, and when each
+/// engine pid was first seen (wall clock, ms since the epoch).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<SamplerReport>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SamplerReport {
+    max_alive: usize,
+    /// When more than one was alive: the pids.
+    overlap: Vec<Vec<u64>>,
+    first_seen_ms: BTreeMap<u64, u64>,
+    samples: u64,
+}
+
+impl Sampler {
+    fn start(port: u16) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(SamplerReport::default()));
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let pids = engine_pids(port);
+                    let at = now_ms();
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        seen.samples += 1;
+                        seen.max_alive = seen.max_alive.max(pids.len());
+                        if pids.len() > 1 {
+                            seen.overlap.push(pids.clone());
+                        }
+                        for pid in pids {
+                            seen.first_seen_ms.entry(pid).or_insert(at);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Sampler {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn report(&self) -> SamplerReport {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One test's daemon (a child process) over one pair of runtime/journal directories, and the
+/// engine ports it was given. Drop SIGKILLs the daemon and every engine of those ports.
+struct Harness {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+    base: String,
+    http: reqwest::Client,
+    engine_ports: Vec<u16>,
+}
+
+impl Harness {
+    async fn start(policy: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("pool-managerd.toml");
+        std::fs::write(&config, policy).expect("write the config");
+        let mut h = Harness {
+            dir,
+            config,
+            child: None,
+            starts: 0,
+            base: String::new(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("http client"),
+            engine_ports: Vec::new(),
+        };
+        h.spawn_daemon().await;
+        h
+    }
+
+    fn log_path(&self, n: u32) -> PathBuf {
+        self.dir.path().join(format!("daemon-{n}.log"))
+    }
+
+    /// Starts `serve` over this harness's directories and waits (10 s at most) for `/health`;
+    /// picks another port if the one chosen was taken meanwhile.
+    async fn spawn_daemon(&mut self) {
+        assert!(self.child.is_none(), "a daemon is already running");
+        for _try in 0..5 {
+            self.starts += 1;
+            let log_path = self.log_path(self.starts);
+            let log = std::fs::File::create(&log_path).expect("daemon log");
+            let port = free_port();
+            let mut command = Command::new(DAEMON);
+            command
+                .arg("serve")
+                .arg("--dev")
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--addr")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--runtime-dir")
+                .arg(self.dir.path().join("runtime"))
+                .arg("--journal-dir")
+                .arg(self.dir.path().join("journal"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log fd"))
+                .stderr(log)
+                .env("RUST_LOG", "info");
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy().into_owned();
+                if key.starts_with("POOL_MANAGERD_") || key.starts_with("LLORCH_") {
+                    command.env_remove(key);
+                }
+            }
+            let child = command.spawn().expect("spawn pool-managerd serve");
+            self.child = Some(child);
+            self.base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(response) = self.http.get(format!("{}/health", self.base)).send().await {
+                    if response.status().is_success() {
+                        return;
+                    }
+                }
+                let exited = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    self.child = None;
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if log.contains("cannot listen") {
+                        break; // port taken meanwhile: try another
+                    }
+                    panic!("the daemon exited at start-up ({status}):\n{log}");
+                }
+                if Instant::now() >= deadline {
+                    self.kill_daemon();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    panic!("the daemon did not answer /health within 10 s:\n{log}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("could not start the daemon on a free port in 5 tries");
+    }
+
+    /// SIGKILL (`Child::kill`) and reap the daemon.
+    fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn restart_after_sigkill(&mut self) {
+        self.kill_daemon();
+        self.spawn_daemon().await;
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn pool(&self, pool: &str) -> Value {
+        self.get(&format!("/v2/pools/{pool}")).await
+    }
+
+    async fn events(&self, pool: &str) -> Vec<Value> {
+        match self.get(&format!("/v2/pools/{pool}/events")).await {
+            Value::Array(events) => events,
+            other => panic!("events of {pool}: {other}"),
+        }
+    }
+
+    /// Preloads an engine-sim on a fresh port with `flags` (`?wait=false`); returns the port.
+    async fn preload(&mut self, pool: &str, flags: &[&str]) -> u16 {
+        let port = free_port();
+        self.engine_ports.push(port);
+        let mut all = vec!["--port".to_string(), port.to_string()];
+        all.extend(flags.iter().map(|f| f.to_string()));
+        let body = json!({ "prepared": {
+            "binary_path": ENGINE_SIM,
+            "flags": all,
+            "host": "127.0.0.1",
+            "port": port,
+            "model_path": "/models/m.gguf",
+            "engine_version": "sim-1",
+            "pool_id": pool,
+            "replica_id": "r0",
+        }});
+        let (status, answer) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v2/pools/{pool}/preload?wait=false"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 202, "preload {pool}: {answer}");
+        port
+    }
+
+    /// Polls the pool's status until `check` holds (`secs` at most).
+    async fn wait_pool(
+        &self,
+        pool: &str,
+        what: &str,
+        secs: u64,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let status = self.pool(pool).await;
+            if check(&status) {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let events = self.events(pool).await;
+                panic!(
+                    "pool {pool}: {what} not reached in {secs} s: {status}\nevents:\n{}",
+                    timeline(&events)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls the pool's events until `check` holds (`secs` at most); returns them.
+    async fn wait_events(
+        &self,
+        pool: &str,
+        what: &str,
+        secs: u64,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let events = self.events(pool).await;
+            if check(&events) {
+                return events;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "pool {pool}: {what} not seen in {secs} s; events:\n{}",
+                    timeline(&events)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGKILLs every engine-sim of this harness's ports; the pids still alive 3 s later.
+    fn kill_engines(&self) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let alive: Vec<u64> = self
+                .engine_ports
+                .iter()
+                .flat_map(|p| engine_pids(*p))
+                .collect();
+            if alive.is_empty() || Instant::now() >= deadline {
+                return alive;
+            }
+            for pid in &alive {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the daemon and the engines and checks that none survived, nor any engine pid the
+    /// journal recorded.
+    fn finish(mut self, spawned_pids: &[u64]) {
+        self.kill_daemon();
+        let survivors = self.kill_engines();
+        assert!(survivors.is_empty(), "engines survived: {survivors:?}");
+        for pid in spawned_pids {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while pid_alive(*pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(!pid_alive(*pid), "engine {pid} survived the clean-up");
+        }
+    }
+
+    fn daemon_logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                format!(
+                    "--- daemon start {n} ---\n{}",
+                    std::fs::read_to_string(self.log_path(n)).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        self.kill_engines();
+        if std::thread::panicking() {
+            eprintln!("{}", self.daemon_logs());
+        }
+    }
+}
+
+fn kind(envelope: &Value) -> &str {
+    envelope["event"]["kind"].as_str().unwrap_or("?")
+}
+
+fn u64_of(value: &Value, what: &str) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {value}"))
+}
+
+fn timeline(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| format!("  {} {} {}\n", e["seq"], e["ts_ms"], e["event"]))
+        .collect()
+}
+
+fn last_of<'a>(events: &'a [Value], wanted: &str) -> Option<&'a Value> {
+    events.iter().rev().find(|e| kind(e) == wanted)
+}
+
+fn spawned_pids(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| kind(e) == "EngineSpawned")
+        .map(|e| u64_of(&e["event"]["pid"], "EngineSpawned.pid"))
+        .collect()
+}
+
+/// The journal never shows two engines for the pool: every `EngineSpawned` comes when no
+/// engine is recorded alive, and an engine is over at its `EngineExited`, `EngineLost`,
+/// `EngineStopped`, or a `PreloadFailed` (which kills a still-running one).
+fn assert_one_engine_at_a_time(events: &[Value]) {
+    let mut live: Option<u64> = None;
+    for e in events {
+        let event = &e["event"];
+        match kind(e) {
+            "EngineSpawned" => {
+                let pid = u64_of(&event["pid"], "EngineSpawned.pid");
+                assert!(
+                    live.is_none(),
+                    "EngineSpawned {pid} at seq {} while engine {live:?} is alive:\n{}",
+                    e["seq"],
+                    timeline(events)
+                );
+                live = Some(pid);
+            }
+            "EngineAdopted" => {
+                let pid = u64_of(&event["pid"], "EngineAdopted.pid");
+                assert_eq!(
+                    live,
+                    Some(pid),
+                    "adopted an engine that was not the live one:\n{}",
+                    timeline(events)
+                );
+            }
+            "EngineExited" | "EngineLost" | "EngineStopped" => {
+                let pid = u64_of(&event["pid"], "pid");
+                assert_eq!(
+                    live,
+                    Some(pid),
+                    "{} of an engine that was not the live one at seq {}:\n{}",
+                    kind(e),
+                    e["seq"],
+                    timeline(events)
+                );
+                live = None;
+            }
+            "PreloadFailed" => live = None,
+            _ => {}
+        }
+    }
+}
+
+/// The status without the fields that are not journaled.
+fn durable_view(status: &Value) -> Value {
+    let mut status = status.clone();
+    if let Value::Object(map) = &mut status {
+        for field in VOLATILE_FIELDS {
+            map.remove(*field);
+        }
+    }
+    status
+}
+
+fn assert_sampler_saw_one_engine(sampler: &Sampler) -> SamplerReport {
+    let report = sampler.report();
+    assert!(report.samples > 10, "the /proc sampler ran: {report:?}");
+    assert!(
+        report.max_alive <= 1,
+        "two engines alive at once for the pool's port: {:?}",
+        report.overlap
+    );
+    report
+}
+
+/// Kill during backoff: the restarted daemon shows the same pool (attempt, counts, breaker,
+/// delay, error), restarts the engine no earlier than the recorded `not_before_ms`, and no
+/// two engines ever run for the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_backoff_keeps_the_backoff_and_its_not_before() {
+    let mut h = Harness::start(FAST_POLICY).await;
+    let port = h
+        .preload("crashy", &["--crash-after-ms", "300", "--exit-code", "3"])
+        .await;
+    let sampler = Sampler::start(port);
+
+    let before = h
+        .wait_pool("crashy", "backoff", 5, |s| s["phase"] == "backoff")
+        .await;
+    let events = h.events("crashy").await;
+    let scheduled = last_of(&events, "RestartScheduled")
+        .unwrap_or_else(|| panic!("no RestartScheduled:\n{}", timeline(&events)))
+        .clone();
+    let not_before = u64_of(&scheduled["event"]["not_before_ms"], "not_before_ms");
+    let margin = not_before.saturating_sub(now_ms());
+    assert!(
+        margin >= 300,
+        "killing with {margin} ms of backoff left is too close to the restart:\n{}",
+        timeline(&events)
+    );
+    assert_eq!(
+        before["last_seq"],
+        events.last().unwrap()["seq"],
+        "the status read is the last event"
+    );
+    let spawns_before = spawned_pids(&events).len();
+
+    h.restart_after_sigkill().await;
+
+    // The registry is replayed as it was.
+    let after = h.pool("crashy").await;
+    let read_at = now_ms();
+    assert!(
+        read_at < not_before,
+        "the restart of the daemon took too long to test the backoff ({read_at} >= {not_before})"
+    );
+    assert_eq!(
+        durable_view(&after),
+        durable_view(&before),
+        "pool status changed across a SIGKILL of the daemon"
+    );
+
+    // The next spawn happens no earlier than recorded.
+    let events = h
+        .wait_events("crashy", "the restart's EngineSpawned", 8, |events| {
+            spawned_pids(events).len() > spawns_before
+        })
+        .await;
+    let next = events
+        .iter()
+        .filter(|e| kind(e) == "EngineSpawned")
+        .nth(spawns_before)
+        .unwrap();
+    let spawned_at = u64_of(&next["ts_ms"], "ts_ms");
+    assert!(
+        spawned_at >= not_before,
+        "EngineSpawned at {spawned_at} < not_before_ms {not_before}:\n{}",
+        timeline(&events)
+    );
+    let started = last_of(&events, "EngineStartRequested").unwrap();
+    assert_eq!(
+        started["event"]["attempt"], scheduled["event"]["attempt"],
+        "the restart uses the recorded attempt"
+    );
+    let new_pid = u64_of(&next["event"]["pid"], "pid");
+    // Wall clock, independent of the journal: the new engine was not seen before not_before.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let first_seen = loop {
+        if let Some(at) = sampler.report().first_seen_ms.get(&new_pid) {
+            break Some(*at);
+        }
+        if Instant::now() >= deadline || !pid_alive(new_pid) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    if let Some(first_seen) = first_seen {
+        assert!(
+            first_seen >= not_before,
+            "engine {new_pid} was alive at {first_seen}, before not_before_ms {not_before}"
+        );
+    }
+
+    // The engine crashes again: the next backoff counts on from the recorded attempt.
+    let events = h
+        .wait_events("crashy", "the second RestartScheduled", 5, |events| {
+            events
+                .iter()
+                .filter(|e| kind(e) == "RestartScheduled")
+                .count()
+                >= 2
+        })
+        .await;
+    let second = last_of(&events, "RestartScheduled").unwrap();
+    assert_eq!(
+        u64_of(&second["event"]["attempt"], "attempt"),
+        u64_of(&scheduled["event"]["attempt"], "attempt") + 1,
+        "attempts count on across the daemon restart:\n{}",
+        timeline(&events)
+    );
+
+    eprintln!("journal of the pool:\n{}", timeline(&events));
+    assert_one_engine_at_a_time(&events);
+    assert_sampler_saw_one_engine(&sampler);
+    drop(sampler);
+    let pids = spawned_pids(&events);
+    h.finish(&pids);
+}
+
+/// Kill with the breaker open: the restarted daemon shows the breaker open (phase
+/// `circuit_open`), spawns nothing before the recorded half-open time, then runs the one
+/// trial start after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_the_breaker_open_keeps_it_open_until_half_open() {
+    let policy = FAST_POLICY
+        .replace("initial_ms = 1500", "initial_ms = 150")
+        .replace("open_ms = 2000", "open_ms = 2500");
+    let mut h = Harness::start(&policy).await;
+    let port = h
+        .preload("broken", &["--crash-after-ms", "100", "--exit-code", "5"])
+        .await;
+    let sampler = Sampler::start(port);
+
+    let before = h
+        .wait_pool("broken", "breaker open", 8, |s| s["breaker"] == "open")
+        .await;
+    let events = h.events("broken").await;
+    let opened = last_of(&events, "CircuitOpened")
+        .unwrap_or_else(|| panic!("no CircuitOpened:\n{}", timeline(&events)))
+        .clone();
+    let half_open_at = u64_of(&opened["event"]["half_open_at_ms"], "half_open_at_ms");
+    assert_eq!(before["phase"], "circuit_open", "{before}");
+    assert_eq!(
+        before["last_seq"],
+        events.last().unwrap()["seq"],
+        "the status read is the last event"
+    );
+    let margin = half_open_at.saturating_sub(now_ms());
+    assert!(
+        margin >= 1000,
+        "killing with {margin} ms of open breaker left is too close:\n{}",
+        timeline(&events)
+    );
+    let spawns_before = spawned_pids(&events).len();
+
+    h.restart_after_sigkill().await;
+    assert!(
+        now_ms() < half_open_at,
+        "the restart of the daemon took too long to test the breaker"
+    );
+    let after = h.pool("broken").await;
+    assert_eq!(
+        durable_view(&after),
+        durable_view(&before),
+        "pool status changed across a SIGKILL of the daemon"
+    );
+    assert_eq!(after["breaker"], "open");
+    assert_eq!(after["phase"], "circuit_open");
+
+    // Nothing is spawned while open; the half-open trial comes after the recorded time.
+    let events = h
+        .wait_events(
+            "broken",
+            "the half-open trial's EngineSpawned",
+            8,
+            |events| spawned_pids(events).len() > spawns_before,
+        )
+        .await;
+    let half_opened = last_of(&events, "CircuitHalfOpened")
+        .unwrap_or_else(|| panic!("no CircuitHalfOpened:\n{}", timeline(&events)));
+    assert!(
+        u64_of(&half_opened["ts_ms"], "ts_ms") >= half_open_at,
+        "half-opened before {half_open_at}:\n{}",
+        timeline(&events)
+    );
+    let trial = events
+        .iter()
+        .filter(|e| kind(e) == "EngineSpawned")
+        .nth(spawns_before)
+        .unwrap();
+    assert!(
+        u64_of(&trial["ts_ms"], "ts_ms") >= half_open_at,
+        "spawned at {} while the breaker was open until {half_open_at}:\n{}",
+        trial["ts_ms"],
+        timeline(&events)
+    );
+    let trial_pid = u64_of(&trial["event"]["pid"], "pid");
+    if let Some(first_seen) = sampler.report().first_seen_ms.get(&trial_pid) {
+        assert!(
+            *first_seen >= half_open_at,
+            "trial engine {trial_pid} alive at {first_seen} < {half_open_at}"
+        );
+    }
+    let requested = last_of(&events, "EngineStartRequested").unwrap();
+    assert_eq!(requested["event"]["purpose"], "trial", "{requested}");
+
+    // The trial fails too: the breaker opens again, for twice the time.
+    let events = h
+        .wait_events("broken", "the breaker reopening", 5, |events| {
+            events.iter().filter(|e| kind(e) == "CircuitOpened").count() >= 2
+        })
+        .await;
+    let reopened = last_of(&events, "CircuitOpened").unwrap();
+    assert_eq!(
+        u64_of(&reopened["event"]["open_ms"], "open_ms"),
+        2 * u64_of(&opened["event"]["open_ms"], "open_ms"),
+        "reopened with twice the open time:\n{}",
+        timeline(&events)
+    );
+
+    eprintln!("journal of the pool:\n{}", timeline(&events));
+    assert_one_engine_at_a_time(&events);
+    assert_sampler_saw_one_engine(&sampler);
+    drop(sampler);
+    let pids = spawned_pids(&events);
+    h.finish(&pids);
+}
+
+/// Kill while a ready engine runs: the engine outlives the daemon, the restarted daemon adopts
+/// it (same pid, still ready), and it was spawned exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_ready_adopts_the_running_engine() {
+    let mut h = Harness::start(FAST_POLICY).await;
+    let port = h.preload("steady", &["--parallel", "2"]).await;
+    let sampler = Sampler::start(port);
+    let before = h
+        .wait_pool("steady", "ready", 5, |s| s["ready"] == true)
+        .await;
+    let pid = u64_of(&before["pid"], "pid");
+    let events = h.events("steady").await;
+    assert_eq!(spawned_pids(&events), vec![pid]);
+
+    h.kill_daemon();
+    assert!(pid_alive(pid), "engine {pid} died with the daemon");
+    h.spawn_daemon().await;
+    let restarted_at = now_ms();
+
+    let events = h
+        .wait_events("steady", "EngineAdopted", 5, |events| {
+            last_of(events, "EngineAdopted").is_some()
+        })
+        .await;
+    let adopted = last_of(&events, "EngineAdopted").unwrap();
+    assert_eq!(u64_of(&adopted["event"]["pid"], "pid"), pid);
+    let after = h.pool("steady").await;
+    assert_eq!(after["ready"], true, "{after}");
+    assert_eq!(after["phase"], "ready", "{after}");
+    assert_eq!(after["pid"], before["pid"], "{after}");
+    for field in [
+        "restart_count",
+        "crash_count",
+        "breaker",
+        "backoff_ms",
+        "slots_total",
+        "handoff_path",
+    ] {
+        assert_eq!(after[field], before[field], "{field}: {after} vs {before}");
+    }
+    // The adoption probes the engine again: a heartbeat after the restart, same engine.
+    let later = h
+        .wait_pool("steady", "a heartbeat after the restart", 5, |s| {
+            s["last_heartbeat_ms"]
+                .as_u64()
+                .is_some_and(|at| at >= restarted_at)
+        })
+        .await;
+    assert_eq!(later["ready"], true, "{later}");
+    assert_eq!(later["pid"], before["pid"], "{later}");
+    let events = h.events("steady").await;
+    assert_eq!(spawned_pids(&events), vec![pid], "{}", timeline(&events));
+    eprintln!("journal of the pool:\n{}", timeline(&events));
+    assert_one_engine_at_a_time(&events);
+    assert_sampler_saw_one_engine(&sampler);
+    drop(sampler);
+    h.finish(&[pid]);
+}
+
+/// Restarts of a crash loop: `EngineStartRequested` with purpose `restart`.
+fn restarts(events: &[Value]) -> usize {
+    events
+        .iter()
+        .filter(|e| kind(e) == "EngineStartRequested" && e["event"]["purpose"] == "restart")
+        .count()
+}
+
+/// Kill in the middle of a restart storm: the storm window is in the journal, so the restarts
+/// before the SIGKILL count towards the storm after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_a_storm_keeps_the_storm_window() {
+    let policy = format!(
+        "{}\n[storm]\nmax_restarts = 3\nwindow_ms = 30000\n",
+        FAST_POLICY
+            .replace("initial_ms = 1500", "initial_ms = 400")
+            .replace("max_ms = 4000", "max_ms = 400")
+            .replace("failure_threshold = 3", "failure_threshold = 100")
+    );
+    let mut h = Harness::start(&policy).await;
+    let port = h
+        .preload("stormy", &["--crash-after-ms", "100", "--exit-code", "4"])
+        .await;
+    let sampler = Sampler::start(port);
+
+    // Two restarts, then the daemon is killed during the third backoff.
+    let before = h
+        .wait_pool("stormy", "the third backoff", 8, |s| {
+            s["phase"] == "backoff" && s["restart_count"].as_u64().is_some_and(|n| n >= 2)
+        })
+        .await;
+    let events = h.events("stormy").await;
+    let restarts_before = restarts(&events);
+    assert_eq!(restarts_before, 2, "{}", timeline(&events));
+    assert!(last_of(&events, "RestartStormDetected").is_none());
+
+    h.restart_after_sigkill().await;
+    let restarted_at = now_ms();
+    let after = h.pool("stormy").await;
+    assert_eq!(after["restart_count"], before["restart_count"], "{after}");
+    assert_eq!(after["crash_count"], before["crash_count"], "{after}");
+
+    let events = h
+        .wait_events("stormy", "RestartStormDetected", 8, |events| {
+            last_of(events, "RestartStormDetected").is_some()
+        })
+        .await;
+    let storm = last_of(&events, "RestartStormDetected").unwrap();
+    let storm_seq = u64_of(&storm["seq"], "seq");
+    let before_storm: Vec<Value> = events
+        .iter()
+        .filter(|e| u64_of(&e["seq"], "seq") < storm_seq)
+        .cloned()
+        .collect();
+    let after_restart = before_storm
+        .iter()
+        .filter(|e| {
+            u64_of(&e["ts_ms"], "ts_ms") >= restarted_at.saturating_sub(50)
+                && kind(e) == "EngineStartRequested"
+        })
+        .count();
+    assert!(
+        restarts(&before_storm) <= 4 && after_restart < 4,
+        "the storm counted only restarts after the daemon restart \
+         ({after_restart} after, {} in all):\n{}",
+        restarts(&before_storm),
+        timeline(&events)
+    );
+    assert!(
+        u64_of(&storm["event"]["restarts"], "restarts") > 3,
+        "{storm}"
+    );
+    assert_eq!(storm["event"]["classification"], "crash_storm", "{storm}");
+    let pool = h
+        .wait_pool("stormy", "the breaker open", 3, |s| s["breaker"] == "open")
+        .await;
+    assert_eq!(pool["phase"], "circuit_open", "{pool}");
+
+    eprintln!("journal of the pool:\n{}", timeline(&events));
+    assert_one_engine_at_a_time(&events);
+    assert_sampler_saw_one_engine(&sampler);
+    drop(sampler);
+    let pids = spawned_pids(&events);
+    h.finish(&pids);
+}
+
+/// Watches `/proc` without pausing and SIGKILLs `daemon` as soon as an engine-sim for `port`
+/// that is not in `known` appears; returns that engine's pid.
+fn kill_daemon_at_next_spawn(daemon: u32, port: u16, known: Vec<u64>, secs: u64) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(pid) = engine_pids(port).into_iter().find(|p| !known.contains(p)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(daemon as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Kill at the moment a restart's engine process appears, before (or just after) its
+/// `EngineSpawned` is durable: after the restart every engine process that ran for the pool is
+/// one the journal knows, and there is never more than one.
+///
+/// On resume a pool whose journal ends at `EngineStartRequested` is spawned again; the engine
+/// the killed daemon had already started is found (pid file, or its exact command line as a
+/// session leader) and killed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_a_spawn_leaves_no_untracked_engine() {
+    let policy = FAST_POLICY.replace("initial_ms = 1500", "initial_ms = 400");
+    let mut h = Harness::start(&policy).await;
+    let port = h
+        .preload("racy", &["--crash-after-ms", "1500", "--exit-code", "6"])
+        .await;
+    let sampler = Sampler::start(port);
+    h.wait_pool("racy", "backoff", 5, |s| s["phase"] == "backoff")
+        .await;
+    let events = h.events("racy").await;
+    let known = spawned_pids(&events);
+    let known_before = known.clone();
+    let daemon = h.child.as_ref().unwrap().id();
+    let orphan =
+        tokio::task::spawn_blocking(move || kill_daemon_at_next_spawn(daemon, port, known, 5))
+            .await
+            .unwrap()
+            .expect("a restart's engine appeared");
+    h.restart_after_sigkill().await;
+
+    // The restarted daemon starts the pool again; an engine the journal never recorded (the
+    // kill came before its `EngineSpawned` was durable) must be gone by then, killed by the
+    // new start, so that the two never run together.
+    let events = h
+        .wait_events("racy", "a start after the restart", 8, |events| {
+            spawned_pids(events)
+                .iter()
+                .any(|p| *p != orphan && !known_before.contains(p))
+        })
+        .await;
+    let recorded = spawned_pids(&events);
+    if !recorded.contains(&orphan) {
+        assert!(
+            !pid_alive(orphan),
+            "engine {orphan}, never recorded, still runs beside the new start; journal:\n{}",
+            timeline(&events)
+        );
+    }
+    assert_one_engine_at_a_time(&events);
+    assert_sampler_saw_one_engine(&sampler);
+    drop(sampler);
+    h.finish(&recorded);
+}
+
+/// An engine that dies at once (`--crash-after-ms 0`) can exit before the supervisor's
+/// `EngineSpawned` report reaches the actor. Every start must still end (`PreloadFailed` or
+/// `EngineExited`) and the crash loop go on; no pool may stay `starting` with a dead pid.
+/// (The exit watcher holds its report until the spawn has been reported.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_dying_at_once_never_leaves_the_pool_starting() {
+    let policy = format!(
+        "{}\n[storm]\nmax_restarts = 127\nwindow_ms = 1000\n",
+        FAST_POLICY
+            .replace("initial_ms = 1500", "initial_ms = 100")
+            .replace("max_ms = 4000", "max_ms = 100")
+            .replace("jitter = 0.1", "jitter = 0.0")
+            .replace("failure_threshold = 3", "failure_threshold = 1000")
+    );
+    let mut h = Harness::start(&policy).await;
+    h.preload("instant", &["--crash-after-ms", "0", "--exit-code", "2"])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = h.events("instant").await;
+        let last_spawn = events.iter().rposition(|e| kind(e) == "EngineSpawned");
+        if let Some(at) = last_spawn {
+            let ended = events[at..]
+                .iter()
+                .any(|e| matches!(kind(e), "PreloadFailed" | "EngineExited" | "EngineLost"));
+            let age = now_ms().saturating_sub(u64_of(&events[at]["ts_ms"], "ts_ms"));
+            assert!(
+                ended || age < 2_000,
+                "engine spawned {age} ms ago and dead, yet the pool is still starting: {}\n{}",
+                h.pool("instant").await,
+                timeline(&events)
+            );
+        }
+        if spawned_pids(&events).len() >= 12 {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "{}", timeline(&events));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_one_engine_at_a_time(&events);
+    let pids = spawned_pids(&events);
+    h.finish(&pids);
+}
