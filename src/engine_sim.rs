@@ -116,6 +116,11 @@ struct Args {
     )]
     cuda_error_message: String,
 
+    /// If this file exists at start, print a line and exit 1 after 100 ms (a model that fails
+    /// to load until someone fixes it: remove the file).
+    #[arg(long, value_name = "PATH")]
+    fail_while_file_exists: Option<std::path::PathBuf>,
+
     /// After this many ms from start, print --log-line to stderr and keep running (a fault
     /// that does not kill the engine, for a supervisor's log watcher).
     #[arg(long, value_name = "MS")]
@@ -339,6 +344,16 @@ async fn run(args: Args) {
     );
     let _ = std::io::stdout().flush();
 
+    if let Some(path) = args.fail_while_file_exists.clone().filter(|p| p.exists()) {
+        tokio::spawn(async move {
+            sleep_until(ms_after(start, 100)).await;
+            log(&format!(
+                "failed to load model: {} exists (--fail-while-file-exists)",
+                path.display()
+            ));
+            exit(1)
+        });
+    }
     if let Some(ms) = args.crash_after_ms {
         let (code, sig) = (args.exit_code, args.crash_signal);
         tokio::spawn(async move {

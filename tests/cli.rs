@@ -867,6 +867,13 @@ fn the_demo_runs_its_story_and_cleans_up() {
         "PoolReady",
         "PoolRemoved",
         "DaemonStopped",
+        // The crash loop: backoff, breaker open, reset, healthy restart.
+        "restarts backed off:",
+        "503 CIRCUIT_OPEN",
+        "RestartScheduled",
+        "CircuitOpened",
+        "CircuitReset",
+        "the restart is healthy: phase \"ready\"",
         "every engine stopped, every pool removed",
     ] {
         assert!(

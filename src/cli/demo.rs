@@ -1,8 +1,10 @@
 //! `pool-managerd demo`: the daemon's main job on a machine with nothing installed (no GPU,
 //! no configuration): a daemon on a free loopback port with a temporary runtime directory,
 //! two engine-sim pools preloaded over HTTP, leases taken and returned (one refused with
-//! `SLOTS_EXHAUSTED`), one preload failing (`ENGINE_EXITED`, with the engine's log tail), then
-//! the registry table and the journal's timeline.
+//! `SLOTS_EXHAUSTED`), one preload failing (`ENGINE_EXITED`, with the engine's log tail), a
+//! pool crash-looping (backoff delays growing, the breaker opening, a manual reset, a healthy
+//! restart), then the registry table and the journal's timeline. Its supervision policy is
+//! fast (backoff from 200 ms, breaker after 4 failures) so that the story fits in seconds.
 //!
 //! The engines are this very binary run as its hidden `engine-sim` subcommand, so the demo
 //! needs nothing but itself.
@@ -115,7 +117,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ..Config::default()
     };
     config.health.preload_timeout_ms = 15_000;
+    config.health.preload_interval_ms = 100;
     config.stop.grace_ms = 2_000;
+    config.backoff.initial_ms = 200;
+    config.backoff.min_ms = 100;
+    config.backoff.max_ms = 3_200;
+    config.breaker.failure_threshold = 4;
+    config.breaker.open_ms = 60_000;
     let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await?;
     let client = Client {
         http: reqwest::Client::builder()
@@ -126,7 +134,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     println!("pool-managerd {} demo: daemon on http://{} (no GPU: CPU-only engines allowed, as with --dev)", crate::daemon::VERSION, daemon.addr());
     println!("runtime directory: {}\n", config.runtime_dir.display());
-    let result = script(&client).await;
+    let result = script(&client, dir.path()).await;
     // Cleanup whatever happened: stop and forget every pool.
     let (_, pools) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
     let registry_before_cleanup = pools.clone();
@@ -157,7 +165,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn script(client: &Client) -> anyhow::Result<()> {
+async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
     use reqwest::Method;
     println!("1. Preload two engine-sim pools (each waits until its engine answers /health 200)");
     for (pool, sim) in [
@@ -241,6 +249,92 @@ async fn script(client: &Client) -> anyhow::Result<()> {
     step(&format!(
         "GET /v2/pools/broken/health -> live {}, ready {}",
         health["live"], health["ready"]
+    ));
+    crash_loop(client, dir).await
+}
+
+/// Polls `GET /v2/pools/{pool}` until `check` holds (bounded).
+async fn wait_pool(
+    client: &Client,
+    pool: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = client
+            .call(reqwest::Method::GET, &format!("/v2/pools/{pool}"), None)
+            .await?;
+        if check(&status) {
+            return Ok(status);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("pool {pool}: {what} not reached in 30 s: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn crash_loop(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
+    use reqwest::Method;
+    println!("\n5. A crash loop: the model fails to load until an operator fixes it");
+    let marker = dir.join("flaky-model-is-broken");
+    std::fs::write(&marker, b"remove me to fix the model\n")?;
+    let marker_arg = marker.display().to_string();
+    let body = json!({"prepared": engine("flaky", free_port()?, &["--load-ms", "1000", "--fail-while-file-exists", &marker_arg])?});
+    let (status, answer) = client
+        .call(Method::POST, "/v2/pools/flaky/preload", Some(body))
+        .await?;
+    step(&format!(
+        "POST /v2/pools/flaky/preload -> {status} {}",
+        answer["code"].as_str().unwrap_or("?")
+    ));
+    let open = wait_pool(client, "flaky", "the breaker open", |s| {
+        s["breaker"] == "open"
+    })
+    .await?;
+    let (_, events) = client
+        .call(Method::GET, "/v2/pools/flaky/events", None)
+        .await?;
+    let delays: Vec<String> = events
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["event"]["kind"] == "RestartScheduled")
+                .map(|e| format!("{} ms", e["event"]["delay_ms"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    step(&format!(
+        "restarts backed off: {} (each doubling, with jitter)",
+        delays.join(", ")
+    ));
+    step(&format!(
+        "after {} failures the breaker opened: phase {}, breaker {}",
+        open["crash_count"], open["phase"], open["breaker"]
+    ));
+    let again = json!({"prepared": engine("flaky", free_port()?, &[])?});
+    let (status, answer) = client
+        .call(Method::POST, "/v2/pools/flaky/preload", Some(again))
+        .await?;
+    step(&format!(
+        "POST /v2/pools/flaky/preload while open -> {status} {}",
+        answer["code"].as_str().unwrap_or("?")
+    ));
+    std::fs::remove_file(&marker)?;
+    step("the operator fixes the model (removes the marker file) and resets the breaker:");
+    let (status, answer) = client
+        .call(Method::POST, "/v2/pools/flaky/breaker/reset", None)
+        .await?;
+    step(&format!(
+        "POST /v2/pools/flaky/breaker/reset -> {status}: breaker {}",
+        answer["breaker"]
+    ));
+    let ready = wait_pool(client, "flaky", "ready again", |s| s["ready"] == true).await?;
+    step(&format!(
+        "the restart is healthy: phase {}, pid {}, restarts {}, breaker {}",
+        ready["phase"], ready["pid"], ready["restart_count"], ready["breaker"]
     ));
     Ok(())
 }
