@@ -590,6 +590,111 @@ async fn an_engine_that_dies_of_a_cuda_error_is_recorded_as_cuda_error() {
     h.stop().await;
 }
 
+/// The reason recorded for the first failure of a pool: `EngineExited.reason`, or the reason
+/// of a failure stop (`EngineStopRequested{reason: failure}`).
+async fn first_failure(h: &Harness, pool: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, events) = h.get(&format!("/v2/pools/{pool}/events")).await;
+        let found =
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|e| match e["event"]["kind"].as_str() {
+                    Some("EngineExited") => e["event"]["reason"].as_str().map(str::to_string),
+                    Some("EngineStopRequested") => e["event"]["reason"]["failure"]["reason"]
+                        .as_str()
+                        .map(str::to_string),
+                    _ => None,
+                });
+        if found.is_some() || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_crash_reason_comes_from_a_real_engine() {
+    let h = Harness::start_with(|c| {
+        c.health.ready_interval_ms = 100;
+        c.backoff.initial_ms = 60_000; // one failure per pool, no restart within the test
+    })
+    .await;
+    let vram = "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 97656.25 MiB on device 0: cudaMalloc failed: out of memory";
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "exit3",
+            vec!["--crash-after-ms", "300", "--exit-code", "3"],
+            "crash",
+        ),
+        (
+            "segv",
+            vec!["--crash-after-ms", "300", "--crash-signal", "SEGV"],
+            "signal",
+        ),
+        (
+            "abrt",
+            vec!["--crash-after-ms", "300", "--crash-signal", "ABRT"],
+            "signal",
+        ),
+        (
+            "killed",
+            vec!["--crash-after-ms", "300", "--crash-signal", "KILL"],
+            "oom_killed",
+        ),
+        ("cuda", vec!["--cuda-error-after-ms", "300"], "cuda_error"),
+        (
+            "vram",
+            vec!["--cuda-error-after-ms", "300", "--cuda-error-message", vram],
+            "vram_oom",
+        ),
+        (
+            "xid",
+            vec![
+                "--log-line-after-ms",
+                "300",
+                "--log-line",
+                "NVRM: Xid (PCI:0000:01:00): 79, GPU has fallen off the bus",
+            ],
+            "driver_error",
+        ),
+        ("hung", vec!["--hang-after-ms", "300"], "health_timeout"),
+        (
+            "done",
+            vec!["--crash-after-ms", "300", "--exit-code", "0"],
+            "graceful",
+        ),
+    ];
+    let mut guards = Vec::new();
+    for (pool, flags, _) in &cases {
+        let (body, _) = engine(pool, ENGINE_SIM, flags);
+        let (status, answer) = h.post(&format!("/v2/pools/{pool}/preload"), body).await;
+        assert_eq!(status, 200, "{pool}: {answer}");
+        guards.push(KillOnDrop(answer["pid"].as_u64().unwrap()));
+    }
+    for (pool, _, expected) in &cases {
+        assert_eq!(
+            first_failure(&h, pool).await.as_deref(),
+            Some(*expected),
+            "pool {pool}"
+        );
+    }
+    let graceful = h.wait_pool("done", "stopped", |s| s["pid"].is_null()).await;
+    assert_eq!(
+        graceful["restart_count"], 0,
+        "a graceful exit is not restarted: {graceful}"
+    );
+    assert!(!kinds(&h, "done")
+        .await
+        .contains(&"RestartScheduled".to_string()));
+    assert!(kinds(&h, "exit3")
+        .await
+        .contains(&"RestartScheduled".to_string()));
+    h.stop().await;
+}
+
 /// Kills the process group of an engine when dropped (also when a test panics).
 struct KillOnDrop(u64);
 

@@ -669,7 +669,7 @@ impl PoolWorker {
                 if shared.now_ms() >= deadline_at_ms {
                     break;
                 }
-                let health = shared.prober.health(&engine).await;
+                let health = shared.prober.health(&engine, probe::PROBE_TIMEOUT_MS).await;
                 if health == Health::Healthy {
                     let after_ms = shared.now_ms().saturating_sub(spawned_at_ms);
                     let props = if engine.slots_total.is_some() {
@@ -724,8 +724,8 @@ impl PoolWorker {
         let pool_id = self.pool_id.clone();
         self.health = None;
         self.probe = Some(own(async move {
-            let interval =
-                Duration::from_millis(shared.settings.policy.health.ready_interval_ms.max(1));
+            let interval_ms = shared.settings.policy.health.ready_interval_ms.max(1);
+            let interval = Duration::from_millis(interval_ms);
             let mut ticker =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -746,7 +746,9 @@ impl PoolWorker {
                     return;
                 };
                 drop(published);
-                let health = shared.prober.health(&engine).await;
+                // A probe never outlasts the interval: a hung engine is found in
+                // `failures_to_crash` intervals.
+                let health = shared.prober.health(&engine, interval_ms).await;
                 let observation = if health == Health::Healthy {
                     shared.registry.heartbeat(pool_id.as_str(), shared.now_ms());
                     Observation::ProbeSucceeded {

@@ -74,10 +74,15 @@ impl Prober {
         Prober { client }
     }
 
-    /// `GET {url}{health_path}`.
-    pub async fn health(&self, engine: &PreparedEngine) -> Health {
+    /// `GET {url}{health_path}`, answered within `timeout_ms` (at most [`PROBE_TIMEOUT_MS`]).
+    pub async fn health(&self, engine: &PreparedEngine, timeout_ms: u64) -> Health {
         let url = format!("{}{}", engine.url(), engine.health_path);
-        match self.client.get(&url).send().await {
+        let timeout_ms = timeout_ms.clamp(1, PROBE_TIMEOUT_MS);
+        let request = self
+            .client
+            .get(&url)
+            .timeout(Duration::from_millis(timeout_ms));
+        match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 match status {
@@ -91,7 +96,7 @@ impl Prober {
             }
             Err(e) if e.is_connect() => Health::NotListening,
             Err(e) if e.is_timeout() => {
-                Health::Unhealthy(format!("GET {url} timed out after {PROBE_TIMEOUT_MS} ms"))
+                Health::Unhealthy(format!("GET {url} timed out after {timeout_ms} ms"))
             }
             Err(e) => Health::Unhealthy(format!("GET {url} failed: {e}")),
         }
