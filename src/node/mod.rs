@@ -1033,16 +1033,26 @@ fn log_event(envelope: &PoolEnvelope) {
     let pool_id = envelope.pool_id.as_deref().unwrap_or("-");
     let kind = envelope.event.kind();
     let seq = envelope.seq;
+    // The event's own fields (the delay chosen, the reason, a storm's remediation hint), as
+    // the journal exports them; the engine of a preload is left out (it is long, and in the
+    // journal).
+    let fields = match &envelope.event {
+        Event::PreloadRequested { .. } | Event::EngineStartRequested { .. } => String::new(),
+        event => pool_journal::event_to_json(event)
+            .map(|value| value.to_string())
+            .unwrap_or_default(),
+    };
     match &envelope.event {
         Event::EngineExited { reason, .. } => {
-            tracing::warn!(seq, pool_id, kind, reason = reason.as_str(), "event")
+            tracing::warn!(seq, pool_id, kind, reason = reason.as_str(), %fields, "event")
         }
         Event::PreloadFailed { reason, .. } => {
             tracing::warn!(seq, pool_id, kind, last_error = %reason, "event")
         }
-        Event::CircuitOpened { .. } | Event::RestartStormDetected { .. } => {
-            tracing::error!(seq, pool_id, kind, "event")
+        Event::RestartStormDetected { hint, .. } => {
+            tracing::error!(seq, pool_id, kind, %hint, %fields, "event")
         }
-        _ => tracing::info!(seq, pool_id, kind, "event"),
+        Event::CircuitOpened { .. } => tracing::error!(seq, pool_id, kind, %fields, "event"),
+        _ => tracing::info!(seq, pool_id, kind, %fields, "event"),
     }
 }
