@@ -351,7 +351,12 @@ pub fn classify(exit: ExitInfo, we_sent_kill: bool, log_tail: &str) -> ExitReaso
     if let Some(reason) = classify_log(log_tail) {
         return reason;
     }
-    match (exit.code, exit.signal) {
+    // A wrapper (a shell, a launcher) reports its child's death by signal N as exit 128 + N.
+    let signal = exit.signal.or(match exit.code {
+        Some(code @ 129..=192) => Some(code - 128),
+        _ => None,
+    });
+    match (exit.code, signal) {
         (_, Some(9)) if exit.oom_killed || !we_sent_kill => ExitReason::OomKilled,
         (_, Some(_)) => ExitReason::Signal,
         (Some(0), _) => ExitReason::Graceful,
@@ -417,6 +422,19 @@ mod tests {
             ExitReason::OomKilled
         );
         assert_eq!(classify(exit(None, Some(9)), true, ""), ExitReason::Signal);
+        assert_eq!(
+            classify(exit(Some(137), None), false, ""),
+            ExitReason::OomKilled,
+            "a wrapper's 128 + SIGKILL"
+        );
+        assert_eq!(
+            classify(exit(Some(139), None), false, ""),
+            ExitReason::Signal
+        );
+        assert_eq!(
+            classify(exit(Some(128), None), false, ""),
+            ExitReason::Crash
+        );
         let counted = ExitInfo {
             oom_killed: true,
             ..exit(None, Some(9))
