@@ -644,6 +644,12 @@ async fn every_crash_reason_comes_from_a_real_engine() {
             vec!["--crash-after-ms", "300", "--crash-signal", "KILL"],
             "oom_killed",
         ),
+        // A wrapper's report of its child's death by SIGKILL: exit 137.
+        (
+            "exit137",
+            vec!["--crash-after-ms", "300", "--exit-code", "137"],
+            "oom_killed",
+        ),
         ("cuda", vec!["--cuda-error-after-ms", "300"], "cuda_error"),
         (
             "vram",
