@@ -138,11 +138,19 @@ pub fn remove_if_exists(path: &Path) -> io::Result<()> {
 
 /// The last `max_bytes` of a log file, starting at a line boundary; empty when unreadable.
 pub fn log_tail(path: &Path, max_bytes: u64) -> String {
+    log_tail_since(path, 0, max_bytes)
+}
+
+/// [`log_tail`], never before `since` (the offset where the current engine's output began,
+/// so that an earlier run's lines are never taken for this one's). A file shorter than
+/// `since` (truncated, rotated) is read from its start.
+pub fn log_tail_since(path: &Path, since: u64, max_bytes: u64) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::new();
     };
     let len = file.metadata().map_or(0, |m| m.len());
-    let start = len.saturating_sub(max_bytes);
+    let since = if since > len { 0 } else { since };
+    let start = len.saturating_sub(max_bytes).max(since);
     if file.seek(SeekFrom::Start(start)).is_err() {
         return String::new();
     }
@@ -151,7 +159,7 @@ pub fn log_tail(path: &Path, max_bytes: u64) -> String {
         return String::new();
     }
     let text = String::from_utf8_lossy(&bytes);
-    let text = if start > 0 {
+    let text = if start > since {
         text.split_once('\n').map_or(&*text, |(_, rest)| rest)
     } else {
         &text
@@ -224,6 +232,23 @@ mod tests {
         assert!(tail.starts_with("line "));
         assert!(tail.len() <= 30);
         assert_eq!(log_tail(&dir.path().join("missing"), 30), "");
+    }
+
+    #[test]
+    fn a_tail_since_an_offset_leaves_earlier_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        fs::write(&path, "CUDA error: from the last run\n").unwrap();
+        let since = fs::metadata(&path).unwrap().len();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"==== header ====\ncrashing: exit code 3\n")
+            .unwrap();
+        assert_eq!(
+            log_tail_since(&path, since, 2_048),
+            "==== header ====\ncrashing: exit code 3"
+        );
+        assert!(log_tail(&path, 2_048).contains("CUDA error"));
+        assert_eq!(log_tail_since(&path, 10_000, 2_048).lines().count(), 3);
     }
 
     #[test]

@@ -604,7 +604,7 @@ impl PoolWorker {
             }
             let we_sent_kill = kill_flag.load(Ordering::SeqCst);
             let fault = found.lock().ok().and_then(|f| f.clone());
-            let at = (log_path.as_path(), fault);
+            let at = (log_path.as_path(), log_offset, fault);
             report_exit(&shared, cause, pool_id, pid, info, at, we_sent_kill).await;
         });
         let shared = self.shared.clone();
@@ -896,10 +896,11 @@ async fn report_exit(
     pool_id: PoolId,
     pid: u32,
     info: ExitInfo,
-    (log_path, fault): (&std::path::Path, Option<(ExitReason, String)>),
+    (log_path, log_offset, fault): (&std::path::Path, u64, Option<(ExitReason, String)>),
     we_sent_kill: bool,
 ) {
-    let tail = files::log_tail(log_path, files::LOG_TAIL_BYTES);
+    // Only this engine's output: the log is appended across starts.
+    let tail = files::log_tail_since(log_path, log_offset, files::LOG_TAIL_BYTES);
     let reason = match (fault, info.code.is_none() && info.signal.is_none()) {
         // A GPU fault the log watcher saw names the exit, even if later output pushed it out
         // of the tail.

@@ -198,3 +198,29 @@ fn split_nul(bytes: &[u8]) -> Vec<String> {
         .map(|part| String::from_utf8_lossy(part).into_owned())
         .collect()
 }
+
+/// A prepared engine that runs engine-sim for `pool` on `port` with the flags read from
+/// `flags_file` at each start: `/bin/sh` reads the file and execs engine-sim (same pid), so a
+/// scenario decides what the *next* start of a crash-looping pool does (crash, print a CUDA
+/// error, serve) by rewriting the file, without a new preload.
+pub fn switchable_engine_sim(pool: &str, port: u16, flags_file: &Path) -> Value {
+    json!({
+        "binary_path": "/bin/sh",
+        "flags": [
+            "-c",
+            r#"flags=$(cat "$1") || exit 97; shift; exec "$@" $flags"#,
+            "engine-switch",
+            flags_file.display().to_string(),
+            ENGINE_SIM,
+            "--port", port.to_string(),
+            "-m", model_path(pool),
+        ],
+        "host": "127.0.0.1",
+        "port": port,
+        "model_path": model_path(pool),
+        "engine_version": PREPARED_VERSION,
+        "pool_id": pool,
+        "replica_id": "r0",
+        "engine": "engine-sim",
+    })
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pool_managerd::clock::SystemClock;
+use pool_managerd::clock::{ManualClock, SharedClock, SystemClock};
 use pool_managerd::config::Config;
 use pool_managerd::core::Event;
 use pool_managerd::daemon::Daemon;
@@ -43,6 +43,10 @@ pub struct DaemonSetup {
     pub config: Config,
     /// How many GPUs the (simulated) NVIDIA driver lists; `None`: no driver at all.
     pub gpus: Option<u32>,
+    /// Where a manual clock starts (ms since the epoch); `None`: the system clock. A daemon
+    /// on a manual clock sees time pass only when a step advances it (restart, half-open,
+    /// backoff-reset and breaker-close timers, health deadlines, every event's `ts_ms`).
+    pub manual_clock_at_ms: Option<u64>,
 }
 
 impl DaemonSetup {
@@ -65,7 +69,11 @@ impl DaemonSetup {
         config.stop.grace_ms = 2_000;
         config.backoff.initial_ms = 60_000;
         config.backoff.max_ms = 60_000;
-        DaemonSetup { config, gpus: None }
+        DaemonSetup {
+            config,
+            gpus: None,
+            manual_clock_at_ms: None,
+        }
     }
 
     /// Sets one configuration key (the TOML name, with its table) to `value`.
@@ -73,15 +81,43 @@ impl DaemonSetup {
         let number = || -> u64 {
             value
                 .parse()
-                .unwrap_or_else(|e| panic!("{key} = {value:?}: not a number of ms ({e})"))
+                .unwrap_or_else(|e| panic!("{key} = {value:?}: not a whole number ({e})"))
+        };
+        let count = || -> u32 {
+            value
+                .parse()
+                .unwrap_or_else(|e| panic!("{key} = {value:?}: not a count ({e})"))
+        };
+        let fraction = || -> f64 {
+            value
+                .parse()
+                .unwrap_or_else(|e| panic!("{key} = {value:?}: not a number ({e})"))
         };
         let config = &mut self.config;
+        let multiplier = &mut config.backoff.reason_multiplier;
         match key {
             "health.preload_interval_ms" => config.health.preload_interval_ms = number(),
             "health.preload_timeout_ms" => config.health.preload_timeout_ms = number(),
             "health.ready_interval_ms" => config.health.ready_interval_ms = number(),
+            "health.failures_to_crash" => config.health.failures_to_crash = count(),
             "stop.grace_ms" => config.stop.grace_ms = number(),
             "backoff.initial_ms" => config.backoff.initial_ms = number(),
+            "backoff.min_ms" => config.backoff.min_ms = number(),
+            "backoff.max_ms" => config.backoff.max_ms = number(),
+            "backoff.factor" => config.backoff.factor = fraction(),
+            "backoff.jitter" => config.backoff.jitter = fraction(),
+            "backoff.reset_after_ms" => config.backoff.reset_after_ms = number(),
+            "backoff.reason_multiplier.crash" => multiplier.crash = fraction(),
+            "backoff.reason_multiplier.cuda_error" => multiplier.cuda_error = fraction(),
+            "backoff.reason_multiplier.vram_oom" => multiplier.vram_oom = fraction(),
+            "backoff.reason_multiplier.driver_error" => multiplier.driver_error = fraction(),
+            "backoff.reason_multiplier.oom_killed" => multiplier.oom_killed = fraction(),
+            "backoff.reason_multiplier.signal" => multiplier.signal = fraction(),
+            "breaker.failure_threshold" => config.breaker.failure_threshold = count(),
+            "breaker.open_ms" => config.breaker.open_ms = number(),
+            "breaker.close_after_stable_ms" => config.breaker.close_after_stable_ms = number(),
+            "storm.max_restarts" => config.storm.max_restarts = count(),
+            "storm.window_ms" => config.storm.window_ms = number(),
             other => panic!("the feature suite does not set `{other}` (see live.rs)"),
         }
         config
@@ -118,6 +154,7 @@ pub enum Body {
 /// A running daemon and its client.
 pub struct LiveDaemon {
     setup: DaemonSetup,
+    clock: Option<ManualClock>,
     proc_gpus: PathBuf,
     daemon: Option<Daemon>,
     base: String,
@@ -130,6 +167,7 @@ impl std::fmt::Debug for LiveDaemon {
             .field("base", &self.base)
             .field("running", &self.daemon.is_some())
             .field("config", &self.setup.config)
+            .field("manual_clock", &self.clock)
             .finish()
     }
 }
@@ -151,8 +189,10 @@ impl LiveDaemon {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        let clock = setup.manual_clock_at_ms.map(ManualClock::new);
         let mut live = LiveDaemon {
             setup,
+            clock,
             proc_gpus,
             daemon: None,
             base: String::new(),
@@ -163,12 +203,22 @@ impl LiveDaemon {
     }
 
     async fn boot(&mut self) {
-        let (daemon, _report) =
-            Daemon::start_with_gpus(&self.setup.config, Arc::new(SystemClock), &self.proc_gpus)
-                .await
-                .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
+        let clock: SharedClock = match &self.clock {
+            Some(manual) => Arc::new(manual.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let (daemon, _report) = Daemon::start_with_gpus(&self.setup.config, clock, &self.proc_gpus)
+            .await
+            .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
         self.base = format!("http://{}", daemon.addr());
         self.daemon = Some(daemon);
+    }
+
+    /// The daemon's manual clock; fails the step when it runs on the system clock.
+    pub fn clock(&self) -> &ManualClock {
+        self.clock.as_ref().unwrap_or_else(|| {
+            panic!("the daemon runs on the system clock: start it with `Given a running daemon on a manual clock`")
+        })
     }
 
     /// The configuration the daemon runs with.

@@ -11,6 +11,7 @@
 //! - `health`: the orchestrator's health view of a pool.
 //! - `files`: the runtime directory: logs, pid files, handoff files.
 //! - `process`: engine processes as `/proc` shows them, stopping, removing, crashing.
+//! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
 //! - `journal`: a real journal of the scripted core: reopen, replay, damage.
 
 pub mod api;
@@ -23,3 +24,4 @@ pub mod params;
 pub mod pools;
 pub mod preload;
 pub mod process;
+pub mod supervision;
