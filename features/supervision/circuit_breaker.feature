@@ -142,3 +142,22 @@ Feature: Circuit breaker
     And the last "CircuitOpened" of pool "p1" has "failures" 3
     And the events of pool "p1" include 4 "RestartScheduled"
     And the last "RestartScheduled" of pool "p1" has "reason" "cuda_error"
+
+  Scenario: GPU faults interleaved with other failures still open the breaker as GPU faults
+    Given a running daemon on a manual clock, configured with:
+      | backoff.initial_ms        | 1000 |
+      | breaker.failure_threshold | 3    |
+    And pool "p1" is crash-looping with a switchable engine-sim started with "--crash-after-ms 0 --exit-code 3"
+    When the next engines of pool "p1" are started with "--cuda-error-after-ms 0"
+    And the restarts of pool "p1" are let through 1 time, each failing
+    And the next engines of pool "p1" are started with "--crash-after-ms 0 --exit-code 3"
+    And the restarts of pool "p1" are let through 1 time, each failing
+    And the next engines of pool "p1" are started with "--cuda-error-after-ms 0"
+    And the restarts of pool "p1" are let through 1 time, each failing
+    Then pool "p1" shows "breaker" "closed"
+    And the last "RestartScheduled" of pool "p1" has "reason" "cuda_error"
+    When the restarts of pool "p1" are let through 1 time, each failing
+    Then pool "p1" reaches phase "circuit_open"
+    And the last "CircuitOpened" of pool "p1" has "class" "gpu_fault"
+    And the last "CircuitOpened" of pool "p1" has "failures" 3
+    And pool "p1" shows "crash_count" 5
