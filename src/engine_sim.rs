@@ -116,6 +116,11 @@ struct Args {
     )]
     cuda_error_message: String,
 
+    /// Load the model file like llama-server: if the -m file is missing, or its first line is
+    /// `broken`, print "failed to load model" and exit 1 after 100 ms.
+    #[arg(long)]
+    check_model: bool,
+
     /// If this file exists at start, print a line and exit 1 after 100 ms (a model that fails
     /// to load until someone fixes it: remove the file).
     #[arg(long, value_name = "PATH")]
@@ -344,6 +349,18 @@ async fn run(args: Args) {
     );
     let _ = std::io::stdout().flush();
 
+    if args.check_model {
+        let model = args.model.clone();
+        let loadable = std::fs::read_to_string(&model)
+            .is_ok_and(|text| text.lines().next().map(str::trim) != Some("broken"));
+        if !loadable {
+            tokio::spawn(async move {
+                sleep_until(ms_after(start, 100)).await;
+                log(&format!("failed to load model '{model}' (--check-model)"));
+                exit(1)
+            });
+        }
+    }
     if let Some(path) = args.fail_while_file_exists.clone().filter(|p| p.exists()) {
         tokio::spawn(async move {
             sleep_until(ms_after(start, 100)).await;

@@ -701,6 +701,116 @@ async fn every_crash_reason_comes_from_a_real_engine() {
     h.stop().await;
 }
 
+/// A prepared engine serving the model file `model` (engine-sim checks it like llama-server).
+fn model_engine(pool: &str, model: &Path) -> Value {
+    let port = free_port();
+    let model = model.display().to_string();
+    json!({"prepared": {
+        "binary_path": ENGINE_SIM,
+        "flags": ["--port", port.to_string(), "-m", model, "--check-model", "--load-ms", "200"],
+        "host": "127.0.0.1", "port": port, "model_path": model, "engine_version": "sim-1",
+        "pool_id": pool, "replica_id": "r0", "device_mask": "GPU0",
+    }})
+}
+
+#[tokio::test]
+async fn reload_swaps_the_model_or_rolls_back_and_never_touches_the_engine_for_a_bad_model() {
+    let h = Harness::start().await;
+    let models = h.dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let (a, b, broken) = (
+        models.join("a.gguf"),
+        models.join("b.gguf"),
+        models.join("c.gguf"),
+    );
+    std::fs::write(&a, "model a\n").unwrap();
+    std::fs::write(&b, "model b\n").unwrap();
+    std::fs::write(&broken, "broken\n").unwrap();
+    let (status, answer) = h.post("/v2/pools/r/preload", model_engine("r", &a)).await;
+    assert_eq!(status, 200, "{answer}");
+    let first_pid = answer["pid"].as_u64().unwrap();
+    let mut guards = vec![KillOnDrop(first_pid)];
+
+    // Missing model, wrong digest: 422, the same engine still serving.
+    let missing = json!({"new_model_ref": models.join("none.gguf").display().to_string()});
+    let (status, answer) = h.post("/v2/pools/r/reload", missing).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (422, Some("MODEL_NOT_FOUND")),
+        "{answer}"
+    );
+    let wrong = json!({"new_model_ref": format!("file://{}", b.display()), "digest": format!("sha256:{}", "0".repeat(64))});
+    let (status, answer) = h.post("/v2/pools/r/reload", wrong).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (422, Some("MODEL_NOT_FOUND")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("digest mismatch"),
+        "{answer}"
+    );
+    let still = h.wait_pool("r", "serving", |s| s["ready"] == true).await;
+    assert_eq!(
+        still["pid"], first_pid,
+        "the running engine was not touched"
+    );
+
+    // The same model: a no-op.
+    let same = json!({"new_model_ref": a.display().to_string()});
+    let (status, answer) = h.post("/v2/pools/r/reload", same).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["noop"], true);
+
+    // A good model: a new engine on it; pool id, device mask and replica kept.
+    let good = json!({"new_model_ref": b.display().to_string(), "drain_deadline_ms": 5000});
+    let (status, answer) = h.post("/v2/pools/r/reload", good).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["noop"], false);
+    assert_eq!(answer["model_ref"], b.display().to_string());
+    let after = h.wait_pool("r", "ready on b", |s| s["ready"] == true).await;
+    let second_pid = after["pid"].as_u64().unwrap();
+    guards.push(KillOnDrop(second_pid));
+    assert_ne!(second_pid, first_pid);
+    assert_eq!(after["device_mask"], "GPU0");
+    assert_eq!(after["pool_id"], "r");
+    let cmdline = std::fs::read(format!("/proc/{second_pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("b.gguf"),
+        "the -m flag follows the model"
+    );
+    assert!(!pid_alive(first_pid), "the old engine is gone");
+
+    // A model the new engine cannot load: rolled back to b, ready again.
+    let bad = json!({"new_model_ref": broken.display().to_string(), "drain_deadline_ms": 5000});
+    let (status, answer) = h.post("/v2/pools/r/reload", bad).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (500, Some("RELOAD_FAILED")),
+        "{answer}"
+    );
+    assert_eq!(answer["rolled_back"], true, "{answer}");
+    let rolled = h
+        .wait_pool("r", "ready again", |s| s["ready"] == true)
+        .await;
+    guards.push(KillOnDrop(rolled["pid"].as_u64().unwrap()));
+    assert_eq!(rolled["model_ref"], b.display().to_string());
+    let kinds = kinds(&h, "r").await;
+    for kind in [
+        "ReloadRequested",
+        "ModelStaged",
+        "ReloadSucceeded",
+        "ReloadFailed",
+        "ReloadRolledBack",
+    ] {
+        assert!(kinds.contains(&kind.to_string()), "{kind} in {kinds:?}");
+    }
+    h.stop().await;
+}
+
 /// Kills the process group of an engine when dropped (also when a test panics).
 struct KillOnDrop(u64);
 

@@ -28,12 +28,16 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people: names the thing and what to do.
     pub message: String,
+    /// Fields beside `code` and `error` (`rolled_back` of a failed reload).
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     code: &'a str,
     error: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The status of a SPEC code.
@@ -60,6 +64,7 @@ impl ApiError {
             status: status_of(code),
             code,
             message: message.into(),
+            extra: None,
         }
     }
 
@@ -83,10 +88,19 @@ impl From<NodeError> for ApiError {
             NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => status_of(code),
         };
+        let extra = match &error {
+            NodeError::ReloadFailed { rolled_back, .. } => {
+                let mut map = serde_json::Map::new();
+                map.insert("rolled_back".into(), serde_json::Value::Bool(*rolled_back));
+                Some(map)
+            }
+            _ => None,
+        };
         ApiError {
             status,
             code,
             message: error.to_string(),
+            extra,
         }
     }
 }
@@ -102,6 +116,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             code: self.code,
             error: &self.message,
+            extra: self.extra.as_ref(),
         };
         (self.status, Json(body)).into_response()
     }

@@ -9,7 +9,8 @@
 //! - `GET /health`
 //! - `GET /v2/pools`, `GET /v2/pools/{id}` (= `/status`, `?at_seq=N`), `GET .../health`
 //! - `POST .../preload` (`?wait=false` answers 202), `POST .../leases`,
-//!   `DELETE .../leases/{lease_id}`, `POST .../drain`, `POST .../stop`,
+//!   `DELETE .../leases/{lease_id}`, `POST .../drain`, `POST .../reload` (waits),
+//!   `POST .../stop`,
 //!   `POST .../breaker/reset`, `DELETE /v2/pools/{id}`, `GET .../events`
 //! - compatibility: `POST /pools/{id}/preload`, `GET|POST /pools/{id}/status`
 
@@ -127,6 +128,7 @@ pub fn router(state: ApiState) -> Router {
             delete(pools::release_lease),
         )
         .route("/v2/pools/{id}/drain", post(pools::drain))
+        .route("/v2/pools/{id}/reload", post(pools::reload))
         .route("/v2/pools/{id}/stop", post(pools::stop))
         .route("/v2/pools/{id}/breaker/reset", post(pools::reset_breaker))
         .route("/v2/pools/{id}/events", get(pools::events))

@@ -231,6 +231,43 @@ pub(super) async fn drain(
         .into_response())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReloadBody {
+    new_model_ref: String,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    drain_deadline_ms: Option<u64>,
+}
+
+/// `POST /v2/pools/{id}/reload`: waits until the new model serves (200), the staging failed
+/// (`MODEL_NOT_FOUND`, the running engine untouched), or the reload failed after staging
+/// (`RELOAD_FAILED` with `rolled_back`).
+pub(super) async fn reload(
+    State(state): State<ApiState>,
+    PoolPath(pool_id): PoolPath,
+    JsonBody(body): JsonBody<ReloadBody>,
+) -> Result<Response, ApiError> {
+    let outcome = state
+        .node()
+        .reload(
+            pool_id.clone(),
+            body.new_model_ref,
+            body.digest,
+            body.drain_deadline_ms,
+        )
+        .await?;
+    Ok(Json(json!({
+        "pool_id": pool_id,
+        "engine_version": outcome.status.engine_version,
+        "model_ref": outcome.status.model_ref,
+        "duration_ms": outcome.duration_ms,
+        "noop": outcome.noop,
+    }))
+    .into_response())
+}
+
 /// `POST /v2/pools/{id}/stop`: 202 once the stop is durable; the engine stops in the
 /// background (SIGTERM, grace, SIGKILL).
 pub(super) async fn stop(

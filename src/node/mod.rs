@@ -83,6 +83,15 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// A reload failed after its model was staged (`RELOAD_FAILED`); `rolled_back` when the
+    /// old model serves again.
+    #[error("{reason}")]
+    ReloadFailed {
+        /// Why.
+        reason: String,
+        /// The old engine is ready again.
+        rolled_back: bool,
+    },
     /// The journal failed; the change did not happen.
     #[error(
         "journal failure: {0}; the daemon takes no further changes until restarted (see its log)"
@@ -102,6 +111,7 @@ impl NodeError {
         match self {
             NodeError::Rejected(rejection) => rejection.code(),
             NodeError::Failed { code, .. } => code,
+            NodeError::ReloadFailed { .. } => "RELOAD_FAILED",
             NodeError::Journal(_) | NodeError::Timeout(_) | NodeError::ShuttingDown => "INTERNAL",
         }
     }
@@ -135,6 +145,23 @@ enum Waiter {
     Removed {
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+    Reload {
+        reply: oneshot::Sender<Result<ReloadOutcome, NodeError>>,
+        /// The reload failed after staging and the old engine is starting again: answer
+        /// once it is ready (or the rollback fails too).
+        failed: Option<String>,
+    },
+}
+
+/// What a reload answers.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    /// The pool's status after it.
+    pub status: PoolStatus,
+    /// From the request to ready on the new model (0 for a no-op).
+    pub duration_ms: u64,
+    /// The pool already served that model: nothing was done.
+    pub noop: bool,
 }
 
 struct Submission {
@@ -494,6 +521,45 @@ impl NodeHandle {
         Ok((lease_id, committed.state))
     }
 
+    /// Reloads `pool_id` onto `new_model_ref`: answers once the new engine is ready, or the
+    /// reload failed (rolled back or not), bounded by the drain deadline, the health timeout
+    /// (twice: the new engine, then the old one again) and a margin.
+    pub async fn reload(
+        &self,
+        pool_id: PoolId,
+        new_model_ref: String,
+        digest: Option<String>,
+        drain_deadline_ms: Option<u64>,
+    ) -> Result<ReloadOutcome, NodeError> {
+        let (reply, outcome) = oneshot::channel();
+        let drain_ms =
+            drain_deadline_ms.unwrap_or(pool_core::policy::DEFAULT_RELOAD_DRAIN_DEADLINE_MS);
+        self.send(
+            Input::Command(Command::Reload {
+                pool_id: pool_id.clone(),
+                new_model_ref,
+                digest,
+                drain_deadline_ms,
+            }),
+            Some(Waiter::Reload {
+                reply,
+                failed: None,
+            }),
+        )
+        .await?;
+        let limit_ms = drain_ms
+            .saturating_add(self.policy.health.preload_timeout_ms.saturating_mul(2))
+            .saturating_add(self.policy.stop.grace_ms.saturating_mul(2))
+            .saturating_add(PRELOAD_WAIT_MARGIN_MS);
+        match tokio::time::timeout(Duration::from_millis(limit_ms), outcome).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::ShuttingDown),
+            Err(_) => Err(NodeError::Timeout(format!(
+                "pool '{pool_id}': the reload has not ended after {limit_ms} ms; it goes on, see GET /v2/pools/{pool_id}"
+            ))),
+        }
+    }
+
     /// Stops and forgets `pool_id`; answers once it is gone (bounded by the stop grace plus a
     /// margin).
     pub async fn remove(&self, pool_id: PoolId) -> Result<(), NodeError> {
@@ -848,6 +914,22 @@ impl Actor {
                 Waiter::Removed { reply } => {
                     let _ = reply.send(Ok(()));
                 }
+                Waiter::Reload { reply, .. } => {
+                    let result = self
+                        .state
+                        .status(pool_id.as_str())
+                        .map(|status| ReloadOutcome {
+                            status,
+                            duration_ms: 0,
+                            noop: true,
+                        })
+                        .ok_or_else(|| {
+                            NodeError::Rejected(Rejection::PoolNotFound {
+                                pool_id: pool_id.to_string(),
+                            })
+                        });
+                    let _ = reply.send(result);
+                }
             }
             return;
         }
@@ -934,6 +1016,26 @@ impl Actor {
                 }
                 // Answered once the pool's files are gone too (see `process`).
                 Waiter::Removed { reply } => kept.push(Waiter::Removed { reply }),
+                Waiter::Reload { reply, failed } => {
+                    match reload_step(pool_id, &envelope.event, failed) {
+                        ReloadStep::Wait(failed) => kept.push(Waiter::Reload { reply, failed }),
+                        ReloadStep::Done(result) => {
+                            let result = result.and_then(|duration_ms| {
+                                pool.map(|p| ReloadOutcome {
+                                    status: p.status(),
+                                    duration_ms,
+                                    noop: false,
+                                })
+                                .ok_or_else(|| {
+                                    NodeError::Rejected(Rejection::PoolNotFound {
+                                        pool_id: pool_id.to_string(),
+                                    })
+                                })
+                            });
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
             }
         }
         if kept.is_empty() {
@@ -1007,6 +1109,58 @@ fn answer_waiter(waiter: Waiter, error: Result<(), NodeError>) {
         Waiter::Removed { reply } => {
             let _ = reply.send(Err(error));
         }
+        Waiter::Reload { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+enum ReloadStep {
+    /// Not over yet (with the failure to report once the rollback is done).
+    Wait(Option<String>),
+    /// Over: the duration of a success, or the error.
+    Done(Result<u64, NodeError>),
+}
+
+/// Where a waiting reload stands after `event`.
+fn reload_step(pool_id: &str, event: &Event, failed: Option<String>) -> ReloadStep {
+    match event {
+        Event::ReloadSucceeded { duration_ms, .. } => ReloadStep::Done(Ok(*duration_ms)),
+        Event::ReloadFailed {
+            reason,
+            stage: pool_core::ReloadStage::Staging,
+            ..
+        } => ReloadStep::Done(Err(NodeError::Failed {
+            code: "MODEL_NOT_FOUND",
+            reason: format!("pool '{pool_id}': {reason}; the running engine was not touched"),
+        })),
+        Event::ReloadFailed {
+            reason,
+            rolling_back: true,
+            ..
+        } => ReloadStep::Wait(Some(reason.clone())),
+        Event::ReloadFailed { reason, .. } => ReloadStep::Done(Err(NodeError::ReloadFailed {
+            reason: format!(
+                "pool '{pool_id}': {}{reason}; the pool is not serving, see GET /v2/pools/{pool_id}",
+                failed.map(|f| format!("{f}; then ")).unwrap_or_default()
+            ),
+            rolled_back: false,
+        })),
+        Event::ReloadRolledBack { model_ref, .. } => {
+            ReloadStep::Done(Err(NodeError::ReloadFailed {
+                reason: format!(
+                    "pool '{pool_id}': {}; rolled back: '{model_ref}' serves again",
+                    failed.unwrap_or_else(|| "the reload failed".to_string())
+                ),
+                rolled_back: true,
+            }))
+        }
+        Event::PoolRemoved => ReloadStep::Done(Err(NodeError::Rejected(
+            Rejection::PoolNotFound {
+                pool_id: pool_id.to_string(),
+            },
+        ))),
+        _ => ReloadStep::Wait(failed),
     }
 }
 
