@@ -811,6 +811,63 @@ async fn reload_swaps_the_model_or_rolls_back_and_never_touches_the_engine_for_a
     h.stop().await;
 }
 
+#[tokio::test]
+async fn a_drain_past_its_deadline_force_stops_the_engine_with_leases_held() {
+    let h = Harness::start().await;
+    let (body, _) = engine("held", ENGINE_SIM, &["--parallel", "2"]);
+    let (_, answer) = h.post("/v2/pools/held/preload", body).await;
+    let _guard = KillOnDrop(answer["pid"].as_u64().unwrap());
+    let (_, lease) = h.post("/v2/pools/held/leases", json!({})).await;
+    assert_eq!(lease["active_leases"], 1);
+    let started = Instant::now();
+    let (status, _) = h
+        .post("/v2/pools/held/drain", json!({"deadline_ms": 300}))
+        .await;
+    assert_eq!(status, 202);
+    let stopped = h
+        .wait_pool("held", "force-stopped", |s| s["phase"] == "stopped")
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the deadline"
+    );
+    assert_eq!(stopped["draining"], false);
+    let (_, events) = h.get("/v2/pools/held/events").await;
+    let completed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["kind"] == "DrainCompleted")
+        .expect("DrainCompleted");
+    assert_eq!(
+        completed["event"]["outcome"], "force_stopped",
+        "{completed}"
+    );
+    assert_eq!(completed["event"]["leases_at_stop"], 1, "{completed}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_with_no_leases_completes_at_once() {
+    let h = Harness::start().await;
+    let (body, _) = engine("idle", ENGINE_SIM, &[]);
+    let (_, answer) = h.post("/v2/pools/idle/preload", body).await;
+    let _guard = KillOnDrop(answer["pid"].as_u64().unwrap());
+    let (status, _) = h
+        .post("/v2/pools/idle/drain", json!({"deadline_ms": 60_000}))
+        .await;
+    assert_eq!(status, 202);
+    h.wait_pool("idle", "stopped", |s| s["phase"] == "stopped")
+        .await;
+    let (_, events) = h.get("/v2/pools/idle/events").await;
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"]["kind"] == "DrainCompleted" && e["event"]["outcome"] == "graceful"));
+    h.stop().await;
+}
+
 /// Kills the process group of an engine when dropped (also when a test panics).
 struct KillOnDrop(u64);
 
