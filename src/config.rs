@@ -242,6 +242,10 @@ pub struct Overrides {
     /// Development mode: allow CPU-only engines (sets require_gpu = false).
     #[arg(long)]
     pub dev: bool,
+    /// Stop every engine when the daemon shuts down cleanly (SIGTERM, ctrl-c), instead of
+    /// leaving them serving for the next start to adopt (sets stop_engines_on_shutdown = true).
+    #[arg(long)]
+    pub stop_engines_on_shutdown: bool,
 }
 
 /// Where a value came from, for error messages.
@@ -517,6 +521,9 @@ impl Config {
         }
         if flags.dev {
             config.require_gpu = false;
+        }
+        if flags.stop_engines_on_shutdown {
+            config.stop_engines_on_shutdown = true;
         }
 
         config.journal_dir =

@@ -248,6 +248,26 @@ fn journal_dir_follows_runtime_dir_unless_explicit() {
 }
 
 #[test]
+fn the_stop_engines_flag_overrides_the_default_and_the_file() {
+    let flag = Overrides {
+        stop_engines_on_shutdown: true,
+        ..Overrides::default()
+    };
+    assert!(
+        !ok(Input::default()).stop_engines_on_shutdown,
+        "engines outlive the daemon by default"
+    );
+    assert!(
+        ok(Input {
+            file: Some("stop_engines_on_shutdown = false"),
+            flags: flag,
+            ..Input::default()
+        })
+        .stop_engines_on_shutdown
+    );
+}
+
+#[test]
 fn dev_flag_clears_require_gpu() {
     let dev = Overrides {
         dev: true,
