@@ -1,0 +1,145 @@
+//! Daemon restart with running engines: `pool-managerd serve` (the real binary, a child of the
+//! benchmark) with N ready engine-sim pools is killed with SIGKILL and started again; the figure
+//! is the time from the new exec to every pool reading `ready: true` in `GET /v2/pools`, with
+//! the same pids (adoption: no engine is restarted).
+//!
+//! `cargo bench --bench restart` runs N = 1, 16, 64 (3 rounds each); `cargo test --bench
+//! restart` (CI) runs N = 2 once. `POOL_BENCH_RESTART_POOLS=1,16` overrides the list.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
+const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+fn start_daemon(dir: &std::path::Path, port: u16) -> Daemon {
+    let child = Command::new(DAEMON)
+        .args(["serve", "--dev", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--runtime-dir")
+        .arg(dir.join("runtime"))
+        .arg("--journal-dir")
+        .arg(dir.join("journal"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pool-managerd serve");
+    Daemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn pools(http: &reqwest::Client, base: &str) -> Option<Vec<Value>> {
+    let response = http.get(format!("{base}/v2/pools")).send().await.ok()?;
+    response.json::<Vec<Value>>().await.ok()
+}
+
+/// One round: N ready pools, SIGKILL, exec again; the ms from exec to all ready again.
+async fn round(http: &reqwest::Client, n: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut daemon = start_daemon(dir.path(), port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pools(http, &daemon.base).await.is_none() {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let preloads = (0..n).map(|i| {
+        let engine_port = free_port();
+        let body = json!({"prepared": {
+            "binary_path": ENGINE_SIM, "flags": ["--port", engine_port.to_string()],
+            "host": "127.0.0.1", "port": engine_port, "model_path": "/m.gguf",
+            "engine_version": "sim", "pool_id": format!("p{i}"), "replica_id": "r0",
+        }});
+        let request = http
+            .post(format!("{}/v2/pools/p{i}/preload", daemon.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move { request.send().await.map(|r| r.status().as_u16()) }
+    });
+    for status in futures::future::join_all(preloads).await {
+        assert_eq!(status.ok(), Some(200), "a preload failed");
+    }
+    let before: BTreeMap<String, Value> = pools(http, &daemon.base)
+        .await
+        .expect("pools")
+        .into_iter()
+        .map(|p| (p["pool_id"].as_str().unwrap_or("").to_string(), p["pid"].clone()))
+        .collect();
+    daemon.child.kill().expect("SIGKILL");
+    let _ = daemon.child.wait();
+
+    let exec = Instant::now();
+    let mut daemon = start_daemon(dir.path(), port);
+    let elapsed = loop {
+        if let Some(after) = pools(http, &daemon.base).await {
+            let all_ready = after.len() == n
+                && after.iter().all(|p| {
+                    p["ready"] == true
+                        && before.get(p["pool_id"].as_str().unwrap_or("")) == Some(&p["pid"])
+                });
+            if all_ready {
+                break exec.elapsed();
+            }
+        }
+        assert!(
+            exec.elapsed() < Duration::from_secs(60),
+            "pools not all ready again with the same pids"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // Clean up: every engine stopped with its pool, then the daemon.
+    let removals = (0..n).map(|i| http.delete(format!("{}/v2/pools/p{i}", daemon.base)).send());
+    for removal in futures::future::join_all(removals).await {
+        assert_eq!(removal.map(|r| r.status().as_u16()).ok(), Some(200));
+    }
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    elapsed.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let measured = std::env::args().any(|arg| arg == "--bench");
+    let sizes: Vec<usize> = std::env::var("POOL_BENCH_RESTART_POOLS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if measured { vec![1, 16, 64] } else { vec![2] });
+    let rounds = if measured { 3 } else { 1 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    for n in sizes {
+        let mut samples: Vec<f64> = (0..rounds)
+            .map(|_| runtime.block_on(round(&http, n)))
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "restart with {n} ready engines: exec to all ready again (same pids) in {:.0} ms median of {rounds} (min {:.0}, max {:.0})",
+            samples[samples.len() / 2],
+            samples[0],
+            samples[samples.len() - 1]
+        );
+    }
+}
