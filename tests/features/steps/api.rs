@@ -44,10 +44,15 @@ fn answer_is_error(world: &mut PoolWorld, status: u16, code: String) {
         .unwrap_or_else(|| panic!("an error is a JSON object: {}", answer.body));
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     keys.sort_unstable();
+    // A failed reload also says whether it rolled back (SPEC section 9).
+    let expected: &[&str] = if code == "RELOAD_FAILED" {
+        &["code", "error", "rolled_back"]
+    } else {
+        &["code", "error"]
+    };
     assert_eq!(
-        keys,
-        ["code", "error"],
-        "an error has exactly code and error"
+        keys, expected,
+        "an error has exactly code and error (and rolled_back for RELOAD_FAILED)"
     );
     assert!(
         answer.body["error"]

@@ -12,6 +12,7 @@
 //! - `files`: the runtime directory: logs, pid files, handoff files.
 //! - `process`: engine processes as `/proc` shows them, stopping, removing, crashing.
 //! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
+//! - `reload`: model files, engines that load them, reloads.
 //! - `journal`: a real journal of the scripted core: reopen, replay, damage.
 
 pub mod api;
@@ -24,4 +25,5 @@ pub mod params;
 pub mod pools;
 pub mod preload;
 pub mod process;
+pub mod reload;
 pub mod supervision;

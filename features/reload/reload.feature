@@ -1,0 +1,55 @@
+Feature: Reloading a pool onto another model (OC-CTRL-2003)
+  A reload swaps the model a pool serves, atomically or not at all. The new model is staged
+  first (it exists, it is readable, its sha256 digest matches when one is given); a model that
+  is not there is refused with MODEL_NOT_FOUND and the running engine is not touched. Then the
+  old engine is drained and stopped, and a new one starts on the new model (the model path and
+  any flag equal to it replaced; pool id, device mask and replica kept). If the new engine
+  fails, it is killed, the old model starts again, and the answer is RELOAD_FAILED with
+  rolled_back true once it serves. A reload to the model already served changes nothing.
+
+  Background:
+    Given a running daemon
+    And a model file "a.gguf" that loads
+    And a model file "b.gguf" that loads
+    And pool "p1" is ready serving the model "a.gguf"
+    And the engine of pool "p1" is noted
+
+  Scenario: A reload serves the new model from a new engine
+    When pool "p1" is reloaded to the model "b.gguf"
+    Then the answer is 200
+    And the answer's "noop" is false
+    And the answer's "pool_id" is "p1"
+    And pool "p1" serves the model "b.gguf"
+    And pool "p1" shows "device_mask" "GPU0"
+    And the events of pool "p1" include, in this order, "ReloadRequested, ModelStaged, DrainCompleted, ReloadSucceeded"
+
+  Scenario: A reload to a file URI with the right digest
+    When pool "p1" is reloaded to the model "b.gguf" with its true digest
+    Then the answer is 200
+    And pool "p1" serves the model "b.gguf"
+
+  Scenario: A missing model is refused and the engine is not touched
+    When pool "p1" is reloaded to the model "missing.gguf"
+    Then the answer is 422 with code "MODEL_NOT_FOUND"
+    And the engine of pool "p1" is the noted one, still running
+    And pool "p1" serves the model "a.gguf"
+
+  Scenario: A wrong digest is refused and the engine is not touched
+    When pool "p1" is reloaded to the model "b.gguf" with the digest "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+    Then the answer is 422 with code "MODEL_NOT_FOUND"
+    And the answer's "error" mentions "digest mismatch"
+    And the engine of pool "p1" is the noted one, still running
+
+  Scenario: A reload to the model already served is a no-op
+    When pool "p1" is reloaded to the model "a.gguf"
+    Then the answer is 200
+    And the answer's "noop" is true
+    And the engine of pool "p1" is the noted one, still running
+
+  Scenario: A new engine that cannot load its model is rolled back to the old model
+    Given a model file "c.gguf" that fails to load
+    When pool "p1" is reloaded to the model "c.gguf"
+    Then the answer is 500 with code "RELOAD_FAILED"
+    And the answer's "rolled_back" is true
+    And pool "p1" serves the model "a.gguf"
+    And the events of pool "p1" include, in this order, "ReloadRequested, ModelStaged, ReloadFailed, ReloadRolledBack"

@@ -1,0 +1,116 @@
+//! Reload steps: model files in the scenario's directory, engines that load them (engine-sim
+//! `--check-model`: a missing file, or one whose first line is `broken`, fails to load like a
+//! bad model in llama-server), and `POST /v2/pools/{id}/reload`.
+
+use cucumber::{given, then, when};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::live::Body;
+use crate::world::PoolWorld;
+
+/// The path of the model file `name` in the scenario's directory.
+fn model(world: &mut PoolWorld, name: &str) -> String {
+    let dir = world.dir().join("models");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir.join(name).display().to_string()
+}
+
+#[given(expr = "a model file {string} that loads")]
+fn good_model(world: &mut PoolWorld, name: String) {
+    let path = model(world, &name);
+    std::fs::write(&path, format!("a model: {name}\n")).unwrap_or_else(|e| panic!("{path}: {e}"));
+}
+
+#[given(expr = "a model file {string} that fails to load")]
+fn broken_model(world: &mut PoolWorld, name: String) {
+    let path = model(world, &name);
+    std::fs::write(&path, "broken\n").unwrap_or_else(|e| panic!("{path}: {e}"));
+}
+
+#[given(expr = "pool {string} is ready serving the model {string}")]
+async fn ready_on_model(world: &mut PoolWorld, pool: String, name: String) {
+    let path = model(world, &name);
+    world.prepare_engine_sim(&pool, "--check-model --load-ms 200");
+    let prepared = world.prepared_mut(&pool);
+    prepared["model_path"] = json!(path);
+    prepared["device_mask"] = json!("GPU0");
+    if let Some(flags) = prepared["flags"].as_array_mut() {
+        // `-m <model>` follows `--port <port>` (see `engines::engine_sim`).
+        flags[3] = json!(path);
+    }
+    world.preload_ready(&pool).await;
+}
+
+async fn reload(world: &mut PoolWorld, pool: &str, body: serde_json::Value) {
+    world
+        .request(
+            Method::POST,
+            &format!("/v2/pools/{pool}/reload"),
+            Body::Json(body),
+        )
+        .await;
+}
+
+#[when(expr = "pool {string} is reloaded to the model {string}")]
+async fn reload_to(world: &mut PoolWorld, pool: String, name: String) {
+    let path = model(world, &name);
+    reload(
+        world,
+        &pool,
+        json!({"new_model_ref": path, "drain_deadline_ms": 5000}),
+    )
+    .await;
+}
+
+#[when(expr = "pool {string} is reloaded to the model {string} as a file URI")]
+async fn reload_to_uri(world: &mut PoolWorld, pool: String, name: String) {
+    let path = model(world, &name);
+    let body = json!({"new_model_ref": format!("file://{path}"), "drain_deadline_ms": 5000});
+    reload(world, &pool, body).await;
+}
+
+#[when(expr = "pool {string} is reloaded to the model {string} with the digest {string}")]
+async fn reload_with_digest(world: &mut PoolWorld, pool: String, name: String, digest: String) {
+    let path = model(world, &name);
+    let body = json!({"new_model_ref": path, "digest": digest, "drain_deadline_ms": 5000});
+    reload(world, &pool, body).await;
+}
+
+#[when(expr = "pool {string} is reloaded to the model {string} with its true digest")]
+async fn reload_with_true_digest(world: &mut PoolWorld, pool: String, name: String) {
+    let path = model(world, &name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let output = std::process::Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("sha256sum: {e}"));
+    let hex = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(hex.len(), 64, "sha256sum of {} bytes: {hex:?}", bytes.len());
+    let body = json!({"new_model_ref": path, "digest": format!("sha256:{hex}"), "drain_deadline_ms": 5000});
+    reload(world, &pool, body).await;
+}
+
+#[then(expr = "pool {string} serves the model {string}")]
+async fn serves_model(world: &mut PoolWorld, pool: String, name: String) {
+    let path = model(world, &name);
+    let status = world
+        .status_becomes(&pool, "ready", |s| s.is_some_and(|s| s.ready))
+        .await;
+    let status = status.unwrap_or_else(|| panic!("pool '{pool}' is gone"));
+    assert_eq!(
+        status.model_ref.as_deref(),
+        Some(path.as_str()),
+        "{status:?}"
+    );
+    let engine = world.engine_of(&pool).await;
+    assert!(
+        engine.cmdline().iter().any(|arg| *arg == path),
+        "the engine's -m flag follows the model: {:?}",
+        engine.cmdline()
+    );
+}
