@@ -109,7 +109,7 @@ async fn serves_model(world: &mut PoolWorld, pool: String, name: String) {
     );
     let engine = world.engine_of(&pool).await;
     assert!(
-        engine.cmdline().iter().any(|arg| *arg == path),
+        engine.cmdline().contains(&path),
         "the engine's -m flag follows the model: {:?}",
         engine.cmdline()
     );
