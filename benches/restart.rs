@@ -81,7 +81,12 @@ async fn round(http: &reqwest::Client, n: usize) -> f64 {
         .await
         .expect("pools")
         .into_iter()
-        .map(|p| (p["pool_id"].as_str().unwrap_or("").to_string(), p["pid"].clone()))
+        .map(|p| {
+            (
+                p["pool_id"].as_str().unwrap_or("").to_string(),
+                p["pid"].clone(),
+            )
+        })
         .collect();
     daemon.child.kill().expect("SIGKILL");
     let _ = daemon.child.wait();

@@ -35,6 +35,8 @@ pub struct Daemon {
     stop_server: oneshot::Sender<()>,
     stop_engines_on_shutdown: bool,
     stop_wait_ms: u64,
+    // handoff watcher (SPEC 6, engines started by someone else)
+    handoff_watcher: crate::supervisor::handoff::HandoffWatcher,
 }
 
 impl Daemon {
@@ -87,6 +89,11 @@ impl Daemon {
                 version: VERSION.to_string(),
             },
         );
+        // handoff watcher (SPEC 6, engines started by someone else)
+        let handoff_watcher = crate::supervisor::handoff::HandoffWatcher::spawn(
+            node.handle(),
+            crate::supervisor::files::RuntimeDirs::create(&config.runtime_dir)?,
+        );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(api::serve(listener, api::router(state), async move {
             let _ = stopped.await;
@@ -103,6 +110,7 @@ impl Daemon {
                     .grace_ms
                     .saturating_add(crate::supervisor::KILL_WAIT_MS)
                     .saturating_add(1_000),
+                handoff_watcher,
             },
             report,
         ))
@@ -122,6 +130,7 @@ impl Daemon {
     /// journals `DaemonStopped{reason}`. By default engines keep running.
     pub async fn shutdown(self, reason: &str) {
         let _ = self.stop_server.send(());
+        self.handoff_watcher.stop().await; // handoff watcher
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(Ok(Err(e))) => tracing::warn!("the API server ended with an error: {e}"),
             Err(_) => tracing::warn!("the API server did not finish its requests within 10 s"),

@@ -324,6 +324,11 @@ impl Harness {
 
     /// Preloads an engine-sim on a fresh port with `flags` (`?wait=false`); returns the port.
     async fn preload(&mut self, pool: &str, flags: &[&str]) -> u16 {
+        self.preload_model(pool, "/models/m.gguf", flags).await
+    }
+
+    /// [`preload`](Self::preload) of an engine whose `model_path` is `model`.
+    async fn preload_model(&mut self, pool: &str, model: &str, flags: &[&str]) -> u16 {
         let port = free_port();
         self.engine_ports.push(port);
         let mut all = vec!["--port".to_string(), port.to_string()];
@@ -333,7 +338,7 @@ impl Harness {
             "flags": all,
             "host": "127.0.0.1",
             "port": port,
-            "model_path": "/models/m.gguf",
+            "model_path": model,
             "engine_version": "sim-1",
             "pool_id": pool,
             "replica_id": "r0",
@@ -1031,4 +1036,148 @@ async fn an_engine_dying_at_once_never_leaves_the_pool_starting() {
     assert_one_engine_at_a_time(&events);
     let pids = spawned_pids(&events);
     h.finish(&pids);
+}
+
+/// Two ready engines, leases on one; the daemon is SIGKILLed and one engine is killed while
+/// the daemon is down. The next start adopts the survivor (same pid, its lease intact, no
+/// spawn) and records the other `EngineLost`, which the restart policy starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_two_engines_adopts_the_live_one_and_restarts_the_lost_one() {
+    let mut h = Harness::start(FAST_POLICY).await;
+    h.preload("kept", &["--parallel", "2"]).await;
+    h.preload("lost", &["--parallel", "2"]).await;
+    let kept = h
+        .wait_pool("kept", "ready", 5, |s| s["ready"] == true)
+        .await;
+    let lost = h
+        .wait_pool("lost", "ready", 5, |s| s["ready"] == true)
+        .await;
+    let (kept_pid, lost_pid) = (u64_of(&kept["pid"], "pid"), u64_of(&lost["pid"], "pid"));
+    let (status, lease) = h
+        .call(reqwest::Method::POST, "/v2/pools/kept/leases", None)
+        .await;
+    assert_eq!(status, 201, "{lease}");
+
+    h.kill_daemon();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(lost_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the engine of 'lost'");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pid_alive(lost_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.spawn_daemon().await;
+
+    let after = h.pool("kept").await;
+    assert_eq!(
+        after["ready"], true,
+        "adopted before the API serves: {after}"
+    );
+    assert_eq!(after["pid"], kept["pid"], "{after}");
+    assert_eq!(after["active_leases"], 1, "the lease survived: {after}");
+    let events = h.events("kept").await;
+    assert!(
+        last_of(&events, "EngineAdopted").is_some(),
+        "{}",
+        timeline(&events)
+    );
+    assert_eq!(
+        spawned_pids(&events),
+        vec![kept_pid],
+        "no spawn for the adopted engine"
+    );
+
+    let events = h.events("lost").await;
+    assert!(
+        last_of(&events, "EngineLost").is_some(),
+        "{}",
+        timeline(&events)
+    );
+    let restarted = h
+        .wait_pool("lost", "restarted", 10, |s| {
+            s["ready"] == true && s["pid"].as_u64().is_some_and(|p| p != lost_pid)
+        })
+        .await;
+    let events = h.events("lost").await;
+    assert_one_engine_at_a_time(&events);
+    let mut pids = spawned_pids(&h.events("kept").await);
+    pids.extend(spawned_pids(&events));
+    assert_eq!(restarted["restart_count"], 1, "{restarted}");
+    h.finish(&pids);
+}
+
+/// The daemon is SIGKILLed while a reload's new engine is starting; after the next start the
+/// pool ends ready on one model, with exactly one engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_reload_ends_ready_on_one_model_with_one_engine() {
+    let mut h = Harness::start(FAST_POLICY).await;
+    let models = h.dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let (a, b) = (models.join("a.gguf"), models.join("b.gguf"));
+    std::fs::write(&a, "model a\n").unwrap();
+    std::fs::write(&b, "model b\n").unwrap();
+    let a_path = a.display().to_string();
+    // A slow load, so that the kill lands while the new engine starts.
+    let port = h
+        .preload_model(
+            "swap",
+            &a_path,
+            &["-m", &a_path, "--check-model", "--load-ms", "1500"],
+        )
+        .await;
+    let sampler = Sampler::start(port);
+    let before = h
+        .wait_pool("swap", "ready", 10, |s| s["ready"] == true)
+        .await;
+    let old_pid = u64_of(&before["pid"], "pid");
+
+    // The reload request waits; send it in the background and kill the daemon once the new
+    // engine has been requested.
+    let base = h.base.clone();
+    let body = json!({"new_model_ref": b.display().to_string(), "drain_deadline_ms": 1000});
+    tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(format!("{base}/v2/pools/swap/reload"))
+            .json(&body)
+            .send()
+            .await;
+    });
+    h.wait_events("swap", "the new engine requested", 10, |events| {
+        events
+            .iter()
+            .any(|e| kind(e) == "EngineStartRequested" && e["event"]["purpose"] == "reload")
+    })
+    .await;
+    h.kill_daemon();
+    h.spawn_daemon().await;
+
+    let done = h
+        .wait_pool("swap", "ready again", 15, |s| s["ready"] == true)
+        .await;
+    let model = done["model_ref"].as_str().unwrap_or_default().to_string();
+    assert!(
+        model == a_path || model == b.display().to_string(),
+        "ready on one of the two models: {done}"
+    );
+    let events = h.events("swap").await;
+    eprintln!("journal of the pool:\n{}", timeline(&events));
+    assert_one_engine_at_a_time(&events);
+    assert_sampler_saw_one_engine(&sampler);
+    drop(sampler);
+    let pid = u64_of(&done["pid"], "pid");
+    assert!(pid_alive(pid));
+    // The engine loads the model the registry says it serves (the -m flag follows it).
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(&model),
+        "engine {pid} runs {:?}, the registry says {model}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert!(
+        !pid_alive(old_pid) || pid == old_pid,
+        "the old engine is gone unless it serves"
+    );
+    h.finish(&spawned_pids(&events));
 }

@@ -132,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/pools/{id}/stop", post(pools::stop))
         .route("/v2/pools/{id}/breaker/reset", post(pools::reset_breaker))
         .route("/v2/pools/{id}/events", get(pools::events))
+        .route("/v2/pools/{id}/handoff", post(pools::register_handoff)) // handoff route
         .route("/pools/{id}/preload", post(pools::preload))
         .route(
             "/pools/{id}/status",

@@ -354,3 +354,39 @@ pub(super) async fn events(
         .collect();
     Ok(Json(body).into_response())
 }
+
+// ---- handoff route (SPEC 6, engines started by someone else) ----
+/// `POST /v2/pools/{id}/handoff`: the handoff document of an engine started by someone else;
+/// validated (400 naming the field), probed (`POOL_UNREADY` unless `{url}/health` answers
+/// 200), then registered with path `"api"`; 200 with the pool's status.
+pub(super) async fn register_handoff(
+    State(state): State<ApiState>,
+    PoolPath(pool_id): PoolPath,
+    JsonBody(handoff): JsonBody<pool_core::Handoff>,
+) -> Result<Response, ApiError> {
+    use crate::supervisor::handoff as watcher;
+    handoff
+        .validate()
+        .map_err(|(field, why)| ApiError::invalid(format!("field '{field}': {why}")))?;
+    if handoff.pool_id != pool_id.as_str() {
+        return Err(ApiError::invalid(format!(
+            "field 'pool_id': '{}' does not match the pool '{pool_id}' of the path",
+            handoff.pool_id
+        )));
+    }
+    if let Err(why) = watcher::probe_health(&watcher::probe_client(), &handoff.url).await {
+        return Err(ApiError::new(
+            "POOL_UNREADY",
+            format!("the handed-off engine is not healthy: {why}; retry once it answers 200"),
+        ));
+    }
+    let committed = state
+        .node()
+        .submit(Command::RegisterHandoff {
+            pool_id: pool_id.clone(),
+            handoff,
+            path: "api".to_string(),
+        })
+        .await?;
+    Ok(Json(committed.state.status(pool_id.as_str())).into_response())
+}

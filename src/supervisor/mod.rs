@@ -17,6 +17,7 @@
 //! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging).
 
 pub mod files;
+pub mod handoff;
 pub mod logwatch;
 pub mod probe;
 pub mod process;
@@ -319,7 +320,10 @@ impl PoolWorker {
                 self.shared.registry.forget_heartbeat(self.pool_id.as_str());
                 let pid_path = self.dirs().pid_path(self.pool_id.as_str());
                 let mut paths = vec![pid_path];
-                paths.extend(self.handoff_path.take());
+                // Only a file in our engines folder: a handoff registered through the API
+                // records the path "api", which is no file of ours.
+                let engines = self.dirs().engines.clone();
+                paths.extend(self.handoff_path.take().filter(|p| p.starts_with(&engines)));
                 for path in paths {
                     if let Err(e) = files::remove_if_exists(&path) {
                         tracing::warn!(pool_id = %self.pool_id, "{e}");
@@ -739,16 +743,20 @@ impl PoolWorker {
                 if !pool.serving() || (pid.is_some() && current != pid) {
                     return;
                 }
-                let Some(engine) = pool.engine.clone() else {
-                    return;
+                // Our engine's health route, or a handed-off engine's `/health`.
+                let url = match (&pool.engine, &pool.handoff) {
+                    (Some(engine), _) => format!("{}{}", engine.url(), engine.health_path),
+                    (None, Some(handoff)) => {
+                        format!("{}/health", handoff.url.trim_end_matches('/'))
+                    }
+                    (None, None) => return,
                 };
-                let Some(current) = current.or(pid) else {
-                    return;
-                };
+                // A handoff without a pid is probed as pid 0 (the core matches it so).
+                let current = current.or(pid).unwrap_or(0);
                 drop(published);
                 // A probe never outlasts the interval: a hung engine is found in
                 // `failures_to_crash` intervals.
-                let health = shared.prober.health(&engine, interval_ms).await;
+                let health = shared.prober.health_url(&url, interval_ms).await;
                 let observation = if health == Health::Healthy {
                     shared.registry.heartbeat(pool_id.as_str(), shared.now_ms());
                     Observation::ProbeSucceeded {

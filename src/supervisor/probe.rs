@@ -77,6 +77,12 @@ impl Prober {
     /// `GET {url}{health_path}`, answered within `timeout_ms` (at most [`PROBE_TIMEOUT_MS`]).
     pub async fn health(&self, engine: &PreparedEngine, timeout_ms: u64) -> Health {
         let url = format!("{}{}", engine.url(), engine.health_path);
+        self.health_url(&url, timeout_ms).await
+    }
+
+    /// `GET url`, answered within `timeout_ms` (at most [`PROBE_TIMEOUT_MS`]).
+    pub async fn health_url(&self, url: &str, timeout_ms: u64) -> Health {
+        let url = url.to_string();
         let timeout_ms = timeout_ms.clamp(1, PROBE_TIMEOUT_MS);
         let request = self
             .client

@@ -1,0 +1,328 @@
+//! Engines started by someone else (SPEC section 6, last bullet): the watcher of
+//! `<runtime>/engines/` and the health check shared with `POST /v2/pools/{id}/handoff`.
+//!
+//! Owns: finding new or changed handoff files (by mtime and length), reading them bounded,
+//! parsing and validating them, checking that the file name matches the content, telling our
+//! own handoff files apart (never re-ingested), probing the engine's `{url}/health`, and
+//! submitting `Command::RegisterHandoff` or `Observation::HandoffInvalid`.
+//! Never: changes a pool itself (the core decides), or panics on a bad file.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use pool_core::{Command, Handoff, Observation, PoolId, State};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::files::RuntimeDirs;
+use crate::node::NodeHandle;
+
+/// How often the watcher lists `<runtime>/engines/` (a poll: no inotify crate; a new file is
+/// seen within this delay plus one health probe).
+pub const POLL_INTERVAL_MS: u64 = 500;
+/// The largest handoff file read; a larger one is refused as invalid.
+pub const HANDOFF_FILE_MAX_BYTES: u64 = 64 * 1024;
+/// The time limit of the health probe of a handed-off engine.
+pub const HANDOFF_PROBE_TIMEOUT_MS: u64 = 2_000;
+
+/// Whether the engine at `url` answers `GET {url}/health` with 200 within
+/// [`HANDOFF_PROBE_TIMEOUT_MS`]; `Err` says what it answered instead (503 loading, refused).
+pub async fn probe_health(client: &reqwest::Client, url: &str) -> Result<(), String> {
+    let target = format!("{}/health", url.trim_end_matches('/'));
+    match client
+        .get(&target)
+        .timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
+        .send()
+        .await
+    {
+        Ok(response) if response.status().as_u16() == 200 => Ok(()),
+        Ok(response) => Err(format!("GET {target} answered {}", response.status())),
+        Err(e) => Err(format!("GET {target} failed: {e}")),
+    }
+}
+
+/// A client for handoff probes (no proxy: engines are local).
+pub fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
+        .timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
+        .build()
+        .unwrap_or_default()
+}
+
+/// A running watcher; [`HandoffWatcher::stop`] ends it (the daemon's shutdown does).
+pub struct HandoffWatcher {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl HandoffWatcher {
+    /// Watches `dirs.engines` for `node` every [`POLL_INTERVAL_MS`].
+    pub fn spawn(node: NodeHandle, dirs: RuntimeDirs) -> HandoffWatcher {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut watcher = Watcher {
+                node,
+                dirs,
+                client: probe_client(),
+                seen: HashMap::new(),
+                waiting: HashMap::new(),
+            };
+            let mut ticker = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stopped.changed() => return,
+                }
+                tokio::select! {
+                    _ = watcher.pass() => {}
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+        HandoffWatcher { stop, task }
+    }
+
+    /// Stops the watcher and waits (bounded) for its task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(3), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// A file's identity for "new or changed".
+type Stamp = (Option<SystemTime>, u64);
+
+struct Watcher {
+    node: NodeHandle,
+    dirs: RuntimeDirs,
+    client: reqwest::Client,
+    /// Files handled (registered, rejected, skipped) at that stamp; a file not ready yet is
+    /// not in here, so the next pass tries it again.
+    seen: HashMap<PathBuf, Stamp>,
+    /// Files whose engine was not healthy at that stamp (logged once).
+    waiting: HashMap<PathBuf, Stamp>,
+}
+
+/// What became of one file.
+enum Outcome {
+    /// Done with at this stamp.
+    Handled,
+    /// Try again on a later pass (engine not healthy yet, node busy).
+    Retry,
+}
+
+impl Watcher {
+    async fn pass(&mut self) {
+        let entries = match std::fs::read_dir(&self.dirs.engines) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(dir = %self.dirs.engines.display(), "cannot list the handoff directory: {e}");
+                return;
+            }
+        };
+        let mut present = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let stamp: Stamp = (meta.modified().ok(), meta.len());
+            present.push(path.clone());
+            if self.seen.get(&path) == Some(&stamp) {
+                continue;
+            }
+            let first_try = self.waiting.get(&path) != Some(&stamp);
+            match self.handle(&path, meta.len(), first_try).await {
+                Outcome::Handled => {
+                    self.waiting.remove(&path);
+                    self.seen.insert(path, stamp);
+                }
+                Outcome::Retry => {
+                    self.waiting.insert(path, stamp);
+                }
+            }
+        }
+        self.seen.retain(|path, _| present.contains(path));
+        self.waiting.retain(|path, _| present.contains(path));
+    }
+
+    async fn handle(&self, path: &Path, len: u64, first_try: bool) -> Outcome {
+        let file = path.display().to_string();
+        let handoff = match read_handoff(path, len, &self.dirs) {
+            Ok(handoff) => handoff,
+            Err((field, reason)) => {
+                tracing::warn!(file = %file, field = %field, "invalid handoff file: {reason}");
+                let invalid = Observation::HandoffInvalid {
+                    file: file.clone(),
+                    field,
+                    reason,
+                };
+                return match self.node.submit(invalid).await {
+                    Ok(_) => Outcome::Handled,
+                    Err(e) => {
+                        tracing::warn!(file = %file, "cannot record the invalid handoff: {e}");
+                        Outcome::Retry
+                    }
+                };
+            }
+        };
+        if is_our_own(&self.node.registry().load().state, &file, &handoff) {
+            tracing::debug!(file = %file, "our own handoff file: not re-ingested");
+            return Outcome::Handled;
+        }
+        if let Err(why) = probe_health(&self.client, &handoff.url).await {
+            if first_try {
+                tracing::info!(file = %file, "handed-off engine not healthy yet ({why}); retrying every {POLL_INTERVAL_MS} ms");
+            } else {
+                tracing::debug!(file = %file, "handed-off engine still not healthy: {why}");
+            }
+            return Outcome::Retry;
+        }
+        let Ok(pool_id) = PoolId::new(&handoff.pool_id) else {
+            return Outcome::Handled; // validate() checked it
+        };
+        let command = Command::RegisterHandoff {
+            pool_id: pool_id.clone(),
+            handoff,
+            path: file.clone(),
+        };
+        match self.node.submit(command).await {
+            Ok(committed) => {
+                if committed.envelopes.is_empty() {
+                    tracing::debug!(file = %file, pool_id = %pool_id, "handoff already registered");
+                } else {
+                    tracing::info!(file = %file, pool_id = %pool_id, "handoff registered: pool ready");
+                }
+                Outcome::Handled
+            }
+            Err(crate::node::NodeError::ShuttingDown) => Outcome::Retry,
+            Err(e) => {
+                tracing::warn!(file = %file, pool_id = %pool_id, "handoff refused: {e}");
+                Outcome::Handled
+            }
+        }
+    }
+}
+
+/// Whether `file` (with `handoff`) is one of our own handoff files: the handoff file of a pool
+/// whose engine we spawned, or naming the pid of an engine we spawned.
+pub fn is_our_own(state: &State, file: &str, handoff: &Handoff) -> bool {
+    state.pools.values().any(|pool| {
+        let ours = pool.engine.is_some() || pool.process.as_ref().is_some_and(|p| !p.external);
+        let same_file = pool.handoff_path.as_deref() == Some(file);
+        let same_pid = handoff.pid.is_some()
+            && pool
+                .process
+                .as_ref()
+                .is_some_and(|p| !p.external && Some(p.pid) == handoff.pid);
+        (ours && same_file) || same_pid
+    })
+}
+
+/// Reads, parses and validates the handoff file at `path`; `Err((field, reason))`.
+fn read_handoff(path: &Path, len: u64, dirs: &RuntimeDirs) -> Result<Handoff, (String, String)> {
+    if len > HANDOFF_FILE_MAX_BYTES {
+        return Err((
+            "file".into(),
+            format!("larger than {HANDOFF_FILE_MAX_BYTES} bytes ({len})"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(HANDOFF_FILE_MAX_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map(|_| ())
+        })
+        .map_err(|e| ("file".to_string(), format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > HANDOFF_FILE_MAX_BYTES {
+        return Err((
+            "file".into(),
+            format!("larger than {HANDOFF_FILE_MAX_BYTES} bytes"),
+        ));
+    }
+    let handoff = parse_handoff(&bytes)?;
+    handoff.validate()?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let expected = format!("{}-{}.json", handoff.pool_id, handoff.replica_id);
+    if dirs
+        .handoff_path(&handoff.pool_id, &handoff.replica_id)
+        .is_none()
+    {
+        return Err((
+            "replica_id".into(),
+            "not a safe file name part (letters, digits, '.', '_', '-')".into(),
+        ));
+    }
+    if name != expected {
+        return Err((
+            "pool_id".into(),
+            format!("the file name '{name}' does not match its content (expected '{expected}')"),
+        ));
+    }
+    Ok(handoff)
+}
+
+/// Parses a handoff document, naming the failing field (`json` for a syntax error).
+pub fn parse_handoff(bytes: &[u8]) -> Result<Handoff, (String, String)> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let handoff: Handoff = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let field = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "json".to_string()
+            }
+            _ => match missing_field(&message) {
+                Some(missing) if path == "." || path.is_empty() => missing,
+                Some(missing) => format!("{path}.{missing}"),
+                None if path == "." || path.is_empty() => "json".to_string(),
+                None => path,
+            },
+        };
+        (field, message)
+    })?;
+    de.end()
+        .map_err(|e| ("json".to_string(), format!("trailing characters: {e}")))?;
+    Ok(handoff)
+}
+
+/// `missing field `x`` → `x`.
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        assert_eq!(parse_handoff(b"{not json").unwrap_err().0, "json");
+        let missing = br#"{"engine":"x","engine_version":"1","url":"http://h","pool_id":"p","replica_id":"r0","model":{"path":"m"}}"#;
+        assert_eq!(parse_handoff(missing).unwrap_err().0, "slots_total");
+        let wrong = br#"{"engine":"x","engine_version":"1","url":"http://h","pool_id":"p","replica_id":"r0","model":{"path":"m"},"slots_total":"many"}"#;
+        assert_eq!(parse_handoff(wrong).unwrap_err().0, "slots_total");
+        let nested = br#"{"engine":"x","engine_version":"1","url":"http://h","pool_id":"p","replica_id":"r0","model":{},"slots_total":2}"#;
+        assert_eq!(parse_handoff(nested).unwrap_err().0, "model.path");
+    }
+}

@@ -1,0 +1,440 @@
+//! Engines started by someone else (SPEC section 6, last bullet): a real daemon in process, a
+//! real engine-sim started by the test itself (its own process, not a preload), handoff files
+//! written into `<runtime>/engines/` and `POST /v2/pools/{id}/handoff`.
+//!
+//! Waits poll with a bounded deadline; every engine the test started is killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pool_managerd::clock::SystemClock;
+use pool_managerd::config::Config;
+use pool_managerd::daemon::Daemon;
+use serde_json::{json, Value};
+
+const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
+/// Longer than a few passes of the watcher (500 ms each) plus a probe.
+const WAIT: Duration = Duration::from_secs(8);
+
+struct Harness {
+    dir: tempfile::TempDir,
+    daemon: Option<Daemon>,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            runtime_dir: dir.path().join("runtime"),
+            journal_dir: dir.path().join("journal"),
+            require_gpu: false,
+            stop_engines_on_shutdown: true,
+            ..Config::default()
+        };
+        config.health.preload_interval_ms = 50;
+        config.health.preload_timeout_ms = 10_000;
+        config.stop.grace_ms = 1_000;
+        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
+        Harness {
+            base: format!("http://{}", daemon.addr()),
+            daemon: Some(daemon),
+            dir,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    fn engines_dir(&self) -> PathBuf {
+        self.dir.path().join("runtime").join("engines")
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body.to_string()))
+            .await
+    }
+
+    async fn wait_pool(&self, pool: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, status) = self.get(&format!("/v2/pools/{pool}")).await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pool {pool}: {what} not reached: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The node's last handoff rejection `(file, field, reason)`.
+    fn last_rejection(&self) -> Option<(String, String, String)> {
+        self.daemon()
+            .handle()
+            .registry()
+            .load()
+            .state
+            .node
+            .last_handoff_rejection
+            .clone()
+    }
+
+    async fn kinds(&self, pool: &str) -> Vec<String> {
+        let (status, events) = self.get(&format!("/v2/pools/{pool}/events")).await;
+        assert_eq!(status, 200, "{events}");
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["event"]["kind"].as_str())
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown("test finished").await;
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An engine-sim started by the test (someone else than the daemon); killed on drop.
+struct External {
+    child: Child,
+    port: u16,
+}
+
+impl External {
+    async fn start(parallel: u32) -> External {
+        let port = free_port();
+        let child = std::process::Command::new(ENGINE_SIM)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--parallel",
+                &parallel.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let engine = External { child, port };
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ok = client
+                .get(format!("{}/health", engine.url()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                return engine;
+            }
+            assert!(Instant::now() < deadline, "engine-sim never became healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn handoff_doc(pool: &str, engine: &External) -> Value {
+    json!({
+        "engine": "llamacpp",
+        "engine_version": "ext-7",
+        "url": engine.url(),
+        "pool_id": pool,
+        "replica_id": "r0",
+        "model": {"path": "/models/ext.gguf"},
+        "flags": ["--parallel", "5"],
+        "device_mask": "0,1",
+        "slots_total": 5,
+        "pid": engine.pid(),
+    })
+}
+
+/// Writes `bytes` as `dir/name` atomically (a temp name the watcher ignores, then a rename).
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[tokio::test]
+async fn a_handoff_file_registers_an_external_engine_and_its_death_makes_the_pool_unready() {
+    let h = Harness::start().await;
+    let mut engine = External::start(5).await;
+    let doc = handoff_doc("ext", &engine);
+    write_file(&h.engines_dir(), "ext-r0.json", doc.to_string().as_bytes());
+
+    let ready = h.wait_pool("ext", "ready", |s| s["ready"] == true).await;
+    assert_eq!(ready["slots_total"], 5, "{ready}");
+    assert_eq!(ready["device_mask"], "0,1", "{ready}");
+    assert_eq!(ready["engine_version"], "ext-7", "{ready}");
+    assert_eq!(ready["pid"], engine.pid(), "{ready}");
+    assert!(ready["last_error"].is_null(), "{ready}");
+    assert!(ready["last_heartbeat_ms"].is_u64(), "{ready}");
+    let path = h.engines_dir().join("ext-r0.json");
+    assert_eq!(ready["handoff_path"], path.display().to_string());
+    let kinds = h.kinds("ext").await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "HandoffRegistered").count(),
+        1,
+        "{kinds:?}"
+    );
+
+    // Seen again on later passes: not registered twice.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let kinds = h.kinds("ext").await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "HandoffRegistered").count(),
+        1,
+        "{kinds:?}"
+    );
+
+    // Its death (watched through a pidfd) makes the pool unready; nothing restarts it.
+    engine.kill();
+    let down = h
+        .wait_pool("ext", "unready after the engine died", |s| {
+            s["ready"] == false
+        })
+        .await;
+    assert!(down["pid"].is_null(), "{down}");
+    let (status, health) = h.get("/health").await;
+    assert_eq!(status, 200, "{health}");
+
+    // A new engine and a new handoff file register the pool again and clear the error.
+    let engine2 = External::start(2).await;
+    let mut doc2 = handoff_doc("ext", &engine2);
+    doc2["slots_total"] = json!(2);
+    write_file(&h.engines_dir(), "ext-r0.json", doc2.to_string().as_bytes());
+    let again = h
+        .wait_pool("ext", "ready again", |s| {
+            s["ready"] == true && s["pid"] == engine2.pid()
+        })
+        .await;
+    assert_eq!(again["slots_total"], 2, "{again}");
+    assert!(again["last_error"].is_null(), "{again}");
+    h.stop().await;
+    drop(engine2);
+}
+
+#[tokio::test]
+async fn bad_handoff_files_are_rejected_with_the_field_and_touch_no_pool() {
+    let h = Harness::start().await;
+    let engine = External::start(3).await;
+    let good = handoff_doc("bad", &engine);
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("slots_total");
+    let mut wrong_type = good.clone();
+    wrong_type["slots_total"] = json!("many");
+    let mut wrong_value = good.clone();
+    wrong_value["slots_total"] = json!(0);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad-r0.json", b"{ not json".to_vec(), "json"),
+        (
+            "bad-r0.json",
+            missing.to_string().into_bytes(),
+            "slots_total",
+        ),
+        (
+            "bad-r0.json",
+            wrong_type.to_string().into_bytes(),
+            "slots_total",
+        ),
+        (
+            "bad-r0.json",
+            wrong_value.to_string().into_bytes(),
+            "slots_total",
+        ),
+        // The file name must match the content.
+        ("other-r0.json", good.to_string().into_bytes(), "pool_id"),
+        ("huge-r0.json", vec![b' '; 70 * 1024], "file"),
+    ];
+    for (name, bytes, field) in cases {
+        let _ = std::fs::remove_file(h.engines_dir().join("bad-r0.json"));
+        write_file(&h.engines_dir(), name, &bytes);
+        let file = h.engines_dir().join(name).display().to_string();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some((f, fld, reason)) = h.last_rejection() {
+                if f == file && fld == field {
+                    assert!(!reason.is_empty());
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no rejection naming '{field}': {:?}",
+                h.last_rejection()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if name != "bad-r0.json" {
+            std::fs::remove_file(h.engines_dir().join(name)).unwrap();
+        }
+    }
+    let (status, pools) = h.get("/v2/pools").await;
+    assert_eq!(status, 200);
+    let pools_text = pools.to_string();
+    assert!(
+        !pools_text.contains("\"bad\"") && !pools_text.contains("\"other\""),
+        "no pool from a bad file: {pools}"
+    );
+    let (status, health) = h.get("/health").await;
+    assert_eq!(status, 200, "the daemon keeps running: {health}");
+    assert_eq!(health["pools"], 0, "{health}");
+
+    // Fixed, the same file registers the pool.
+    write_file(&h.engines_dir(), "bad-r0.json", good.to_string().as_bytes());
+    h.wait_pool("bad", "ready once the file is fixed", |s| {
+        s["ready"] == true
+    })
+    .await;
+    h.stop().await;
+    drop(engine);
+}
+
+#[tokio::test]
+async fn our_own_handoff_file_is_not_re_ingested() {
+    let h = Harness::start().await;
+    let port = free_port();
+    let body = json!({"prepared": {
+        "binary_path": ENGINE_SIM,
+        "flags": ["--port", port.to_string(), "--parallel", "3"],
+        "host": "127.0.0.1",
+        "port": port,
+        "model_path": "/models/m.gguf",
+        "engine_version": "sim-1",
+        "pool_id": "own",
+        "replica_id": "r0",
+    }});
+    let (status, answer) = h.post("/v2/pools/own/preload", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let file = h.engines_dir().join("own-r0.json");
+    assert!(file.exists());
+    // Several passes, then the same file touched (new mtime): still ours.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let bytes = std::fs::read(&file).unwrap();
+    write_file(&h.engines_dir(), "own-r0.json", &bytes);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let kinds = h.kinds("own").await;
+    assert!(
+        !kinds.iter().any(|k| k == "HandoffRegistered"),
+        "our own handoff was re-ingested: {kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "PoolReady"), "{kinds:?}");
+    let (_, status) = h.get("/v2/pools/own").await;
+    assert_eq!(status["ready"], true, "{status}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_handoff_route_validates_probes_and_registers() {
+    let h = Harness::start().await;
+    let engine = External::start(4).await;
+    let mut doc = handoff_doc("api1", &engine);
+    doc["slots_total"] = json!(4);
+
+    let mut bad = doc.clone();
+    bad["slots_total"] = json!(0);
+    let (status, answer) = h.post("/v2/pools/api1/handoff", bad).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["code"], "INVALID_REQUEST");
+    assert!(
+        answer["error"].as_str().unwrap().contains("slots_total"),
+        "{answer}"
+    );
+
+    let mut missing = doc.clone();
+    missing.as_object_mut().unwrap().remove("url");
+    let (status, answer) = h.post("/v2/pools/api1/handoff", missing).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("url"),
+        "{answer}"
+    );
+
+    let mut mismatch = doc.clone();
+    mismatch["pool_id"] = json!("other");
+    let (status, answer) = h.post("/v2/pools/api1/handoff", mismatch).await;
+    assert_eq!(status, 400, "{answer}");
+
+    let mut dead = doc.clone();
+    dead["url"] = json!(format!("http://127.0.0.1:{}", free_port()));
+    let (status, answer) = h.post("/v2/pools/api1/handoff", dead).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["code"], "POOL_UNREADY");
+    let (status, _) = h.get("/v2/pools/api1").await;
+    assert_eq!(status, 404, "no pool from a refused handoff");
+
+    let (status, answer) = h.post("/v2/pools/api1/handoff", doc).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ready"], true, "{answer}");
+    assert_eq!(answer["slots_total"], 4, "{answer}");
+    assert_eq!(answer["pid"], engine.pid(), "{answer}");
+    assert_eq!(answer["handoff_path"], "api", "{answer}");
+    let kinds = h.kinds("api1").await;
+    assert!(kinds.iter().any(|k| k == "HandoffRegistered"), "{kinds:?}");
+    h.stop().await;
+    drop(engine);
+}
