@@ -874,6 +874,14 @@ fn the_demo_runs_its_story_and_cleans_up() {
         "CircuitOpened",
         "CircuitReset",
         "the restart is healthy: phase \"ready\"",
+        // Drain, reload (success, rollback), a daemon restart that adopts its engines.
+        "409 POOL_DRAINING",
+        "DrainCompleted, graceful",
+        "(a good model) -> 200",
+        "500 RELOAD_FAILED rolled_back true",
+        "ReloadRolledBack",
+        "(adopted, not restarted)",
+        "EngineAdopted",
         "every engine stopped, every pool removed",
     ] {
         assert!(

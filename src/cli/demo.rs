@@ -3,7 +3,8 @@
 //! two engine-sim pools preloaded over HTTP, leases taken and returned (one refused with
 //! `SLOTS_EXHAUSTED`), one preload failing (`ENGINE_EXITED`, with the engine's log tail), a
 //! pool crash-looping (backoff delays growing, the breaker opening, a manual reset, a healthy
-//! restart), then the registry table and the journal's timeline. Its supervision policy is
+//! restart), a drain, a reload that succeeds and one that rolls back, and a daemon restart
+//! that adopts its running engines, then the registry table and the journal's timeline. Its supervision policy is
 //! fast (backoff from 200 ms, breaker after 4 failures) so that the story fits in seconds.
 //!
 //! The engines are this very binary run as its hidden `engine-sim` subcommand, so the demo
@@ -125,7 +126,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     config.breaker.failure_threshold = 4;
     config.breaker.open_ms = 60_000;
     let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await?;
-    let client = Client {
+    let mut client = Client {
         http: reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -134,7 +135,45 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     println!("pool-managerd {} demo: daemon on http://{} (no GPU: CPU-only engines allowed, as with --dev)", crate::daemon::VERSION, daemon.addr());
     println!("runtime directory: {}\n", config.runtime_dir.display());
-    let result = script(&client, dir.path()).await;
+    let mut result = script(&client, dir.path()).await;
+    // The daemon restarts; its engines keep serving and are adopted.
+    let daemon = if result.is_ok() {
+        println!("\n8. The daemon restarts (an upgrade, say); its engines keep serving");
+        let (_, before) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
+        daemon.shutdown("demo: restart").await;
+        let (daemon, report) = Daemon::start(&config, Arc::new(SystemClock)).await?;
+        client.base = format!("http://{}", daemon.addr());
+        step(&format!(
+            "stopped, started again over the same journal ({} events replayed in {} ms)",
+            report.events_folded, report.replay_ms
+        ));
+        let (_, after) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
+        for (old, new) in before
+            .as_array()
+            .into_iter()
+            .flatten()
+            .zip(after.as_array().into_iter().flatten())
+            .filter(|(old, _)| old["ready"] == true)
+        {
+            step(&format!(
+                "{}: pid {} before, pid {} after, ready {}, leases {} (adopted, not restarted)",
+                new["pool_id"].as_str().unwrap_or("?"),
+                old["pid"],
+                new["pid"],
+                new["ready"],
+                new["active_leases"]
+            ));
+            if old["pid"] != new["pid"] || new["ready"] != true {
+                result = Err(anyhow::anyhow!(
+                    "pool {} was not adopted: {new}",
+                    new["pool_id"]
+                ));
+            }
+        }
+        daemon
+    } else {
+        daemon
+    };
     // Cleanup whatever happened: stop and forget every pool.
     let (_, pools) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
     let registry_before_cleanup = pools.clone();
@@ -250,7 +289,130 @@ async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
         "GET /v2/pools/broken/health -> live {}, ready {}",
         health["live"], health["ready"]
     ));
-    crash_loop(client, dir).await
+    crash_loop(client, dir).await?;
+    drain(client).await?;
+    reload(client, dir).await
+}
+
+async fn drain(client: &Client) -> anyhow::Result<()> {
+    use reqwest::Method;
+    println!("\n6. Drain chat-a: no new leases, stop once the last one is returned");
+    let (status, _) = client
+        .call(
+            Method::POST,
+            "/v2/pools/chat-a/drain",
+            Some(json!({"deadline_ms": 30_000})),
+        )
+        .await?;
+    step(&format!(
+        "POST /v2/pools/chat-a/drain -> {status} (1 lease still held)"
+    ));
+    let (status, answer) = client
+        .call(Method::POST, "/v2/pools/chat-a/leases", None)
+        .await?;
+    step(&format!(
+        "POST /v2/pools/chat-a/leases -> {status} {}",
+        answer["code"].as_str().unwrap_or("?")
+    ));
+    let (_, events) = client
+        .call(Method::GET, "/v2/pools/chat-a/events", None)
+        .await?;
+    let held = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["event"]["kind"] == "LeaseGranted")
+        .filter_map(|e| e["event"]["lease_id"].as_str())
+        .find(|id| {
+            !events
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["event"]["kind"] == "LeaseReleased" && e["event"]["lease_id"] == *id)
+        })
+        .map(str::to_string);
+    if let Some(lease) = held {
+        let (status, _) = client
+            .call(
+                Method::DELETE,
+                &format!("/v2/pools/chat-a/leases/{lease}"),
+                None,
+            )
+            .await?;
+        step(&format!(
+            "DELETE /v2/pools/chat-a/leases/{lease} -> {status}: the last lease"
+        ));
+    }
+    let stopped = wait_pool(client, "chat-a", "stopped", |s| s["phase"] == "stopped").await?;
+    step(&format!(
+        "chat-a: phase {}, draining {}, ready {} (DrainCompleted, graceful)",
+        stopped["phase"], stopped["draining"], stopped["ready"]
+    ));
+    Ok(())
+}
+
+async fn reload(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
+    use reqwest::Method;
+    println!("\n7. Reload chat-c onto another model, then onto one that fails to load");
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models)?;
+    let (v1, v2, bad) = (
+        models.join("v1.gguf"),
+        models.join("v2.gguf"),
+        models.join("v3.gguf"),
+    );
+    std::fs::write(&v1, "model v1\n")?;
+    std::fs::write(&v2, "model v2\n")?;
+    std::fs::write(&bad, "broken\n")?;
+    let v1_path = v1.display().to_string();
+    let mut prepared = engine(
+        "chat-c",
+        free_port()?,
+        &["--check-model", "--load-ms", "300"],
+    )?;
+    prepared["model_path"] = json!(v1_path);
+    if let Some(flags) = prepared["flags"].as_array_mut() {
+        flags[4] = json!(v1_path); // the -m flag follows the model on a reload
+    }
+    let (status, answer) = client
+        .call(
+            Method::POST,
+            "/v2/pools/chat-c/preload",
+            Some(json!({"prepared": prepared})),
+        )
+        .await?;
+    step(&format!(
+        "POST /v2/pools/chat-c/preload (model v1) -> {status}, pid {}",
+        answer["pid"]
+    ));
+    for (model, what) in [(&v2, "a good model"), (&bad, "a model that fails to load")] {
+        let body =
+            json!({"new_model_ref": model.display().to_string(), "drain_deadline_ms": 5_000});
+        let (status, answer) = client
+            .call(Method::POST, "/v2/pools/chat-c/reload", Some(body))
+            .await?;
+        let (_, now) = client.call(Method::GET, "/v2/pools/chat-c", None).await?;
+        let serving = now["model_ref"]
+            .as_str()
+            .unwrap_or("?")
+            .rsplit('/')
+            .next()
+            .unwrap_or("?")
+            .to_string();
+        match status {
+            200 => step(&format!(
+                "POST .../reload ({what}) -> 200 in {} ms: serving {serving}, pid {}",
+                answer["duration_ms"], now["pid"]
+            )),
+            _ => step(&format!(
+                "POST .../reload ({what}) -> {status} {} rolled_back {}: serving {serving} again, pid {}",
+                answer["code"].as_str().unwrap_or("?"),
+                answer["rolled_back"],
+                now["pid"]
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// Polls `GET /v2/pools/{pool}` until `check` holds (bounded).
