@@ -1017,3 +1017,53 @@ async fn export(h: Harness, to: &Path) {
     journal.export(&mut file).unwrap();
     journal.close().unwrap();
 }
+
+/// A pid that now belongs to an unrelated program is never taken for our engine: not adopted
+/// (its start time or binary differs from the journal's), and not killed by a new start
+/// (its pid file names it, but it does not run the prepared binary as a session leader).
+#[tokio::test]
+async fn an_unrelated_process_is_neither_adopted_nor_killed() {
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let pid = stranger.id();
+    let start_time = pool_managerd::supervisor::process::start_time(pid).unwrap();
+    let pool = pool_managerd::core::PoolId::new("p").unwrap();
+    let verdict = |start_time, binary: Option<&str>| {
+        pool_managerd::supervisor::verify_engine(&pool, pid, start_time, binary)
+    };
+    use pool_managerd::core::Observation::{EngineAdopted, EngineLost};
+    assert!(
+        matches!(verdict(start_time + 1, None), EngineLost { .. }),
+        "another start time"
+    );
+    assert!(
+        matches!(verdict(0, None), EngineLost { .. }),
+        "an unknown start time"
+    );
+    assert!(
+        matches!(verdict(start_time, Some(ENGINE_SIM)), EngineLost { .. }),
+        "another binary"
+    );
+    assert!(
+        matches!(verdict(start_time, Some("sleep")), EngineAdopted { .. }),
+        "the same one"
+    );
+
+    // Its pid in a pool's pid file: a preload of that pool leaves it alone.
+    let h = Harness::start().await;
+    let pids = h.runtime().join("pids");
+    std::fs::write(pids.join("p.pid"), format!("{pid}\n")).unwrap();
+    let (body, _) = engine("p", ENGINE_SIM, &[]);
+    let (status, answer) = h.post("/v2/pools/p/preload", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let _guard = KillOnDrop(answer["pid"].as_u64().unwrap());
+    assert!(
+        pid_alive(u64::from(pid)),
+        "the unrelated process was killed"
+    );
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    h.stop().await;
+}
