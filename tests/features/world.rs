@@ -78,6 +78,8 @@ pub struct PoolWorld {
     pub noted_engines: BTreeMap<String, EngineProcess>,
     /// When a step saw an engine end, by pool.
     pub exits_seen: BTreeMap<String, Instant>,
+    /// Engines started outside the daemon (handoff scenarios), by pool; killed with the world.
+    pub external: crate::steps::handoff::ExternalEngines,
 }
 
 impl PoolWorld {
@@ -99,6 +101,7 @@ impl PoolWorld {
             noted_seq: None,
             noted_engines: BTreeMap::new(),
             exits_seen: BTreeMap::new(),
+            external: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - `pools`: a pool's status and the registry's list (real daemon or scripted core).
 //! - `leases`: taking and returning leases, draining.
 //! - `health`: the orchestrator's health view of a pool.
+//! - `handoff`: engines started outside the daemon and their handoff files.
 //! - `files`: the runtime directory: logs, pid files, handoff files.
 //! - `process`: engine processes as `/proc` shows them, stopping, removing, crashing.
 //! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod daemon;
 pub mod files;
+pub mod handoff;
 pub mod health;
 pub mod journal;
 pub mod leases;
