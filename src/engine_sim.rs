@@ -82,7 +82,7 @@ struct Args {
     never_healthy: bool,
 
     /// After this many ms from start, write a line to stderr and exit with --exit-code (or die
-    /// by --crash-signal). 0 exits right after start.
+    /// by --crash-signal). 0 exits at start, before the port listens.
     #[arg(long, value_name = "MS")]
     crash_after_ms: Option<u64>,
 
@@ -373,26 +373,35 @@ async fn run(args: Args) {
     }
     if let Some(ms) = args.crash_after_ms {
         let (code, sig) = (args.exit_code, args.crash_signal);
+        let crash = move || match sig {
+            Some(sig) => {
+                log(&format!(
+                    "crashing after {ms} ms: dying by {sig} (--crash-signal)"
+                ));
+                die_by_signal(sig)
+            }
+            None => {
+                log(&format!(
+                    "crashing after {ms} ms: exit code {code} (--crash-after-ms)"
+                ));
+                exit(code)
+            }
+        };
+        // 0 ms: before the port listens, so that no health probe can ever be answered.
+        if ms == 0 {
+            crash();
+        }
         tokio::spawn(async move {
             sleep_until(ms_after(start, ms)).await;
-            match sig {
-                Some(sig) => {
-                    log(&format!(
-                        "crashing after {ms} ms: dying by {sig} (--crash-signal)"
-                    ));
-                    die_by_signal(sig)
-                }
-                None => {
-                    log(&format!(
-                        "crashing after {ms} ms: exit code {code} (--crash-after-ms)"
-                    ));
-                    exit(code)
-                }
-            }
+            crash()
         });
     }
     if let Some(ms) = args.cuda_error_after_ms {
         let text = args.cuda_error_message.replace("\\n", "\n");
+        if ms == 0 {
+            eprintln!("{text}");
+            exit(1);
+        }
         tokio::spawn(async move {
             sleep_until(ms_after(start, ms)).await;
             let mut err = std::io::stderr().lock();
