@@ -3,131 +3,19 @@
 //!
 //! Waits poll the API with a bounded deadline; nothing sleeps hoping that something happened.
 
+#[path = "support/daemon_harness.rs"]
+mod harness;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::{config, free_port, pid_alive, Harness};
 use pool_managerd::clock::SystemClock;
-use pool_managerd::config::Config;
 use pool_managerd::daemon::Daemon;
 use serde_json::{json, Value};
 
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
-
-struct Harness {
-    dir: tempfile::TempDir,
-    daemon: Option<Daemon>,
-    base: String,
-    http: reqwest::Client,
-}
-
-fn config(dir: &Path) -> Config {
-    let mut config = Config {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        runtime_dir: dir.join("runtime"),
-        journal_dir: dir.join("journal"),
-        require_gpu: false,
-        stop_engines_on_shutdown: true,
-        ..Config::default()
-    };
-    config.health.preload_interval_ms = 50;
-    config.health.preload_timeout_ms = 10_000;
-    config.stop.grace_ms = 1_000;
-    config
-}
-
-impl Harness {
-    async fn start() -> Harness {
-        Harness::start_with(|_| {}).await
-    }
-
-    async fn start_with(tune: impl FnOnce(&mut Config)) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = config(dir.path());
-        tune(&mut config);
-        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
-        Harness {
-            base: format!("http://{}", daemon.addr()),
-            daemon: Some(daemon),
-            dir,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        }
-    }
-
-    fn runtime(&self) -> PathBuf {
-        self.dir.path().join("runtime")
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<String>,
-    ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body.to_string()))
-            .await
-    }
-
-    /// Polls `GET /v2/pools/{pool}` until `check` holds (5 s at most).
-    async fn wait_pool(&self, pool: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (_, status) = self.get(&format!("/v2/pools/{pool}")).await;
-            if check(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pool {pool}: {what} not reached: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn restart(&mut self) {
-        let daemon = self.daemon.take().unwrap();
-        daemon.shutdown("test restart").await;
-        let mut config = config(self.dir.path());
-        config.stop_engines_on_shutdown = true;
-        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
-        self.base = format!("http://{}", daemon.addr());
-        self.daemon = Some(daemon);
-    }
-
-    async fn stop(mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            daemon.shutdown("test finished").await;
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn engine(pool: &str, binary: &str, flags: &[&str]) -> (Value, u16) {
     let port = free_port();
@@ -144,14 +32,6 @@ fn engine(pool: &str, binary: &str, flags: &[&str]) -> (Value, u16) {
         "replica_id": "r0",
     });
     (json!({ "prepared": prepared }), port)
-}
-
-fn pid_alive(pid: u64) -> bool {
-    // Zombies count as gone: they have exited and only wait to be reaped.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
-        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
 #[tokio::test]

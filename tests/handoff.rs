@@ -4,13 +4,14 @@
 //!
 //! Waits poll with a bounded deadline; every engine the test started is killed on drop.
 
+#[path = "support/daemon_harness.rs"]
+mod harness;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pool_managerd::clock::SystemClock;
-use pool_managerd::config::Config;
+use harness::{free_port, Harness};
 use pool_managerd::daemon::Daemon;
 use serde_json::{json, Value};
 
@@ -18,34 +19,12 @@ const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
 /// Longer than a few passes of the watcher (500 ms each) plus a probe.
 const WAIT: Duration = Duration::from_secs(8);
 
-struct Harness {
-    dir: tempfile::TempDir,
-    daemon: Option<Daemon>,
-    base: String,
-    http: reqwest::Client,
-}
-
 impl Harness {
-    async fn start() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            runtime_dir: dir.path().join("runtime"),
-            journal_dir: dir.path().join("journal"),
-            require_gpu: false,
-            stop_engines_on_shutdown: true,
-            ..Config::default()
-        };
-        config.health.preload_interval_ms = 50;
-        config.health.preload_timeout_ms = 10_000;
-        config.stop.grace_ms = 1_000;
-        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
-        Harness {
-            base: format!("http://{}", daemon.addr()),
-            daemon: Some(daemon),
-            dir,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        }
+    /// A daemon whose waits allow a few passes of the watcher.
+    async fn start_for_handoffs() -> Harness {
+        let mut harness = Harness::start().await;
+        harness.wait = WAIT;
+        harness
     }
 
     fn engines_dir(&self) -> PathBuf {
@@ -54,51 +33,6 @@ impl Harness {
 
     fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().unwrap()
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<String>,
-    ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body.to_string()))
-            .await
-    }
-
-    async fn wait_pool(&self, pool: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (_, status) = self.get(&format!("/v2/pools/{pool}")).await;
-            if check(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pool {pool}: {what} not reached: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// The node's last handoff rejection `(file, field, reason)`.
@@ -124,20 +58,6 @@ impl Harness {
             .map(str::to_string)
             .collect()
     }
-
-    async fn stop(mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            daemon.shutdown("test finished").await;
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An engine-sim started by the test (someone else than the daemon); killed on drop.
@@ -221,7 +141,7 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) {
 
 #[tokio::test]
 async fn a_handoff_file_registers_an_external_engine_and_its_death_makes_the_pool_unready() {
-    let h = Harness::start().await;
+    let h = Harness::start_for_handoffs().await;
     let mut engine = External::start(5).await;
     let doc = handoff_doc("ext", &engine);
     write_file(&h.engines_dir(), "ext-r0.json", doc.to_string().as_bytes());
@@ -280,7 +200,7 @@ async fn a_handoff_file_registers_an_external_engine_and_its_death_makes_the_poo
 
 #[tokio::test]
 async fn bad_handoff_files_are_rejected_with_the_field_and_touch_no_pool() {
-    let h = Harness::start().await;
+    let h = Harness::start_for_handoffs().await;
     let engine = External::start(3).await;
     let good = handoff_doc("bad", &engine);
     let mut missing = good.clone();
@@ -356,7 +276,7 @@ async fn bad_handoff_files_are_rejected_with_the_field_and_touch_no_pool() {
 
 #[tokio::test]
 async fn our_own_handoff_file_is_not_re_ingested() {
-    let h = Harness::start().await;
+    let h = Harness::start_for_handoffs().await;
     let port = free_port();
     let body = json!({"prepared": {
         "binary_path": ENGINE_SIM,
@@ -390,7 +310,7 @@ async fn our_own_handoff_file_is_not_re_ingested() {
 
 #[tokio::test]
 async fn the_handoff_route_validates_probes_and_registers() {
-    let h = Harness::start().await;
+    let h = Harness::start_for_handoffs().await;
     let engine = External::start(4).await;
     let mut doc = handoff_doc("api1", &engine);
     doc["slots_total"] = json!(4);

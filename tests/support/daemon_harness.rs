@@ -1,0 +1,143 @@
+//! The harness of the daemon tests (`tests/daemon.rs`, `tests/handoff.rs`): a real daemon in
+//! the test's process on a loopback socket over a temporary directory, an HTTP client, and
+//! bounded waits. Included by each test crate with `#[path]`; not every crate uses every item.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pool_managerd::clock::SystemClock;
+use pool_managerd::config::Config;
+use pool_managerd::daemon::Daemon;
+use serde_json::Value;
+
+/// A daemon in this process over a temporary directory, and an HTTP client for it.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub daemon: Option<Daemon>,
+    pub base: String,
+    pub http: reqwest::Client,
+    /// How long `wait_pool` polls before it fails.
+    pub wait: Duration,
+}
+
+/// The test configuration: loopback port 0, no GPU required, short health and stop times.
+pub fn config(dir: &Path) -> Config {
+    let mut config = Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        runtime_dir: dir.join("runtime"),
+        journal_dir: dir.join("journal"),
+        require_gpu: false,
+        stop_engines_on_shutdown: true,
+        ..Config::default()
+    };
+    config.health.preload_interval_ms = 50;
+    config.health.preload_timeout_ms = 10_000;
+    config.stop.grace_ms = 1_000;
+    config
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        tune(&mut config);
+        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
+        Harness {
+            base: format!("http://{}", daemon.addr()),
+            daemon: Some(daemon),
+            dir,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            wait: Duration::from_secs(5),
+        }
+    }
+
+    pub fn runtime(&self) -> PathBuf {
+        self.dir.path().join("runtime")
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body.to_string()))
+            .await
+    }
+
+    /// Polls `GET /v2/pools/{pool}` until `check` holds (`self.wait` at most).
+    pub async fn wait_pool(&self, pool: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let (_, status) = self.get(&format!("/v2/pools/{pool}")).await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pool {pool}: {what} not reached: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        let daemon = self.daemon.take().unwrap();
+        daemon.shutdown("test restart").await;
+        let mut config = config(self.dir.path());
+        config.stop_engines_on_shutdown = true;
+        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
+        self.base = format!("http://{}", daemon.addr());
+        self.daemon = Some(daemon);
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown("test finished").await;
+        }
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `pid` runs (a zombie has ended).
+pub fn pid_alive(pid: u64) -> bool {
+    // Zombies count as gone: they have exited and only wait to be reaped.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
