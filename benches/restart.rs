@@ -3,15 +3,35 @@
 //! is the time from the new exec to every pool reading `ready: true` in `GET /v2/pools`, with
 //! the same pids (adoption: no engine is restarted).
 //!
-//! `cargo bench --bench restart` runs N = 1, 16, 64 (3 rounds each); `cargo test --bench
-//! restart` (CI) runs N = 2 once. `POOL_BENCH_RESTART_POOLS=1,16` overrides the list.
+//! The same again over a long history: while the daemon is down, the journal is grown to
+//! `POOL_BENCH_RESTART_HISTORY` events (default 1,000,000) of lease traffic (LeaseGranted /
+//! LeaseReleased pairs spread over the pools, appended with the journal's own writer), then
+//! the daemon starts over it, in two cases:
+//! - *with a snapshot*, as the daemon keeps them (every `snapshot_every` = 10,000 events: the
+//!   newest one covers the history up to the last multiple of 10,000, and start-up replays
+//!   only the tail after it);
+//! - *without*, as after a deleted or stale snapshot: a full replay of every event.
+//!
+//! `cargo bench --bench restart` runs N = 1, 16, 64 (3 rounds each), then the history cases
+//! with N = 16 (1 round each: growing the journal takes far longer than the restart);
+//! `cargo test --bench restart` (CI) runs N = 2 once and the history cases with 20,000
+//! events. `POOL_BENCH_RESTART_POOLS=1,16` overrides the list of N.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pool_journal::{Draft, JournalConfig};
+use pool_managerd::core::{Event, LeaseId};
+use pool_managerd::projection::{self, ReplayLimit};
+use pool_managerd::schema::PoolJournal;
 use serde_json::{json, Value};
+
+/// Events between the daemon's snapshots (`[journal] snapshot_every`, its default).
+const SNAPSHOT_EVERY: u64 = 10_000;
+/// Events per append of the history (the journal's default batch limit).
+const HISTORY_BATCH: usize = 1024;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
@@ -51,8 +71,77 @@ async fn pools(http: &reqwest::Client, base: &str) -> Option<Vec<Value>> {
     response.json::<Vec<Value>>().await.ok()
 }
 
+/// The history grown while the daemon is down, and whether the daemon left a snapshot of it.
+#[derive(Clone, Copy)]
+struct History {
+    events: u64,
+    snapshot: bool,
+}
+
+/// Appends `history.events` lease events (granted/released pairs, round robin over the
+/// pools) to the journal of the stopped daemon; with `history.snapshot`, stores the snapshot
+/// the daemon would have taken last (at the newest multiple of [`SNAPSHOT_EVERY`]). Returns
+/// the journal's last seq.
+fn grow_history(journal_dir: &std::path::Path, pools: usize, history: History) -> u64 {
+    let (journal, _) =
+        PoolJournal::open(JournalConfig::new(journal_dir)).expect("the journal of the daemon");
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let pairs = history.events / 2;
+    let mut batch = Vec::with_capacity(HISTORY_BATCH);
+    for i in 0..pairs {
+        let pool = format!("p{}", i as usize % pools.max(1));
+        let lease_id = LeaseId::new(&format!("history-{i}")).expect("a lease id");
+        batch.push(Draft {
+            ts_ms,
+            pool_id: Some(pool.clone()),
+            cause: None,
+            event: Event::LeaseGranted {
+                lease_id: lease_id.clone(),
+            },
+        });
+        batch.push(Draft {
+            ts_ms,
+            pool_id: Some(pool),
+            cause: None,
+            event: Event::LeaseReleased { lease_id },
+        });
+        if batch.len() + 2 > HISTORY_BATCH {
+            journal
+                .append_blocking(std::mem::take(&mut batch))
+                .expect("appending the history");
+        }
+    }
+    if !batch.is_empty() {
+        journal
+            .append_blocking(batch)
+            .expect("appending the history");
+    }
+    let last = journal.last_seq();
+    if history.snapshot {
+        let covered = last - last % SNAPSHOT_EVERY;
+        let limit = ReplayLimit {
+            until_seq: Some(covered),
+            until_ts_ms: None,
+        };
+        let replayed = projection::replay(&journal, limit).expect("replaying the history");
+        projection::save_snapshot(&journal, &replayed.state).expect("saving the snapshot");
+    }
+    // Without: the daemon's own run before the history was far shorter than SNAPSHOT_EVERY
+    // events, so it stored none, and the start-up replays every event.
+    journal.close().expect("closing the journal");
+    last
+}
+
 /// One round: N ready pools, SIGKILL, exec again; the ms from exec to all ready again.
 async fn round(http: &reqwest::Client, n: usize) -> f64 {
+    round_with(http, n, None).await
+}
+
+/// [`round`], with `history` appended to the journal while the daemon is down.
+async fn round_with(http: &reqwest::Client, n: usize, history: Option<History>) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let mut daemon = start_daemon(dir.path(), port);
@@ -90,6 +179,12 @@ async fn round(http: &reqwest::Client, n: usize) -> f64 {
         .collect();
     daemon.child.kill().expect("SIGKILL");
     let _ = daemon.child.wait();
+    if let Some(history) = history {
+        let journal_dir = dir.path().join("journal");
+        tokio::task::spawn_blocking(move || grow_history(&journal_dir, n, history))
+            .await
+            .expect("growing the history");
+    }
 
     let exec = Instant::now();
     let mut daemon = start_daemon(dir.path(), port);
@@ -145,6 +240,23 @@ fn main() {
             samples[samples.len() / 2],
             samples[0],
             samples[samples.len() - 1]
+        );
+    }
+    let events: u64 = std::env::var("POOL_BENCH_RESTART_HISTORY")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(if measured { 1_000_000 } else { 20_000 });
+    let n = if measured { 16 } else { 2 };
+    for snapshot in [true, false] {
+        let history = History { events, snapshot };
+        let ms = runtime.block_on(round_with(&http, n, Some(history)));
+        let how = if snapshot {
+            "from its newest snapshot"
+        } else {
+            "no snapshot: full replay"
+        };
+        println!(
+            "restart with {n} ready engines over a journal of {events} more events ({how}): exec to all ready again (same pids) in {ms:.0} ms"
         );
     }
 }

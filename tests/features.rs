@@ -18,6 +18,8 @@
 //! `features/engines.rs` (prepared engines, `/proc`), and one step module per concept under
 //! `features/steps/`.
 
+#[path = "features/daemon_process.rs"]
+mod daemon_process;
 #[path = "features/engines.rs"]
 mod engines;
 #[path = "features/live.rs"]

@@ -5,7 +5,9 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
   old engine is drained and stopped, and a new one starts on the new model (the model path and
   any flag equal to it replaced; pool id, device mask and replica kept). If the new engine
   fails, it is killed, the old model starts again, and the answer is RELOAD_FAILED with
-  rolled_back true once it serves. A reload to the model already served changes nothing.
+  rolled_back true once it serves. A reload to the model already served changes nothing. The
+  drain of a reload has its own deadline (drain_deadline_ms): leases still held then are cut
+  short, as in any drain, and the reload goes on.
 
   Background:
     Given a running daemon
@@ -14,11 +16,15 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     And pool "p1" is ready serving the model "a.gguf"
     And the engine of pool "p1" is noted
 
-  Scenario: A reload serves the new model from a new engine
+  Scenario: The orchestrator's reload answers once the new model serves, from a new engine
     When pool "p1" is reloaded to the model "b.gguf"
     Then the answer is 200
+    And the answer has exactly the fields "pool_id, engine_version, model_ref, duration_ms, noop"
     And the answer's "noop" is false
     And the answer's "pool_id" is "p1"
+    And the answer came no sooner than 200 ms
+    And pool "p1" is live and ready
+    And the noted engine of pool "p1" is gone
     And pool "p1" serves the model "b.gguf"
     And pool "p1" shows "device_mask" "GPU0"
     And the events of pool "p1" include, in this order, "ReloadRequested, ModelStaged, DrainCompleted, ReloadSucceeded"
@@ -52,4 +58,17 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     Then the answer is 500 with code "RELOAD_FAILED"
     And the answer's "rolled_back" is true
     And pool "p1" serves the model "a.gguf"
+    And pool "p1" is live and ready
+    And pool "p1" shows "device_mask" "GPU0"
+    And the noted engine of pool "p1" is gone
     And the events of pool "p1" include, in this order, "ReloadRequested, ModelStaged, ReloadFailed, ReloadRolledBack"
+
+  Scenario: A reload whose drain reaches its deadline force-stops the old engine and goes on
+    Given the orchestrator took lease "A" on pool "p1"
+    When pool "p1" is reloaded to the model "b.gguf" with a drain deadline of 300 ms
+    Then the answer is 200
+    And pool "p1" serves the model "b.gguf"
+    And the last "DrainCompleted" of pool "p1" has "outcome" "force_stopped"
+    And the last "DrainCompleted" of pool "p1" has "leases_at_stop" 1
+    When the orchestrator returns lease "A" on pool "p1"
+    Then the answer is 404 with code "LEASE_NOT_FOUND"

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use pool_core::{
     decide, effects, resume_effects, Command, Context, Effect, Event, Input, LeaseId, Observation,
-    Policy, PoolId, PoolStatus, PreparedEngine, Rejection, Stamp, State,
+    Policy, PoolId, PoolStatus, PreparedEngine, Rejection, Stamp, State, StopReason,
 };
 use pool_journal::{Draft, JournalConfig, JournalError};
 use rand::Rng as _;
@@ -820,6 +820,7 @@ impl Actor {
             }
         };
         let previous_seq = self.state.last_seq();
+        let before = self.state.clone();
         if let Some(next) = next {
             self.state = Arc::new(next);
             self.registry.publish(Published {
@@ -828,8 +829,15 @@ impl Actor {
                 journal_failure: None,
             });
         }
-        for envelope in &envelopes {
+        for (i, envelope) in envelopes.iter().enumerate() {
             log_event(envelope);
+            if let Event::EngineStopRequested {
+                reason: StopReason::DrainDeadline,
+                ..
+            } = &envelope.event
+            {
+                warn_drain_deadline(&before, &envelopes[..i], envelope);
+            }
         }
         for d in decided {
             let own = envelopes[d.range.clone()].to_vec();
@@ -1180,6 +1188,42 @@ fn input_pool(input: &Input) -> Option<PoolId> {
         ) => Some(pool_id.clone()),
         Input::Observation(_) => None,
     }
+}
+
+/// The warning of a drain that reached its deadline: the leases still held, by id (their
+/// requests are cut short). `before` is the registry before the batch that holds `stop`, and
+/// `earlier` the events of that batch before it (a lease released there is not held).
+fn warn_drain_deadline(before: &State, earlier: &[PoolEnvelope], stop: &PoolEnvelope) {
+    let Some(pool_id) = stop.pool_id.as_deref() else {
+        return;
+    };
+    let released: Vec<&str> = earlier
+        .iter()
+        .filter(|e| e.pool_id.as_deref() == Some(pool_id))
+        .filter_map(|e| match &e.event {
+            Event::LeaseReleased { lease_id } => Some(lease_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let held: Vec<&str> = before
+        .pool(pool_id)
+        .map(|pool| {
+            pool.leases
+                .iter()
+                .map(|lease| lease.as_str())
+                .filter(|lease| !released.contains(lease))
+                .collect()
+        })
+        .unwrap_or_default();
+    tracing::warn!(
+        seq = stop.seq,
+        pool_id,
+        leases_held = held.len(),
+        "drain deadline reached with {} lease(s) still held ({}): force-stopping the engine; \
+         requests on those leases are cut short",
+        held.len(),
+        held.join(", ")
+    );
 }
 
 /// Every journaled event is logged once, at a level that fits.

@@ -20,6 +20,7 @@ use pool_managerd::schema::PoolJournal;
 use reqwest::Method;
 use serde_json::Value;
 
+use crate::daemon_process::{free_loopback_addr, DaemonProcess};
 use crate::engines::EngineProcess;
 
 /// How long a request may take before the step fails (a waiting preload is bounded by the
@@ -47,6 +48,9 @@ pub struct DaemonSetup {
     /// on a manual clock sees time pass only when a step advances it (restart, half-open,
     /// backoff-reset and breaker-close timers, health deadlines, every event's `ts_ms`).
     pub manual_clock_at_ms: Option<u64>,
+    /// Run the daemon as its own process (`pool-managerd serve`), which a step can kill with
+    /// SIGKILL, instead of in this process (see `daemon_process.rs`).
+    pub own_process: bool,
 }
 
 impl DaemonSetup {
@@ -73,6 +77,7 @@ impl DaemonSetup {
             config,
             gpus: None,
             manual_clock_at_ms: None,
+            own_process: false,
         }
     }
 
@@ -157,6 +162,8 @@ pub struct LiveDaemon {
     clock: Option<ManualClock>,
     proc_gpus: PathBuf,
     daemon: Option<Daemon>,
+    /// The daemon when it runs as its own process.
+    process: Option<DaemonProcess>,
     base: String,
     http: reqwest::Client,
 }
@@ -165,7 +172,8 @@ impl std::fmt::Debug for LiveDaemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveDaemon")
             .field("base", &self.base)
-            .field("running", &self.daemon.is_some())
+            .field("running", &self.is_running())
+            .field("process", &self.process.as_ref().map(DaemonProcess::pid))
             .field("config", &self.setup.config)
             .field("manual_clock", &self.clock)
             .finish()
@@ -195,6 +203,7 @@ impl LiveDaemon {
             clock,
             proc_gpus,
             daemon: None,
+            process: None,
             base: String::new(),
             http,
         };
@@ -203,6 +212,26 @@ impl LiveDaemon {
     }
 
     async fn boot(&mut self) {
+        if self.setup.own_process {
+            assert!(
+                self.clock.is_none(),
+                "a daemon in its own process runs on the system clock"
+            );
+            // A new port each start: the old one may still be held by an engine that
+            // inherited nothing, but a kernel may keep it a moment after a SIGKILL.
+            self.setup.config.addr = free_loopback_addr();
+            let dir = self
+                .setup
+                .config
+                .runtime_dir
+                .parent()
+                .unwrap_or_else(|| panic!("the runtime directory has a parent"))
+                .to_path_buf();
+            let (process, base) = DaemonProcess::start(&self.setup.config, &dir, &self.http).await;
+            self.process = Some(process);
+            self.base = base;
+            return;
+        }
         let clock: SharedClock = match &self.clock {
             Some(manual) => Arc::new(manual.clone()),
             None => Arc::new(SystemClock),
@@ -232,8 +261,56 @@ impl LiveDaemon {
         if let Some(daemon) = self.daemon.take() {
             daemon.shutdown("restarted by the scenario").await;
         }
+        if let Some(process) = self.process.take() {
+            process.terminate().await;
+        }
         assert_journal_released(&self.setup.config.journal_dir).await;
         self.boot().await;
+    }
+
+    /// Whether a daemon runs (in this process or as its own).
+    pub fn is_running(&self) -> bool {
+        self.daemon.is_some() || self.process.is_some()
+    }
+
+    /// Kills the daemon's process with SIGKILL, as a crash would: nothing is shut down, the
+    /// engines keep running. Fails the step for an in-process daemon.
+    pub fn kill_hard(&mut self) {
+        let process = self.process.take().unwrap_or_else(|| {
+            panic!("only a daemon in its own process can be killed: start it with `Given a running daemon in its own process`")
+        });
+        process.kill_hard();
+    }
+
+    /// Starts the daemon again over the same journal and runtime directory, after
+    /// [`kill_hard`](Self::kill_hard).
+    pub async fn start_again(&mut self) {
+        assert!(!self.is_running(), "the daemon is still running");
+        self.boot().await;
+    }
+
+    /// Stops the daemon's process with SIGTERM (the clean shutdown of `serve`); returns its
+    /// exit status (`None`: it had to be killed). Fails the step for an in-process daemon.
+    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let process = self.process.take().unwrap_or_else(|| {
+            panic!("only a daemon in its own process gets signals: start it with `Given a running daemon in its own process`")
+        });
+        process.terminate().await
+    }
+
+    /// The registry the in-process daemon publishes now (node-level facts that no route
+    /// shows, such as the last rejected handoff).
+    pub fn state(&self) -> Arc<pool_managerd::core::State> {
+        let daemon = self.daemon.as_ref().unwrap_or_else(|| {
+            panic!("the registry is read from an in-process daemon: start it with `Given a running daemon`")
+        });
+        daemon.handle().registry().load().state.clone()
+    }
+
+    /// What the daemon's process wrote to its standard error (its log), all starts together.
+    /// Fails the step for an in-process daemon (its log goes to the test's output).
+    pub fn process_log(&self) -> String {
+        crate::daemon_process::read_log(&self.setup.config.runtime_dir)
     }
 
     /// Sends a request and reads the whole answer.
@@ -278,11 +355,20 @@ impl LiveDaemon {
     /// be removed), for the run's output.
     pub async fn clean_up(mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.daemon.is_some() {
+        if self.is_running() {
             self.remove_all_pools(&mut problems).await;
         }
         if let Some(daemon) = self.daemon.take() {
             daemon.shutdown("scenario finished").await;
+        }
+        if let Some(process) = self.process.take() {
+            let tail = process.log_tail();
+            match process.terminate().await {
+                Some(status) if status.success() => {}
+                ended => problems.push(format!(
+                    "the daemon process did not end cleanly on SIGTERM ({ended:?}):\n{tail}"
+                )),
+            }
         }
         assert_journal_released(&self.setup.config.journal_dir).await;
         for engine in spawned_engines(&self.setup.config.journal_dir, &mut problems) {

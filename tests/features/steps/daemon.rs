@@ -143,3 +143,114 @@ async fn health_shows_pools(world: &mut PoolWorld, pools: u64) {
     let (_, body) = journal_seq(world).await;
     assert_eq!(body["pools"].as_u64(), Some(pools), "pools in {body}");
 }
+
+// ---- a daemon in its own process, killed for real (adoption) ----
+
+#[given("a running daemon in its own process")]
+async fn running_daemon_process(world: &mut PoolWorld) {
+    world.setup_mut().own_process = true;
+    world.start_daemon().await;
+}
+
+/// A table of `| key | value |` rows, as for `a running daemon configured with:`.
+#[given("a running daemon in its own process, configured with:")]
+async fn running_daemon_process_configured(world: &mut PoolWorld, step: &Step) {
+    world.setup_mut().own_process = true;
+    running_daemon_configured(world, step).await;
+}
+
+#[when("the daemon process is killed with SIGKILL")]
+fn daemon_process_killed(world: &mut PoolWorld) {
+    world.daemon_mut().kill_hard();
+}
+
+/// SIGTERM, the clean shutdown of `serve` (ctrl-c, systemd stop); it must exit 0.
+#[when("the daemon process is stopped with SIGTERM")]
+async fn daemon_process_terminated(world: &mut PoolWorld) {
+    let status = world.daemon_mut().terminate().await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "serve did not exit 0 on SIGTERM: {status:?}"
+    );
+}
+
+#[when("the daemon process is started again")]
+async fn daemon_process_started_again(world: &mut PoolWorld) {
+    world.daemon_mut().start_again().await;
+}
+
+#[then(expr = "the noted engine of pool {string} is still running")]
+fn noted_engine_still_running(world: &mut PoolWorld, pool: String) {
+    let noted = noted_engine(world, &pool);
+    assert!(
+        noted.is_running(),
+        "the engine of pool '{pool}' (pid {}) outlives the daemon",
+        noted.pid
+    );
+}
+
+/// The engine dies while no daemon watches it (its pid is not reused: nothing else starts).
+#[when(expr = "the noted engine of pool {string} is killed by SIGKILL while the daemon is down")]
+async fn noted_engine_killed(world: &mut PoolWorld, pool: String) {
+    assert!(
+        !world.daemon().is_running(),
+        "the daemon is still running; kill it first"
+    );
+    let noted = noted_engine(world, &pool);
+    assert!(
+        noted.signal_group(nix::sys::signal::Signal::SIGKILL),
+        "the engine of pool '{pool}' (pid {}) was not running",
+        noted.pid
+    );
+    let deadline = std::time::Instant::now() + crate::world::EVENTUALLY;
+    while noted.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine of pool '{pool}' (pid {}) survived SIGKILL",
+            noted.pid
+        );
+        tokio::time::sleep(crate::world::POLL).await;
+    }
+}
+
+#[then(expr = "pool {string} runs a new engine, not the noted one")]
+async fn runs_new_engine(world: &mut PoolWorld, pool: String) {
+    let noted = noted_engine(world, &pool);
+    let engine = world.engine_of(&pool).await;
+    assert_ne!(
+        engine.pid, noted.pid,
+        "pool '{pool}' runs a new engine, not the noted pid"
+    );
+    assert!(
+        engine.is_running(),
+        "the new engine (pid {}) runs",
+        engine.pid
+    );
+    assert!(
+        !noted.is_running(),
+        "the noted engine (pid {}) is gone",
+        noted.pid
+    );
+}
+
+fn noted_engine(world: &PoolWorld, pool: &str) -> crate::engines::EngineProcess {
+    world
+        .noted_engines
+        .get(pool)
+        .copied()
+        .unwrap_or_else(|| panic!("the engine of pool '{pool}' was not noted"))
+}
+
+#[then(expr = "the noted engine of pool {string} is gone")]
+async fn noted_engine_gone(world: &mut PoolWorld, pool: String) {
+    let noted = noted_engine(world, &pool);
+    let deadline = std::time::Instant::now() + crate::world::EVENTUALLY;
+    while noted.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the noted engine of pool '{pool}' (pid {}) still runs",
+            noted.pid
+        );
+        tokio::time::sleep(crate::world::POLL).await;
+    }
+}

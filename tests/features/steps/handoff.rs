@@ -10,6 +10,7 @@ use cucumber::{given, then, when};
 use serde_json::json;
 
 use crate::engines::{free_port, ENGINE_SIM};
+use crate::steps::params::Json;
 use crate::world::PoolWorld;
 
 /// External engines by pool: (process, port, slots). Killed and reaped when dropped.
@@ -63,6 +64,17 @@ async fn external_engine(world: &mut PoolWorld, pool: String, slots: u32) {
 }
 
 fn write_handoff(world: &mut PoolWorld, pool: &str, complete: bool) {
+    write_handoff_with(world, pool, complete, None);
+}
+
+/// Writes the handoff file of `pool` (atomically: a temporary file renamed into place), with
+/// one field replaced when `replace` says so.
+fn write_handoff_with(
+    world: &mut PoolWorld,
+    pool: &str,
+    complete: bool,
+    replace: Option<(&str, serde_json::Value)>,
+) {
     let (child, port, slots) = world
         .external
         .0
@@ -83,13 +95,53 @@ fn write_handoff(world: &mut PoolWorld, pool: &str, complete: bool) {
         doc["device_mask"] = json!("0,1");
         doc["pid"] = json!(child);
     }
+    if let Some((field, value)) = replace {
+        doc[field] = value;
+    }
+    let text = serde_json::to_vec_pretty(&doc).expect("json");
+    put_in_engines_folder(world, &format!("{pool}-r0.json"), &text);
+}
+
+/// Puts `bytes` into the daemon's `<runtime>/engines/` as `name`, atomically.
+fn put_in_engines_folder(world: &mut PoolWorld, name: &str, bytes: &[u8]) {
     let dir = world.runtime_dir().join("engines");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let path = dir.join(format!("{pool}-r0.json"));
-    let tmp = dir.join(format!(".{pool}-r0.json.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).expect("json"))
-        .unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
     std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+#[when(expr = "its provisioner writes a handoff file for pool {string} whose {string} is {json}")]
+fn handoff_with_field(world: &mut PoolWorld, pool: String, field: String, value: Json) {
+    write_handoff_with(world, &pool, true, Some((&field, value.0)));
+}
+
+#[when(expr = "a file {string} that is not JSON appears in the daemon's engines folder")]
+fn not_json_handoff(world: &mut PoolWorld, name: String) {
+    put_in_engines_folder(world, &name, b"{ this is not JSON");
+}
+
+/// The journal's `HandoffRejected`, as the registry keeps the last one (node-level: no pool
+/// has it in its history).
+#[then(expr = "the daemon records a rejected handoff of the file {string} for the field {string}")]
+async fn handoff_rejected(world: &mut PoolWorld, name: String, field: String) {
+    let deadline = Instant::now() + crate::world::EVENTUALLY;
+    loop {
+        let state = world.daemon().state();
+        if let Some((file, rejected_field, reason)) = &state.node.last_handoff_rejection {
+            if file.ends_with(&format!("/{name}")) && *rejected_field == field {
+                assert!(!reason.is_empty(), "the rejection says why");
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HandoffRejected of {name} for the field {field}; the last: {:?}",
+            state.node.last_handoff_rejection
+        );
+        tokio::time::sleep(crate::world::POLL).await;
+    }
 }
 
 #[when(expr = "its provisioner writes a handoff file for pool {string}")]

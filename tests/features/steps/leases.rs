@@ -126,3 +126,44 @@ async fn drain(world: &mut PoolWorld, pool: String, deadline_ms: u64) {
         answer.body
     );
 }
+
+/// The drain request itself, its answer kept for `Then the answer ...` steps.
+#[when(expr = "the orchestrator drains pool {string} with a deadline of {int} ms")]
+async fn orchestrator_drains(world: &mut PoolWorld, pool: String, deadline_ms: u64) {
+    world
+        .request(
+            Method::POST,
+            &format!("/v2/pools/{pool}/drain"),
+            Body::Json(json!({ "deadline_ms": deadline_ms })),
+        )
+        .await;
+}
+
+/// The warning of a drain that reached its deadline names each lease still held. Reads the
+/// log of a daemon in its own process, which writes it once the stop is journaled.
+#[then(
+    expr = "the daemon's log warns that lease {string} of pool {string} was held at the drain deadline"
+)]
+async fn log_warns_of_lease(world: &mut PoolWorld, alias: String, pool: String) {
+    let lease_id = world.lease_id(&pool, &alias);
+    let warned = |log: &str| {
+        log.lines().any(|line| {
+            line.contains("WARN")
+                && line.contains("drain deadline reached")
+                && line.contains(&lease_id)
+                && line.contains(&pool)
+        })
+    };
+    let deadline = std::time::Instant::now() + crate::world::EVENTUALLY;
+    loop {
+        let log = world.daemon().process_log();
+        if warned(&log) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning naming lease {lease_id} of pool '{pool}' at the drain deadline in the daemon's log:\n{log}"
+        );
+        tokio::time::sleep(crate::world::POLL).await;
+    }
+}

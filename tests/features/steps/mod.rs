@@ -4,7 +4,8 @@
 //! - `params`: the parameter types of the steps (`{liveness}`, `{readiness}`, `{json}`) and
 //!   the JSON path lookup the answer steps share.
 //! - `api`: generic requests and checks of the last answer (status, error shape, fields).
-//! - `daemon`: starting, configuring and restarting the daemon; its `/health`.
+//! - `daemon`: starting, configuring and restarting the daemon; its `/health`; a daemon in
+//!   its own process, killed with SIGKILL or stopped with SIGTERM (adoption).
 //! - `preload`: prepared engines and preloads.
 //! - `pools`: a pool's status and the registry's list (real daemon or scripted core).
 //! - `leases`: taking and returning leases, draining.

@@ -114,3 +114,15 @@ async fn serves_model(world: &mut PoolWorld, pool: String, name: String) {
         engine.cmdline()
     );
 }
+
+#[when(expr = "pool {string} is reloaded to the model {string} with a drain deadline of {int} ms")]
+async fn reload_with_drain_deadline(
+    world: &mut PoolWorld,
+    pool: String,
+    name: String,
+    deadline_ms: u64,
+) {
+    let path = model(world, &name);
+    let body = json!({"new_model_ref": path, "drain_deadline_ms": deadline_ms});
+    reload(world, &pool, body).await;
+}

@@ -394,6 +394,11 @@ async fn last_restart(world: &PoolWorld, pool: &str) -> Value {
     last_of(world, pool, "RestartScheduled").await
 }
 
+#[when(expr = "{int} ms pass on the daemon's clock")]
+fn clock_moves(world: &mut PoolWorld, ms: u64) {
+    world.daemon().clock().advance(ms);
+}
+
 #[when(expr = "the clock reaches {int} ms before the restart time of pool {string}")]
 async fn clock_before_restart(world: &mut PoolWorld, ms: u64, pool: String) {
     let restart = last_restart(world, &pool).await;
