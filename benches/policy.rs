@@ -356,6 +356,7 @@ impl Sim {
             Command::Preload {
                 pool_id: id.clone(),
                 engine: engine(id.as_str()),
+                placement: Default::default(),
             }
         };
         self.submit(command.into());
@@ -451,6 +452,7 @@ fn run(name: &str, policy: Policy, tempo: u64, failures: u64, seed: u64) {
             Command::Preload {
                 engine: engine(id.as_str()),
                 pool_id: id,
+                placement: Default::default(),
             }
             .into(),
         );

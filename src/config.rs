@@ -1,10 +1,10 @@
 //! The daemon's configuration (SPEC section 11): a TOML file, overridden by the environment,
 //! overridden by flags.
 //!
-//! Owns: the shape of the configuration ([`Config`]) and its defaults (the top-level keys
-//! here; the supervision tables `[health]`, `[stop]`, `[backoff]`, `[breaker]`, `[storm]` reuse
-//! `pool_core::policy`'s types, so their defaults live in one place), the layering
-//! ([`Config::load`] over [`Sources`]), validation (unknown keys, invalid values, and the
+//! Owns: the shape of the configuration ([`Config`]) and its defaults (the top-level keys,
+//! `[journal]` and `[gpu]` here; the supervision tables `[health]`, `[stop]`, `[backoff]`,
+//! `[breaker]`, `[storm]` reuse `pool_core::policy`'s types, so their defaults live in one
+//! place), the layering ([`Config::load`] over [`Sources`]), validation (unknown keys, invalid values, and the
 //! security rule in [`Config::check_security`]), and printing the effective configuration
 //! ([`Config::to_toml`], for `serve --print-config`).
 //!
@@ -16,9 +16,10 @@
 //! # Layering
 //!
 //! Each key takes its value from the highest layer that sets it: flags (`--addr`,
-//! `--runtime-dir`, `--journal-dir`, `--dev`) over the environment ([`ENV_ADDR`],
-//! [`ENV_RUNTIME_DIR`], [`ENV_JOURNAL_DIR`], [`ENV_API_TOKEN`]) over the file over the
-//! built-in defaults. `--dev` sets `require_gpu = false`.
+//! `--runtime-dir`, `--journal-dir`, `--dev`, `--gpu-fixture`) over the environment
+//! ([`ENV_ADDR`], [`ENV_RUNTIME_DIR`], [`ENV_JOURNAL_DIR`], [`ENV_API_TOKEN`]) over the file
+//! over the built-in defaults. `--dev` sets `require_gpu = false`; `--gpu-fixture FILE` sets
+//! `gpu.fixture` (a testing aid: GPUs from a JSON file instead of NVML).
 //!
 //! `journal_dir` defaults to `<runtime_dir>/journal`, computed *after* layering: when only
 //! `runtime_dir` is overridden (in any layer), the journal follows it. A `journal_dir` set
@@ -68,6 +69,10 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9200";
 pub const DEFAULT_RUNTIME_DIR: &str = ".runtime";
 /// Default of `journal.snapshot_every`.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+/// Default of `gpu.poll_interval_ms`.
+pub const DEFAULT_GPU_POLL_INTERVAL_MS: u64 = 5_000;
+/// Largest `gpu.poll_interval_ms` (one hour).
+pub const GPU_POLL_INTERVAL_MS_MAX: u64 = 3_600_000;
 /// How `addr` is written.
 const ADDR_FORM: &str =
     "give IP:PORT such as 127.0.0.1:9200 or [::1]:9200 (host names are not resolved)";
@@ -131,6 +136,11 @@ window_ms = 60000
 
 [journal]
 snapshot_every = 10000              # events between snapshots; >= 1
+
+[gpu]
+poll_interval_ms = 5000             # GPU observation interval (VRAM, processes, Xid events)
+fixture = ""                        # testing aid: GPUs from a JSON file instead of NVML
+                                    # ("" = NVML); --gpu-fixture
 "#;
 
 /// The effective configuration of the daemon. Built by [`Config::load`] (or
@@ -170,6 +180,29 @@ pub struct Config {
     pub storm: StormPolicy,
     /// `[journal]`.
     pub journal: JournalSettings,
+    /// `[gpu]`.
+    pub gpu: GpuSettings,
+}
+
+/// `[gpu]`: how the daemon looks at its GPUs (SPEC section 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuSettings {
+    /// Interval of the GPU observation loop (VRAM per engine, processes outside their mask,
+    /// Xid events), in ms; 1..=3600000.
+    pub poll_interval_ms: u64,
+    /// A testing aid: read the GPUs from this JSON file instead of NVML (empty: NVML). See
+    /// `gpu::FixtureInventory` for its format. `--gpu-fixture FILE` sets it.
+    pub fixture: PathBuf,
+}
+
+impl Default for GpuSettings {
+    fn default() -> Self {
+        GpuSettings {
+            poll_interval_ms: DEFAULT_GPU_POLL_INTERVAL_MS,
+            fixture: PathBuf::new(),
+        }
+    }
 }
 
 /// `[journal]`: how the daemon uses its journal (where it lives is `journal_dir`).
@@ -246,6 +279,9 @@ pub struct Overrides {
     /// leaving them serving for the next start to adopt (sets stop_engines_on_shutdown = true).
     #[arg(long)]
     pub stop_engines_on_shutdown: bool,
+    /// Testing aid: read the GPUs from this JSON file instead of NVML (sets gpu.fixture).
+    #[arg(long, value_name = "FILE")]
+    pub gpu_fixture: Option<PathBuf>,
 }
 
 /// Where a value came from, for error messages.
@@ -425,6 +461,7 @@ struct FileConfig {
     breaker: BreakerPolicy,
     storm: StormPolicy,
     journal: JournalSettings,
+    gpu: GpuSettings,
 }
 
 impl Default for FileConfig {
@@ -443,6 +480,7 @@ impl Default for FileConfig {
             breaker: BreakerPolicy::default(),
             storm: StormPolicy::default(),
             journal: JournalSettings::default(),
+            gpu: GpuSettings::default(),
         }
     }
 }
@@ -471,6 +509,7 @@ impl fmt::Debug for Config {
             .field("breaker", &self.breaker)
             .field("storm", &self.storm)
             .field("journal", &self.journal)
+            .field("gpu", &self.gpu)
             .finish()
     }
 }
@@ -524,6 +563,18 @@ impl Config {
         }
         if flags.stop_engines_on_shutdown {
             config.stop_engines_on_shutdown = true;
+        }
+        if let Some(file) = &flags.gpu_fixture {
+            if file.as_os_str().is_empty() {
+                return Err(ConfigError::InvalidValue {
+                    origin: Origin::Flag("--gpu-fixture"),
+                    key: "gpu.fixture".into(),
+                    message: "empty".into(),
+                    hint: "give --gpu-fixture a JSON file of GPUs, or leave it out to use NVML"
+                        .into(),
+                });
+            }
+            config.gpu.fixture = file.clone();
         }
 
         config.journal_dir =
@@ -583,6 +634,10 @@ impl Config {
             breaker: self.breaker.clone(),
             storm: self.storm.clone(),
             journal: self.journal.clone(),
+            gpu: GpuSettings {
+                poll_interval_ms: self.gpu.poll_interval_ms,
+                fixture: lossy(&self.gpu.fixture),
+            },
         };
         let body = toml::to_string(&file)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n"));
@@ -617,6 +672,7 @@ impl Config {
             breaker: file.breaker,
             storm: file.storm,
             journal: file.journal,
+            gpu: file.gpu,
         }
     }
 }
@@ -942,6 +998,7 @@ fn value_hint(key: &str) -> String {
         "addr" => ADDR_FORM,
         "allowed_binaries" => "give a list of absolute paths or directory prefixes",
         "engine_user" => "give a user name, or \"\" for none",
+        "gpu.fixture" => "give the path of a JSON file of GPUs (a testing aid), or \"\" for NVML",
         _ => "fix it",
     };
     match default {
@@ -986,6 +1043,15 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
             message.clone()
         };
         return Err(invalid(key, rest));
+    }
+    if file.gpu.poll_interval_ms == 0 || file.gpu.poll_interval_ms > GPU_POLL_INTERVAL_MS_MAX {
+        return Err(invalid(
+            "gpu.poll_interval_ms",
+            format!(
+                "{} is outside 1..={GPU_POLL_INTERVAL_MS_MAX}",
+                file.gpu.poll_interval_ms
+            ),
+        ));
     }
     if file.journal.snapshot_every == 0 {
         return Err(invalid("journal.snapshot_every", "must be >= 1".into()));
@@ -1041,6 +1107,8 @@ mod tests {
             "backoff.reason_multiplier.cuda_error",
             "journal.snapshot_every",
             "stop_engines_on_shutdown",
+            "gpu.poll_interval_ms",
+            "gpu.fixture",
         ] {
             assert!(
                 paths.iter().any(|p| p == key),
@@ -1048,6 +1116,59 @@ mod tests {
             );
         }
         assert!(!paths.iter().any(|p| p == "api_token"));
+    }
+
+    #[test]
+    fn gpu_keys_are_validated_and_the_fixture_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let load = |text: &str, flags: Overrides| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(&Sources {
+                file: Some(file.clone()),
+                env: BTreeMap::new(),
+                flags,
+            })
+        };
+        let config = load(
+            "[gpu]\npoll_interval_ms = 250\nfixture = \"/tmp/gpus.json\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.gpu.poll_interval_ms, 250);
+        assert_eq!(config.gpu.fixture, PathBuf::from("/tmp/gpus.json"));
+        let flagged = load(
+            "[gpu]\nfixture = \"/tmp/gpus.json\"\n",
+            Overrides {
+                gpu_fixture: Some(PathBuf::from("/tmp/other.json")),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(flagged.gpu.fixture, PathBuf::from("/tmp/other.json"));
+        assert!(flagged.to_toml().contains("/tmp/other.json"));
+
+        let zero = load("[gpu]\npoll_interval_ms = 0\n", Overrides::default()).unwrap_err();
+        assert_eq!(zero.key(), Some("gpu.poll_interval_ms"), "{zero}");
+        let unknown = load("[gpu]\npoll_interval = 5\n", Overrides::default()).unwrap_err();
+        assert!(
+            unknown.to_string().contains("gpu.poll_interval_ms"),
+            "{unknown}"
+        );
+        let empty = load(
+            "",
+            Overrides {
+                gpu_fixture: Some(PathBuf::new()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(empty.key(), Some("gpu.fixture"), "{empty}");
+        assert_eq!(Config::default().gpu, GpuSettings::default());
+        assert_eq!(
+            Config::default().gpu.poll_interval_ms,
+            DEFAULT_GPU_POLL_INTERVAL_MS
+        );
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! `serve`, `demo`, the integration tests and the feature suite alike, so that what is tested
 //! is what runs.
 //!
-//! Owns: start-up order (GPU preflight, journal replay, `DaemonStarted`, resume, listen) and
-//! shutdown order (stop listening, optionally stop engines, `DaemonStopped`, close the
-//! journal).
+//! Owns: start-up order (GPU preflight: the first reading of the inventory; journal replay,
+//! `DaemonStarted` and the preflight's verdict; the reading's observations; resume; the GPU
+//! observation loop; listen) and shutdown order (stop listening, stop the GPU loop, optionally
+//! stop engines, `DaemonStopped`, close the journal).
 //! Never: parses the command line or reads the process environment (the caller loads the
 //! [`Config`]).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiSettings, ApiState};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::gpu;
+use crate::gpu::{self, GpuInventory, GpuMonitor, GpuObserver};
 use crate::node::{Node, NodeHandle, NodeSettings, StartReport};
 
 /// The daemon's version.
@@ -37,26 +38,41 @@ pub struct Daemon {
     stop_wait_ms: u64,
     // handoff watcher (SPEC 6, engines started by someone else)
     handoff_watcher: crate::supervisor::handoff::HandoffWatcher,
+    gpu_observer: GpuObserver,
 }
 
 impl Daemon {
     /// Starts the daemon of `config` with `clock`; listens on `config.addr` (port 0 picks a
-    /// free port: see [`Daemon::addr`]).
+    /// free port: see [`Daemon::addr`]). The GPUs come from the inventory of `config.gpu`
+    /// (the fixture if one is set, else NVML).
     pub async fn start(
         config: &Config,
         clock: SharedClock,
     ) -> anyhow::Result<(Daemon, StartReport)> {
-        Self::start_with_gpus(config, clock, Path::new(gpu::NVIDIA_PROC_GPUS)).await
+        Self::start_with_gpus(config, clock, gpu::open_inventory(&config.gpu)).await
     }
 
-    /// [`Daemon::start`] with the GPU preflight looking at `proc_gpus` (tests).
+    /// [`Daemon::start`] looking at the GPUs through `inventory` (tests pass a fixture or
+    /// [`gpu::NoGpu`]).
     pub async fn start_with_gpus(
         config: &Config,
         clock: SharedClock,
-        proc_gpus: &Path,
+        inventory: Arc<dyn GpuInventory>,
     ) -> anyhow::Result<(Daemon, StartReport)> {
         config.check_security()?;
-        let gpu = gpu::preflight(config.require_gpu, proc_gpus);
+        // The preflight: a first reading, before the journal opens. A missing GPU is a state
+        // with a reason (preloads refused with GPU_REQUIRED when required), never an error.
+        let source = inventory.source();
+        let first = gpu::observer::read(&inventory).await;
+        let gpu = gpu::summary(&first, config.require_gpu);
+        match &gpu.reason {
+            Some(reason) => tracing::warn!(
+                gpus = %source,
+                required = config.require_gpu,
+                "no usable GPU: {reason}"
+            ),
+            None => tracing::info!(gpus = %source, count = gpu.count, "GPUs found"),
+        }
         let run_as = crate::supervisor::process::resolve_engine_user(&config.engine_user)?;
         if run_as.is_none() && nix::unistd::geteuid().is_root() {
             tracing::warn!(
@@ -76,17 +92,31 @@ impl Daemon {
             policy: config.policy(),
             snapshot_every: config.journal.snapshot_every,
             clock,
-            gpu,
+            gpu: gpu.clone(),
             version: VERSION.to_string(),
             run_as,
         })
         .await?;
+        // The preflight reading's observations (inventory, engines on GPUs, faults), before
+        // the API answers anyone; then the loop takes a reading every poll interval.
+        let monitor = GpuMonitor::unobserved(config.require_gpu);
+        gpu::observer::apply(&node.handle(), &monitor, &source, first, config.require_gpu)
+            .await
+            .context("cannot record the GPU preflight in the journal")?;
+        let gpu_observer = GpuObserver::spawn(
+            inventory,
+            node.handle(),
+            monitor.clone(),
+            config.gpu.poll_interval_ms,
+            config.require_gpu,
+        );
         let state = ApiState::new(
             node.handle(),
             ApiSettings {
                 token: config.api_token.clone(),
                 allowed_binaries: config.allowed_binaries.clone(),
                 version: VERSION.to_string(),
+                gpus: Some(monitor),
             },
         );
         // handoff watcher (SPEC 6, engines started by someone else)
@@ -111,6 +141,7 @@ impl Daemon {
                     .saturating_add(crate::supervisor::KILL_WAIT_MS)
                     .saturating_add(1_000),
                 handoff_watcher,
+                gpu_observer,
             },
             report,
         ))
@@ -131,6 +162,7 @@ impl Daemon {
     pub async fn shutdown(self, reason: &str) {
         let _ = self.stop_server.send(());
         self.handoff_watcher.stop().await; // handoff watcher
+        self.gpu_observer.stop().await;
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(Ok(Err(e))) => tracing::warn!("the API server ended with an error: {e}"),
             Err(_) => tracing::warn!("the API server did not finish its requests within 10 s"),

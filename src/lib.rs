@@ -5,7 +5,9 @@
 //! - [`schema`] binds the core's `Event` to the journal (format version, upcasting, kind names).
 //! - [`projection`] rebuilds the registry from the journal: snapshot + tail, or up to a seq/time.
 //! - [`script`] drives the core with no I/O: the source of recorded journals and test histories.
-//! - [`table`] renders a registry for people.
+//! - [`table`] renders a registry (and a GPU inventory) for people.
+//! - [`gpu`] the GPUs: an inventory behind a trait (NVML, "no GPU", a JSON fixture) and the loop
+//!   that reports what it sees to the node.
 //! - [`cli`] the command line: `journal {show,export,import,verify,stats,repair}` and `replay`.
 
 pub use pool_core as core;

@@ -13,7 +13,7 @@
 
 use pool_core::{
     decide, effects, evolve, Command, Context, Effect, ExitReason, Input, LeaseId, Observation,
-    Policy, PoolId, PreparedEngine, Rejection, Stamp, State, Timer,
+    PlacementInputs, Policy, PoolId, PreparedEngine, Rejection, Stamp, State, Timer,
 };
 use pool_journal::{Draft, Envelope};
 
@@ -55,6 +55,8 @@ pub struct Scripted {
     /// Effects not yet answered, each with the seq of the event that asked for it.
     pending: Vec<(u64, Effect)>,
     next_pid: u32,
+    /// What the shell tells a preload about placement (GPU sharing, sizes).
+    placement: PlacementInputs,
 }
 
 impl Scripted {
@@ -68,12 +70,20 @@ impl Scripted {
             envelopes: Vec::new(),
             pending: Vec::new(),
             next_pid: FIRST_PID,
+            placement: PlacementInputs::default(),
         }
     }
 
     /// Uses `policy` for every later decision.
     pub fn with_policy(mut self, policy: Policy) -> Scripted {
         self.policy = policy;
+        self
+    }
+
+    /// Gives every later preload these placement inputs (default: no GPU sharing, sizes
+    /// unknown).
+    pub fn with_placement(mut self, placement: PlacementInputs) -> Scripted {
+        self.placement = placement;
         self
     }
 
@@ -195,6 +205,7 @@ impl Scripted {
         self.submit(Command::Preload {
             pool_id: pool_id(pool)?,
             engine,
+            placement: self.placement,
         })
     }
 

@@ -1,8 +1,10 @@
-//! Renders registries and timelines for people: fixed-width tables and one-line event
-//! summaries. Reads the JSON form of the public types, so it shows exactly what the API shows.
+//! Renders registries, GPU inventories and timelines for people: fixed-width tables and
+//! one-line event summaries. Reads the JSON form of the public types, so it shows exactly what
+//! the API shows.
 //!
 //! Owns: text layout only.
-//! Never: computes state; everything it prints comes from `PoolStatus` and `Envelope`.
+//! Never: computes state; everything it prints comes from `PoolStatus`, `gpu::Gpu` and
+//! `Envelope`.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -65,17 +67,24 @@ pub fn registry_table(statuses: &[PoolStatus]) -> String {
                 .collect()
         })
         .collect();
-    let mut widths: Vec<usize> = REGISTRY_COLUMNS.iter().map(|(h, _)| h.len()).collect();
-    for row in &rows {
+    let headers: Vec<&str> = REGISTRY_COLUMNS.iter().map(|(h, _)| *h).collect();
+    let mut out = fixed_width(&headers, &rows);
+    if statuses.is_empty() {
+        out.push_str("(no pools)\n");
+    }
+    out
+}
+
+/// Lays `rows` out under `headers`, columns as wide as their widest cell, two spaces apart.
+fn fixed_width(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (width, value) in widths.iter_mut().zip(row) {
             *width = (*width).max(value.chars().count());
         }
     }
     let mut out = String::new();
-    let header: Vec<String> = REGISTRY_COLUMNS
-        .iter()
-        .map(|(h, _)| h.to_string())
-        .collect();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
     for row in std::iter::once(&header).chain(rows.iter()) {
         let line: Vec<String> = row
             .iter()
@@ -85,8 +94,78 @@ pub fn registry_table(statuses: &[PoolStatus]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    if statuses.is_empty() {
-        out.push_str("(no pools)\n");
+    out
+}
+
+/// Bytes for people: `80.0 GiB`, `512 MiB`, `0 B`.
+pub fn format_bytes(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    const GIB: u64 = 1024 * MIB;
+    if bytes >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB as f64)
+    } else if bytes >= MIB {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn processes_cell(processes: &[crate::gpu::GpuProcess]) -> String {
+    if processes.is_empty() {
+        return "-".to_string();
+    }
+    let list: Vec<String> = processes
+        .iter()
+        .map(|p| match &p.pool_id {
+            Some(pool) => format!("{} ({pool}) {}", p.pid, format_bytes(p.used_bytes)),
+            None => format!("{} {}", p.pid, format_bytes(p.used_bytes)),
+        })
+        .collect();
+    cell(Some(&Value::String(list.join(", "))))
+}
+
+/// A fixed-width table of GPUs, one row each, then one row per MIG device under its GPU.
+pub fn gpus_table(gpus: &[crate::gpu::Gpu]) -> String {
+    let headers = [
+        "INDEX",
+        "UUID",
+        "NAME",
+        "CC",
+        "VRAM_TOTAL",
+        "VRAM_FREE",
+        "PROCESSES",
+    ];
+    let mut rows = Vec::new();
+    for gpu in gpus {
+        let info = &gpu.info;
+        rows.push(vec![
+            info.index.to_string(),
+            info.uuid.clone(),
+            cell(Some(&Value::String(info.name.clone()))),
+            info.compute_capability.clone(),
+            format_bytes(info.vram_total_bytes),
+            format_bytes(info.vram_free_bytes),
+            processes_cell(&gpu.processes),
+        ]);
+        for mig in &gpu.mig_devices {
+            let m = &mig.info;
+            rows.push(vec![
+                format!("{}/mig", m.parent_index),
+                m.uuid.clone(),
+                cell(Some(&Value::String(m.name.clone()))),
+                "-".to_string(),
+                format_bytes(m.vram_total_bytes),
+                format_bytes(m.vram_free_bytes),
+                processes_cell(&mig.processes),
+            ]);
+        }
+    }
+    let mut out = fixed_width(&headers, &rows);
+    if gpus.is_empty() {
+        out.push_str("(no GPUs)\n");
     }
     out
 }

@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
 use pool_core::{
-    Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, Observation, Policy, PoolId,
-    StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
+    Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, Observation, PlacementInputs,
+    Policy, PoolId, StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
 };
 use pool_journal::{Draft, JournalConfig, SledStore, Store};
 use pool_managerd::projection::{replay, ReplayLimit};
@@ -203,7 +203,14 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         },
         ..Policy::default()
     };
-    let mut s = Scripted::new(1_767_261_600_000, 3).with_policy(policy);
+    // Several pools on the same two GPUs: this node allows GPU sharing (config
+    // `allow_gpu_sharing`), so the scenario needs no free GPU per pool.
+    let mut s = Scripted::new(1_767_261_600_000, 3)
+        .with_policy(policy)
+        .with_placement(PlacementInputs {
+            allow_gpu_sharing: true,
+            ..PlacementInputs::default()
+        });
 
     // The node.
     s.submit(Observation::DaemonStarted {

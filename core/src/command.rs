@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::effect::Timer;
 use crate::engine::{GpuInfo, Handoff, PreparedEngine};
 use crate::event::ExitReason;
+use crate::gpu::{MigDeviceInfo, PlacementInputs};
 use crate::ids::{LeaseId, PoolId};
 use crate::policy::Policy;
 
@@ -48,6 +49,10 @@ pub enum Command {
         pool_id: PoolId,
         /// What to start.
         engine: PreparedEngine,
+        /// What the shell knows for the placement checks (GPU sharing allowed, model file
+        /// size, available host RAM); `PlacementInputs::default()` when it knows nothing.
+        #[serde(default)]
+        placement: PlacementInputs,
     },
     /// Take one slot.
     AcquireLease {
@@ -341,6 +346,11 @@ pub enum Observation {
         field: String,
         /// Why.
         reason: String,
+    },
+    /// The node's MIG devices (journaled only when they changed). Appended variant.
+    MigInventory {
+        /// All MIG devices.
+        devices: Vec<MigDeviceInfo>,
     },
 }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Handoff, HandoffModel, PreparedEngine};
 use crate::event::{Event, ReloadStage, Stamp, StopReason};
+use crate::gpu::engine_for_spawn;
 use crate::ids::PoolId;
 use crate::state::{Activity, Pool, State};
 use crate::status::BreakerState;
@@ -44,7 +45,8 @@ pub enum Effect {
     Spawn {
         /// The pool.
         pool_id: PoolId,
-        /// What to spawn.
+        /// What to spawn: the recorded engine with its planned split appended to its flags
+        /// (`--tensor-split r0,r1,...`, see `gpu::engine_for_spawn`).
         engine: PreparedEngine,
         /// 0 for a preload, n for the n-th restart.
         attempt: u32,
@@ -176,7 +178,7 @@ pub fn handoff_of(pool: &Pool, engine: &PreparedEngine, pid: Option<u32>) -> Han
         model: HandoffModel {
             path: engine.model_path.clone(),
         },
-        flags: engine.flags.clone(),
+        flags: engine_for_spawn(engine).flags,
         device_mask: engine.device_mask.clone(),
         slots_total: pool.slots_total,
         pid,
@@ -200,7 +202,7 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
     match event {
         Event::PreloadRequested { engine } => out.push(Effect::Spawn {
             pool_id,
-            engine: (**engine).clone(),
+            engine: engine_for_spawn(engine),
             attempt: 0,
             token: seq,
         }),
@@ -208,7 +210,7 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
             engine, attempt, ..
         } => out.push(Effect::Spawn {
             pool_id,
-            engine: (**engine).clone(),
+            engine: engine_for_spawn(engine),
             attempt: *attempt,
             token: seq,
         }),
@@ -441,7 +443,7 @@ pub fn resume_effects(state: &State) -> Vec<Effect> {
                 if let Some(engine) = &pool.engine {
                     out.push(Effect::Spawn {
                         pool_id: pool_id.clone(),
-                        engine: engine.clone(),
+                        engine: engine_for_spawn(engine),
                         attempt: *attempt,
                         token: pool.start_token,
                     });

@@ -1,8 +1,9 @@
 //! What an engine is: the provisioner's [`PreparedEngine`], the [`Handoff`] document that
-//! announces a ready engine, and the node's GPUs ([`GpuInfo`]) with device-mask matching.
+//! announces a ready engine, and the node's GPUs ([`GpuInfo`]; masks and placement are in
+//! [`crate::gpu`]).
 //!
 //! Owns: the shape and validation of these documents, and pure helpers over them (the reload
-//! rewrite of the model path, mask-to-GPU matching).
+//! rewrite of the model path).
 //! Never: spawns, reads files or talks to NVML; the shell does that and reports observations.
 
 use std::collections::BTreeMap;
@@ -10,6 +11,9 @@ use std::fmt;
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+// The mask helpers moved to `crate::gpu`; re-exported here so older paths still compile.
+pub use crate::gpu::{mask_covers, mask_tokens, token_matches, validate_mask};
 
 /// The most flags a prepared engine may carry.
 pub const FLAGS_MAX: usize = 512;
@@ -65,7 +69,8 @@ pub struct PreparedEngine {
     /// Host RAM the engine needs.
     #[serde(default)]
     pub ram_required_bytes: Option<u64>,
-    /// Multi-GPU split: `"auto"` or explicit ratios; `None` = no split.
+    /// Multi-GPU split: `"auto"` or explicit ratios; `None` = no split. A preload records an
+    /// `"auto"` split already planned (as `Ratios`), so restarts and replays reuse the plan.
     #[serde(default)]
     pub tensor_split: Option<TensorSplit>,
 }
@@ -201,7 +206,8 @@ impl PreparedEngine {
 /// because bincode cannot decode self-describing ("untagged") forms.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorSplit {
-    /// Ratios computed from free VRAM by the shell's planner.
+    /// Ratios computed from free VRAM by the core's planner (`gpu::auto_split_units`) when
+    /// the preload is decided; recorded as `Ratios` from then on.
     Auto,
     /// Explicit ratios, one per GPU of the mask.
     Ratios(Vec<f64>),
@@ -344,7 +350,7 @@ impl Handoff {
 pub struct GpuInfo {
     /// NVML index (PCI bus order).
     pub index: u32,
-    /// `GPU-...` or `MIG-...` UUID.
+    /// `GPU-...` UUID (MIG devices are `gpu::MigDeviceInfo`).
     pub uuid: String,
     /// Marketing name.
     pub name: String,
@@ -356,73 +362,9 @@ pub struct GpuInfo {
     pub vram_free_bytes: u64,
 }
 
-/// The tokens of a device mask (`"0, GPU1,GPU-abc"` -> `["0","GPU1","GPU-abc"]`).
-pub fn mask_tokens(mask: &str) -> impl Iterator<Item = &str> {
-    mask.split(',').map(str::trim).filter(|t| !t.is_empty())
-}
-
-/// Whether one mask token names `gpu` (an index, `GPU<index>`, or its UUID).
-pub fn token_matches(token: &str, gpu: &GpuInfo) -> bool {
-    let index = token
-        .strip_prefix("GPU")
-        .or_else(|| token.strip_prefix("gpu"))
-        .unwrap_or(token);
-    if let Ok(i) = index.parse::<u32>() {
-        return i == gpu.index;
-    }
-    token.eq_ignore_ascii_case(&gpu.uuid)
-}
-
-/// Whether a pool with `mask` may be using the GPU with `gpu_uuid`.
-///
-/// No mask means "all GPUs". An unknown GPU (not in the inventory) matches only by UUID.
-pub fn mask_covers(mask: Option<&str>, gpu_uuid: &str, inventory: &[GpuInfo]) -> bool {
-    let Some(mask) = mask else { return true };
-    let gpu = inventory
-        .iter()
-        .find(|g| g.uuid.eq_ignore_ascii_case(gpu_uuid));
-    mask_tokens(mask).any(|token| match gpu {
-        Some(gpu) => token_matches(token, gpu),
-        None => token.eq_ignore_ascii_case(gpu_uuid),
-    })
-}
-
-/// Checks a mask against a known inventory; the error says which token is unknown.
-pub fn validate_mask(mask: &str, inventory: &[GpuInfo]) -> Result<(), String> {
-    for token in mask_tokens(mask) {
-        if !inventory.iter().any(|gpu| token_matches(token, gpu)) {
-            return Err(format!("device '{token}' is not a GPU of this node"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn gpu(index: u32, uuid: &str) -> GpuInfo {
-        GpuInfo {
-            index,
-            uuid: uuid.to_string(),
-            name: "test".to_string(),
-            compute_capability: "8.6".to_string(),
-            vram_total_bytes: 1,
-            vram_free_bytes: 1,
-        }
-    }
-
-    #[test]
-    fn masks_match_indexes_names_and_uuids() {
-        let inv = [gpu(0, "GPU-a"), gpu(1, "GPU-b")];
-        assert!(mask_covers(Some("0"), "GPU-a", &inv));
-        assert!(!mask_covers(Some("0"), "GPU-b", &inv));
-        assert!(mask_covers(Some("GPU1"), "GPU-b", &inv));
-        assert!(mask_covers(Some("gpu-b"), "GPU-b", &inv));
-        assert!(mask_covers(None, "GPU-b", &inv));
-        assert!(validate_mask("0,1", &inv).is_ok());
-        assert!(validate_mask("0,2", &inv).is_err());
-    }
 
     #[test]
     fn tensor_split_json_and_bincode() {

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{GpuInfo, Handoff, PreparedEngine};
+use crate::gpu::MigDeviceInfo;
 use crate::ids::{LeaseId, PoolId};
 
 /// The format version of [`Event`] as encoded in the journal. Bump it (and add an upcaster in
@@ -562,6 +563,13 @@ pub enum Event {
         /// VRAM used by it over all GPUs.
         used_bytes: u64,
     },
+    /// *extra*, node: the node's MIG devices (journaled when they changed). Appended last:
+    /// `GpuInfo` inside `GpuInventoryObserved` keeps its shape, MIG slices come here; device
+    /// masks naming `MIG-...` UUIDs resolve against them.
+    MigInventoryObserved {
+        /// All MIG devices (at most `gpu::MIG_DEVICES_MAX` kept).
+        devices: Vec<MigDeviceInfo>,
+    },
 }
 
 /// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
@@ -618,6 +626,7 @@ impl Event {
             Event::HealthCheckRecovered { .. } => "HealthCheckRecovered",
             Event::BackoffReset { .. } => "BackoffReset",
             Event::VramUsageObserved { .. } => "VramUsageObserved",
+            Event::MigInventoryObserved { .. } => "MigInventoryObserved",
         }
     }
 
@@ -627,6 +636,7 @@ impl Event {
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }
             | Event::GpuInventoryObserved { .. }
+            | Event::MigInventoryObserved { .. }
             | Event::PreflightFailed { .. }
             | Event::GpuXidObserved { .. }
             | Event::DriverResetObserved { .. }

@@ -10,6 +10,7 @@ use crate::engine::SLOTS_MAX;
 use crate::event::{
     Event, ExitReason, FailureClass, ReloadStage, Scope, Stamp, StartPurpose, StopReason,
 };
+use crate::gpu::MIG_DEVICES_MAX;
 use crate::ids::PoolId;
 use crate::policy::RESTART_WINDOW_CAP;
 use crate::state::{
@@ -118,6 +119,9 @@ fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
             if !node.gpus.is_empty() {
                 node.preflight_error = None;
             }
+        }
+        Event::MigInventoryObserved { devices } => {
+            node.mig_devices = devices.iter().take(MIG_DEVICES_MAX).cloned().collect();
         }
         Event::PreflightFailed { reason } => node.preflight_error = Some(reason.clone()),
         Event::GpuXidObserved { .. } => node.xid_total = node.xid_total.saturating_add(1),

@@ -8,7 +8,8 @@
 //! - [`effects`]`(&State, Stamp, &Event) -> Vec<Effect>`: what the shell must do once an event
 //!   is durable and folded (state *after* the event). Replay runs `evolve` only.
 //!
-//! Modules: [`ids`] (validated ids), [`engine`] (prepared engine, handoff, GPUs), [`event`]
+//! Modules: [`ids`] (validated ids), [`engine`] (prepared engine, handoff, GPUs), [`gpu`]
+//! (device masks, MIG devices, VRAM fit and the tensor-split planner), [`event`]
 //! (the journal's vocabulary), [`command`] (inputs, context), [`state`] (the registry),
 //! [`status`] (public projection), [`policy`] (supervision knobs and pure functions),
 //! [`rejection`] (error codes), [`decide`](mod@decide), [`evolve`](mod@evolve),
@@ -41,6 +42,7 @@ pub mod effect;
 pub mod engine;
 pub mod event;
 pub mod evolve;
+pub mod gpu;
 pub mod ids;
 pub mod policy;
 pub mod rejection;
@@ -58,6 +60,10 @@ pub use event::{
     StartPurpose, StopReason, StormClass, EVENT_FORMAT_VERSION,
 };
 pub use evolve::{evolve, evolve_in_place};
+pub use gpu::{
+    engine_for_spawn, resolve_mask, DeviceKind, Inventory, MaskError, MigDeviceInfo,
+    PlacementInputs, ResolvedDevice,
+};
 pub use ids::{InvalidLeaseId, InvalidPoolId, LeaseId, PoolId};
 pub use policy::{
     backoff_delay_ms, BackoffPolicy, BreakerPolicy, HealthPolicy, Policy, ReasonMultiplier,

@@ -41,7 +41,8 @@ pub enum Rejection {
         /// The pool.
         pool_id: String,
     },
-    /// The mask names GPUs the node lacks (`INVALID_DEVICE_MASK`).
+    /// The mask names GPUs the node lacks, or GPUs another pool holds while sharing is off
+    /// (`INVALID_DEVICE_MASK`).
     #[error("pool '{pool_id}': invalid device mask '{mask}': {reason}; see GET /v2/gpus")]
     InvalidDeviceMask {
         /// The pool.
@@ -83,6 +84,32 @@ pub enum Rejection {
         /// Until it half-opens.
         retry_after_ms: u64,
     },
+    /// The engine needs more VRAM than the devices of its mask have free (`INSUFFICIENT_VRAM`,
+    /// OC-POOL-3002); decided before anything is spawned.
+    #[error("pool '{pool_id}' needs {} of VRAM{note} but {devices} {} {} free; free VRAM there (stop or remove a pool using it), choose other GPUs with prepared.device_mask, or lower prepared.vram_required_bytes", crate::gpu::format_bytes(*.required_bytes), if .devices.contains(", ") { "have" } else { "has" }, crate::gpu::format_bytes(*.available_bytes))]
+    InsufficientVram {
+        /// The pool.
+        pool_id: String,
+        /// Bytes required (of the whole engine, or of one device's share of a split).
+        required_bytes: u64,
+        /// Bytes free on `devices`.
+        available_bytes: u64,
+        /// The devices (`GPU 0 (GPU-...), GPU 1 (GPU-...)`).
+        devices: String,
+        /// Context for the numbers (`" (estimated from the model file size)"`, a split share).
+        note: String,
+    },
+    /// The engine needs more host RAM than is available. SPEC section 5 has no RAM code, so it
+    /// answers `INSUFFICIENT_VRAM` (503) with a message that says host RAM.
+    #[error("pool '{pool_id}' needs {} of host RAM but {} is available; free host memory (stop or remove a pool) or lower prepared.ram_required_bytes", crate::gpu::format_bytes(*.required_bytes), crate::gpu::format_bytes(*.available_bytes))]
+    InsufficientRam {
+        /// The pool.
+        pool_id: String,
+        /// Bytes required.
+        required_bytes: u64,
+        /// Bytes available.
+        available_bytes: u64,
+    },
 }
 
 impl Rejection {
@@ -99,6 +126,9 @@ impl Rejection {
             Rejection::PoolUnready { .. } => "POOL_UNREADY",
             Rejection::GpuRequired { .. } => "GPU_REQUIRED",
             Rejection::CircuitOpen { .. } => "CIRCUIT_OPEN",
+            Rejection::InsufficientVram { .. } | Rejection::InsufficientRam { .. } => {
+                "INSUFFICIENT_VRAM"
+            }
         }
     }
 }

@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{GpuInfo, Handoff, PreparedEngine};
 use crate::event::{ExitReason, FailureClass, ReloadStage, StartPurpose, StopReason};
+use crate::gpu::{Inventory, MigDeviceInfo};
 use crate::ids::{LeaseId, PoolId};
 use crate::status::{BreakerState, PoolStatus};
 
 /// The format version of [`State`] snapshots; bump it when `State` changes shape (an old
 /// snapshot is then ignored and the journal replayed in full).
-pub const STATE_SNAPSHOT_VERSION: u8 = 1;
+/// 2: `Node::mig_devices`.
+pub const STATE_SNAPSHOT_VERSION: u8 = 2;
 
 /// The registry: all pools plus node-level facts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -50,6 +52,8 @@ pub struct Node {
     pub stopped: Option<(u64, String)>,
     /// The last GPU inventory.
     pub gpus: Vec<GpuInfo>,
+    /// The last MIG device inventory (`MigInventoryObserved`).
+    pub mig_devices: Vec<MigDeviceInfo>,
     /// Why no GPU is usable, when a GPU is required: preloads answer `GPU_REQUIRED`.
     pub preflight_error: Option<String>,
     /// Xid events seen.
@@ -58,6 +62,16 @@ pub struct Node {
     pub driver_reset_total: u64,
     /// The last invalid handoff: (file, field, reason).
     pub last_handoff_rejection: Option<(String, String, String)>,
+}
+
+impl Node {
+    /// The GPUs and MIG devices, as masks resolve against them.
+    pub fn inventory(&self) -> Inventory<'_> {
+        Inventory {
+            gpus: &self.gpus,
+            mig_devices: &self.mig_devices,
+        }
+    }
 }
 
 /// Why a start is under way (an internal superset of [`StartPurpose`]).

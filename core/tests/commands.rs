@@ -9,6 +9,7 @@ fn preload(pool: &str) -> Input {
     cmd(Command::Preload {
         pool_id: id(pool),
         engine: engine(pool),
+        placement: Default::default(),
     })
 }
 
@@ -133,6 +134,7 @@ fn preload_of_a_ready_pool_with_another_engine_is_busy() {
         .when(cmd(Command::Preload {
             pool_id: id("p1"),
             engine: other,
+            placement: Default::default(),
         }))
         .then_rejected("POOL_BUSY");
 }
@@ -180,6 +182,7 @@ fn preload_with_a_mask_outside_the_inventory_is_refused() {
     .when(cmd(Command::Preload {
         pool_id: id("p1"),
         engine: e,
+        placement: Default::default(),
     }))
     .then_rejected("INVALID_DEVICE_MASK");
 }
@@ -191,6 +194,7 @@ fn preload_with_invalid_fields_is_an_invalid_request() {
         .when(cmd(Command::Preload {
             pool_id: id("p1"),
             engine: e.clone(),
+            placement: Default::default(),
         }))
         .then_rejected("INVALID_REQUEST");
     e.pool_id = "p1".into();
@@ -199,6 +203,7 @@ fn preload_with_invalid_fields_is_an_invalid_request() {
         .when(cmd(Command::Preload {
             pool_id: id("p1"),
             engine: e,
+            placement: Default::default(),
         }))
         .then_rejected("INVALID_REQUEST");
 }

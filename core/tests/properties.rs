@@ -27,22 +27,61 @@ fn arb_text() -> impl Strategy<Value = String> {
     prop_oneof![Just(String::new()), "[a-z/._ ]{0,12}", any::<String>()]
 }
 
+fn arb_split() -> impl Strategy<Value = Option<TensorSplit>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(TensorSplit::Auto)),
+        prop::collection::vec(any::<f64>(), 0..4).prop_map(|r| Some(TensorSplit::Ratios(r))),
+        Just(Some(TensorSplit::Ratios(vec![0.5, 0.5]))),
+    ]
+}
+
+fn arb_mask() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        Just(Some("0".to_string())),
+        Just(Some("0,1".to_string())),
+        Just(Some("GPU1,MIG-x".to_string())),
+        Just(Some("MIG-x".to_string())),
+        "[0-2GPUMIG,x -]{0,8}".prop_map(Some),
+    ]
+}
+
 fn arb_engine() -> impl Strategy<Value = PreparedEngine> {
     (
         prop::sample::select(&POOLS[..]),
         any::<u16>(),
         prop::option::of(0u32..10),
         arb_text(),
+        (arb_split(), arb_mask(), prop::option::of(any::<u64>())),
     )
-        .prop_map(|(pool, port, slots, model)| {
+        .prop_map(|(pool, port, slots, model, (split, mask, vram))| {
             let mut e = engine(pool);
             e.port = port;
             e.slots_total = slots;
             if !model.is_empty() {
                 e.model_path = model;
             }
+            e.tensor_split = split;
+            if mask.is_some() {
+                e.device_mask = mask;
+            }
+            e.vram_required_bytes = vram;
             e
         })
+}
+
+fn arb_migs() -> impl Strategy<Value = Vec<MigDeviceInfo>> {
+    prop::collection::vec(
+        ("MIG-[xy]", 0u32..3, any::<u64>()).prop_map(|(uuid, parent_index, free)| MigDeviceInfo {
+            uuid,
+            parent_index,
+            name: "1g.10gb".into(),
+            vram_total_bytes: free,
+            vram_free_bytes: free,
+        }),
+        0..3,
+    )
 }
 
 fn arb_stop_reason() -> impl Strategy<Value = StopReason> {
@@ -65,6 +104,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
         prop::collection::vec((0u32..3, "GPU-[ab]").prop_map(|(i, u)| gpu(i, &u)), 0..3)
             .prop_map(|gpus| Event::GpuInventoryObserved { gpus }),
         arb_text().prop_map(|reason| Event::PreflightFailed { reason }),
+        arb_migs().prop_map(|devices| Event::MigInventoryObserved { devices }),
         any::<u32>().prop_map(|xid| Event::GpuXidObserved {
             gpu_uuid: "GPU-a".into(),
             xid
@@ -254,7 +294,7 @@ fn arb_stamped() -> impl Strategy<Value = (u64, u64, Option<&'static str>, Event
 /// An abstract action resolved against the current state, so that random drives reach deep
 /// states (spawn results carry the right token, exits the right pid, timers the right token).
 fn arb_action() -> impl Strategy<Value = (u8, usize, u64, ExitReason)> {
-    (0u8..49, 0usize..3, any::<u64>(), arb_reason())
+    (0u8..53, 0usize..3, any::<u64>(), arb_reason())
 }
 
 fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason)) -> Input {
@@ -278,6 +318,7 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
         0 | 1 => cmd(Command::Preload {
             pool_id,
             engine: engine(name),
+            placement: Default::default(),
         }),
         2 | 3 => cmd(Command::AcquireLease { pool_id, lease_id }),
         4 => {
@@ -405,6 +446,44 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             reason,
             line: "CUDA error".into(),
         }),
+        48 => obs(Observation::GpuInventory {
+            gpus: (0..x % 3)
+                .map(|i| {
+                    let mut g = gpu(i as u32, ["GPU-a", "GPU-b", "GPU-c"][i as usize]);
+                    g.vram_free_bytes = (x >> (8 * i)) % (64 << 30);
+                    g
+                })
+                .collect(),
+        }),
+        49 => obs(Observation::MigInventory {
+            devices: (0..x % 3)
+                .map(|i| MigDeviceInfo {
+                    uuid: ["MIG-x", "MIG-y", "MIG-x"][i as usize].into(),
+                    parent_index: (x >> i) as u32 % 2,
+                    name: "1g.10gb".into(),
+                    vram_total_bytes: 10 << 30,
+                    vram_free_bytes: (x >> (4 * i)) % (10 << 30),
+                })
+                .collect(),
+        }),
+        50..=52 => {
+            let mut e = engine(name);
+            e.device_mask = [None, Some("0"), Some("1"), Some("0,1"), Some("MIG-x")]
+                [(x % 5) as usize]
+                .map(str::to_string);
+            e.tensor_split = [None, Some(TensorSplit::Auto)][((x >> 3) % 2) as usize].clone();
+            e.vram_required_bytes = [None, Some(x % (80 << 30))][((x >> 4) % 2) as usize];
+            e.ram_required_bytes = Some(x % 1000);
+            cmd(Command::Preload {
+                pool_id,
+                engine: e,
+                placement: PlacementInputs {
+                    allow_gpu_sharing: x % 7 == 0,
+                    model_file_bytes: Some(x % (40 << 30)),
+                    ram_available_bytes: Some((x >> 5) % 1000),
+                },
+            })
+        }
         28 => obs(Observation::DaemonStarted {
             version: "v".into(),
             pid: 1,

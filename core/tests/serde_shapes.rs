@@ -181,6 +181,15 @@ pub fn one_of_each() -> Vec<Event> {
             pid: 1,
             used_bytes: 1 << 30,
         },
+        Event::MigInventoryObserved {
+            devices: vec![MigDeviceInfo {
+                uuid: "MIG-x".into(),
+                parent_index: 0,
+                name: "1g.10gb".into(),
+                vram_total_bytes: 10 << 30,
+                vram_free_bytes: 9 << 30,
+            }],
+        },
     ]
 }
 
@@ -191,7 +200,7 @@ fn every_event_round_trips_through_bincode_and_json() {
     kinds.sort();
     kinds.dedup();
     assert_eq!(kinds.len(), events.len(), "one of each, no duplicates");
-    assert_eq!(events.len(), 41, "update one_of_each when adding an event");
+    assert_eq!(events.len(), 42, "update one_of_each when adding an event");
     for event in &events {
         let bytes = bincode::serialize(event).unwrap();
         assert_eq!(

@@ -250,6 +250,7 @@ fn breaker_opens_after_the_threshold_of_consecutive_failures() {
         .when(cmd(Command::Preload {
             pool_id: id("p1"),
             engine: engine("p1"),
+            placement: Default::default(),
         }))
         .then_rejected("CIRCUIT_OPEN");
     assert!(matches!(

@@ -12,9 +12,11 @@
 //!   `DELETE .../leases/{lease_id}`, `POST .../drain`, `POST .../reload` (waits),
 //!   `POST .../stop`,
 //!   `POST .../breaker/reset`, `DELETE /v2/pools/{id}`, `GET .../events`
+//! - `GET /v2/gpus` (`gpus.rs`: the last GPU reading, with each process's pool)
 //! - compatibility: `POST /pools/{id}/preload`, `GET|POST /pools/{id}/status`
 
 mod error;
+mod gpus;
 mod pools;
 
 use std::future::Future;
@@ -29,6 +31,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::gpu::GpuMonitor;
 use crate::node::NodeHandle;
 
 pub use error::{parse_json, status_of, ApiError, JsonBody, PoolPath, BODY_MAX_BYTES};
@@ -44,6 +47,7 @@ struct ApiInner {
     token: Option<String>,
     allowed_binaries: Vec<PathBuf>,
     version: String,
+    gpus: Option<GpuMonitor>,
 }
 
 /// API settings.
@@ -55,6 +59,9 @@ pub struct ApiSettings {
     pub allowed_binaries: Vec<PathBuf>,
     /// The daemon's version for `/health`.
     pub version: String,
+    /// The live GPU view (`GET /v2/gpus`, `/health`'s `gpu`); `None`: the start-up verdict
+    /// of the published registry, and no GPUs listed.
+    pub gpus: Option<GpuMonitor>,
 }
 
 impl ApiState {
@@ -66,12 +73,17 @@ impl ApiState {
                 token: settings.token.filter(|t| !t.is_empty()),
                 allowed_binaries: settings.allowed_binaries,
                 version: settings.version,
+                gpus: settings.gpus,
             }),
         }
     }
 
     pub(crate) fn node(&self) -> &NodeHandle {
         &self.inner.node
+    }
+
+    pub(crate) fn gpus(&self) -> Option<&GpuMonitor> {
+        self.inner.gpus.as_ref()
     }
 
     /// `Err(BINARY_NOT_ALLOWED)` unless `binary` is allowed.
@@ -133,6 +145,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/pools/{id}/breaker/reset", post(pools::reset_breaker))
         .route("/v2/pools/{id}/events", get(pools::events))
         .route("/v2/pools/{id}/handoff", post(pools::register_handoff)) // handoff route
+        .route("/v2/gpus", get(gpus::list))
         .route("/pools/{id}/preload", post(pools::preload))
         .route(
             "/pools/{id}/status",

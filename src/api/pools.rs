@@ -19,7 +19,9 @@ const EVENTS_LIMIT_DEFAULT: usize = 1_000;
 /// `GET /health`.
 pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
     let published = state.node().registry().load();
-    let gpu = &published.gpu;
+    // The live view of the last GPU reading, else the start-up verdict.
+    let live = state.gpus().map(|monitor| monitor.load());
+    let gpu = live.as_ref().map_or(&published.gpu, |view| &view.summary);
     let mut body = json!({
         "status": if published.journal_failure.is_some() { "journal_failed" } else { "ok" },
         "version": state.inner.version,

@@ -14,6 +14,7 @@
 //! Never: leaves an engine running or a file behind (unless `--keep`).
 
 use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub struct DemoArgs {
     /// Keep the temporary runtime directory (journal, engine logs) and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// Testing aid: the daemon reads its GPUs from this JSON file instead of NVML (the demo's
+    /// engines run on the CPU either way).
+    #[arg(long, value_name = "FILE")]
+    pub gpu_fixture: Option<PathBuf>,
 }
 
 /// Runs the demo.
@@ -125,6 +130,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     config.backoff.max_ms = 3_200;
     config.breaker.failure_threshold = 4;
     config.breaker.open_ms = 60_000;
+    if let Some(fixture) = &args.gpu_fixture {
+        config.gpu.fixture = fixture.clone();
+    }
     let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await?;
     let mut client = Client {
         http: reqwest::Client::builder()
@@ -135,6 +143,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     println!("pool-managerd {} demo: daemon on http://{} (no GPU: CPU-only engines allowed, as with --dev)", crate::daemon::VERSION, daemon.addr());
     println!("runtime directory: {}\n", config.runtime_dir.display());
+    if args.gpu_fixture.is_some() {
+        let (_, gpus) = client.call(reqwest::Method::GET, "/v2/gpus", None).await?;
+        let gpus: Vec<crate::gpu::Gpu> = serde_json::from_value(gpus).unwrap_or_default();
+        println!("GPUs from the fixture (GET /v2/gpus):");
+        print!("{}", table::gpus_table(&gpus));
+        println!();
+    }
     let mut result = script(&client, dir.path()).await;
     // The daemon restarts; its engines keep serving and are adopted.
     let daemon = if result.is_ok() {

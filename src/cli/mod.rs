@@ -1,4 +1,5 @@
-//! The command line (clap): `journal {show,export,import,verify,stats,repair}` and `replay`.
+//! The command line (clap): `serve`, `demo`, `gpus`, `journal {show,export,import,verify,stats,
+//! repair}` and `replay`.
 //!
 //! Owns: argument parsing, opening journals for commands, exit codes, logging set-up.
 //! Never: changes a journal's events except through `journal import` and `journal repair`;
@@ -8,6 +9,7 @@
 //! and what to do.
 
 mod demo;
+mod gpus;
 mod journal;
 mod replay;
 mod serve;
@@ -22,6 +24,7 @@ use pool_journal::JournalConfig;
 use crate::schema::PoolJournal;
 
 pub use demo::DemoArgs;
+pub use gpus::GpusArgs;
 pub use journal::JournalCommand;
 pub use replay::ReplayArgs;
 pub use serve::{load_config, wait_for_signal, ServeArgs};
@@ -53,6 +56,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a self-contained demonstration (no GPU, no configuration needed).
     Demo(DemoArgs),
+    /// Print the GPU inventory (NVML, or --gpu-fixture), or why there is no usable GPU.
+    Gpus(GpusArgs),
     /// Inspect, check, export, import or repair a journal.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -83,11 +88,13 @@ pub struct JournalDirArg {
 impl Cli {
     /// The log level when `RUST_LOG` is not set: none for the demo (its printout is the point;
     /// its failures and its open breaker are on purpose, and anything unplanned fails the demo
-    /// itself), `warn` for the test engine, `info` otherwise.
+    /// itself), `warn` for the test engine, `error` for `gpus` (its printout says what is
+    /// wrong), `info` otherwise.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Demo(_) => "off",
             Command::EngineSim { .. } => "warn",
+            Command::Gpus(_) => "error",
             _ => "info",
         }
     }
@@ -114,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Gpus(args) => gpus::run(args),
         Command::EngineSim { args } => {
             crate::engine_sim::main(std::iter::once("engine-sim".to_string()).chain(args))
         }

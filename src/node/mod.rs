@@ -471,6 +471,7 @@ impl NodeHandle {
         let input = Input::Command(Command::Preload {
             pool_id: pool_id.clone(),
             engine,
+            placement: Default::default(),
         });
         if !wait {
             let committed = self.send(input, None).await?;

@@ -16,7 +16,7 @@ use pool_core::{PoolStatus, State};
 use serde::Serialize;
 use tokio::sync::watch;
 
-/// What the node knows about its GPUs, for `/health`.
+/// The GPU verdict of a reading (`gpu::summary`), `/health`'s `gpu` field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GpuSummary {
     /// A usable GPU was found.
@@ -35,7 +35,8 @@ pub struct GpuSummary {
 pub struct Published {
     /// The registry after the last durable event.
     pub state: Arc<State>,
-    /// GPU summary.
+    /// The GPU preflight's verdict at start-up; `/health` shows the live one of the last
+    /// reading (`gpu::GpuMonitor`), which the observation loop refreshes.
     pub gpu: GpuSummary,
     /// The journal failed: the daemon takes no more changes (why).
     pub journal_failure: Option<String>,

@@ -8,7 +8,7 @@
 //! (`EngineSpawned` carries the pid and its start time): one still running is killed and
 //! reported (which fails the run), so that no engine outlives the run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use pool_managerd::clock::{ManualClock, SharedClock, SystemClock};
 use pool_managerd::config::Config;
 use pool_managerd::core::Event;
 use pool_managerd::daemon::Daemon;
+use pool_managerd::gpu::{simulated_gpus, FixtureInventory, GpuInventory, NoGpu};
 use pool_managerd::schema::PoolJournal;
 use reqwest::Method;
 use serde_json::Value;
@@ -160,7 +161,7 @@ pub enum Body {
 pub struct LiveDaemon {
     setup: DaemonSetup,
     clock: Option<ManualClock>,
-    proc_gpus: PathBuf,
+    gpus: Arc<dyn GpuInventory>,
     daemon: Option<Daemon>,
     /// The daemon when it runs as its own process.
     process: Option<DaemonProcess>,
@@ -185,13 +186,20 @@ impl LiveDaemon {
     pub async fn start(mut setup: DaemonSetup, dir: &Path) -> LiveDaemon {
         setup.config.runtime_dir = dir.join("runtime");
         setup.config.journal_dir = dir.join("journal");
-        let proc_gpus = dir.join("proc-driver-nvidia-gpus");
-        if let Some(count) = setup.gpus {
-            for i in 0..count {
-                std::fs::create_dir_all(proc_gpus.join(format!("0000:0{i}:00.0")))
-                    .unwrap_or_else(|e| panic!("simulated GPU {i}: {e}"));
+        // The node's GPUs: a fixture of `count` simulated GPUs, or none.
+        let gpus: Arc<dyn GpuInventory> = match setup.gpus {
+            Some(count) => {
+                let file = dir.join("gpus.json");
+                let json = serde_json::to_vec(&simulated_gpus(count))
+                    .unwrap_or_else(|e| panic!("simulated GPUs: {e}"));
+                std::fs::write(&file, json)
+                    .unwrap_or_else(|e| panic!("GPU fixture {}: {e}", file.display()));
+                Arc::new(FixtureInventory::new(&file))
             }
-        }
+            None => Arc::new(NoGpu::new(
+                "simulated node without a GPU: no NVIDIA driver; run with --dev",
+            )),
+        };
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)
@@ -201,7 +209,7 @@ impl LiveDaemon {
         let mut live = LiveDaemon {
             setup,
             clock,
-            proc_gpus,
+            gpus,
             daemon: None,
             process: None,
             base: String::new(),
@@ -236,9 +244,10 @@ impl LiveDaemon {
             Some(manual) => Arc::new(manual.clone()),
             None => Arc::new(SystemClock),
         };
-        let (daemon, _report) = Daemon::start_with_gpus(&self.setup.config, clock, &self.proc_gpus)
-            .await
-            .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
+        let (daemon, _report) =
+            Daemon::start_with_gpus(&self.setup.config, clock, self.gpus.clone())
+                .await
+                .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
         self.base = format!("http://{}", daemon.addr());
         self.daemon = Some(daemon);
     }

@@ -5,13 +5,18 @@
 //! Never: reads a clock or does I/O; time comes from the decision's context.
 
 use super::lifecycle::{cancel_reload, stop};
+use super::placement;
 use super::*;
 use crate::command::Command;
 
 pub(super) fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejection> {
     let now = d.now();
     match command {
-        Command::Preload { pool_id, engine } => {
+        Command::Preload {
+            pool_id,
+            engine,
+            placement: inputs,
+        } => {
             engine.validate().map_err(invalid)?;
             if engine.pool_id != pool_id.as_str() {
                 return Err(invalid(format!(
@@ -24,16 +29,8 @@ pub(super) fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Res
                     reason: reason.clone(),
                 });
             }
-            if let Some(mask) = &engine.device_mask {
-                let gpus = &d.node().gpus;
-                if !gpus.is_empty() {
-                    validate_mask(mask, gpus).map_err(|reason| Rejection::InvalidDeviceMask {
-                        pool_id: pool_id.to_string(),
-                        mask: tail(mask, 200),
-                        reason,
-                    })?;
-                }
-            }
+            let devices = placement::devices(pool_id, engine, d.node().inventory())?;
+            placement::check_split_syntax(engine, devices.as_deref())?;
             if let Some(pool) = d.pool(pool_id) {
                 if pool.busy() {
                     return Err(busy(pool));
@@ -42,16 +39,26 @@ pub(super) fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Res
                     return Err(rejection);
                 }
                 if matches!(pool.activity, Activity::Running) {
-                    if pool.engine.as_ref() == Some(engine) {
+                    if pool
+                        .engine
+                        .as_ref()
+                        .is_some_and(|recorded| placement::same_engine(recorded, engine))
+                    {
                         return Ok(()); // idempotent: already ready with this engine
                     }
                     return Err(busy(pool));
                 }
             }
+            if let Some(devices) = &devices {
+                placement::check_sharing(d, pool_id, engine, devices, inputs)?;
+            }
+            // Plans an "auto" split from the inventory now and records the plan (replay and
+            // restarts must not depend on the VRAM free at their time).
+            let recorded = placement::fit_and_plan(pool_id, engine, devices.as_deref(), inputs)?;
             d.push(
                 Some(pool_id),
                 Event::PreloadRequested {
-                    engine: Box::new(engine.clone()),
+                    engine: Box::new(recorded),
                 },
             );
         }

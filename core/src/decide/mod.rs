@@ -16,16 +16,18 @@
 mod command;
 mod lifecycle;
 mod observation;
+mod placement;
 
 use self::command::decide_command;
 use self::observation::decide_observation;
 use crate::command::{Context, Input};
-use crate::engine::{mask_covers, validate_mask, FIELD_LEN_MAX, SLOTS_MAX};
+use crate::engine::{FIELD_LEN_MAX, SLOTS_MAX};
 use crate::event::{
     DrainOutcome, Event, ExitReason, Fact, ReloadStage, Scope, Stamp, StartFailure, StartPurpose,
     StopReason,
 };
 use crate::evolve::{evolve_in_place, evolve_pool_slot, mask_violation_message, GPUS_MAX};
+use crate::gpu::{mask_covers_in, MIG_DEVICES_MAX};
 use crate::ids::PoolId;
 use crate::policy::{
     backoff_delay_ms, classify_storm, DEFAULT_RELOAD_DRAIN_DEADLINE_MS, OPEN_MS_MAX,

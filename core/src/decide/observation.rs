@@ -35,6 +35,12 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
                 d.push(None, Event::GpuInventoryObserved { gpus });
             }
         }
+        Observation::MigInventory { devices } => {
+            let devices: Vec<_> = devices.iter().take(MIG_DEVICES_MAX).cloned().collect();
+            if devices != d.node().mig_devices {
+                d.push(None, Event::MigInventoryObserved { devices });
+            }
+        }
         Observation::PreflightFailed { reason } => {
             if d.node().preflight_error.as_ref() != Some(reason) {
                 d.push(
@@ -471,11 +477,13 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
                     xid: *xid,
                 },
             );
-            let gpus = d.node().gpus.clone();
+            let inventory = d.node().inventory();
             let hit: Vec<(PoolId, bool)> = d
                 .pools()
                 .into_iter()
-                .filter(|p| p.process.is_some() && mask_covers(p.device_mask(), &gpu_uuid, &gpus))
+                .filter(|p| {
+                    p.process.is_some() && mask_covers_in(p.device_mask(), &gpu_uuid, inventory)
+                })
                 .filter_map(|p| match p.activity {
                     Activity::Starting { .. } => Some((p.id.clone(), true)),
                     Activity::Running => Some((p.id.clone(), false)),

@@ -1,0 +1,20 @@
+//! `GET /v2/gpus`: the GPUs of the last reading (SPEC section 10), each with its MIG devices
+//! and compute processes, a process naming its pool when it is a pool's engine.
+//!
+//! Owns: the route's answer.
+//! Never: calls NVML or reads a file: it shows the [`crate::gpu::GpuMonitor`]'s last view
+//! (the observation loop refreshes it every `[gpu] poll_interval_ms`).
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::ApiState;
+
+/// `GET /v2/gpus`: 200 `[Gpu]`; with no GPU, 200 `[]` (and `/health` says why).
+pub(super) async fn list(State(state): State<ApiState>) -> Response {
+    match state.gpus() {
+        Some(monitor) => Json(&monitor.load().gpus).into_response(),
+        None => Json(Vec::<crate::gpu::Gpu>::new()).into_response(),
+    }
+}
