@@ -48,14 +48,17 @@ Feature: Restart backoff
     Then the restart delays of pool "p1" were about "1000, 2000, 4000, 5000, 5000, 5000" ms
     And pool "p1" waits out the restart delay it shows
 
+  # The breaker opens at the fourth failure, so that moving the clock for one pool never
+  # lets a further restart of the other through (both share the daemon's clock).
   Scenario: Jitter spreads the restarts of pools that fail together
     Given a running daemon on a manual clock, configured with:
-      | backoff.initial_ms | 1000 |
-      | backoff.jitter     | 0.5  |
+      | backoff.initial_ms        | 1000 |
+      | backoff.jitter            | 0.5  |
+      | breaker.failure_threshold | 4    |
     And pool "p1" is crash-looping with an engine-sim started with "--crash-after-ms 0 --exit-code 3"
     And pool "p2" is crash-looping with an engine-sim started with "--crash-after-ms 0 --exit-code 3"
-    When pool "p1" fails 3 times in all, each restart let through at its time
-    And pool "p2" fails 3 times in all, each restart let through at its time
+    When pool "p1" fails 4 times in all, each restart let through at its time
+    And pool "p2" fails 4 times in all, each restart let through at its time
     Then the restart delays of pool "p1" were about "1000, 2000, 4000" ms
     And the restart delays of pool "p2" were about "1000, 2000, 4000" ms
     And pools "p1" and "p2" chose different restart delays
