@@ -312,8 +312,14 @@ impl Wake for ThreadWaker {
 /// blocking API; works outside any runtime (tokio's sync primitives need none) and never
 /// panics inside one (it only blocks the thread, which callers must not do on a runtime
 /// worker).
+///
+/// The future runs unconstrained by tokio's cooperative budget: on a thread inside a runtime's
+/// context (the thread of a `Runtime::block_on`, a sync step of the feature suite), a budget
+/// the surrounding task had spent would otherwise make every channel poll answer `Pending`
+/// and wake at once, forever (the task never yields to the runtime to get a new budget): a
+/// busy spin that never completes.
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
+    let mut future = std::pin::pin!(tokio::task::unconstrained(future));
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {
