@@ -73,6 +73,10 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_GPU_POLL_INTERVAL_MS: u64 = 5_000;
 /// Largest `gpu.poll_interval_ms` (one hour).
 pub const GPU_POLL_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Default of `gpu.placement_timeout_ms`.
+pub const DEFAULT_GPU_PLACEMENT_TIMEOUT_MS: u64 = 10_000;
+/// Largest `gpu.placement_timeout_ms` (ten minutes).
+pub const GPU_PLACEMENT_TIMEOUT_MS_MAX: u64 = 600_000;
 /// How `addr` is written.
 const ADDR_FORM: &str =
     "give IP:PORT such as 127.0.0.1:9200 or [::1]:9200 (host names are not resolved)";
@@ -139,8 +143,13 @@ snapshot_every = 10000              # events between snapshots; >= 1
 
 [gpu]
 poll_interval_ms = 5000             # GPU observation interval (VRAM, processes, Xid events)
+placement_timeout_ms = 10000        # with require_gpu: after health passes, how long NVML may
+                                    # take to list the engine on a GPU of its mask before the
+                                    # start fails with CPU_SPILLOVER
 fixture = ""                        # testing aid: GPUs from a JSON file instead of NVML
                                     # ("" = NVML); --gpu-fixture
+allow_sharing = false               # true: two pools may claim the same GPU (or MIG device);
+                                    # false: a mask overlapping another pool's is refused
 "#;
 
 /// The effective configuration of the daemon. Built by [`Config::load`] (or
@@ -191,16 +200,26 @@ pub struct GpuSettings {
     /// Interval of the GPU observation loop (VRAM per engine, processes outside their mask,
     /// Xid events), in ms; 1..=3600000.
     pub poll_interval_ms: u64,
+    /// With `require_gpu` and GPUs: after an engine's health passes, how long (ms,
+    /// 1..=600000) NVML may take to list it (its pid or a process of its session) on a GPU of
+    /// its mask before the start fails with `CPU_SPILLOVER` (OC-POOL-3012).
+    pub placement_timeout_ms: u64,
     /// A testing aid: read the GPUs from this JSON file instead of NVML (empty: NVML). See
     /// `gpu::FixtureInventory` for its format. `--gpu-fixture FILE` sets it.
     pub fixture: PathBuf,
+    /// Whether two pools may claim the same GPU (or MIG device). False (the default): a
+    /// preload whose device mask overlaps that of a pool holding its GPUs is refused with
+    /// `INVALID_DEVICE_MASK` naming the other pool (OC-POOL-3020).
+    pub allow_sharing: bool,
 }
 
 impl Default for GpuSettings {
     fn default() -> Self {
         GpuSettings {
             poll_interval_ms: DEFAULT_GPU_POLL_INTERVAL_MS,
+            placement_timeout_ms: DEFAULT_GPU_PLACEMENT_TIMEOUT_MS,
             fixture: PathBuf::new(),
+            allow_sharing: false,
         }
     }
 }
@@ -636,7 +655,9 @@ impl Config {
             journal: self.journal.clone(),
             gpu: GpuSettings {
                 poll_interval_ms: self.gpu.poll_interval_ms,
+                placement_timeout_ms: self.gpu.placement_timeout_ms,
                 fixture: lossy(&self.gpu.fixture),
+                allow_sharing: self.gpu.allow_sharing,
             },
         };
         let body = toml::to_string(&file)
@@ -999,6 +1020,7 @@ fn value_hint(key: &str) -> String {
         "allowed_binaries" => "give a list of absolute paths or directory prefixes",
         "engine_user" => "give a user name, or \"\" for none",
         "gpu.fixture" => "give the path of a JSON file of GPUs (a testing aid), or \"\" for NVML",
+        "gpu.allow_sharing" => "give true or false",
         _ => "fix it",
     };
     match default {
@@ -1050,6 +1072,17 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
             format!(
                 "{} is outside 1..={GPU_POLL_INTERVAL_MS_MAX}",
                 file.gpu.poll_interval_ms
+            ),
+        ));
+    }
+    if file.gpu.placement_timeout_ms == 0
+        || file.gpu.placement_timeout_ms > GPU_PLACEMENT_TIMEOUT_MS_MAX
+    {
+        return Err(invalid(
+            "gpu.placement_timeout_ms",
+            format!(
+                "{} is outside 1..={GPU_PLACEMENT_TIMEOUT_MS_MAX}",
+                file.gpu.placement_timeout_ms
             ),
         ));
     }
@@ -1108,7 +1141,9 @@ mod tests {
             "journal.snapshot_every",
             "stop_engines_on_shutdown",
             "gpu.poll_interval_ms",
+            "gpu.placement_timeout_ms",
             "gpu.fixture",
+            "gpu.allow_sharing",
         ] {
             assert!(
                 paths.iter().any(|p| p == key),
@@ -1150,6 +1185,16 @@ mod tests {
 
         let zero = load("[gpu]\npoll_interval_ms = 0\n", Overrides::default()).unwrap_err();
         assert_eq!(zero.key(), Some("gpu.poll_interval_ms"), "{zero}");
+        let placement = load("[gpu]\nplacement_timeout_ms = 500\n", Overrides::default()).unwrap();
+        assert_eq!(placement.gpu.placement_timeout_ms, 500);
+        for bad in ["0", "600001"] {
+            let err = load(
+                &format!("[gpu]\nplacement_timeout_ms = {bad}\n"),
+                Overrides::default(),
+            )
+            .unwrap_err();
+            assert_eq!(err.key(), Some("gpu.placement_timeout_ms"), "{err}");
+        }
         let unknown = load("[gpu]\npoll_interval = 5\n", Overrides::default()).unwrap_err();
         assert!(
             unknown.to_string().contains("gpu.poll_interval_ms"),
@@ -1164,6 +1209,17 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(empty.key(), Some("gpu.fixture"), "{empty}");
+        let sharing = load("[gpu]\nallow_sharing = true\n", Overrides::default()).unwrap();
+        assert!(sharing.gpu.allow_sharing);
+        assert!(
+            sharing.to_toml().contains("allow_sharing = true"),
+            "{}",
+            sharing.to_toml()
+        );
+        assert!(!Config::default().gpu.allow_sharing);
+        let not_bool = load("[gpu]\nallow_sharing = \"yes\"\n", Overrides::default()).unwrap_err();
+        assert_eq!(not_bool.key(), Some("gpu.allow_sharing"), "{not_bool}");
+        assert!(not_bool.to_string().contains("true or false"), "{not_bool}");
         assert_eq!(Config::default().gpu, GpuSettings::default());
         assert_eq!(
             Config::default().gpu.poll_interval_ms,

@@ -60,6 +60,10 @@ impl Daemon {
         inventory: Arc<dyn GpuInventory>,
     ) -> anyhow::Result<(Daemon, StartReport)> {
         config.check_security()?;
+        // One reader for the observation loop and the placement checks (one reading at a
+        // time; faults seen by a placement reading are reported by the loop).
+        let shared_inventory = gpu::placement::SharedInventory::new(inventory);
+        let inventory: Arc<dyn GpuInventory> = shared_inventory.clone();
         // The preflight: a first reading, before the journal opens. A missing GPU is a state
         // with a reason (preloads refused with GPU_REQUIRED when required), never an error.
         let source = inventory.source();
@@ -95,6 +99,13 @@ impl Daemon {
             gpu: gpu.clone(),
             version: VERSION.to_string(),
             run_as,
+            placement_check: config.require_gpu.then(|| {
+                gpu::placement::PlacementCheck::new(
+                    shared_inventory.clone(),
+                    config.gpu.placement_timeout_ms,
+                )
+            }),
+            allow_gpu_sharing: config.gpu.allow_sharing,
         })
         .await?;
         // The preflight reading's observations (inventory, engines on GPUs, faults), before

@@ -145,6 +145,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     alloc_mb: usize,
 
+    /// llama-server's split of the model over the visible GPUs (`0.6,0.4`), as pool-managerd
+    /// passes a planned `tensor_split`: accepted and logged (engine-sim uses no GPU).
+    #[arg(long, value_name = "RATIOS")]
+    tensor_split: Option<String>,
+
     /// Everything after `--` is accepted and ignored.
     #[arg(last = true, hide = true)]
     _ignored: Vec<String>,
@@ -440,6 +445,9 @@ async fn run(args: Args) {
     };
     log(&format!("listening on http://{}:{}", args.host, args.port));
     log(&format!("loading model '{}'", args.model));
+    if let Some(split) = &args.tensor_split {
+        log(&format!("tensor split: {split} (engine-sim uses no GPU)"));
+    }
 
     if args.alloc_mb > 0 {
         let len = args.alloc_mb << 20;

@@ -5,14 +5,23 @@
 //! Owns: [`PoolSchema`] and the journal type aliases the rest of the crate uses.
 //! Never: decides anything about pools; it only says how events are stored.
 //!
-//! Format versions: 1 is the first and current one. To change an event's shape, add a variant
-//! or field under a new `EVENT_FORMAT_VERSION`, keep the old shape as a frozen type here, and
-//! upcast from it in [`PoolSchema::upcast`]; `tests/formats.rs` keeps a journal of every version
+//! Format versions:
+//! - 1: the first.
+//! - 2 (current): appends the event `MigInventoryObserved` and the start failure
+//!   `CpuSpillover` (at the end of their enums). Every version-1 record is, byte for byte, a
+//!   valid version-2 record with the same meaning (bincode encodes a variant by its index, and
+//!   no existing variant or field changed), so version 1 upcasts by decoding as today's type.
+//!   The version still changed so that a build that knows only version 1 refuses a version-2
+//!   journal as "newer than this build" rather than calling its new records corrupt.
+//!
+//! To change an event's shape, add a variant or field under a new `EVENT_FORMAT_VERSION`, keep
+//! the old shape as a frozen type here when it differs, and upcast from it in
+//! [`PoolSchema::upcast`]; `tests/formats.rs` keeps a journal of every version
 //! (`tests/fixtures/pool-events-vN.records`, never regenerated: a new version's fixture is
 //! written beside the old ones, see that file's header).
 
 use pool_core::Event;
-use pool_journal::{Envelope, EventSchema, Journal};
+use pool_journal::{decode_payload, Envelope, EventSchema, Journal, UpcastError};
 
 /// The schema of pool-managerd's journal: core events at `pool_core::EVENT_FORMAT_VERSION`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,6 +33,17 @@ impl EventSchema for PoolSchema {
 
     fn kind(event: &Event) -> &'static str {
         event.kind()
+    }
+
+    fn upcast(version: u8, payload: &[u8]) -> Result<Envelope<Event>, UpcastError> {
+        match version {
+            // Version 2 only appended variants: a version-1 payload decodes as today's type.
+            1 => decode_payload::<Envelope<Event>>(version, payload),
+            other => Err(UpcastError::new(
+                other,
+                "no upcaster for this format version",
+            )),
+        }
     }
 }
 

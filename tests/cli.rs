@@ -910,3 +910,43 @@ fn the_demo_runs_its_story_and_cleans_up() {
         );
     }
 }
+
+/// The demo on a node whose GPUs come from a fixture of 2 GPUs: its pools take the GPUs in
+/// turn as device masks and share them (`[gpu] allow_sharing`), so that every pool the plain
+/// demo runs is placed (none refused with INVALID_DEVICE_MASK) and the story completes.
+#[test]
+fn the_demo_completes_on_a_fixture_of_two_gpus() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture = dir.path().join("gpus.json");
+    std::fs::write(
+        &fixture,
+        serde_json::to_vec(&pool_managerd::gpu::simulated_gpus(2)).expect("fixture JSON"),
+    )
+    .expect("write the fixture");
+    let demo = run(&["demo", "--gpu-fixture", &fixture.display().to_string()]).ok();
+    for expected in [
+        "GPUs from the fixture (GET /v2/gpus):",
+        "GPU-00000000-0000-0000-0000-000000000001",
+        "[gpu] allow_sharing = true lets the demo's 5 pools share them",
+        "POST /v2/pools/chat-a/preload -> 200",
+        "device_mask GPU0",
+        "POST /v2/pools/chat-b/preload -> 200",
+        "device_mask GPU1",
+        "-> 500 ENGINE_EXITED",
+        "the restart is healthy: phase \"ready\"",
+        "(a good model) -> 200",
+        "(adopted, not restarted)",
+        "every engine stopped, every pool removed",
+    ] {
+        assert!(
+            demo.stdout.contains(expected),
+            "missing {expected:?} in:\n{}",
+            demo.stdout
+        );
+    }
+    assert!(
+        !demo.stdout.contains("INVALID_DEVICE_MASK"),
+        "{}",
+        demo.stdout
+    );
+}

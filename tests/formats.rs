@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
 use pool_core::{
-    Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, Observation, PlacementInputs,
-    Policy, PoolId, StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
+    Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, MigDeviceInfo, Observation,
+    PlacementInputs, Policy, PoolId, StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
 };
 use pool_journal::{Draft, JournalConfig, SledStore, Store};
 use pool_managerd::projection::{replay, ReplayLimit};
@@ -103,8 +103,11 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
         "BackoffReset",
         "VramUsageObserved",
     ];
+    /// Appended by version 2 (besides the start failure `CpuSpillover` inside `PreloadFailed`).
+    const V2_NEW: [&str; 1] = ["MigInventoryObserved"];
     match version {
         1 => V1.into_iter().collect(),
+        2 => V1.into_iter().chain(V2_NEW).collect(),
         other => panic!(
             "kinds_of_version({other}): list the kinds of format version {other} here \
              (version 1's plus the new ones)"
@@ -184,6 +187,16 @@ fn gpus() -> Vec<GpuInfo> {
     ]
 }
 
+fn mig_device() -> MigDeviceInfo {
+    MigDeviceInfo {
+        uuid: "MIG-4c1f0e2a-8b7d-5e36-9a01-6f2d3c4b5a69".into(),
+        parent_index: 1,
+        name: "1g.10gb".into(),
+        vram_total_bytes: 10 * GIB,
+        vram_free_bytes: 9 * GIB,
+    }
+}
+
 fn id(pool: &str) -> Result<PoolId, ScriptError> {
     PoolId::new(pool).map_err(|e| ScriptError::InvalidId(e.to_string()))
 }
@@ -204,7 +217,7 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         ..Policy::default()
     };
     // Several pools on the same two GPUs: this node allows GPU sharing (config
-    // `allow_gpu_sharing`), so the scenario needs no free GPU per pool.
+    // `[gpu] allow_sharing`), so the scenario needs no free GPU per pool.
     let mut s = Scripted::new(1_767_261_600_000, 3)
         .with_policy(policy)
         .with_placement(PlacementInputs {
@@ -222,6 +235,9 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
     })?;
     s.advance(20_000);
     s.submit(Observation::GpuInventory { gpus: gpus() })?;
+    s.submit(Observation::MigInventory {
+        devices: vec![mig_device()],
+    })?;
     s.submit(Observation::HandoffInvalid {
         file: ".runtime/engines/stray.json".into(),
         field: "slots_total".into(),
@@ -408,6 +424,22 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
     s.spawn_engine(epsilon)?;
     s.time_out_health(epsilon)?;
     s.stop(epsilon)?;
+
+    // zeta: a CUDA build on a MIG slice that found no usable device: healthy, but not on its
+    // GPU, so the start fails with CPU_SPILLOVER and the engine is killed.
+    let zeta = "zeta";
+    let mut zeta_engine = sample_engine(zeta, 8106, "/models/zeta.gguf", Some(1));
+    zeta_engine.device_mask = Some(mig_device().uuid);
+    s.preload(zeta, zeta_engine)?;
+    s.spawn_engine(zeta)?;
+    let token = s.state().pool(zeta).map_or(0, |p| p.start_token);
+    s.submit(Observation::EngineNotOnGpu {
+        pool_id: id(zeta)?,
+        token,
+        pid: pid_of(&s, zeta),
+        detail: "engine log: no CUDA-capable device is detected".into(),
+    })?;
+    s.finish_stop(zeta, false)?;
 
     // A daemon restart: alpha's engine is still ours (adopted), beta's is gone (lost); the
     // node drains alpha with no leases.

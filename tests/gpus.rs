@@ -247,6 +247,9 @@ async fn start_with_fixture(fixture: &Path, require_gpu: bool) -> Harness {
         c.require_gpu = require_gpu;
         c.gpu.fixture = fixture;
         c.gpu.poll_interval_ms = 50;
+        // With require_gpu, an engine never listed on a GPU fails its start (CPU_SPILLOVER)
+        // after this wait (tests/spillover.rs); these tests do not list their engines.
+        c.gpu.placement_timeout_ms = 500;
     })
     .await;
     h.wait = LOOP_WAIT;

@@ -352,6 +352,23 @@ pub enum Observation {
         /// All MIG devices.
         devices: Vec<MigDeviceInfo>,
     },
+    /// With a GPU required, a starting engine is not on the GPUs of its mask: NVML did not
+    /// list it (or a process of its session) on a GPU or MIG device of its mask within
+    /// `[gpu] placement_timeout_ms` after its health passed, or its log said it found no
+    /// usable GPU. While the pool is starting this engine (same `token` and `pid`), the start
+    /// fails with `CPU_SPILLOVER` and the engine is killed; otherwise it is stale and ignored.
+    /// The shell sends it only when `require_gpu` holds. Appended variant.
+    EngineNotOnGpu {
+        /// The pool.
+        pool_id: PoolId,
+        /// The start's token (from `Effect::Spawn` / `Effect::StartHealthWait`).
+        token: u64,
+        /// The engine.
+        pid: u32,
+        /// What was seen instead (which pid, which mask, what NVML showed, the log line) and
+        /// what to check; becomes `last_error`.
+        detail: String,
+    },
 }
 
 impl From<Command> for Input {

@@ -13,7 +13,7 @@ use crate::ids::{LeaseId, PoolId};
 
 /// The format version of [`Event`] as encoded in the journal. Bump it (and add an upcaster in
 /// the journal schema) whenever a variant or a field changes.
-pub const EVENT_FORMAT_VERSION: u8 = 1;
+pub const EVENT_FORMAT_VERSION: u8 = 2;
 
 /// Why an engine process ended (SPEC section 7). The reason is kept apart from the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -143,6 +143,22 @@ pub enum StartFailure {
     GpuFault,
     /// The handoff file could not be written (`SPAWN_FAILED`).
     HandoffFailed,
+    /// With a GPU required, the engine is not on the GPUs of its mask (`CPU_SPILLOVER`): NVML
+    /// did not list it (its pid or a process of its session) on a GPU or MIG device of its mask
+    /// within `[gpu] placement_timeout_ms` after its health passed, or its log said that it
+    /// found no usable GPU ("no CUDA-capable device is detected", "no usable GPU found") while
+    /// it started. A CUDA build of llama-server with no visible device serves on the CPU with
+    /// `/health` 200 (OC-POOL-3012). Appended: variants keep their order (bincode encodes the
+    /// index).
+    ///
+    /// Its breaker cause is [`ExitReason::CudaError`] (class [`FailureClass::GpuFault`]): a
+    /// placement fault is a GPU fault (the engine's CUDA runtime saw no usable device: a mask
+    /// naming no usable device, `CUDA_VISIBLE_DEVICES`, a CPU-only build) that restarting
+    /// rarely cures, so it takes the GPU faults' backoff multiplier, counts towards opening
+    /// the breaker with them, and a storm of them is a `cuda_storm` whose hint names the
+    /// engine build. Not `driver_error` (an Xid or a reset: the GPU itself failed) and not
+    /// `unknown` (it would hide among ordinary crashes).
+    CpuSpillover,
 }
 
 impl StartFailure {
@@ -152,6 +168,7 @@ impl StartFailure {
             StartFailure::SpawnFailed | StartFailure::HandoffFailed => "SPAWN_FAILED",
             StartFailure::HealthTimeout => "HEALTH_TIMEOUT",
             StartFailure::EngineExited | StartFailure::GpuFault => "ENGINE_EXITED",
+            StartFailure::CpuSpillover => "CPU_SPILLOVER",
         }
     }
 }

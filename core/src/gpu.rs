@@ -50,7 +50,7 @@ pub struct MigDeviceInfo {
 /// are not journaled); `Default` = no GPU sharing, sizes unknown (no estimate, no RAM check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PlacementInputs {
-    /// Whether two pools may claim the same GPU (config `allow_gpu_sharing`).
+    /// Whether two pools may claim the same GPU (config `[gpu] allow_sharing`).
     #[serde(default)]
     pub allow_gpu_sharing: bool,
     /// Size of the model file, for the VRAM estimate when `vram_required_bytes` is absent.

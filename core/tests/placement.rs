@@ -207,7 +207,7 @@ fn two_pools_may_not_claim_one_gpu_unless_sharing_is_allowed() {
         text.contains("GPU 0 (GPU-a) is claimed by pool 'p1'"),
         "{text}"
     );
-    assert!(text.contains("allow_gpu_sharing"), "{text}");
+    assert!(text.contains("[gpu] allow_sharing = true"), "{text}");
     // another GPU is fine
     given(&h)
         .when(preload(with_mask("p2", Some("1"))))

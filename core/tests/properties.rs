@@ -294,7 +294,7 @@ fn arb_stamped() -> impl Strategy<Value = (u64, u64, Option<&'static str>, Event
 /// An abstract action resolved against the current state, so that random drives reach deep
 /// states (spawn results carry the right token, exits the right pid, timers the right token).
 fn arb_action() -> impl Strategy<Value = (u8, usize, u64, ExitReason)> {
-    (0u8..53, 0usize..3, any::<u64>(), arb_reason())
+    (0u8..54, 0usize..3, any::<u64>(), arb_reason())
 }
 
 fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason)) -> Input {
@@ -484,6 +484,12 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
                 },
             })
         }
+        53 => obs(Observation::EngineNotOnGpu {
+            pool_id,
+            token: if x % 4 == 0 { x % 8 } else { token },
+            pid,
+            detail: "not on its GPUs".into(),
+        }),
         28 => obs(Observation::DaemonStarted {
             version: "v".into(),
             pid: 1,

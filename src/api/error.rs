@@ -53,6 +53,11 @@ pub fn status_of(code: &str) -> StatusCode {
         "POOL_UNREADY" | "GPU_REQUIRED" | "INSUFFICIENT_VRAM" | "CIRCUIT_OPEN" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        // `CPU_SPILLOVER`: the engine answered healthy but is not running on the GPUs of its
+        // mask (OC-POOL-3012); it was stopped.
+        "SPAWN_FAILED" | "HEALTH_TIMEOUT" | "ENGINE_EXITED" | "RELOAD_FAILED" | "CPU_SPILLOVER" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -210,6 +215,23 @@ mod tests {
 
     fn message(body: &str) -> String {
         parse_json::<Body>(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn start_failures_are_500() {
+        for code in [
+            "SPAWN_FAILED",
+            "HEALTH_TIMEOUT",
+            "ENGINE_EXITED",
+            "RELOAD_FAILED",
+            "CPU_SPILLOVER",
+        ] {
+            assert_eq!(status_of(code), StatusCode::INTERNAL_SERVER_ERROR, "{code}");
+        }
+        assert_eq!(
+            status_of(pool_core::StartFailure::CpuSpillover.code()),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! The engines are this very binary run as its hidden `engine-sim` subcommand, so the demo
 //! needs nothing but itself.
 //!
+//! With `--gpu-fixture FILE` (GPUs from a JSON file, a testing aid) the daemon sees GPUs:
+//! each pool's prepared engine then names one of them in its `device_mask`, in turn (so the
+//! registry shows where each pool is placed and each engine gets `CUDA_VISIBLE_DEVICES`), and
+//! the demo turns `[gpu] allow_sharing` on, since it runs more pools than a small fixture has
+//! GPUs and two pools may not claim one GPU otherwise (`INVALID_DEVICE_MASK`).
+//!
 //! Owns: the demo's script and its printout.
 //! Never: leaves an engine running or a file behind (unless `--keep`).
 
@@ -51,9 +57,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 struct Client {
     http: reqwest::Client,
     base: String,
+    /// The GPU indexes of the fixture (empty without one): pools take them in turn as masks.
+    gpus: Vec<u32>,
 }
 
 impl Client {
+    /// The prepared engine of `pool` ([`engine`]), with a device mask naming one GPU of the
+    /// fixture when there is one (the pools of [`DEMO_POOLS`] take the GPUs in turn).
+    fn prepared(&self, pool: &str, port: u16, sim_flags: &[&str]) -> anyhow::Result<Value> {
+        let mut prepared = engine(pool, port, sim_flags)?;
+        if !self.gpus.is_empty() {
+            let ordinal = DEMO_POOLS.iter().position(|p| *p == pool).unwrap_or(0);
+            let gpu = self.gpus[ordinal % self.gpus.len()];
+            prepared["device_mask"] = json!(format!("GPU{gpu}"));
+        }
+        Ok(prepared)
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -78,6 +98,9 @@ impl Client {
         Ok((status, value))
     }
 }
+
+/// The demo's pools, in the order they are first preloaded.
+const DEMO_POOLS: [&str; 5] = ["chat-a", "chat-b", "broken", "flaky", "chat-c"];
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -132,6 +155,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     config.breaker.open_ms = 60_000;
     if let Some(fixture) = &args.gpu_fixture {
         config.gpu.fixture = fixture.clone();
+        // More pools than a small fixture has GPUs: they share them (see the module doc).
+        config.gpu.allow_sharing = true;
     }
     let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await?;
     let mut client = Client {
@@ -140,14 +165,32 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .timeout(Duration::from_secs(30))
             .build()?,
         base: format!("http://{}", daemon.addr()),
+        gpus: Vec::new(),
     };
-    println!("pool-managerd {} demo: daemon on http://{} (no GPU: CPU-only engines allowed, as with --dev)", crate::daemon::VERSION, daemon.addr());
+    let cpu = if args.gpu_fixture.is_some() {
+        "engine-sim runs on the CPU: CPU-only engines allowed, as with --dev"
+    } else {
+        "no GPU: CPU-only engines allowed, as with --dev"
+    };
+    println!(
+        "pool-managerd {} demo: daemon on http://{} ({cpu})",
+        crate::daemon::VERSION,
+        daemon.addr()
+    );
     println!("runtime directory: {}\n", config.runtime_dir.display());
     if args.gpu_fixture.is_some() {
         let (_, gpus) = client.call(reqwest::Method::GET, "/v2/gpus", None).await?;
         let gpus: Vec<crate::gpu::Gpu> = serde_json::from_value(gpus).unwrap_or_default();
         println!("GPUs from the fixture (GET /v2/gpus):");
         print!("{}", table::gpus_table(&gpus));
+        client.gpus = gpus.iter().map(|g| g.info.index).collect();
+        if !client.gpus.is_empty() {
+            println!(
+                "each pool's device mask names one of these {} GPU(s) in turn; [gpu] allow_sharing = true lets the demo's {} pools share them",
+                client.gpus.len(),
+                DEMO_POOLS.len()
+            );
+        }
         println!();
     }
     let mut result = script(&client, dir.path()).await;
@@ -226,7 +269,11 @@ async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
         ("chat-a", ["--parallel", "4", "--load-ms", "400"]),
         ("chat-b", ["--parallel", "2", "--load-ms", "800"]),
     ] {
-        let body = json!({"prepared": engine(pool, free_port()?, &sim)?});
+        let body = json!({"prepared": client.prepared(pool, free_port()?, &sim)?});
+        let placed = body["prepared"]["device_mask"]
+            .as_str()
+            .map(|mask| format!(", device_mask {mask}"))
+            .unwrap_or_default();
         let (status, answer) = client
             .call(
                 Method::POST,
@@ -238,7 +285,7 @@ async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
             bail!("preload of {pool} answered {status}: {answer}");
         }
         step(&format!(
-            "POST /v2/pools/{pool}/preload -> {status}: ready in {} ms, pid {}, {} slots, handoff {}",
+            "POST /v2/pools/{pool}/preload -> {status}: ready in {} ms, pid {}, {} slots{placed}, handoff {}",
             answer["ready_ms"], answer["pid"], answer["slots_total"], answer["handoff_path"].as_str().unwrap_or("-")
         ));
     }
@@ -283,7 +330,7 @@ async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
         ));
     }
     println!("\n4. A preload that fails: the engine crashes while loading");
-    let body = json!({"prepared": engine("broken", free_port()?, &["--load-ms", "2000", "--crash-after-ms", "150", "--exit-code", "3"])?});
+    let body = json!({"prepared": client.prepared("broken", free_port()?, &["--load-ms", "2000", "--crash-after-ms", "150", "--exit-code", "3"])?});
     let (status, answer) = client
         .call(Method::POST, "/v2/pools/broken/preload", Some(body))
         .await?;
@@ -380,7 +427,7 @@ async fn reload(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(&v2, "model v2\n")?;
     std::fs::write(&bad, "broken\n")?;
     let v1_path = v1.display().to_string();
-    let mut prepared = engine(
+    let mut prepared = client.prepared(
         "chat-c",
         free_port()?,
         &["--check-model", "--load-ms", "300"],
@@ -458,7 +505,7 @@ async fn crash_loop(client: &Client, dir: &std::path::Path) -> anyhow::Result<()
     let marker = dir.join("flaky-model-is-broken");
     std::fs::write(&marker, b"remove me to fix the model\n")?;
     let marker_arg = marker.display().to_string();
-    let body = json!({"prepared": engine("flaky", free_port()?, &["--load-ms", "1000", "--fail-while-file-exists", &marker_arg])?});
+    let body = json!({"prepared": client.prepared("flaky", free_port()?, &["--load-ms", "1000", "--fail-while-file-exists", &marker_arg])?});
     let (status, answer) = client
         .call(Method::POST, "/v2/pools/flaky/preload", Some(body))
         .await?;
@@ -491,7 +538,7 @@ async fn crash_loop(client: &Client, dir: &std::path::Path) -> anyhow::Result<()
         "after {} failures the breaker opened: phase {}, breaker {}",
         open["crash_count"], open["phase"], open["breaker"]
     ));
-    let again = json!({"prepared": engine("flaky", free_port()?, &[])?});
+    let again = json!({"prepared": client.prepared("flaky", free_port()?, &[])?});
     let (status, answer) = client
         .call(Method::POST, "/v2/pools/flaky/preload", Some(again))
         .await?;

@@ -13,6 +13,9 @@
 //! - [`observer`]: the loop that takes a reading every `[gpu] poll_interval_ms` on a blocking
 //!   thread and submits `GpuInventory` / `PreflightFailed`, `VramObserved`,
 //!   `DeviceMaskViolation`, `GpuXid` and `DriverReset` observations to the node.
+//! - [`placement`]: the proof, with `require_gpu`, that a starting engine is on the GPUs of
+//!   its mask before it is ready (OC-POOL-3012, `CPU_SPILLOVER`), and the one shared reader of
+//!   the inventory that the loop and the proofs use.
 //!
 //! Never:
 //! - decides: what an observation means (a crash of the pools on a GPU with an Xid, a refused
@@ -27,6 +30,7 @@
 mod fixture;
 mod nvml;
 pub mod observer;
+pub mod placement;
 
 use std::sync::Arc;
 

@@ -15,6 +15,7 @@
 //! Never: does I/O other than the journal (the supervisor does), never publishes or answers
 //! before the flush, never panics on an input.
 
+mod placement;
 mod registry;
 
 use std::collections::HashMap;
@@ -225,6 +226,11 @@ pub struct NodeSettings {
     pub version: String,
     /// The user engines run as (resolved `engine_user`), if any.
     pub run_as: Option<crate::supervisor::process::RunAs>,
+    /// With `require_gpu`: the proof that a starting engine is on its GPUs before it is ready
+    /// (`CPU_SPILLOVER` otherwise); `None` on a `--dev` node.
+    pub placement_check: Option<crate::gpu::placement::PlacementCheck>,
+    /// `[gpu] allow_sharing`: two pools may claim the same GPU.
+    pub allow_gpu_sharing: bool,
 }
 
 /// What start-up found.
@@ -252,6 +258,11 @@ pub struct NodeHandle {
     journal: PoolJournal,
     clock: SharedClock,
     policy: Arc<Policy>,
+    allow_gpu_sharing: bool,
+    /// How long a start may wait after its health passed for the proof that the engine is on
+    /// its GPUs (`[gpu] placement_timeout_ms` with `require_gpu`, else 0): added to the
+    /// preload and reload waits.
+    placement_wait_ms: u64,
 }
 
 /// The running node: its handle and its actor task.
@@ -301,6 +312,7 @@ impl Node {
         let mut supervisor_settings =
             SupervisorSettings::new(dirs, settings.policy.clone(), settings.clock.clone());
         supervisor_settings.run_as = settings.run_as;
+        supervisor_settings.placement = settings.placement_check.clone();
         let supervisor = Supervisor::new(
             supervisor_settings,
             Reporter { tx: tx.clone() },
@@ -312,6 +324,11 @@ impl Node {
             journal: journal.clone(),
             clock: settings.clock.clone(),
             policy: Arc::new(settings.policy.clone()),
+            allow_gpu_sharing: settings.allow_gpu_sharing,
+            placement_wait_ms: settings
+                .placement_check
+                .as_ref()
+                .map_or(0, |check| check.timeout_ms),
         };
         let actor = Actor {
             state,
@@ -460,7 +477,10 @@ impl NodeHandle {
     }
 
     /// Preloads `engine` into `pool_id`. With `wait`, answers once the pool is ready or the
-    /// start failed (bounded by the health timeout plus a margin); without, once accepted.
+    /// start failed (bounded by the health timeout, the placement wait and a margin); without,
+    /// once accepted.
+    /// What the core's placement needs from the world (the model file's size, the host's
+    /// available memory) is read here first, off the actor ([`placement::inputs`]).
     pub async fn preload(
         &self,
         pool_id: PoolId,
@@ -468,10 +488,11 @@ impl NodeHandle {
         wait: bool,
     ) -> Result<PreloadOutcome, NodeError> {
         let since_ms = self.clock.now_ms();
+        let placement = placement::inputs(&engine, self.allow_gpu_sharing).await;
         let input = Input::Command(Command::Preload {
             pool_id: pool_id.clone(),
             engine,
-            placement: Default::default(),
+            placement,
         });
         if !wait {
             let committed = self.send(input, None).await?;
@@ -499,6 +520,7 @@ impl NodeHandle {
             .policy
             .health
             .preload_timeout_ms
+            .saturating_add(self.placement_wait_ms)
             .saturating_add(self.policy.stop.grace_ms)
             .saturating_add(PRELOAD_WAIT_MARGIN_MS);
         match tokio::time::timeout(Duration::from_millis(limit_ms), outcome).await {
@@ -550,6 +572,7 @@ impl NodeHandle {
         .await?;
         let limit_ms = drain_ms
             .saturating_add(self.policy.health.preload_timeout_ms.saturating_mul(2))
+            .saturating_add(self.placement_wait_ms.saturating_mul(2))
             .saturating_add(self.policy.stop.grace_ms.saturating_mul(2))
             .saturating_add(PRELOAD_WAIT_MARGIN_MS);
         match tokio::time::timeout(Duration::from_millis(limit_ms), outcome).await {

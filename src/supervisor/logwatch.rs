@@ -1,12 +1,16 @@
 //! Follows an engine's log as it grows and finds the first GPU fault line in it ("CUDA error",
 //! "out of memory" on the device, "Xid"), so that a fault is seen while the engine still
-//! runs, and named even when later output pushes it out of the log tail.
+//! runs, and named even when later output pushes it out of the log tail. Where a GPU is
+//! required it also finds the lines of an engine that found no usable GPU and will serve on
+//! the CPU (`no CUDA-capable device is detected`, `no usable GPU found`: see
+//! [`is_spillover_line`]), which fail a start with `CPU_SPILLOVER` (OC-POOL-3012).
 //!
 //! Owns: the read position, a partial line, and the fault found. Bounded: it reads at most
 //! [`READ_CHUNK_BYTES`] per look and keeps at most [`LINE_MAX_BYTES`] of an unfinished line
 //! (the rest of an over-long line is skipped), whatever the engine writes.
 //! Never: writes the log or decides what a fault means (the core does).
 
+use std::collections::VecDeque;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,34 +61,106 @@ impl LineSplitter {
     }
 }
 
+/// What a line of the log shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogFinding {
+    /// A GPU fault (`cuda_error`, `vram_oom`, `driver_error`) and its line.
+    Fault(ExitReason, String),
+    /// The engine found no usable GPU (it will serve on the CPU): the line.
+    Spillover(String),
+}
+
+/// Whether `line` says that the engine found no usable GPU: `no CUDA-capable device is
+/// detected` (the CUDA runtime) or `no usable GPU found` (llama.cpp's "warning: no usable GPU
+/// found, --gpu-layers option will be ignored"), case-insensitive. Our own header lines (which
+/// quote the engine's command line) never count.
+pub fn is_spillover_line(line: &str) -> bool {
+    if line.starts_with(process::LOG_HEADER_PREFIX) {
+        return false;
+    }
+    let lower = line.to_ascii_lowercase();
+    lower.contains("no cuda-capable device is detected") || lower.contains("no usable gpu found")
+}
+
+/// Follows a log from an offset, line by line, and reports what its lines show.
+#[derive(Debug)]
+pub struct LogFollower {
+    path: PathBuf,
+    offset: u64,
+    lines: LineSplitter,
+    /// Lines read and not yet looked at (at most one chunk's).
+    pending: VecDeque<String>,
+    /// Report [`LogFinding::Spillover`] lines (a GPU is required).
+    spillover: bool,
+}
+
+impl LogFollower {
+    /// Follows `path` from `offset`; `spillover`: also report lines of an engine that found
+    /// no usable GPU.
+    pub fn new(path: PathBuf, offset: u64, spillover: bool) -> LogFollower {
+        LogFollower {
+            path,
+            offset,
+            lines: LineSplitter::default(),
+            pending: VecDeque::new(),
+            spillover,
+        }
+    }
+
+    fn look_at(&self, line: &str) -> Option<LogFinding> {
+        if self.spillover && is_spillover_line(line) {
+            // Before the fault test: "CUDA error: no CUDA-capable device is detected" is an
+            // engine on the CPU, not a faulty GPU.
+            return Some(LogFinding::Spillover(line.to_string()));
+        }
+        process::classify_log(line).map(|reason| LogFinding::Fault(reason, line.to_string()))
+    }
+
+    /// The next finding, or `None` once the engine has exited and its last output was looked
+    /// at. Call again after a finding to go on from the line after it.
+    pub async fn next(
+        &mut self,
+        exited: &mut watch::Receiver<Option<ExitInfo>>,
+    ) -> Option<LogFinding> {
+        loop {
+            let done = exited.borrow().is_some();
+            loop {
+                while let Some(line) = self.pending.pop_front() {
+                    if let Some(found) = self.look_at(&line) {
+                        return Some(found);
+                    }
+                }
+                let (bytes, next) = read_chunk(&self.path, self.offset);
+                self.offset = next;
+                let full = bytes.len() >= READ_CHUNK_BYTES;
+                self.pending.extend(self.lines.feed(&bytes));
+                if !full && self.pending.is_empty() {
+                    break;
+                }
+            }
+            if done {
+                return None;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(LOG_POLL_MS)) => {}
+                _ = exited.changed() => {}
+            }
+        }
+    }
+}
+
 /// Follows `path` from `offset` until a line names a GPU fault (returned with the line) or
 /// the engine has exited (`None`, after a last look at what it wrote).
 pub async fn first_fault(
     path: PathBuf,
-    mut offset: u64,
+    offset: u64,
     mut exited: watch::Receiver<Option<ExitInfo>>,
 ) -> Option<(ExitReason, String)> {
-    let mut lines = LineSplitter::default();
+    let mut follower = LogFollower::new(path, offset, false);
     loop {
-        let done = exited.borrow().is_some();
-        loop {
-            let (bytes, next) = read_chunk(&path, offset);
-            offset = next;
-            for line in lines.feed(&bytes) {
-                if let Some(reason) = process::classify_log(&line) {
-                    return Some((reason, line));
-                }
-            }
-            if bytes.len() < READ_CHUNK_BYTES {
-                break;
-            }
-        }
-        if done {
-            return None;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(LOG_POLL_MS)) => {}
-            _ = exited.changed() => {}
+        match follower.next(&mut exited).await? {
+            LogFinding::Fault(reason, line) => return Some((reason, line)),
+            LogFinding::Spillover(_) => {}
         }
     }
 }
@@ -146,6 +222,54 @@ mod tests {
         let (reason, line) = watcher.await.unwrap().unwrap();
         assert_eq!(reason, ExitReason::VramOom);
         assert!(line.contains("cudaMalloc failed"));
+    }
+
+    #[test]
+    fn spillover_lines_are_named_and_our_header_is_not_one() {
+        for line in [
+            "ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected",
+            "warning: no usable GPU found, --gpu-layers option will be ignored",
+            "RuntimeError: CUDA error: NO CUDA-CAPABLE DEVICE IS DETECTED",
+        ] {
+            assert!(is_spillover_line(line), "{line}");
+        }
+        assert!(!is_spillover_line(
+            "llm_load_tensors: offloaded 33/33 layers to GPU"
+        ));
+        assert!(!is_spillover_line(
+            "==== pool-managerd: starting sim --log-line 'no usable GPU found' ===="
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_follower_reports_spillover_then_goes_on_to_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.log");
+        std::fs::write(
+            &path,
+            "loading\nCUDA error: no CUDA-capable device is detected\nwarning: no usable GPU found\nCUDA error: invalid argument\n",
+        )
+        .unwrap();
+        let (_tx, mut rx) = watch::channel(None);
+        let mut follower = LogFollower::new(path.clone(), 0, true);
+        assert!(matches!(
+            follower.next(&mut rx).await,
+            Some(LogFinding::Spillover(line)) if line.contains("no CUDA-capable")
+        ));
+        assert!(matches!(
+            follower.next(&mut rx).await,
+            Some(LogFinding::Spillover(line)) if line.contains("no usable GPU")
+        ));
+        assert!(matches!(
+            follower.next(&mut rx).await,
+            Some(LogFinding::Fault(ExitReason::CudaError, line)) if line.contains("invalid argument")
+        ));
+        // Without a GPU required, the spillover lines are no finding (the first is a CUDA
+        // error line, as before).
+        let (_tx, rx) = watch::channel(None);
+        let (reason, line) = first_fault(path, 0, rx).await.unwrap();
+        assert_eq!(reason, ExitReason::CudaError);
+        assert!(line.contains("no CUDA-capable"), "{line}");
     }
 
     #[tokio::test]

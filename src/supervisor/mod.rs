@@ -13,8 +13,18 @@
 //! reports (each carries the pid or token it was given). Never kills an engine on drop or on
 //! daemon exit: engines outlive the daemon.
 //!
+//! Readiness where a GPU is required (`require_gpu`, [`SupervisorSettings::placement`]): a
+//! healthy answer is reported (`HealthPassed`) only once NVML lists the engine (its pid or a
+//! process of its session) on a GPU or MIG device of its mask, polled on a blocking thread
+//! every `PLACEMENT_POLL_MS` up to `[gpu] placement_timeout_ms`; otherwise, and at once when
+//! the engine's log says it found no usable GPU, the start is reported as
+//! `EngineNotOnGpu` (the core fails it with `CPU_SPILLOVER` and kills the engine): no engine
+//! is ever ready on the CPU when a GPU is required (OC-POOL-3012).
+//!
 //! Submodules: [`process`] (spawn, signals, `/proc`, pidfd, exit classification), [`probe`]
-//! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging).
+//! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging),
+//! [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`handoff`] (engines started
+//! by someone else).
 
 pub mod files;
 pub mod handoff;
@@ -36,6 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::SharedClock;
+use crate::gpu::placement::{self, PlacementCheck};
 use crate::node::{Registry, Reporter};
 use files::RuntimeDirs;
 use probe::{Health, Prober};
@@ -57,6 +68,10 @@ pub struct SupervisorSettings {
     pub passed_env: Vec<(String, String)>,
     /// The user engines run as (a root daemon with `engine_user`), with no new privileges.
     pub run_as: Option<process::RunAs>,
+    /// With `require_gpu`: prove that a starting engine is on the GPUs of its mask before it
+    /// is reported healthy, and watch its log for "no usable GPU" lines (`CPU_SPILLOVER`).
+    /// `None` (the default, and a `--dev` node): readiness is the health check alone.
+    pub placement: Option<PlacementCheck>,
 }
 
 impl SupervisorSettings {
@@ -72,6 +87,7 @@ impl SupervisorSettings {
             clock,
             passed_env,
             run_as: None,
+            placement: None,
         }
     }
 }
@@ -191,10 +207,15 @@ struct Engine {
     killed: Arc<AtomicBool>,
     /// When it was spawned (for `after_ms`), by the decision clock.
     spawned_at_ms: u64,
+    /// The first "no usable GPU" line its log showed while a GPU is required (the health
+    /// wait then leaves the report to the log watcher).
+    spilled: Spilled,
 }
 
 /// The first GPU fault line the log watcher found, shared with the exit watcher.
 type Fault = Arc<Mutex<Option<(ExitReason, String)>>>;
+/// The first "no usable GPU" line the log watcher found, shared with the health wait.
+type Spilled = Arc<Mutex<Option<String>>>;
 
 struct PoolWorker {
     shared: Arc<Shared>,
@@ -257,9 +278,10 @@ impl PoolWorker {
             } => self.spawn(cause, &engine, attempt, token).await,
             Effect::StartHealthWait {
                 pid,
+                token,
                 deadline_at_ms,
                 ..
-            } => self.start_health_wait(cause, pid, deadline_at_ms),
+            } => self.start_health_wait(cause, pid, token, deadline_at_ms),
             Effect::StartProbing { pid, .. } => self.start_probing(cause, pid),
             Effect::WatchProcess { pid, .. } => self.watch_foreign(cause, pid),
             Effect::VerifyEngine {
@@ -436,7 +458,8 @@ impl PoolWorker {
         // The watchers report nothing about this engine before its `EngineSpawned` is sent
         // (the core would take an exit it has not heard of for a stale one and drop it).
         let (announced, gate) = watch::channel(false);
-        let at = (log_path.clone(), log_offset);
+        let spill_token = self.shared.settings.placement.is_some().then_some(token);
+        let at = (log_path.clone(), log_offset, spill_token);
         let engine_watch = self.watch_child(cause, spawned, at, gate, now_ms);
         let written = write_blocking(&pid_path, move |path| files::write_pid_file(path, pid)).await;
         if let Err(e) = written {
@@ -531,7 +554,7 @@ impl PoolWorker {
         &self,
         cause: u64,
         spawned: process::Spawned,
-        at: (PathBuf, u64),
+        at: (PathBuf, u64, Option<u64>),
         gate: watch::Receiver<bool>,
         spawned_at_ms: u64,
     ) -> Engine {
@@ -566,7 +589,15 @@ impl PoolWorker {
         let log_path = self.dirs().log_path(self.pool_id.as_str());
         // Only what it writes from now on: its earlier lines were read by the daemon before.
         let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
-        let at = (log_path, log_offset);
+        // An adopted engine may still be starting: its start's token, for "no usable GPU".
+        let spill_token = self.shared.settings.placement.as_ref().and_then(|_| {
+            let published = self.shared.registry.load();
+            published
+                .state
+                .pool(self.pool_id.as_str())
+                .map(|pool| pool.start_token)
+        });
+        let at = (log_path, log_offset, spill_token);
         // Already known to the core (adopted or handed off): nothing to wait for.
         let (_, gate) = watch::channel(true);
         let engine = self.watch_exit(cause, pid, at, gate, self.shared.now_ms(), async move {
@@ -579,12 +610,13 @@ impl PoolWorker {
     /// Runs `exit` in a detached task (it must see the end even if the worker goes away) that
     /// publishes the exit to the returned [`Engine`] and reports it, unless a stop is under
     /// way (the stop reports it then). A second task follows the engine's log from the given
-    /// offset and reports the first GPU fault line while the engine runs.
+    /// offset and reports the first GPU fault line while the engine runs; with a start token
+    /// (a GPU is required), also the first "no usable GPU" line, as `EngineNotOnGpu`.
     fn watch_exit(
         &self,
         cause: u64,
         pid: u32,
-        (log_path, log_offset): (PathBuf, u64),
+        (log_path, log_offset, spill_token): (PathBuf, u64, Option<u64>),
         gate: watch::Receiver<bool>,
         spawned_at_ms: u64,
         exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
@@ -593,6 +625,7 @@ impl PoolWorker {
         let stopping = Arc::new(AtomicBool::new(false));
         let killed = Arc::new(AtomicBool::new(false));
         let fault: Fault = Arc::new(Mutex::new(None));
+        let spilled: Spilled = Arc::new(Mutex::new(None));
         let shared = self.shared.clone();
         let pool_id = self.pool_id.clone();
         let (stop_flag, kill_flag) = (stopping.clone(), killed.clone());
@@ -615,16 +648,54 @@ impl PoolWorker {
         let pool_id = self.pool_id.clone();
         let stop_flag = stopping.clone();
         let exited = rx.clone();
+        let spill_slot = spilled.clone();
         tokio::spawn(async move {
-            let Some((reason, line)) =
-                logwatch::first_fault(path, log_offset, exited.clone()).await
-            else {
-                return;
+            let mut follower = logwatch::LogFollower::new(path, log_offset, spill_token.is_some());
+            let mut following = exited.clone();
+            let mut gate = gate;
+            let mut spill_reported = false;
+            let (reason, line) = loop {
+                match follower.next(&mut following).await {
+                    None => return,
+                    Some(logwatch::LogFinding::Fault(reason, line)) => break (reason, line),
+                    Some(logwatch::LogFinding::Spillover(line)) => {
+                        let Some(token) = spill_token.filter(|_| !spill_reported) else {
+                            continue;
+                        };
+                        spill_reported = true;
+                        if let Ok(mut slot) = spill_slot.lock() {
+                            slot.get_or_insert_with(|| line.clone());
+                        }
+                        let _ = gate.wait_for(|announced| *announced).await;
+                        if exited.borrow().is_some() || stop_flag.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        let mask = shared.engine_of(&pool_id).and_then(|e| e.device_mask);
+                        tracing::warn!(pool_id = %pool_id, pid, %line, "the engine found no usable GPU");
+                        let detail = format!(
+                            "engine pid {pid} with {} logged {:?} while starting: it found no \
+                             usable GPU and would serve on the CPU; check the device mask, \
+                             CUDA_VISIBLE_DEVICES (set from the mask: {:?}) and that the engine \
+                             is a CUDA build, not a CPU-only one",
+                            placement::describe_mask(mask.as_deref()),
+                            line.trim(),
+                            mask.as_deref()
+                                .map(process::cuda_visible_devices)
+                                .unwrap_or_default(),
+                        );
+                        let observation = Observation::EngineNotOnGpu {
+                            pool_id: pool_id.clone(),
+                            token,
+                            pid,
+                            detail,
+                        };
+                        shared.report(cause, observation).await;
+                    }
+                }
             };
             if let Ok(mut slot) = fault.lock() {
                 *slot = Some((reason, line.clone()));
             }
-            let mut gate = gate;
             let _ = gate.wait_for(|announced| *announced).await;
             if exited.borrow().is_some() || stop_flag.load(Ordering::SeqCst) {
                 return; // the exit (or the stop) reports it, with this fault
@@ -644,18 +715,23 @@ impl PoolWorker {
             stopping,
             killed,
             spawned_at_ms,
+            spilled,
         }
     }
 
-    fn start_health_wait(&mut self, cause: u64, pid: u32, deadline_at_ms: u64) {
+    fn start_health_wait(&mut self, cause: u64, pid: u32, token: u64, deadline_at_ms: u64) {
         let shared = self.shared.clone();
         let pool_id = self.pool_id.clone();
-        let (mut exited, spawned_at_ms) = match &self.engine {
-            Some(engine) if engine.pid == pid => (engine.exited.clone(), engine.spawned_at_ms),
+        let (mut exited, spawned_at_ms, spilled) = match &self.engine {
+            Some(engine) if engine.pid == pid => (
+                engine.exited.clone(),
+                engine.spawned_at_ms,
+                engine.spilled.clone(),
+            ),
             _ => {
                 // Not ours to watch (after a restart the adoption's watcher covers it).
                 let (_tx, rx) = watch::channel(None);
-                (rx, shared.now_ms())
+                (rx, shared.now_ms(), Spilled::default())
             }
         };
         self.probe = None;
@@ -676,6 +752,30 @@ impl PoolWorker {
                 let health = shared.prober.health(&engine, probe::PROBE_TIMEOUT_MS).await;
                 if health == Health::Healthy {
                     let after_ms = shared.now_ms().saturating_sub(spawned_at_ms);
+                    if let Some(check) = &shared.settings.placement {
+                        let mask = engine.device_mask.as_deref();
+                        match prove_placement(check, pid, mask, &mut exited).await {
+                            Proof::Placed(device) => {
+                                tracing::info!(pool_id = %pool_id, pid, %device, "engine seen on its GPU");
+                            }
+                            Proof::Exited => return, // the exit watcher reports
+                            Proof::NotSeen(seen) => {
+                                let detail = not_on_gpu(check, pid, mask, &seen);
+                                tracing::warn!(pool_id = %pool_id, pid, "{detail}");
+                                let observation = Observation::EngineNotOnGpu {
+                                    pool_id,
+                                    token,
+                                    pid,
+                                    detail,
+                                };
+                                shared.report(cause, observation).await;
+                                return;
+                            }
+                        }
+                        if spilled.lock().is_ok_and(|line| line.is_some()) {
+                            return; // its log said "no usable GPU": the log watcher reports
+                        }
+                    }
                     let props = if engine.slots_total.is_some() {
                         probe::Props::default()
                     } else {
@@ -875,6 +975,74 @@ pub fn verify_engine(
             pid,
         }
     }
+}
+
+/// How a placement proof ended.
+enum Proof {
+    /// Listed on this device (of its mask).
+    Placed(String),
+    /// Not listed within the wait: what the last reading showed instead.
+    NotSeen(String),
+    /// The engine exited meanwhile (its exit watcher reports).
+    Exited,
+}
+
+/// Reads the inventory (on a blocking thread) at once and every `check.poll_ms` until the
+/// engine `pid` or a process of its session is listed on a device of `mask`, it exits, or
+/// `check.timeout_ms` has passed.
+async fn prove_placement(
+    check: &PlacementCheck,
+    pid: u32,
+    mask: Option<&str>,
+    exited: &mut watch::Receiver<Option<ExitInfo>>,
+) -> Proof {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(check.timeout_ms);
+    let poll = Duration::from_millis(check.poll_ms.max(1));
+    loop {
+        let inventory = check.inventory.clone();
+        let owned_mask = mask.map(str::to_string);
+        let verdict =
+            tokio::task::spawn_blocking(move || match inventory.observe_for_placement() {
+                Ok(snapshot) => {
+                    placement::placement(&snapshot, pid, owned_mask.as_deref(), process::session_id)
+                }
+                Err(no_gpu) => Err(format!("no usable GPU ({})", no_gpu.reason)),
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("no reading (the GPU reading failed: {e})")));
+        let seen = match verdict {
+            Ok(device) => return Proof::Placed(device),
+            Err(seen) => seen,
+        };
+        if exited.borrow().is_some() {
+            return Proof::Exited;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Proof::NotSeen(seen);
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until((now + poll).min(deadline)) => {}
+            // A closed channel (an engine not watched here) only disables this branch.
+            Ok(()) = exited.changed() => {}
+        }
+    }
+}
+
+/// The `last_error` of an engine NVML never listed on its GPUs: which pid, which mask, what
+/// NVML showed, and what to check.
+fn not_on_gpu(check: &PlacementCheck, pid: u32, mask: Option<&str>, seen: &str) -> String {
+    use crate::gpu::GpuInventory as _;
+    format!(
+        "engine pid {pid} with {} answered healthy, but NVML ({}) did not list it or a process \
+         of its session on a GPU of its mask within {} ms; NVML showed {seen}. It is probably \
+         serving on the CPU: check the device mask, CUDA_VISIBLE_DEVICES (set from the mask: \
+         {:?}) and that the engine is a CUDA build, not a CPU-only one",
+        placement::describe_mask(mask),
+        check.inventory.source(),
+        check.timeout_ms,
+        mask.map(process::cuda_visible_devices).unwrap_or_default(),
+    )
 }
 
 /// Runs a file write (which fsyncs) on a blocking thread, off the runtime's workers.

@@ -16,7 +16,7 @@ use pool_managerd::clock::{ManualClock, SharedClock, SystemClock};
 use pool_managerd::config::Config;
 use pool_managerd::core::Event;
 use pool_managerd::daemon::Daemon;
-use pool_managerd::gpu::{simulated_gpus, FixtureInventory, GpuInventory, NoGpu};
+use pool_managerd::gpu::{simulated_gpus, FixtureInventory, Gpu, GpuInventory, NoGpu};
 use pool_managerd::schema::PoolJournal;
 use reqwest::Method;
 use serde_json::Value;
@@ -37,6 +37,9 @@ const JOURNAL_LOCK_FILES: [&str; 2] = ["LOCK", "db"];
 const FORK_EXEC_WINDOW_MAX: Duration = Duration::from_secs(2);
 /// How long the clean-up waits for a killed survivor to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// The GPU fixture of a node with GPUs, in the scenario's directory: read by the daemon at
+/// every reading, so a step may rewrite it while the daemon runs (`steps/gpus.rs`).
+pub const GPU_FIXTURE_FILE: &str = "gpus.json";
 
 /// What a scenario sets before its daemon starts.
 #[derive(Debug, Clone)]
@@ -45,6 +48,9 @@ pub struct DaemonSetup {
     pub config: Config,
     /// How many GPUs the (simulated) NVIDIA driver lists; `None`: no driver at all.
     pub gpus: Option<u32>,
+    /// The GPUs of the fixture as a step described them (names, VRAM, MIG devices); when
+    /// set, they are the node's GPUs instead of `gpus` simulated ones.
+    pub gpu_fixture: Option<Vec<Gpu>>,
     /// Where a manual clock starts (ms since the epoch); `None`: the system clock. A daemon
     /// on a manual clock sees time pass only when a step advances it (restart, half-open,
     /// backoff-reset and breaker-close timers, health deadlines, every event's `ts_ms`).
@@ -77,6 +83,7 @@ impl DaemonSetup {
         DaemonSetup {
             config,
             gpus: None,
+            gpu_fixture: None,
             manual_clock_at_ms: None,
             own_process: false,
         }
@@ -99,9 +106,17 @@ impl DaemonSetup {
                 .parse()
                 .unwrap_or_else(|e| panic!("{key} = {value:?}: not a number ({e})"))
         };
+        let flag = || -> bool {
+            value
+                .parse()
+                .unwrap_or_else(|e| panic!("{key} = {value:?}: not true or false ({e})"))
+        };
         let config = &mut self.config;
         let multiplier = &mut config.backoff.reason_multiplier;
         match key {
+            "require_gpu" => config.require_gpu = flag(),
+            "gpu.poll_interval_ms" => config.gpu.poll_interval_ms = number(),
+            "gpu.allow_sharing" => config.gpu.allow_sharing = flag(),
             "health.preload_interval_ms" => config.health.preload_interval_ms = number(),
             "health.preload_timeout_ms" => config.health.preload_timeout_ms = number(),
             "health.ready_interval_ms" => config.health.ready_interval_ms = number(),
@@ -186,12 +201,17 @@ impl LiveDaemon {
     pub async fn start(mut setup: DaemonSetup, dir: &Path) -> LiveDaemon {
         setup.config.runtime_dir = dir.join("runtime");
         setup.config.journal_dir = dir.join("journal");
-        // The node's GPUs: a fixture of `count` simulated GPUs, or none.
-        let gpus: Arc<dyn GpuInventory> = match setup.gpus {
-            Some(count) => {
-                let file = dir.join("gpus.json");
-                let json = serde_json::to_vec(&simulated_gpus(count))
-                    .unwrap_or_else(|e| panic!("simulated GPUs: {e}"));
+        // The node's GPUs: the fixture a step described, `count` simulated GPUs, or none.
+        let listed = match (&setup.gpu_fixture, setup.gpus) {
+            (Some(described), _) => Some(described.clone()),
+            (None, Some(count)) => Some(simulated_gpus(count)),
+            (None, None) => None,
+        };
+        let gpus: Arc<dyn GpuInventory> = match listed {
+            Some(listed) => {
+                let file = dir.join(GPU_FIXTURE_FILE);
+                let json =
+                    serde_json::to_vec(&listed).unwrap_or_else(|e| panic!("GPU fixture: {e}"));
                 std::fs::write(&file, json)
                     .unwrap_or_else(|e| panic!("GPU fixture {}: {e}", file.display()));
                 Arc::new(FixtureInventory::new(&file))

@@ -128,6 +128,11 @@ impl PoolWorld {
         &mut self.setup
     }
 
+    /// The daemon's setup (what it was started with, once it runs).
+    pub fn setup(&self) -> &DaemonSetup {
+        &self.setup
+    }
+
     /// Starts the daemon of the scenario's setup.
     pub async fn start_daemon(&mut self) {
         assert!(self.live.is_none(), "the daemon is already running");

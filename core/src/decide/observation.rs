@@ -344,6 +344,32 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
                 _ => {}
             }
         }
+        Observation::EngineNotOnGpu {
+            pool_id,
+            token,
+            pid,
+            detail,
+        } => {
+            // Only the start it was taken for: the same start (token) and engine (pid), still
+            // starting (before or after its health check; not yet ready).
+            let Some(pool) = d.pool(pool_id) else { return };
+            if pool.pid() != Some(*pid)
+                || pool.start_token != *token
+                || !matches!(pool.activity, Activity::Starting { .. })
+            {
+                return;
+            }
+            // A GPU placement fault: counted with the GPU faults (`cuda_error`: the CUDA
+            // runtime of the engine saw no usable device), see `StartFailure::CpuSpillover`.
+            start_failed(
+                d,
+                pool_id,
+                StartFailure::CpuSpillover,
+                ExitReason::CudaError,
+                format!("not running on its GPUs (CPU_SPILLOVER): {}", detail.trim()),
+                Some(*pid),
+            );
+        }
         Observation::EngineStopped {
             pool_id,
             pid,

@@ -87,7 +87,8 @@ fn claims_gpus(pool: &Pool) -> bool {
 }
 
 /// Two pools may not claim the same GPU (or the same MIG device, or a GPU and a MIG slice of
-/// it) unless `allow_gpu_sharing` (`INVALID_DEVICE_MASK` naming the GPU and the other pool).
+/// it) unless `allow_gpu_sharing` (config `[gpu] allow_sharing`; `INVALID_DEVICE_MASK` naming
+/// the GPU and the other pool).
 pub(super) fn check_sharing(
     d: &Decision<'_, '_>,
     pool_id: &PoolId,
@@ -122,7 +123,7 @@ pub(super) fn check_sharing(
                     .as_deref()
                     .map_or_else(|| "(none: every GPU)".to_string(), |m| tail(m, 200)),
                 reason: format!(
-                    "{what}; two pools may not share a GPU unless allow_gpu_sharing = true in the config; choose other GPUs or stop pool '{}' first",
+                    "{what}; two pools may not share a GPU unless [gpu] allow_sharing = true in the daemon's config; choose other GPUs or stop pool '{}' first",
                     other.id
                 ),
             });

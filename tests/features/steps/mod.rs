@@ -16,10 +16,14 @@
 //! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
 //! - `reload`: model files, engines that load them, reloads.
 //! - `journal`: a real journal of the scripted core: reopen, replay, damage.
+//! - `gpus`: the node's GPUs as a fixture the scenario describes (names, VRAM, MIG devices)
+//!   and rewrites while the daemon runs (engines on GPUs, free VRAM, Xids, GPUs gone), and what
+//!   placement did to an engine (`CUDA_VISIBLE_DEVICES`, `--tensor-split`).
 
 pub mod api;
 pub mod daemon;
 pub mod files;
+pub mod gpus;
 pub mod handoff;
 pub mod health;
 pub mod journal;
