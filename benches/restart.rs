@@ -15,7 +15,8 @@
 //! `cargo bench --bench restart` runs N = 1, 16, 64 (3 rounds each), then the history cases
 //! with N = 16 (1 round each: growing the journal takes far longer than the restart);
 //! `cargo test --bench restart` (CI) runs N = 2 once and the history cases with 20,000
-//! events. `POOL_BENCH_RESTART_POOLS=1,16` overrides the list of N.
+//! events. `POOL_BENCH_RESTART_POOLS=1,16` overrides the list of N;
+//! `POOL_BENCH_RESTART_KEEP=1` keeps each round's directory (its path is printed).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -41,6 +42,17 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// `n` distinct free ports: all held at once while chosen, so that the kernel cannot hand the
+/// same one out twice (ports chosen one by one and released at once can repeat).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound port").port())
+        .collect()
 }
 
 struct Daemon {
@@ -143,15 +155,31 @@ async fn round(http: &reqwest::Client, n: usize) -> f64 {
 /// [`round`], with `history` appended to the journal while the daemon is down.
 async fn round_with(http: &reqwest::Client, n: usize, history: Option<History>) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("POOL_BENCH_RESTART_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("kept: {}", kept.display());
+        return round_in(http, n, history, &kept).await;
+    }
+    round_in(http, n, history, dir.path()).await
+}
+
+/// [`round_with`] in `dir`.
+async fn round_in(
+    http: &reqwest::Client,
+    n: usize,
+    history: Option<History>,
+    dir: &std::path::Path,
+) -> f64 {
     let port = free_port();
-    let mut daemon = start_daemon(dir.path(), port);
+    let mut daemon = start_daemon(dir, port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while pools(http, &daemon.base).await.is_none() {
         assert!(Instant::now() < deadline, "the daemon did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let ports = free_ports(n);
     let preloads = (0..n).map(|i| {
-        let engine_port = free_port();
+        let engine_port = ports[i];
         let body = json!({"prepared": {
             "binary_path": ENGINE_SIM, "flags": ["--port", engine_port.to_string()],
             "host": "127.0.0.1", "port": engine_port, "model_path": "/m.gguf",
@@ -161,10 +189,15 @@ async fn round_with(http: &reqwest::Client, n: usize, history: Option<History>) 
             .post(format!("{}/v2/pools/p{i}/preload", daemon.base))
             .header("content-type", "application/json")
             .body(body.to_string());
-        async move { request.send().await.map(|r| r.status().as_u16()) }
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        }
     });
-    for status in futures::future::join_all(preloads).await {
-        assert_eq!(status.ok(), Some(200), "a preload failed");
+    for answer in futures::future::join_all(preloads).await {
+        let (status, body) = answer.expect("a preload answer");
+        assert_eq!(status, 200, "a preload failed: {body}");
     }
     let before: BTreeMap<String, Value> = pools(http, &daemon.base)
         .await
@@ -180,14 +213,14 @@ async fn round_with(http: &reqwest::Client, n: usize, history: Option<History>) 
     daemon.child.kill().expect("SIGKILL");
     let _ = daemon.child.wait();
     if let Some(history) = history {
-        let journal_dir = dir.path().join("journal");
+        let journal_dir = dir.join("journal");
         tokio::task::spawn_blocking(move || grow_history(&journal_dir, n, history))
             .await
             .expect("growing the history");
     }
 
     let exec = Instant::now();
-    let mut daemon = start_daemon(dir.path(), port);
+    let mut daemon = start_daemon(dir, port);
     let elapsed = loop {
         if let Some(after) = pools(http, &daemon.base).await {
             let all_ready = after.len() == n
