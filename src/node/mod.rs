@@ -480,7 +480,7 @@ impl NodeHandle {
     /// start failed (bounded by the health timeout, the placement wait and a margin); without,
     /// once accepted.
     /// What the core's placement needs from the world (the model file's size, the host's
-    /// available memory) is read here first, off the actor ([`placement::inputs`]).
+    /// available memory) is read here first, off the actor (`placement::inputs`).
     pub async fn preload(
         &self,
         pool_id: PoolId,
