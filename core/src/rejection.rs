@@ -71,7 +71,7 @@ pub enum Rejection {
         phase: String,
     },
     /// No usable GPU while one is required (`GPU_REQUIRED`).
-    #[error("a GPU is required and none is usable: {reason}; fix the GPU or run with --dev (require_gpu = false)")]
+    #[error("a GPU is required and none is usable: {reason}{}", gpu_required_hint(.reason))]
     GpuRequired {
         /// Why.
         reason: String,
@@ -130,5 +130,36 @@ impl Rejection {
                 "INSUFFICIENT_VRAM"
             }
         }
+    }
+}
+
+/// The remedy of `GPU_REQUIRED`, unless the reason already gives it.
+fn gpu_required_hint(reason: &str) -> &'static str {
+    if reason.contains("--dev") {
+        ""
+    } else {
+        "; fix the GPU or run with --dev (require_gpu = false)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_required_names_the_remedy_once() {
+        let with = Rejection::GpuRequired {
+            reason: "no NVIDIA driver; run with --dev for CPU-only engines".into(),
+        };
+        assert_eq!(with.to_string().matches("--dev").count(), 1, "{with}");
+        let without = Rejection::GpuRequired {
+            reason: "NVML lists no GPU".into(),
+        };
+        assert!(
+            without
+                .to_string()
+                .ends_with("run with --dev (require_gpu = false)"),
+            "{without}"
+        );
     }
 }
