@@ -299,19 +299,22 @@ async fn a_token_guards_every_route_but_health() {
     let h = Harness::start_with(|c| c.api_token = Some("s3cret".into())).await;
     let (status, _) = h.get("/health").await;
     assert_eq!(status, 200);
-    let (status, answer) = h.get("/v2/pools").await;
-    assert_eq!(
-        (status, answer["code"].as_str()),
-        (401, Some("UNAUTHORIZED"))
-    );
-    let response = h
-        .http
-        .get(format!("{}/v2/pools", h.base))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    for route in ["/v2/pools", "/v2/gpus"] {
+        let (status, answer) = h.get(route).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (401, Some("UNAUTHORIZED")),
+            "{route} without the token"
+        );
+        let response = h
+            .http
+            .get(format!("{}{route}", h.base))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{route} with the token");
+    }
     h.stop().await;
 }
 

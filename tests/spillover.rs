@@ -10,50 +10,19 @@
 #[path = "support/daemon_harness.rs"]
 mod harness;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, pid_alive, Harness};
-use pool_managerd::clock::SystemClock;
-use pool_managerd::daemon::Daemon;
+use harness::{engine_sim_preload as engine, pid_alive, write_fixture, Harness};
 use pool_managerd::gpu::{simulated_gpus, FixtureInventory, GpuInventory, NoGpu};
 use serde_json::{json, Value};
 
-const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
 const GIB: u64 = 1 << 30;
 /// The placement wait of the tests that expect it to run out.
 const SHORT_PLACEMENT_MS: u64 = 500;
 /// The line a CUDA build of llama-server prints when it sees no device.
 const NO_CUDA_LINE: &str =
     "ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected";
-
-fn engine(pool: &str, mask: Option<&str>, flags: &[&str]) -> Value {
-    let port = free_port();
-    let mut all = vec!["--port".to_string(), port.to_string()];
-    all.extend(flags.iter().map(|f| f.to_string()));
-    let mut prepared = json!({
-        "binary_path": ENGINE_SIM,
-        "flags": all,
-        "host": "127.0.0.1",
-        "port": port,
-        "model_path": "/models/m.gguf",
-        "engine_version": "sim-1",
-        "pool_id": pool,
-        "replica_id": "r0",
-    });
-    if let Some(mask) = mask {
-        prepared["device_mask"] = json!(mask);
-    }
-    json!({ "prepared": prepared })
-}
-
-/// Writes the fixture atomically (a reading never sees half a file).
-fn write_fixture(path: &Path, gpus: &Value) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(gpus).unwrap()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 /// The 2 simulated GPUs, with `pid` listed as a compute process on GPU `on`, if given.
 fn gpus_with(pid: Option<u64>, on: usize) -> Value {
@@ -75,24 +44,7 @@ async fn start_gpu_node(placement_timeout_ms: u64) -> Harness {
     config.gpu.placement_timeout_ms = placement_timeout_ms;
     config.gpu.poll_interval_ms = 100;
     let inventory: Arc<dyn GpuInventory> = Arc::new(FixtureInventory::new(&fixture));
-    start(dir, &config, inventory).await
-}
-
-async fn start(
-    dir: tempfile::TempDir,
-    config: &pool_managerd::config::Config,
-    inventory: Arc<dyn GpuInventory>,
-) -> Harness {
-    let (daemon, _) = Daemon::start_with_gpus(config, Arc::new(SystemClock), inventory)
-        .await
-        .unwrap();
-    Harness {
-        base: format!("http://{}", daemon.addr()),
-        daemon: Some(daemon),
-        dir,
-        http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        wait: Duration::from_secs(15),
-    }
+    Harness::start_in(dir, &config, inventory).await
 }
 
 fn fixture(h: &Harness) -> std::path::PathBuf {
@@ -359,7 +311,7 @@ async fn a_dev_node_ignores_the_no_cuda_device_line() {
     let config = harness::config(dir.path());
     assert!(!config.require_gpu);
     let inventory: Arc<dyn GpuInventory> = Arc::new(NoGpu::new("no GPU on this test node"));
-    let h = start(dir, &config, inventory).await;
+    let h = Harness::start_in(dir, &config, inventory).await;
     let (status, answer) = h
         .post(
             "/v2/pools/p1/preload",

@@ -1,6 +1,7 @@
-//! The harness of the daemon tests (`tests/daemon.rs`, `tests/handoff.rs`): a real daemon in
-//! the test's process on a loopback socket over a temporary directory, an HTTP client, and
-//! bounded waits. Included by each test crate with `#[path]`; not every crate uses every item.
+//! The harness of the daemon tests (`tests/daemon.rs`, `tests/handoff.rs`, `tests/gpus.rs`,
+//! `tests/spillover.rs`): a real daemon in the test's process on a loopback socket over a
+//! temporary directory (with a GPU inventory when a test gives one), an HTTP client, engine-sim
+//! preload bodies, GPU fixture files, and bounded waits. Included by each test crate with `#[path]`; not every crate uses every item.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -122,6 +123,55 @@ impl Harness {
             daemon.shutdown("test finished").await;
         }
     }
+}
+
+impl Harness {
+    /// A daemon of `config` over `dir` whose GPUs are `inventory` (a fixture, or none).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config: &Config,
+        inventory: Arc<dyn pool_managerd::gpu::GpuInventory>,
+    ) -> Harness {
+        let (daemon, _) = Daemon::start_with_gpus(config, Arc::new(SystemClock), inventory)
+            .await
+            .unwrap();
+        Harness {
+            base: format!("http://{}", daemon.addr()),
+            daemon: Some(daemon),
+            dir,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            wait: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The preload body of an engine-sim for `pool` on a free port, with `flags` after its
+/// `--port`, and `mask` as its device mask when given.
+pub fn engine_sim_preload(pool: &str, mask: Option<&str>, flags: &[&str]) -> Value {
+    let port = free_port();
+    let mut all = vec!["--port".to_string(), port.to_string()];
+    all.extend(flags.iter().map(|f| f.to_string()));
+    let mut prepared = serde_json::json!({
+        "binary_path": env!("CARGO_BIN_EXE_engine-sim"),
+        "flags": all,
+        "host": "127.0.0.1",
+        "port": port,
+        "model_path": "/models/m.gguf",
+        "engine_version": "sim-1",
+        "pool_id": pool,
+        "replica_id": "r0",
+    });
+    if let Some(mask) = mask {
+        prepared["device_mask"] = serde_json::json!(mask);
+    }
+    serde_json::json!({ "prepared": prepared })
+}
+
+/// Writes a GPU fixture file atomically (a reading never sees half a file).
+pub fn write_fixture(path: &Path, gpus: &Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(gpus).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A port that was free a moment ago.
