@@ -4,7 +4,10 @@
 //! Seen from a supervisor it behaves like llama.cpp's `llama-server`: the port listens from the
 //! start; every request answers 503 with llama-server's "Loading model" body while the "model"
 //! loads, then `GET /health` answers 200 `{"status":"ok"}`, `GET /props` reports `total_slots`,
-//! `build_info` and `model_path`, `GET /slots` lists the slots, anything else is 404. SIGTERM
+//! `build_info` and `model_path`, `GET /slots` lists the slots (`id`, `n_ctx`, `speculative`,
+//! `is_processing`), `GET /metrics` is 501 as without `--metrics`, `POST /completion` answers
+//! the shape of a completion (filler words: no model runs), anything else is 404. The bodies
+//! are llama-server's, compared with a real one (tests/llama.rs runs the real server). SIGTERM
 //! and SIGINT make it exit 0 at once. It logs a few llama-server-like lines to stdout/stderr.
 //!
 //! Flags make it misbehave on purpose: a load time, never becoming healthy, a crash after N ms
@@ -34,7 +37,9 @@ const LOADING_BODY: &str =
     r#"{"error":{"message":"Loading model","type":"unavailable_error","code":503}}"#;
 /// llama-server's answer to an unknown route.
 const NOT_FOUND_BODY: &str =
-    r#"{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}"#;
+    r#"{"error":{"message":"File Not Found","type":"not_found_error","code":404}}"#;
+/// llama-server's answer to `GET /metrics` when it was started without `--metrics`.
+const NO_METRICS_BODY: &str = r#"{"error":{"code":501,"message":"This server does not support metrics endpoint. Start it with `--metrics`","type":"not_supported_error"}}"#;
 
 /// A test engine that behaves like llama-server and misbehaves on purpose when told.
 #[derive(Parser, Debug)]
@@ -273,9 +278,35 @@ async fn props(State(sim): State<Arc<Sim>>) -> Response {
 
 async fn slots(State(sim): State<Arc<Sim>>) -> Json<serde_json::Value> {
     let list: Vec<_> = (0..sim.total_slots)
-        .map(|id| json!({"id": id, "is_processing": false}))
+        .map(|id| json!({"id": id, "n_ctx": sim.n_ctx, "speculative": false, "is_processing": false}))
         .collect();
     Json(json!(list))
+}
+
+async fn no_metrics() -> Response {
+    json_text(StatusCode::NOT_IMPLEMENTED, NO_METRICS_BODY.to_owned())
+}
+
+/// `POST /completion`: the shape of llama-server's answer (`content`, `tokens_predicted`,
+/// `stop`, `model`, ...), with `n_predict` (default 16, at most 4096) words of filler: no
+/// model runs here.
+async fn completion(State(sim): State<Arc<Sim>>, body: axum::body::Bytes) -> Response {
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let n_predict = request["n_predict"].as_u64().unwrap_or(16).min(4096);
+    let content: String = (0..n_predict).map(|_| " sim").collect();
+    let answer = json!({
+        "index": 0,
+        "content": content,
+        "tokens": [],
+        "id_slot": 0,
+        "stop": true,
+        "model": sim.model_path,
+        "tokens_predicted": n_predict,
+        "tokens_evaluated": 0,
+        "stop_type": "limit",
+        "truncated": false,
+    });
+    (StatusCode::OK, Json(answer)).into_response()
 }
 
 async fn not_found() -> Response {
@@ -502,6 +533,8 @@ async fn run(args: Args) {
         .route("/v1/health", get(health))
         .route("/props", get(props))
         .route("/slots", get(slots))
+        .route("/metrics", get(no_metrics))
+        .route("/completion", axum::routing::post(completion))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&sim), gate))
         .with_state(sim);

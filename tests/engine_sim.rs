@@ -151,9 +151,22 @@ async fn props_slots_and_404() {
     assert_eq!(slots.as_array().unwrap().len(), 3);
     assert_eq!(
         slots[2],
-        serde_json::json!({"id": 2, "is_processing": false})
+        serde_json::json!({"id": 2, "n_ctx": 4096, "speculative": false, "is_processing": false})
     );
     assert_eq!(c.get(e.url("/nope")).send().await.unwrap().status(), 404);
+    let metrics = c.get(e.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 501, "as llama-server without --metrics");
+    let completion: Value = c
+        .post(e.url("/completion"))
+        .body(r#"{"prompt": "hi", "n_predict": 3}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(completion["tokens_predicted"], 3, "{completion}");
+    assert_eq!(completion["content"], " sim sim sim", "{completion}");
 
     let e = Engine::start(&["--parallel", "2", "--no-slots-in-props"]);
     e.wait_status(&c, "/health", 200).await;
