@@ -171,6 +171,9 @@ impl Daemon {
     /// Stops listening (in-flight requests finish), stops the engines if configured to, and
     /// journals `DaemonStopped{reason}`. By default engines keep running.
     pub async fn shutdown(self, reason: &str) {
+        // Live event streams end first (`event: shutdown`): the server's graceful stop waits
+        // for open responses.
+        self.node.handle().registry().announce_stopping();
         let _ = self.stop_server.send(());
         self.handoff_watcher.stop().await; // handoff watcher
         self.gpu_observer.stop().await;

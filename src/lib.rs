@@ -8,6 +8,8 @@
 //! - [`table`] renders a registry (and a GPU inventory) for people.
 //! - [`gpu`] the GPUs: an inventory behind a trait (NVML, "no GPU", a JSON fixture) and the loop
 //!   that reports what it sees to the node.
+//! - [`metrics`] Prometheus metrics: events to counters and histograms, the registry to gauges,
+//!   one recorder per node, `GET /metrics`.
 //! - [`cli`] the command line: `journal {show,export,import,verify,stats,repair}` and `replay`.
 
 pub use pool_core as core;
@@ -19,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine_sim;
 pub mod gpu;
+pub mod metrics;
 pub mod node;
 pub mod projection;
 pub mod schema;

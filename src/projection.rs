@@ -66,14 +66,15 @@ fn stamp_of(envelope: &PoolEnvelope) -> Stamp<'_> {
 
 /// Rebuilds the registry from `journal`, up to `limit`.
 ///
-/// A snapshot is used only when it lies within the limit (a time limit cannot be checked
+/// The nearest snapshot within the limit is used (a time limit cannot be checked
 /// against a snapshot, so it always means a full replay). Any corrupt record met on the way is
 /// an error naming its seq: a replay never silently stops short.
 pub fn replay(journal: &PoolJournal, limit: ReplayLimit) -> Result<Replayed, JournalError> {
     let snapshot = if limit.until_ts_ms.is_none() {
+        // The nearest snapshot at or before the bound (the journal keeps older ones spread
+        // over the history for this: time travel replays at most a gap's worth of events).
         journal
-            .load_snapshot::<State>(STATE_SNAPSHOT_VERSION)
-            .filter(|(seq, _)| limit.until_seq.is_none_or(|until| *seq <= until))
+            .load_snapshot_at::<State>(STATE_SNAPSHOT_VERSION, limit.until_seq.unwrap_or(u64::MAX))
     } else {
         None
     };

@@ -346,7 +346,8 @@ impl<S: EventSchema> Journal<S> {
 
     /// Stores a snapshot of a caller's projection covering seqs `1..=covers_seq`;
     /// `state_version` is the caller's snapshot schema version. Durable on return. Keeps the
-    /// newest two snapshots.
+    /// newest two snapshots and older ones spread over the history (at most
+    /// [`crate::SNAPSHOTS_KEPT_MAX`] in all).
     pub fn save_snapshot<T: Serialize>(
         &self,
         covers_seq: u64,
@@ -374,6 +375,16 @@ impl<S: EventSchema> Journal<S> {
     /// `covers_seq <= last_seq`) as `(covers_seq, state)`; `None` otherwise. Each rejected
     /// snapshot is logged at warn with why; callers then replay fully.
     pub fn load_snapshot<T: DeserializeOwned>(&self, state_version: u8) -> Option<(u64, T)> {
+        self.load_snapshot_at(state_version, u64::MAX)
+    }
+
+    /// Like [`Journal::load_snapshot`], among the snapshots covering at most `max_seq`: the
+    /// nearest valid one at or before it (a replay to `max_seq` starts there).
+    pub fn load_snapshot_at<T: DeserializeOwned>(
+        &self,
+        state_version: u8,
+        max_seq: u64,
+    ) -> Option<(u64, T)> {
         let dir = self.inner.dir.display();
         let seqs = match self.inner.store.snapshot_seqs() {
             Ok(seqs) => seqs,
@@ -384,6 +395,9 @@ impl<S: EventSchema> Journal<S> {
         };
         let last_seq = self.last_seq();
         for covers_seq in seqs {
+            if covers_seq > max_seq {
+                continue;
+            }
             if covers_seq > last_seq {
                 tracing::warn!(%dir, covers_seq, last_seq, "snapshot ignored: covers seqs past the journal's end (stale)");
                 continue;

@@ -16,7 +16,8 @@
 //! an older version goes through [`EventSchema::upcast`], a newer one is
 //! [`JournalError::UnsupportedVersion`]. A record is valid only if its envelope's seq equals
 //! its key. Records are at most [`MAX_RECORD_BYTES`]. Snapshots use the same framing with the
-//! caller's `state_version` (tree "snapshots", key = covers_seq BE, newest two kept); the
+//! caller's `state_version` (tree "snapshots", key = covers_seq BE, the newest two
+//! kept and older ones spread over the history, at most `SNAPSHOTS_KEPT_MAX`); the
 //! per-pool index is tree "pool_index" (see [`store`]).
 //!
 //! # Write lifecycle (calling order)
@@ -95,7 +96,7 @@ pub use record::{
 };
 pub use report::{OpenReport, Problem, QuarantinedRecord, Stats, TruncateReport, VerifyReport};
 pub use store::{SledStore, Store, StoreError, LOCK_FILE_NAME};
-pub use writer::SNAPSHOTS_KEPT;
+pub use writer::{SNAPSHOTS_KEPT, SNAPSHOTS_KEPT_MAX};
 
 /// Lower-case hex of `bytes` (quarantine files, error messages).
 pub(crate) fn hex(bytes: &[u8]) -> String {

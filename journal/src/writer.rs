@@ -30,8 +30,34 @@ use crate::report::TruncateReport;
 use crate::store::{index_key, Store};
 use crate::JournalError;
 
-/// Snapshots kept in the store (newest first); older ones are deleted on save.
+/// The newest snapshots always kept (start-up loads the newest valid one; the one before it is
+/// the fallback when it does not decode).
 pub const SNAPSHOTS_KEPT: usize = 2;
+/// At most this many snapshots are kept in all: the newest [`SNAPSHOTS_KEPT`] and older ones
+/// spread over the history, so that a replay to an earlier seq (time travel, `?at_seq=N`)
+/// starts from a snapshot near it. Past the bound, a save removes the older snapshot whose
+/// neighbours are closest (the smallest merged gap; never the oldest or the newest
+/// [`SNAPSHOTS_KEPT`]): the kept ones stay spread evenly, at most about
+/// `2 * last_seq / SNAPSHOTS_KEPT_MAX` events apart.
+pub const SNAPSHOTS_KEPT_MAX: usize = 128;
+
+/// Which snapshots to remove from `seqs` (newest first) to keep at most
+/// [`SNAPSHOTS_KEPT_MAX`], under the rule of its doc.
+pub(crate) fn snapshots_to_remove(seqs: &[u64]) -> Vec<u64> {
+    let mut kept: Vec<u64> = seqs.to_vec();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut removed = Vec::new();
+    while kept.len() > SNAPSHOTS_KEPT_MAX.max(SNAPSHOTS_KEPT + 1) {
+        // Candidates: every snapshot but the oldest (index 0) and the newest SNAPSHOTS_KEPT.
+        let last_candidate = kept.len() - SNAPSHOTS_KEPT - 1;
+        let Some(victim) = (1..=last_candidate).min_by_key(|&i| kept[i + 1] - kept[i - 1]) else {
+            break;
+        };
+        removed.push(kept.remove(victim));
+    }
+    removed
+}
 
 pub(crate) type AppendReply<E> = oneshot::Sender<Result<Vec<Envelope<E>>, JournalError>>;
 /// One queued append: its drafts and where to answer.
@@ -235,13 +261,8 @@ impl<S: EventSchema, St: Store> Writer<S, St> {
         let se = |e: crate::store::StoreError| e.into_journal(&self.dir);
         let result = (|| {
             self.store.snapshot_put(covers_seq, value).map_err(se)?;
-            for old in self
-                .store
-                .snapshot_seqs()
-                .map_err(se)?
-                .into_iter()
-                .skip(SNAPSHOTS_KEPT)
-            {
+            let seqs = self.store.snapshot_seqs().map_err(se)?;
+            for old in snapshots_to_remove(&seqs) {
                 self.store.snapshot_remove(old).map_err(se)?;
             }
             self.store.sync().map_err(se)

@@ -20,7 +20,7 @@ fn state(covers: u64) -> State {
 }
 
 #[test]
-fn newest_valid_snapshot_is_loaded_and_only_two_are_kept() {
+fn newest_valid_snapshot_is_loaded_and_older_ones_are_kept_for_time_travel() {
     let tmp = tempfile::tempdir().unwrap();
     let journal = open(tmp.path());
     assert_eq!(journal.load_snapshot::<State>(1), None);
@@ -29,7 +29,17 @@ fn newest_valid_snapshot_is_loaded_and_only_two_are_kept() {
         journal.save_snapshot(covers, 1, &state(covers)).unwrap();
     }
     assert_eq!(journal.load_snapshot::<State>(1), Some((30, state(30))));
-    assert_eq!(journal.stats().unwrap().snapshot_seqs, vec![30, 20]);
+    assert_eq!(journal.stats().unwrap().snapshot_seqs, vec![30, 20, 10]);
+    // The nearest at or before a seq (a replay to it starts there).
+    assert_eq!(
+        journal.load_snapshot_at::<State>(1, 25),
+        Some((20, state(20)))
+    );
+    assert_eq!(
+        journal.load_snapshot_at::<State>(1, 10),
+        Some((10, state(10)))
+    );
+    assert_eq!(journal.load_snapshot_at::<State>(1, 9), None);
     // Wrong state_version: ignored.
     assert_eq!(journal.load_snapshot::<State>(2), None);
     // Covering unacknowledged seqs is refused.
@@ -120,4 +130,26 @@ fn large_snapshot_goes_through_sled_blobs_and_reloads() {
     drop(journal);
     let journal = open(tmp.path());
     assert_eq!(journal.load_snapshot::<State>(1), Some((2, big)));
+}
+
+#[test]
+fn snapshots_past_the_bound_are_thinned_evenly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = open(tmp.path());
+    let n = pool_journal::SNAPSHOTS_KEPT_MAX as u64 * 3;
+    fill(&journal, n as u32);
+    for covers in 1..=n {
+        journal.save_snapshot(covers, 1, &covers).unwrap();
+    }
+    let seqs = journal.stats().unwrap().snapshot_seqs;
+    assert_eq!(seqs.len(), pool_journal::SNAPSHOTS_KEPT_MAX);
+    // The newest two and the oldest stay; no gap is much wider than an even spread.
+    assert_eq!(&seqs[..2], &[n, n - 1]);
+    assert_eq!(seqs.last(), Some(&1));
+    let widest = seqs.windows(2).map(|w| w[0] - w[1]).max().unwrap();
+    let even = n / pool_journal::SNAPSHOTS_KEPT_MAX as u64;
+    assert!(
+        widest <= 2 * even + 1,
+        "widest gap {widest}, even spread {even}: {seqs:?}"
+    );
 }

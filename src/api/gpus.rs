@@ -12,6 +12,16 @@ use axum::Json;
 use super::ApiState;
 
 /// `GET /v2/gpus`: 200 `[Gpu]`; with no GPU, 200 `[]` (and `/health` says why).
+#[utoipa::path(
+    get,
+    path = "/v2/gpus",
+    tag = "gpus",
+    operation_id = "list_gpus",
+    responses(
+        (status = 200, description = "The GPUs of the last reading with their MIG devices and compute processes; `[]` with no GPU", body = [super::openapi::GpuSchema]),
+        (status = 401, description = "`UNAUTHORIZED`", body = super::openapi::ApiErrorBody),
+    )
+)]
 pub(super) async fn list(State(state): State<ApiState>) -> Response {
     match state.gpus() {
         Some(monitor) => Json(&monitor.load().gpus).into_response(),

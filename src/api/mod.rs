@@ -14,9 +14,13 @@
 //!   `POST .../breaker/reset`, `DELETE /v2/pools/{id}`, `GET .../events`
 //! - `GET /v2/gpus` (`gpus.rs`: the last GPU reading, with each process's pool)
 //! - compatibility: `POST /pools/{id}/preload`, `GET|POST /pools/{id}/status`
+//! - `GET /openapi.json` (`openapi.rs`: the OpenAPI document, generated from the handlers'
+//!   `#[utoipa::path]` attributes; a test fails when a route here is not documented)
 
 mod error;
+mod events;
 mod gpus;
+mod openapi;
 mod pools;
 
 use std::future::Future;
@@ -35,6 +39,7 @@ use crate::gpu::GpuMonitor;
 use crate::node::NodeHandle;
 
 pub use error::{parse_json, status_of, ApiError, JsonBody, PoolPath, BODY_MAX_BYTES};
+pub use openapi::{document_json as openapi_document, ApiDoc};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -145,7 +150,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/pools/{id}/breaker/reset", post(pools::reset_breaker))
         .route("/v2/pools/{id}/events", get(pools::events))
         .route("/v2/pools/{id}/handoff", post(pools::register_handoff)) // handoff route
+        .route("/v2/events", get(events::events))
         .route("/v2/gpus", get(gpus::list))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/pools/{id}/preload", post(pools::preload))
         .route(
             "/pools/{id}/status",

@@ -7,63 +7,168 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pool_core::{Command, LeaseId, Observation, PreparedEngine};
-use serde::Deserialize;
-use serde_json::json;
+use pool_core::{BreakerState, Command, LeaseId, Observation, Phase, PoolId, PreparedEngine};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::{
+    ApiErrorBody, BreakerStateSchema, EnvelopeSchema, HandoffSchema, PhaseSchema, PoolStatusSchema,
+    PreparedEngineSchema,
+};
 use super::{ApiError, ApiState, JsonBody, PoolPath};
 
 /// Default and largest page of `GET .../events`.
 const EVENTS_LIMIT_DEFAULT: usize = 1_000;
 
+/// `GET /health`'s `status`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum DaemonStatus {
+    /// Serving.
+    Ok,
+    /// The journal failed: no further changes until restarted (503, with `journal_error`).
+    JournalFailed,
+}
+
+/// `GET /health`'s `gpu`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct GpuHealth {
+    /// A usable GPU was found.
+    available: bool,
+    /// How many.
+    count: u32,
+    /// Whether preloads need a GPU (`require_gpu`; `--dev` turns it off).
+    required: bool,
+    /// Why none is usable (the preflight's verdict, or the last reading's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// `GET /health`: daemon liveness.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DaemonHealth {
+    /// `ok`, or `journal_failed` (503).
+    status: DaemonStatus,
+    /// The daemon's version.
+    version: String,
+    /// Seq of the last durable event.
+    journal_seq: u64,
+    /// Pools in the registry.
+    pools: usize,
+    /// GPUs as the last reading (or the start-up preflight) saw them.
+    gpu: GpuHealth,
+    /// Why the journal failed (with `status: journal_failed` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    journal_error: Option<String>,
+}
+
 /// `GET /health`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "daemon",
+    operation_id = "daemon_health",
+    security(()),
+    responses(
+        (status = 200, description = "The daemon is up", body = DaemonHealth),
+        (status = 503, description = "The journal failed (`status: journal_failed`, `journal_error`): \
+            no further changes until restarted", body = DaemonHealth),
+    )
+)]
 pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
     let published = state.node().registry().load();
     // The live view of the last GPU reading, else the start-up verdict.
     let live = state.gpus().map(|monitor| monitor.load());
     let gpu = live.as_ref().map_or(&published.gpu, |view| &view.summary);
-    let mut body = json!({
-        "status": if published.journal_failure.is_some() { "journal_failed" } else { "ok" },
-        "version": state.inner.version,
-        "journal_seq": published.state.last_seq(),
-        "pools": published.state.pools.len(),
-        "gpu": {
-            "available": gpu.available,
-            "count": gpu.count,
-            "required": gpu.required,
+    let body = DaemonHealth {
+        status: if published.journal_failure.is_some() {
+            DaemonStatus::JournalFailed
+        } else {
+            DaemonStatus::Ok
         },
-    });
-    if let Some(reason) = published
-        .state
-        .node
-        .preflight_error
-        .as_ref()
-        .or(gpu.reason.as_ref())
-    {
-        body["gpu"]["reason"] = json!(reason);
-    }
-    if let Some(failure) = &published.journal_failure {
-        body["journal_error"] = json!(failure);
+        version: state.inner.version.clone(),
+        journal_seq: published.state.last_seq(),
+        pools: published.state.pools.len(),
+        gpu: GpuHealth {
+            available: gpu.available,
+            count: gpu.count,
+            required: gpu.required,
+            reason: published
+                .state
+                .node
+                .preflight_error
+                .as_ref()
+                .or(gpu.reason.as_ref())
+                .cloned(),
+        },
+        journal_error: published.journal_failure.clone(),
+    };
+    if body.journal_error.is_some() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     Json(body).into_response()
 }
 
-/// `GET /v2/pools`: the cached body (serialized once per change).
-pub(super) async fn list(State(state): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.node().registry().statuses_json(),
+#[utoipa::path(
+    get,
+    path = "/v2/pools",
+    tag = "pools",
+    operation_id = "list_pools",
+    params(AtSeq),
+    responses(
+        (status = 200, description = "All pools, sorted by id", body = [PoolStatusSchema]),
+        (status = 400, description = "`INVALID_REQUEST`: a bad query (`at_seq` beyond the journal's last event)", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL`: the journal could not be replayed", body = ApiErrorBody),
     )
-        .into_response()
+)]
+/// `GET /v2/pools`: the cached body (serialized once per change); with `?at_seq=N`, the
+/// registry as it was right after event N, replayed from the nearest snapshot (what
+/// `pool-managerd replay --until-seq N --json` prints as `pools`; N = 0: no pools; N past the
+/// journal's end: `INVALID_REQUEST` naming its last seq).
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<AtSeq>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let Some(seq) = query.at_seq else {
+        return Ok((
+            [(header::CONTENT_TYPE, "application/json")],
+            state.node().registry().statuses_json(),
+        )
+            .into_response());
+    };
+    let past = if seq == 0 {
+        std::sync::Arc::new(pool_core::State::default())
+    } else {
+        state.node().state_at(seq).await?
+    };
+    Ok(Json(past.statuses()).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `?at_seq=N`: the registry as it was right after event N (replayed).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AtSeq {
+    /// A seq of the journal, at most its last (`journal_seq` of `GET /health`).
     at_seq: Option<u64>,
 }
 
 /// `GET /v2/pools/{id}` and `/status` (and the compatibility `POST /pools/{id}/status`).
+#[utoipa::path(
+    get,
+    path = "/v2/pools/{id}",
+    tag = "pools",
+    operation_id = "get_pool",
+    params(super::openapi::PoolIdParam, AtSeq),
+    responses(
+        (status = 200, description = "The pool (as it was after event `at_seq`, when given)", body = PoolStatusSchema),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or query (`at_seq` beyond the journal's last event)", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL`: the journal could not be replayed", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn get_one(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -82,7 +187,35 @@ pub(super) async fn get_one(
     Ok(Json(status).into_response())
 }
 
+/// `GET /v2/pools/{id}/health`: the orchestrator's view of a pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PoolHealth {
+    /// An engine process exists.
+    live: bool,
+    /// It serves.
+    ready: bool,
+    /// A drain is in progress.
+    draining: bool,
+    /// Last failure.
+    last_error: Option<String>,
+    /// Free slots.
+    slots_free: u32,
+}
+
 /// `GET /v2/pools/{id}/health`: the orchestrator's view.
+#[utoipa::path(
+    get,
+    path = "/v2/pools/{id}/health",
+    tag = "pools",
+    operation_id = "pool_health",
+    params(super::openapi::PoolIdParam),
+    responses(
+        (status = 200, description = "The orchestrator's view of the pool", body = PoolHealth),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn pool_health(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -96,28 +229,86 @@ pub(super) async fn pool_health(
                 pool_id: pool_id.to_string(),
             })
         })?;
-    Ok(Json(json!({
-        "live": status.live,
-        "ready": status.ready,
-        "draining": status.draining,
-        "last_error": status.last_error,
-        "slots_free": status.slots_free,
-    }))
+    Ok(Json(PoolHealth {
+        live: status.live,
+        ready: status.ready,
+        draining: status.draining,
+        last_error: status.last_error,
+        slots_free: status.slots_free,
+    })
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v2/pools/{id}/preload`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PreloadBody {
+    /// The engine provisioner's output; `prepared.pool_id` must equal the path's id.
+    #[schema(value_type = PreparedEngineSchema)]
     prepared: PreparedEngine,
 }
 
-#[derive(Debug, Deserialize)]
+/// `?wait=false`: answer 202 once the preload is durable, without waiting for the engine.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PreloadQuery {
+    /// Wait until ready or failed (default `true`).
     wait: Option<bool>,
 }
 
+/// `POST /v2/pools/{id}/preload`: the engine serves.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PreloadReady {
+    /// The pool.
+    #[schema(value_type = String)]
+    pool_id: PoolId,
+    /// The engine's pid.
+    pid: Option<u32>,
+    /// The handoff file written for it.
+    handoff_path: Option<String>,
+    /// The engine's version.
+    engine_version: Option<String>,
+    /// Slots it serves.
+    slots_total: u32,
+    /// From the request to ready.
+    ready_ms: u64,
+}
+
+/// `POST /v2/pools/{id}/preload?wait=false`: accepted, the engine starts in the background.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PreloadAccepted {
+    /// The pool.
+    #[schema(value_type = String)]
+    pool_id: PoolId,
+    /// Always `true`.
+    accepted: bool,
+    /// The pool's phase once the preload is durable.
+    #[schema(value_type = PhaseSchema)]
+    phase: Phase,
+}
+
 /// `POST /v2/pools/{id}/preload` (and `POST /pools/{id}/preload`).
+#[utoipa::path(
+    post,
+    path = "/v2/pools/{id}/preload",
+    tag = "pools",
+    operation_id = "preload",
+    params(super::openapi::PoolIdParam, PreloadQuery),
+    request_body = PreloadBody,
+    responses(
+        (status = 200, description = "The engine is ready", body = PreloadReady),
+        (status = 202, description = "`?wait=false`: accepted; the engine starts in the background", body = PreloadAccepted),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id, query or body (the error names the field)", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 403, description = "`BINARY_NOT_ALLOWED`: `prepared.binary_path` is not under `allowed_binaries`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_BUSY`, `POOL_DRAINING`", body = ApiErrorBody),
+        (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
+        (status = 422, description = "`INVALID_DEVICE_MASK`, `MODEL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 500, description = "`SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`, `CPU_SPILLOVER`; `INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 504, description = "`INTERNAL`: the wait gave up (the preload goes on)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn preload(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -147,26 +338,64 @@ pub(super) async fn preload(
     if !wait {
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "pool_id": pool_id,
-                "accepted": true,
-                "phase": status.phase,
-            })),
+            Json(PreloadAccepted {
+                pool_id,
+                accepted: true,
+                phase: status.phase,
+            }),
         )
             .into_response());
     }
-    Ok(Json(json!({
-        "pool_id": pool_id,
-        "pid": status.pid,
-        "handoff_path": status.handoff_path,
-        "engine_version": status.engine_version,
-        "slots_total": status.slots_total,
-        "ready_ms": outcome.ready_ms,
-    }))
+    Ok(Json(PreloadReady {
+        pool_id,
+        pid: status.pid,
+        handoff_path: status.handoff_path,
+        engine_version: status.engine_version,
+        slots_total: status.slots_total,
+        ready_ms: outcome.ready_ms,
+    })
     .into_response())
 }
 
+/// `POST /v2/pools/{id}/leases`: the new lease.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LeaseAcquired {
+    /// Give it back with `DELETE /v2/pools/{id}/leases/{lease_id}`.
+    #[schema(value_type = String)]
+    lease_id: LeaseId,
+    /// Leases held now.
+    active_leases: u32,
+    /// Free slots now.
+    slots_free: u32,
+}
+
+/// `DELETE /v2/pools/{id}/leases/{lease_id}`: the slots after the release.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LeaseReleased {
+    /// Leases held now.
+    active_leases: u32,
+    /// Free slots now.
+    slots_free: u32,
+}
+
 /// `POST /v2/pools/{id}/leases`: 201 with the new lease.
+#[utoipa::path(
+    post,
+    path = "/v2/pools/{id}/leases",
+    tag = "leases",
+    operation_id = "acquire_lease",
+    params(super::openapi::PoolIdParam),
+    responses(
+        (status = 201, description = "One slot taken", body = LeaseAcquired),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_DRAINING`, `POOL_BUSY`", body = ApiErrorBody),
+        (status = 429, description = "`SLOTS_EXHAUSTED`", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn acquire_lease(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -175,16 +404,34 @@ pub(super) async fn acquire_lease(
     let pool = after.pool(pool_id.as_str());
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "lease_id": lease_id,
-            "active_leases": pool.map_or(0, |p| p.active_leases()),
-            "slots_free": pool.map_or(0, |p| p.slots_free()),
-        })),
+        Json(LeaseAcquired {
+            lease_id,
+            active_leases: pool.map_or(0, |p| p.active_leases()),
+            slots_free: pool.map_or(0, |p| p.slots_free()),
+        }),
     )
         .into_response())
 }
 
 /// `DELETE /v2/pools/{id}/leases/{lease_id}`.
+#[utoipa::path(
+    delete,
+    path = "/v2/pools/{id}/leases/{lease_id}",
+    tag = "leases",
+    operation_id = "release_lease",
+    params(
+        super::openapi::PoolIdParam,
+        ("lease_id" = String, Path, description = "A lease id from `POST /v2/pools/{id}/leases` (printable ASCII, no spaces)", pattern = "^[!-~]{1,128}$"),
+    ),
+    responses(
+        (status = 200, description = "The slot is free again", body = LeaseReleased),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool or lease id", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`, `LEASE_NOT_FOUND`", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn release_lease(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -199,21 +446,51 @@ pub(super) async fn release_lease(
         })
         .await?;
     let pool = committed.state.pool(pool_id.as_str());
-    Ok(Json(json!({
-        "active_leases": pool.map_or(0, |p| p.active_leases()),
-        "slots_free": pool.map_or(0, |p| p.slots_free()),
-    }))
+    Ok(Json(LeaseReleased {
+        active_leases: pool.map_or(0, |p| p.active_leases()),
+        slots_free: pool.map_or(0, |p| p.slots_free()),
+    })
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v2/pools/{id}/drain`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DrainBody {
+    /// How long leases may run on before the engine is stopped anyway.
     deadline_ms: u64,
+}
+
+/// `POST /v2/pools/{id}/drain`: accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DrainAccepted {
+    /// The pool.
+    #[schema(value_type = String)]
+    pool_id: PoolId,
+    /// Always `true`.
+    draining: bool,
 }
 
 /// `POST /v2/pools/{id}/drain`: 202 once draining is durable. A drain of a pool already
 /// draining joins it (same answer; the first deadline stands).
+#[utoipa::path(
+    post,
+    path = "/v2/pools/{id}/drain",
+    tag = "pools",
+    operation_id = "drain",
+    params(super::openapi::PoolIdParam),
+    request_body = DrainBody,
+    responses(
+        (status = 202, description = "Draining (durable)", body = DrainAccepted),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or body", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
+        (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn drain(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -228,24 +505,67 @@ pub(super) async fn drain(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"pool_id": pool_id, "draining": true})),
+        Json(DrainAccepted {
+            pool_id,
+            draining: true,
+        }),
     )
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v2/pools/{id}/reload`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReloadBody {
+    /// The model file to serve instead.
     new_model_ref: String,
+    /// Its expected digest (`sha256:<hex>`), checked while staging.
     #[serde(default)]
     digest: Option<String>,
+    /// The drain before the switch.
     #[serde(default)]
     drain_deadline_ms: Option<u64>,
+}
+
+/// `POST /v2/pools/{id}/reload`: the new model serves.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ReloadDone {
+    /// The pool.
+    #[schema(value_type = String)]
+    pool_id: PoolId,
+    /// The engine's version now.
+    engine_version: Option<String>,
+    /// The model served now.
+    model_ref: Option<String>,
+    /// How long the reload took.
+    duration_ms: u64,
+    /// The model was already served: nothing was done.
+    noop: bool,
 }
 
 /// `POST /v2/pools/{id}/reload`: waits until the new model serves (200), the staging failed
 /// (`MODEL_NOT_FOUND`, the running engine untouched), or the reload failed after staging
 /// (`RELOAD_FAILED` with `rolled_back`).
+#[utoipa::path(
+    post,
+    path = "/v2/pools/{id}/reload",
+    tag = "pools",
+    operation_id = "reload",
+    params(super::openapi::PoolIdParam),
+    request_body = ReloadBody,
+    responses(
+        (status = 200, description = "The new model serves", body = ReloadDone),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or body", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_BUSY`, `POOL_DRAINING`", body = ApiErrorBody),
+        (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
+        (status = 422, description = "`MODEL_NOT_FOUND`: staging failed; the running engine is untouched", body = ApiErrorBody),
+        (status = 500, description = "`RELOAD_FAILED` (with `rolled_back`), `SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`; `INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`, `GPU_REQUIRED`, `INSUFFICIENT_VRAM`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 504, description = "`INTERNAL`: the wait gave up (the reload goes on)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn reload(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -260,18 +580,47 @@ pub(super) async fn reload(
             body.drain_deadline_ms,
         )
         .await?;
-    Ok(Json(json!({
-        "pool_id": pool_id,
-        "engine_version": outcome.status.engine_version,
-        "model_ref": outcome.status.model_ref,
-        "duration_ms": outcome.duration_ms,
-        "noop": outcome.noop,
-    }))
+    Ok(Json(ReloadDone {
+        pool_id,
+        engine_version: outcome.status.engine_version,
+        model_ref: outcome.status.model_ref,
+        duration_ms: outcome.duration_ms,
+        noop: outcome.noop,
+    })
     .into_response())
+}
+
+/// `POST /v2/pools/{id}/stop`: accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct StopAccepted {
+    /// The pool.
+    #[schema(value_type = String)]
+    pool_id: PoolId,
+    /// Always `true`.
+    stopping: bool,
+    /// The pool's phase once the stop is durable.
+    #[schema(value_type = Option<PhaseSchema>)]
+    phase: Option<Phase>,
 }
 
 /// `POST /v2/pools/{id}/stop`: 202 once the stop is durable; the engine stops in the
 /// background (SIGTERM, grace, SIGKILL).
+#[utoipa::path(
+    post,
+    path = "/v2/pools/{id}/stop",
+    tag = "pools",
+    operation_id = "stop",
+    params(super::openapi::PoolIdParam),
+    responses(
+        (status = 202, description = "Stopping (durable)", body = StopAccepted),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn stop(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -285,12 +634,46 @@ pub(super) async fn stop(
     let phase = committed.state.status(pool_id.as_str()).map(|s| s.phase);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"pool_id": pool_id, "stopping": true, "phase": phase})),
+        Json(StopAccepted {
+            pool_id,
+            stopping: true,
+            phase,
+        }),
     )
         .into_response())
 }
 
+/// `POST /v2/pools/{id}/breaker/reset`: the breaker after the reset.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BreakerReset {
+    /// The pool.
+    #[schema(value_type = String)]
+    pool_id: PoolId,
+    /// The breaker now.
+    #[schema(value_type = Option<BreakerStateSchema>)]
+    breaker: Option<BreakerState>,
+    /// The pool's phase now.
+    #[schema(value_type = Option<PhaseSchema>)]
+    phase: Option<Phase>,
+}
+
 /// `POST /v2/pools/{id}/breaker/reset`.
+#[utoipa::path(
+    post,
+    path = "/v2/pools/{id}/breaker/reset",
+    tag = "pools",
+    operation_id = "reset_breaker",
+    params(super::openapi::PoolIdParam),
+    responses(
+        (status = 200, description = "The breaker is closed", body = BreakerReset),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn reset_breaker(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -303,30 +686,79 @@ pub(super) async fn reset_breaker(
         })
         .await?;
     let status = committed.state.status(pool_id.as_str());
-    Ok(Json(json!({
-        "pool_id": pool_id,
-        "breaker": status.as_ref().map(|s| s.breaker),
-        "phase": status.as_ref().map(|s| s.phase),
-    }))
+    Ok(Json(BreakerReset {
+        pool_id,
+        breaker: status.as_ref().map(|s| s.breaker),
+        phase: status.as_ref().map(|s| s.phase),
+    })
     .into_response())
 }
 
+/// `DELETE /v2/pools/{id}`: gone.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Removed {
+    /// The pool.
+    #[schema(value_type = String)]
+    pool_id: PoolId,
+    /// Always `true`.
+    removed: bool,
+}
+
 /// `DELETE /v2/pools/{id}`: stops the engine and forgets the pool; answers once it is gone.
+#[utoipa::path(
+    delete,
+    path = "/v2/pools/{id}",
+    tag = "pools",
+    operation_id = "remove_pool",
+    params(super::openapi::PoolIdParam),
+    responses(
+        (status = 200, description = "The engine is stopped and the pool forgotten", body = Removed),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 504, description = "`INTERNAL`: the wait gave up (the removal goes on)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn remove(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
 ) -> Result<Response, ApiError> {
     state.node().remove(pool_id.clone()).await?;
-    Ok(Json(json!({"pool_id": pool_id, "removed": true})).into_response())
+    Ok(Json(Removed {
+        pool_id,
+        removed: true,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `?since=&limit=` of `GET /v2/pools/{id}/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// First seq (inclusive); default 1.
     since: Option<u64>,
+    /// At most this many events (default 1000, clamped to 1..=100000).
     limit: Option<usize>,
 }
 
 /// `GET /v2/pools/{id}/events?since=&limit=`: the pool's history, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v2/pools/{id}/events",
+    tag = "pools",
+    operation_id = "pool_events",
+    params(super::openapi::PoolIdParam, EventsQuery),
+    responses(
+        (status = 200, description = "The pool's events, oldest first", body = [EnvelopeSchema]),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or query", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`: no event of the pool was ever journaled", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL`: the journal could not be read", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn events(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,
@@ -361,6 +793,23 @@ pub(super) async fn events(
 /// `POST /v2/pools/{id}/handoff`: the handoff document of an engine started by someone else;
 /// validated (400 naming the field), probed (`POOL_UNREADY` unless `{url}/health` answers
 /// 200), then registered with path `"api"`; 200 with the pool's status.
+#[utoipa::path(
+    post,
+    path = "/v2/pools/{id}/handoff",
+    tag = "pools",
+    operation_id = "register_handoff",
+    params(super::openapi::PoolIdParam),
+    request_body = HandoffSchema,
+    responses(
+        (status = 200, description = "Registered: the pool's status", body = PoolStatusSchema),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or body (the error names the field; `pool_id` must equal the path's)", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 409, description = "`POOL_BUSY`: the pool runs an engine of ours", body = ApiErrorBody),
+        (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`: `{url}/health` did not answer 200; `INTERNAL` (shutting down)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn register_handoff(
     State(state): State<ApiState>,
     PoolPath(pool_id): PoolPath,

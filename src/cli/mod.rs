@@ -1,5 +1,5 @@
 //! The command line (clap): `serve`, `demo`, `gpus`, `journal {show,export,import,verify,stats,
-//! repair}` and `replay`.
+//! repair}`, `replay` and `status` (a client of a running daemon).
 //!
 //! Owns: argument parsing, opening journals for commands, exit codes, logging set-up.
 //! Never: changes a journal's events except through `journal import` and `journal repair`;
@@ -13,6 +13,7 @@ mod gpus;
 mod journal;
 mod replay;
 mod serve;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ pub use gpus::GpusArgs;
 pub use journal::JournalCommand;
 pub use replay::ReplayArgs;
 pub use serve::{load_config, wait_for_signal, ServeArgs};
+pub use status::StatusArgs;
 
 /// pool-managerd: supervises LLM inference engines on a GPU node, with a durable event journal.
 #[derive(Debug, Parser)]
@@ -63,6 +65,8 @@ pub enum Command {
     Journal(JournalCommand),
     /// Print the registry as it was after a given event or time (for post-mortems).
     Replay(ReplayArgs),
+    /// Print the pools of a running daemon as a table (or --json); --watch follows its events.
+    Status(StatusArgs),
     /// The test engine (engine-sim), for the demo and tests: `pool-managerd engine-sim --help`.
     #[command(hide = true, disable_help_flag = true)]
     EngineSim {
@@ -95,6 +99,7 @@ impl Cli {
             Command::Demo(_) => "off",
             Command::EngineSim { .. } => "warn",
             Command::Gpus(_) => "error",
+            Command::Status(_) => "warn",
             _ => "info",
         }
     }
@@ -122,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Gpus(args) => gpus::run(args),
+        Command::Status(args) => status::run(args),
         Command::EngineSim { args } => {
             crate::engine_sim::main(std::iter::once("engine-sim".to_string()).chain(args))
         }

@@ -1,18 +1,23 @@
 //! `pool-managerd serve`: the daemon.
 //!
 //! Owns: loading the configuration (file < environment < flags), the runtime, signal handling
-//! (SIGTERM / ctrl-c: clean shutdown; engines keep running unless `stop_engines_on_shutdown`).
+//! (SIGTERM / ctrl-c: clean shutdown; engines keep running unless `stop_engines_on_shutdown`),
+//! and systemd's notification protocol (`Type=notify`): `READY=1` once the journal is replayed
+//! and the API listens, `WATCHDOG=1` every half `WATCHDOG_USEC` while the node actor answers,
+//! `STOPPING=1` at shutdown (see `packaging/pool-managerd.service`).
 //! Never: holds daemon logic; `daemon::Daemon` does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::clock::SystemClock;
 use crate::config::{relevant_env, Config, Overrides, Sources};
 use crate::daemon::Daemon;
+use crate::node::{NodeError, NodeHandle};
 
 /// `serve` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,15 +77,90 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             "damaged records at the journal's tail were quarantined (see the journal's quarantine/ folder)"
         );
     }
-    notify_systemd("READY=1");
+    // `Daemon::start` returns once the journal is replayed (snapshot + tail), the start-up
+    // events are durable and the listener is bound: the API answers from here on.
+    notify_systemd(&format!(
+        "READY=1\nSTATUS=listening on {}, journal at seq {}",
+        daemon.addr(),
+        report.replayed_to_seq
+    ));
+    let watchdog = watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+    .map(|every| {
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "systemd watchdog: pinging while the node actor answers"
+        );
+        tokio::spawn(watchdog(daemon.handle(), every))
+    });
     let reason = wait_for_signal().await;
     notify_systemd("STOPPING=1");
+    if let Some(task) = watchdog {
+        task.abort();
+    }
     tracing::info!(
         reason,
         "shutting down; engines keep running unless stop_engines_on_shutdown"
     );
     daemon.shutdown(reason).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC` (sd_watchdog_enabled(3)), when it is
+/// set, positive, and `WATCHDOG_PID` is unset or names this process (the unit may mean
+/// another process of it).
+pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok()? != me {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
+}
+
+/// Sends `WATCHDOG=1` every `every`, but only after a round trip through the node actor
+/// answered within `every`: a stuck actor (the loop that owns the state) stops the pings, and
+/// systemd restarts the daemon, as it does when the whole process hangs.
+async fn watchdog(node: NodeHandle, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(every, actor_answers(&node)).await {
+            Ok(true) => notify_systemd("WATCHDOG=1"),
+            Ok(false) => {
+                tracing::error!("systemd watchdog: the node actor is gone; no more pings");
+                return;
+            }
+            Err(_) => tracing::warn!(
+                waited_ms = every.as_millis() as u64,
+                "systemd watchdog: the node actor did not answer in time; ping withheld"
+            ),
+        }
+    }
+}
+
+/// A cheap round trip through the node actor: the release of a lease id that the daemon
+/// never grants (granted ids are `lease-<16 hex digits>`), which `decide` refuses with
+/// `POOL_NOT_FOUND` / `LEASE_NOT_FOUND`, journaling nothing. Any answer means the actor's
+/// loop runs (a journal failure too: the daemon is alive, and says so in `/health`); only a
+/// closed inbox means it is gone.
+async fn actor_answers(node: &NodeHandle) -> bool {
+    let (Ok(pool_id), Ok(lease_id)) = (
+        pool_core::PoolId::new("systemd-watchdog"),
+        pool_core::LeaseId::new("systemd-watchdog-probe"),
+    ) else {
+        return false;
+    };
+    !matches!(
+        node.submit(pool_core::Command::ReleaseLease { pool_id, lease_id })
+            .await,
+        Err(NodeError::ShuttingDown)
+    )
 }
 
 /// Resolves on SIGTERM or SIGINT, naming which.
@@ -142,5 +222,17 @@ mod tests {
         let mut buf = [0u8; 32];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn watchdog_interval_is_half_of_watchdog_usec_for_this_process() {
+        let half = Some(Duration::from_millis(1500));
+        assert_eq!(watchdog_interval(Some("3000000"), None, 7), half);
+        assert_eq!(watchdog_interval(Some("3000000"), Some("7"), 7), half);
+        assert_eq!(watchdog_interval(Some("3000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval(Some("3000000"), Some("x"), 7), None);
+        assert_eq!(watchdog_interval(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
+        assert_eq!(watchdog_interval(None, Some("7"), 7), None);
     }
 }

@@ -263,6 +263,8 @@ pub struct NodeHandle {
     /// its GPUs (`[gpu] placement_timeout_ms` with `require_gpu`, else 0): added to the
     /// preload and reload waits.
     placement_wait_ms: u64,
+    /// This node's metrics (its own recorder: `crate::metrics`).
+    metrics: crate::metrics::SharedMetrics,
 }
 
 /// The running node: its handle and its actor task.
@@ -302,6 +304,8 @@ impl Node {
             pools: replayed.state.pools.len(),
             quarantined: open_report.quarantined.len() as u64,
         };
+        let metrics = Arc::new(crate::metrics::NodeMetrics::new());
+        metrics.set_replay_seconds(started.elapsed().as_secs_f64());
         let state = Arc::new(replayed.state);
         let registry = Registry::new(Published {
             state: state.clone(),
@@ -329,6 +333,7 @@ impl Node {
                 .placement_check
                 .as_ref()
                 .map_or(0, |check| check.timeout_ms),
+            metrics: metrics.clone(),
         };
         let actor = Actor {
             state,
@@ -342,6 +347,7 @@ impl Node {
             snapshot_every: settings.snapshot_every.max(1),
             max_batch_records: max_batch_records.max(1),
             journal_failure: None,
+            metrics,
         };
         let mut resume = resume_effects(&actor.state);
         let task = tokio::spawn(actor.run(rx));
@@ -400,6 +406,7 @@ impl Node {
     /// Journals `DaemonStopped{reason}`, stops the actor and closes the journal. Engines keep
     /// running (they outlive the daemon).
     pub async fn shutdown(self, reason: &str) {
+        self.handle.registry.announce_stopping();
         let (reply, done) = oneshot::channel();
         if self
             .handle
@@ -449,6 +456,11 @@ impl NodeHandle {
     /// The supervision policy the node runs with.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// This node's metrics (`GET /metrics`).
+    pub fn metrics(&self) -> &crate::metrics::NodeMetrics {
+        &self.metrics
     }
 
     /// Decides on `input`, appends its events durably, and answers with them.
@@ -645,6 +657,30 @@ impl NodeHandle {
         Ok(Arc::new(replayed.state))
     }
 
+    /// The journal's events, oldest first, from `from` (seq, inclusive; 0 reads as 1), at most
+    /// `limit`, up to the last durable event (`GET /v2/events`, its live stream).
+    pub async fn journal_events(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<PoolEnvelope>, NodeError> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            journal
+                .read_from(from)
+                .take(limit)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| NodeError::Journal(e.to_string()))?
+        .map_err(|e| NodeError::Journal(e.to_string()))
+    }
+
+    /// The seq of the journal's last durable event (0 when empty).
+    pub fn journal_last_seq(&self) -> u64 {
+        self.journal.last_seq()
+    }
+
     /// The pool's events, oldest first, from `since` (seq, inclusive), at most `limit`.
     pub async fn pool_events(
         &self,
@@ -683,6 +719,8 @@ struct Actor {
     snapshot_every: u64,
     max_batch_records: usize,
     journal_failure: Option<String>,
+    /// Counters and histograms of the events it appends (never of the start-up replay).
+    metrics: crate::metrics::SharedMetrics,
 }
 
 /// One decided input of a batch, waiting for the append.
@@ -767,6 +805,8 @@ impl Actor {
         let mut next: Option<State> = None;
         let mut drafts: Vec<Draft<Event>> = Vec::new();
         let mut pending_effects: Vec<(u64, Effect)> = Vec::new();
+        // Metric updates of the facts, recorded once the append is durable.
+        let mut pending_metrics: Vec<crate::metrics::Update> = Vec::new();
         let mut decided: Vec<Decided> = Vec::with_capacity(submissions.len());
         for submission in submissions {
             let ctx = Context {
@@ -798,7 +838,16 @@ impl Actor {
                     ts_ms: now_ms,
                     pool_id: pool.as_deref(),
                 };
+                let before =
+                    crate::metrics::Before::of(pool.as_deref().and_then(|id| next.pool(id)));
                 next.apply_mut(stamp, &fact.event);
+                pending_metrics.extend(crate::metrics::updates(
+                    pool.as_deref(),
+                    now_ms,
+                    &fact.event,
+                    before,
+                    pool.as_deref().and_then(|id| next.pool(id)),
+                ));
                 for effect in effects(next, stamp, &fact.event) {
                     pending_effects.push((seq, effect));
                 }
@@ -843,6 +892,7 @@ impl Actor {
                 }
             }
         };
+        self.metrics.record(&pending_metrics);
         let previous_seq = self.state.last_seq();
         let before = self.state.clone();
         if let Some(next) = next {
@@ -854,7 +904,7 @@ impl Actor {
             });
         }
         for (i, envelope) in envelopes.iter().enumerate() {
-            log_event(envelope);
+            log_event(envelope, &self.state);
             if let Event::EngineStopRequested {
                 reason: StopReason::DrainDeadline,
                 ..
@@ -904,6 +954,7 @@ impl Actor {
     async fn append(&self, drafts: Vec<Draft<Event>>) -> Result<Vec<PoolEnvelope>, String> {
         let expected_first = self.state.last_seq() + 1;
         let mut out = Vec::with_capacity(drafts.len());
+        let started = std::time::Instant::now();
         let mut drafts = drafts.into_iter().peekable();
         while drafts.peek().is_some() {
             let chunk: Vec<_> = drafts.by_ref().take(self.max_batch_records).collect();
@@ -914,6 +965,8 @@ impl Actor {
                 .map_err(|e| e.to_string())?;
             out.extend(envelopes);
         }
+        self.metrics
+            .appended(out.len(), started.elapsed().as_secs_f64());
         if out.first().map(|e| e.seq) != Some(expected_first) {
             return Err(format!(
                 "the journal assigned seq {:?} where the node expected {expected_first}: another writer?",
@@ -1250,8 +1303,11 @@ fn warn_drain_deadline(before: &State, earlier: &[PoolEnvelope], stop: &PoolEnve
     );
 }
 
-/// Every journaled event is logged once, at a level that fits.
-fn log_event(envelope: &PoolEnvelope) {
+/// Every journaled event is logged once, at a level that fits (a crash, a failed preload:
+/// warn; the breaker opening, a restart storm: error; the rest: info), with the pool's
+/// `engine, engine_version, device_mask, model_id, restart_count, backoff_ms, last_error` as
+/// structured fields where the registry after the batch (`state`) knows them.
+fn log_event(envelope: &PoolEnvelope, state: &State) {
     let pool_id = envelope.pool_id.as_deref().unwrap_or("-");
     let kind = envelope.event.kind();
     let seq = envelope.seq;
@@ -1264,17 +1320,64 @@ fn log_event(envelope: &PoolEnvelope) {
             .map(|value| value.to_string())
             .unwrap_or_default(),
     };
-    match &envelope.event {
-        Event::EngineExited { reason, .. } => {
-            tracing::warn!(seq, pool_id, kind, reason = reason.as_str(), %fields, "event")
+    let status = envelope.pool_id.as_deref().and_then(|id| state.status(id));
+    let status = status.as_ref();
+    let engine = status.and_then(|s| s.engine.as_deref());
+    let engine_version = status.and_then(|s| s.engine_version.as_deref());
+    let device_mask = status.and_then(|s| s.device_mask.as_deref());
+    let model_id = status.and_then(|s| s.model_ref.as_deref());
+    let restart_count = status.map(|s| s.restart_count);
+    // The delay of this event if it chose one, else the pool's while it waits in backoff.
+    let backoff_ms = match &envelope.event {
+        Event::RestartScheduled { delay_ms, .. } => Some(*delay_ms),
+        _ => status.map(|s| s.backoff_ms).filter(|ms| *ms > 0),
+    };
+    let last_error = match &envelope.event {
+        Event::PreloadFailed { reason, .. } => Some(reason.as_str()),
+        _ => status.and_then(|s| s.last_error.as_deref()),
+    };
+    let reason = match &envelope.event {
+        Event::EngineExited { reason, .. } | Event::RestartScheduled { reason, .. } => {
+            Some(reason.as_str())
         }
-        Event::PreloadFailed { reason, .. } => {
-            tracing::warn!(seq, pool_id, kind, last_error = %reason, "event")
+        _ => None,
+    };
+    let hint = match &envelope.event {
+        Event::RestartStormDetected { hint, .. } => Some(hint.as_str()),
+        _ => None,
+    };
+    let level = match &envelope.event {
+        Event::EngineExited { reason, .. } if *reason != pool_core::ExitReason::Graceful => {
+            tracing::Level::WARN
         }
-        Event::RestartStormDetected { hint, .. } => {
-            tracing::error!(seq, pool_id, kind, %hint, %fields, "event")
-        }
-        Event::CircuitOpened { .. } => tracing::error!(seq, pool_id, kind, %fields, "event"),
-        _ => tracing::info!(seq, pool_id, kind, %fields, "event"),
+        Event::PreloadFailed { .. } => tracing::Level::WARN,
+        Event::CircuitOpened { .. } | Event::RestartStormDetected { .. } => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                seq,
+                pool_id,
+                kind,
+                engine,
+                engine_version,
+                device_mask,
+                model_id,
+                restart_count,
+                backoff_ms,
+                last_error,
+                reason,
+                hint,
+                %fields,
+                "event"
+            )
+        };
+    }
+    match level {
+        tracing::Level::ERROR => emit!(tracing::Level::ERROR),
+        tracing::Level::WARN => emit!(tracing::Level::WARN),
+        _ => emit!(tracing::Level::INFO),
     }
 }

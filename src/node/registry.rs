@@ -53,6 +53,7 @@ struct CachedJson {
 struct Inner {
     current: ArcSwap<Published>,
     changed: watch::Sender<u64>,
+    stopping: watch::Sender<bool>,
     heartbeats: Mutex<HashMap<String, u64>>,
     heartbeat_gen: AtomicU64,
     pools_json: ArcSwapOption<CachedJson>,
@@ -71,6 +72,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(first),
                 changed: watch::Sender::new(seq),
+                stopping: watch::Sender::new(false),
                 heartbeats: Mutex::new(HashMap::new()),
                 heartbeat_gen: AtomicU64::new(0),
                 pools_json: ArcSwapOption::empty(),
@@ -86,6 +88,16 @@ impl Registry {
     /// A receiver that changes whenever a new view is published (its value: the last seq).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()
+    }
+
+    /// A receiver that turns `true` once the daemon begins to stop (live event streams end).
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stopping.subscribe()
+    }
+
+    /// Says that the daemon is stopping: every [`Registry::stopping`] receiver sees `true`.
+    pub(crate) fn announce_stopping(&self) {
+        self.inner.stopping.send_replace(true);
     }
 
     /// The status of one pool, with its latest heartbeat.

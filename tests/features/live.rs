@@ -342,6 +342,17 @@ impl LiveDaemon {
         crate::daemon_process::read_log(&self.setup.config.runtime_dir)
     }
 
+    /// The API's base URL (`http://127.0.0.1:PORT`), for clients of their own (the event
+    /// stream).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The HTTP client of the scenario.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Sends a request and reads the whole answer.
     pub async fn call(&self, method: Method, path: &str, body: Body) -> Answer {
         let request_text = format!("{method} {path}");

@@ -80,6 +80,8 @@ pub struct PoolWorld {
     pub exits_seen: BTreeMap<String, Instant>,
     /// Engines started outside the daemon (handoff scenarios), by pool; killed with the world.
     pub external: crate::steps::handoff::ExternalEngines,
+    /// The scenario's client of the live event stream (`GET /v2/events`).
+    pub stream: crate::steps::events::StreamClient,
 }
 
 impl PoolWorld {
@@ -102,6 +104,7 @@ impl PoolWorld {
             noted_engines: BTreeMap::new(),
             exits_seen: BTreeMap::new(),
             external: Default::default(),
+            stream: Default::default(),
         }
     }
 

@@ -16,18 +16,24 @@
 //! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
 //! - `reload`: model files, engines that load them, reloads.
 //! - `journal`: a real journal of the scripted core: reopen, replay, damage.
+//! - `metrics`: `GET /metrics` scraped and read series by series (counters, histograms,
+//!   gauges of pools), and the pool fields and levels of the event lines in a daemon's log.
 //! - `gpus`: the node's GPUs as a fixture the scenario describes (names, VRAM, MIG devices)
 //!   and rewrites while the daemon runs (engines on GPUs, free VRAM, Xids, GPUs gone), and what
 //!   placement did to an engine (`CUDA_VISIBLE_DEVICES`, `--tensor-split`).
+//! - `events`: a client of the live event stream (`GET /v2/events`: what it received, its
+//!   disconnects and resumptions) and the list of pools at an earlier seq (`?at_seq=N`).
 
 pub mod api;
 pub mod daemon;
+pub mod events;
 pub mod files;
 pub mod gpus;
 pub mod handoff;
 pub mod health;
 pub mod journal;
 pub mod leases;
+pub mod metrics;
 pub mod params;
 pub mod pools;
 pub mod preload;

@@ -1,0 +1,94 @@
+Feature: Metrics and logs
+  GET /metrics serves the series of SPEC section 11 in Prometheus' text format. Counters and
+  histograms are derived from the events the daemon appends (never from the start-up replay),
+  so they count since the daemon's process started; gauges are read from the registry at each
+  scrape, so they are right after a restart and gone with a removed pool. Every pool event is
+  logged once, with the pool's engine, version, mask, model, restarts, backoff and last error
+  where known, a crash as a warning and the breaker opening as an error.
+
+  Scenario: A preload counts a success and shows the pool ready with its slots
+    Given a running daemon
+    And pool "p1" is ready with an engine-sim started with "--parallel 3"
+    When the metrics are scraped
+    Then the metric "pool_preload_total" of pool "p1" with outcome "success" is 1
+    And the metric "pool_preload_duration_seconds_count" of pool "p1" is 1
+    And the metric "pool_ready" of pool "p1" is 1
+    And the metric "pool_slots_total" of pool "p1" is 3
+    And the metric "pool_slots_free" of pool "p1" is 3
+    And the metric "pool_active_leases" of pool "p1" is 0
+    And the metric "circuit_breaker_state" of pool "p1" is 0
+    And the metric "journal_last_seq" is the daemon's journal seq
+
+  Scenario: A lease moves the slot gauges
+    Given a running daemon
+    And pool "p1" is ready with an engine-sim started with "--parallel 2"
+    And the orchestrator took lease "a" on pool "p1"
+    When the metrics are scraped
+    Then the metric "pool_active_leases" of pool "p1" is 1
+    And the metric "pool_slots_free" of pool "p1" is 1
+
+  Scenario: A crash counts its reason and the backoff chosen
+    Given a running daemon configured with:
+      | backoff.initial_ms | 600000 |
+      | backoff.max_ms     | 600000 |
+      | backoff.jitter     | 0      |
+    And pool "p1" is ready with an engine-sim started with "--crash-after-ms 1000 --exit-code 3"
+    Then pool "p1" reaches phase "backoff"
+    When the metrics are scraped
+    Then the metric "engine_crash_total" of pool "p1" with reason "crash" is 1
+    And the metric "restart_backoff_seconds_sum" of pool "p1" is 600
+    And the metric "pool_ready" of pool "p1" is 0
+    And the metric "pool_slots_free" of pool "p1" is 0
+    And the metrics have no "engine_restart_total" of pool "p1"
+
+  Scenario: A drain counts its outcome and duration
+    Given a running daemon
+    And pool "p1" is ready with an engine-sim started with "--parallel 2"
+    When the orchestrator drains pool "p1" with a deadline of 5000 ms
+    Then pool "p1" reaches phase "stopped"
+    When the metrics are scraped
+    Then the metric "pool_drain_total" of pool "p1" with outcome "graceful" is 1
+    And the metric "pool_drain_duration_seconds_count" of pool "p1" is 1
+    And the metric "pool_ready" of pool "p1" is 0
+
+  Scenario: The breaker opening shows in its state and its counter
+    Given a running daemon on a manual clock, configured with:
+      | breaker.failure_threshold | 1     |
+      | breaker.open_ms           | 60000 |
+    And pool "p1" is crash-looping with an engine-sim started with "--crash-after-ms 0 --exit-code 3"
+    Then pool "p1" reaches phase "circuit_open"
+    When the metrics are scraped
+    Then the metric "circuit_breaker_state" of pool "p1" is 1
+    And the metric "circuit_breaker_open_total" of pool "p1" is 1
+    And the metric "pool_preload_total" of pool "p1" with outcome "failure" is 1
+    And the metric "engine_crash_total" of pool "p1" with reason "crash" is 1
+
+  Scenario: A restart of the daemon does not count the replayed events again but restores the gauges
+    Given a running daemon
+    And pool "p1" is ready with an engine-sim started with "--parallel 2"
+    When the daemon is restarted over the same journal
+    And the metrics are scraped
+    Then the metrics have no "pool_preload_total" of pool "p1"
+    And the metric "pool_slots_total" of pool "p1" is 2
+    And the metric "pool_ready" of pool "p1" is 1
+    And the metric "journal_last_seq" is the daemon's journal seq
+
+  Scenario: A removed pool's gauges are gone
+    Given a running daemon
+    And pool "p1" is ready with an engine-sim started with "--parallel 2"
+    When pool "p1" is removed
+    And the metrics are scraped
+    Then the metrics have no gauge of pool "p1"
+    And the metric "pool_preload_total" of pool "p1" with outcome "success" is 1
+
+  Scenario: Pool events are logged with the pool's fields at the level of the event
+    Given a running daemon in its own process, configured with:
+      | backoff.initial_ms        | 100 |
+      | backoff.jitter            | 0   |
+      | breaker.failure_threshold | 2   |
+    And pool "p1" is ready with an engine-sim started with "--crash-after-ms 1000 --exit-code 3"
+    Then pool "p1" reaches phase "circuit_open"
+    And the daemon's log has an INFO line for the "PoolReady" of pool "p1" with the fields "engine, engine_version, model_id, restart_count"
+    And the daemon's log has a WARN line for the "EngineExited" of pool "p1" with the fields "engine, engine_version, model_id, restart_count, last_error, reason"
+    And the daemon's log has an INFO line for the "RestartScheduled" of pool "p1" with the fields "backoff_ms, restart_count"
+    And the daemon's log has an ERROR line for the "CircuitOpened" of pool "p1" with the fields "engine, model_id, restart_count, last_error"

@@ -1,0 +1,402 @@
+//! `pool-managerd status`: a client of a running daemon. Prints its pools as a table (`GET
+//! /v2/pools`), or the raw list with `--json`; `--watch` then follows the live event stream
+//! (`GET /v2/events`): one line per event, and the table again once the events settle.
+//!
+//! Owns: the command's arguments, the HTTP calls, the printout and its error messages (an
+//! unreachable daemon names the address and how to start one; a 401 names
+//! `LLORCH_API_TOKEN`).
+//! Never: opens a journal or changes anything: it only reads what the daemon serves.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use pool_core::{Event, PoolStatus};
+use pool_journal::Envelope;
+use serde_json::Value;
+
+use crate::table::{registry_table, timeline_line};
+
+/// The longest line printed per event with `--watch` (longer ones are cut).
+pub const WATCH_LINE_CHARS_MAX: usize = 200;
+/// With `--watch`, the table is printed again once no event came for this long after a
+/// change...
+const WATCH_SETTLE_MS: u64 = 1_000;
+/// ... and at most this often.
+const WATCH_TABLE_EVERY_MS: u64 = 5_000;
+/// How long a request may take before the daemon counts as unreachable.
+const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// `status` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The daemon's address (`host:port`, or an `http://` URL).
+    #[arg(
+        long,
+        env = "POOL_MANAGERD_ADDR",
+        default_value = "127.0.0.1:9200",
+        value_name = "ADDR"
+    )]
+    pub addr: String,
+    /// Print the pools as JSON (`GET /v2/pools`, unchanged) instead of a table.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Then follow the daemon's events: one line each, and the table again once they settle
+    /// (at most every 5 s). Reconnects, with no gap, when the stream ends; Ctrl-C to stop.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after this many events.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub max_events: Option<u64>,
+}
+
+/// Runs `status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(status(args))
+}
+
+/// A client of one daemon.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    addr: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(addr: &str) -> anyhow::Result<Client> {
+        let addr = addr.trim().trim_end_matches('/').to_string();
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client {
+            http,
+            base,
+            addr,
+            token: std::env::var("LLORCH_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        })
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.get(format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends `request`; an unreachable daemon or an answer other than 2xx is an error that
+    /// says what to do.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body: Value = response
+            .bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let said = body["error"].as_str().unwrap_or("").to_string();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let remedy = if self.token.is_some() {
+                "the token in LLORCH_API_TOKEN is not the daemon's; set it to the daemon's token"
+            } else {
+                "the daemon requires a token: set LLORCH_API_TOKEN to it"
+            };
+            bail!(
+                "pool-managerd at {} refused the request (401 UNAUTHORIZED): {remedy}",
+                self.addr
+            );
+        }
+        bail!(
+            "pool-managerd at {} answered {status}{}{}",
+            self.addr,
+            body["code"]
+                .as_str()
+                .map(|code| format!(" {code}"))
+                .unwrap_or_default(),
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(": {said}")
+            }
+        )
+    }
+
+    fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
+        let why = std::error::Error::source(error)
+            .map(|source| {
+                // The innermost cause ("Connection refused (os error 111)").
+                let mut cause: &dyn std::error::Error = source;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                cause.to_string()
+            })
+            .unwrap_or_else(|| error.to_string());
+        anyhow::anyhow!(
+            "cannot reach pool-managerd at {} ({why}): is it running? Start it with \
+             `pool-managerd serve` (`serve --dev` on a machine without a GPU), or pass --addr \
+             (or set POOL_MANAGERD_ADDR) to where it listens",
+            self.addr
+        )
+    }
+
+    async fn pools(&self) -> anyhow::Result<(Vec<PoolStatus>, Value)> {
+        let request = self
+            .get("/v2/pools")
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        let body = self
+            .send(request)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let raw: Value = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "pool-managerd at {} sent a list that is not JSON",
+                self.addr
+            )
+        })?;
+        let statuses: Vec<PoolStatus> = serde_json::from_value(raw.clone()).with_context(|| {
+            format!(
+                "pool-managerd at {} sent pools this client does not understand (another \
+                 version?); --json prints them as they are",
+                self.addr
+            )
+        })?;
+        Ok((statuses, raw))
+    }
+
+    async fn journal_seq(&self) -> anyhow::Result<u64> {
+        let request = self
+            .get("/health")
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        let body = self
+            .send(request)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let health: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Ok(health["journal_seq"].as_u64().unwrap_or(0))
+    }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.addr)?;
+    if !args.watch {
+        let (statuses, raw) = client.pools().await?;
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&raw)?)?;
+        } else {
+            write!(out, "{}", registry_table(&statuses))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    watch(&client, args.max_events).await
+}
+
+/// The table, then the events as they come, until `max_events` (or forever).
+async fn watch(client: &Client, max_events: Option<u64>) -> anyhow::Result<ExitCode> {
+    // The seq first, then the table: an event between the two is printed (again), never lost.
+    let mut last_id = client.journal_seq().await?;
+    print_table(client, last_id).await?;
+    let mut seen = 0u64;
+    let mut dirty = false;
+    let mut last_event = Instant::now();
+    let mut last_table = Instant::now();
+    loop {
+        let request = client
+            .get("/v2/events")
+            .header("accept", "text/event-stream")
+            .header("last-event-id", last_id.to_string());
+        let mut response = match client.send(request).await {
+            Ok(response) => response,
+            Err(e) if seen > 0 || last_id > 0 => {
+                // The daemon went away after we saw it: wait for it to come back.
+                eprintln!("{e:#}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut buffer = String::new();
+        let ended = loop {
+            let chunk =
+                tokio::time::timeout(Duration::from_millis(WATCH_SETTLE_MS), response.chunk())
+                    .await;
+            let chunk = match chunk {
+                Err(_) => {
+                    // Quiet: show the table again if something changed.
+                    let settled = last_event.elapsed() >= Duration::from_millis(WATCH_SETTLE_MS);
+                    let due = last_table.elapsed() >= Duration::from_millis(WATCH_TABLE_EVERY_MS);
+                    if dirty && settled && due {
+                        print_table(client, last_id).await?;
+                        dirty = false;
+                        last_table = Instant::now();
+                    }
+                    continue;
+                }
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break "the stream ended".to_string(),
+                Ok(Err(e)) => break format!("the stream broke: {e}"),
+            };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                let Some(message) = SseMessage::parse(&frame) else {
+                    continue;
+                };
+                match message.event.as_str() {
+                    "dropped" | "shutdown" | "error" => {
+                        let data: Value = serde_json::from_str(&message.data).unwrap_or_default();
+                        eprintln!(
+                            "[{}] {}",
+                            message.event,
+                            data["reason"].as_str().unwrap_or(&message.data)
+                        );
+                    }
+                    _ => {
+                        if let Some(id) = message.id {
+                            last_id = id;
+                        }
+                        println!("{}", event_line(&message.data));
+                        seen += 1;
+                        dirty = true;
+                        last_event = Instant::now();
+                        if max_events.is_some_and(|max| seen >= max) {
+                            if dirty {
+                                print_table(client, last_id).await?;
+                            }
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    }
+                }
+            }
+        };
+        eprintln!(
+            "{ended}; reconnecting to {} after event {last_id}",
+            client.addr
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn print_table(client: &Client, seq: u64) -> anyhow::Result<()> {
+    let (statuses, _) = client.pools().await?;
+    println!("pools at {} (journal seq {seq}):", client.addr);
+    print!("{}", registry_table(&statuses));
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// One event of the stream as a timeline line (as `journal show` prints it), cut to
+/// [`WATCH_LINE_CHARS_MAX`].
+fn event_line(data: &str) -> String {
+    let line = serde_json::from_str::<Value>(data)
+        .ok()
+        .and_then(|value| {
+            let event: Event = pool_journal::event_from_json(value["event"].clone()).ok()?;
+            Some(timeline_line(&Envelope {
+                seq: value["seq"].as_u64()?,
+                ts_ms: value["ts_ms"].as_u64().unwrap_or(0),
+                pool_id: value["pool_id"].as_str().map(str::to_string),
+                cause: value["cause"].as_u64(),
+                event,
+            }))
+        })
+        // An event this client does not know (a newer daemon): as it came.
+        .unwrap_or_else(|| data.to_string());
+    if line.chars().count() > WATCH_LINE_CHARS_MAX {
+        let cut: String = line.chars().take(WATCH_LINE_CHARS_MAX - 1).collect();
+        format!("{cut}…")
+    } else {
+        line
+    }
+}
+
+/// One Server-Sent Events message.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct SseMessage {
+    pub(crate) id: Option<u64>,
+    pub(crate) event: String,
+    pub(crate) data: String,
+}
+
+impl SseMessage {
+    /// Parses one frame (the lines before a blank line); `None` for a comment-only frame.
+    pub(crate) fn parse(frame: &str) -> Option<SseMessage> {
+        let mut message = SseMessage {
+            event: "message".to_string(),
+            ..SseMessage::default()
+        };
+        let mut any = false;
+        for line in frame.lines() {
+            if line.starts_with(':') || line.is_empty() {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            any = true;
+            match field {
+                "id" => message.id = value.parse().ok(),
+                "event" => message.event = value.to_string(),
+                "data" => {
+                    if !message.data.is_empty() {
+                        message.data.push('\n');
+                    }
+                    message.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        any.then_some(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_frames_parse() {
+        assert_eq!(SseMessage::parse(": keep-alive\n\n"), None);
+        let message = SseMessage::parse("id: 7\nevent: PoolReady\ndata: {\"seq\":7}\n\n");
+        assert_eq!(
+            message,
+            Some(SseMessage {
+                id: Some(7),
+                event: "PoolReady".to_string(),
+                data: "{\"seq\":7}".to_string(),
+            })
+        );
+    }
+
+    #[test]
+    fn long_event_lines_are_cut() {
+        let data = serde_json::json!({
+            "seq": 3, "ts_ms": 0, "pool_id": "p", "cause": null,
+            "event": {"kind": "PreloadRejected", "code": "X", "reason": "y".repeat(500)},
+        });
+        let line = event_line(&data.to_string());
+        assert!(line.chars().count() <= WATCH_LINE_CHARS_MAX, "{line}");
+    }
+}

@@ -1,0 +1,917 @@
+//! Prometheus metrics (SPEC section 11): the mapping from journaled events to series, the
+//! per-daemon recorder, and `GET /metrics`.
+//!
+//! Owns: the series' names, labels, help texts and histogram buckets; [`updates`], the pure
+//! map from one applied event (with the pool as it was before and after it) to counter
+//! increments and histogram observations; [`render_gauges`], the pure map from a registry to
+//! its gauges; [`NodeMetrics`], the recorder one node records through; the scrape handler.
+//! Never: reads a clock for a duration of the core (durations come from the events' recorded
+//! `ts_ms` and `duration_ms`; only the journal's own append and replay times are measured by
+//! the shell), records anything during the start-up replay, decides anything, or installs a
+//! global recorder.
+//!
+//! **Counters and histograms** are recorded by the node actor for the events it appends,
+//! after the append is durable (the updates are computed while the batch is decided, against
+//! the scratch state each fact is applied to, and dropped if the append fails). The start-up
+//! replay folds the journal without the actor, so it records nothing: counters count what
+//! happened since this process started and restart from zero with it (Prometheus' `rate()`
+//! and `increase()` treat that as a counter reset).
+//!
+//! **Gauges** are never recorded: they are a function of the published registry (plus the
+//! GPU monitor's last reading), computed at each scrape by [`render_gauges`]. They are
+//! therefore right after every durable batch and right after a restart (the published
+//! registry is the replayed one), and a removed pool's or a vanished GPU's gauges are simply
+//! absent (no stale `pool_ready{pool_id="gone"} 1`).
+//!
+//! **One recorder per node, no global.** Each [`NodeMetrics`] owns a
+//! `metrics_exporter_prometheus::PrometheusRecorder` (built with `build_recorder`, so no HTTP
+//! listener and no global installation) and records through it explicitly with
+//! `Recorder::register_counter` / `register_histogram`. Nothing goes through the `metrics`
+//! crate's global or thread-local recorder, so several daemons in one process (the tests, the
+//! feature suite's concurrent scenarios) each see exactly their own series, whatever thread
+//! or task records or scrapes.
+//!
+//! `pool_slots_total` is a gauge by meaning, but a gauge whose name ends in `_total` is a
+//! `promtool check metrics` finding; SPEC names the series and requires a clean check, so it
+//! is exposed as `untyped` (which the linter accepts for any name).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State as AxumState;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use pool_core::state::StartKind;
+use pool_core::{Activity, BreakerState, DrainOutcome, Event, ExitReason, GpuInfo, Pool, State};
+
+use crate::api::ApiState;
+
+/// The content type of the Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Histogram observations between two upkeeps of the recorder (which moves buffered samples
+/// into the buckets; a scrape does it too), so that a node nobody scrapes stays bounded.
+const UPKEEP_EVERY: u64 = 1_024;
+
+/// Counters: name, help.
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        "pool_preload_total",
+        "Preloads that ended, by outcome (success, failure, rejected).",
+    ),
+    (
+        "pool_drain_total",
+        "Drains that completed, by outcome (graceful, force_stopped).",
+    ),
+    (
+        "pool_reload_total",
+        "Reloads that ended, by outcome (success, failure, rolled_back).",
+    ),
+    (
+        "engine_crash_total",
+        "Engine failures (crashes, failed starts, hangs, lost engines), by reason.",
+    ),
+    (
+        "engine_restart_total",
+        "Engine restarts after a failure (half-open trials included).",
+    ),
+    (
+        "circuit_breaker_open_total",
+        "Times the circuit breaker opened.",
+    ),
+    ("restart_storm_total", "Restart storms detected."),
+    (
+        "health_probe_failures_total",
+        "Failed health probes of ready engines.",
+    ),
+    ("driver_reset_total", "GPU driver resets observed, by GPU."),
+    (
+        "journal_events_total",
+        "Events appended to the journal by this process.",
+    ),
+];
+
+/// Histograms: name, help, buckets (seconds).
+const HISTOGRAMS: &[(&str, &str, &[f64])] = &[
+    (
+        "pool_preload_duration_seconds",
+        "Time from a preload's request to the pool being ready (successful preloads).",
+        LONG_BUCKETS,
+    ),
+    (
+        "pool_drain_duration_seconds",
+        "Time from a drain's request to its completion.",
+        LONG_BUCKETS,
+    ),
+    (
+        "pool_reload_duration_seconds",
+        "Time from a reload's request to the new engine being ready (successful reloads).",
+        LONG_BUCKETS,
+    ),
+    (
+        "restart_backoff_seconds",
+        "Backoff delays chosen before restarts (jitter included).",
+        &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+    ),
+    (
+        "journal_append_duration_seconds",
+        "Durable journal appends (one per batch of the node), including the fdatasync.",
+        &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ],
+    ),
+];
+
+const LONG_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// One metric update derived from an applied event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Add `by` to a counter.
+    Count {
+        /// The series' name.
+        name: &'static str,
+        /// Its labels.
+        labels: Vec<(&'static str, String)>,
+        /// The increment.
+        by: u64,
+    },
+    /// Observe `value` (seconds) in a histogram.
+    Observe {
+        /// The series' name.
+        name: &'static str,
+        /// Its labels.
+        labels: Vec<(&'static str, String)>,
+        /// The observation.
+        value: f64,
+    },
+}
+
+/// What [`updates`] needs of a pool as it was before an event: a few copied fields, so the
+/// actor never clones a pool to compute metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Before {
+    /// The start in flight: its kind and when it was requested.
+    pub starting: Option<(StartKind, u64)>,
+    /// When the reload in flight was requested.
+    pub reload_requested_at_ms: Option<u64>,
+    /// `Pool::crash_count`.
+    pub crash_count: u32,
+    /// `Pool::restart_count`.
+    pub restart_count: u32,
+}
+
+impl Before {
+    /// The fields of `pool` (a pool that does not exist yet is all zeros).
+    pub fn of(pool: Option<&Pool>) -> Before {
+        let Some(pool) = pool else {
+            return Before::default();
+        };
+        Before {
+            starting: match &pool.activity {
+                Activity::Starting {
+                    kind,
+                    requested_at_ms,
+                    ..
+                } => Some((*kind, *requested_at_ms)),
+                _ => None,
+            },
+            reload_requested_at_ms: pool.reload.as_ref().map(|r| r.requested_at_ms),
+            crash_count: pool.crash_count,
+            restart_count: pool.restart_count,
+        }
+    }
+}
+
+fn seconds_between(from_ms: u64, to_ms: u64) -> f64 {
+    to_ms.saturating_sub(from_ms) as f64 / 1000.0
+}
+
+/// The counter increments and histogram observations of one applied event: `pool_id` and
+/// `ts_ms` are its envelope's, `before` the pool as it was before it, `after` the pool as
+/// it left it (`None` for node events and a removed pool). Pure.
+pub fn updates(
+    pool_id: Option<&str>,
+    ts_ms: u64,
+    event: &Event,
+    before: Before,
+    after: Option<&Pool>,
+) -> Vec<Update> {
+    let mut out = Vec::new();
+    let Some(pool_id) = pool_id else {
+        if let Event::DriverResetObserved { gpu_uuid } = event {
+            out.push(Update::Count {
+                name: "driver_reset_total",
+                labels: vec![("gpu", gpu_uuid.clone())],
+                by: 1,
+            });
+        }
+        return out;
+    };
+    let pool = || vec![("pool_id", pool_id.to_string())];
+    let with = |key: &'static str, value: &str| {
+        vec![("pool_id", pool_id.to_string()), (key, value.to_string())]
+    };
+    let count = |out: &mut Vec<Update>, name, labels| {
+        out.push(Update::Count {
+            name,
+            labels,
+            by: 1,
+        })
+    };
+    let preload_start = before
+        .starting
+        .filter(|(kind, _)| *kind == StartKind::Preload)
+        .map(|(_, at)| at);
+    match event {
+        Event::PoolReady { .. } => {
+            if let Some(requested_at_ms) = preload_start {
+                count(&mut out, "pool_preload_total", with("outcome", "success"));
+                out.push(Update::Observe {
+                    name: "pool_preload_duration_seconds",
+                    labels: pool(),
+                    value: seconds_between(requested_at_ms, ts_ms),
+                });
+            }
+        }
+        Event::PreloadFailed { .. } if preload_start.is_some() => {
+            count(&mut out, "pool_preload_total", with("outcome", "failure"));
+        }
+        Event::PreloadRejected { .. } => {
+            count(&mut out, "pool_preload_total", with("outcome", "rejected"));
+        }
+        Event::DrainCompleted {
+            outcome,
+            duration_ms,
+            ..
+        } => {
+            let outcome = match outcome {
+                DrainOutcome::Graceful => "graceful",
+                DrainOutcome::ForceStopped => "force_stopped",
+            };
+            count(&mut out, "pool_drain_total", with("outcome", outcome));
+            out.push(Update::Observe {
+                name: "pool_drain_duration_seconds",
+                labels: pool(),
+                value: *duration_ms as f64 / 1000.0,
+            });
+        }
+        Event::ReloadSucceeded { duration_ms, .. } => {
+            count(&mut out, "pool_reload_total", with("outcome", "success"));
+            out.push(Update::Observe {
+                name: "pool_reload_duration_seconds",
+                labels: pool(),
+                value: *duration_ms as f64 / 1000.0,
+            });
+        }
+        Event::ReloadFailed {
+            rolling_back: false,
+            ..
+        } if before.reload_requested_at_ms.is_some() => {
+            count(&mut out, "pool_reload_total", with("outcome", "failure"));
+        }
+        Event::ReloadRolledBack { .. } => {
+            count(
+                &mut out,
+                "pool_reload_total",
+                with("outcome", "rolled_back"),
+            );
+        }
+        Event::RestartScheduled { delay_ms, .. } => out.push(Update::Observe {
+            name: "restart_backoff_seconds",
+            labels: pool(),
+            value: *delay_ms as f64 / 1000.0,
+        }),
+        Event::CircuitOpened { .. } => count(&mut out, "circuit_breaker_open_total", pool()),
+        Event::RestartStormDetected { .. } => count(&mut out, "restart_storm_total", pool()),
+        Event::HealthCheckFailed { .. } => count(&mut out, "health_probe_failures_total", pool()),
+        _ => {}
+    }
+    if let Some(after) = after {
+        // Failures and restarts as the registry counts them (`crash_count`,
+        // `restart_count`): whatever event recorded them.
+        if after.crash_count > before.crash_count {
+            let reason = after
+                .supervision
+                .last_failure_reason
+                .unwrap_or(ExitReason::Unknown);
+            out.push(Update::Count {
+                name: "engine_crash_total",
+                labels: with("reason", reason.as_str()),
+                by: u64::from(after.crash_count - before.crash_count),
+            });
+        }
+        if after.restart_count > before.restart_count {
+            out.push(Update::Count {
+                name: "engine_restart_total",
+                labels: pool(),
+                by: u64::from(after.restart_count - before.restart_count),
+            });
+        }
+    }
+    out
+}
+
+/// The metrics of one node: its own recorder (see the module doc) and the start-up replay's
+/// duration.
+pub struct NodeMetrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    replay_seconds: AtomicU64,
+    observations: AtomicU64,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        NodeMetrics::new()
+    }
+}
+
+impl NodeMetrics {
+    /// A recorder with the series described and the histograms' buckets set.
+    pub fn new() -> NodeMetrics {
+        let mut builder = PrometheusBuilder::new();
+        for (name, _, buckets) in HISTOGRAMS {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full((*name).to_string()), buckets)
+                .expect("the buckets are not empty");
+        }
+        let recorder = builder.build_recorder();
+        for (name, help) in COUNTERS {
+            recorder.describe_counter((*name).into(), None, SharedString::const_str(help));
+        }
+        for (name, help, _) in HISTOGRAMS {
+            recorder.describe_histogram(
+                (*name).into(),
+                Some(Unit::Seconds),
+                SharedString::const_str(help),
+            );
+        }
+        let handle = recorder.handle();
+        NodeMetrics {
+            recorder,
+            handle,
+            replay_seconds: AtomicU64::new(0f64.to_bits()),
+            observations: AtomicU64::new(0),
+        }
+    }
+
+    fn metadata() -> Metadata<'static> {
+        Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
+    }
+
+    fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect();
+        Key::from_parts(name, labels)
+    }
+
+    /// Records `updates` (of events now durable).
+    pub fn record(&self, updates: &[Update]) {
+        for update in updates {
+            match update {
+                Update::Count { name, labels, by } => self
+                    .recorder
+                    .register_counter(&Self::key(name, labels), &Self::metadata())
+                    .increment(*by),
+                Update::Observe {
+                    name,
+                    labels,
+                    value,
+                } => self.observe(Self::key(name, labels), *value),
+            }
+        }
+    }
+
+    fn observe(&self, key: Key, value: f64) {
+        self.recorder
+            .register_histogram(&key, &Self::metadata())
+            .record(value);
+        if self.observations.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+            self.handle.run_upkeep();
+        }
+    }
+
+    /// One durable append of `events` events that took `seconds`.
+    pub fn appended(&self, events: usize, seconds: f64) {
+        self.recorder
+            .register_counter(
+                &Key::from_static_name("journal_events_total"),
+                &Self::metadata(),
+            )
+            .increment(events as u64);
+        self.observe(
+            Key::from_static_name("journal_append_duration_seconds"),
+            seconds,
+        );
+    }
+
+    /// The start-up replay took `seconds`.
+    pub fn set_replay_seconds(&self, seconds: f64) {
+        self.replay_seconds
+            .store(seconds.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The whole exposition: counters and histograms from the recorder, gauges from `state`
+    /// and `gpus` (the GPU monitor's last reading, else the registry's inventory).
+    pub fn render(&self, state: &State, gpus: Option<&[GpuInfo]>) -> String {
+        let mut out = self.handle.render();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&render_gauges(
+            state,
+            gpus.unwrap_or(&state.node.gpus),
+            f64::from_bits(self.replay_seconds.load(Ordering::Relaxed)),
+        ));
+        out
+    }
+}
+
+/// Escapes a label value for the text format.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One family of gauges: name, type, help, samples (label text, value).
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: "gauge",
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for (labels, value) in &self.samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{} {}", self.name, value);
+            } else {
+                let _ = writeln!(out, "{}{{{}}} {}", self.name, labels, value);
+            }
+        }
+    }
+}
+
+fn breaker_value(state: BreakerState) -> f64 {
+    match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::Open => 1.0,
+        BreakerState::HalfOpen => 2.0,
+    }
+}
+
+/// The gauges of `state` (every pool it holds, no other), of `gpus`, and the start-up
+/// replay's duration, in the text format. Pure.
+pub fn render_gauges(state: &State, gpus: &[GpuInfo], replay_seconds: f64) -> String {
+    let mut ready = Family::new("pool_ready", "Whether the pool serves (1) or not (0).");
+    let mut slots_total = Family::new(
+        "pool_slots_total",
+        "Slots of the pool's engine (a gauge; untyped because of its SPEC name).",
+    );
+    slots_total.kind = "untyped";
+    let mut slots_free = Family::new(
+        "pool_slots_free",
+        "Free slots (0 while the pool is not ready).",
+    );
+    let mut leases = Family::new("pool_active_leases", "Leases held.");
+    let mut breaker = Family::new(
+        "circuit_breaker_state",
+        "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+    );
+    let mut vram = Family::new(
+        "pool_vram_used_bytes",
+        "VRAM used by the pool's engine over all GPUs, as last observed.",
+    );
+    for (id, pool) in &state.pools {
+        let labels = format!("pool_id=\"{}\"", escape(id.as_str()));
+        ready
+            .samples
+            .push((labels.clone(), if pool.ready { 1.0 } else { 0.0 }));
+        slots_total
+            .samples
+            .push((labels.clone(), f64::from(pool.slots_total)));
+        slots_free
+            .samples
+            .push((labels.clone(), f64::from(pool.slots_free())));
+        leases
+            .samples
+            .push((labels.clone(), f64::from(pool.active_leases())));
+        breaker.samples.push((
+            labels.clone(),
+            breaker_value(pool.supervision.breaker.state),
+        ));
+        if let Some(bytes) = pool.vram_used_bytes {
+            vram.samples.push((labels, bytes as f64));
+        }
+    }
+    let mut vram_total = Family::new("gpu_vram_total_bytes", "Total VRAM of a GPU.");
+    let mut vram_free = Family::new(
+        "gpu_vram_free_bytes",
+        "Free VRAM of a GPU at the last reading.",
+    );
+    let mut by_index: BTreeMap<(u32, &str), &GpuInfo> = BTreeMap::new();
+    for gpu in gpus {
+        by_index.insert((gpu.index, gpu.uuid.as_str()), gpu);
+    }
+    for gpu in by_index.values() {
+        let labels = format!("gpu=\"{}\",index=\"{}\"", escape(&gpu.uuid), gpu.index);
+        vram_total
+            .samples
+            .push((labels.clone(), gpu.vram_total_bytes as f64));
+        vram_free.samples.push((labels, gpu.vram_free_bytes as f64));
+    }
+    let mut last_seq = Family::new(
+        "journal_last_seq",
+        "Seq of the last event in the journal (as published).",
+    );
+    last_seq
+        .samples
+        .push((String::new(), state.last_seq() as f64));
+    let mut replay = Family::new(
+        "journal_replay_duration_seconds",
+        "How long this process's start-up replay of the journal took.",
+    );
+    replay.samples.push((String::new(), replay_seconds));
+    let mut out = String::new();
+    for family in [
+        ready,
+        slots_total,
+        slots_free,
+        leases,
+        breaker,
+        vram,
+        vram_total,
+        vram_free,
+        last_seq,
+        replay,
+    ] {
+        if !family.samples.is_empty() {
+            family.write(&mut out);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `GET /metrics`: the Prometheus text exposition of this daemon (behind the bearer token
+/// when one is set, like every route but `/health`).
+pub async fn scrape(AxumState(state): AxumState<ApiState>) -> Response {
+    let node = state.node();
+    let published = node.registry().load();
+    let gpus: Option<Vec<GpuInfo>> = state
+        .gpus()
+        .map(|monitor| monitor.load().gpus.iter().map(|g| g.info.clone()).collect());
+    let body = node.metrics().render(&published.state, gpus.as_deref());
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+}
+
+/// Shared by the actor (records) and the handle (renders).
+pub type SharedMetrics = Arc<NodeMetrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_core::{evolve, PreparedEngine, Stamp};
+
+    fn engine(pool: &str) -> PreparedEngine {
+        serde_json::from_value(serde_json::json!({
+            "binary_path": "/bin/engine-sim",
+            "flags": [],
+            "host": "127.0.0.1",
+            "port": 9000,
+            "model_path": "/models/m.gguf",
+            "engine_version": "sim-1",
+            "pool_id": pool,
+            "replica_id": "r0",
+        }))
+        .expect("a prepared engine")
+    }
+
+    /// Folds `events` for pool `p1` at the given times, returning every event's updates.
+    fn run(events: Vec<(u64, Event)>) -> (State, Vec<Update>) {
+        let mut state = State::default();
+        let mut all = Vec::new();
+        for (ts_ms, event) in events {
+            let seq = state.last_seq() + 1;
+            let stamp = Stamp {
+                seq,
+                ts_ms,
+                pool_id: Some("p1"),
+            };
+            let before = Before::of(state.pool("p1"));
+            state = evolve(state, stamp, &event);
+            all.extend(updates(Some("p1"), ts_ms, &event, before, state.pool("p1")));
+        }
+        (state, all)
+    }
+
+    fn preload_events() -> Vec<(u64, Event)> {
+        vec![
+            (
+                1_000,
+                Event::PreloadRequested {
+                    engine: Box::new(engine("p1")),
+                },
+            ),
+            (
+                1_100,
+                Event::EngineSpawned {
+                    pid: 42,
+                    start_time: 1,
+                    log_path: "l".into(),
+                    pid_path: "p".into(),
+                    attempt: 0,
+                    health_deadline_at_ms: 100_000,
+                },
+            ),
+            (
+                3_000,
+                Event::HealthCheckPassed {
+                    after_ms: 1_900,
+                    engine_version: "sim-1".into(),
+                    slots_total: 4,
+                },
+            ),
+            (
+                3_500,
+                Event::PoolReady {
+                    handoff_path: "h".into(),
+                    backoff_reset_at_ms: 400_000,
+                    breaker_close_at_ms: None,
+                },
+            ),
+        ]
+    }
+
+    fn labels(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_preload_counts_a_success_and_its_duration_from_the_recorded_times() {
+        let (state, updates) = run(preload_events());
+        assert_eq!(
+            updates,
+            vec![
+                Update::Count {
+                    name: "pool_preload_total",
+                    labels: labels(&[("pool_id", "p1"), ("outcome", "success")]),
+                    by: 1,
+                },
+                Update::Observe {
+                    name: "pool_preload_duration_seconds",
+                    labels: labels(&[("pool_id", "p1")]),
+                    value: 2.5,
+                },
+            ]
+        );
+        let text = render_gauges(&state, &[], 0.25);
+        assert!(text.contains("pool_ready{pool_id=\"p1\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pool_slots_total{pool_id=\"p1\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE pool_slots_total untyped\n"), "{text}");
+        assert!(
+            text.contains("pool_slots_free{pool_id=\"p1\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("circuit_breaker_state{pool_id=\"p1\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("journal_last_seq 4\n"), "{text}");
+        assert!(
+            text.contains("journal_replay_duration_seconds 0.25\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_crash_counts_its_reason_then_the_restart_and_the_backoff() {
+        let mut events = preload_events();
+        events.push((
+            10_000,
+            Event::EngineExited {
+                pid: 42,
+                exit_code: Some(1),
+                signal: None,
+                reason: ExitReason::Crash,
+                detail: "boom".into(),
+            },
+        ));
+        events.push((
+            10_000,
+            Event::RestartScheduled {
+                attempt: 1,
+                delay_ms: 1_500,
+                not_before_ms: 11_500,
+                reason: ExitReason::Crash,
+            },
+        ));
+        events.push((
+            11_500,
+            Event::EngineStartRequested {
+                engine: Box::new(engine("p1")),
+                attempt: 1,
+                purpose: pool_core::StartPurpose::Restart,
+            },
+        ));
+        let (state, updates) = run(events);
+        let tail = &updates[2..];
+        assert_eq!(
+            tail,
+            &[
+                Update::Count {
+                    name: "engine_crash_total",
+                    labels: labels(&[("pool_id", "p1"), ("reason", "crash")]),
+                    by: 1,
+                },
+                Update::Observe {
+                    name: "restart_backoff_seconds",
+                    labels: labels(&[("pool_id", "p1")]),
+                    value: 1.5,
+                },
+                Update::Count {
+                    name: "engine_restart_total",
+                    labels: labels(&[("pool_id", "p1")]),
+                    by: 1,
+                },
+            ]
+        );
+        let text = render_gauges(&state, &[], 0.0);
+        assert!(text.contains("pool_ready{pool_id=\"p1\"} 0\n"), "{text}");
+        assert!(
+            text.contains("pool_slots_free{pool_id=\"p1\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_restart_is_not_a_preload_and_a_graceful_exit_is_not_a_crash() {
+        let mut events = preload_events();
+        events.push((
+            5_000,
+            Event::EngineExited {
+                pid: 42,
+                exit_code: Some(0),
+                signal: None,
+                reason: ExitReason::Graceful,
+                detail: String::new(),
+            },
+        ));
+        let (_, updates) = run(events);
+        assert_eq!(updates.len(), 2, "{updates:?}");
+    }
+
+    #[test]
+    fn drains_breakers_storms_probes_and_resets_count() {
+        let event_updates = |event: &Event| updates(Some("p1"), 0, event, Before::default(), None);
+        assert_eq!(
+            event_updates(&Event::DrainCompleted {
+                outcome: DrainOutcome::ForceStopped,
+                duration_ms: 2_000,
+                leases_at_stop: 1,
+            }),
+            vec![
+                Update::Count {
+                    name: "pool_drain_total",
+                    labels: labels(&[("pool_id", "p1"), ("outcome", "force_stopped")]),
+                    by: 1,
+                },
+                Update::Observe {
+                    name: "pool_drain_duration_seconds",
+                    labels: labels(&[("pool_id", "p1")]),
+                    value: 2.0,
+                },
+            ]
+        );
+        for (event, name) in [
+            (
+                Event::CircuitOpened {
+                    failures: 5,
+                    open_ms: 1,
+                    class: pool_core::FailureClass::Other,
+                    half_open_at_ms: 1,
+                },
+                "circuit_breaker_open_total",
+            ),
+            (
+                Event::HealthCheckFailed { consecutive: 1 },
+                "health_probe_failures_total",
+            ),
+        ] {
+            assert_eq!(
+                event_updates(&event),
+                vec![Update::Count {
+                    name,
+                    labels: labels(&[("pool_id", "p1")]),
+                    by: 1
+                }]
+            );
+        }
+        assert_eq!(
+            updates(
+                None,
+                0,
+                &Event::DriverResetObserved {
+                    gpu_uuid: "GPU-1".into()
+                },
+                Before::default(),
+                None
+            ),
+            vec![Update::Count {
+                name: "driver_reset_total",
+                labels: labels(&[("gpu", "GPU-1")]),
+                by: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn a_removed_pool_has_no_gauges() {
+        let mut events = preload_events();
+        events.push((6_000, Event::PoolRemoved));
+        let (state, _) = run(events);
+        let text = render_gauges(&state, &[], 0.0);
+        assert!(!text.contains("pool_id=\"p1\""), "{text}");
+        assert!(!text.contains("pool_ready"), "{text}");
+    }
+
+    #[test]
+    fn two_recorders_do_not_share_series_and_render_help_and_buckets() {
+        let a = NodeMetrics::new();
+        let b = NodeMetrics::new();
+        a.record(&[Update::Count {
+            name: "pool_preload_total",
+            labels: labels(&[("pool_id", "p\"1"), ("outcome", "success")]),
+            by: 2,
+        }]);
+        a.appended(3, 0.002);
+        let text = a.render(&State::default(), None);
+        assert!(text.contains("# HELP pool_preload_total "), "{text}");
+        assert!(text.contains("# TYPE pool_preload_total counter"), "{text}");
+        assert!(text.contains("journal_events_total 3"), "{text}");
+        assert!(
+            text.contains("journal_append_duration_seconds_bucket{le=\"0.0025\"} 1"),
+            "{text}"
+        );
+        let other = b.render(&State::default(), None);
+        assert!(!other.contains("pool_preload_total"), "{other}");
+        assert!(!other.contains("journal_events_total"), "{other}");
+    }
+
+    #[test]
+    fn gpu_labels_and_escaping() {
+        let gpu = GpuInfo {
+            index: 0,
+            uuid: "GPU-\"x\"".into(),
+            name: "n".into(),
+            compute_capability: "8.6".into(),
+            vram_total_bytes: 100,
+            vram_free_bytes: 40,
+        };
+        let text = render_gauges(&State::default(), &[gpu], 0.0);
+        assert!(
+            text.contains("gpu_vram_free_bytes{gpu=\"GPU-\\\"x\\\"\",index=\"0\"} 40\n"),
+            "{text}"
+        );
+    }
+}
