@@ -97,6 +97,18 @@ async fn daemon() -> Harness {
     h
 }
 
+/// Preloads pool `p1` with the server on `port` serving the tiny model; the 200 answer.
+async fn preload_ready(h: &Harness, llama: &Llama, port: u16) -> Value {
+    let (status, answer) = h
+        .post(
+            "/v2/pools/p1/preload",
+            json!({ "prepared": prepared(llama, "p1", port, &llama.model) }),
+        )
+        .await;
+    assert_eq!(status, 200, "preload: {answer}");
+    answer
+}
+
 fn last_of(events: &Value, kind: &str) -> Value {
     events
         .as_array()
@@ -233,13 +245,7 @@ async fn a_segfault_of_the_real_server_is_restarted_to_ready() {
     let Some(llama) = llama() else { return };
     let h = daemon().await;
     let port = free_port();
-    let (status, answer) = h
-        .post(
-            "/v2/pools/p1/preload",
-            json!({ "prepared": prepared(&llama, "p1", port, &llama.model) }),
-        )
-        .await;
-    assert_eq!(status, 200, "preload: {answer}");
+    let answer = preload_ready(&h, &llama, port).await;
     let pid = answer["pid"].as_u64().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
@@ -298,13 +304,7 @@ async fn a_reload_moves_the_real_server_to_a_second_model_file() {
     let second = h.dir.path().join("second-model.gguf");
     std::fs::copy(&llama.model, &second).unwrap();
     let port = free_port();
-    let (status, answer) = h
-        .post(
-            "/v2/pools/p1/preload",
-            json!({ "prepared": prepared(&llama, "p1", port, &llama.model) }),
-        )
-        .await;
-    assert_eq!(status, 200, "preload: {answer}");
+    let answer = preload_ready(&h, &llama, port).await;
     let old_pid = answer["pid"].as_u64().unwrap();
     let second_path = second.display().to_string();
     let (status, answer) = h
@@ -334,13 +334,7 @@ async fn a_reload_moves_the_real_server_to_a_second_model_file() {
 async fn a_drain_waits_for_the_lease_then_stops_the_real_server() {
     let Some(llama) = llama() else { return };
     let h = daemon().await;
-    let (status, answer) = h
-        .post(
-            "/v2/pools/p1/preload",
-            json!({ "prepared": prepared(&llama, "p1", free_port(), &llama.model) }),
-        )
-        .await;
-    assert_eq!(status, 200, "preload: {answer}");
+    preload_ready(&h, &llama, free_port()).await;
     let (_, lease) = h.post("/v2/pools/p1/leases", json!({})).await;
     let (status, _) = h
         .post("/v2/pools/p1/drain", json!({"deadline_ms": 60_000}))
