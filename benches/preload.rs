@@ -14,11 +14,14 @@
 //! (and under `CI=true` the run fails).
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use llama_server::Llama;
 use serde_json::{json, Value};
+
+#[path = "../tests/support/llama_server.rs"]
+mod llama_server;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
@@ -40,34 +43,11 @@ impl Drop for Daemon {
     }
 }
 
-fn llama() -> Option<(PathBuf, PathBuf)> {
-    let cache = std::env::var_os("HOME")
-        .map(|home| Path::new(&home).join(".cache/pool-managerd/llama"))
-        .unwrap_or_default();
-    let server = std::env::var_os("POOL_MANAGERD_LLAMA_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("bin/llama-server"));
-    let model = std::env::var_os("POOL_MANAGERD_LLAMA_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("models/tiny-llama.gguf"));
-    if server.is_file() && model.is_file() {
-        return Some((server, model));
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "llama-server or its model is missing: run scripts/get-llama-server.sh"
-    );
-    eprintln!(
-        "llama-server is missing: measuring engine-sim only (run scripts/get-llama-server.sh)"
-    );
-    None
-}
-
 /// The prepared engine of the `i`-th preload.
-fn prepared(engine: &str, llama: Option<&(PathBuf, PathBuf)>, port: u16) -> Value {
+fn prepared(engine: &str, llama: Option<&Llama>, port: u16) -> Value {
     let pool = "bench";
     match (engine, llama) {
-        ("llama-server", Some((server, model))) => json!({
+        ("llama-server", Some(Llama { server, model })) => json!({
             "binary_path": server.display().to_string(),
             "flags": ["-m", model.display().to_string(), "--host", "127.0.0.1",
                       "--port", port.to_string(), "--parallel", "2", "-c", "256", "-t", "1"],
@@ -88,7 +68,7 @@ async fn measure(
     http: &reqwest::Client,
     base: &str,
     engine: &str,
-    llama: Option<&(PathBuf, PathBuf)>,
+    llama: Option<&Llama>,
     rounds: usize,
 ) -> Vec<(f64, f64)> {
     let mut samples = Vec::with_capacity(rounds);
@@ -130,7 +110,7 @@ fn summary(values: &mut [f64]) -> String {
 fn main() {
     let measured = std::env::args().any(|arg| arg == "--bench");
     let rounds = if measured { 20 } else { 2 };
-    let llama = llama();
+    let llama = llama_server::find("measuring engine-sim only");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,12 +14,15 @@
 
 #[path = "support/daemon_harness.rs"]
 mod harness;
+#[path = "support/llama_server.rs"]
+mod llama_server;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{free_port, pid_alive, Harness};
+use llama_server::Llama;
 use serde_json::{json, Value};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
@@ -27,40 +30,8 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 /// second), listening. Generous for a loaded 2-core machine.
 const READY_WAIT: Duration = Duration::from_secs(60);
 
-/// The server and the model, or why the tests cannot run.
-struct Llama {
-    server: PathBuf,
-    model: PathBuf,
-}
-
 fn llama() -> Option<Llama> {
-    let cache = std::env::var_os("HOME")
-        .map(|home| Path::new(&home).join(".cache/pool-managerd/llama"))
-        .unwrap_or_default();
-    let server = std::env::var_os("POOL_MANAGERD_LLAMA_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("bin/llama-server"));
-    let model = std::env::var_os("POOL_MANAGERD_LLAMA_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("models/tiny-llama.gguf"));
-    let missing: Vec<String> = [&server, &model]
-        .into_iter()
-        .filter(|p| !p.is_file())
-        .map(|p| p.display().to_string())
-        .collect();
-    if missing.is_empty() {
-        return Some(Llama { server, model });
-    }
-    let why = format!(
-        "llama-server or its model is missing ({}); run scripts/get-llama-server.sh",
-        missing.join(", ")
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{why} (CI=true: the real-engine suite must run)"
-    );
-    eprintln!("skipped: {why}");
-    None
+    llama_server::find("skipped")
 }
 
 /// The prepared engine of a llama-server for `pool` on `port` serving `model`, with 2 slots
