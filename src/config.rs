@@ -69,6 +69,14 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9200";
 pub const DEFAULT_RUNTIME_DIR: &str = ".runtime";
 /// Default of `journal.snapshot_every`.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+/// Default of `journal.retain_bytes` (1 GiB).
+pub const DEFAULT_RETAIN_BYTES: u64 = pool_journal::config::DEFAULT_RETAIN_BYTES;
+/// Default of `journal.retain_ms` (30 days).
+pub const DEFAULT_RETAIN_MS: u64 = pool_journal::config::DEFAULT_RETAIN_MS;
+/// Default of `journal.segment_records`.
+pub const DEFAULT_SEGMENT_RECORDS: u64 = pool_journal::config::DEFAULT_SEGMENT_RECORDS as u64;
+/// Largest `journal.segment_records`.
+pub const SEGMENT_RECORDS_MAX: u64 = 1_000_000;
 /// Default of `gpu.poll_interval_ms`.
 pub const DEFAULT_GPU_POLL_INTERVAL_MS: u64 = 5_000;
 /// Largest `gpu.poll_interval_ms` (one hour).
@@ -140,6 +148,13 @@ window_ms = 60000
 
 [journal]
 snapshot_every = 10000              # events between snapshots; >= 1
+retain_bytes = 1073741824           # retention by size: the oldest sealed segments are dropped
+                                    # while they take more (never what the newest snapshot
+                                    # needs); 1 GiB
+retain_ms = 2592000000              # retention by age: segments older than this are dropped
+                                    # (same limits); 30 days
+segment_records = 16384             # records per sealed segment (the live store holds at most
+                                    # about this many); 1..=1000000
 
 [gpu]
 poll_interval_ms = 5000             # GPU observation interval (VRAM, processes, Xid events)
@@ -230,12 +245,21 @@ impl Default for GpuSettings {
 pub struct JournalSettings {
     /// Events between two snapshots of the registry (>= 1).
     pub snapshot_every: u64,
+    /// Retention by size of the sealed history (>= 1).
+    pub retain_bytes: u64,
+    /// Retention by age of the sealed history (>= 1).
+    pub retain_ms: u64,
+    /// Records per sealed segment (1..=SEGMENT_RECORDS_MAX).
+    pub segment_records: u64,
 }
 
 impl Default for JournalSettings {
     fn default() -> Self {
         JournalSettings {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            retain_bytes: DEFAULT_RETAIN_BYTES,
+            retain_ms: DEFAULT_RETAIN_MS,
+            segment_records: DEFAULT_SEGMENT_RECORDS,
         }
     }
 }
@@ -1089,6 +1113,21 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
     if file.journal.snapshot_every == 0 {
         return Err(invalid("journal.snapshot_every", "must be >= 1".into()));
     }
+    if file.journal.retain_bytes == 0 {
+        return Err(invalid("journal.retain_bytes", "must be >= 1".into()));
+    }
+    if file.journal.retain_ms == 0 {
+        return Err(invalid("journal.retain_ms", "must be >= 1".into()));
+    }
+    if file.journal.segment_records == 0 || file.journal.segment_records > SEGMENT_RECORDS_MAX {
+        return Err(invalid(
+            "journal.segment_records",
+            format!(
+                "{} is outside 1..={SEGMENT_RECORDS_MAX}",
+                file.journal.segment_records
+            ),
+        ));
+    }
     if file.runtime_dir.as_os_str().is_empty() {
         return Err(invalid("runtime_dir", "empty".into()));
     }
@@ -1139,6 +1178,9 @@ mod tests {
             "health.preload_interval_ms",
             "backoff.reason_multiplier.cuda_error",
             "journal.snapshot_every",
+            "journal.retain_bytes",
+            "journal.retain_ms",
+            "journal.segment_records",
             "stop_engines_on_shutdown",
             "gpu.poll_interval_ms",
             "gpu.placement_timeout_ms",

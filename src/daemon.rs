@@ -95,6 +95,7 @@ impl Daemon {
             runtime_dir: config.runtime_dir.clone(),
             policy: config.policy(),
             snapshot_every: config.journal.snapshot_every,
+            journal: config.journal.clone(),
             clock,
             gpu: gpu.clone(),
             version: VERSION.to_string(),

@@ -590,6 +590,62 @@ pub fn render_gauges(state: &State, gpus: &[GpuInfo], replay_seconds: f64) -> St
     out
 }
 
+/// The journal's own series, from its health and usage (read at each scrape). Pure.
+pub fn render_journal(
+    health: &pool_journal::JournalHealth,
+    usage: &pool_journal::Usage,
+    queued_observations: usize,
+) -> String {
+    let mut writable = Family::new(
+        "journal_writable",
+        "Whether the journal takes writes (1) or not (0: a full, read-only or failing disk; \
+         changes answer JOURNAL_UNAVAILABLE).",
+    );
+    writable
+        .samples
+        .push((String::new(), if health.writable { 1.0 } else { 0.0 }));
+    let mut errors = Family::new(
+        "journal_write_errors_total",
+        "Journal writes that failed since the daemon started, by kind (enospc, erofs, eio, other).",
+    );
+    errors.kind = "counter";
+    for kind in pool_journal::WriteErrorKind::ALL {
+        let count = health.write_errors.get(&kind).copied().unwrap_or(0);
+        errors
+            .samples
+            .push((format!("kind=\"{}\"", kind.as_str()), count as f64));
+    }
+    let mut segments = Family::new("journal_segments", "Sealed segment files of the journal.");
+    segments
+        .samples
+        .push((String::new(), usage.segments as f64));
+    let mut bytes = Family::new(
+        "journal_bytes",
+        "Bytes the journal keeps on disk: sealed segments, the live store and snapshots.",
+    );
+    bytes
+        .samples
+        .push((String::new(), usage.total_bytes() as f64));
+    let mut first = Family::new(
+        "journal_first_seq",
+        "The earliest seq the journal still holds (retention drops older ones).",
+    );
+    first.samples.push((String::new(), usage.first_seq as f64));
+    let mut queued = Family::new(
+        "journal_queued_observations",
+        "Observations kept in memory until the journal takes writes again.",
+    );
+    queued
+        .samples
+        .push((String::new(), queued_observations as f64));
+    let mut out = String::new();
+    for family in [writable, errors, segments, bytes, first, queued] {
+        family.write(&mut out);
+        out.push('\n');
+    }
+    out
+}
+
 /// `GET /metrics`: the Prometheus text exposition of this daemon (behind the bearer token
 /// when one is set, like every route but `/health`).
 pub async fn scrape(AxumState(state): AxumState<ApiState>) -> Response {
@@ -598,7 +654,13 @@ pub async fn scrape(AxumState(state): AxumState<ApiState>) -> Response {
     let gpus: Option<Vec<GpuInfo>> = state
         .gpus()
         .map(|monitor| monitor.load().gpus.iter().map(|g| g.info.clone()).collect());
-    let body = node.metrics().render(&published.state, gpus.as_deref());
+    let mut body = node.metrics().render(&published.state, gpus.as_deref());
+    let journal = node.journal_report();
+    body.push_str(&render_journal(
+        &journal.health,
+        &journal.usage,
+        published.journal.queued,
+    ));
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }
 

@@ -1,18 +1,23 @@
 //! Binds the core's [`Event`] to the journal: the format version stamped on records, the kind
-//! name used by `stats`, and the upcasters that turn records of older format versions into
-//! today's events.
+//! name used by `stats`, the upcasters that turn records of older format versions into
+//! today's events, and the loss marker (`JournalLossAccepted`) of `journal repair
+//! --accept-loss`.
 //!
 //! Owns: [`PoolSchema`] and the journal type aliases the rest of the crate uses.
 //! Never: decides anything about pools; it only says how events are stored.
 //!
 //! Format versions:
 //! - 1: the first.
-//! - 2 (current): appends the event `MigInventoryObserved` and the start failure
-//!   `CpuSpillover` (at the end of their enums). Every version-1 record is, byte for byte, a
-//!   valid version-2 record with the same meaning (bincode encodes a variant by its index, and
-//!   no existing variant or field changed), so version 1 upcasts by decoding as today's type.
-//!   The version still changed so that a build that knows only version 1 refuses a version-2
-//!   journal as "newer than this build" rather than calling its new records corrupt.
+//! - 2: appends the event `MigInventoryObserved` and the start failure `CpuSpillover` (at the
+//!   end of their enums). Every version-1 record is, byte for byte, a valid version-2 record
+//!   with the same meaning (bincode encodes a variant by its index, and no existing variant or
+//!   field changed), so version 1 upcasts by decoding as today's type. The version still
+//!   changed so that a build that knows only version 1 refuses a version-2 journal as "newer
+//!   than this build" rather than calling its new records corrupt.
+//! - 3 (current): appends the event `JournalLossAccepted`, the loss marker that `journal
+//!   repair --accept-loss` writes at the last seq of each lost range
+//!   ([`EventSchema::loss_accepted`], [`EventSchema::loss_range`]). Again only appended: records
+//!   of versions 1 and 2 decode as today's type.
 //!
 //! To change an event's shape, add a variant or field under a new `EVENT_FORMAT_VERSION`, keep
 //! the old shape as a frozen type here when it differs, and upcast from it in
@@ -37,12 +42,30 @@ impl EventSchema for PoolSchema {
 
     fn upcast(version: u8, payload: &[u8]) -> Result<Envelope<Event>, UpcastError> {
         match version {
-            // Version 2 only appended variants: a version-1 payload decodes as today's type.
-            1 => decode_payload::<Envelope<Event>>(version, payload),
+            // Versions 2 and 3 only appended variants: a version-1 or version-2 payload decodes
+            // as today's type.
+            1 | 2 => decode_payload::<Envelope<Event>>(version, payload),
             other => Err(UpcastError::new(
                 other,
                 "no upcaster for this format version",
             )),
+        }
+    }
+
+    fn loss_accepted(from_seq: u64, to_seq: u64, reason: &str) -> Option<Event> {
+        Some(Event::JournalLossAccepted {
+            from_seq,
+            to_seq,
+            reason: reason.to_string(),
+        })
+    }
+
+    fn loss_range(event: &Event) -> Option<(u64, u64)> {
+        match event {
+            Event::JournalLossAccepted {
+                from_seq, to_seq, ..
+            } => Some((*from_seq, *to_seq)),
+            _ => None,
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use pool_core::PoolStatus;
+use pool_core::{Event, PoolStatus};
 use serde_json::Value;
 
 use crate::schema::PoolEnvelope;
@@ -170,7 +170,8 @@ pub fn gpus_table(gpus: &[crate::gpu::Gpu]) -> String {
     out
 }
 
-/// One line of a timeline: `seq  time  pool  Kind  {fields}`.
+/// One line of a timeline: `seq  time  pool  Kind  {fields}`. A loss marker says in words
+/// what was lost: `JournalLossAccepted journal loss accepted: seqs 8..=10 lost (reason)`.
 pub fn timeline_line(envelope: &PoolEnvelope) -> String {
     let mut fields = pool_journal::event_to_json(&envelope.event).unwrap_or(Value::Null);
     let kind = fields
@@ -179,9 +180,17 @@ pub fn timeline_line(envelope: &PoolEnvelope) -> String {
         .and_then(|kind| kind.as_str().map(str::to_string))
         .unwrap_or_else(|| envelope.event.kind().to_string());
     compact(&mut fields);
-    let detail = match &fields {
-        Value::Object(object) if object.is_empty() => String::new(),
-        Value::Object(_) => fields.to_string(),
+    let detail = match (&envelope.event, &fields) {
+        (
+            Event::JournalLossAccepted {
+                from_seq,
+                to_seq,
+                reason,
+            },
+            _,
+        ) => loss_accepted_detail(*from_seq, *to_seq, reason),
+        (_, Value::Object(object)) if object.is_empty() => String::new(),
+        (_, Value::Object(_)) => fields.to_string(),
         _ => String::new(),
     };
     let cause = envelope
@@ -201,6 +210,30 @@ pub fn timeline_line(envelope: &PoolEnvelope) -> String {
         },
         cause
     )
+}
+
+/// The words of a loss marker: `journal loss accepted: seqs 8..=10 lost (reason)`, on one
+/// line (control characters in the operator's reason are escaped).
+fn loss_accepted_detail(from_seq: u64, to_seq: u64, reason: &str) -> String {
+    let seqs = if from_seq == to_seq {
+        format!("seq {to_seq}")
+    } else {
+        format!("seqs {from_seq}..={to_seq}")
+    };
+    let mut line = format!("journal loss accepted: {seqs} lost");
+    let reason = reason.trim();
+    if !reason.is_empty() {
+        line.push_str(" (");
+        for c in reason.chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
+        line.push(')');
+    }
+    line
 }
 
 /// Shortens event fields for a timeline: drops nulls and empty collections, and shows a

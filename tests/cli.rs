@@ -46,6 +46,12 @@ impl Run {
         self
     }
 
+    /// A failure that need not say `error:` (verify's exit 1 lists problems on stdout).
+    fn failed_quietly(self) -> Run {
+        assert_ne!(self.code, 0, "expected a failure, got {self:#?}");
+        self
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
@@ -161,9 +167,10 @@ fn import(file: &Path, dir: &Path) -> Run {
     ])
 }
 
-/// Runs `f` on the raw store of the (closed) journal at `dir`, then syncs.
+/// Runs `f` on the raw live store of the (closed) journal at `dir`, then syncs.
 fn with_store(dir: &Path, f: impl FnOnce(&SledStore)) {
-    let store = SledStore::open(dir, 8 * 1024 * 1024).expect("raw store open");
+    let store = SledStore::open(&pool_journal::live_store_dir(dir), 8 * 1024 * 1024)
+        .expect("raw store open");
     f(&store);
     store.sync().expect("sync");
 }
@@ -210,7 +217,7 @@ fn every_recorded_journal_imports_verifies_exports_and_replays() {
         assert!(
             verified
                 .stdout
-                .contains(&format!("{records} record(s), seq 1..={records}")),
+                .contains(&format!("{records} record(s) checked, seq 1..={records}")),
             "{name}: {verified:#?}"
         );
         assert!(verified.stdout.contains("ok: "), "{name}: {verified:#?}");
@@ -520,7 +527,7 @@ fn a_missing_journal_dir_is_an_error_that_names_it() {
         vec!["journal", "export", "--journal-dir", m],
         vec!["journal", "verify", "--journal-dir", m],
         vec!["journal", "stats", "--journal-dir", m],
-        vec!["journal", "repair", "--journal-dir", m, "--from-seq", "2"],
+        vec!["journal", "repair", "--journal-dir", m],
     ] {
         let failed = run(&args).failed();
         assert!(failed.stderr.contains(m), "{args:?}: {failed:#?}");
@@ -671,7 +678,7 @@ fn import_of_a_bad_file_names_the_line_and_imports_nothing() {
 }
 
 #[test]
-fn mid_journal_corruption_is_named_by_seq_and_repaired() {
+fn a_damaged_acknowledged_record_is_refused_and_repair_accept_loss_keeps_the_rest() {
     let (_tmp, dir) = journal_dir();
     let d = path_str(&dir);
     let file = recorded("drain-with-leases");
@@ -683,7 +690,7 @@ fn mid_journal_corruption_is_named_by_seq_and_repaired() {
         let last = value.len() - 1;
         value[last] ^= 0x40;
     });
-    let repair_command = format!("pool-managerd journal repair --journal-dir {d} --from-seq 2");
+    let accept = format!("pool-managerd journal repair --journal-dir {d} --accept-loss");
 
     for args in [
         vec!["replay", "--journal-dir", d],
@@ -693,132 +700,109 @@ fn mid_journal_corruption_is_named_by_seq_and_repaired() {
     ] {
         let failed = run(&args).failed();
         assert!(
-            failed.stderr.contains("corrupt at seq 2"),
+            failed.stderr.contains("is damaged"),
             "{args:?}: {failed:#?}"
         );
-        assert!(
-            failed.stderr.contains(&repair_command),
-            "{args:?}: {failed:#?}"
-        );
+        assert!(failed.stderr.contains("seq 2: "), "{args:?}: {failed:#?}");
+        assert!(failed.stderr.contains(&accept), "{args:?}: {failed:#?}");
     }
 
-    // The error advises exporting first: export writes what comes before the damage, then
-    // fails naming it.
+    // Export saves what can be read before the damage, then fails naming it.
     let exported = run(&["journal", "export", "--journal-dir", d]).failed();
-    let first_line = std::fs::read_to_string(&file)
-        .expect("read")
-        .lines()
-        .next()
-        .expect("a line")
-        .to_string();
+    let original = std::fs::read_to_string(&file).expect("read");
+    let first_line = original.lines().next().expect("a line").to_string();
     assert_eq!(exported.stdout, first_line + "\n", "{exported:#?}");
-    assert!(
-        exported.stderr.contains("damaged at seq 2"),
-        "{exported:#?}"
-    );
     assert!(
         exported.stderr.contains("corrupt at seq 2"),
         "{exported:#?}"
     );
-    assert!(exported.stderr.contains(&repair_command), "{exported:#?}");
 
     let verified = run(&["journal", "verify", "--journal-dir", d]);
     assert_eq!(verified.code, 1, "{verified:#?}");
     assert!(verified.stdout.contains("seq 2: "), "{verified:#?}");
-    assert!(verified.stdout.contains(&repair_command), "{verified:#?}");
-    assert_eq!(
-        verified
-            .stdout
-            .lines()
-            .filter(|line| line.starts_with("seq "))
-            .count(),
-        1,
-        "only seq 2 is damaged: {verified:#?}"
-    );
+    assert!(verified.stdout.contains(&accept), "{verified:#?}");
 
-    let repaired = run(&["journal", "repair", "--journal-dir", d, "--from-seq", "2"]).ok();
+    // Without --accept-loss, repair changes nothing and says what is lost.
+    let refused = run(&["journal", "repair", "--journal-dir", d]).failed();
+    assert!(refused.stderr.contains("seqs 2..=2"), "{refused:#?}");
+    assert!(refused.stderr.contains(&accept), "{refused:#?}");
+    run(&["journal", "verify", "--journal-dir", d]).failed_quietly();
+
+    let repaired = run(&["journal", "repair", "--journal-dir", d, "--accept-loss"]).ok();
     assert!(
-        repaired
-            .stdout
-            .contains(&format!("removed {} record(s)", records - 1)),
+        repaired.stdout.contains("lost: seqs 2..=2"),
         "{repaired:#?}"
     );
     assert!(
-        repaired.stdout.contains("now ends at seq 1"),
+        repaired.stdout.contains("the replaced files are in "),
         "{repaired:#?}"
-    );
-    let quarantine = repaired
-        .stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("the removed records are in "))
-        .expect("the repair names its quarantine file");
-    assert_eq!(
-        std::fs::read_to_string(quarantine)
-            .expect("read the quarantine file")
-            .lines()
-            .count() as u64,
-        records - 1
     );
 
     let verified = run(&["journal", "verify", "--journal-dir", d]).ok();
-    assert!(
-        verified.stdout.contains("1 record(s), seq 1..=1"),
-        "{verified:#?}"
-    );
+    assert!(verified.stdout.contains("ok: "), "{verified:#?}");
     let replayed = run(&["replay", "--journal-dir", d, "--json"]).ok().json();
-    assert_eq!(replayed["as_of_seq"], 1, "{replayed}");
+    assert_eq!(replayed["as_of_seq"], records, "{replayed}");
+    // Every other event is kept as it was; seq 2 is the loss, recorded as an event.
+    let exported = run(&["journal", "export", "--journal-dir", d]).ok();
+    let lines: Vec<&str> = exported.stdout.lines().collect();
+    let originals: Vec<&str> = original.lines().collect();
+    assert_eq!(lines.len(), originals.len());
+    for (i, (got, want)) in lines.iter().zip(&originals).enumerate() {
+        if i == 1 {
+            let loss: Value = serde_json::from_str(got).expect("json");
+            assert_eq!(loss["seq"], 2);
+            assert_eq!(loss["event"]["kind"], "JournalLossAccepted", "{got}");
+            assert_eq!(loss["event"]["from_seq"], 2, "{got}");
+            assert_eq!(loss["event"]["to_seq"], 2, "{got}");
+        } else {
+            assert_eq!(got, want, "line {}", i + 1);
+        }
+    }
 }
 
 #[test]
-fn a_torn_last_record_is_quarantined_with_a_warning_and_commands_work() {
+fn an_unacknowledged_torn_record_is_listed_and_dropped_by_repair() {
     let (_tmp, dir) = journal_dir();
     let d = path_str(&dir);
     let file = recorded("drain-with-leases");
     let records = lines_of(&file).len() as u64;
     import(&file, &dir).ok();
-    damage(&dir, records, |value| value.truncate(value.len() / 2));
+    // A record past the last acknowledged one, torn: what a crash in the middle of a write
+    // leaves.
+    with_store(&dir, |store| {
+        let mut value = store.get(records).expect("get").expect("present").to_vec();
+        value.truncate(value.len() / 2);
+        store.put_raw(records + 1, &value).expect("put_raw");
+    });
 
-    // verify opens without recovery: it lists the torn record and exits 1.
     let verified = run(&["journal", "verify", "--journal-dir", d]);
     assert_eq!(verified.code, 1, "{verified:#?}");
     assert!(
-        verified.stdout.contains(&format!("seq {records}: ")),
+        verified.stdout.contains(&format!("seq {}: ", records + 1)),
         "{verified:#?}"
     );
-
-    // Any other command recovers: the torn tail is quarantined, with a warning.
-    let replayed = run(&["replay", "--journal-dir", d, "--json"]).ok();
-    assert!(replayed.stderr.contains("warning: "), "{replayed:#?}");
-    assert!(replayed.stderr.contains("quarantined"), "{replayed:#?}");
-    assert!(replayed.stderr.contains(d), "{replayed:#?}");
-    assert_eq!(replayed.json()["as_of_seq"], records - 1);
-    let quarantined: Vec<_> = std::fs::read_dir(dir.join("quarantine"))
-        .expect("a quarantine dir")
-        .map(|entry| entry.expect("entry").path())
-        .collect();
-    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
     assert!(
-        quarantined[0]
-            .to_string_lossy()
-            .ends_with(&format!("-from-seq-{records}.ndjson")),
-        "{quarantined:?}"
+        verified.stdout.contains("never acknowledged"),
+        "{verified:#?}"
     );
-
-    // From then on the journal is whole again, without the torn event.
-    let again = run(&["replay", "--journal-dir", d]).ok();
-    assert!(!again.stderr.contains("warning"), "{again:#?}");
+    // Read-only commands show the acknowledged history.
+    let replayed = run(&["replay", "--journal-dir", d, "--json"]).ok();
+    assert_eq!(replayed.json()["as_of_seq"], records);
+    // repair drops it (nothing acknowledged is lost), keeping it in quarantine.
+    let repaired = run(&["journal", "repair", "--journal-dir", d]).ok();
+    assert!(!repaired.stdout.contains("lost: "), "{repaired:#?}");
     run(&["journal", "verify", "--journal-dir", d]).ok();
     let exported = run(&["journal", "export", "--journal-dir", d]).ok();
     let original = std::fs::read_to_string(&file).expect("read");
-    let kept: Vec<&str> = original.lines().take(records as usize - 1).collect();
-    assert_eq!(exported.stdout, kept.join("\n") + "\n");
+    assert_eq!(exported.stdout, original);
 }
 
 #[test]
-fn a_journal_in_use_is_reported_at_once() {
+fn read_only_commands_work_beside_a_running_daemon_and_writers_are_refused() {
     let (_tmp, dir) = journal_dir();
     let d = path_str(&dir);
     import(&recorded("preload-ok"), &dir).ok();
+    let expected_export = run(&["journal", "export", "--journal-dir", d]).ok().stdout;
     // This process holds the journal, as a running daemon would; the CLI runs as another one.
     let (held, _) = PoolJournal::open(JournalConfig::new(&dir)).expect("hold the journal");
     for args in [
@@ -826,22 +810,20 @@ fn a_journal_in_use_is_reported_at_once() {
         vec!["journal", "show", "--journal-dir", d],
         vec!["journal", "verify", "--journal-dir", d],
         vec!["journal", "stats", "--journal-dir", d],
-        vec!["journal", "export", "--journal-dir", d],
-        vec!["journal", "repair", "--journal-dir", d, "--from-seq", "5"],
     ] {
-        let failed = run(&args).failed();
-        assert!(failed.stderr.contains("is in use"), "{args:?}: {failed:#?}");
-        assert!(failed.stderr.contains(d), "{args:?}: {failed:#?}");
-        assert!(
-            failed.stderr.contains("stop that process"),
-            "{args:?}: {failed:#?}"
-        );
-        assert!(
-            failed.took < Duration::from_secs(10),
-            "{args:?} took {:?}: an in-use journal must fail at once",
-            failed.took
-        );
+        run(&args).ok();
     }
+    let exported = run(&["journal", "export", "--journal-dir", d]).ok();
+    assert_eq!(exported.stdout, expected_export);
+    let failed = run(&["journal", "repair", "--journal-dir", d]).failed();
+    assert!(failed.stderr.contains("is in use"), "{failed:#?}");
+    assert!(failed.stderr.contains(d), "{failed:#?}");
+    assert!(failed.stderr.contains("stop that process"), "{failed:#?}");
+    assert!(
+        failed.took < Duration::from_secs(10),
+        "repair took {:?}: an in-use journal must fail at once",
+        failed.took
+    );
     let failed = import(&recorded("crash-loop"), &dir).failed();
     assert!(failed.stderr.contains("is in use"), "{failed:#?}");
     // Nothing was changed while it was held; released, it works again.

@@ -351,7 +351,7 @@ fn unknown_keys_are_named_with_their_table() {
         (
             "[journal]\ndir = \"/x\"\n",
             "journal.dir",
-            &["the keys of [journal] are: snapshot_every"],
+            &["the keys of [journal] are: retain_bytes, retain_ms, segment_records, snapshot_every"],
         ),
         (
             "api_token = \"s3cret\"\n",

@@ -18,17 +18,26 @@
 //! 1. write `pool-events-v(N+1).records` and its `.expected.ndjson` beside the old ones with
 //!    `POOL_MANAGERD_WRITE_FORMAT_FIXTURE=1 cargo test --test formats -- --ignored
 //!    write_fixture_of_the_current_format_version` (it refuses to overwrite a file), after
-//!    adding the new variants to the scenario in `all_event_kinds()` and to `kinds_of_version`;
+//!    adding the new variants to the scenario in `all_event_kinds()` (or, for an event the
+//!    core never decides, such as the loss marker of `journal repair --accept-loss`, to
+//!    `fixture_envelopes()`) and to `kinds_of_version`;
 //! 2. if the upcaster changes how older events read today (a new field with its default),
 //!    update the older `.expected.ndjson` files to today's reading, by hand or from
 //!    `pool-managerd journal export` of a journal loaded from the `.records`; never the
 //!    `.records`.
 //!
 //! The tests load each `.records` file into a real sled journal through the journal crate's
-//! raw `Store::put_raw`, open it with `PoolJournal` (recovery, decode, upcast) and check that
+//! raw `Store::put_raw`, in the layout that builds of its version wrote (before version 3:
+//! sled's files in the journal directory itself, which `PoolJournal::open` migrates; from
+//! version 3: today's `live/` store), open it with `PoolJournal` (migration, recovery, decode,
+//! upcast) and check that
 //! every record decodes, that the export equals the `.expected.ndjson`, that records of the
 //! current version re-encode to the very same bytes, that `verify` (the library's and the
 //! CLI's `journal verify`) finds nothing and that the registry replays.
+//!
+//! From version 3 on a fixture also holds a loss marker (`JournalLossAccepted`): a few events
+//! of the scenario are gone and the marker stands at the last of their seqs, as `journal
+//! repair --accept-loss` leaves a damaged journal, so its seqs have a declared gap.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -38,10 +47,11 @@ use pool_core::{
     Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, MigDeviceInfo, Observation,
     PlacementInputs, Policy, PoolId, StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
 };
-use pool_journal::{Draft, JournalConfig, SledStore, Store};
+use pool_journal::{Draft, EventSchema, JournalConfig, SledStore, Store};
 use pool_managerd::projection::{replay, ReplayLimit};
-use pool_managerd::schema::{PoolJournal, PoolSchema};
+use pool_managerd::schema::{PoolEnvelope, PoolJournal, PoolSchema};
 use pool_managerd::script::{sample_engine, ScriptError, Scripted};
+use pool_managerd::table::timeline_line;
 
 const FIXTURES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// Set to `1` (with `--ignored`) to write the fixture of the current format version.
@@ -105,9 +115,12 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
     ];
     /// Appended by version 2 (besides the start failure `CpuSpillover` inside `PreloadFailed`).
     const V2_NEW: [&str; 1] = ["MigInventoryObserved"];
+    /// Appended by version 3: the loss marker of `journal repair --accept-loss`.
+    const V3_NEW: [&str; 1] = ["JournalLossAccepted"];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
+        3 => V1.into_iter().chain(V2_NEW).chain(V3_NEW).collect(),
         other => panic!(
             "kinds_of_version({other}): list the kinds of format version {other} here \
              (version 1's plus the new ones)"
@@ -153,9 +166,27 @@ fn read_records(path: &Path) -> Vec<(u64, Vec<u8>)> {
     records
 }
 
-/// A closed journal in `dir` holding exactly `records`, written through the raw store.
-fn write_raw_journal(dir: &Path, records: &[(u64, Vec<u8>)]) {
-    let store = SledStore::open(dir, CACHE_BYTES).expect("open the raw store");
+/// The first format version written in today's journal layout (`live/`, `witness`,
+/// `segments/`); older versions were written by builds that kept sled's files in the journal
+/// directory itself (the legacy layout).
+const FIRST_VERSION_IN_TODAYS_LAYOUT: u8 = 3;
+
+/// A closed journal in `dir` holding exactly `records` of format `version`, written through
+/// the raw store in the layout that builds of that version wrote: the legacy layout before
+/// version 3 (`PoolJournal::open` migrates it), else today's (an empty journal is created and
+/// closed, then its live store filled). A legacy journal never holds a loss marker: `journal
+/// repair --accept-loss` came with today's layout.
+fn write_raw_journal(dir: &Path, version: u8, records: &[(u64, Vec<u8>)]) {
+    let store_dir = if version < FIRST_VERSION_IN_TODAYS_LAYOUT {
+        dir.to_path_buf()
+    } else {
+        let (journal, _) =
+            PoolJournal::open(JournalConfig::new(dir)).expect("create an empty journal");
+        journal.close().expect("close the empty journal");
+        drop(journal);
+        pool_journal::live_store_dir(dir)
+    };
+    let store = SledStore::open(&store_dir, CACHE_BYTES).expect("open the raw store");
     for (seq, value) in records {
         store.put_raw(*seq, value).expect("put_raw");
     }
@@ -469,6 +500,52 @@ fn scenario() -> Scripted {
     all_event_kinds().unwrap_or_else(|e| panic!("the core refused a step of the scenario: {e}"))
 }
 
+/// Why the fixture's loss was accepted (the operator's `--accept-loss` reason).
+const LOSS_REASON: &str = "records unreadable after a disk fault; accepted by ops:jun";
+/// How many events of the scenario the fixture's loss marker stands for.
+const LOST_EVENTS: usize = 3;
+
+/// The journal a fixture holds: the scenario's events, except that the events of beta's
+/// second restart from its `EngineStartRequested` on (`LOST_EVENTS` of them) are lost and a
+/// loss marker (`JournalLossAccepted`, made by the schema as `journal repair --accept-loss`
+/// makes it, an hour after the scenario's last event) stands at the last of their seqs. Every
+/// other event keeps its seq: the seqs before the marker are a declared gap.
+fn fixture_envelopes(script: &Scripted) -> Vec<PoolEnvelope> {
+    let envelopes = script.envelopes();
+    let first_lost = envelopes
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            e.pool_id.as_deref() == Some("beta")
+                && matches!(e.event, Event::EngineStartRequested { .. })
+        })
+        .map(|(index, _)| index)
+        .nth(1)
+        .expect("beta restarts at least twice in the scenario");
+    let last_lost = first_lost + LOST_EVENTS - 1;
+    let (from_seq, to_seq) = (envelopes[first_lost].seq, envelopes[last_lost].seq);
+    let marker = PoolEnvelope {
+        seq: to_seq,
+        ts_ms: script.now_ms() + 3_600_000,
+        pool_id: None,
+        cause: None,
+        event: PoolSchema::loss_accepted(from_seq, to_seq, LOSS_REASON)
+            .expect("the schema records a loss"),
+    };
+    let mut out = envelopes[..first_lost].to_vec();
+    out.push(marker);
+    out.extend_from_slice(&envelopes[last_lost + 1..]);
+    out
+}
+
+/// The `(from_seq, to_seq)` of each loss marker among `envelopes`.
+fn loss_ranges(envelopes: &[PoolEnvelope]) -> Vec<(u64, u64)> {
+    envelopes
+        .iter()
+        .filter_map(|e| PoolSchema::loss_range(&e.event))
+        .collect()
+}
+
 // ---- the tests ------------------------------------------------------------------------------
 
 /// What a fixture reads as today, checked against its expected export; returns the export.
@@ -482,8 +559,10 @@ fn check_fixture(version: u8) {
             "pool-events-v{version}.records seq {seq} is not a version {version} record"
         );
     }
+    // Gap-free, except where a loss marker (format version 3 on) declares seqs lost.
+    let last_seq = records.last().map_or(0, |(seq, _)| *seq);
     let tmp = tempfile::tempdir().expect("temp dir");
-    write_raw_journal(tmp.path(), &records);
+    write_raw_journal(tmp.path(), version, &records);
 
     let (journal, report) =
         PoolJournal::open(JournalConfig::new(tmp.path())).expect("open the fixture journal");
@@ -492,7 +571,7 @@ fn check_fixture(version: u8) {
         "v{version}: recovery quarantined {:?}",
         report.quarantined
     );
-    assert_eq!(report.last_seq, records.len() as u64);
+    assert_eq!(report.last_seq, last_seq);
     assert!(journal.verify().is_ok(), "{:?}", journal.verify());
 
     let envelopes: Vec<_> = journal
@@ -500,6 +579,15 @@ fn check_fixture(version: u8) {
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| panic!("v{version} records do not read back: {e}"));
     assert_eq!(envelopes.len(), records.len());
+    let declared_lost: u64 = loss_ranges(&envelopes)
+        .iter()
+        .map(|(from, to)| to - from)
+        .sum();
+    assert_eq!(
+        records.len() as u64 + declared_lost,
+        last_seq,
+        "v{version}: seqs are missing that no loss marker declares"
+    );
     for (envelope, (seq, raw)) in envelopes.iter().zip(&records) {
         assert_eq!(envelope.seq, *seq);
         if version == EVENT_FORMAT_VERSION {
@@ -541,7 +629,7 @@ fn check_fixture(version: u8) {
     }
 
     let replayed = replay(&journal, ReplayLimit::NONE).expect("the fixture replays");
-    assert_eq!(replayed.state.last_seq(), records.len() as u64);
+    assert_eq!(replayed.state.last_seq(), last_seq);
     journal.close().expect("close");
     drop(journal);
 
@@ -585,7 +673,7 @@ fn each_fixture_holds_every_event_kind_of_its_version() {
     for version in 1..=EVENT_FORMAT_VERSION {
         let records = read_records(&records_path(version));
         let tmp = tempfile::tempdir().expect("temp dir");
-        write_raw_journal(tmp.path(), &records);
+        write_raw_journal(tmp.path(), version, &records);
         let (journal, _) = PoolJournal::open(JournalConfig::new(tmp.path())).expect("open");
         let kinds: BTreeSet<&str> = journal
             .read_from(1)
@@ -602,12 +690,77 @@ fn each_fixture_holds_every_event_kind_of_its_version() {
     }
 }
 
+/// Format version 3's loss marker: the v3 fixture holds one, at the last seq of a range of
+/// seqs absent from the records, and the schema reads its range back (`loss_range` answers for
+/// it alone); the timeline says what was lost.
+#[test]
+fn the_v3_fixture_holds_an_accepted_loss_with_its_gap() {
+    let records = read_records(&records_path(3));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    write_raw_journal(tmp.path(), 3, &records);
+    let (journal, _) = PoolJournal::open(JournalConfig::new(tmp.path())).expect("open");
+    let envelopes: Vec<PoolEnvelope> = journal
+        .read_from(1)
+        .collect::<Result<_, _>>()
+        .expect("the v3 fixture reads back");
+    let markers: Vec<&PoolEnvelope> = envelopes
+        .iter()
+        .filter(|e| matches!(e.event, Event::JournalLossAccepted { .. }))
+        .collect();
+    assert_eq!(markers.len(), 1, "one loss marker in the v3 fixture");
+    let marker = markers[0];
+    let Event::JournalLossAccepted {
+        from_seq,
+        to_seq,
+        reason,
+    } = &marker.event
+    else {
+        unreachable!("filtered above")
+    };
+    assert_eq!(
+        marker.seq, *to_seq,
+        "the marker stands at the last lost seq"
+    );
+    // As written in version 3's fixture (history: these do not follow later changes of the
+    // scenario).
+    let v3_reason = "records unreadable after a disk fault; accepted by ops:jun";
+    assert_eq!((*from_seq, *to_seq), (63, 65));
+    assert_eq!(reason, v3_reason);
+    assert_eq!(marker.pool_id, None, "a node event");
+    assert!(marker.event.is_node_event());
+    let seqs: BTreeSet<u64> = records.iter().map(|(seq, _)| *seq).collect();
+    for lost in *from_seq..*to_seq {
+        assert!(
+            !seqs.contains(&lost),
+            "seq {lost} is declared lost yet present"
+        );
+    }
+    assert!(seqs.contains(&(from_seq - 1)) && seqs.contains(&(to_seq + 1)));
+    assert_eq!(loss_ranges(&envelopes), vec![(*from_seq, *to_seq)]);
+    assert_eq!(
+        PoolSchema::loss_accepted(*from_seq, *to_seq, v3_reason).as_ref(),
+        Some(&marker.event)
+    );
+    let line = timeline_line(marker);
+    let words = format!("journal loss accepted: seqs {from_seq}..={to_seq} lost ({v3_reason})");
+    assert!(line.contains(&words), "timeline line: {line}");
+    assert!(
+        line.contains("JournalLossAccepted"),
+        "timeline line: {line}"
+    );
+    // The replayed registry is the fold of what was kept: the marker itself changes nothing
+    // but `last_seq`.
+    let replayed = replay(&journal, ReplayLimit::NONE).expect("replays");
+    assert_eq!(replayed.state.last_seq(), records.last().map_or(0, |r| r.0));
+    journal.close().expect("close");
+}
+
 /// The scenario that writes the next fixture must cover every kind of today's format, so
 /// that the next version's fixture is complete: checked now, not when it is too late.
 #[test]
 fn the_fixture_scenario_covers_every_current_event_kind() {
-    let script = scenario();
-    let kinds: BTreeSet<&str> = script.envelopes().iter().map(|e| e.event.kind()).collect();
+    let envelopes = fixture_envelopes(&scenario());
+    let kinds: BTreeSet<&str> = envelopes.iter().map(|e| e.event.kind()).collect();
     let expected = kinds_of_version(EVENT_FORMAT_VERSION);
     let missing: Vec<_> = expected.difference(&kinds).copied().collect();
     assert!(missing.is_empty(), "the scenario lacks {missing:?}");
@@ -633,30 +786,28 @@ fn write_fixture_of_the_current_format_version() {
          EVENT_FORMAT_VERSION to write a new one beside it",
         records_file.display()
     );
-    let script = scenario();
+    let envelopes = fixture_envelopes(&scenario());
     let tmp = tempfile::tempdir().expect("temp dir");
-    let drafts: Vec<Draft<Event>> = script
-        .envelopes()
-        .iter()
-        .cloned()
-        .map(Draft::from)
-        .collect();
+    // A loss marker's draft takes the seq `to_seq` of its range (as an import of a repaired
+    // journal does), so every event keeps the seq it has in `envelopes`.
+    let drafts: Vec<Draft<Event>> = envelopes.iter().cloned().map(Draft::from).collect();
     let mut expected = Vec::new();
     {
         let (journal, _) = PoolJournal::open(JournalConfig::new(tmp.path())).expect("open");
         let appended = journal.append_blocking(drafts).expect("append");
-        assert_eq!(appended, script.envelopes());
+        assert_eq!(appended, envelopes);
         journal.export(&mut expected).expect("export");
         journal.close().expect("close");
     }
-    let store = SledStore::open(tmp.path(), CACHE_BYTES).expect("raw store");
+    let store =
+        SledStore::open(&pool_journal::live_store_dir(tmp.path()), CACHE_BYTES).expect("raw store");
     let mut out = format!(
         "# pool-managerd journal, event format version {version}: one record per line, \
          seq<TAB>hex(raw record value = version | crc32c LE | bincode envelope).\n\
          # Written by tests/formats.rs (write_fixture_of_the_current_format_version). History: \
          never regenerate or edit; add a new version beside it.\n"
     );
-    for envelope in script.envelopes() {
+    for envelope in &envelopes {
         let raw = store
             .get(envelope.seq)
             .expect("read the raw record")
@@ -668,7 +819,7 @@ fn write_fixture_of_the_current_format_version() {
     eprintln!(
         "wrote {} ({} records) and {}",
         records_file.display(),
-        script.envelopes().len(),
+        envelopes.len(),
         expected_path(version).display()
     );
 }

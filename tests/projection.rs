@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use pool_core::{ExitReason, State, Timer};
-use pool_journal::{Draft, JournalConfig, SledStore, Store};
+use pool_journal::{Draft, JournalConfig};
 use pool_managerd::projection::{replay, save_snapshot, ReplayLimit};
 use pool_managerd::schema::{PoolEnvelope, PoolJournal};
 use pool_managerd::script::{sample_engine, Scripted};
@@ -138,20 +138,27 @@ fn a_corrupt_snapshot_gives_the_same_state_as_a_full_replay() {
     let covers = script.state().last_seq();
     drop(journal);
 
-    // Flip one byte of the snapshot's payload, behind the journal's back.
-    {
-        let store = SledStore::open(tmp.path(), 8 << 20).unwrap();
-        let mut value = store
-            .snapshot_get(covers)
-            .unwrap()
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        let last = value.len() - 1;
-        value[last] ^= 0xA5;
-        store.snapshot_put(covers, &value).unwrap();
-        store.sync().unwrap();
-    }
+    // Flip one byte of the snapshot file's payload, behind the journal's back: open refuses
+    // (start-up reads the newest snapshot), and `journal repair` drops it, losing nothing.
+    let file = pool_journal::layout::Layout::new(tmp.path()).snapshot_file(covers);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0xA5;
+    std::fs::write(&file, bytes).unwrap();
+    let refused = PoolJournal::open(JournalConfig::new(tmp.path())).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            pool_journal::JournalError::Damaged { loss: false, .. }
+        ),
+        "{refused}"
+    );
+    let repaired = pool_journal::repair_dir::<pool_managerd::schema::PoolSchema>(
+        JournalConfig::new(tmp.path()),
+        false,
+    )
+    .unwrap();
+    assert!(repaired.lost.is_empty());
 
     let journal = reopen(tmp.path());
     let replayed = replay(&journal, ReplayLimit::NONE).unwrap();

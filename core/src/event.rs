@@ -13,7 +13,14 @@ use crate::ids::{LeaseId, PoolId};
 
 /// The format version of [`Event`] as encoded in the journal. Bump it (and add an upcaster in
 /// the journal schema) whenever a variant or a field changes.
-pub const EVENT_FORMAT_VERSION: u8 = 2;
+///
+/// - 1: the first.
+/// - 2: appends `MigInventoryObserved` and the start failure `CpuSpillover`.
+/// - 3: appends `JournalLossAccepted` (written by `journal repair --accept-loss`).
+///
+/// Each version so far only appended variants, so a record of an older version decodes as
+/// today's type (see the schema's upcaster in `src/schema.rs`).
+pub const EVENT_FORMAT_VERSION: u8 = 3;
 
 /// Why an engine process ended (SPEC section 7). The reason is kept apart from the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -587,6 +594,18 @@ pub enum Event {
         /// All MIG devices (at most `gpu::MIG_DEVICES_MAX` kept).
         devices: Vec<MigDeviceInfo>,
     },
+    /// *extra*, node: events `from_seq..=to_seq` of the journal were lost (unreadable after
+    /// damage) and an operator accepted it with `journal repair --accept-loss`; this event
+    /// takes seq `to_seq`. Written by the repair, never decided; it changes no pool or node
+    /// field (the lost events are gone from the fold). Appended last (format version 3).
+    JournalLossAccepted {
+        /// The first lost seq.
+        from_seq: u64,
+        /// The last lost seq: the seq of this event.
+        to_seq: u64,
+        /// Why the operator accepted the loss (`--accept-loss`'s reason).
+        reason: String,
+    },
 }
 
 /// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
@@ -644,6 +663,7 @@ impl Event {
             Event::BackoffReset { .. } => "BackoffReset",
             Event::VramUsageObserved { .. } => "VramUsageObserved",
             Event::MigInventoryObserved { .. } => "MigInventoryObserved",
+            Event::JournalLossAccepted { .. } => "JournalLossAccepted",
         }
     }
 
@@ -654,6 +674,7 @@ impl Event {
             | Event::DaemonStopped { .. }
             | Event::GpuInventoryObserved { .. }
             | Event::MigInventoryObserved { .. }
+            | Event::JournalLossAccepted { .. }
             | Event::PreflightFailed { .. }
             | Event::GpuXidObserved { .. }
             | Event::DriverResetObserved { .. }

@@ -133,6 +133,9 @@ fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
             field,
             reason,
         } => node.last_handoff_rejection = Some((file.clone(), field.clone(), reason.clone())),
+        // A record of the journal's repair, not of the node: only `last_seq` (set above) moves.
+        // The events it stands for are gone; the fold goes on from what was kept.
+        Event::JournalLossAccepted { .. } => {}
         _ => {}
     }
 }

@@ -274,7 +274,20 @@ fn arb_event() -> impl Strategy<Value = Event> {
         any::<u32>().prop_map(|previous_attempt| Event::BackoffReset { previous_attempt }),
         (pid, any::<u64>())
             .prop_map(|(pid, used_bytes)| Event::VramUsageObserved { pid, used_bytes }),
+        arb_loss_marker(),
     ]
+}
+
+/// A loss marker as `journal repair --accept-loss` writes it (any range, even a reversed one:
+/// evolve must not care).
+fn arb_loss_marker() -> impl Strategy<Value = Event> {
+    (any::<u64>(), any::<u64>(), arb_text()).prop_map(|(from_seq, to_seq, reason)| {
+        Event::JournalLossAccepted {
+            from_seq,
+            to_seq,
+            reason,
+        }
+    })
 }
 
 fn arb_pool_ref() -> impl Strategy<Value = Option<&'static str>> {
@@ -539,6 +552,10 @@ fn drive(actions: &[Step]) -> (Journal, Vec<State>) {
         };
         if let Ok(facts) = decide(&state, &input, &ctx) {
             for fact in facts {
+                assert!(
+                    !matches!(fact.event, Event::JournalLossAccepted { .. }),
+                    "decide produced a loss marker: only `journal repair` writes one"
+                );
                 let seq = state.last_seq() + 1;
                 let stamp = Stamp {
                     seq,
@@ -594,6 +611,10 @@ proptest! {
             let ctx = Context { now_ms: now, random, policy: &policy };
             if let Ok(facts) = decide(&state, &input, &ctx) {
                 for fact in facts {
+                    prop_assert!(
+                        !matches!(fact.event, Event::JournalLossAccepted { .. }),
+                        "decide produced a loss marker"
+                    );
                     let stamp = Stamp { seq: state.last_seq().wrapping_add(1), ts_ms: now, pool_id: fact.pool_id.as_ref().map(PoolId::as_str) };
                     state = evolve(state, stamp, &fact.event);
                     let _ = effects(&state, stamp, &fact.event);
@@ -624,6 +645,30 @@ proptest! {
             let bytes = bincode::serialize(event).unwrap();
             prop_assert_eq!(&bincode::deserialize::<Event>(&bytes).unwrap(), event);
         }
+    }
+
+    /// A loss marker (`JournalLossAccepted`, written by `journal repair --accept-loss`) is a
+    /// node event that moves the state's `last_seq` and nothing else, on any state, and has
+    /// no effects.
+    #[test]
+    fn a_loss_marker_changes_only_last_seq(
+        events in prop::collection::vec(arb_stamped(), 0..40),
+        marker in arb_loss_marker(),
+        seq in any::<u64>(),
+        ts in any::<u64>(),
+    ) {
+        let mut state = State::default();
+        for (seq, ts, pool, event) in &events {
+            state = evolve(state, Stamp { seq: *seq, ts_ms: *ts, pool_id: *pool }, event);
+        }
+        prop_assert!(marker.is_node_event());
+        let stamp = Stamp { seq, ts_ms: ts, pool_id: None };
+        let after = evolve(state.clone(), stamp, &marker);
+        let mut expected = state.clone();
+        expected.last_seq = seq;
+        prop_assert_eq!(&after, &expected);
+        prop_assert!(effects(&state, stamp, &marker).is_empty());
+        prop_assert!(effects(&after, stamp, &marker).is_empty());
     }
 
     #[test]

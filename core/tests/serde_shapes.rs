@@ -190,6 +190,11 @@ pub fn one_of_each() -> Vec<Event> {
                 vram_free_bytes: 9 << 30,
             }],
         },
+        Event::JournalLossAccepted {
+            from_seq: 8,
+            to_seq: 10,
+            reason: "disk replaced".into(),
+        },
     ]
 }
 
@@ -200,7 +205,7 @@ fn every_event_round_trips_through_bincode_and_json() {
     kinds.sort();
     kinds.dedup();
     assert_eq!(kinds.len(), events.len(), "one of each, no duplicates");
-    assert_eq!(events.len(), 42, "update one_of_each when adding an event");
+    assert_eq!(events.len(), 43, "update one_of_each when adding an event");
     for event in &events {
         let bytes = bincode::serialize(event).unwrap();
         assert_eq!(
@@ -232,6 +237,35 @@ fn every_event_round_trips_through_bincode_and_json() {
             other => panic!("{other}"),
         }
     }
+}
+
+/// The loss marker of `journal repair --accept-loss` (format version 3): the last variant
+/// (bincode index 42, after `MigInventoryObserved`), a node event, and its JSON names its range.
+#[test]
+fn the_loss_marker_is_the_last_variant_and_a_node_event() {
+    let event = Event::JournalLossAccepted {
+        from_seq: 8,
+        to_seq: 10,
+        reason: "disk replaced".into(),
+    };
+    assert_eq!(event.kind(), "JournalLossAccepted");
+    assert_eq!(event.scope(), Scope::Node);
+    assert!(event.is_node_event());
+    let bytes = bincode::serialize(&event).unwrap();
+    assert_eq!(
+        bytes[..4],
+        42u32.to_le_bytes(),
+        "appended after MigInventoryObserved"
+    );
+    let mig = bincode::serialize(&Event::MigInventoryObserved { devices: vec![] }).unwrap();
+    assert_eq!(mig[..4], 41u32.to_le_bytes());
+    assert_eq!(
+        serde_json::to_value(&event).unwrap(),
+        serde_json::json!({
+            "JournalLossAccepted": {"from_seq": 8, "to_seq": 10, "reason": "disk replaced"}
+        })
+    );
+    assert_eq!(EVENT_FORMAT_VERSION, 3);
 }
 
 #[test]

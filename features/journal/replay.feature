@@ -16,16 +16,19 @@ Feature: The journal keeps the history, and the registry is its replay
     When the journal is replayed until the event "EngineSpawned"
     Then pool "p1" is live and not ready
 
-  Scenario: A torn record at the tail is quarantined, not fatal
+  Scenario: A torn record that was never acknowledged is quarantined, not fatal
     Given a journal in a fresh directory
     And pool "p1" was preloaded and became ready with 2 slots
-    When the last record is torn and the journal is opened again
+    When a torn record follows the last acknowledged one and the journal is opened again
     Then the journal opens
-    And a quarantine file names the last seq
-    And the journal's last seq is one less than before
+    And a quarantine file names the seq after the last one
+    And the journal's last seq is the same as before
 
-  Scenario: Corruption before the tail refuses to open and names the seq
+  Scenario: Damage to an acknowledged record refuses to open and names the way out
     Given a journal in a fresh directory
     And pool "p1" was preloaded and became ready with 2 slots
     When record 2 is corrupted and the journal is opened and replayed
-    Then the error names seq 2 and the repair command
+    Then the error names seq 2 and the repair command that accepts the loss
+    When the journal is repaired accepting the loss
+    Then the journal opens
+    And seq 2 is a JournalLossAccepted event and every other event is as it was

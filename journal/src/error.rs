@@ -32,11 +32,13 @@ pub enum JournalError {
         dir: PathBuf,
     },
 
-    /// A record failed its checks (CRC, length, decode, key == seq, or a missing seq).
+    /// A record failed its checks (CRC, length, decode, key == seq, or a missing seq) while
+    /// being read.
     #[error(
-        "journal {} is corrupt at seq {seq}: {what}. Records from seq {seq} on can be moved to a \
-         quarantine file with `pool-managerd journal repair --journal-dir {} --from-seq {seq}` \
-         (this drops those events; export the journal first if in doubt)",
+        "journal {} is corrupt at seq {seq}: {what}. Run `pool-managerd journal verify \
+         --journal-dir {}` to see all the damage, then `pool-managerd journal repair \
+         --journal-dir {}` (add --accept-loss to keep what is readable when events are lost)",
+        dir.display(),
         dir.display(),
         dir.display()
     )]
@@ -45,6 +47,84 @@ pub enum JournalError {
         seq: u64,
         /// What was wrong with it.
         what: String,
+        /// The journal directory.
+        dir: PathBuf,
+    },
+
+    /// Open (or verify) found damage; nothing was changed. `loss`: acknowledged events are
+    /// unreadable or gone, so the way out is `repair --accept-loss` (or a backup).
+    #[error(
+        "journal {} is damaged ({}): {what}{}. Nothing was changed; `pool-managerd journal verify \
+         --journal-dir {}` lists every problem. {}",
+        dir.display(),
+        file.display(),
+        if *more > 0 { format!(" (and {more} more problem(s))") } else { String::new() },
+        dir.display(),
+        way_out(dir, *loss)
+    )]
+    Damaged {
+        /// The journal directory.
+        dir: PathBuf,
+        /// The damaged file (or directory).
+        file: PathBuf,
+        /// The first problem.
+        what: String,
+        /// How many more were found.
+        more: usize,
+        /// Whether acknowledged events are lost.
+        loss: bool,
+    },
+
+    /// The journal cannot take writes now (a full, read-only or failing disk). Reads keep
+    /// working; the journal retries by itself and becomes writable again once the disk takes
+    /// writes.
+    #[error(
+        "journal {} cannot take writes: {error}; nothing was recorded. Reads keep working and \
+         the daemon retries by itself: {}",
+        dir.display(),
+        kind.remedy()
+    )]
+    Unavailable {
+        /// The journal directory.
+        dir: PathBuf,
+        /// The kind of failure.
+        kind: WriteErrorKind,
+        /// The operating system's error, as seen.
+        error: String,
+    },
+
+    /// A read asked for seqs that retention dropped.
+    #[error(
+        "seq {requested} is no longer retained: the journal's history starts at seq {earliest} \
+         (older events were dropped by retention: [journal] retain_bytes / retain_ms)"
+    )]
+    HistoryExpired {
+        /// The seq asked for.
+        requested: u64,
+        /// The earliest seq still readable.
+        earliest: u64,
+    },
+
+    /// Repair found events it cannot read and was not told to accept their loss.
+    #[error(
+        "journal {}: {lost} acknowledged event(s) cannot be read ({ranges}); nothing was changed. \
+         To keep everything else and record the loss as an event, run `pool-managerd journal \
+         repair --journal-dir {} --accept-loss` (or restore the journal directory from a backup)",
+        dir.display(),
+        dir.display()
+    )]
+    LossNotAccepted {
+        /// The journal directory.
+        dir: PathBuf,
+        /// How many seqs are lost.
+        lost: u64,
+        /// The lost ranges, as text ("12..=40, 90..=90").
+        ranges: String,
+    },
+
+    /// An append to a journal opened read-only.
+    #[error("journal {} is open read-only; nothing can be appended", dir.display())]
+    ReadOnly {
         /// The journal directory.
         dir: PathBuf,
     },
@@ -66,21 +146,6 @@ pub enum JournalError {
     /// The journal was closed (or its writer thread is gone); no more appends.
     #[error("the journal is closed; appends are no longer accepted (reopen it)")]
     Closed,
-
-    /// A write, flush or fsync failed. The batch was NOT acknowledged, and the writer refuses
-    /// every later append: after a failed fsync the kernel may have dropped the dirty pages, so
-    /// retrying could acknowledge data that is not on disk.
-    #[error(
-        "journal {} write failed and is not retryable: {what}; appends are refused until \
-         pool-managerd is restarted (check the disk and the kernel log)",
-        dir.display()
-    )]
-    WriteFailed {
-        /// The journal directory.
-        dir: PathBuf,
-        /// The first failure seen.
-        what: String,
-    },
 
     /// An NDJSON import line was rejected.
     #[error("import line {line}: {what} (nothing was imported)")]
@@ -161,6 +226,83 @@ pub enum JournalError {
     },
 }
 
+fn way_out(dir: &std::path::Path, loss: bool) -> String {
+    if loss {
+        format!(
+            "Acknowledged events are unreadable or gone: to keep what is readable and record the \
+             loss as an event, run `pool-managerd journal repair --journal-dir {} --accept-loss` \
+             (or restore the journal directory from a backup)",
+            dir.display()
+        )
+    } else {
+        format!(
+            "To rebuild the damaged files from what is readable, run `pool-managerd journal repair \
+             --journal-dir {}` (it changes nothing if an event would be lost, and says so; \
+             --accept-loss then keeps the rest)",
+            dir.display()
+        )
+    }
+}
+
+/// Why a write failed, as operators act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WriteErrorKind {
+    /// `ENOSPC` / `EDQUOT`: the disk (or quota) is full.
+    NoSpace,
+    /// `EROFS`: the file system is read-only.
+    ReadOnly,
+    /// `EIO`: the device failed.
+    Io,
+    /// Anything else (the live store damaged, sealing stuck, a bug).
+    Other,
+}
+
+impl WriteErrorKind {
+    /// Every kind, for metrics.
+    pub const ALL: [WriteErrorKind; 4] = [
+        WriteErrorKind::NoSpace,
+        WriteErrorKind::ReadOnly,
+        WriteErrorKind::Io,
+        WriteErrorKind::Other,
+    ];
+
+    /// The label used in metrics and JSON: `enospc`, `erofs`, `eio`, `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteErrorKind::NoSpace => "enospc",
+            WriteErrorKind::ReadOnly => "erofs",
+            WriteErrorKind::Io => "eio",
+            WriteErrorKind::Other => "other",
+        }
+    }
+
+    /// What the operator can do.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            WriteErrorKind::NoSpace => "free space on the journal's file system",
+            WriteErrorKind::ReadOnly => "remount the journal's file system read-write",
+            WriteErrorKind::Io => "check the disk and the kernel log (dmesg)",
+            WriteErrorKind::Other => "see the daemon's log for the cause",
+        }
+    }
+
+    /// Classifies an OS error (also one that sled re-wrapped as text).
+    pub fn of(error: &std::io::Error) -> WriteErrorKind {
+        let code = error.raw_os_error().or_else(|| {
+            let text = error.to_string();
+            [libc::ENOSPC, libc::EDQUOT, libc::EROFS, libc::EIO]
+                .into_iter()
+                .find(|c| text.contains(&format!("code: {c},")))
+        });
+        match code {
+            Some(c) if c == libc::ENOSPC || c == libc::EDQUOT => WriteErrorKind::NoSpace,
+            Some(c) if c == libc::EROFS => WriteErrorKind::ReadOnly,
+            Some(c) if c == libc::EIO => WriteErrorKind::Io,
+            _ => WriteErrorKind::Other,
+        }
+    }
+}
+
 impl JournalError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         JournalError::Io {
@@ -181,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn corruption_names_seq_and_repair_command() {
+    fn corruption_names_seq_and_the_tools() {
         let e = JournalError::Corruption {
             seq: 5,
             what: "crc mismatch".into(),
@@ -190,8 +332,35 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("seq 5"), "{s}");
         assert!(
-            s.contains("pool-managerd journal repair --journal-dir /j --from-seq 5"),
+            s.contains("pool-managerd journal repair --journal-dir /j"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn damage_with_loss_names_accept_loss() {
+        let e = JournalError::Damaged {
+            dir: PathBuf::from("/j"),
+            file: PathBuf::from("/j/live/db"),
+            what: "the witness proves seq 9".into(),
+            more: 0,
+            loss: true,
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("journal repair --journal-dir /j --accept-loss"),
+            "{s}"
+        );
+        assert!(s.contains("/j/live/db"), "{s}");
+    }
+
+    #[test]
+    fn write_errors_are_classified_from_sled_text_too() {
+        let raw = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(WriteErrorKind::of(&raw), WriteErrorKind::NoSpace);
+        let wrapped = std::io::Error::other(format!("{raw:?}"));
+        assert_eq!(WriteErrorKind::of(&wrapped), WriteErrorKind::NoSpace);
+        let rofs = std::io::Error::from_raw_os_error(libc::EROFS);
+        assert_eq!(WriteErrorKind::of(&rofs), WriteErrorKind::ReadOnly);
     }
 }

@@ -1,18 +1,17 @@
-//! [`Journal`]: the handle callers hold; reads run on the caller's thread, writes go to the
-//! writer thread.
+//! [`Journal`]: the handle callers hold. Reads run on the caller's thread from the in-memory
+//! tail and the segment files; writes go to the writer thread; sealing, retention and recovery
+//! run on the maintenance thread.
 //!
-//! Owns: open (lock, recovery, index catch-up, writer start), the read paths (`read_from`,
-//! `read_pool`, `load_snapshot`, `verify`, `stats`, `export`) and the request side of writes.
+//! Owns: open (lock, migration, load and check, writer and maintenance start), the read-only
+//! open, the read paths, snapshots, and the request side of writes.
 //!
-//! **Must never:** write to the store itself after open (every mutation goes through the
-//! writer, which owns seq assignment), or show a reader a record past `last_seq` (records
-//! written but not yet fsynced are invisible).
+//! **Must never:** write to the live store itself after open (every mutation goes through the
+//! writer, which owns seq assignment), show a reader a record past `last_seq`, or open a
+//! journal that holds less than its witnesses prove.
 
-use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::fs::File;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -21,16 +20,14 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::JournalConfig;
-use crate::json::{parse_import_line, write_export_line, MAX_IMPORT_LINE_BYTES};
-use crate::record::{
-    decode_record, decode_snapshot, encode_framed, Draft, Envelope, EventSchema, RecordFault,
-};
-use crate::recovery::{catch_up_index, recover};
-use crate::report::{
-    OpenReport, Problem, Stats, TruncateReport, VerifyReport, MAX_VERIFY_PROBLEMS,
-};
-use crate::store::{SledStore, Store, StoreError};
-use crate::writer::{block_on, Command, Writer};
+use crate::layout::{self, Layout, Locked};
+use crate::load::{Depth, Loaded};
+use crate::record::{decode_framed, encode_framed, framed_crc, Draft, Envelope, EventSchema};
+use crate::report::{OpenReport, TruncateReport, Usage};
+use crate::shared::{JournalHealth, Shared, View};
+use crate::snapshot;
+use crate::witness::{self, Reading, Vouch, Witness};
+use crate::writer::{block_on, Command};
 use crate::JournalError;
 
 /// Largest encoded snapshot accepted by `save_snapshot`.
@@ -39,15 +36,15 @@ pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 pub const MAX_READ_POOL_LIMIT: usize = 100_000;
 /// Longest accepted pool id, in bytes.
 pub const MAX_POOL_ID_BYTES: usize = 256;
-
-/// The store implementation in use.
-type ActiveStore = SledStore;
+/// How many times a read-only open beside a running daemon copies the live store again when
+/// the copy caught the daemon mid-write.
+pub const READ_ONLY_ATTEMPTS: usize = 5;
 
 /// A durable, append-only journal of `S::Event`s. Cheap to clone (an `Arc` inside); all
 /// clones share one writer thread. The directory lock is released when the last clone is
 /// dropped (dropping also stops the writer after it drained its queue).
 pub struct Journal<S: EventSchema> {
-    inner: Arc<Inner<S>>,
+    pub(crate) inner: Arc<Inner<S>>,
 }
 
 impl<S: EventSchema> Clone for Journal<S> {
@@ -61,25 +58,21 @@ impl<S: EventSchema> Clone for Journal<S> {
 impl<S: EventSchema> std::fmt::Debug for Journal<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal")
-            .field("dir", &self.inner.dir)
+            .field("dir", &self.inner.shared.layout.dir)
             .field("last_seq", &self.last_seq())
             .finish()
     }
 }
 
-struct Inner<S: EventSchema> {
-    /// The journal directory, as given in the config.
-    dir: PathBuf,
-    /// Shared with the writer thread, which holds the other strong reference while it runs.
-    store: Arc<ActiveStore>,
-    /// Last acknowledged (durable) seq; written only by the writer.
-    last_seq: Arc<AtomicU64>,
-    /// Request channel to the writer. `None` only while `Inner` is being dropped; dropping it
-    /// is what lets the writer exit.
+pub(crate) struct Inner<S: EventSchema> {
+    pub(crate) shared: Arc<Shared>,
+    /// Request channel to the writer; `None` when read-only, and while `Inner` is dropped.
     tx: Option<mpsc::Sender<Command<S::Event>>>,
-    /// Joined on drop, so the store (and sled's lock) is released when the last clone goes.
     writer: Option<JoinHandle<()>>,
-    max_batch_records: usize,
+    maintenance: Option<JoinHandle<()>>,
+    pub(crate) max_batch_records: usize,
+    /// The `flock` on `<dir>/LOCK` (writable journals), released last.
+    _lock: Option<File>,
     _schema: PhantomData<S>,
 }
 
@@ -88,131 +81,117 @@ impl<S: EventSchema> Drop for Inner<S> {
         drop(self.tx.take());
         if let Some(handle) = self.writer.take() {
             if handle.join().is_err() {
-                tracing::error!(dir = %self.dir.display(), "journal writer thread panicked");
+                tracing::error!(dir = %self.shared.layout.dir.display(), "journal writer thread panicked");
+            }
+        }
+        self.shared.stop();
+        if let Some(handle) = self.maintenance.take() {
+            if handle.join().is_err() {
+                tracing::error!(dir = %self.shared.layout.dir.display(), "journal maintenance thread panicked");
             }
         }
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum OpenMode {
-    Recover,
-    Repair,
 }
 
 impl<S: EventSchema> Journal<S> {
-    /// Opens (creating if absent) and runs recovery (see the crate docs). Starts the single
-    /// writer thread.
+    /// Opens for writing (creating if absent): takes the lock, finishes an interrupted repair
+    /// or migrates a journal from before segments, loads and checks everything start-up reads
+    /// (see `load`), and refuses with [`JournalError::Damaged`] on any damage. On a disk that
+    /// refuses writes the journal opens *unavailable* (reads work, appends answer
+    /// [`JournalError::Unavailable`]) and becomes writable by itself once the disk takes writes.
     pub fn open(config: JournalConfig) -> Result<(Self, OpenReport), JournalError> {
-        Self::open_mode(config, OpenMode::Recover)
+        crate::open::open_writable::<S>(config)
     }
 
-    /// Opens without recovery or index catch-up, for operator tools on a damaged journal
-    /// (`verify`, `export`, `truncate_from`). `last_seq` is the highest key present, whatever
-    /// its state; nothing is quarantined. Appends work but should not be used before repair.
-    pub fn open_for_repair(config: JournalConfig) -> Result<(Self, OpenReport), JournalError> {
-        Self::open_mode(config, OpenMode::Repair)
-    }
-
-    fn open_mode(
-        config: JournalConfig,
-        mode: OpenMode,
-    ) -> Result<(Self, OpenReport), JournalError> {
-        config.validate()?;
-        if S::CURRENT_VERSION == 0 {
-            return Err(JournalError::InvalidArgument {
-                what: "EventSchema::CURRENT_VERSION must be >= 1".into(),
-            });
+    /// Opens without writing anything, for tools (`verify`, `stats`, `show`, `export`,
+    /// `replay`): works on a read-only or full file system and beside a running daemon (the
+    /// live store is copied to the scratch directory and read there). Damage refuses as in
+    /// [`Journal::open`]; appends answer [`JournalError::ReadOnly`].
+    pub fn open_read_only(config: JournalConfig) -> Result<(Self, OpenReport), JournalError> {
+        let (loaded, report) = crate::open::load_read_only::<S>(&config, Depth::Start)?;
+        if let Some(refusal) = loaded.refusal(&Layout::new(&config.dir)) {
+            return Err(refusal);
         }
-        let dir = config.dir.clone();
-        let store =
-            SledStore::open(&dir, config.cache_capacity_bytes).map_err(|e| e.into_journal(&dir))?;
-        let mut report = OpenReport::default();
-        match mode {
-            OpenMode::Recover => {
-                let recovered = recover::<S, _>(
-                    &store,
-                    &dir,
-                    config.recovery,
-                    config.max_batch_records as u64,
-                )?;
-                report.last_seq = recovered.last_seq;
-                report.quarantined = recovered.quarantined;
-                report.quarantine_file = recovered.quarantine_file;
-                report.index_rebuilt = catch_up_index::<S, _>(
-                    &store,
-                    &dir,
-                    report.last_seq,
-                    config.max_batch_records,
-                )?;
-            }
-            OpenMode::Repair => {
-                report.last_seq = store
-                    .last()
-                    .map_err(|e| e.into_journal(&dir))?
-                    .map(|(seq, _)| seq)
-                    .unwrap_or(0);
-            }
-        }
-        let store = Arc::new(store);
-        let last_seq = Arc::new(AtomicU64::new(report.last_seq));
-        let (tx, rx) = mpsc::channel(config.queue_depth);
-        let writer = Writer::<S, ActiveStore> {
-            store: Arc::clone(&store),
-            dir: dir.clone(),
-            last_seq: Arc::clone(&last_seq),
-            next_seq: report.last_seq + 1,
-            max_batch_records: config.max_batch_records,
-            rx,
-            failed: None,
-            _schema: PhantomData,
-        };
-        let handle = std::thread::Builder::new()
-            .name("journal-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| JournalError::io(&dir, e))?;
-        let journal = Journal {
-            inner: Arc::new(Inner {
-                dir,
-                store,
-                last_seq,
-                tx: Some(tx),
-                writer: Some(handle),
-                max_batch_records: config.max_batch_records,
-                _schema: PhantomData,
-            }),
-        };
+        let journal = Self::from_loaded(config, loaded, None, None, None);
         Ok((journal, report))
     }
 
-    fn se(&self) -> impl Fn(StoreError) -> JournalError + '_ {
-        move |e| e.into_journal(&self.inner.dir)
+    /// Like [`Journal::open_read_only`], but hands out the journal even when damage was found
+    /// (with the refusal `open_read_only` would have answered): reads then stop with an error
+    /// at the damage. For `export`, which saves what can be read before a repair.
+    pub fn open_read_only_despite_damage(
+        config: JournalConfig,
+    ) -> Result<(Self, Option<JournalError>), JournalError> {
+        let (loaded, _) = crate::open::load_read_only::<S>(&config, Depth::Start)?;
+        let refusal = loaded.refusal(&Layout::new(&config.dir));
+        Ok((Self::from_loaded(config, loaded, None, None, None), refusal))
     }
 
-    fn corruption(&self, seq: u64, what: String) -> JournalError {
-        JournalError::Corruption {
-            seq,
-            what,
-            dir: self.inner.dir.clone(),
-        }
-    }
-
-    fn fault(&self, seq: u64, fault: RecordFault) -> JournalError {
-        match fault {
-            RecordFault::Unsupported { version, current } => JournalError::UnsupportedVersion {
-                seq,
-                version,
-                current,
+    pub(crate) fn from_loaded(
+        config: JournalConfig,
+        loaded: Loaded,
+        witness: Option<Witness>,
+        writer: Option<crate::open::WriterParts<S>>,
+        lock: Option<File>,
+    ) -> Self {
+        let layout = Layout::new(&config.dir);
+        let last_seq = loaded.held_last();
+        let max_batch_records = config.max_batch_records;
+        let writable = writer.as_ref().is_some_and(|parts| parts.store.is_some());
+        let shared = Arc::new(Shared::new(
+            layout,
+            config,
+            View {
+                manifest: Arc::new(loaded.manifest),
+                tail: loaded.tail,
             },
-            RecordFault::Bad(what) => self.corruption(seq, what),
+            last_seq,
+            witness,
+            writable,
+        ));
+        let (tx, writer_handle, maintenance) = match writer {
+            Some(parts) => {
+                let (writer, tx) = parts.into_writer(Arc::clone(&shared));
+                let handle = std::thread::Builder::new()
+                    .name("journal-writer".into())
+                    .spawn(move || writer.run())
+                    .ok();
+                let weak = tx.downgrade();
+                let maint_shared = Arc::clone(&shared);
+                let maintenance = std::thread::Builder::new()
+                    .name("journal-maint".into())
+                    .spawn(move || crate::maintenance::run(maint_shared, weak))
+                    .ok();
+                (Some(tx), handle, maintenance)
+            }
+            None => (None, None, None),
+        };
+        Journal {
+            inner: Arc::new(Inner {
+                shared,
+                tx,
+                writer: writer_handle,
+                maintenance,
+                max_batch_records,
+                _lock: lock,
+                _schema: PhantomData,
+            }),
         }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
     }
 
     async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> Command<S::Event>,
     ) -> Result<T, JournalError> {
-        let tx = self.inner.tx.as_ref().ok_or(JournalError::Closed)?;
+        let Some(tx) = self.inner.tx.as_ref() else {
+            return Err(JournalError::ReadOnly {
+                dir: self.dir().to_path_buf(),
+            });
+        };
         let (reply, answer) = oneshot::channel();
         tx.send(make(reply))
             .await
@@ -222,7 +201,8 @@ impl<S: EventSchema> Journal<S> {
 
     /// Appends, assigning consecutive seqs; returns only after the records are on stable
     /// storage (see "Acknowledged" in the crate docs). At most `max_batch_records` drafts per
-    /// call; waits while the queue is full.
+    /// call; waits while the queue is full. While the disk refuses writes it answers
+    /// [`JournalError::Unavailable`] at once.
     pub async fn append(
         &self,
         drafts: Vec<Draft<S::Event>>,
@@ -263,58 +243,45 @@ impl<S: EventSchema> Journal<S> {
 
     /// Last acknowledged seq; 0 when empty.
     pub fn last_seq(&self) -> u64 {
-        self.inner.last_seq.load(Ordering::Acquire)
+        self.shared().last_seq()
+    }
+
+    /// The earliest seq still held (retention drops older ones); `last_seq + 1` when the
+    /// journal holds nothing.
+    pub fn first_seq(&self) -> u64 {
+        self.shared().manifest().first_retained()
     }
 
     /// The journal directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        &self.shared().layout.dir
     }
 
-    /// Oldest first, from `seq` (inclusive; 0 reads as 1) to the `last_seq` seen at the call.
-    /// Each item is checked (CRC, decode, key == envelope.seq, no missing seq); a bad one is
-    /// `Err(Corruption{seq,..})` (or `UnsupportedVersion`) and ends the iteration.
+    /// Whether appends are accepted now, and why not.
+    pub fn health(&self) -> JournalHealth {
+        self.shared().health()
+    }
+
+    /// Whether this handle was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.tx.is_none()
+    }
+
+    /// Oldest first, from `seq` (inclusive; 0: the earliest retained) to the `last_seq` seen at
+    /// the call. Each item is checked (CRC, decode, key == envelope.seq, no missing seq but
+    /// where a loss marker declares it); a bad one is `Err(Corruption{seq,..})` (or
+    /// `UnsupportedVersion`) and ends the iteration. A `seq` that retention dropped is
+    /// `Err(HistoryExpired)`.
     pub fn read_from(
         &self,
         seq: u64,
     ) -> impl Iterator<Item = Result<Envelope<S::Event>, JournalError>> + '_ {
-        let start = seq.max(1);
-        let end = self.last_seq();
-        let mut iter = self.inner.store.iter_from(start);
-        let mut expected = start;
-        let mut done = start > end;
-        std::iter::from_fn(move || {
-            if done {
-                return None;
-            }
-            let item = match iter.next() {
-                Some(Ok((key, value))) => {
-                    if key != expected {
-                        Err(self.corruption(
-                            expected,
-                            format!("missing: the next record present is seq {key}"),
-                        ))
-                    } else {
-                        decode_record::<S>(key, value.as_ref()).map_err(|f| self.fault(key, f))
-                    }
-                }
-                Some(Err(e)) => Err(e.into_journal(&self.inner.dir)),
-                None => Err(self.corruption(
-                    expected,
-                    format!("missing: the journal ends before its last seq {end}"),
-                )),
-            };
-            if item.is_err() || expected >= end {
-                done = true;
-            }
-            expected += 1;
-            Some(item)
-        })
+        crate::read::Reader::<S>::new(self.shared(), seq)
     }
 
-    /// One partition's history, oldest first, `seq >= since_seq`, at most `limit` (clamped to
-    /// `MAX_READ_POOL_LIMIT`), through the per-pool index. Every record is checked as in
-    /// `read_from`; stale index entries (seqs removed by repair) are skipped.
+    /// One partition's history, oldest first, `seq >= since_seq` (0: from the earliest
+    /// retained), at most `limit` (clamped to `MAX_READ_POOL_LIMIT`). Every record is checked
+    /// as in `read_from`. A `since_seq` that retention dropped is `Err(HistoryExpired)`.
     pub fn read_pool(
         &self,
         pool_id: &str,
@@ -322,58 +289,67 @@ impl<S: EventSchema> Journal<S> {
         limit: usize,
     ) -> Result<Vec<Envelope<S::Event>>, JournalError> {
         let limit = limit.min(MAX_READ_POOL_LIMIT);
-        let end = self.last_seq();
-        let mut out = Vec::new();
         if limit == 0 || pool_id.as_bytes().contains(&0) {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        for item in self.inner.store.index_scan(pool_id, since_seq) {
-            let seq = item.map_err(self.se())?;
-            if seq > end || out.len() >= limit {
-                break;
-            }
-            let Some(value) = self.inner.store.get(seq).map_err(self.se())? else {
-                continue;
-            };
-            let envelope =
-                decode_record::<S>(seq, value.as_ref()).map_err(|f| self.fault(seq, f))?;
-            if envelope.pool_id.as_deref() == Some(pool_id) {
-                out.push(envelope);
-            }
-        }
-        Ok(out)
+        crate::read::read_pool::<S>(self.shared(), pool_id, since_seq, limit)
     }
 
     /// Stores a snapshot of a caller's projection covering seqs `1..=covers_seq`;
     /// `state_version` is the caller's snapshot schema version. Durable on return. Keeps the
-    /// newest two snapshots and older ones spread over the history (at most
-    /// [`crate::SNAPSHOTS_KEPT_MAX`] in all).
+    /// newest two snapshots and older ones spread over the retained history (at most
+    /// [`crate::SNAPSHOTS_KEPT_MAX`]).
     pub fn save_snapshot<T: Serialize>(
         &self,
         covers_seq: u64,
         state_version: u8,
         state: &T,
     ) -> Result<(), JournalError> {
-        let value = encode_framed(state_version, state).map_err(|e| JournalError::Encode {
+        if self.is_read_only() {
+            return Err(JournalError::ReadOnly {
+                dir: self.dir().to_path_buf(),
+            });
+        }
+        let last_seq = self.last_seq();
+        if covers_seq == 0 || covers_seq > last_seq {
+            return Err(JournalError::SnapshotAhead {
+                covers_seq,
+                last_seq,
+            });
+        }
+        let payload = encode_framed(state_version, state).map_err(|e| JournalError::Encode {
             what: format!("snapshot covering seq {covers_seq}: {e}"),
         })?;
-        if value.len() > MAX_SNAPSHOT_BYTES {
+        if payload.len() > MAX_SNAPSHOT_BYTES {
             return Err(JournalError::RecordTooLarge {
                 seq: covers_seq,
-                bytes: value.len(),
+                bytes: payload.len(),
                 max_bytes: MAX_SNAPSHOT_BYTES,
             });
         }
-        block_on(self.request(|reply| Command::SaveSnapshot {
+        let record = crate::read::record_bytes(self.shared(), covers_seq)?;
+        let record_crc = record.as_deref().and_then(framed_crc).unwrap_or(0);
+        let shared = self.shared();
+        let _guard = shared
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let io = |e: std::io::Error| JournalError::io(shared.layout.snapshot_file(covers_seq), e);
+        snapshot::write(
+            &shared.layout,
             covers_seq,
-            value,
-            reply,
-        }))
+            record_crc,
+            state_version,
+            &payload,
+        )
+        .map_err(io)?;
+        snapshot::prune(&shared.layout, shared.manifest().first_retained()).map_err(io)?;
+        Ok(())
     }
 
-    /// The newest valid snapshot (CRC ok, same `state_version`, decodes as `T`,
-    /// `covers_seq <= last_seq`) as `(covers_seq, state)`; `None` otherwise. Each rejected
-    /// snapshot is logged at warn with why; callers then replay fully.
+    /// The newest valid snapshot (checks pass, same `state_version`, decodes as `T`, the record
+    /// it covers is the one it was taken after) as `(covers_seq, state)`; `None` otherwise.
+    /// Each rejected snapshot is logged at warn with why; callers then replay further.
     pub fn load_snapshot<T: DeserializeOwned>(&self, state_version: u8) -> Option<(u64, T)> {
         self.load_snapshot_at(state_version, u64::MAX)
     }
@@ -385,208 +361,96 @@ impl<S: EventSchema> Journal<S> {
         state_version: u8,
         max_seq: u64,
     ) -> Option<(u64, T)> {
-        let dir = self.inner.dir.display();
-        let seqs = match self.inner.store.snapshot_seqs() {
+        let shared = self.shared();
+        let dir = shared.layout.dir.display();
+        let seqs = match snapshot::list(&shared.layout) {
             Ok(seqs) => seqs,
             Err(e) => {
-                tracing::warn!(%dir, error = %e, "cannot list snapshots; replaying fully");
+                tracing::warn!(%dir, error = %e, "cannot list snapshots; replaying further");
                 return None;
             }
         };
         let last_seq = self.last_seq();
-        for covers_seq in seqs {
-            if covers_seq > max_seq {
-                continue;
-            }
-            if covers_seq > last_seq {
-                tracing::warn!(%dir, covers_seq, last_seq, "snapshot ignored: covers seqs past the journal's end (stale)");
-                continue;
-            }
-            let value = match self.inner.store.snapshot_get(covers_seq) {
-                Ok(Some(v)) => v,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(%dir, covers_seq, error = %e, "snapshot ignored: cannot read it");
-                    continue;
-                }
-            };
-            match decode_snapshot::<T>(state_version, value.as_ref()) {
+        for covers_seq in seqs.into_iter().filter(|s| *s <= max_seq.min(last_seq)) {
+            match self.snapshot_state::<T>(covers_seq, state_version) {
                 Ok(state) => return Some((covers_seq, state)),
-                Err(why) => {
-                    tracing::warn!(%dir, covers_seq, why = %why, "snapshot ignored");
-                }
+                Err(why) => tracing::warn!(%dir, covers_seq, why = %why, "snapshot ignored"),
             }
         }
         None
     }
 
-    /// Checks every record: CRC, decode, key == seq, continuity from 1.
-    pub fn verify(&self) -> VerifyReport {
-        let mut report = VerifyReport::default();
-        let add = |report: &mut VerifyReport, seq: u64, what: String| {
-            if report.problems.len() < MAX_VERIFY_PROBLEMS {
-                report.problems.push(Problem { seq, what });
-            } else {
-                report.problems_omitted += 1;
-            }
-        };
-        let mut expected = 1u64;
-        for item in self.inner.store.iter_from(0) {
-            let (seq, value) = match item {
-                Ok(kv) => kv,
-                Err(e) => {
-                    add(&mut report, expected, format!("store error: {e}"));
-                    break;
-                }
-            };
-            if report.records == 0 {
-                report.first_seq = seq;
-            }
-            report.records += 1;
-            report.last_seq = seq;
-            if seq != expected {
-                let what = if seq > expected {
-                    format!("seqs {expected}..{seq} are missing")
-                } else {
-                    format!("key {seq} out of order")
-                };
-                add(&mut report, expected, what);
-            }
-            if let Err(f) = decode_record::<S>(seq, value.as_ref()) {
-                add(&mut report, seq, f.to_string());
-            }
-            expected = seq.saturating_add(1);
-        }
-        report
-    }
-
-    /// Counts per kind, first/last seq and ts_ms, size on disk, snapshot seqs.
-    pub fn stats(&self) -> Result<Stats, JournalError> {
-        let mut stats = Stats::default();
-        let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for item in self.read_from(1) {
-            let env = item?;
-            if stats.records == 0 {
-                stats.first_seq = env.seq;
-                stats.first_ts_ms = env.ts_ms;
-            }
-            stats.records += 1;
-            stats.last_seq = env.seq;
-            stats.last_ts_ms = env.ts_ms;
-            *by_kind.entry(S::kind(&env.event)).or_insert(0) += 1;
-        }
-        stats.by_kind = by_kind
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        stats.size_on_disk_bytes = self.inner.store.size_on_disk_bytes().map_err(self.se())?;
-        stats.snapshot_seqs = self.inner.store.snapshot_seqs().map_err(self.se())?;
-        Ok(stats)
-    }
-
-    /// Writes NDJSON, one envelope per line (see `json` module docs); returns the line count.
-    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<u64, JournalError> {
-        let mut buf = Vec::with_capacity(256);
-        let mut lines = 0u64;
-        for item in self.read_from(1) {
-            let env = item?;
-            write_export_line(&env, &mut buf)?;
-            out.write_all(&buf)
-                .map_err(|e| JournalError::io("<export output>", e))?;
-            lines += 1;
-        }
-        out.flush()
-            .map_err(|e| JournalError::io("<export output>", e))?;
-        Ok(lines)
-    }
-
-    /// Imports NDJSON (the export format) into an empty journal; lines must carry seq 1, 2,
-    /// 3, ... (blank lines are skipped). On any error, records already imported by this call
-    /// are removed again (to a quarantine file) and the error names the line.
-    /// Blocks: do not call from a tokio runtime worker thread.
-    pub fn import(&self, input: &mut dyn BufRead) -> Result<u64, JournalError> {
-        if self.last_seq() != 0 {
-            return Err(JournalError::NotEmpty {
-                dir: self.inner.dir.clone(),
-            });
-        }
-        match self.import_lines(input) {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                if self.last_seq() > 0 {
-                    if let Err(rollback) = self.truncate_from(1) {
-                        tracing::error!(dir = %self.inner.dir.display(), error = %rollback, "import rollback failed");
-                    }
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn import_lines(&self, input: &mut dyn BufRead) -> Result<u64, JournalError> {
-        let mut line_no = 0u64;
-        let mut expected_seq = 1u64;
-        let mut chunk: Vec<Draft<S::Event>> = Vec::with_capacity(self.inner.max_batch_records);
-        let mut line = String::new();
-        let import_err = |line: u64, what: String| JournalError::Import { line, what };
-        loop {
-            line.clear();
-            let read = std::io::Read::take(&mut *input, MAX_IMPORT_LINE_BYTES as u64 + 1)
-                .read_line(&mut line)
-                .map_err(|e| import_err(line_no + 1, format!("cannot read: {e}")))?;
-            if read == 0 {
-                break;
-            }
-            line_no += 1;
-            if read > MAX_IMPORT_LINE_BYTES {
-                return Err(import_err(
-                    line_no,
-                    format!("line longer than {MAX_IMPORT_LINE_BYTES} bytes"),
-                ));
-            }
-            let text = line.trim_end_matches(['\n', '\r']);
-            if text.trim().is_empty() {
-                continue;
-            }
-            let (seq, draft) =
-                parse_import_line::<S::Event>(text).map_err(|what| import_err(line_no, what))?;
-            if seq != expected_seq {
-                return Err(import_err(
-                    line_no,
-                    format!("seq {seq}, expected {expected_seq} (seqs must be 1, 2, 3, ... without gaps)"),
-                ));
-            }
-            expected_seq += 1;
-            chunk.push(draft);
-            if chunk.len() >= self.inner.max_batch_records {
-                self.import_chunk(&mut chunk, line_no)?;
-            }
-        }
-        self.import_chunk(&mut chunk, line_no)?;
-        Ok(expected_seq - 1)
-    }
-
-    fn import_chunk(
+    fn snapshot_state<T: DeserializeOwned>(
         &self,
-        chunk: &mut Vec<Draft<S::Event>>,
-        line_no: u64,
-    ) -> Result<(), JournalError> {
-        if chunk.is_empty() {
-            return Ok(());
+        covers_seq: u64,
+        state_version: u8,
+    ) -> Result<T, String> {
+        let shared = self.shared();
+        let path = shared.layout.snapshot_file(covers_seq);
+        let file = snapshot::read(&path).map_err(|e| e.to_string())??;
+        if file.covers_seq != covers_seq || file.state_version != state_version {
+            return Err(format!(
+                "covers seq {} with state_version {}, wanted {covers_seq} with {state_version}",
+                file.covers_seq, file.state_version
+            ));
         }
-        let first_expected = self.last_seq() + 1;
-        let envelopes = self.append_blocking(std::mem::take(chunk))?;
-        if envelopes.first().map(|e| e.seq) != Some(first_expected) {
-            return Err(JournalError::Import {
-                line: line_no,
-                what: "another writer appended during the import".into(),
-            });
+        if covers_seq + 1 >= shared.manifest().first_retained() {
+            if let Some(record) =
+                crate::read::record_bytes(shared, covers_seq).map_err(|e| e.to_string())?
+            {
+                if framed_crc(&record) != Some(file.record_crc) {
+                    return Err(format!(
+                        "the record at seq {covers_seq} is not the one it was taken after"
+                    ));
+                }
+            }
         }
-        Ok(())
+        decode_framed::<T>(state_version, &file.payload)
+    }
+
+    /// `covers_seq` of every snapshot, newest first.
+    pub fn snapshot_seqs(&self) -> Vec<u64> {
+        snapshot::list(&self.shared().layout).unwrap_or_default()
+    }
+
+    /// The earliest seq a replay to a seq can reach: 0 while the history is whole from seq 1,
+    /// else the oldest snapshot at or after the earliest retained seq minus one.
+    pub fn time_travel_from(&self) -> u64 {
+        let first = self.first_seq();
+        if first <= 1 {
+            return 0;
+        }
+        self.snapshot_seqs()
+            .into_iter()
+            .filter(|s| s + 1 >= first)
+            .min()
+            .unwrap_or(self.last_seq())
+    }
+
+    /// Sizes and the retained range, cheaply (for metrics and `stats`).
+    pub fn usage(&self) -> Usage {
+        let shared = self.shared();
+        let manifest = shared.manifest();
+        let (tail_records, tail_bytes) = {
+            let view = shared.read_view();
+            (view.tail.len() as u64, view.tail.bytes() as u64)
+        };
+        Usage {
+            segments: manifest.segments.len() as u64,
+            segment_bytes: manifest.bytes(),
+            live_bytes: layout::dir_bytes(&shared.layout.live()),
+            snapshot_bytes: layout::dir_bytes(&shared.layout.snapshots()),
+            tail_records,
+            tail_bytes,
+            first_seq: manifest.first_retained(),
+            last_seq: self.last_seq(),
+            expired_through: manifest.expired_through,
+        }
     }
 
     /// Moves records `seq >= from_seq` into a quarantine file and deletes them (and the
-    /// snapshots covering them); the repair for mid-journal corruption. Blocks.
+    /// snapshots covering them). Only the unsealed tail can be cut, or everything (`from_seq`
+    /// at or below the earliest retained seq: import's rollback). Blocks.
     pub fn truncate_from(&self, from_seq: u64) -> Result<TruncateReport, JournalError> {
         block_on(self.request(|reply| Command::Truncate { from_seq, reply }))
     }
@@ -607,4 +471,87 @@ impl<S: EventSchema> Journal<S> {
         });
         Ok(())
     }
+
+    /// Seals the tail now (whatever its size) and waits for it: tests and tools.
+    pub fn seal_now(&self) -> Result<(), JournalError> {
+        if self.is_read_only() {
+            return Err(JournalError::ReadOnly {
+                dir: self.dir().to_path_buf(),
+            });
+        }
+        let shared = self.shared();
+        crate::maintenance::seal_once(shared)
+            .map(|_| ())
+            .map_err(|e| JournalError::io(shared.layout.segments(), e))
+    }
+
+    /// Runs retention now and waits for it: tests and tools.
+    pub fn apply_retention_now(&self) -> Result<(), JournalError> {
+        let shared = self.shared();
+        crate::maintenance::apply_retention(shared)
+            .map_err(|e| JournalError::io(shared.layout.segments(), e))
+    }
+}
+
+/// Opens the witness for writing, creating it when the journal is new.
+pub(crate) fn writable_witness(
+    layout: &Layout,
+    reading: &Reading,
+    held: u64,
+    held_crc: u32,
+    first: u64,
+) -> Result<Witness, JournalError> {
+    let path = layout.witness();
+    let io = |e: std::io::Error| JournalError::io(&path, e);
+    match reading.vouch() {
+        Some(vouch) => {
+            let witness = Witness::open(&path, vouch).map_err(io)?;
+            witness.set_first_seq(first);
+            if held > vouch.seq {
+                // Valid records the witness had not vouched for yet (written, synced, then the
+                // process died before the witness caught up): vouch for them now.
+                witness.record(held, held_crc).map_err(io)?;
+            }
+            Ok(witness)
+        }
+        None => Witness::create(
+            &path,
+            Vouch {
+                seq: held,
+                record_crc: held_crc,
+                first_seq: first,
+                counter: 0,
+            },
+        )
+        .map_err(io),
+    }
+}
+
+/// Takes the directory lock of a writable open.
+pub(crate) fn take_lock(layout: &Layout) -> Result<File, JournalError> {
+    std::fs::create_dir_all(&layout.dir).map_err(|e| JournalError::io(&layout.dir, e))?;
+    match layout::lock(layout).map_err(|e| JournalError::io(layout.lock(), e))? {
+        Locked::Held(file) => Ok(file),
+        Locked::Busy => Err(JournalError::Locked {
+            dir: layout.dir.clone(),
+        }),
+    }
+}
+
+/// The scratch directory of one read-only open.
+pub(crate) fn scratch_dir(config: &JournalConfig) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    config.scratch().join(format!(
+        "pool-journal-ro-{}-{}-{}",
+        std::process::id(),
+        layout::system_now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// The witness as it reads now (an unreadable file reads as damaged).
+pub(crate) fn witness_reading(layout: &Layout) -> Reading {
+    witness::read(&layout.witness())
+        .unwrap_or_else(|e| Reading::Damaged(format!("cannot read: {e}")))
 }

@@ -135,6 +135,21 @@ pub trait EventSchema: Send + Sync + 'static {
             "this schema has no upcaster for that version",
         ))
     }
+    /// The event that records an accepted loss: the events of seqs `from_seq..=to_seq` are
+    /// gone, and this event takes seq `to_seq` in their place (`journal repair
+    /// --accept-loss`). `None` (the default): this schema cannot record a loss, so a journal
+    /// of it cannot be repaired with loss.
+    fn loss_accepted(from_seq: u64, to_seq: u64, reason: &str) -> Option<Self::Event> {
+        let _ = (from_seq, to_seq, reason);
+        None
+    }
+    /// The `(from_seq, to_seq)` of an event made by [`EventSchema::loss_accepted`]; `None`
+    /// for every other event. Readers accept the seqs `from_seq..to_seq` as absent only when
+    /// the record at `to_seq` says so.
+    fn loss_range(event: &Self::Event) -> Option<(u64, u64)> {
+        let _ = event;
+        None
+    }
 }
 
 /// Why a record's bytes were rejected. Converted to `JournalError` with the dir by the caller.
@@ -247,14 +262,18 @@ pub fn encode_record<S: EventSchema>(
     encode_framed(S::CURRENT_VERSION, envelope)
 }
 
-/// Decodes a framed snapshot value written with `state_version`.
-pub(crate) fn decode_snapshot<T: DeserializeOwned>(
-    state_version: u8,
-    bytes: &[u8],
-) -> Result<T, String> {
+/// The CRC stored in a record's framing (what the witness and snapshots vouch for), if the
+/// value is long enough to have one.
+pub fn framed_crc(bytes: &[u8]) -> Option<u32> {
+    let b = bytes.get(1..RECORD_HEADER_BYTES)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Decodes a framed value written with `expected_version` (snapshots, the manifest).
+pub fn decode_framed<T: DeserializeOwned>(expected_version: u8, bytes: &[u8]) -> Result<T, String> {
     let (version, payload) = check_framed(bytes).map_err(|e| e.to_string())?;
-    if version != state_version {
-        return Err(format!("state_version {version}, wanted {state_version}"));
+    if version != expected_version {
+        return Err(format!("version {version}, wanted {expected_version}"));
     }
     bincode_options()
         .with_limit(payload.len() as u64)

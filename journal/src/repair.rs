@@ -1,7 +1,7 @@
-//! Removing a suffix of the journal: quarantine file, index, snapshots, records, sync.
+//! Removing and repairing: quarantine files, the writer's recovery after a refused write,
+//! truncation, and `journal repair` (offline).
 //!
-//! Owns: the one procedure both tail recovery (at open) and `truncate_from` (operator repair)
-//! use, and the quarantine file format:
+//! Owns: the quarantine file format and every procedure that removes or rebuilds records:
 //!
 //! ```text
 //! <dir>/quarantine/<unix_ms>-from-seq-<N>.ndjson
@@ -9,45 +9,36 @@
 //! {"seq":N,"what":"<why it was removed>","raw_hex":"<the stored value>","envelope":<export form or null>}
 //! ```
 //!
-//! **Must never:** delete a record before the quarantine file holding it is fsynced, or leave
-//! a snapshot that covers a removed seq (a later append would reuse the seq and the snapshot
-//! would then describe events that no longer exist).
+//! `repair` reads everything it can (segments entry by entry, the live store from a copy, key
+//! by key where sled fails), decides what is lost against the witnesses (witness file,
+//! manifest, snapshots), and, when nothing acknowledged is lost or the loss is accepted,
+//! writes a new set of files (`rebuild`) with a loss marker event (`EventSchema::loss_accepted`)
+//! at the end of each lost range. The replaced files are kept in `quarantine/`.
 //!
-//! # Calling order
-//! 1. write every record >= from_seq to the quarantine file; fsync it and its directory;
-//! 2. lower the index high-water seq to from_seq - 1 and drop the index keys of decodable
-//!    removed records (stale keys of undecodable ones are filtered by `read_pool`);
-//! 3. remove snapshots with covers_seq >= from_seq;
-//! 4. remove the records; 5. `Store::sync`.
-//!
-//! A crash between steps leaves either the old journal (plus a harmless quarantine file) or
-//! a lagging index, which open rebuilds.
+//! **Must never:** delete a record before the quarantine file holding it is fsynced, lower the
+//! witness after the records it vouches for are gone (it is lowered first), or change anything
+//! when it refuses.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::record::{decode_record, EventSchema, RecordFault};
-use crate::report::TruncateReport;
-use crate::store::{index_key, sync_dir, Store};
+use crate::config::JournalConfig;
+use crate::journal::{take_lock, witness_reading};
+use crate::layout::{self, Layout};
+use crate::load::Depth;
+use crate::manifest::{self, Manifest};
+use crate::record::{decode_record, encode_record, framed_crc, Envelope, EventSchema, RecordFault};
+use crate::report::{RepairReport, TruncateReport};
+use crate::segment::{salvage_raw, SegmentFile, SegmentMeta};
+use crate::shared::Shared;
+use crate::snapshot;
+use crate::store::{catch_sled, SledStore, Store};
+use crate::witness::Reading;
 use crate::JournalError;
 
 /// Most attempts at a unique quarantine file name within one millisecond.
 const MAX_QUARANTINE_NAME_ATTEMPTS: u32 = 100;
-
-/// Why records are being removed.
-pub(crate) enum Reason {
-    /// Tail recovery at open: every record removed is damaged.
-    TailCorruption,
-    /// Operator repair or import rollback.
-    Operator,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn create_quarantine_file(
     dir: &Path,
@@ -55,7 +46,7 @@ fn create_quarantine_file(
 ) -> Result<(std::fs::File, PathBuf), JournalError> {
     let qdir = dir.join("quarantine");
     std::fs::create_dir_all(&qdir).map_err(|e| JournalError::io(&qdir, e))?;
-    let ms = unix_ms();
+    let ms = layout::system_now_ms();
     for attempt in 0..MAX_QUARANTINE_NAME_ATTEMPTS {
         let name = if attempt == 0 {
             format!("{ms}-from-seq-{from_seq}.ndjson")
@@ -81,98 +72,653 @@ fn create_quarantine_file(
     })
 }
 
-/// Moves records >= `from_seq` to a quarantine file and deletes them (see module docs).
-///
-/// `quarantined` receives `(seq, what)` for each removed record.
-pub(crate) fn remove_suffix<S: EventSchema, St: Store>(
-    store: &St,
-    dir: &Path,
+/// Writes `entries` (`seq, why, raw bytes`) to a new quarantine file, synced with its
+/// directory; returns its path.
+pub(crate) fn write_quarantine<S: EventSchema>(
+    layout: &Layout,
     from_seq: u64,
-    reason: Reason,
-    quarantined: &mut Vec<(u64, String)>,
-) -> Result<TruncateReport, JournalError> {
-    let se = |e: crate::store::StoreError| e.into_journal(dir);
-    let mut report = TruncateReport {
-        from_seq,
-        last_seq: from_seq.saturating_sub(1),
-        ..TruncateReport::default()
-    };
-    let mut file: Option<(std::io::BufWriter<std::fs::File>, PathBuf)> = None;
-    let mut index_keys = Vec::new();
-    // Step 1: quarantine file.
-    for item in store.iter_from(from_seq) {
-        let (seq, value) = item.map_err(se)?;
-        let raw = value.as_ref();
-        let decoded = decode_record::<S>(seq, raw);
-        let what = match (&decoded, &reason) {
-            (Err(RecordFault::Bad(w)), _) => w.clone(),
-            (Err(RecordFault::Unsupported { .. }), Reason::TailCorruption) => {
-                // Recovery never removes these (it refuses instead); be safe.
-                return Err(JournalError::InvalidArgument {
-                    what: format!("refusing to quarantine seq {seq}: it is a newer format"),
-                });
-            }
-            (Err(f), Reason::Operator) => format!("removed by operator ({f})"),
-            (Ok(_), Reason::TailCorruption) => "tail record removed with the corrupt ones".into(),
-            (Ok(_), Reason::Operator) => format!("removed by truncate_from({from_seq})"),
-        };
-        let envelope_json = match &decoded {
-            Ok(env) => crate::json::envelope_to_json(env)?,
+    entries: &[(u64, String, Vec<u8>)],
+) -> Result<PathBuf, JournalError> {
+    let (file, path) = create_quarantine_file(&layout.dir, from_seq)?;
+    let mut w = std::io::BufWriter::new(file);
+    for (seq, what, raw) in entries {
+        let envelope = match decode_record::<S>(*seq, raw) {
+            Ok(env) => crate::json::envelope_to_json(&env)?,
             Err(_) => serde_json::Value::Null,
         };
-        if let Ok(env) = &decoded {
-            if let Some(pool) = &env.pool_id {
-                index_keys.push(index_key(pool, seq));
+        let line = serde_json::json!({
+            "seq": seq,
+            "what": what,
+            "raw_hex": crate::hex(raw),
+            "envelope": envelope,
+        });
+        serde_json::to_writer(&mut w, &line).map_err(|e| JournalError::Encode {
+            what: format!("quarantine line: {e}"),
+        })?;
+        w.write_all(b"\n").map_err(|e| JournalError::io(&path, e))?;
+    }
+    let f = w
+        .into_inner()
+        .map_err(|e| JournalError::io(&path, e.into_error()))?;
+    f.sync_all().map_err(|e| JournalError::io(&path, e))?;
+    layout::sync_dir(&layout.quarantine()).map_err(|e| JournalError::io(layout.quarantine(), e))?;
+    layout::sync_dir(&layout.dir).map_err(|e| JournalError::io(&layout.dir, e))?;
+    Ok(path)
+}
+
+/// Removes the live store's records from `from_seq` on, synced.
+pub(crate) fn remove_from_store<St: Store>(
+    layout: &Layout,
+    store: &St,
+    from_seq: u64,
+) -> Result<u64, JournalError> {
+    let removed = store
+        .remove_from(from_seq)
+        .map_err(|e| e.into_journal(&layout.dir))?;
+    store.sync().map_err(|e| e.into_journal(&layout.dir))?;
+    Ok(removed)
+}
+
+/// Whether `dir` takes a write and an fsync now (a small probe file, removed again).
+pub(crate) fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(format!(".probe-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()?;
+        std::fs::remove_file(&path)?;
+        layout::sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    result
+}
+
+/// After the live store was reopened (recovery from a refused write): quarantines the records
+/// it holds past the last acknowledged seq (the failed batch wrote them; nobody was told they
+/// are durable) and writes again, from the tail in memory, any acknowledged record it no
+/// longer holds as it was. Returns `(quarantined, rewritten)`.
+pub(crate) fn reconcile_store<S: EventSchema, St: Store>(
+    shared: &Shared,
+    store: &St,
+) -> Result<(u64, u64), JournalError> {
+    let layout = &shared.layout;
+    let acked = shared.last_seq();
+    let se = |e: crate::store::StoreError| e.into_journal(&layout.dir);
+    let mut extra = Vec::new();
+    for item in store.iter_from(acked + 1) {
+        let (seq, value) = item.map_err(se)?;
+        extra.push((
+            seq,
+            "not acknowledged: the append that wrote it failed".to_string(),
+            value.as_ref().to_vec(),
+        ));
+    }
+    if !extra.is_empty() {
+        write_quarantine::<S>(layout, acked + 1, &extra)?;
+        store.remove_from(acked + 1).map_err(se)?;
+    }
+    let tail: Vec<(u64, std::sync::Arc<[u8]>)> = shared
+        .read_view()
+        .tail
+        .iter()
+        .map(|r| (r.seq, std::sync::Arc::clone(&r.value)))
+        .collect();
+    let mut rewritten = 0u64;
+    for (seq, value) in tail {
+        let held = store.get(seq).map_err(se)?;
+        if held.as_ref().map(|v| v.as_ref()) != Some(&value[..]) {
+            store.put_raw(seq, &value).map_err(se)?;
+            rewritten += 1;
+        }
+    }
+    store.sync().map_err(se)?;
+    if rewritten > 0 {
+        tracing::error!(dir = %layout.dir.display(), rewritten, "acknowledged records were missing from the live store after the disk failed (the kernel dropped them); they were written again from memory");
+    }
+    Ok((extra.len() as u64, rewritten))
+}
+
+/// Truncation (see `Journal::truncate_from`): the witness is lowered first, the records go to
+/// a quarantine file, then they are removed.
+pub(crate) fn truncate<S: EventSchema, St: Store>(
+    shared: &Shared,
+    store: &St,
+    from_seq: u64,
+) -> Result<TruncateReport, JournalError> {
+    if from_seq == 0 {
+        return Err(JournalError::InvalidArgument {
+            what: "truncate_from: seqs start at 1".into(),
+        });
+    }
+    let layout = &shared.layout;
+    let last = shared.last_seq();
+    let mut report = TruncateReport {
+        from_seq,
+        last_seq: last,
+        ..TruncateReport::default()
+    };
+    if from_seq > last {
+        return Ok(report);
+    }
+    let _seal = shared.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let manifest = shared.manifest();
+    let wipe = from_seq <= manifest.first_retained();
+    if !wipe && from_seq <= manifest.sealed_through() {
+        return Err(JournalError::InvalidArgument {
+            what: format!(
+                "seqs up to {} are sealed into segments; truncate_from cuts only the unsealed tail (from seq {}) or everything",
+                manifest.sealed_through(),
+                manifest.sealed_through() + 1
+            ),
+        });
+    }
+    let below = from_seq - 1;
+    let below_crc = if below == 0 || below < manifest.first_retained() {
+        0
+    } else {
+        crate::read::record_bytes(shared, below)?
+            .as_deref()
+            .and_then(framed_crc)
+            .unwrap_or(0)
+    };
+    if let Some(witness) = &shared.witness {
+        witness
+            .write_both(below, below_crc)
+            .map_err(|e| JournalError::io(witness.path(), e))?;
+    }
+    let mut entries = Vec::new();
+    for item in crate::read::Reader::<S>::new(shared, from_seq.max(manifest.first_retained())) {
+        let envelope = item?;
+        let raw = encode_record::<S>(&envelope).map_err(|e| JournalError::Encode {
+            what: e.to_string(),
+        })?;
+        entries.push((
+            envelope.seq,
+            format!("removed by truncate_from({from_seq})"),
+            raw,
+        ));
+    }
+    if !entries.is_empty() {
+        report.quarantine_file = Some(write_quarantine::<S>(layout, from_seq, &entries)?);
+    }
+    report.removed_records = entries.len() as u64;
+    if wipe {
+        wipe_sealed(shared, &manifest, below)?;
+    }
+    for covers in snapshot::list(layout).map_err(|e| JournalError::io(layout.snapshots(), e))? {
+        if covers >= from_seq {
+            let _ = std::fs::remove_file(layout.snapshot_file(covers));
+            report.removed_snapshots.push(covers);
+        }
+    }
+    remove_from_store(layout, store, from_seq)?;
+    shared.write_view().tail.truncate_from(from_seq);
+    shared
+        .last_seq
+        .store(below, std::sync::atomic::Ordering::Release);
+    report.last_seq = below;
+    tracing::warn!(dir = %layout.dir.display(), from_seq, removed = report.removed_records, "journal truncated");
+    Ok(report)
+}
+
+fn wipe_sealed(shared: &Shared, manifest: &Manifest, below: u64) -> Result<(), JournalError> {
+    let layout = &shared.layout;
+    let next = Manifest {
+        generation: manifest.generation + 1,
+        expired_through: below,
+        segments: Vec::new(),
+    };
+    manifest::write(&layout.manifest(), &next)
+        .map_err(|e| JournalError::io(layout.manifest(), e))?;
+    for s in &manifest.segments {
+        let _ = std::fs::remove_file(layout.segment_file(s.first_seq, s.last_seq));
+    }
+    let _ = layout::sync_dir(&layout.segments());
+    let mut view = shared.write_view();
+    view.manifest = std::sync::Arc::new(next);
+    Ok(())
+}
+
+/// What the salvage found readable.
+struct Salvage {
+    /// Readable records, by seq (from the live store and damaged segments).
+    records: BTreeMap<u64, Vec<u8>>,
+    /// Intact segments kept as files: `(meta, crc of its last record)`.
+    intact: Vec<(SegmentMeta, u32)>,
+    /// The seqs the manifest (or the witness) says the history starts at.
+    first_seq: u64,
+    /// The highest seq some witness proves.
+    proven: u64,
+    /// Valid snapshots to keep.
+    snapshots: Vec<u64>,
+    /// Problems met, for the report.
+    problems: Vec<String>,
+}
+
+/// `journal repair` (see the module docs). Takes the directory lock.
+pub fn repair<S: EventSchema>(
+    config: JournalConfig,
+    accept_loss: bool,
+) -> Result<RepairReport, JournalError> {
+    config.validate()?;
+    let layout = Layout::new(&config.dir);
+    let _lock = take_lock(&layout)?;
+    crate::rebuild::finish(&layout)?;
+    let (loaded, _) = crate::open::load_under_own_lock::<S>(&config, Depth::Full)?;
+    if loaded.findings.is_empty() && !layout.is_legacy() && loaded.torn.is_empty() {
+        return Ok(RepairReport {
+            nothing_to_do: true,
+            last_seq: loaded.held_last(),
+            ..RepairReport::default()
+        });
+    }
+    let mut problems: Vec<String> = loaded
+        .findings
+        .iter()
+        .map(|f| format!("{}: {}", f.file.display(), f.what))
+        .collect();
+    let salvage = salvage::<S>(&layout, &config)?;
+    problems.extend(salvage.problems.iter().cloned());
+    let holes = holes::<S>(&salvage);
+    if !holes.is_empty() && !accept_loss {
+        return Err(JournalError::LossNotAccepted {
+            dir: layout.dir.clone(),
+            lost: holes.iter().map(|(a, b)| b - a + 1).sum(),
+            ranges: ranges_text(&holes),
+        });
+    }
+    let reason = format!(
+        "journal repair --accept-loss: {}",
+        problems
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "unreadable records".into())
+    );
+    let (moved_to, kept, last_seq) =
+        write_repaired::<S>(&layout, &config, &salvage, &holes, &reason)?;
+    let report = RepairReport {
+        nothing_to_do: false,
+        problems,
+        lost: holes,
+        kept_records: kept,
+        last_seq,
+        moved_to: Some(moved_to),
+    };
+    tracing::warn!(dir = %layout.dir.display(), lost = ?report.lost, last_seq, "journal repaired");
+    Ok(report)
+}
+
+fn ranges_text(holes: &[(u64, u64)]) -> String {
+    let mut parts: Vec<String> = holes
+        .iter()
+        .take(8)
+        .map(|(a, b)| format!("seqs {a}..={b}"))
+        .collect();
+    if holes.len() > 8 {
+        parts.push(format!("and {} more range(s)", holes.len() - 8));
+    }
+    parts.join(", ")
+}
+
+/// The lost ranges: seqs between the first and the proven (or last readable) one that no
+/// intact segment, readable record or existing loss marker accounts for.
+fn holes<S: EventSchema>(salvage: &Salvage) -> Vec<(u64, u64)> {
+    let mut covered: Vec<(u64, u64)> = salvage
+        .intact
+        .iter()
+        .map(|(m, _)| (m.first_seq, m.last_seq))
+        .collect();
+    for (seq, value) in &salvage.records {
+        let from = match decode_record::<S>(*seq, value) {
+            Ok(env) => S::loss_range(&env.event)
+                .filter(|(_, to)| to == seq)
+                .map_or(*seq, |(from, _)| from),
+            Err(_) => *seq,
+        };
+        covered.push((from, *seq));
+    }
+    covered.sort_unstable();
+    let last = covered
+        .iter()
+        .map(|c| c.1)
+        .max()
+        .unwrap_or(0)
+        .max(salvage.proven);
+    let mut holes = Vec::new();
+    let mut next = salvage.first_seq.max(1);
+    for (from, to) in covered {
+        if to < next {
+            continue;
+        }
+        if from > next {
+            holes.push((next, from - 1));
+        }
+        next = to + 1;
+    }
+    if next <= last {
+        holes.push((next, last));
+    }
+    holes
+}
+
+fn salvage<S: EventSchema>(
+    layout: &Layout,
+    config: &JournalConfig,
+) -> Result<Salvage, JournalError> {
+    let legacy = layout.is_legacy();
+    let witness = if legacy {
+        Reading::Missing
+    } else {
+        witness_reading(layout)
+    };
+    let mut salvage = Salvage {
+        records: BTreeMap::new(),
+        intact: Vec::new(),
+        first_seq: 1,
+        proven: witness.vouch().map_or(0, |v| v.seq),
+        snapshots: Vec::new(),
+        problems: Vec::new(),
+    };
+    let manifest = match manifest::read(&layout.manifest()) {
+        Ok(Ok(Some(m))) => Some(m),
+        _ => None,
+    };
+    salvage.first_seq = match (&manifest, witness.vouch()) {
+        (Some(m), _) => m.first_retained(),
+        (None, Some(v)) => v.first_seq.max(1),
+        (None, None) => 1,
+    };
+    if let Some(m) = &manifest {
+        salvage.proven = salvage.proven.max(m.sealed_through());
+    }
+    salvage_segments::<S>(layout, manifest.as_ref(), &mut salvage);
+    salvage_store::<S>(layout, config, &mut salvage)?;
+    salvage_snapshots(layout, &mut salvage);
+    Ok(salvage)
+}
+
+fn salvage_segments<S: EventSchema>(
+    layout: &Layout,
+    manifest: Option<&Manifest>,
+    salvage: &mut Salvage,
+) {
+    let paths: Vec<PathBuf> = match manifest {
+        Some(m) => m
+            .segments
+            .iter()
+            .map(|s| layout.segment_file(s.first_seq, s.last_seq))
+            .collect(),
+        None => {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(layout.segments())
+                .map(|e| {
+                    e.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            found
+        }
+    };
+    for path in paths {
+        let whole = SegmentFile::open(&path)
+            .ok()
+            .filter(|f| f.check_full().is_ok());
+        if let Some(file) = whole {
+            let (entries, _) = file.salvage();
+            let all_decode = entries
+                .iter()
+                .all(|(seq, v)| decode_record::<S>(*seq, v).is_ok());
+            let listed = manifest.and_then(|m| {
+                m.segments
+                    .iter()
+                    .find(|s| {
+                        s.first_seq == file.header.first_seq && s.last_seq == file.header.last_seq
+                    })
+                    .cloned()
+            });
+            if all_decode {
+                let last_crc = entries.last().and_then(|(_, v)| framed_crc(v)).unwrap_or(0);
+                let meta = listed.unwrap_or_else(|| meta_of(&file, &entries));
+                salvage.intact.push((meta, last_crc));
+                continue;
             }
         }
-        if file.is_none() {
-            let (f, path) = create_quarantine_file(dir, from_seq)?;
-            file = Some((std::io::BufWriter::new(f), path));
+        let (entries, problems) = match SegmentFile::open(&path) {
+            Ok(file) => file.salvage(),
+            Err(f) => {
+                let (entries, mut more) = salvage_raw(&path);
+                more.insert(0, f.what);
+                (entries, more)
+            }
+        };
+        for p in problems {
+            salvage.problems.push(format!("{}: {p}", path.display()));
         }
-        if let Some((w, path)) = file.as_mut() {
-            let line = serde_json::json!({
-                "seq": seq,
-                "what": what,
-                "raw_hex": crate::hex(raw),
-                "envelope": envelope_json,
-            });
-            serde_json::to_writer(&mut *w, &line).map_err(|e| JournalError::Encode {
-                what: format!("quarantine line: {e}"),
+        keep_decodable::<S>(entries, salvage, &path);
+    }
+}
+
+fn meta_of(file: &SegmentFile, entries: &[(u64, Vec<u8>)]) -> SegmentMeta {
+    SegmentMeta {
+        first_seq: file.header.first_seq,
+        last_seq: file.header.last_seq,
+        records: file.header.records,
+        bytes: file.len,
+        first_ts_ms: file.header.first_ts_ms,
+        last_ts_ms: file.header.last_ts_ms,
+        body_crc: file.trailer.body_crc,
+        pools: (entries.is_empty()).then(Vec::new),
+    }
+}
+
+fn keep_decodable<S: EventSchema>(
+    entries: Vec<(u64, Vec<u8>)>,
+    salvage: &mut Salvage,
+    from: &Path,
+) {
+    for (seq, value) in entries {
+        match decode_record::<S>(seq, &value) {
+            Ok(_) => {
+                salvage.records.insert(seq, value);
+            }
+            Err(RecordFault::Unsupported { .. }) => {
+                salvage.problems.push(format!(
+                    "{}: seq {seq} is of a newer format; kept",
+                    from.display()
+                ));
+                salvage.records.insert(seq, value);
+            }
+            Err(RecordFault::Bad(what)) => salvage
+                .problems
+                .push(format!("{}: seq {seq}: {what}", from.display())),
+        }
+    }
+}
+
+/// Reads the live store from a copy (so that a refusal changes nothing): through sled's
+/// iterator, then key by key past the point where it failed.
+fn salvage_store<S: EventSchema>(
+    layout: &Layout,
+    config: &JournalConfig,
+    salvage: &mut Salvage,
+) -> Result<(), JournalError> {
+    let store_dir = layout.store_dir();
+    let db = store_dir.join("db");
+    if !db.exists() {
+        return Ok(());
+    }
+    let scratch = crate::journal::scratch_dir(config);
+    let result = (|| {
+        crate::open::copy_store(&store_dir, &scratch).map_err(|e| JournalError::io(&scratch, e))?;
+        let store = match SledStore::open(&scratch, config.cache_capacity_bytes) {
+            Ok(store) => store,
+            Err(first) => {
+                salvage.problems.push(format!(
+                    "{}: sled cannot open it: {first}; retrying without its snapshot files",
+                    db.display()
+                ));
+                for entry in std::fs::read_dir(&scratch)
+                    .map_err(|e| JournalError::io(&scratch, e))?
+                    .flatten()
+                {
+                    if entry.file_name().to_string_lossy().starts_with("snap.") {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+                match SledStore::open(&scratch, config.cache_capacity_bytes) {
+                    Ok(store) => store,
+                    Err(e) => {
+                        salvage
+                            .problems
+                            .push(format!("{}: sled cannot open it at all: {e}", db.display()));
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let mut read = Vec::new();
+        let iterated: Result<(), crate::store::StoreError> = catch_sled(|| {
+            for item in store.iter_from(0) {
+                let (seq, value) = item?;
+                read.push((seq, value.as_ref().to_vec()));
+            }
+            Ok(())
+        });
+        if let Err(e) = iterated {
+            salvage.problems.push(format!(
+                "{}: reading stopped: {e}; reading key by key",
+                db.display()
+            ));
+            let after = read.last().map_or(0, |r| r.0);
+            let upper = salvage.proven.max(after) + config.max_batch_records as u64;
+            for seq in after + 1..=upper {
+                if let Ok(Some(value)) = catch_sled(|| store.get(seq)) {
+                    read.push((seq, value.as_ref().to_vec()));
+                }
+            }
+        }
+        keep_decodable::<S>(read, salvage, &db);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn salvage_snapshots(layout: &Layout, salvage: &mut Salvage) {
+    let Ok(seqs) = snapshot::list(layout) else {
+        return;
+    };
+    for covers in seqs {
+        let path = layout.snapshot_file(covers);
+        match snapshot::read(&path) {
+            Ok(Ok(file)) if file.covers_seq == covers => {
+                let held_crc = salvage.records.get(&covers).and_then(|v| framed_crc(v));
+                if held_crc.is_some_and(|crc| crc != file.record_crc) {
+                    salvage.problems.push(format!(
+                        "{}: taken after another record at seq {covers}; dropped",
+                        path.display()
+                    ));
+                    continue;
+                }
+                salvage.proven = salvage.proven.max(covers);
+                salvage.snapshots.push(covers);
+            }
+            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+                salvage
+                    .problems
+                    .push(format!("{}: damaged; dropped", path.display()));
+            }
+        }
+    }
+}
+
+/// Writes the repaired journal: intact segments as they are, readable records, a loss marker
+/// at the end of each hole; then installs it. Returns `(moved_to, records kept, last seq)`.
+fn write_repaired<S: EventSchema>(
+    layout: &Layout,
+    config: &JournalConfig,
+    salvage: &Salvage,
+    holes: &[(u64, u64)],
+    reason: &str,
+) -> Result<(PathBuf, u64, u64), JournalError> {
+    let mut builder = crate::rebuild::Builder::<S>::new(layout, config, salvage.first_seq)?;
+    let mut markers: BTreeMap<u64, u64> = holes.iter().map(|(a, b)| (*b, *a)).collect();
+    let mut intact = salvage.intact.iter().peekable();
+    let mut records = salvage.records.iter().peekable();
+    let now = config.clock.now_ms();
+    loop {
+        let next_intact = intact.peek().map(|(m, _)| m.first_seq);
+        let next_record = records.peek().map(|(s, _)| **s);
+        let next_marker = markers.keys().next().copied();
+        let Some(next) = [next_intact, next_record, next_marker]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        if next <= builder.last_seq() {
+            // Already covered (a record inside an intact segment, a duplicate).
+            if next_record == Some(next) {
+                records.next();
+            } else if next_marker == Some(next) {
+                markers.remove(&next);
+            } else {
+                intact.next();
+            }
+            continue;
+        }
+        if next_marker == Some(next) {
+            let from = markers.remove(&next).unwrap_or(next);
+            let event = S::loss_accepted(from, next, reason).ok_or_else(|| {
+                JournalError::InvalidArgument {
+                    what: "this journal's event schema cannot record a loss".into(),
+                }
             })?;
-            w.write_all(b"\n")
-                .map_err(|e| JournalError::io(&*path, e))?;
-        }
-        if let Reason::TailCorruption = reason {
-            tracing::warn!(seq, what = %what, dir = %dir.display(), "journal tail record quarantined");
-        }
-        quarantined.push((seq, what));
-        report.removed_records += 1;
-    }
-    if let Some((w, path)) = file {
-        let f = w
-            .into_inner()
-            .map_err(|e| JournalError::io(&path, e.into_error()))?;
-        f.sync_all().map_err(|e| JournalError::io(&path, e))?;
-        if let Some(parent) = path.parent() {
-            sync_dir(parent).map_err(se)?;
-        }
-        sync_dir(dir).map_err(se)?;
-        report.quarantine_file = Some(path);
-    }
-    // Step 2: index.
-    let high_water = store.index_high_water().map_err(se)?;
-    store
-        .index_remove(&index_keys, high_water.min(from_seq.saturating_sub(1)))
-        .map_err(se)?;
-    // Step 3: snapshots.
-    for covers_seq in store.snapshot_seqs().map_err(se)? {
-        if covers_seq >= from_seq {
-            store.snapshot_remove(covers_seq).map_err(se)?;
-            report.removed_snapshots.push(covers_seq);
+            let envelope = Envelope {
+                seq: next,
+                ts_ms: now,
+                pool_id: None,
+                cause: None,
+                event,
+            };
+            let bytes = encode_record::<S>(&envelope).map_err(|e| JournalError::Encode {
+                what: e.to_string(),
+            })?;
+            builder.push(next, bytes)?;
+        } else if next_intact == Some(next) {
+            if let Some((meta, crc)) = intact.next() {
+                builder.link_segment(meta, *crc)?;
+            }
+        } else if let Some((seq, value)) = records.next() {
+            builder.push(*seq, value.clone())?;
         }
     }
-    // Steps 4 and 5.
-    store.remove_from(from_seq).map_err(se)?;
-    store.sync().map_err(se)?;
-    Ok(report)
+    let last = builder.last_seq();
+    for covers in &salvage.snapshots {
+        // A snapshot taken after a lost record stays behind with the replaced files: nothing
+        // can vouch for it any more, and at a range's end the loss marker now holds its seq,
+        // so every later open would refuse it as taken after another record.
+        if holes
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(covers))
+        {
+            tracing::warn!(dir = %layout.dir.display(), covers_seq = covers, "snapshot taken after a lost event dropped by repair");
+            continue;
+        }
+        if *covers <= last {
+            builder.link_snapshot(*covers)?;
+        }
+    }
+    let kept = builder.records;
+    let moved = builder.finish()?;
+    Ok((moved, kept, last))
 }

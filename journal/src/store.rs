@@ -1,20 +1,22 @@
-//! The storage boundary: the [`Store`] trait and its sled 0.34 implementation, [`SledStore`].
+//! The live store: the [`Store`] trait and its sled 0.34 implementation, [`SledStore`].
 //!
-//! Owns: the directory lock, sled's trees and key encodings, and the durability barrier
-//! ([`Store::sync`]). Every other module reaches the disk through [`Store`], so the store
-//! could change without touching callers.
+//! It holds the records not yet sealed into a segment, keyed by seq. The journal writes to it
+//! (one writer thread, group commit) and reads it only when it opens: every record it holds
+//! is also in the journal's in-memory tail until it is sealed, so readers never touch sled
+//! (sled hangs on some reads after a failed write, and cannot be opened on a full disk).
 //!
+//! Owns: sled's tree and key encoding, and the durability barrier ([`Store::sync`]).
 //! **Must never:** interpret record bytes (no decoding here), or report `sync` success before
 //! the data is on stable storage.
 //!
-//! # Trees
+//! # Tree
 //!
 //! ```text
-//! records    key = seq u64 BE                           value = record bytes (see `record`)
-//! pool_index key = pool_id bytes | 0x00 | seq u64 BE    value = empty
-//!            key = 0xFF "index_high_water_seq"          value = u64 BE (0xFF never occurs in UTF-8)
-//! snapshots  key = covers_seq u64 BE                    value = framed snapshot
+//! records    key = seq u64 BE     value = record bytes (see `record`)
 //! ```
+//!
+//! A journal from before segments also has the trees `pool_index` and `snapshots`; they are
+//! read once, by the migration, and dropped.
 //!
 //! # Durability (`sync`)
 //!
@@ -23,15 +25,14 @@
 //! flushes the drive's cache nor the file's metadata; its real `fsync` runs only from the
 //! background flusher (`flusher.rs`, every `flush_every_ms`), which we disable. So `sync` is:
 //!
-//! 1. `Db::flush()` (all dirty buffers written to `<dir>/db`);
-//! 2. `fdatasync(<dir>/db)` through our own read-only fd (fsync acts on the inode);
-//! 3. `fsync` every file in `<dir>/blobs/` not synced before, and then the `blobs` directory:
-//!    sled writes values over its blob threshold (`segment_size / 4 - 20` = 131 052 bytes by
-//!    default; also large node rewrites) to `blobs/<lsn>` with plain `write_all` and never
-//!    fsyncs them (`pagecache/blob_io.rs`). Event records are capped at 64 KiB, but snapshots
-//!    and node rewrites can land there.
+//! 1. `Db::flush()` (all dirty buffers written to `<store>/db`);
+//! 2. `fsync` every file in `<store>/blobs/` not synced before, and then the `blobs`
+//!    directory: sled writes values over its blob threshold (`segment_size / 4 - 20` = 131 052
+//!    bytes by default; also large node rewrites) to `blobs/<lsn>` with plain `write_all` and
+//!    never fsyncs them (`pagecache/blob_io.rs`);
+//! 3. `fdatasync(<store>/db)` through our own read-only fd (fsync acts on the inode).
 //!
-//! `conf` and the directory entries of `db`, `blobs/` and `LOCK` are fsynced once at open.
+//! `conf` and the directory entries of `db` and `blobs/` are fsynced once at open.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -41,19 +42,16 @@ use std::time::{Duration, Instant};
 
 use sled::IVec;
 
-/// Name of our lock file inside the journal directory.
-pub const LOCK_FILE_NAME: &str = "LOCK";
-/// How long `open` keeps retrying sled's own lock after ours was granted: only a previous
-/// `Journal` of this same process whose last sled thread is still exiting can hold it then.
+/// How long `open` keeps retrying sled's own lock: only a previous store of this same
+/// process whose last sled thread is still exiting can hold it then (the journal's own
+/// `LOCK` was granted first).
 pub const SLED_LOCK_RETRY_MS: u64 = 2_000;
-/// How long `open` retries `<dir>/LOCK` before it reports the journal in use: a child that a
-/// daemon forks to spawn an engine holds every inherited descriptor, with its `flock`, until
-/// it execs (milliseconds), so a journal closed a moment ago may still look held.
-pub const LOCK_RETRY_MS: u64 = 250;
 /// Pause between those retries.
 pub const SLED_LOCK_RETRY_DELAY_MS: u64 = 20;
-
-const INDEX_HIGH_WATER_KEY: &[u8] = b"\xFFindex_high_water_seq";
+/// The records tree.
+const RECORDS_TREE: &str = "records";
+/// Trees of the legacy layout.
+const LEGACY_TREES: [&str; 2] = ["pool_index", "snapshots"];
 
 /// An error from the store, before the journal adds context.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +67,6 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
-    /// The directory is locked by someone else.
-    #[error("{} is locked", dir.display())]
-    Locked {
-        /// The journal directory.
-        dir: PathBuf,
-    },
     /// A key that is not 8 bytes in a seq-keyed tree.
     #[error("key {key_hex} in tree {tree} is not a u64 seq")]
     BadKey {
@@ -83,9 +75,27 @@ pub enum StoreError {
         /// The key, hex.
         key_hex: String,
     },
+    /// sled panicked (damaged files it does not expect).
+    #[error("sled panicked: {0}")]
+    Panicked(String),
 }
 
 impl StoreError {
+    /// The operating system's error, where there is one (sled wraps it in its own).
+    pub fn os_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StoreError::Sled(sled::Error::Io(e)) => Some(e),
+            StoreError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// How an operator would classify it.
+    pub fn kind(&self) -> crate::WriteErrorKind {
+        self.os_error()
+            .map_or(crate::WriteErrorKind::Other, crate::WriteErrorKind::of)
+    }
+
     /// Adds the journal dir, giving the crate's error.
     pub fn into_journal(self, dir: &Path) -> crate::JournalError {
         match self {
@@ -94,81 +104,45 @@ impl StoreError {
                 source,
             },
             StoreError::Io { path, source } => crate::JournalError::Io { path, source },
-            StoreError::Locked { dir } => crate::JournalError::Locked { dir },
-            StoreError::BadKey { tree, key_hex } => crate::JournalError::Corruption {
-                seq: 0,
-                what: format!("key {key_hex} in tree {tree} is not an 8-byte seq"),
+            other => crate::JournalError::Damaged {
                 dir: dir.to_path_buf(),
+                file: crate::layout::Layout::new(dir).live(),
+                what: other.to_string(),
+                more: 0,
+                loss: false,
             },
         }
     }
 }
 
-/// What the journal needs from its storage.
+/// What the journal needs from its live storage.
 ///
 /// # Invariants the journal keeps (the store need not check them)
 /// - Record keys are written in increasing order, by one writer.
-/// - `sync` is called after `append_batch` and before any waiter is answered.
+/// - `sync` is called after `write_batch` and before any waiter is answered.
 pub trait Store: Send + Sync + 'static {
     /// A stored value (zero-copy where the store allows).
     type Value: AsRef<[u8]> + Send + Sync + 'static;
-    /// Iterator over `(seq, value)` of the records tree.
+    /// Iterator over `(seq, value)` in seq order.
     type RecordIter: Iterator<Item = Result<(u64, Self::Value), StoreError>> + Send;
-    /// Iterator over the seqs of one pool in the index.
-    type IndexIter: Iterator<Item = Result<u64, StoreError>> + Send;
 
-    /// Writes `records` (seq, bytes) atomically, then the index keys and the new index
-    /// high-water seq atomically. Not durable until `sync`.
-    fn append_batch(
-        &self,
-        records: &[(u64, Vec<u8>)],
-        index_keys: &[Vec<u8>],
-        index_high_water_seq: u64,
-    ) -> Result<(), StoreError>;
-    /// Makes everything written so far durable.
+    /// Inserts `records` (seq, bytes) and removes the keys `removals` (sealed records),
+    /// atomically. Not durable until `sync`.
+    fn write_batch(&self, records: &[(u64, Vec<u8>)], removals: &[u64]) -> Result<(), StoreError>;
+    /// Durability barrier for everything written so far.
     fn sync(&self) -> Result<(), StoreError>;
-    /// One record.
+    /// One record's value.
     fn get(&self, seq: u64) -> Result<Option<Self::Value>, StoreError>;
-    /// Records with key >= seq, ascending.
+    /// Records with key >= `seq`, ascending.
     fn iter_from(&self, seq: u64) -> Self::RecordIter;
-    /// All records, newest first.
-    fn iter_rev(&self) -> Self::RecordIter;
-    /// The record with the highest key.
+    /// The highest record.
     fn last(&self) -> Result<Option<(u64, Self::Value)>, StoreError>;
-    /// Writes one raw record value (import tools, tests, fixtures). Not durable until `sync`.
+    /// Writes raw bytes under `seq` without checks (tests and repair).
     fn put_raw(&self, seq: u64, value: &[u8]) -> Result<(), StoreError>;
-    /// Removes records with key >= seq; returns how many.
+    /// Removes every record with key >= `seq`; returns how many.
     fn remove_from(&self, seq: u64) -> Result<u64, StoreError>;
-
-    /// Highest seq whose pool entry (if any) is in the index; 0 if never written.
-    fn index_high_water(&self) -> Result<u64, StoreError>;
-    /// Adds index keys and sets the high-water seq, atomically.
-    fn index_add(&self, index_keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError>;
-    /// Removes index keys and sets the high-water seq, atomically.
-    fn index_remove(&self, index_keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError>;
-    /// Seqs indexed under `pool_id`, ascending, from `since_seq`.
-    fn index_scan(&self, pool_id: &str, since_seq: u64) -> Self::IndexIter;
-
-    /// Stores one snapshot value under `covers_seq`.
-    fn snapshot_put(&self, covers_seq: u64, value: &[u8]) -> Result<(), StoreError>;
-    /// `covers_seq` of every snapshot, newest first.
-    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError>;
-    /// One snapshot value.
-    fn snapshot_get(&self, covers_seq: u64) -> Result<Option<Self::Value>, StoreError>;
-    /// Removes one snapshot.
-    fn snapshot_remove(&self, covers_seq: u64) -> Result<(), StoreError>;
-
     /// Sum of the sizes of the files under the store's directory.
-    fn size_on_disk_bytes(&self) -> Result<u64, StoreError>;
-}
-
-/// The key of `seq` in the per-pool index.
-pub fn index_key(pool_id: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(pool_id.len() + 9);
-    key.extend_from_slice(pool_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+    fn size_on_disk_bytes(&self) -> u64;
 }
 
 fn seq_of(tree: &'static str, key: &[u8]) -> Result<u64, StoreError> {
@@ -184,14 +158,10 @@ pub struct SledStore {
     dir: PathBuf,
     db: sled::Db,
     records: sled::Tree,
-    index: sled::Tree,
-    snapshots: sled::Tree,
     /// Our fd on `<dir>/db`, used only for `fdatasync`.
     db_file: File,
     /// Blob files already fsynced (pruned to what exists at each sweep).
     synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
-    /// Holds the `flock` on `<dir>/LOCK` until the store is dropped.
-    _lock: File,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -207,56 +177,35 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// `fsync` a directory so the entries created in it survive a crash.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(dir))
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    crate::layout::sync_dir(dir).map_err(io_err(dir))
 }
 
-fn try_flock(file: &File) -> std::io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a valid fd we own; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
+/// Runs `f`, turning a panic inside sled into [`StoreError::Panicked`].
+pub fn catch_sled<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(StoreError::Panicked(what))
+        }
     }
 }
-
-/// The sled trees of a journal: records by seq, the per-pool index, snapshots.
-const TREE_NAMES: [&str; 3] = ["records", "pool_index", "snapshots"];
 
 impl SledStore {
-    /// Opens (creating if absent) the store in `dir`, taking the directory lock first.
-    ///
-    /// Fails with [`StoreError::Locked`] if another opener holds `<dir>/LOCK` for longer than
-    /// [`LOCK_RETRY_MS`].
+    /// Opens (creating if absent) the sled store in `dir`. The caller holds the journal's
+    /// lock; sled's own lock on `<dir>/db` is retried for [`SLED_LOCK_RETRY_MS`]. A panic
+    /// inside sled (damaged files) comes back as [`StoreError::Panicked`].
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        let started = Instant::now();
-        while !try_flock(&lock).map_err(io_err(&lock_path))? {
-            if started.elapsed() >= Duration::from_millis(LOCK_RETRY_MS) {
-                return Err(StoreError::Locked {
-                    dir: dir.to_path_buf(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        catch_sled(|| Self::open_inner(dir, cache_capacity_bytes))
+    }
 
+    fn open_inner(dir: &Path, cache_capacity_bytes: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_capacity_bytes)
@@ -273,39 +222,27 @@ impl SledStore {
                 {
                     std::thread::sleep(Duration::from_millis(SLED_LOCK_RETRY_DELAY_MS));
                 }
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                    return Err(StoreError::Locked {
-                        dir: dir.to_path_buf(),
-                    })
-                }
                 Err(e) => return Err(e.into()),
             }
         };
-        let existing = db.tree_names();
-        let creates_trees = TREE_NAMES
+        let creates_tree = !db
+            .tree_names()
             .iter()
-            .any(|name| !existing.iter().any(|tree| tree.as_ref() == name.as_bytes()));
-        let [records, index, snapshots] = TREE_NAMES.map(|name| db.open_tree(name));
-        let (records, index, snapshots) = (records?, index?, snapshots?);
+            .any(|tree| tree.as_ref() == RECORDS_TREE.as_bytes());
+        let records = db.open_tree(RECORDS_TREE)?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(io_err(&db_path))?;
-
         let store = SledStore {
             dir: dir.to_path_buf(),
             db,
             records,
-            index,
-            snapshots,
             db_file,
             synced_blobs: Mutex::new(HashMap::new()),
-            _lock: lock,
         };
-        // Tree creation above is durable only after a flush. An existing journal has nothing of
-        // ours to sync here: sled's own recovery rewrites its free segments with zeros at every
-        // open (page cache only; sled does not sync them), and waiting for that at open would
-        // put tens of ms of disk time into every start-up; the first append's fdatasync carries
-        // those pages instead. The directory entries of the files sled created are synced once.
-        if creates_trees {
+        // Tree creation is durable only after a flush. An existing store has nothing of ours
+        // to sync here: sled's own recovery rewrites its free segments with zeros at every
+        // open (page cache only), and the first append's fdatasync carries those pages.
+        if creates_tree {
             store.sync()?;
         }
         let conf = dir.join("conf");
@@ -318,9 +255,39 @@ impl SledStore {
         Ok(store)
     }
 
-    /// The journal directory.
+    /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The snapshots of a legacy journal (tree `snapshots`): `(covers_seq, framed value)`.
+    pub fn legacy_snapshots(&self) -> Result<Vec<(u64, IVec)>, StoreError> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|t| t.as_ref() == b"snapshots")
+        {
+            return Ok(Vec::new());
+        }
+        let tree = self.db.open_tree("snapshots")?;
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (key, value) = item?;
+            out.push((seq_of("snapshots", &key)?, value));
+        }
+        Ok(out)
+    }
+
+    /// Drops the trees of the legacy layout (after the migration copied what it needs).
+    pub fn drop_legacy_trees(&self) -> Result<(), StoreError> {
+        let names = self.db.tree_names();
+        for legacy in LEGACY_TREES {
+            if names.iter().any(|t| t.as_ref() == legacy.as_bytes()) {
+                self.db.drop_tree(legacy)?;
+            }
+        }
+        Ok(())
     }
 
     fn sync_blobs(&self) -> Result<(), StoreError> {
@@ -341,7 +308,7 @@ impl SledStore {
             let name = entry.file_name();
             let path = entry.path();
             // The length is part of what was synced: a blob that sled was still writing when
-            // it was last seen (the writer thread writes while this one syncs) is synced again.
+            // it was last seen is synced again.
             let len = match entry.metadata() {
                 Ok(metadata) => metadata.len(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -366,65 +333,36 @@ impl SledStore {
     }
 }
 
-/// Ascending or descending iterator over the records tree.
+/// Ascending iterator over the records tree.
 pub struct SledRecordIter {
     inner: sled::Iter,
-    rev: bool,
 }
 
 impl Iterator for SledRecordIter {
     type Item = Result<(u64, IVec), StoreError>;
     fn next(&mut self) -> Option<Self::Item> {
-        let item = if self.rev {
-            self.inner.next_back()
-        } else {
-            self.inner.next()
-        }?;
+        let item = self.inner.next()?;
         Some(
             item.map_err(StoreError::from)
-                .and_then(|(k, v)| Ok((seq_of("records", &k)?, v))),
+                .and_then(|(k, v)| Ok((seq_of(RECORDS_TREE, &k)?, v))),
         )
-    }
-}
-
-/// Iterator over one pool's seqs in the index.
-pub struct SledIndexIter {
-    inner: sled::Iter,
-}
-
-impl Iterator for SledIndexIter {
-    type Item = Result<u64, StoreError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        let item = self.inner.next()?;
-        Some(item.map_err(StoreError::from).and_then(|(k, _)| {
-            let cut = k.len().checked_sub(8).ok_or_else(|| StoreError::BadKey {
-                tree: "pool_index",
-                key_hex: crate::hex(&k),
-            })?;
-            seq_of("pool_index", &k[cut..])
-        }))
     }
 }
 
 impl Store for SledStore {
     type Value = IVec;
     type RecordIter = SledRecordIter;
-    type IndexIter = SledIndexIter;
 
-    fn append_batch(
-        &self,
-        records: &[(u64, Vec<u8>)],
-        index_keys: &[Vec<u8>],
-        index_high_water_seq: u64,
-    ) -> Result<(), StoreError> {
+    fn write_batch(&self, records: &[(u64, Vec<u8>)], removals: &[u64]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        for seq in removals {
+            batch.remove(&seq.to_be_bytes());
+        }
         for (seq, bytes) in records {
             batch.insert(&seq.to_be_bytes(), bytes.as_slice());
         }
         self.records.apply_batch(batch)?;
-        // Written after the records: sled recovers a prefix of its log, so after a crash the
-        // index may lag the records (rebuilt at open) but never lead them.
-        self.index_add(index_keys, index_high_water_seq)
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -444,21 +382,13 @@ impl Store for SledStore {
     fn iter_from(&self, seq: u64) -> SledRecordIter {
         SledRecordIter {
             inner: self.records.range(seq.to_be_bytes()..),
-            rev: false,
-        }
-    }
-
-    fn iter_rev(&self) -> SledRecordIter {
-        SledRecordIter {
-            inner: self.records.iter(),
-            rev: true,
         }
     }
 
     fn last(&self) -> Result<Option<(u64, IVec)>, StoreError> {
         match self.records.last()? {
             None => Ok(None),
-            Some((k, v)) => Ok(Some((seq_of("records", &k)?, v))),
+            Some((k, v)) => Ok(Some((seq_of(RECORDS_TREE, &k)?, v))),
         }
     }
 
@@ -484,86 +414,7 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    fn index_high_water(&self) -> Result<u64, StoreError> {
-        match self.index.get(INDEX_HIGH_WATER_KEY)? {
-            None => Ok(0),
-            Some(v) => seq_of("pool_index", &v),
-        }
-    }
-
-    fn index_add(&self, index_keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in index_keys {
-            batch.insert(key.as_slice(), &[] as &[u8]);
-        }
-        batch.insert(INDEX_HIGH_WATER_KEY, &high_water_seq.to_be_bytes());
-        self.index.apply_batch(batch)?;
-        Ok(())
-    }
-
-    fn index_remove(&self, index_keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in index_keys {
-            batch.remove(key.as_slice());
-        }
-        batch.insert(INDEX_HIGH_WATER_KEY, &high_water_seq.to_be_bytes());
-        self.index.apply_batch(batch)?;
-        Ok(())
-    }
-
-    fn index_scan(&self, pool_id: &str, since_seq: u64) -> SledIndexIter {
-        let start = index_key(pool_id, since_seq);
-        let end = index_key(pool_id, u64::MAX);
-        SledIndexIter {
-            inner: self.index.range(start..=end),
-        }
-    }
-
-    fn snapshot_put(&self, covers_seq: u64, value: &[u8]) -> Result<(), StoreError> {
-        self.snapshots.insert(covers_seq.to_be_bytes(), value)?;
-        Ok(())
-    }
-
-    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
-        let mut seqs = Vec::new();
-        for key in self.snapshots.iter().keys().rev() {
-            seqs.push(seq_of("snapshots", &key?)?);
-        }
-        Ok(seqs)
-    }
-
-    fn snapshot_get(&self, covers_seq: u64) -> Result<Option<IVec>, StoreError> {
-        Ok(self.snapshots.get(covers_seq.to_be_bytes())?)
-    }
-
-    fn snapshot_remove(&self, covers_seq: u64) -> Result<(), StoreError> {
-        self.snapshots.remove(covers_seq.to_be_bytes())?;
-        Ok(())
-    }
-
-    fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
-        fn walk(dir: &Path, depth: u32) -> Result<u64, StoreError> {
-            // Bound: the journal dir is at most blobs/ or quarantine/ deep.
-            const MAX_DEPTH: u32 = 4;
-            let mut total = 0u64;
-            for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-                let entry = entry.map_err(io_err(dir))?;
-                let path = entry.path();
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err(&path)(e)),
-                };
-                if meta.is_dir() {
-                    if depth < MAX_DEPTH {
-                        total += walk(&path, depth + 1)?;
-                    }
-                } else {
-                    total += meta.len();
-                }
-            }
-            Ok(total)
-        }
-        walk(&self.dir, 0)
+    fn size_on_disk_bytes(&self) -> u64 {
+        crate::layout::dir_bytes(&self.dir)
     }
 }

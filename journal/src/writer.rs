@@ -1,67 +1,60 @@
-//! The single writer thread: group commit, and every other mutation (snapshots, truncation).
+//! The single writer thread: group commit, truncation, and getting writable again after the
+//! disk refused a write.
 //!
-//! Owns: seq assignment (`next_seq`), the batch, the durability barrier call and the answers to
-//! waiters. It is the only code that writes to the store after open.
+//! Owns: seq assignment (`next_seq`), the live store, the batch, the durability barrier call,
+//! the tail's growth and the answers to waiters. It is the only code that writes to the live
+//! store after open.
 //!
 //! **Must never:** answer a waiter `Ok` before `Store::sync` returned `Ok` for that waiter's
-//! records, or accept a write after a failed write/flush/fsync (`failed` is sticky: after a
-//! failed fsync the kernel may have dropped the dirty pages, so a retry could "succeed"
-//! without the data on disk).
+//! records; retry an fsync that failed (after a failed fsync the kernel may have dropped the
+//! dirty pages, so a retry could "succeed" without the data on disk: "fsyncgate"); or write
+//! while the journal is unavailable.
 //!
 //! # Calling order of one group commit
 //! 1. block for one command; 2. drain queued `Append`s without blocking while the batch stays
-//!    within `max_batch_records` (a request that would overflow, or a non-append command,
-//!    waits for the next round); 3. assign consecutive seqs and encode (a request whose record
-//!    is too large is answered with an error alone, taking no seqs); 4. `Store::append_batch`;
-//!    5. `Store::sync` once; 6. publish `last_seq`; 7. answer every waiter.
+//!    within `max_batch_records`; 3. wait while the tail is past its hard cap (sealing behind);
+//!    4. assign consecutive seqs and encode (a request whose record is too large is answered
+//!    with an error alone, taking no seqs); 5. `Store::write_batch` (with the removal of some
+//!    sealed keys); 6. `Store::sync` once; 7. add the records to the tail and publish
+//!    `last_seq`; 8. record the commit in the witness; 9. answer every waiter.
+//!
+//! # A write that fails
+//! The batch's waiters get [`JournalError::Unavailable`] and the journal refuses appends (at
+//! once, without touching the disk) until the maintenance thread's `Recover` succeeds: a probe
+//! file can be written and synced, the live store is reopened from disk (not retried: what it
+//! holds durably is what counts), records the failed batch left behind are quarantined (they
+//! were never acknowledged), and any acknowledged record the store no longer holds is written
+//! again from the tail in memory.
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{encode_record, Draft, Envelope, EventSchema, MAX_RECORD_BYTES};
-use crate::repair::{remove_suffix, Reason};
+use crate::error::WriteErrorKind;
+use crate::record::{encode_record, framed_crc, Draft, Envelope, EventSchema, MAX_RECORD_BYTES};
 use crate::report::TruncateReport;
-use crate::store::{index_key, Store};
+use crate::shared::Shared;
+use crate::store::{Store, StoreError};
+use crate::tail::TailRecord;
 use crate::JournalError;
 
-/// The newest snapshots always kept (start-up loads the newest valid one; the one before it is
-/// the fallback when it does not decode).
-pub const SNAPSHOTS_KEPT: usize = 2;
-/// At most this many snapshots are kept in all: the newest [`SNAPSHOTS_KEPT`] and older ones
-/// spread over the history, so that a replay to an earlier seq (time travel, `?at_seq=N`)
-/// starts from a snapshot near it. Past the bound, a save removes the older snapshot whose
-/// neighbours are closest (the smallest merged gap; never the oldest or the newest
-/// [`SNAPSHOTS_KEPT`]): the kept ones stay spread evenly, at most about
-/// `2 * last_seq / SNAPSHOTS_KEPT_MAX` events apart.
-pub const SNAPSHOTS_KEPT_MAX: usize = 128;
-
-/// Which snapshots to remove from `seqs` (newest first) to keep at most
-/// [`SNAPSHOTS_KEPT_MAX`], under the rule of its doc.
-pub(crate) fn snapshots_to_remove(seqs: &[u64]) -> Vec<u64> {
-    let mut kept: Vec<u64> = seqs.to_vec();
-    kept.sort_unstable();
-    kept.dedup();
-    let mut removed = Vec::new();
-    while kept.len() > SNAPSHOTS_KEPT_MAX.max(SNAPSHOTS_KEPT + 1) {
-        // Candidates: every snapshot but the oldest (index 0) and the newest SNAPSHOTS_KEPT.
-        let last_candidate = kept.len() - SNAPSHOTS_KEPT - 1;
-        let Some(victim) = (1..=last_candidate).min_by_key(|&i| kept[i + 1] - kept[i - 1]) else {
-            break;
-        };
-        removed.push(kept.remove(victim));
-    }
-    removed
-}
+/// How long a commit waits for sealing to make room in a full tail before it fails.
+pub const TAIL_WAIT_MS: u64 = 30_000;
+/// Sealed keys removed from the live store per commit, at least.
+const REMOVALS_PER_COMMIT_MIN: u64 = 256;
 
 pub(crate) type AppendReply<E> = oneshot::Sender<Result<Vec<Envelope<E>>, JournalError>>;
 /// One queued append: its drafts and where to answer.
 type PendingAppend<E> = (Vec<Draft<E>>, AppendReply<E>);
+/// A request whose records were encoded: its envelopes and where to answer.
+type Accepted<E> = (Vec<Envelope<E>>, AppendReply<E>);
+/// Opens the live store again (recovery).
+pub(crate) type StoreOpener<St> = Box<dyn Fn() -> Result<St, StoreError> + Send>;
 
 /// A request to the writer. Dropping the reply sender (writer gone) reads as `Closed`.
 pub(crate) enum Command<E> {
@@ -69,39 +62,48 @@ pub(crate) enum Command<E> {
         drafts: Vec<Draft<E>>,
         reply: AppendReply<E>,
     },
-    SaveSnapshot {
-        covers_seq: u64,
-        value: Vec<u8>,
-        reply: oneshot::Sender<Result<(), JournalError>>,
-    },
     Truncate {
         from_seq: u64,
         reply: oneshot::Sender<Result<TruncateReport, JournalError>>,
     },
+    /// Try to become writable again (from the maintenance thread).
+    Recover,
     Close {
         reply: oneshot::Sender<()>,
     },
 }
 
 pub(crate) struct Writer<S: EventSchema, St: Store> {
-    pub(crate) store: Arc<St>,
-    pub(crate) dir: PathBuf,
-    /// Shared with `Journal`: the last durable seq, published after each sync.
-    pub(crate) last_seq: Arc<AtomicU64>,
+    pub(crate) shared: Arc<Shared>,
+    /// `None` while the store cannot be opened (the journal is unavailable).
+    pub(crate) store: Option<St>,
+    pub(crate) opener: StoreOpener<St>,
     pub(crate) next_seq: u64,
     pub(crate) max_batch_records: usize,
     pub(crate) rx: mpsc::Receiver<Command<S::Event>>,
-    /// Set by the first failed write/flush/fsync; sticky.
-    pub(crate) failed: Option<String>,
+    /// The lowest seq that may still be in the store although sealed.
+    pub(crate) removal_from: u64,
     pub(crate) _schema: PhantomData<S>,
 }
 
+/// One encoded record of a batch.
+struct Encoded {
+    seq: u64,
+    bytes: Vec<u8>,
+    pool_id: Option<Arc<str>>,
+    ts_ms: u64,
+}
+
 impl<S: EventSchema, St: Store> Writer<S, St> {
-    fn failed_error(&self) -> Option<JournalError> {
-        self.failed.as_ref().map(|what| JournalError::WriteFailed {
-            dir: self.dir.clone(),
-            what: what.clone(),
-        })
+    fn unavailable(&self) -> JournalError {
+        let health = self.shared.health();
+        JournalError::Unavailable {
+            dir: self.shared.layout.dir.clone(),
+            kind: health.kind.unwrap_or(WriteErrorKind::Other),
+            error: health
+                .error
+                .unwrap_or_else(|| "the live store is not open".into()),
+        }
     }
 
     /// Runs until every sender is gone, or `Close` arrived and the queue is drained.
@@ -118,36 +120,13 @@ impl<S: EventSchema, St: Store> Writer<S, St> {
             };
             match cmd {
                 Command::Append { drafts, reply } => {
-                    let mut records = drafts.len();
-                    let mut batch = vec![(drafts, reply)];
-                    // Bounded by max_batch_records: each accepted request adds >= 1 record.
-                    while records < self.max_batch_records {
-                        match self.rx.try_recv() {
-                            Ok(Command::Append { drafts, reply })
-                                if records + drafts.len() <= self.max_batch_records =>
-                            {
-                                records += drafts.len();
-                                batch.push((drafts, reply));
-                            }
-                            Ok(other) => {
-                                carry = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = self.gather(drafts, reply, &mut carry);
                     self.commit(batch);
-                }
-                Command::SaveSnapshot {
-                    covers_seq,
-                    value,
-                    reply,
-                } => {
-                    let _ = reply.send(self.save_snapshot(covers_seq, &value));
                 }
                 Command::Truncate { from_seq, reply } => {
                     let _ = reply.send(self.truncate(from_seq));
                 }
+                Command::Recover => self.recover(),
                 Command::Close { reply } => {
                     // Queued commands are still received (and served); new sends fail.
                     self.rx.close();
@@ -155,38 +134,95 @@ impl<S: EventSchema, St: Store> Writer<S, St> {
                 }
             }
         }
+        if let Some(store) = &self.store {
+            if self.shared.is_writable() {
+                // Removals of sealed keys and nothing else may be unsynced: harmless, but sync.
+                let _ = store.sync();
+            }
+        }
+        if let Some(witness) = &self.shared.witness {
+            let _ = witness.sync_if_dirty();
+        }
         for reply in close_replies {
             let _ = reply.send(());
         }
     }
 
-    fn commit(&mut self, batch: Vec<PendingAppend<S::Event>>) {
-        if let Some(err) = self.failed_error() {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(JournalError::WriteFailed {
-                    dir: self.dir.clone(),
-                    what: err.to_string(),
-                }));
+    fn gather(
+        &mut self,
+        drafts: Vec<Draft<S::Event>>,
+        reply: AppendReply<S::Event>,
+        carry: &mut Option<Command<S::Event>>,
+    ) -> Vec<PendingAppend<S::Event>> {
+        let mut records = drafts.len();
+        let mut batch = vec![(drafts, reply)];
+        // Bounded by max_batch_records: each accepted request adds >= 1 record.
+        while records < self.max_batch_records {
+            match self.rx.try_recv() {
+                Ok(Command::Append { drafts, reply })
+                    if records + drafts.len() <= self.max_batch_records =>
+                {
+                    records += drafts.len();
+                    batch.push((drafts, reply));
+                }
+                Ok(other) => {
+                    *carry = Some(other);
+                    break;
+                }
+                Err(_) => break,
             }
-            return;
         }
+        batch
+    }
+
+    /// Waits while the tail is past its hard cap; false when sealing did not make room.
+    fn wait_for_tail_room(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(TAIL_WAIT_MS);
+        while self.shared.tail_is_full() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.shared.poke();
+            let guard = self
+                .shared
+                .tail_wait
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let _ = self
+                .shared
+                .tail_shrank
+                .wait_timeout(guard, Duration::from_millis(100));
+        }
+        true
+    }
+
+    fn encode(
+        &self,
+        batch: Vec<PendingAppend<S::Event>>,
+    ) -> (Vec<Encoded>, Vec<Accepted<S::Event>>) {
         let mut seq = self.next_seq;
-        let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut index_keys: Vec<Vec<u8>> = Vec::new();
+        let mut records: Vec<Encoded> = Vec::new();
         let mut accepted = Vec::with_capacity(batch.len());
         for (drafts, reply) in batch {
-            let first_seq = seq;
-            let (records_mark, index_mark) = (records.len(), index_keys.len());
+            let (first_seq, mark) = (seq, records.len());
             let mut envelopes = Vec::with_capacity(drafts.len());
             let mut error = None;
             for draft in drafts {
+                // A loss marker (import of a repaired journal) stands at the end of its range.
+                if let Some((from, to)) = S::loss_range(&draft.event) {
+                    if from == seq && to > seq {
+                        seq = to;
+                    }
+                }
                 let envelope = draft.into_envelope(seq);
                 match encode_record::<S>(&envelope) {
                     Ok(bytes) if bytes.len() <= MAX_RECORD_BYTES => {
-                        if let Some(pool) = &envelope.pool_id {
-                            index_keys.push(index_key(pool, seq));
-                        }
-                        records.push((seq, bytes));
+                        records.push(Encoded {
+                            seq,
+                            bytes,
+                            pool_id: envelope.pool_id.as_deref().map(Arc::from),
+                            ts_ms: envelope.ts_ms,
+                        });
                         envelopes.push(envelope);
                         seq += 1;
                     }
@@ -207,114 +243,198 @@ impl<S: EventSchema, St: Store> Writer<S, St> {
                 }
             }
             if let Some(err) = error {
-                records.truncate(records_mark);
-                index_keys.truncate(index_mark);
+                records.truncate(mark);
                 seq = first_seq;
                 let _ = reply.send(Err(err));
             } else {
                 accepted.push((envelopes, reply));
             }
         }
+        (records, accepted)
+    }
+
+    fn next_removals(&self, batch_records: usize) -> Vec<u64> {
+        let sealed = self.shared.manifest().sealed_through();
+        if self.removal_from > sealed {
+            return Vec::new();
+        }
+        let count = REMOVALS_PER_COMMIT_MIN.max(2 * batch_records as u64);
+        let end = sealed.min(self.removal_from + count - 1);
+        (self.removal_from..=end).collect()
+    }
+
+    fn commit(&mut self, batch: Vec<PendingAppend<S::Event>>) {
+        if !self.shared.is_writable() || self.store.is_none() {
+            let err = self.unavailable();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(clone_unavailable(&err)));
+            }
+            return;
+        }
+        if !self.wait_for_tail_room() {
+            let why = self
+                .shared
+                .seal_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or(None)
+                .unwrap_or_else(|| "sealing is slower than appends".into());
+            let err = JournalError::Unavailable {
+                dir: self.shared.layout.dir.clone(),
+                kind: WriteErrorKind::Other,
+                error: format!("the unsealed tail is full and sealing does not keep up: {why}"),
+            };
+            for (_, reply) in batch {
+                let _ = reply.send(Err(clone_unavailable(&err)));
+            }
+            return;
+        }
+        let (records, accepted) = self.encode(batch);
         if accepted.is_empty() {
             return;
         }
-        let last = seq - 1;
-        let result = self
-            .store
-            .append_batch(&records, &index_keys, last)
-            .and_then(|()| self.store.sync());
+        let removals = self.next_removals(records.len());
+        let pairs: Vec<(u64, Vec<u8>)> = records.iter().map(|r| (r.seq, r.bytes.clone())).collect();
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        let result = store
+            .write_batch(&pairs, &removals)
+            .and_then(|()| store.sync());
         match result {
-            Ok(()) => {
-                self.next_seq = seq;
-                self.last_seq.store(last, Ordering::Release);
-                for (envelopes, reply) in accepted {
-                    let _ = reply.send(Ok(envelopes));
-                }
-            }
+            Ok(()) => self.acknowledge(records, removals, accepted),
             Err(e) => {
+                let kind = e.kind();
                 let what = e.to_string();
-                tracing::error!(
-                    dir = %self.dir.display(),
-                    error = %what,
-                    first_seq = self.next_seq,
-                    "journal write failed; refusing all further appends"
-                );
-                self.failed = Some(what);
+                if self.shared.set_unavailable(kind, what.clone()) {
+                    tracing::error!(
+                        dir = %self.shared.layout.dir.display(),
+                        error = %what,
+                        kind = kind.as_str(),
+                        first_seq = self.next_seq,
+                        "journal write failed; appends are refused until the disk takes writes again ({})",
+                        kind.remedy()
+                    );
+                }
+                let err = self.unavailable();
                 for (_, reply) in accepted {
-                    let _ = reply.send(Err(self.failed_error().unwrap_or(JournalError::Closed)));
+                    let _ = reply.send(Err(clone_unavailable(&err)));
                 }
             }
         }
     }
 
-    fn save_snapshot(&mut self, covers_seq: u64, value: &[u8]) -> Result<(), JournalError> {
-        if let Some(err) = self.failed_error() {
-            return Err(err);
+    fn acknowledge(
+        &mut self,
+        records: Vec<Encoded>,
+        removals: Vec<u64>,
+        accepted: Vec<Accepted<S::Event>>,
+    ) {
+        if let Some(last) = removals.last() {
+            self.removal_from = last + 1;
         }
-        let last_seq = self.next_seq - 1;
-        if covers_seq == 0 || covers_seq > last_seq {
-            return Err(JournalError::SnapshotAhead {
-                covers_seq,
-                last_seq,
-            });
-        }
-        let se = |e: crate::store::StoreError| e.into_journal(&self.dir);
-        let result = (|| {
-            self.store.snapshot_put(covers_seq, value).map_err(se)?;
-            let seqs = self.store.snapshot_seqs().map_err(se)?;
-            for old in snapshots_to_remove(&seqs) {
-                self.store.snapshot_remove(old).map_err(se)?;
+        let Some(last) = records
+            .last()
+            .map(|r| (r.seq, framed_crc(&r.bytes).unwrap_or(0)))
+        else {
+            return;
+        };
+        {
+            let mut view = self.shared.write_view();
+            for r in records {
+                view.tail.push(TailRecord {
+                    seq: r.seq,
+                    value: r.bytes.into(),
+                    pool_id: r.pool_id,
+                    ts_ms: r.ts_ms,
+                });
             }
-            self.store.sync().map_err(se)
-        })();
-        if let Err(e) = &result {
-            self.failed = Some(e.to_string());
         }
-        result
+        self.next_seq = last.0 + 1;
+        self.shared.last_seq.store(last.0, Ordering::Release);
+        if let Some(witness) = &self.shared.witness {
+            if let Err(e) = witness.record(last.0, last.1) {
+                self.shared.count_witness_error();
+                tracing::warn!(path = %witness.path().display(), error = %e, "cannot write the journal's witness (it lags, which is safe)");
+            }
+        }
+        for (envelopes, reply) in accepted {
+            let _ = reply.send(Ok(envelopes));
+        }
+        if self.shared.tail_wants_seal() {
+            self.shared.poke();
+        }
+    }
+
+    /// Tries to become writable again (see the module docs).
+    fn recover(&mut self) {
+        if self.shared.is_writable() && self.store.is_some() {
+            return;
+        }
+        if let Err(e) = crate::repair::probe_writable(&self.shared.layout.dir) {
+            self.shared.count_write_error(
+                WriteErrorKind::of(&e),
+                format!("{}: {e}", self.shared.layout.dir.display()),
+            );
+            return;
+        }
+        drop(self.store.take());
+        let store = match (self.opener)() {
+            Ok(store) => store,
+            Err(e) => {
+                self.shared.count_write_error(e.kind(), e.to_string());
+                return;
+            }
+        };
+        match crate::repair::reconcile_store::<S, St>(&self.shared, &store) {
+            Ok((quarantined, rewritten)) => {
+                self.store = Some(store);
+                self.removal_from = self
+                    .removal_from
+                    .min(self.shared.manifest().sealed_through() + 1);
+                self.shared.set_writable();
+                tracing::warn!(
+                    dir = %self.shared.layout.dir.display(),
+                    last_seq = self.shared.last_seq(),
+                    quarantined_unacknowledged = quarantined,
+                    rewritten_from_memory = rewritten,
+                    "journal writable again"
+                );
+            }
+            Err(e) => self
+                .shared
+                .count_write_error(WriteErrorKind::Other, e.to_string()),
+        }
     }
 
     fn truncate(&mut self, from_seq: u64) -> Result<TruncateReport, JournalError> {
-        if let Some(err) = self.failed_error() {
-            return Err(err);
+        if !self.shared.is_writable() || self.store.is_none() {
+            return Err(self.unavailable());
         }
-        if from_seq == 0 {
-            return Err(JournalError::InvalidArgument {
-                what: "truncate_from: seqs start at 1".into(),
-            });
+        let Some(store) = self.store.as_ref() else {
+            return Err(self.unavailable());
+        };
+        let report = crate::repair::truncate::<S, St>(&self.shared, store, from_seq)?;
+        if report.removed_records > 0 || from_seq <= self.next_seq.saturating_sub(1) {
+            self.next_seq = from_seq.min(self.next_seq);
+            self.removal_from = self
+                .removal_from
+                .min(self.shared.manifest().sealed_through() + 1);
         }
-        let last_seq = self.next_seq - 1;
-        if from_seq > last_seq {
-            return Ok(TruncateReport {
-                from_seq,
-                last_seq,
-                ..TruncateReport::default()
-            });
-        }
-        let mut removed = Vec::new();
-        let result = remove_suffix::<S, St>(
-            &self.store,
-            &self.dir,
-            from_seq,
-            Reason::Operator,
-            &mut removed,
-        );
-        match result {
-            Ok(report) => {
-                self.next_seq = from_seq;
-                self.last_seq.store(from_seq - 1, Ordering::Release);
-                tracing::warn!(
-                    dir = %self.dir.display(),
-                    from_seq,
-                    removed = report.removed_records,
-                    "journal truncated"
-                );
-                Ok(report)
-            }
-            Err(e) => {
-                self.failed = Some(e.to_string());
-                Err(e)
-            }
-        }
+        Ok(report)
+    }
+}
+
+fn clone_unavailable(err: &JournalError) -> JournalError {
+    match err {
+        JournalError::Unavailable { dir, kind, error } => JournalError::Unavailable {
+            dir: dir.clone(),
+            kind: *kind,
+            error: error.clone(),
+        },
+        other => JournalError::InvalidArgument {
+            what: other.to_string(),
+        },
     }
 }
 
@@ -348,195 +468,5 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
             return out;
         }
         std::thread::park();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The failure path of the group commit, with a store whose `sync` can be made to fail:
-    //! no waiter is ever told `Ok` for records whose sync failed, and the failure is sticky.
-
-    use std::sync::atomic::AtomicBool;
-
-    use serde::{Deserialize, Serialize};
-
-    use super::*;
-    use crate::store::{SledStore, StoreError};
-
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    struct Noted {
-        n: u32,
-    }
-
-    struct NotedSchema;
-
-    impl EventSchema for NotedSchema {
-        type Event = Noted;
-        const CURRENT_VERSION: u8 = 1;
-        fn kind(_: &Noted) -> &'static str {
-            "Noted"
-        }
-    }
-
-    /// A sled store whose `sync` fails while `fail_sync` is set (as an fsync EIO would).
-    struct FlakyStore {
-        inner: SledStore,
-        fail_sync: AtomicBool,
-        syncs: AtomicU64,
-    }
-
-    impl Store for FlakyStore {
-        type Value = <SledStore as Store>::Value;
-        type RecordIter = <SledStore as Store>::RecordIter;
-        type IndexIter = <SledStore as Store>::IndexIter;
-
-        fn append_batch(
-            &self,
-            records: &[(u64, Vec<u8>)],
-            index_keys: &[Vec<u8>],
-            index_high_water_seq: u64,
-        ) -> Result<(), StoreError> {
-            self.inner
-                .append_batch(records, index_keys, index_high_water_seq)
-        }
-        fn sync(&self) -> Result<(), StoreError> {
-            self.syncs.fetch_add(1, Ordering::SeqCst);
-            if self.fail_sync.load(Ordering::SeqCst) {
-                return Err(StoreError::Io {
-                    path: PathBuf::from("db"),
-                    source: std::io::Error::other("injected fdatasync failure"),
-                });
-            }
-            self.inner.sync()
-        }
-        fn get(&self, seq: u64) -> Result<Option<Self::Value>, StoreError> {
-            self.inner.get(seq)
-        }
-        fn iter_from(&self, seq: u64) -> Self::RecordIter {
-            self.inner.iter_from(seq)
-        }
-        fn iter_rev(&self) -> Self::RecordIter {
-            self.inner.iter_rev()
-        }
-        fn last(&self) -> Result<Option<(u64, Self::Value)>, StoreError> {
-            self.inner.last()
-        }
-        fn put_raw(&self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
-            self.inner.put_raw(seq, value)
-        }
-        fn remove_from(&self, seq: u64) -> Result<u64, StoreError> {
-            self.inner.remove_from(seq)
-        }
-        fn index_high_water(&self) -> Result<u64, StoreError> {
-            self.inner.index_high_water()
-        }
-        fn index_add(&self, keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError> {
-            self.inner.index_add(keys, high_water_seq)
-        }
-        fn index_remove(&self, keys: &[Vec<u8>], high_water_seq: u64) -> Result<(), StoreError> {
-            self.inner.index_remove(keys, high_water_seq)
-        }
-        fn index_scan(&self, pool_id: &str, since_seq: u64) -> Self::IndexIter {
-            self.inner.index_scan(pool_id, since_seq)
-        }
-        fn snapshot_put(&self, covers_seq: u64, value: &[u8]) -> Result<(), StoreError> {
-            self.inner.snapshot_put(covers_seq, value)
-        }
-        fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
-            self.inner.snapshot_seqs()
-        }
-        fn snapshot_get(&self, covers_seq: u64) -> Result<Option<Self::Value>, StoreError> {
-            self.inner.snapshot_get(covers_seq)
-        }
-        fn snapshot_remove(&self, covers_seq: u64) -> Result<(), StoreError> {
-            self.inner.snapshot_remove(covers_seq)
-        }
-        fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
-            self.inner.size_on_disk_bytes()
-        }
-    }
-
-    fn draft(n: u32) -> Draft<Noted> {
-        Draft {
-            ts_ms: u64::from(n),
-            pool_id: Some("p1".into()),
-            cause: None,
-            event: Noted { n },
-        }
-    }
-
-    fn append(
-        tx: &mpsc::Sender<Command<Noted>>,
-        drafts: Vec<Draft<Noted>>,
-    ) -> Result<Vec<Envelope<Noted>>, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        block_on(async {
-            tx.send(Command::Append { drafts, reply })
-                .await
-                .map_err(|_| JournalError::Closed)?;
-            answer.await.map_err(|_| JournalError::Closed)?
-        })
-    }
-
-    #[test]
-    fn a_failed_sync_is_never_acknowledged_and_refuses_every_later_write() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Arc::new(FlakyStore {
-            inner: SledStore::open(tmp.path(), 8 << 20).unwrap(),
-            fail_sync: AtomicBool::new(false),
-            syncs: AtomicU64::new(0),
-        });
-        let last_seq = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel(16);
-        let writer = Writer::<NotedSchema, FlakyStore> {
-            store: Arc::clone(&store),
-            dir: tmp.path().to_path_buf(),
-            last_seq: Arc::clone(&last_seq),
-            next_seq: 1,
-            max_batch_records: 64,
-            rx,
-            failed: None,
-            _schema: PhantomData,
-        };
-        let handle = std::thread::spawn(move || writer.run());
-
-        // Healthy: acknowledged, published.
-        let acked = append(&tx, vec![draft(1), draft(2)]).unwrap();
-        assert_eq!(acked.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(last_seq.load(Ordering::SeqCst), 2);
-
-        // The sync fails: the waiter hears WriteFailed, and last_seq does not move.
-        store.fail_sync.store(true, Ordering::SeqCst);
-        let err = append(&tx, vec![draft(3)]).unwrap_err();
-        assert!(matches!(err, JournalError::WriteFailed { .. }), "{err}");
-        assert!(
-            err.to_string().contains("injected fdatasync failure"),
-            "{err}"
-        );
-        assert_eq!(last_seq.load(Ordering::SeqCst), 2);
-
-        // Sticky: even with a store that would now succeed, nothing more is written or
-        // acknowledged (after a failed fsync the kernel may have dropped the dirty pages).
-        store.fail_sync.store(false, Ordering::SeqCst);
-        let syncs_before = store.syncs.load(Ordering::SeqCst);
-        let err = append(&tx, vec![draft(4)]).unwrap_err();
-        assert!(matches!(err, JournalError::WriteFailed { .. }), "{err}");
-        assert_eq!(store.syncs.load(Ordering::SeqCst), syncs_before);
-        assert_eq!(last_seq.load(Ordering::SeqCst), 2);
-        let (reply, answer) = oneshot::channel();
-        block_on(tx.send(Command::SaveSnapshot {
-            covers_seq: 2,
-            value: vec![1, 2, 3],
-            reply,
-        }))
-        .map_err(|_| ())
-        .unwrap();
-        assert!(matches!(
-            block_on(answer).unwrap(),
-            Err(JournalError::WriteFailed { .. })
-        ));
-
-        drop(tx);
-        handle.join().unwrap();
     }
 }

@@ -5,8 +5,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{draft, fill, open, with_store, TestEvent, TestSchema};
-use pool_journal::{Draft, Journal, JournalConfig, JournalError, Store};
+use common::{draft, fill, open, TestEvent, TestSchema};
+use pool_journal::{Draft, Journal, JournalConfig, JournalError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_64_tasks_x_1000_are_gap_free_ordered_and_durable() {
@@ -203,31 +203,31 @@ fn read_pool_filters_by_pool_since_and_limit() {
 }
 
 #[test]
-fn a_lagging_index_is_rebuilt_at_open() {
+fn read_pool_reads_across_sealed_segments_and_the_tail_and_after_reopen() {
     let tmp = tempfile::tempdir().unwrap();
-    let journal = open(tmp.path());
-    fill(&journal, 12);
+    let mut config = JournalConfig::new(tmp.path());
+    config.segment_records = 5;
+    let (journal, _) = Journal::<TestSchema>::open(config.clone()).unwrap();
+    fill(&journal, 23);
+    journal.seal_now().unwrap();
+    journal.seal_now().unwrap();
+    assert!(journal.usage().segments >= 2, "{:?}", journal.usage());
+    let expected: Vec<u64> = (1..=23u64).filter(|i| i % 4 != 0 && i % 2 == 0).collect();
+    let seqs = |j: &Journal<TestSchema>, since, limit| -> Vec<u64> {
+        j.read_pool("p0", since, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    assert_eq!(seqs(&journal, 0, 100), expected);
+    assert_eq!(seqs(&journal, 7, 2), vec![10, 14]);
+    assert_eq!(seqs(&journal, 19, 100), vec![22]);
     drop(journal);
-    // Simulate a crash between the records batch and the index batch: index behind.
-    with_store(tmp.path(), |store| {
-        assert_eq!(store.index_high_water().unwrap(), 12);
-        let keys: Vec<_> = (5..=12u64)
-            .map(|s| pool_journal::store::index_key(&format!("p{}", s % 2), s))
-            .collect();
-        store.index_remove(&keys, 4).unwrap();
-    });
-    let (journal, report) = Journal::<TestSchema>::open(JournalConfig::new(tmp.path())).unwrap();
-    assert_eq!(report.index_rebuilt, 8);
-    let p0: Vec<u64> = journal
-        .read_pool("p0", 0, 100)
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
-    assert_eq!(p0, vec![2, 6, 10]);
-    drop(journal);
-    let (_, report) = Journal::<TestSchema>::open(JournalConfig::new(tmp.path())).unwrap();
-    assert_eq!(report.index_rebuilt, 0);
+    let (journal, report) = Journal::<TestSchema>::open(config).unwrap();
+    assert!(report.segments >= 2);
+    assert_eq!(seqs(&journal, 0, 100), expected);
+    assert_eq!(journal.read_from(0).count(), 23);
 }
 
 #[test]

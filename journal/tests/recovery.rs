@@ -1,12 +1,14 @@
-//! Recovery at open: tail corruption is quarantined, mid-journal corruption refuses, newer
-//! formats refuse, and the decoder never panics. Damage is written through sled directly
-//! after the journal is closed.
+//! Recovery at open: an unacknowledged torn tail is quarantined; damage to anything
+//! acknowledged refuses (naming the file and the way out), and that way out works; newer
+//! formats refuse; the decoder never panics. Damage is written through sled directly after the
+//! journal is closed (the corruption campaign in `campaign.rs` flips bytes in the files).
 
 mod common;
 
-use common::{damage, draft, fill, open, with_store, TestSchema};
+use common::{damage, draft, fill, open, with_store, TestEvent, TestSchema};
 use pool_journal::{
-    decode_record, Journal, JournalConfig, JournalError, RecordFault, RecoveryMode, Store,
+    decode_record, repair_dir, verify_dir, Journal, JournalConfig, JournalError, RecordFault,
+    RecoveryMode, Store,
 };
 use proptest::prelude::*;
 
@@ -28,176 +30,179 @@ fn written(n: u32) -> tempfile::TempDir {
     tmp
 }
 
-fn check_tail_quarantined(tmp: &tempfile::TempDir, bad_seq: u64) {
-    let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
-    assert_eq!(report.last_seq, bad_seq - 1);
-    assert_eq!(journal.last_seq(), bad_seq - 1);
-    assert_eq!(report.quarantined.len(), 1);
-    assert_eq!(report.quarantined[0].seq, bad_seq);
-    let file = report.quarantine_file.clone().expect("quarantine file");
-    let name = file.file_name().unwrap().to_string_lossy().to_string();
+/// A record written (and synced) but never acknowledged: what a crash between the store's
+/// sync and the witness's write, or a torn write, leaves above the witness.
+fn unacknowledged(dir: &std::path::Path, seq: u64, change: impl FnOnce(&mut Vec<u8>)) {
+    let mut envelope = draft(seq as u32).into_envelope(seq);
+    envelope.cause = None;
+    let mut bytes = pool_journal::encode_record::<TestSchema>(&envelope).unwrap();
+    change(&mut bytes);
+    with_store(dir, |store| store.put_raw(seq, &bytes).unwrap());
+}
+
+fn loss_refusal(dir: &std::path::Path) -> JournalError {
+    let err = open_result(dir, RecoveryMode::TolerateTailCorruption).unwrap_err();
+    match &err {
+        JournalError::Damaged { loss: true, .. } => {}
+        other => panic!("expected a refusal with loss, got {other}"),
+    }
     assert!(
-        name.ends_with(&format!("-from-seq-{bad_seq}.ndjson")),
-        "{name}"
+        err.to_string().contains(&format!(
+            "pool-managerd journal repair --journal-dir {} --accept-loss",
+            dir.display()
+        )),
+        "{err}"
     );
-    assert_eq!(file.parent().unwrap(), tmp.path().join("quarantine"));
-    let text = std::fs::read_to_string(&file).unwrap();
-    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(line["seq"], bad_seq);
-    assert!(line["raw_hex"].as_str().is_some());
-    assert!(line["what"].as_str().is_some());
-    assert_eq!(text.lines().count(), 1);
-    // The record is gone, and appending continues gap-free from there.
-    assert_eq!(journal.read_from(1).count() as u64, bad_seq - 1);
-    let env = journal.append_blocking(vec![draft(99)]).unwrap();
-    assert_eq!(env[0].seq, bad_seq);
-    drop(journal);
-    let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
-    assert!(report.quarantined.is_empty());
-    assert_eq!(journal.last_seq(), bad_seq);
-    assert!(journal.verify().is_ok());
+    err
 }
 
 #[test]
-fn flipped_byte_in_last_record_is_quarantined() {
+fn an_unacknowledged_torn_tail_is_quarantined_and_appends_continue() {
     let tmp = written(10);
-    damage(tmp.path(), 10, |v| {
+    unacknowledged(tmp.path(), 11, |v| {
         let i = v.len() - 3;
         v[i] ^= 0x01;
     });
-    check_tail_quarantined(&tmp, 10);
-}
-
-#[test]
-fn truncated_last_value_is_quarantined() {
-    let tmp = written(10);
-    damage(tmp.path(), 10, |v| v.truncate(v.len() / 2));
-    check_tail_quarantined(&tmp, 10);
-}
-
-#[test]
-fn short_last_value_and_key_mismatch_are_tail_corruption() {
-    let tmp = written(6);
-    with_store(tmp.path(), |store| {
-        // seq 6 holds seq 5's (valid) record: key != envelope seq.
-        let five = store.get(5).unwrap().unwrap();
-        store.put_raw(6, &five).unwrap();
-        store.put_raw(7, &[1, 2]).unwrap();
-    });
     let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+    assert_eq!(report.last_seq, 10);
     assert_eq!(
         report.quarantined.iter().map(|q| q.seq).collect::<Vec<_>>(),
-        vec![6, 7]
+        vec![11]
     );
-    assert_eq!(journal.last_seq(), 5);
-}
-
-#[test]
-fn snapshots_covering_a_quarantined_tail_are_dropped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let journal = open(tmp.path());
-    fill(&journal, 10);
-    journal
-        .save_snapshot(10, 1, &"state at 10".to_string())
-        .unwrap();
+    let file = report.quarantine_file.clone().expect("quarantine file");
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.ends_with("-from-seq-11.ndjson"), "{name}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["seq"], 11);
+    assert!(line["raw_hex"].as_str().is_some());
+    assert_eq!(journal.append_blocking(vec![draft(99)]).unwrap()[0].seq, 11);
     drop(journal);
-    damage(tmp.path(), 10, |v| v[6] ^= 0xFF);
-    let (journal, _) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
-    // Even after the seq is reused, the old snapshot must not come back.
-    journal.append_blocking(vec![draft(50)]).unwrap();
-    assert_eq!(journal.last_seq(), 10);
-    assert_eq!(journal.load_snapshot::<String>(1), None);
+    let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+    assert!(report.quarantined.is_empty());
+    assert_eq!(journal.last_seq(), 11);
+    assert!(journal.verify().is_ok(), "{:?}", journal.verify());
 }
 
 #[test]
-fn mid_journal_corruption_refuses_naming_the_seq_and_truncate_from_repairs() {
+fn an_unacknowledged_valid_record_is_kept_and_vouched_for() {
+    let tmp = written(4);
+    unacknowledged(tmp.path(), 5, |_| {});
+    let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+    assert_eq!(report.last_seq, 5);
+    assert!(report.quarantined.is_empty());
+    drop(journal);
+    // The witness now vouches for it: removing it is a loss.
+    with_store(tmp.path(), |store| {
+        store.remove_from(5).unwrap();
+    });
+    loss_refusal(tmp.path());
+}
+
+#[test]
+fn absolute_consistency_refuses_even_an_unacknowledged_tail() {
+    let tmp = written(3);
+    unacknowledged(tmp.path(), 4, |v| v[6] ^= 0xFF);
+    let err = open_result(tmp.path(), RecoveryMode::AbsoluteConsistency).unwrap_err();
+    assert!(
+        matches!(err, JournalError::Damaged { loss: false, .. }),
+        "{err}"
+    );
+    with_store(tmp.path(), |store| assert!(store.get(4).unwrap().is_some()));
+}
+
+#[test]
+fn a_damaged_acknowledged_record_refuses_and_accept_loss_keeps_the_rest() {
     let tmp = written(20);
-    damage(tmp.path(), 5, |v| {
+    damage(tmp.path(), 10, |v| {
         let i = v.len() - 1;
         v[i] ^= 0x10;
     });
-    let err = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap_err();
-    match &err {
-        JournalError::Corruption { seq, .. } => assert_eq!(*seq, 5),
-        other => panic!("expected Corruption, got {other:?}"),
-    }
-    let msg = err.to_string();
-    assert!(msg.contains("seq 5"), "{msg}");
+    loss_refusal(tmp.path());
+    // verify names it, and changes nothing.
+    let report = verify_dir::<TestSchema>(&JournalConfig::new(tmp.path())).unwrap();
     assert!(
-        msg.contains("pool-managerd journal repair --journal-dir"),
-        "{msg}"
+        report.problems.iter().any(|p| p.seq == 10 && p.loss),
+        "{report:?}"
     );
-    assert!(msg.contains("--from-seq 5"), "{msg}");
+    // repair without --accept-loss refuses, naming the range, and changes nothing.
+    let err = repair_dir::<TestSchema>(JournalConfig::new(tmp.path()), false).unwrap_err();
+    match &err {
+        JournalError::LossNotAccepted {
+            lost: 1, ranges, ..
+        } => assert!(ranges.contains("10..=10")),
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("--accept-loss"), "{err}");
+    loss_refusal(tmp.path());
+    // With --accept-loss: everything else is kept, the loss is an event at seq 10.
+    let report = repair_dir::<TestSchema>(JournalConfig::new(tmp.path()), true).unwrap();
+    assert_eq!(report.lost, vec![(10, 10)]);
+    assert!(report.moved_to.as_ref().is_some_and(|p| p.exists()));
+    let (journal, _) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+    let events: Vec<_> = journal.read_from(0).map(|r| r.unwrap()).collect();
+    assert_eq!(events.len(), 20);
+    assert!(matches!(
+        &events[9].event,
+        TestEvent::LostRecords {
+            from: 10,
+            to: 10,
+            ..
+        }
+    ));
+    assert_eq!(events[10], draft(11).into_envelope(11));
+    assert_eq!(journal.append_blocking(vec![draft(21)]).unwrap()[0].seq, 21);
+    assert!(journal.verify().is_ok(), "{:?}", journal.verify());
+}
 
-    let (journal, _) =
-        Journal::<TestSchema>::open_for_repair(JournalConfig::new(tmp.path())).unwrap();
-    let verify = journal.verify();
-    assert_eq!(verify.problems.len(), 1);
-    assert_eq!(verify.problems[0].seq, 5);
-    let report = journal.truncate_from(5).unwrap();
-    assert_eq!(report.removed_records, 16);
-    assert_eq!(report.last_seq, 4);
-    let qfile = report.quarantine_file.expect("quarantine file");
-    assert_eq!(std::fs::read_to_string(qfile).unwrap().lines().count(), 16);
-    drop(journal);
-    let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
-    assert_eq!(report.last_seq, 4);
-    assert_eq!(journal.last_seq(), 4);
-    assert_eq!(journal.append_blocking(vec![draft(1)]).unwrap()[0].seq, 5);
+#[test]
+fn a_lost_tail_keeps_its_seqs_the_next_append_follows_the_witness() {
+    let tmp = written(10);
+    with_store(tmp.path(), |store| {
+        store.remove_from(8).unwrap();
+    });
+    let err = loss_refusal(tmp.path());
+    assert!(err.to_string().contains("seq 10"), "{err}");
+    let report = repair_dir::<TestSchema>(JournalConfig::new(tmp.path()), true).unwrap();
+    assert_eq!(report.lost, vec![(8, 10)]);
+    let (journal, _) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+    assert_eq!(journal.last_seq(), 10);
+    let tail: Vec<_> = journal.read_from(7).map(|r| r.unwrap().seq).collect();
+    assert_eq!(tail, vec![7, 10], "seq 10 is the loss marker of 8..=10");
+    // Reading from inside the lost range starts at the marker.
+    assert_eq!(journal.read_from(9).next().unwrap().unwrap().seq, 10);
+    assert_eq!(journal.append_blocking(vec![draft(11)]).unwrap()[0].seq, 11);
+    // And an export of it imports back, marker and all.
+    let mut out = Vec::new();
+    journal.export(&mut out).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let imported = open(other.path());
+    assert_eq!(imported.import(&mut &out[..]).unwrap(), 11);
+    assert_eq!(imported.read_from(0).count(), 9);
 }
 
 #[test]
 fn a_missing_record_mid_journal_refuses() {
-    let tmp = written(8);
+    let tmp = written(20);
     with_store(tmp.path(), |store| {
-        // Remove 3..=8 then put back 4..=8: seq 3 is missing.
-        let keep: Vec<_> = (4..=8)
-            .map(|s| (s, store.get(s).unwrap().unwrap()))
+        let five = store.get(5).unwrap().unwrap();
+        store.remove_from(5).unwrap();
+        // Put back everything after 5.
+        drop(five);
+    });
+    let tmp2 = written(20);
+    with_store(tmp2.path(), |store| {
+        let rest: Vec<(u64, Vec<u8>)> = (6..=20)
+            .map(|s| (s, store.get(s).unwrap().unwrap().to_vec()))
             .collect();
-        store.remove_from(3).unwrap();
-        for (s, v) in keep {
+        store.remove_from(5).unwrap();
+        for (s, v) in rest {
             store.put_raw(s, &v).unwrap();
         }
     });
-    match open_result(tmp.path(), RecoveryMode::TolerateTailCorruption) {
-        Err(JournalError::Corruption { seq: 3, .. }) => {}
-        other => panic!("expected Corruption at 3, got {other:?}"),
-    }
-}
-
-#[test]
-fn mid_journal_damage_older_than_the_window_is_found_by_read_from_and_verify() {
-    let tmp = tempfile::tempdir().unwrap();
-    let journal = open(tmp.path());
-    let window = pool_journal::recovery::OPEN_CHECK_WINDOW_RECORDS as u32;
-    for chunk in 0..((window + 10) / 100 + 1) {
-        journal
-            .append_blocking((0..100).map(|i| draft(chunk * 100 + i)).collect())
-            .unwrap();
-    }
-    drop(journal);
-    damage(tmp.path(), 3, |v| v[5] ^= 1);
-    let journal = open(tmp.path());
-    let results: Vec<_> = journal.read_from(1).collect();
-    assert_eq!(results.len(), 3, "iteration stops at the bad record");
-    assert!(matches!(
-        results[2],
-        Err(JournalError::Corruption { seq: 3, .. })
-    ));
-    assert_eq!(journal.verify().problems[0].seq, 3);
-}
-
-#[test]
-fn absolute_consistency_refuses_tail_corruption() {
-    let tmp = written(5);
-    damage(tmp.path(), 5, |v| v[7] ^= 4);
-    match open_result(tmp.path(), RecoveryMode::AbsoluteConsistency) {
-        Err(JournalError::Corruption { seq: 5, .. }) => {}
-        other => panic!("expected Corruption, got {other:?}"),
-    }
-    // Nothing was removed.
-    with_store(tmp.path(), |store| assert!(store.get(5).unwrap().is_some()));
-    assert!(!tmp.path().join("quarantine").exists());
+    let err = loss_refusal(tmp2.path());
+    assert!(err.to_string().contains("seqs 5..=5 are missing"), "{err}");
+    loss_refusal(tmp.path());
 }
 
 #[test]
@@ -215,50 +220,19 @@ fn a_newer_format_version_is_unsupported_not_quarantined() {
     }
     assert!(err.to_string().contains("newer pool-managerd"));
     with_store(tmp.path(), |store| assert!(store.get(5).unwrap().is_some()));
-    // Also from read_from when it is older than the window checked at open.
-    let (journal, _) =
-        Journal::<TestSchema>::open_for_repair(JournalConfig::new(tmp.path())).unwrap();
-    let last = journal.read_from(1).last().unwrap();
-    assert!(matches!(
-        last,
-        Err(JournalError::UnsupportedVersion { seq: 5, .. })
-    ));
 }
 
 #[test]
-fn empty_and_fully_corrupt_journals_open() {
+fn an_empty_journal_opens_and_a_wholly_damaged_one_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+    assert_eq!(report.last_seq, 0);
+    assert_eq!(journal.append_blocking(vec![draft(1)]).unwrap()[0].seq, 1);
+    drop(journal);
     let tmp = written(2);
     damage(tmp.path(), 1, |v| v[5] ^= 1);
     damage(tmp.path(), 2, |v| v[5] ^= 1);
-    let (journal, report) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
-    assert_eq!(report.quarantined.len(), 2);
-    assert_eq!(journal.last_seq(), 0);
-    assert_eq!(journal.append_blocking(vec![draft(1)]).unwrap()[0].seq, 1);
-}
-
-#[test]
-fn a_damaged_tail_longer_than_one_group_commit_refuses_and_drops_nothing() {
-    let tmp = written(10);
-    for seq in 6..=10 {
-        damage(tmp.path(), seq, |v| v[5] ^= 1);
-    }
-    let mut config = JournalConfig::new(tmp.path());
-    config.max_batch_records = 4;
-    let err = match Journal::<TestSchema>::open(config) {
-        Err(err) => err,
-        Ok(_) => panic!("five damaged tail records with batches of four must refuse"),
-    };
-    assert!(
-        matches!(err, JournalError::Corruption { seq: 6, .. }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("not a torn write"), "{err}");
-    // Nothing was dropped: with room for five, the same journal quarantines the five.
-    let mut config = JournalConfig::new(tmp.path());
-    config.max_batch_records = 5;
-    let (journal, report) = Journal::<TestSchema>::open(config).unwrap();
-    assert_eq!(report.quarantined.len(), 5);
-    assert_eq!(journal.last_seq(), 5);
+    loss_refusal(tmp.path());
 }
 
 proptest! {

@@ -94,14 +94,13 @@ fn verify_reports_problems_by_seq() {
     drop(journal);
     damage(tmp.path(), 4, |v| v[5] ^= 1);
     damage(tmp.path(), 7, |v| v.truncate(3));
-    let (journal, _) =
-        Journal::<TestSchema>::open_for_repair(JournalConfig::new(tmp.path())).unwrap();
-    let report = journal.verify();
+    let report = pool_journal::verify_dir::<TestSchema>(&JournalConfig::new(tmp.path())).unwrap();
     assert_eq!(
         report.problems.iter().map(|p| p.seq).collect::<Vec<_>>(),
         vec![4, 7]
     );
     assert!(report.problems[0].what.contains("crc32c"));
+    assert!(report.problems.iter().all(|p| p.loss));
 }
 
 #[test]

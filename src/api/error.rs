@@ -53,6 +53,11 @@ pub fn status_of(code: &str) -> StatusCode {
         "POOL_UNREADY" | "GPU_REQUIRED" | "INSUFFICIENT_VRAM" | "CIRCUIT_OPEN" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        // The journal cannot take writes (a full, read-only or failing disk): nothing was
+        // recorded; the daemon retries by itself.
+        "JOURNAL_UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+        // A seq before the earliest one retention keeps.
+        "HISTORY_EXPIRED" => StatusCode::GONE,
         // `CPU_SPILLOVER`: the engine answered healthy but is not running on the GPUs of its
         // mask (OC-POOL-3012); it was stopped.
         "SPAWN_FAILED" | "HEALTH_TIMEOUT" | "ENGINE_EXITED" | "RELOAD_FAILED" | "CPU_SPILLOVER" => {
@@ -232,6 +237,21 @@ mod tests {
             status_of(pool_core::StartFailure::CpuSpillover.code()),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[test]
+    fn journal_codes_have_their_statuses() {
+        assert_eq!(
+            status_of("JOURNAL_UNAVAILABLE"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status_of("HISTORY_EXPIRED"), StatusCode::GONE);
+        let expired = ApiError::from(NodeError::HistoryExpired {
+            requested: 3,
+            earliest: 100,
+        });
+        assert_eq!(expired.status, StatusCode::GONE);
+        assert!(expired.message.contains("seq 100"), "{}", expired.message);
     }
 
     #[test]

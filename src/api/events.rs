@@ -84,6 +84,7 @@ pub(super) struct EventsQuery {
             )),
         (status = 400, description = "`INVALID_REQUEST`: a bad query, or a `Last-Event-ID` / `since` beyond the journal's last event", body = super::openapi::ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = super::openapi::ApiErrorBody),
+        (status = 410, description = "`HISTORY_EXPIRED`: `since` (or `Last-Event-ID`) is before the earliest seq retention keeps", body = super::openapi::ApiErrorBody),
         (status = 500, description = "`INTERNAL`: the journal could not be read", body = super::openapi::ApiErrorBody),
     )
 )]
@@ -122,7 +123,7 @@ async fn tail(state: ApiState, query: EventsQuery) -> Result<Response, ApiError>
         None => node
             .journal_last_seq()
             .saturating_sub(limit as u64 - 1)
-            .max(1),
+            .max(node.journal_first_seq()),
     };
     let envelopes = node.journal_events(from, limit).await?;
     let body: Vec<Value> = envelopes
@@ -151,6 +152,13 @@ fn stream(state: ApiState, headers: &HeaderMap, since: Option<u64>) -> Result<Re
         }
         None => since.unwrap_or(last + 1).max(1),
     };
+    let earliest = node.journal_first_seq();
+    if start < earliest {
+        return Err(ApiError::from(crate::node::NodeError::HistoryExpired {
+            requested: start,
+            earliest,
+        }));
+    }
     if start > last + 1 {
         return Err(ApiError::invalid(format!(
             "cannot resume at seq {start}: the journal's last event is {last} (is this the \

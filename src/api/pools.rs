@@ -26,6 +26,9 @@ const EVENTS_LIMIT_DEFAULT: usize = 1_000;
 pub(super) enum DaemonStatus {
     /// Serving.
     Ok,
+    /// Serving reads; the journal cannot take writes now (a full, read-only or failing disk),
+    /// so changes answer `JOURNAL_UNAVAILABLE` until it can again (200).
+    Degraded,
     /// The journal failed: no further changes until restarted (503, with `journal_error`).
     JournalFailed,
 }
@@ -44,10 +47,35 @@ pub(super) struct GpuHealth {
     reason: Option<String>,
 }
 
+/// `GET /health`'s `journal`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct JournalHealth {
+    /// Changes are recorded (and so accepted); `false` while the disk refuses writes.
+    writable: bool,
+    /// Why not: the journal directory and the operating system's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// `enospc`, `erofs`, `eio` or `other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    /// Since when (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since_ms: Option<u64>,
+    /// Observations kept in memory until they can be recorded.
+    queued_observations: usize,
+    /// The earliest seq still held (retention drops older ones).
+    first_seq: u64,
+    /// Sealed segments.
+    segments: u64,
+    /// Bytes on disk (segments, live store, snapshots).
+    bytes: u64,
+}
+
 /// `GET /health`: daemon liveness.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct DaemonHealth {
-    /// `ok`, or `journal_failed` (503).
+    /// `ok`; `degraded` while the journal cannot take writes (reads work, changes answer
+    /// `JOURNAL_UNAVAILABLE`); `journal_failed` (503) when it failed for good.
     status: DaemonStatus,
     /// The daemon's version.
     version: String,
@@ -57,6 +85,8 @@ pub(super) struct DaemonHealth {
     pools: usize,
     /// GPUs as the last reading (or the start-up preflight) saw them.
     gpu: GpuHealth,
+    /// Whether the journal takes writes, and its retained range and size.
+    journal: JournalHealth,
     /// Why the journal failed (with `status: journal_failed` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     journal_error: Option<String>,
@@ -70,7 +100,8 @@ pub(super) struct DaemonHealth {
     operation_id = "daemon_health",
     security(()),
     responses(
-        (status = 200, description = "The daemon is up", body = DaemonHealth),
+        (status = 200, description = "The daemon is up (`status: ok`), or up with a journal \
+            that cannot take writes (`status: degraded`, `journal.writable: false`)", body = DaemonHealth),
         (status = 503, description = "The journal failed (`status: journal_failed`, `journal_error`): \
             no further changes until restarted", body = DaemonHealth),
     )
@@ -80,9 +111,13 @@ pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
     // The live view of the last GPU reading, else the start-up verdict.
     let live = state.gpus().map(|monitor| monitor.load());
     let gpu = live.as_ref().map_or(&published.gpu, |view| &view.summary);
+    let report = state.node().journal_report();
+    let view = &published.journal;
     let body = DaemonHealth {
-        status: if published.journal_failure.is_some() {
+        status: if view.failed.is_some() {
             DaemonStatus::JournalFailed
+        } else if !view.writable {
+            DaemonStatus::Degraded
         } else {
             DaemonStatus::Ok
         },
@@ -101,7 +136,17 @@ pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
                 .or(gpu.reason.as_ref())
                 .cloned(),
         },
-        journal_error: published.journal_failure.clone(),
+        journal: JournalHealth {
+            writable: view.writable,
+            error: view.error.clone(),
+            kind: view.kind.map(str::to_string),
+            since_ms: view.since_ms,
+            queued_observations: view.queued,
+            first_seq: report.usage.first_seq,
+            segments: report.usage.segments,
+            bytes: report.usage.total_bytes(),
+        },
+        journal_error: view.failed.clone(),
     };
     if body.journal_error.is_some() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
@@ -119,6 +164,7 @@ pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
         (status = 200, description = "All pools, sorted by id", body = [PoolStatusSchema]),
         (status = 400, description = "`INVALID_REQUEST`: a bad query (`at_seq` beyond the journal's last event)", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 410, description = "`HISTORY_EXPIRED`: `at_seq` is before the earliest seq retention keeps", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL`: the journal could not be replayed", body = ApiErrorBody),
     )
 )]
@@ -166,6 +212,7 @@ pub(super) struct AtSeq {
         (status = 400, description = "`INVALID_REQUEST`: a bad pool id or query (`at_seq` beyond the journal's last event)", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
         (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
+        (status = 410, description = "`HISTORY_EXPIRED`: `at_seq` is before the earliest seq retention keeps", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL`: the journal could not be replayed", body = ApiErrorBody),
     )
 )]
@@ -305,7 +352,7 @@ pub(super) struct PreloadAccepted {
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`INVALID_DEVICE_MASK`, `MODEL_NOT_FOUND`", body = ApiErrorBody),
         (status = 500, description = "`SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`, `CPU_SPILLOVER`; `INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
         (status = 504, description = "`INTERNAL`: the wait gave up (the preload goes on)", body = ApiErrorBody),
     )
 )]
@@ -393,7 +440,7 @@ pub(super) struct LeaseReleased {
         (status = 409, description = "`POOL_DRAINING`, `POOL_BUSY`", body = ApiErrorBody),
         (status = 429, description = "`SLOTS_EXHAUSTED`", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
     )
 )]
 pub(super) async fn acquire_lease(
@@ -429,7 +476,7 @@ pub(super) async fn acquire_lease(
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
         (status = 404, description = "`POOL_NOT_FOUND`, `LEASE_NOT_FOUND`", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
     )
 )]
 pub(super) async fn release_lease(
@@ -488,7 +535,7 @@ pub(super) struct DrainAccepted {
         (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`POOL_UNREADY`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
     )
 )]
 pub(super) async fn drain(
@@ -562,7 +609,7 @@ pub(super) struct ReloadDone {
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`MODEL_NOT_FOUND`: staging failed; the running engine is untouched", body = ApiErrorBody),
         (status = 500, description = "`RELOAD_FAILED` (with `rolled_back`), `SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`; `INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`, `GPU_REQUIRED`, `INSUFFICIENT_VRAM`; `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`, `GPU_REQUIRED`, `INSUFFICIENT_VRAM`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
         (status = 504, description = "`INTERNAL`: the wait gave up (the reload goes on)", body = ApiErrorBody),
     )
 )]
@@ -618,7 +665,7 @@ pub(super) struct StopAccepted {
         (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
         (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
     )
 )]
 pub(super) async fn stop(
@@ -671,7 +718,7 @@ pub(super) struct BreakerReset {
         (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
         (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
     )
 )]
 pub(super) async fn reset_breaker(
@@ -718,7 +765,7 @@ pub(super) struct Removed {
         (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
         (status = 409, description = "`POOL_BUSY`", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
         (status = 504, description = "`INTERNAL`: the wait gave up (the removal goes on)", body = ApiErrorBody),
     )
 )]
@@ -756,6 +803,7 @@ pub(super) struct EventsQuery {
         (status = 400, description = "`INVALID_REQUEST`: a bad pool id or query", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
         (status = 404, description = "`POOL_NOT_FOUND`: no event of the pool was ever journaled", body = ApiErrorBody),
+        (status = 410, description = "`HISTORY_EXPIRED`: `since` is before the earliest seq retention keeps", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL`: the journal could not be read", body = ApiErrorBody),
     )
 )]
@@ -807,7 +855,7 @@ pub(super) async fn events(
         (status = 409, description = "`POOL_BUSY`: the pool runs an engine of ours", body = ApiErrorBody),
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`POOL_UNREADY`: `{url}/health` did not answer 200; `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY`: `{url}/health` did not answer 200; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
     )
 )]
 pub(super) async fn register_handoff(

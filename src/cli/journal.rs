@@ -10,8 +10,8 @@ use clap::Subcommand;
 use serde::ser::SerializeMap as _;
 use serde::Serialize;
 
-use super::{open_dir, open_existing, open_existing_with, JournalDirArg, OpenPurpose};
-use crate::schema::PoolEnvelope;
+use super::{check_holds_journal, open_dir, open_existing, JournalDirArg};
+use crate::schema::{PoolEnvelope, PoolJournal, PoolSchema};
 use crate::table::{format_ts_ms, timeline_line};
 
 /// The most events `journal show` prints unless told otherwise.
@@ -52,7 +52,9 @@ pub enum JournalCommand {
         #[command(flatten)]
         dir: JournalDirArg,
     },
-    /// Check every record: CRC, decoding, and gap-free sequence numbers. Exits 1 on damage.
+    /// Check every file of the journal (segments, live store, snapshots, witness, manifest)
+    /// without writing anything: CRC, decoding, gap-free seqs, nothing shorter than the
+    /// witnesses prove. Exits 1 on damage, naming the way out.
     Verify {
         #[command(flatten)]
         dir: JournalDirArg,
@@ -65,14 +67,16 @@ pub enum JournalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Move every record from SEQ on into a quarantine file and drop it: the repair for a
-    /// journal that refuses to open because of corruption before its tail.
+    /// Rebuild a damaged journal's files from what is readable (the daemon must be stopped).
+    /// Refuses, changing nothing, when an acknowledged event would be lost, unless
+    /// --accept-loss: then everything readable is kept and each lost range becomes a
+    /// JournalLossAccepted event. The replaced files are kept under quarantine/.
     Repair {
         #[command(flatten)]
         dir: JournalDirArg,
-        /// The first seq to remove (the seq named by the corruption error).
-        #[arg(long, value_name = "SEQ")]
-        from_seq: u64,
+        /// Keep what is readable even though acknowledged events are lost, and record the loss.
+        #[arg(long)]
+        accept_loss: bool,
     },
 }
 
@@ -89,7 +93,7 @@ pub(super) fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
         JournalCommand::Import { file, dir } => import(&dir, &file),
         JournalCommand::Verify { dir } => verify(&dir),
         JournalCommand::Stats { dir, json } => stats(&dir, json),
-        JournalCommand::Repair { dir, from_seq } => repair(&dir, from_seq),
+        JournalCommand::Repair { dir, accept_loss } => repair(&dir, accept_loss),
     }
 }
 
@@ -190,26 +194,17 @@ fn export_line(envelope: &PoolEnvelope) -> anyhow::Result<String> {
 }
 
 fn export(dir: &JournalDirArg, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    // A journal damaged before its tail refuses a normal open, but the corruption error
-    // advises exporting it before `journal repair`: then export what comes before the damage
-    // (and fail naming it) rather than nothing.
-    let (journal, damaged) = match open_existing(&dir.journal_dir) {
-        Ok(journal) => (journal, false),
-        Err(error) => {
-            let Some(seq) = corrupt_seq(&error) else {
-                return Err(error);
-            };
-            eprintln!(
-                "warning: the journal at {} is damaged at seq {seq}; exporting the events \
-                 before it only",
-                dir.journal_dir.display()
-            );
-            (
-                open_existing_with(&dir.journal_dir, OpenPurpose::Repair)?,
-                true,
-            )
-        }
-    };
+    // A damaged journal refuses a normal open; export still saves what can be read before
+    // the damage (and fails naming it), so that nothing readable is lost to a repair.
+    check_holds_journal(&dir.journal_dir)?;
+    let (journal, refusal) = PoolJournal::open_read_only_despite_damage(
+        pool_journal::JournalConfig::new(&dir.journal_dir),
+    )
+    .with_context(|| format!("cannot read the journal at {}", dir.journal_dir.display()))?;
+    let damaged = refusal.is_some();
+    if let Some(refusal) = &refusal {
+        eprintln!("warning: {refusal}\nwarning: exporting the events that can be read");
+    }
     let stopped = |error: pool_journal::JournalError| {
         let error = anyhow::Error::new(error);
         if damaged {
@@ -267,14 +262,6 @@ fn import(dir: &JournalDirArg, file: &PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The seq of the damage when `error` is (or wraps) a journal's corruption report.
-fn corrupt_seq(error: &anyhow::Error) -> Option<u64> {
-    match error.downcast_ref::<pool_journal::JournalError>() {
-        Some(pool_journal::JournalError::Corruption { seq, .. }) => Some(*seq),
-        _ => None,
-    }
-}
-
 /// `journal import` creates a journal only in a new or empty directory, or fills an empty
 /// existing journal: never sled files among somebody else's.
 fn check_import_target(dir: &Path) -> anyhow::Result<()> {
@@ -287,7 +274,7 @@ fn check_import_target(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    if dir.join("db").exists() || dir.join("conf").exists() {
+    if pool_journal::layout::Layout::new(dir).holds_journal() {
         return Ok(()); // a journal: the import itself refuses one that holds events
     }
     let mut entries = std::fs::read_dir(dir)
@@ -303,31 +290,56 @@ fn check_import_target(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn verify(dir: &JournalDirArg) -> anyhow::Result<ExitCode> {
-    // Verify must be able to list damage that plain open refuses: open it as for a repair.
-    let journal = open_existing_with(&dir.journal_dir, OpenPurpose::Repair)?;
-    let report = journal.verify();
-    journal.close()?;
+    check_holds_journal(&dir.journal_dir)?;
+    let config = pool_journal::JournalConfig::new(&dir.journal_dir);
+    let report = pool_journal::verify_dir::<PoolSchema>(&config)
+        .with_context(|| format!("cannot verify the journal at {}", dir.journal_dir.display()))?;
     println!(
-        "{}: {} record(s), seq {}..={}",
+        "{}: {} record(s) checked, seq {}..={}, {} segment(s), {} snapshot(s), witness {}",
         dir.journal_dir.display(),
         report.records,
         report.first_seq,
-        report.last_seq
+        report.last_seq,
+        report.segments,
+        report.snapshots,
+        report.witness_seq.map_or_else(
+            || "unreadable".to_string(),
+            |seq| format!("vouches for seq {seq}")
+        ),
     );
-    if report.problems.is_empty() {
-        println!("ok: every record passes its CRC and decodes; seqs are gap-free");
+    if report.is_ok() {
+        println!(
+            "ok: every record passes its CRC and decodes, seqs are gap-free, and the journal \
+             holds everything its witnesses prove"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &report.problems {
-        println!("seq {}: {}", problem.seq, problem.what);
+        let at = if problem.seq > 0 {
+            format!("seq {}: ", problem.seq)
+        } else {
+            String::new()
+        };
+        println!("{}: {at}{}", problem.file.display(), problem.what);
     }
-    let first = report.problems.iter().map(|p| p.seq).min().unwrap_or(0);
-    println!(
-        "{} problem(s). To drop the damaged part (records from seq {first} on are moved to a \
-         quarantine file), run: pool-managerd journal repair --journal-dir {} --from-seq {first}",
-        report.problems.len(),
-        dir.journal_dir.display()
-    );
+    if report.problems_omitted > 0 {
+        println!("... and {} more problem(s)", report.problems_omitted);
+    }
+    let count = report.problems.len() as u64 + report.problems_omitted;
+    if report.loses_events() {
+        println!(
+            "{count} problem(s); acknowledged events are unreadable or gone. Stop the daemon, then \
+             keep what is readable and record the loss as an event: pool-managerd journal repair \
+             --journal-dir {} --accept-loss (or restore the journal directory from a backup)",
+            dir.journal_dir.display()
+        );
+    } else {
+        println!(
+            "{count} problem(s); no acknowledged event is lost. Stop the daemon, then rebuild the \
+             damaged files: pool-managerd journal repair --journal-dir {}",
+            dir.journal_dir.display()
+        );
+    }
     Ok(ExitCode::FAILURE)
 }
 
@@ -368,23 +380,38 @@ fn stats(dir: &JournalDirArg, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn repair(dir: &JournalDirArg, from_seq: u64) -> anyhow::Result<ExitCode> {
-    if from_seq == 0 {
-        bail!("--from-seq must be at least 1 (seqs start at 1)");
+fn repair(dir: &JournalDirArg, accept_loss: bool) -> anyhow::Result<ExitCode> {
+    check_holds_journal(&dir.journal_dir)?;
+    let config = pool_journal::JournalConfig::new(&dir.journal_dir);
+    let report = pool_journal::repair_dir::<PoolSchema>(config, accept_loss)
+        .with_context(|| format!("cannot repair the journal at {}", dir.journal_dir.display()))?;
+    if report.nothing_to_do {
+        println!(
+            "{}: nothing to repair (every check passes); nothing was changed",
+            dir.journal_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
-    let journal = open_existing_with(&dir.journal_dir, OpenPurpose::Repair)?;
-    let report = journal.truncate_from(from_seq)?;
-    journal.close()?;
+    for problem in &report.problems {
+        println!("found: {problem}");
+    }
+    for (from, to) in &report.lost {
+        println!("lost: seqs {from}..={to} (recorded as a JournalLossAccepted event at seq {to})");
+    }
     println!(
-        "removed {} record(s) from seq {} on and the snapshot(s) {:?}; journal {} now ends at seq {}",
-        report.removed_records,
-        report.from_seq,
-        report.removed_snapshots,
+        "repaired {}: {} record(s) kept, last seq {}",
         dir.journal_dir.display(),
+        report.kept_records,
         report.last_seq
     );
-    if let Some(path) = &report.quarantine_file {
-        println!("the removed records are in {}", path.display());
+    if let Some(moved) = &report.moved_to {
+        println!("the replaced files are in {}", moved.display());
+    }
+    if !report.lost.is_empty() {
+        println!(
+            "the next start of the daemon reconciles the engines it finds running (pid and \
+             handoff files) with what the journal still knows"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -134,23 +134,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Opens an existing journal. A missing directory, or one that holds no journal, is an error
-/// (sled would silently create an empty database there, and an empty history is not an answer).
+/// Opens an existing journal read-only (nothing is written: it works on a read-only or full
+/// file system and beside a running daemon). A missing directory, or one that holds no
+/// journal, is an error (an empty history is not an answer).
 pub(crate) fn open_existing(dir: &Path) -> anyhow::Result<PoolJournal> {
-    open_existing_with(dir, OpenPurpose::Use)
+    check_holds_journal(dir)?;
+    let (journal, report) = PoolJournal::open_read_only(JournalConfig::new(dir))
+        .with_context(|| format!("cannot read the journal at {}", dir.display()))?;
+    if report.legacy {
+        eprintln!(
+            "note: {} is a journal from before segments; the daemon migrates it at its next start",
+            dir.display()
+        );
+    }
+    Ok(journal)
 }
 
-/// Why a command opens a journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OpenPurpose {
-    /// Normal use: recovery runs, and corruption before the tail refuses to open.
-    Use,
-    /// Verify or repair: nothing is quarantined or refused, so that damage can be listed and cut.
-    Repair,
-}
-
-/// Like [`open_existing`], for the given purpose.
-pub(crate) fn open_existing_with(dir: &Path, purpose: OpenPurpose) -> anyhow::Result<PoolJournal> {
+/// Fails unless `dir` holds a journal.
+pub(crate) fn check_holds_journal(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         bail!(
             "no journal at {}: the directory does not exist; pass --journal-dir DIR (or set \
@@ -161,30 +162,23 @@ pub(crate) fn open_existing_with(dir: &Path, purpose: OpenPurpose) -> anyhow::Re
     if !dir.is_dir() {
         bail!("no journal at {}: it is not a directory", dir.display());
     }
-    if !dir.join("conf").exists() && !dir.join("db").exists() {
+    if !pool_journal::layout::Layout::new(dir).holds_journal() {
         bail!(
-            "no journal at {}: the directory holds no journal database (no 'db' or 'conf' file); \
-             pass --journal-dir DIR to the journal of a pool-managerd",
+            "no journal at {}: the directory holds no journal (no 'witness', 'live/' or \
+             'segments/'); pass --journal-dir DIR to the journal of a pool-managerd",
             dir.display()
         );
     }
-    match purpose {
-        OpenPurpose::Use => open_dir(dir),
-        OpenPurpose::Repair => {
-            let (journal, _report) = PoolJournal::open_for_repair(JournalConfig::new(dir))
-                .with_context(|| format!("cannot open the journal at {}", dir.display()))?;
-            Ok(journal)
-        }
-    }
+    Ok(())
 }
 
-/// Opens (creating if absent) the journal at `dir` and reports what recovery did.
+/// Opens (creating if absent) the journal at `dir` for writing and reports what recovery did.
 pub(crate) fn open_dir(dir: &Path) -> anyhow::Result<PoolJournal> {
     let (journal, report) = PoolJournal::open(JournalConfig::new(dir))
         .with_context(|| format!("cannot open the journal at {}", dir.display()))?;
     if !report.quarantined.is_empty() {
         eprintln!(
-            "warning: {} corrupt record(s) at the tail of {} were quarantined{}",
+            "warning: {} unacknowledged record(s) at the tail of {} were quarantined{}",
             report.quarantined.len(),
             dir.display(),
             report

@@ -15,6 +15,7 @@
 //! Never: does I/O other than the journal (the supervisor does), never publishes or answers
 //! before the flush, never panics on an input.
 
+mod degraded;
 mod placement;
 mod registry;
 
@@ -38,7 +39,10 @@ use crate::schema::{PoolEnvelope, PoolJournal};
 use crate::supervisor::files::RuntimeDirs;
 use crate::supervisor::{Supervisor, SupervisorSettings};
 
-pub use registry::{GpuSummary, Published, Registry};
+pub use registry::{GpuSummary, JournalView, Published, Registry};
+
+/// While the journal cannot take writes, how often the actor checks whether it can again.
+pub const JOURNAL_RECOVERY_POLL_MS: u64 = 200;
 
 /// Inputs the actor takes per batch (one journal append for all of them).
 pub const BATCH_INPUTS_MAX: usize = 256;
@@ -53,20 +57,47 @@ pub const PRELOAD_WAIT_MARGIN_MS: u64 = 30_000;
 /// How long a shutdown waits for the last clones of the journal to go.
 pub const JOURNAL_RELEASE_WAIT_MS: u64 = 10_000;
 
+/// A start-up observation refused because the journal cannot take writes is kept by the actor
+/// (recorded once it can): not a failed start.
+fn queued_while_unavailable(error: NodeError) -> Result<Committed, NodeError> {
+    match error {
+        NodeError::JournalUnavailable(_) => Ok(Committed {
+            envelopes: Vec::new(),
+            state: Arc::new(State::default()),
+        }),
+        other => Err(other),
+    }
+}
+
+/// The journal's options from the node's settings: retention and segment size from
+/// `[journal]`, retention's clock the node's decision clock.
+fn journal_config(settings: &NodeSettings) -> JournalConfig {
+    let mut config = JournalConfig::new(&settings.journal_dir);
+    config.retain_bytes = settings.journal.retain_bytes;
+    config.retain_ms = settings.journal.retain_ms;
+    config.segment_records = usize::try_from(settings.journal.segment_records)
+        .unwrap_or(pool_journal::config::DEFAULT_SEGMENT_RECORDS)
+        .max(1);
+    let clock = settings.clock.clone();
+    config.clock = pool_journal::JournalClock(Arc::new(move || clock.now_ms()));
+    config
+}
+
 /// Whether nobody (in this process or another) holds the journal at `dir`: both its `LOCK`
 /// file and sled's `db` file can be locked (and are unlocked again at once).
 fn journal_released(dir: &std::path::Path) -> bool {
     use std::os::fd::AsRawFd as _;
-    [dir.join(pool_journal::LOCK_FILE_NAME), dir.join("db")]
-        .iter()
-        .all(|path| match std::fs::File::open(path) {
-            // SAFETY: flock on a valid fd we own for the duration of the call; closing the
-            // file (end of this arm) drops the lock.
-            Ok(file) => unsafe {
-                libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
-            },
-            Err(_) => true,
-        })
+    [
+        dir.join(pool_journal::LOCK_FILE_NAME),
+        pool_journal::live_store_dir(dir).join("db"),
+    ]
+    .iter()
+    .all(|path| match std::fs::File::open(path) {
+        // SAFETY: flock on a valid fd we own for the duration of the call; closing the
+        // file (end of this arm) drops the lock.
+        Ok(file) => unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 },
+        Err(_) => true,
+    })
 }
 
 /// Why the node could not do what was asked.
@@ -98,6 +129,21 @@ pub enum NodeError {
         "journal failure: {0}; the daemon takes no further changes until restarted (see its log)"
     )]
     Journal(String),
+    /// The journal cannot take writes now (a full, read-only or failing disk): nothing was
+    /// recorded, so nothing was done. The daemon retries by itself.
+    #[error("{0}")]
+    JournalUnavailable(String),
+    /// The seq asked for was dropped by the journal's retention.
+    #[error(
+        "seq {requested} is no longer retained: the history starts at seq {earliest} (older \
+         events were dropped by retention, [journal] retain_bytes / retain_ms)"
+    )]
+    HistoryExpired {
+        /// The seq asked for.
+        requested: u64,
+        /// The earliest seq that can be asked for.
+        earliest: u64,
+    },
     /// The wait for an outcome gave up (the operation goes on).
     #[error("{0}")]
     Timeout(String),
@@ -107,15 +153,40 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// A read's journal error, as the API answers it.
+    fn of_read(error: JournalError) -> NodeError {
+        match error {
+            JournalError::HistoryExpired {
+                requested,
+                earliest,
+            } => NodeError::HistoryExpired {
+                requested,
+                earliest,
+            },
+            other => NodeError::Journal(other.to_string()),
+        }
+    }
+
     /// The SPEC section 5 code.
     pub fn code(&self) -> &'static str {
         match self {
             NodeError::Rejected(rejection) => rejection.code(),
             NodeError::Failed { code, .. } => code,
             NodeError::ReloadFailed { .. } => "RELOAD_FAILED",
+            NodeError::JournalUnavailable(_) => "JOURNAL_UNAVAILABLE",
+            NodeError::HistoryExpired { .. } => "HISTORY_EXPIRED",
             NodeError::Journal(_) | NodeError::Timeout(_) | NodeError::ShuttingDown => "INTERNAL",
         }
     }
+}
+
+/// The journal's health and sizes.
+#[derive(Debug, Clone)]
+pub struct JournalReport {
+    /// Writable or not, and why; write errors by kind.
+    pub health: pool_journal::JournalHealth,
+    /// Segments, bytes, the retained range.
+    pub usage: pool_journal::Usage,
 }
 
 /// What a durable input produced.
@@ -170,6 +241,9 @@ struct Submission {
     cause: Option<u64>,
     reply: Option<oneshot::Sender<Result<Committed, NodeError>>>,
     waiter: Option<Waiter>,
+    /// When it was observed, if not now: a queued observation recorded once the journal
+    /// takes writes again is decided and stamped at the time it happened.
+    observed_ms: Option<u64>,
 }
 
 #[allow(clippy::large_enum_variant)] // moved once per input; boxing would only add an allocation
@@ -202,6 +276,7 @@ impl Reporter {
                 cause: Some(cause),
                 reply: None,
                 waiter: None,
+                observed_ms: None,
             }))
             .await;
     }
@@ -218,6 +293,8 @@ pub struct NodeSettings {
     pub policy: Policy,
     /// Snapshot of the state every this many events.
     pub snapshot_every: u64,
+    /// Retention and segment size (`[journal]`).
+    pub journal: crate::config::JournalSettings,
     /// The clock of decisions.
     pub clock: SharedClock,
     /// What the GPU preflight found; `required` with `available == false` refuses preloads.
@@ -279,11 +356,11 @@ impl Node {
     pub async fn start(settings: NodeSettings) -> anyhow::Result<(Node, StartReport)> {
         use anyhow::Context as _;
         let dirs = RuntimeDirs::create(&settings.runtime_dir)?;
-        let journal_dir = settings.journal_dir.clone();
         let started = std::time::Instant::now();
+        let journal_config = journal_config(&settings);
         let (journal, open_report, replayed, max_batch_records) =
             tokio::task::spawn_blocking(move || {
-                let config = JournalConfig::new(&journal_dir);
+                let config = journal_config;
                 let max_batch = config.max_batch_records;
                 let (journal, report) = PoolJournal::open(config)?;
                 let replayed = projection::replay(&journal, ReplayLimit::default())?;
@@ -307,11 +384,7 @@ impl Node {
         let metrics = Arc::new(crate::metrics::NodeMetrics::new());
         metrics.set_replay_seconds(started.elapsed().as_secs_f64());
         let state = Arc::new(replayed.state);
-        let registry = Registry::new(Published {
-            state: state.clone(),
-            gpu: settings.gpu.clone(),
-            journal_failure: None,
-        });
+        let registry = Registry::new(Published::durable(state.clone(), settings.gpu.clone()));
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
         let mut supervisor_settings =
             SupervisorSettings::new(dirs, settings.policy.clone(), settings.clock.clone());
@@ -347,6 +420,17 @@ impl Node {
             snapshot_every: settings.snapshot_every.max(1),
             max_batch_records: max_batch_records.max(1),
             journal_failure: None,
+            degraded: open_report.unavailable.as_ref().map(|error| {
+                tracing::error!(error = %error, "the daemon starts with a journal that cannot take writes: reads work, changes are refused (JOURNAL_UNAVAILABLE) until it can");
+                degraded::Degraded::new(
+                    format!(
+                        "journal {} cannot take writes: {error}; the daemon retries by itself",
+                        settings.journal_dir.display()
+                    ),
+                    "other",
+                    settings.clock.now_ms(),
+                )
+            }),
             metrics,
         };
         let mut resume = resume_effects(&actor.state);
@@ -357,6 +441,7 @@ impl Node {
                 pid: std::process::id(),
             })
             .await
+            .or_else(queued_while_unavailable)
             .context("cannot record the daemon's start in the journal")?;
         if settings.gpu.required && !settings.gpu.available {
             let reason = settings
@@ -367,6 +452,7 @@ impl Node {
             handle
                 .submit(Observation::PreflightFailed { reason })
                 .await
+                .or_else(queued_while_unavailable)
                 .context("cannot record the GPU preflight in the journal")?;
         }
         // Recorded engines are verified before the node serves anyone, so the API never
@@ -391,6 +477,7 @@ impl Node {
                 handle
                     .submit(observation)
                     .await
+                    .or_else(queued_while_unavailable)
                     .context("cannot record the engines found at start-up in the journal")?;
             }
         }
@@ -476,6 +563,7 @@ impl NodeHandle {
                 cause: None,
                 reply: Some(reply),
                 waiter,
+                observed_ms: None,
             }))
             .await
             .map_err(|_| NodeError::ShuttingDown)?;
@@ -641,6 +729,13 @@ impl NodeHandle {
             }
             return Ok(current);
         }
+        let earliest = self.journal.time_travel_from();
+        if seq < earliest {
+            return Err(NodeError::HistoryExpired {
+                requested: seq,
+                earliest,
+            });
+        }
         let journal = self.journal.clone();
         let replayed = tokio::task::spawn_blocking(move || {
             projection::replay(
@@ -653,7 +748,7 @@ impl NodeHandle {
         })
         .await
         .map_err(|e| NodeError::Journal(e.to_string()))?
-        .map_err(|e| NodeError::Journal(e.to_string()))?;
+        .map_err(NodeError::of_read)?;
         Ok(Arc::new(replayed.state))
     }
 
@@ -673,12 +768,25 @@ impl NodeHandle {
         })
         .await
         .map_err(|e| NodeError::Journal(e.to_string()))?
-        .map_err(|e| NodeError::Journal(e.to_string()))
+        .map_err(NodeError::of_read)
     }
 
     /// The seq of the journal's last durable event (0 when empty).
     pub fn journal_last_seq(&self) -> u64 {
         self.journal.last_seq()
+    }
+
+    /// The earliest seq the journal still holds (retention drops older ones).
+    pub fn journal_first_seq(&self) -> u64 {
+        self.journal.first_seq()
+    }
+
+    /// The journal's health and sizes, now (metrics, `/health`).
+    pub fn journal_report(&self) -> JournalReport {
+        JournalReport {
+            health: self.journal.health(),
+            usage: self.journal.usage(),
+        }
     }
 
     /// The pool's events, oldest first, from `since` (seq, inclusive), at most `limit`.
@@ -692,7 +800,7 @@ impl NodeHandle {
         tokio::task::spawn_blocking(move || journal.read_pool(pool_id.as_str(), since, limit))
             .await
             .map_err(|e| NodeError::Journal(e.to_string()))?
-            .map_err(|e| NodeError::Journal(e.to_string()))
+            .map_err(NodeError::of_read)
     }
 }
 
@@ -719,6 +827,8 @@ struct Actor {
     snapshot_every: u64,
     max_batch_records: usize,
     journal_failure: Option<String>,
+    /// Set while the journal cannot take writes.
+    degraded: Option<degraded::Degraded>,
     /// Counters and histograms of the events it appends (never of the start-up replay).
     metrics: crate::metrics::SharedMetrics,
 }
@@ -730,13 +840,36 @@ struct Decided {
     pool_id: Option<PoolId>,
     /// Range of this input's drafts in the batch.
     range: std::ops::Range<usize>,
+    /// An observation, kept to be queued again if the append finds the journal unavailable.
+    retry: Option<degraded::Queued>,
+}
+
+/// Why an append failed.
+enum AppendFailure {
+    /// The disk refuses writes for now (`JOURNAL_UNAVAILABLE`): the node keeps observations and
+    /// recovers by itself.
+    Unavailable { error: String, kind: &'static str },
+    /// Anything else: the node takes no more changes.
+    Fatal(String),
 }
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<NodeInput>) {
         let mut batch = Vec::with_capacity(BATCH_INPUTS_MAX);
         loop {
-            if rx.recv_many(&mut batch, BATCH_INPUTS_MAX).await == 0 {
+            let received = if self.degraded.is_some() {
+                let poll = Duration::from_millis(JOURNAL_RECOVERY_POLL_MS);
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH_INPUTS_MAX) => n,
+                    () = tokio::time::sleep(poll) => {
+                        self.flush_queued().await;
+                        continue;
+                    }
+                }
+            } else {
+                rx.recv_many(&mut batch, BATCH_INPUTS_MAX).await
+            };
+            if received == 0 {
                 return;
             }
             let mut shutdown = None;
@@ -755,6 +888,12 @@ impl Actor {
                         // Submissions queued before it are decided first, so effects stay
                         // in order with the events that came before them.
                         self.process(std::mem::take(&mut submissions)).await;
+                        if let Some(degraded) = self.degraded.as_mut() {
+                            // Nothing may start that the journal does not know: the resume
+                            // effects wait for it.
+                            degraded.held_effects.extend(effects);
+                            continue;
+                        }
                         let cause = self.state.last_seq();
                         for effect in effects {
                             self.supervisor.dispatch(cause, effect);
@@ -767,6 +906,9 @@ impl Actor {
                     }
                 }
             }
+            if self.degraded.is_some() {
+                self.flush_queued().await;
+            }
             self.process(submissions).await;
             if let Some((reason, reply)) = shutdown {
                 self.process(vec![Submission {
@@ -774,6 +916,7 @@ impl Actor {
                     cause: None,
                     reply: None,
                     waiter: None,
+                    observed_ms: None,
                 }])
                 .await;
                 for (_, waiters) in self.waiters.drain() {
@@ -799,6 +942,15 @@ impl Actor {
             }
             return;
         }
+        if self.degraded.is_some() {
+            self.hold(submissions);
+            return;
+        }
+        self.process_batch(submissions).await;
+    }
+
+    /// Decides, appends and applies one batch (the journal taking writes, as far as known).
+    async fn process_batch(&mut self, submissions: Vec<Submission>) {
         let now_ms = self.clock.now_ms();
         // The state as the batch's earlier inputs left it: a private copy, made only once an
         // input produces facts (reads, rejections and no-ops never copy the registry).
@@ -809,6 +961,15 @@ impl Actor {
         let mut pending_metrics: Vec<crate::metrics::Update> = Vec::new();
         let mut decided: Vec<Decided> = Vec::with_capacity(submissions.len());
         for submission in submissions {
+            let now_ms = submission.observed_ms.unwrap_or(now_ms);
+            let retry = match &submission.input {
+                Input::Observation(_) => Some(degraded::Queued {
+                    input: submission.input.clone(),
+                    cause: submission.cause,
+                    observed_ms: now_ms,
+                }),
+                Input::Command(_) => None,
+            };
             let ctx = Context {
                 now_ms,
                 random: rand::thread_rng().gen(),
@@ -863,6 +1024,7 @@ impl Actor {
                 waiter: submission.waiter,
                 pool_id,
                 range: start..drafts.len(),
+                retry,
             });
         }
         let envelopes = if drafts.is_empty() {
@@ -870,16 +1032,16 @@ impl Actor {
         } else {
             match self.append(drafts).await {
                 Ok(envelopes) => envelopes,
-                Err(failure) => {
+                Err(AppendFailure::Unavailable { error, kind }) => {
+                    self.enter_degraded(error, kind, decided);
+                    return;
+                }
+                Err(AppendFailure::Fatal(failure)) => {
                     tracing::error!(
                         "{failure}; the daemon refuses further changes until it is restarted"
                     );
                     self.journal_failure = Some(failure.clone());
-                    self.registry.publish(Published {
-                        state: self.state.clone(),
-                        gpu: self.gpu.clone(),
-                        journal_failure: Some(failure.clone()),
-                    });
+                    self.publish();
                     for d in decided {
                         if let Some(reply) = d.reply {
                             let _ = reply.send(Err(NodeError::Journal(failure.clone())));
@@ -897,11 +1059,7 @@ impl Actor {
         let before = self.state.clone();
         if let Some(next) = next {
             self.state = Arc::new(next);
-            self.registry.publish(Published {
-                state: self.state.clone(),
-                gpu: self.gpu.clone(),
-                journal_failure: None,
-            });
+            self.publish();
         }
         for (i, envelope) in envelopes.iter().enumerate() {
             log_event(envelope, &self.state);
@@ -951,29 +1109,189 @@ impl Actor {
         }
     }
 
-    async fn append(&self, drafts: Vec<Draft<Event>>) -> Result<Vec<PoolEnvelope>, String> {
+    async fn append(&self, drafts: Vec<Draft<Event>>) -> Result<Vec<PoolEnvelope>, AppendFailure> {
         let expected_first = self.state.last_seq() + 1;
         let mut out = Vec::with_capacity(drafts.len());
         let started = std::time::Instant::now();
         let mut drafts = drafts.into_iter().peekable();
         while drafts.peek().is_some() {
             let chunk: Vec<_> = drafts.by_ref().take(self.max_batch_records).collect();
-            let envelopes = self
-                .journal
-                .append(chunk)
-                .await
-                .map_err(|e| e.to_string())?;
-            out.extend(envelopes);
+            match self.journal.append(chunk).await {
+                Ok(envelopes) => out.extend(envelopes),
+                // Nothing of this batch is acknowledged: a chunk appended before the failure is
+                // quarantined by the journal's recovery (the node never evolved it).
+                Err(JournalError::Unavailable { kind, .. }) if out.is_empty() => {
+                    return Err(AppendFailure::Unavailable {
+                        error: self.journal_error_text(),
+                        kind: kind.as_str(),
+                    })
+                }
+                Err(e) => return Err(AppendFailure::Fatal(e.to_string())),
+            }
         }
         self.metrics
             .appended(out.len(), started.elapsed().as_secs_f64());
         if out.first().map(|e| e.seq) != Some(expected_first) {
-            return Err(format!(
+            return Err(AppendFailure::Fatal(format!(
                 "the journal assigned seq {:?} where the node expected {expected_first}: another writer?",
                 out.first().map(|e| e.seq)
-            ));
+            )));
         }
         Ok(out)
+    }
+
+    /// The journal's current error, naming its directory and what to do.
+    fn journal_error_text(&self) -> String {
+        let health = self.journal.health();
+        let kind = health.kind.unwrap_or(pool_journal::WriteErrorKind::Other);
+        format!(
+            "journal {} cannot take writes: {}; nothing was recorded. Reads keep working and the \
+             daemon retries by itself: {}",
+            self.journal.dir().display(),
+            health.error.unwrap_or_else(|| "unknown error".into()),
+            kind.remedy()
+        )
+    }
+
+    /// Publishes the durable state with the journal's view and the readiness overlay.
+    fn publish(&self) {
+        let journal = match (&self.journal_failure, &self.degraded) {
+            (Some(failure), _) => JournalView {
+                writable: false,
+                error: Some(failure.clone()),
+                failed: Some(failure.clone()),
+                ..JournalView::default()
+            },
+            (None, Some(d)) => JournalView {
+                writable: false,
+                error: Some(d.error.clone()),
+                kind: Some(d.kind),
+                since_ms: Some(d.since_ms),
+                queued: d.queue.len(),
+                failed: None,
+            },
+            (None, None) => JournalView::writable(),
+        };
+        let unready = self
+            .degraded
+            .as_ref()
+            .map(|d| Arc::new(d.unready.clone()))
+            .unwrap_or_default();
+        self.registry.publish(Published {
+            state: self.state.clone(),
+            gpu: self.gpu.clone(),
+            journal,
+            unready,
+        });
+    }
+
+    /// The journal refused the batch `decided`: answer its callers, keep its observations,
+    /// and refuse changes until the journal takes writes again.
+    fn enter_degraded(&mut self, error: String, kind: &'static str, decided: Vec<Decided>) {
+        if self.degraded.is_none() {
+            tracing::error!(
+                error = %error,
+                "the journal cannot take writes: changes are refused (JOURNAL_UNAVAILABLE) and \
+                 observations are kept in memory until it can again"
+            );
+            self.degraded = Some(degraded::Degraded::new(
+                error.clone(),
+                kind,
+                self.clock.now_ms(),
+            ));
+        }
+        for d in decided {
+            if let Some(reply) = d.reply {
+                let _ = reply.send(Err(NodeError::JournalUnavailable(error.clone())));
+            }
+            if let Some(waiter) = d.waiter {
+                answer_waiter(waiter, Err(NodeError::JournalUnavailable(error.clone())));
+            }
+            if let (Some(queued), Some(degraded)) = (d.retry, self.degraded.as_mut()) {
+                degraded.keep(queued, &self.state, &self.policy);
+            }
+        }
+        self.publish();
+    }
+
+    /// While degraded: keeps observations, refuses commands.
+    fn hold(&mut self, submissions: Vec<Submission>) {
+        let now_ms = self.clock.now_ms();
+        let Some(degraded) = self.degraded.as_mut() else {
+            return;
+        };
+        let error = degraded.error.clone();
+        for submission in submissions {
+            if let Input::Observation(_) = &submission.input {
+                let queued = degraded::Queued {
+                    input: submission.input.clone(),
+                    cause: submission.cause,
+                    observed_ms: submission.observed_ms.unwrap_or(now_ms),
+                };
+                degraded.keep(queued, &self.state, &self.policy);
+            }
+            if let Some(reply) = submission.reply {
+                let _ = reply.send(Err(NodeError::JournalUnavailable(error.clone())));
+            }
+            if let Some(waiter) = submission.waiter {
+                answer_waiter(waiter, Err(NodeError::JournalUnavailable(error.clone())));
+            }
+        }
+        self.publish();
+    }
+
+    /// Once the journal takes writes again: records the kept observations, in order, with
+    /// their observed times, and leaves the degraded state.
+    async fn flush_queued(&mut self) {
+        if !self.journal.health().writable {
+            return;
+        }
+        let Some(mut degraded) = self.degraded.take() else {
+            return;
+        };
+        let queued: Vec<Submission> = degraded
+            .queue
+            .drain(..)
+            .map(|q| Submission {
+                input: q.input,
+                cause: q.cause,
+                reply: None,
+                waiter: None,
+                observed_ms: Some(q.observed_ms),
+            })
+            .collect();
+        let count = queued.len();
+        let mut queued = queued.into_iter().peekable();
+        while queued.peek().is_some() {
+            let chunk: Vec<Submission> = queued.by_ref().take(BATCH_INPUTS_MAX).collect();
+            self.process_batch(chunk).await;
+            if let Some(again) = self.degraded.as_mut() {
+                // Unavailable again: what was not recorded waits, in order, before anything
+                // kept meanwhile.
+                let rest: Vec<degraded::Queued> = queued
+                    .map(|s| degraded::Queued {
+                        input: s.input,
+                        cause: s.cause,
+                        observed_ms: s.observed_ms.unwrap_or(degraded.since_ms),
+                    })
+                    .collect();
+                for q in rest.into_iter().rev() {
+                    again.queue.push_front(q);
+                }
+                return;
+            }
+        }
+        let cause = self.state.last_seq();
+        for effect in degraded.held_effects.drain(..) {
+            self.supervisor.dispatch(cause, effect);
+        }
+        tracing::warn!(
+            queued = count,
+            dropped = degraded.dropped,
+            down_ms = self.clock.now_ms().saturating_sub(degraded.since_ms),
+            "the journal takes writes again; the observations kept meanwhile were recorded"
+        );
+        self.publish();
     }
 
     fn register_waiter(&mut self, pool_id: &PoolId, waiter: Waiter, no_op: bool) {
@@ -1157,7 +1475,7 @@ fn preload_failure(pool_id: &str, event: &Event) -> Option<NodeError> {
 
 /// Maps a recorded code to its static form (unknown codes become `INTERNAL`).
 fn static_code(code: &str) -> &'static str {
-    const CODES: [&str; 18] = [
+    const CODES: [&str; 20] = [
         "INVALID_REQUEST",
         "UNAUTHORIZED",
         "BINARY_NOT_ALLOWED",
@@ -1176,6 +1494,8 @@ fn static_code(code: &str) -> &'static str {
         "POOL_UNREADY",
         "GPU_REQUIRED",
         "INSUFFICIENT_VRAM",
+        "JOURNAL_UNAVAILABLE",
+        "HISTORY_EXPIRED",
     ];
     CODES
         .iter()

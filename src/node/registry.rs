@@ -30,6 +30,34 @@ pub struct GpuSummary {
     pub required: bool,
 }
 
+/// Whether the journal takes writes, as `/health` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JournalView {
+    /// Changes are recorded (and so accepted).
+    pub writable: bool,
+    /// Why not: the journal directory and the operating system's error.
+    pub error: Option<String>,
+    /// `enospc`, `erofs`, `eio` or `other`.
+    pub kind: Option<&'static str>,
+    /// Since when (ms since the epoch, the decision clock).
+    pub since_ms: Option<u64>,
+    /// Observations kept in memory until they can be recorded.
+    pub queued: usize,
+    /// The journal failed for good (not a disk refusal): the daemon takes no more changes
+    /// until restarted.
+    pub failed: Option<String>,
+}
+
+impl JournalView {
+    /// A journal that takes writes.
+    pub fn writable() -> Self {
+        JournalView {
+            writable: true,
+            ..JournalView::default()
+        }
+    }
+}
+
 /// One published view: a durable state and what goes with it.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -38,14 +66,31 @@ pub struct Published {
     /// The GPU preflight's verdict at start-up; `/health` shows the live one of the last
     /// reading (`gpu::GpuMonitor`), which the observation loop refreshes.
     pub gpu: GpuSummary,
-    /// The journal failed: the daemon takes no more changes (why).
-    pub journal_failure: Option<String>,
+    /// The journal's ability to take writes.
+    pub journal: JournalView,
+    /// Pools that observations not yet recorded (the journal cannot take writes) show as not
+    /// ready, with why: an engine that exited is never shown ready while its exit waits to be
+    /// journaled.
+    pub unready: Arc<std::collections::BTreeMap<String, String>>,
+}
+
+impl Published {
+    /// A view of `state` with a writable journal and nothing pending.
+    pub fn durable(state: Arc<State>, gpu: GpuSummary) -> Self {
+        Published {
+            state,
+            gpu,
+            journal: JournalView::writable(),
+            unready: Arc::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct CachedJson {
     seq: u64,
     heartbeat_gen: u64,
+    publish_gen: u64,
     body: Bytes,
 }
 
@@ -56,6 +101,8 @@ struct Inner {
     stopping: watch::Sender<bool>,
     heartbeats: Mutex<HashMap<String, u64>>,
     heartbeat_gen: AtomicU64,
+    /// Bumped at every publish (an overlay can change without a new seq).
+    publish_gen: AtomicU64,
     pools_json: ArcSwapOption<CachedJson>,
 }
 
@@ -75,6 +122,7 @@ impl Registry {
                 stopping: watch::Sender::new(false),
                 heartbeats: Mutex::new(HashMap::new()),
                 heartbeat_gen: AtomicU64::new(0),
+                publish_gen: AtomicU64::new(0),
                 pools_json: ArcSwapOption::empty(),
             }),
         }
@@ -104,7 +152,7 @@ impl Registry {
     pub fn status(&self, pool_id: &str) -> Option<PoolStatus> {
         let published = self.load();
         let mut status = published.state.status(pool_id)?;
-        self.overlay(&mut status);
+        self.overlay(&published, &mut status);
         Some(status)
     }
 
@@ -113,7 +161,7 @@ impl Registry {
         let published = self.load();
         let mut statuses = published.state.statuses();
         for status in &mut statuses {
-            self.overlay(status);
+            self.overlay(&published, status);
         }
         statuses
     }
@@ -123,15 +171,26 @@ impl Registry {
     pub fn statuses_json(&self) -> Bytes {
         let seq = self.load().state.last_seq();
         let heartbeat_gen = self.inner.heartbeat_gen.load(Ordering::Acquire);
+        let publish_gen = self.inner.publish_gen.load(Ordering::Acquire);
         if let Some(cached) = self.inner.pools_json.load().as_ref() {
-            if cached.seq == seq && cached.heartbeat_gen == heartbeat_gen {
+            if cached.seq == seq
+                && cached.heartbeat_gen == heartbeat_gen
+                && cached.publish_gen == publish_gen
+            {
                 return cached.body.clone();
             }
         }
-        let body = Bytes::from(serde_json::to_vec(&self.statuses()).unwrap_or_default());
+        let body = match serde_json::to_vec(&self.statuses()) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize the registry");
+                Bytes::from_static(b"[]")
+            }
+        };
         self.inner.pools_json.store(Some(Arc::new(CachedJson {
             seq,
             heartbeat_gen,
+            publish_gen,
             body: body.clone(),
         })));
         body
@@ -145,7 +204,12 @@ impl Registry {
         self.inner.heartbeat_gen.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn overlay(&self, status: &mut PoolStatus) {
+    fn overlay(&self, published: &Published, status: &mut PoolStatus) {
+        if let Some(why) = published.unready.get(status.pool_id.as_str()) {
+            status.ready = false;
+            status.slots_free = 0;
+            status.last_error = Some(why.clone());
+        }
         if !status.live {
             return;
         }
@@ -163,6 +227,7 @@ impl Registry {
     pub(crate) fn publish(&self, published: Published) {
         let seq = published.state.last_seq();
         self.inner.current.store(Arc::new(published));
+        self.inner.publish_gen.fetch_add(1, Ordering::AcqRel);
         self.inner.changed.send_replace(seq);
     }
 

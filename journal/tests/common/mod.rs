@@ -11,6 +11,7 @@ pub enum TestEvent {
     EngineSpawned { pid: u32, model: String },
     CircuitHalfOpened,
     Noted { task: u32, n: u32 },
+    LostRecords { from: u64, to: u64, reason: String },
 }
 
 pub struct TestSchema;
@@ -23,6 +24,20 @@ impl EventSchema for TestSchema {
             TestEvent::EngineSpawned { .. } => "EngineSpawned",
             TestEvent::CircuitHalfOpened => "CircuitHalfOpened",
             TestEvent::Noted { .. } => "Noted",
+            TestEvent::LostRecords { .. } => "LostRecords",
+        }
+    }
+    fn loss_accepted(from: u64, to: u64, reason: &str) -> Option<TestEvent> {
+        Some(TestEvent::LostRecords {
+            from,
+            to,
+            reason: reason.to_string(),
+        })
+    }
+    fn loss_range(event: &TestEvent) -> Option<(u64, u64)> {
+        match event {
+            TestEvent::LostRecords { from, to, .. } => Some((*from, *to)),
+            _ => None,
         }
     }
 }
@@ -62,9 +77,10 @@ pub fn fill(journal: &Journal<TestSchema>, n: u32) {
     }
 }
 
-/// Runs `f` on the raw store of a closed journal dir, then syncs.
+/// Runs `f` on the raw live store of a closed journal dir, then syncs.
 pub fn with_store(dir: &Path, f: impl FnOnce(&SledStore)) {
-    let store = SledStore::open(dir, 8 * 1024 * 1024).expect("raw store open");
+    let store = SledStore::open(&pool_journal::live_store_dir(dir), 8 * 1024 * 1024)
+        .expect("raw store open");
     f(&store);
     store.sync().expect("sync");
 }

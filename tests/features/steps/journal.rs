@@ -99,18 +99,26 @@ impl JournalFixture {
 
     /// Closes the journal and replaces the raw value of record `seq` with `change(value)`.
     fn damage(&mut self, seq: u64, change: impl FnOnce(&mut Vec<u8>)) {
+        self.raw(|store| {
+            let mut value = store
+                .get(seq)
+                .unwrap_or_else(|e| panic!("reading record {seq}: {e}"))
+                .unwrap_or_else(|| panic!("record {seq} is absent"))
+                .to_vec();
+            change(&mut value);
+            store
+                .put_raw(seq, &value)
+                .unwrap_or_else(|e| panic!("rewriting record {seq}: {e}"));
+        });
+    }
+
+    /// Closes the journal and runs `f` on its raw live store, then syncs it.
+    fn raw(&mut self, f: impl FnOnce(&SledStore)) {
         self.close();
-        let store = SledStore::open(self.dir.path(), RAW_STORE_CACHE_BYTES)
+        let live = pool_journal::live_store_dir(self.dir.path());
+        let store = SledStore::open(&live, RAW_STORE_CACHE_BYTES)
             .unwrap_or_else(|e| panic!("opening the raw store: {e}"));
-        let mut value = store
-            .get(seq)
-            .unwrap_or_else(|e| panic!("reading record {seq}: {e}"))
-            .unwrap_or_else(|| panic!("record {seq} is absent"))
-            .to_vec();
-        change(&mut value);
-        store
-            .put_raw(seq, &value)
-            .unwrap_or_else(|e| panic!("rewriting record {seq}: {e}"));
+        f(&store);
         store
             .sync()
             .unwrap_or_else(|e| panic!("syncing the raw store: {e}"));
@@ -214,8 +222,8 @@ fn replayed_until(world: &mut PoolWorld, kind: String) {
     world.replayed = Some(replayed.state);
 }
 
-#[when("the last record is torn and the journal is opened again")]
-fn last_record_torn(world: &mut PoolWorld) {
+#[when("a torn record follows the last acknowledged one and the journal is opened again")]
+fn record_after_last_torn(world: &mut PoolWorld) {
     let last = world.script().state().last_seq();
     let journal = fixture(world);
     assert_eq!(
@@ -223,7 +231,18 @@ fn last_record_torn(world: &mut PoolWorld) {
         last,
         "the journal holds the whole history"
     );
-    journal.damage(last, |value| value.truncate(value.len() / 2));
+    // What a crash in the middle of a write leaves past the witness: never acknowledged.
+    journal.raw(|store| {
+        let mut value = store
+            .get(last)
+            .unwrap_or_else(|e| panic!("reading record {last}: {e}"))
+            .unwrap_or_else(|| panic!("record {last} is absent"))
+            .to_vec();
+        value.truncate(value.len() / 2);
+        store
+            .put_raw(last + 1, &value)
+            .unwrap_or_else(|e| panic!("writing record {}: {e}", last + 1));
+    });
     journal.reopen();
 }
 
@@ -234,10 +253,10 @@ fn journal_opens(world: &mut PoolWorld) {
     assert!(journal.journal.is_some(), "the journal is open");
 }
 
-#[then("a quarantine file names the last seq")]
+#[then("a quarantine file names the seq after the last one")]
 fn quarantine_names_last_seq(world: &mut PoolWorld) {
     let journal = fixture(world);
-    let last = journal.last_seq_before;
+    let last = journal.last_seq_before + 1;
     let report = journal.reopened();
     let quarantined: Vec<u64> = report.quarantined.iter().map(|q| q.seq).collect();
     assert_eq!(quarantined, [last], "quarantined seqs: {report:?}");
@@ -263,18 +282,18 @@ fn quarantine_names_last_seq(world: &mut PoolWorld) {
     assert_eq!(line["seq"], last, "quarantined record: {line}");
 }
 
-#[then("the journal's last seq is one less than before")]
-fn last_seq_one_less(world: &mut PoolWorld) {
+#[then("the journal's last seq is the same as before")]
+fn last_seq_unchanged(world: &mut PoolWorld) {
     let journal = fixture(world);
-    let expected = journal.last_seq_before.saturating_sub(1);
-    assert!(expected > 0, "the history had more than one event");
+    let expected = journal.last_seq_before;
+    assert!(expected > 0, "the history had events");
     assert_eq!(journal.reopened().last_seq, expected, "reported last seq");
     assert_eq!(journal.journal().last_seq(), expected, "journal's last seq");
     replay_all(world);
     assert_eq!(
         world.registry().last_seq(),
         expected,
-        "the replay ends with the last intact record"
+        "the replay ends with the last acknowledged record"
     );
 }
 
@@ -293,7 +312,7 @@ fn record_corrupted(world: &mut PoolWorld, seq: u64) {
     }
 }
 
-#[then(expr = "the error names seq {int} and the repair command")]
+#[then(expr = "the error names seq {int} and the repair command that accepts the loss")]
 fn error_names_seq(world: &mut PoolWorld, seq: u64) {
     let journal = fixture(world);
     let dir = journal.dir.path().display().to_string();
@@ -302,14 +321,53 @@ fn error_names_seq(world: &mut PoolWorld, seq: u64) {
         .as_ref()
         .unwrap_or_else(|| panic!("the journal opened and replayed without error"));
     match error {
-        JournalError::Corruption { seq: bad, .. } => {
-            assert_eq!(*bad, seq, "the corrupt seq named: {error}");
+        JournalError::Damaged { loss, .. } => {
+            assert!(loss, "an acknowledged record is lost: {error}");
         }
-        other => panic!("expected corruption at seq {seq}, got: {other}"),
+        other => panic!("expected the journal refused as damaged, got: {other}"),
     }
-    let command = format!("pool-managerd journal repair --journal-dir {dir} --from-seq {seq}");
+    assert!(
+        error.to_string().contains(&format!("seq {seq}: ")),
+        "the error should name seq {seq}: {error}"
+    );
+    let command = format!("pool-managerd journal repair --journal-dir {dir} --accept-loss");
     assert!(
         error.to_string().contains(&command),
         "the error should name `{command}`: {error}"
     );
+}
+
+#[when("the journal is repaired accepting the loss")]
+fn repaired_accepting_loss(world: &mut PoolWorld) {
+    let journal = fixture(world);
+    journal.close();
+    let report = pool_journal::repair_dir::<pool_managerd::schema::PoolSchema>(
+        JournalConfig::new(journal.dir.path()),
+        true,
+    )
+    .unwrap_or_else(|e| panic!("repair --accept-loss: {e}"));
+    assert!(
+        !report.lost.is_empty(),
+        "the repair accepted a loss: {report:?}"
+    );
+    journal.reopen();
+}
+
+#[then(expr = "seq {int} is a JournalLossAccepted event and every other event is as it was")]
+fn seq_is_loss_event(world: &mut PoolWorld, seq: u64) {
+    let recorded: Vec<_> = world.script().envelopes().to_vec();
+    let journal = fixture(world);
+    let read: Vec<_> = journal
+        .journal()
+        .read_from(0)
+        .map(|item| item.unwrap_or_else(|e| panic!("reading the repaired journal: {e}")))
+        .collect();
+    assert_eq!(read.len(), recorded.len(), "as many events as before");
+    for (got, want) in read.iter().zip(&recorded) {
+        if got.seq == seq {
+            assert_eq!(got.event.kind(), "JournalLossAccepted", "{got:?}");
+        } else {
+            assert_eq!(got, want, "seq {} is as it was", want.seq);
+        }
+    }
 }
