@@ -90,6 +90,31 @@ impl StoreError {
         }
     }
 
+    /// The error as an operator reads it: the OS error's own words (`No space left on device
+    /// (os error 28)`), not sled's debug form of it.
+    pub fn describe(&self) -> String {
+        let code = self.os_error().and_then(|e| {
+            e.raw_os_error().or_else(|| {
+                let text = e.to_string();
+                let at = text.find("code: ")? + 6;
+                text[at..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        });
+        match (self, code) {
+            (StoreError::Io { path, .. }, Some(code)) => format!(
+                "{}: {}",
+                path.display(),
+                std::io::Error::from_raw_os_error(code)
+            ),
+            (_, Some(code)) => std::io::Error::from_raw_os_error(code).to_string(),
+            _ => self.to_string(),
+        }
+    }
+
     /// How an operator would classify it.
     pub fn kind(&self) -> crate::WriteErrorKind {
         self.os_error()

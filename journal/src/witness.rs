@@ -158,7 +158,7 @@ pub fn read(path: &Path) -> io::Result<Reading> {
 #[derive(Debug)]
 pub struct Witness {
     path: PathBuf,
-    file: File,
+    file: Mutex<File>,
     counter: AtomicU64,
     first_seq: AtomicU64,
     dirty: AtomicBool,
@@ -181,7 +181,7 @@ impl Witness {
         file.set_len(SLOT_STRIDE + SLOT_BYTES as u64)?;
         let witness = Witness {
             path: path.to_path_buf(),
-            file,
+            file: Mutex::new(file),
             counter: AtomicU64::new(vouch.counter),
             first_seq: AtomicU64::new(vouch.first_seq.max(1)),
             dirty: AtomicBool::new(false),
@@ -200,7 +200,7 @@ impl Witness {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         Ok(Witness {
             path: path.to_path_buf(),
-            file,
+            file: Mutex::new(file),
             counter: AtomicU64::new(vouch.counter),
             first_seq: AtomicU64::new(vouch.first_seq.max(1)),
             dirty: AtomicBool::new(false),
@@ -223,7 +223,10 @@ impl Witness {
             counter,
         };
         let at = if counter % 2 == 0 { 0 } else { SLOT_STRIDE };
-        self.file.write_all_at(&vouch.encode(), at)?;
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all_at(&vouch.encode(), at)?;
         if let Ok(mut last) = self.last.lock() {
             *last = (seq, record_crc);
         }
@@ -255,6 +258,15 @@ impl Witness {
         Ok(())
     }
 
+    /// Opens the file again by its path (the file system was remounted after an error: the
+    /// old descriptor points at the old, read-only mount), then writes the last recorded seq
+    /// to it and syncs.
+    pub fn reopen(&self) -> io::Result<()> {
+        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
+        self.touch()
+    }
+
     /// Writes the last recorded seq again (with the current `first_seq`) and syncs.
     pub fn touch(&self) -> io::Result<()> {
         let (seq, crc) = self.last.lock().map(|l| *l).unwrap_or((0, 0));
@@ -282,7 +294,12 @@ impl Witness {
 
     fn sync(&self) -> io::Result<()> {
         self.dirty.store(false, Ordering::Release);
-        if let Err(e) = self.file.sync_data() {
+        let synced = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_data();
+        if let Err(e) = synced {
             self.dirty.store(true, Ordering::Release);
             return Err(e);
         }

@@ -305,7 +305,7 @@ impl<S: EventSchema, St: Store> Writer<S, St> {
             Ok(()) => self.acknowledge(records, removals, accepted),
             Err(e) => {
                 let kind = e.kind();
-                let what = e.to_string();
+                let what = format!("{} ({})", e.describe(), self.shared.layout.live().display());
                 if self.shared.set_unavailable(kind, what.clone()) {
                     tracing::error!(
                         dir = %self.shared.layout.dir.display(),
@@ -382,12 +382,21 @@ impl<S: EventSchema, St: Store> Writer<S, St> {
         let store = match (self.opener)() {
             Ok(store) => store,
             Err(e) => {
-                self.shared.count_write_error(e.kind(), e.to_string());
+                self.shared.count_write_error(e.kind(), e.describe());
                 return;
             }
         };
         match crate::repair::reconcile_store::<S, St>(&self.shared, &store) {
             Ok((quarantined, rewritten)) => {
+                if let Some(witness) = &self.shared.witness {
+                    if let Err(e) = witness.reopen() {
+                        self.shared.count_write_error(
+                            WriteErrorKind::of(&e),
+                            format!("{}: {e}", witness.path().display()),
+                        );
+                        return;
+                    }
+                }
                 self.store = Some(store);
                 self.removal_from = self
                     .removal_from

@@ -21,6 +21,8 @@ pub struct Harness {
     pub http: reqwest::Client,
     /// How long `wait_pool` polls before it fails.
     pub wait: Duration,
+    /// The configuration it runs with (a restart keeps it).
+    pub config: Config,
 }
 
 /// The test configuration: loopback port 0, no GPU required, short health and stop times.
@@ -55,6 +57,7 @@ impl Harness {
             dir,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             wait: Duration::from_secs(5),
+            config,
         }
     }
 
@@ -111,9 +114,9 @@ impl Harness {
     pub async fn restart(&mut self) {
         let daemon = self.daemon.take().unwrap();
         daemon.shutdown("test restart").await;
-        let mut config = config(self.dir.path());
-        config.stop_engines_on_shutdown = true;
-        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await.unwrap();
+        let (daemon, _) = Daemon::start(&self.config, Arc::new(SystemClock))
+            .await
+            .unwrap();
         self.base = format!("http://{}", daemon.addr());
         self.daemon = Some(daemon);
     }
@@ -141,6 +144,7 @@ impl Harness {
             dir,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             wait: Duration::from_secs(15),
+            config: config.clone(),
         }
     }
 }
