@@ -116,7 +116,7 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
     /// Appended by version 2 (besides the start failure `CpuSpillover` inside `PreloadFailed`).
     const V2_NEW: [&str; 1] = ["MigInventoryObserved"];
     /// Appended by version 3: the loss marker of `journal repair --accept-loss`.
-    const V3_NEW: [&str; 1] = ["JournalLossAccepted"];
+    const V3_NEW: [&str; 2] = ["JournalLossAccepted", "UntrackedEngineStopped"];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
@@ -535,6 +535,20 @@ fn fixture_envelopes(script: &Scripted) -> Vec<PoolEnvelope> {
     let mut out = envelopes[..first_lost].to_vec();
     out.push(marker);
     out.extend_from_slice(&envelopes[last_lost + 1..]);
+    // The start after the repair finds the engine the lost events had started and stops it.
+    let last = out.last().map_or(0, |e| e.seq);
+    out.push(PoolEnvelope {
+        seq: last + 1,
+        ts_ms: script.now_ms() + 3_600_500,
+        pool_id: None,
+        cause: None,
+        event: Event::UntrackedEngineStopped {
+            pool_id: "beta".into(),
+            pid: 4242,
+            reason: "engine 4242 (pid file pids/beta.pid) ran unknown to the journal; stopped"
+                .into(),
+        },
+    });
     out
 }
 

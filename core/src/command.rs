@@ -369,6 +369,17 @@ pub enum Observation {
         /// what to check; becomes `last_error`.
         detail: String,
     },
+    /// At start-up the shell found a running engine of ours (pid file, session leader, start
+    /// time matching the file) that the registry does not know and no handoff file names,
+    /// and stopped it. Journaled as `UntrackedEngineStopped`. Appended variant.
+    UntrackedEngineStopped {
+        /// The pool its pid file belongs to.
+        pool_id: String,
+        /// The engine.
+        pid: u32,
+        /// What was found and done.
+        reason: String,
+    },
 }
 
 impl From<Command> for Input {

@@ -16,7 +16,8 @@ use crate::ids::{LeaseId, PoolId};
 ///
 /// - 1: the first.
 /// - 2: appends `MigInventoryObserved` and the start failure `CpuSpillover`.
-/// - 3: appends `JournalLossAccepted` (written by `journal repair --accept-loss`).
+/// - 3: appends `JournalLossAccepted` (written by `journal repair --accept-loss`) and
+///   `UntrackedEngineStopped` (start-up's reconciliation of the runtime directory).
 ///
 /// Each version so far only appended variants, so a record of an older version decodes as
 /// today's type (see the schema's upcaster in `src/schema.rs`).
@@ -606,6 +607,18 @@ pub enum Event {
         /// Why the operator accepted the loss (`--accept-loss`'s reason).
         reason: String,
     },
+    /// *extra*, node: at start-up, a pid file named a running engine that the registry does
+    /// not know (its events were lost, or the daemon died between starting it and recording
+    /// it) and that could not be adopted (no handoff file names it): it was stopped. Node-level
+    /// because its pool may be unknown. Appended last (format version 3).
+    UntrackedEngineStopped {
+        /// The pool its pid file belongs to.
+        pool_id: String,
+        /// The engine.
+        pid: u32,
+        /// What was found and done.
+        reason: String,
+    },
 }
 
 /// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
@@ -664,6 +677,7 @@ impl Event {
             Event::VramUsageObserved { .. } => "VramUsageObserved",
             Event::MigInventoryObserved { .. } => "MigInventoryObserved",
             Event::JournalLossAccepted { .. } => "JournalLossAccepted",
+            Event::UntrackedEngineStopped { .. } => "UntrackedEngineStopped",
         }
     }
 
@@ -675,6 +689,7 @@ impl Event {
             | Event::GpuInventoryObserved { .. }
             | Event::MigInventoryObserved { .. }
             | Event::JournalLossAccepted { .. }
+            | Event::UntrackedEngineStopped { .. }
             | Event::PreflightFailed { .. }
             | Event::GpuXidObserved { .. }
             | Event::DriverResetObserved { .. }

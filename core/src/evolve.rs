@@ -135,7 +135,7 @@ fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
         } => node.last_handoff_rejection = Some((file.clone(), field.clone(), reason.clone())),
         // A record of the journal's repair, not of the node: only `last_seq` (set above) moves.
         // The events it stands for are gone; the fold goes on from what was kept.
-        Event::JournalLossAccepted { .. } => {}
+        Event::JournalLossAccepted { .. } | Event::UntrackedEngineStopped { .. } => {}
         _ => {}
     }
 }

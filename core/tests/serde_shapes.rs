@@ -195,6 +195,11 @@ pub fn one_of_each() -> Vec<Event> {
             to_seq: 10,
             reason: "disk replaced".into(),
         },
+        Event::UntrackedEngineStopped {
+            pool_id: "p1".into(),
+            pid: 4242,
+            reason: "engine 4242 ran unknown to the journal; stopped".into(),
+        },
     ]
 }
 
@@ -205,7 +210,7 @@ fn every_event_round_trips_through_bincode_and_json() {
     kinds.sort();
     kinds.dedup();
     assert_eq!(kinds.len(), events.len(), "one of each, no duplicates");
-    assert_eq!(events.len(), 43, "update one_of_each when adding an event");
+    assert_eq!(events.len(), 44, "update one_of_each when adding an event");
     for event in &events {
         let bytes = bincode::serialize(event).unwrap();
         assert_eq!(
@@ -266,6 +271,16 @@ fn the_loss_marker_is_the_last_variant_and_a_node_event() {
         })
     );
     assert_eq!(EVENT_FORMAT_VERSION, 3);
+    let untracked = Event::UntrackedEngineStopped {
+        pool_id: "p1".into(),
+        pid: 7,
+        reason: "stopped".into(),
+    };
+    assert_eq!(
+        bincode::serialize(&untracked).unwrap()[..4],
+        43u32.to_le_bytes()
+    );
+    assert_eq!(untracked.scope(), Scope::Node);
 }
 
 #[test]

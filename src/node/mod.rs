@@ -57,6 +57,72 @@ pub const PRELOAD_WAIT_MARGIN_MS: u64 = 30_000;
 /// How long a shutdown waits for the last clones of the journal to go.
 pub const JOURNAL_RELEASE_WAIT_MS: u64 = 10_000;
 
+/// Start-up's reconciliation of the runtime directory with `/proc` (`supervisor::reconcile`):
+/// engines of ours that the registry does not know are adopted (a handoff file names them) or
+/// stopped and recorded, so that none is left running unknown (after an accepted journal loss,
+/// or a daemon that died between starting an engine and recording it).
+async fn reconcile_runtime(handle: &NodeHandle, dirs: &RuntimeDirs) {
+    use crate::supervisor::reconcile::{self, Found};
+    let state = handle.registry().load().state.clone();
+    for found in reconcile::scan(&state, dirs) {
+        match found {
+            Found::Stale { pid_file, why } => {
+                tracing::info!(pid_file = %pid_file.display(), why = %why, "stale pid file removed");
+                let _ = crate::supervisor::files::remove_if_exists(&pid_file);
+            }
+            Found::Adopt {
+                pool_id,
+                handoff,
+                path,
+            } => {
+                tracing::warn!(pool_id = %pool_id, pid = ?handoff.pid, file = %path.display(), "an engine of ours ran unknown to the journal: adopting it from its handoff file");
+                let Ok(id) = PoolId::new(&pool_id) else {
+                    continue;
+                };
+                let command = Command::RegisterHandoff {
+                    pool_id: id,
+                    handoff,
+                    path: path.display().to_string(),
+                };
+                if let Err(e) = handle.submit(command).await {
+                    tracing::error!(pool_id = %pool_id, error = %e, "cannot adopt the engine from its handoff file");
+                }
+            }
+            Found::Stop {
+                pool_id,
+                pid,
+                pid_file,
+            } => {
+                tracing::warn!(pool_id = %pool_id, pid, "an engine of ours ran unknown to the journal and no handoff file names it: stopping it");
+                let gone =
+                    crate::supervisor::reconcile::stop(pid, handle.policy().stop.grace_ms).await;
+                if gone {
+                    let _ = crate::supervisor::files::remove_if_exists(&pid_file);
+                }
+                let reason = format!(
+                    "engine {pid} (pid file {}) ran unknown to the journal; {}",
+                    pid_file.display(),
+                    if gone {
+                        "stopped"
+                    } else {
+                        "still present after SIGKILL"
+                    }
+                );
+                let observation = Observation::UntrackedEngineStopped {
+                    pool_id,
+                    pid,
+                    reason,
+                };
+                if let Err(e) = handle.submit(observation).await {
+                    if !matches!(e, NodeError::JournalUnavailable(_)) {
+                        tracing::error!(pid, error = %e, "cannot record the stop of an untracked engine");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A start-up observation refused because the journal cannot take writes is kept by the actor
 /// (recorded once it can): not a failed start.
 fn queued_while_unavailable(error: NodeError) -> Result<Committed, NodeError> {
@@ -386,8 +452,11 @@ impl Node {
         let state = Arc::new(replayed.state);
         let registry = Registry::new(Published::durable(state.clone(), settings.gpu.clone()));
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        let mut supervisor_settings =
-            SupervisorSettings::new(dirs, settings.policy.clone(), settings.clock.clone());
+        let mut supervisor_settings = SupervisorSettings::new(
+            dirs.clone(),
+            settings.policy.clone(),
+            settings.clock.clone(),
+        );
         supervisor_settings.run_as = settings.run_as;
         supervisor_settings.placement = settings.placement_check.clone();
         let supervisor = Supervisor::new(
@@ -481,6 +550,7 @@ impl Node {
                     .context("cannot record the engines found at start-up in the journal")?;
             }
         }
+        reconcile_runtime(&handle, &dirs).await;
         handle.resume(rest).await;
         Ok((Node { handle, task }, report))
     }

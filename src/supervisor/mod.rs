@@ -31,6 +31,7 @@ pub mod handoff;
 pub mod logwatch;
 pub mod probe;
 pub mod process;
+pub mod reconcile;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -614,6 +614,18 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
                 );
             }
         }
+        Observation::UntrackedEngineStopped {
+            pool_id,
+            pid,
+            reason,
+        } => d.push(
+            None,
+            Event::UntrackedEngineStopped {
+                pool_id: tail(pool_id, 256),
+                pid: *pid,
+                reason: tail(reason, 1024),
+            },
+        ),
     }
 }
 
