@@ -18,7 +18,7 @@ use crate::layout::{self, Layout};
 use crate::manifest::{self, Manifest};
 use crate::record::{decode_record, framed_crc, EventSchema, RecordFault};
 use crate::segment::{self, SealRecord, SegmentMeta};
-use crate::store::{SledStore, Store};
+use crate::store::{catch_sled, SledStore, Store};
 use crate::witness::{Vouch, Witness};
 use crate::JournalError;
 
@@ -311,33 +311,45 @@ pub fn migrate<S: EventSchema>(
         }
     })?;
     let mut builder = Builder::<S>::new(layout, config, 1)?;
-    let mut expected = 1u64;
     let mut crcs = std::collections::BTreeMap::new();
-    for item in store.iter_from(0) {
-        let (seq, value) = item.map_err(|e| e.into_journal(&layout.dir))?;
-        let damaged = |what: String| JournalError::Damaged {
-            dir: layout.dir.clone(),
-            file: layout.dir.join("db"),
-            what: format!("seq {seq}: {what} (found while migrating the journal to segments)"),
-            more: 0,
-            loss: true,
-        };
-        if seq != expected {
-            return Err(damaged(format!(
-                "seqs {expected}..={} are missing",
-                seq.saturating_sub(1)
-            )));
+    // The old store is read inside `catch_sled`: these are the damaged files a journal from
+    // before segments may bring, and sled panics on some of them. A fault of the records
+    // themselves comes out as the inner error.
+    let read = catch_sled(|| {
+        let mut expected = 1u64;
+        for item in store.iter_from(0) {
+            let (seq, value) = item?;
+            let damaged = |what: String| JournalError::Damaged {
+                dir: layout.dir.clone(),
+                file: layout.dir.join("db"),
+                what: format!("seq {seq}: {what} (found while migrating the journal to segments)"),
+                more: 0,
+                loss: true,
+            };
+            if seq != expected {
+                return Ok(Err(damaged(format!(
+                    "seqs {expected}..={} are missing",
+                    seq.saturating_sub(1)
+                ))));
+            }
+            if let Err(RecordFault::Bad(what)) = decode_record::<S>(seq, value.as_ref()) {
+                return Ok(Err(damaged(what)));
+            }
+            crcs.insert(seq, framed_crc(value.as_ref()).unwrap_or(0));
+            if let Err(e) = builder.push(seq, value.to_vec()) {
+                return Ok(Err(e));
+            }
+            expected = seq + 1;
         }
-        if let Err(RecordFault::Bad(what)) = decode_record::<S>(seq, value.as_ref()) {
-            return Err(damaged(what));
-        }
-        crcs.insert(seq, framed_crc(value.as_ref()).unwrap_or(0));
-        builder.push(seq, value.to_vec())?;
-        expected = seq + 1;
-    }
-    let snapshots = store
-        .legacy_snapshots()
-        .map_err(|e| e.into_journal(&layout.dir))?;
+        Ok(Ok(store.legacy_snapshots()?))
+    });
+    let snapshots = read.map_err(|e| JournalError::Damaged {
+        dir: layout.dir.clone(),
+        file: layout.dir.join("db"),
+        what: format!("the journal (from before segments) cannot be read to migrate it: {e}"),
+        more: 0,
+        loss: false,
+    })??;
     drop(store);
     for (covers, value) in snapshots {
         let (Some(crc), Some(version)) = (crcs.get(&covers), value.first()) else {

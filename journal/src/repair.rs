@@ -9,11 +9,12 @@
 //! {"seq":N,"what":"<why it was removed>","raw_hex":"<the stored value>","envelope":<export form or null>}
 //! ```
 //!
-//! `repair` reads everything it can (segments entry by entry, the live store from a copy, key
-//! by key where sled fails), decides what is lost against the witnesses (witness file,
-//! manifest, snapshots), and, when nothing acknowledged is lost or the loss is accepted,
-//! writes a new set of files (`rebuild`) with a loss marker event (`EventSchema::loss_accepted`)
-//! at the end of each lost range. The replaced files are kept in `quarantine/`.
+//! `repair` reads everything it can (segments entry by entry, also those the manifest does
+//! not list, the live store from a copy, key by key where sled fails), decides what is lost
+//! against the witnesses (witness file, manifest, snapshots), and, when nothing acknowledged is
+//! lost or the loss is accepted, writes a new set of files (`rebuild`) with a loss marker event
+//! (`EventSchema::loss_accepted`) at the end of each lost range. The replaced files are kept in
+//! `quarantine/`.
 //!
 //! **Must never:** delete a record before the quarantine file holding it is fsynced, lower the
 //! witness after the records it vouches for are gone (it is lowered first), or change anything
@@ -112,10 +113,10 @@ pub(crate) fn remove_from_store<St: Store>(
     store: &St,
     from_seq: u64,
 ) -> Result<u64, JournalError> {
-    let removed = store
-        .remove_from(from_seq)
-        .map_err(|e| e.into_journal(&layout.dir))?;
-    store.sync().map_err(|e| e.into_journal(&layout.dir))?;
+    // At open this runs on a store just found damaged (a torn tail): sled may panic.
+    let removed =
+        catch_sled(|| store.remove_from(from_seq)).map_err(|e| e.into_journal(&layout.dir))?;
+    catch_sled(|| store.sync()).map_err(|e| e.into_journal(&layout.dir))?;
     Ok(removed)
 }
 
@@ -150,18 +151,26 @@ pub(crate) fn reconcile_store<S: EventSchema, St: Store>(
     let layout = &shared.layout;
     let acked = shared.last_seq();
     let se = |e: crate::store::StoreError| e.into_journal(&layout.dir);
-    let mut extra = Vec::new();
-    for item in store.iter_from(acked + 1) {
-        let (seq, value) = item.map_err(se)?;
-        extra.push((
-            seq,
-            "not acknowledged: the append that wrote it failed".to_string(),
-            value.as_ref().to_vec(),
-        ));
-    }
+    // Every sled call here runs inside `catch_sled`: the store was just reopened on a log
+    // that the failed write may have left torn, and sled panics on some damaged logs (the
+    // writer thread would die with it; an error instead leaves the journal unavailable and
+    // the recovery is retried).
+    let extra = catch_sled(|| {
+        let mut extra = Vec::new();
+        for item in store.iter_from(acked + 1) {
+            let (seq, value) = item?;
+            extra.push((
+                seq,
+                "not acknowledged: the append that wrote it failed".to_string(),
+                value.as_ref().to_vec(),
+            ));
+        }
+        Ok(extra)
+    })
+    .map_err(se)?;
     if !extra.is_empty() {
         write_quarantine::<S>(layout, acked + 1, &extra)?;
-        store.remove_from(acked + 1).map_err(se)?;
+        catch_sled(|| store.remove_from(acked + 1)).map_err(se)?;
     }
     let tail: Vec<(u64, std::sync::Arc<[u8]>)> = shared
         .read_view()
@@ -171,13 +180,13 @@ pub(crate) fn reconcile_store<S: EventSchema, St: Store>(
         .collect();
     let mut rewritten = 0u64;
     for (seq, value) in tail {
-        let held = store.get(seq).map_err(se)?;
+        let held = catch_sled(|| store.get(seq)).map_err(se)?;
         if held.as_ref().map(|v| v.as_ref()) != Some(&value[..]) {
-            store.put_raw(seq, &value).map_err(se)?;
+            catch_sled(|| store.put_raw(seq, &value)).map_err(se)?;
             rewritten += 1;
         }
     }
-    store.sync().map_err(se)?;
+    catch_sled(|| store.sync()).map_err(se)?;
     if rewritten > 0 {
         tracing::error!(dir = %layout.dir.display(), rewritten, "acknowledged records were missing from the live store after the disk failed (the kernel dropped them); they were written again from memory");
     }
@@ -437,36 +446,46 @@ fn salvage<S: EventSchema>(
     if let Some(m) = &manifest {
         salvage.proven = salvage.proven.max(m.sealed_through());
     }
-    salvage_segments::<S>(layout, manifest.as_ref(), &mut salvage);
+    let unlisted = salvage_segments::<S>(layout, manifest.as_ref(), &mut salvage);
     salvage_store::<S>(layout, config, &mut salvage)?;
     salvage_snapshots(layout, &mut salvage);
+    merge_unlisted::<S>(unlisted, &mut salvage);
     Ok(salvage)
 }
 
+/// Salvages the segments the manifest lists (every file when it is unreadable); returns the
+/// entries of the segment files it does not list.
 fn salvage_segments<S: EventSchema>(
     layout: &Layout,
     manifest: Option<&Manifest>,
     salvage: &mut Salvage,
-) {
+) -> Vec<(u64, Vec<u8>)> {
+    let mut on_disk: Vec<PathBuf> = std::fs::read_dir(layout.segments())
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    on_disk.sort();
     let paths: Vec<PathBuf> = match manifest {
         Some(m) => m
             .segments
             .iter()
             .map(|s| layout.segment_file(s.first_seq, s.last_seq))
             .collect(),
-        None => {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(layout.segments())
-                .map(|e| {
-                    e.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            found.sort();
-            found
-        }
+        None => on_disk.clone(),
     };
+    // Segment files the manifest does not list (see `merge_unlisted`), read now, merged last.
+    let unlisted: Vec<(u64, Vec<u8>)> = on_disk
+        .into_iter()
+        .filter(|p| !paths.contains(p))
+        .flat_map(|path| match SegmentFile::open(&path) {
+            Ok(file) => file.salvage().0,
+            Err(_) => salvage_raw(&path).0,
+        })
+        .collect();
     for path in paths {
         let whole = SegmentFile::open(&path)
             .ok()
@@ -504,6 +523,7 @@ fn salvage_segments<S: EventSchema>(
         }
         keep_decodable::<S>(entries, salvage, &path);
     }
+    unlisted
 }
 
 fn meta_of(file: &SegmentFile, entries: &[(u64, Vec<u8>)]) -> SegmentMeta {
@@ -516,6 +536,37 @@ fn meta_of(file: &SegmentFile, entries: &[(u64, Vec<u8>)]) -> SegmentMeta {
         last_ts_ms: file.header.last_ts_ms,
         body_crc: file.trailer.body_crc,
         pools: (entries.is_empty()).then(Vec::new),
+    }
+}
+
+/// Adds the records of segment files the manifest does not list: a seal or a retention that a
+/// crash interrupted, or a manifest gone back in time (it lists fewer segments than there
+/// are, and the live store no longer holds their records: without this, repair called those
+/// events lost although their files are intact). Only where nothing else holds the seq, and
+/// only up to what a witness proves or another file holds: such a file is vouched for by
+/// nothing (a wipe that a crash interrupted can leave one from a history since truncated), so
+/// it fills holes, never overrides, and never extends the history. Seqs before the retained
+/// range are dropped by the rebuild.
+fn merge_unlisted<S: EventSchema>(unlisted: Vec<(u64, Vec<u8>)>, salvage: &mut Salvage) {
+    let held = salvage.records.keys().next_back().copied().unwrap_or(0);
+    let sealed = salvage
+        .intact
+        .iter()
+        .map(|(m, _)| m.last_seq)
+        .max()
+        .unwrap_or(0);
+    let reach = salvage.proven.max(held).max(sealed);
+    for (seq, value) in unlisted {
+        let in_intact = salvage
+            .intact
+            .iter()
+            .any(|(m, _)| m.first_seq <= seq && seq <= m.last_seq);
+        if seq > reach || in_intact || salvage.records.contains_key(&seq) {
+            continue;
+        }
+        if decode_record::<S>(seq, &value).is_ok() {
+            salvage.records.insert(seq, value);
+        }
     }
 }
 
