@@ -51,10 +51,12 @@ pub enum JournalError {
         dir: PathBuf,
     },
 
-    /// Open (or verify) found damage; nothing was changed. `loss`: acknowledged events are
-    /// unreadable or gone, so the way out is `repair --accept-loss` (or a backup).
+    /// Open (or verify) found damage; no record was dropped (sled's own recovery, which runs
+    /// when the live store opens, may have rewritten the damaged end of its log; repair reads
+    /// the store the same way). `loss`: acknowledged events are unreadable or gone, so the way
+    /// out is `repair --accept-loss` (or a backup).
     #[error(
-        "journal {} is damaged ({}): {what}{}. Nothing was changed; `pool-managerd journal verify \
+        "journal {} is damaged ({}): {what}{}. Nothing was dropped; `pool-managerd journal verify \
          --journal-dir {}` lists every problem. {}",
         dir.display(),
         file.display(),
