@@ -31,6 +31,13 @@ use crate::witness::Reading;
 use crate::writer::Writer;
 use crate::JournalError;
 
+/// The suffix of the copies of sled's `db` file that a refused open keeps in `quarantine/`:
+/// sled's own recovery rewrites the damaged end of its log as it opens, so the bytes as they
+/// were before are saved for repair's raw scan (`repair::salvage_raw_store`).
+pub(crate) const PRE_OPEN_COPY_SUFFIX: &str = "-live-db-before-open";
+/// A `db` file larger than this is not kept in memory for that copy.
+const PRE_OPEN_COPY_MAX_BYTES: u64 = 256 << 20;
+
 /// What a writable open hands the writer.
 pub(crate) struct WriterParts<S: EventSchema> {
     pub(crate) store: Option<SledStore>,
@@ -103,8 +110,16 @@ pub(crate) fn open_writable<S: EventSchema>(
         create_new(&layout)?;
     }
     let witness = witness_reading(&layout);
+    let before_open = read_small(&layout.live().join("db"));
     let (store, loaded, unavailable) = open_store::<S>(&layout, &config, witness)?;
     if let Some(refusal) = loaded.refusal(&layout) {
+        if loaded
+            .findings
+            .iter()
+            .any(|f| f.file.starts_with(layout.live()))
+        {
+            keep_pre_open_copy(&layout, before_open);
+        }
         return Err(refusal);
     }
     let mut loaded = loaded;
@@ -145,6 +160,42 @@ pub(crate) fn open_writable<S: EventSchema>(
     Ok((journal, report))
 }
 
+/// `path`'s bytes when it is at most `PRE_OPEN_COPY_MAX_BYTES` (sled is about to recover it).
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    let len = std::fs::metadata(path).ok()?.len();
+    (len <= PRE_OPEN_COPY_MAX_BYTES)
+        .then(|| std::fs::read(path).ok())
+        .flatten()
+}
+
+/// Saves the live store's `db` as it was before this refused open (see
+/// [`PRE_OPEN_COPY_SUFFIX`]); best effort: a failure is logged.
+fn keep_pre_open_copy(layout: &Layout, bytes: Option<Vec<u8>>) {
+    let Some(bytes) = bytes else { return };
+    // Only the first refused open's copy is worth keeping: later ones see the file after
+    // sled's recovery rewrote it (a daemon restarted in a loop must not fill the disk).
+    let exists = std::fs::read_dir(layout.quarantine()).is_ok_and(|mut entries| {
+        entries.any(|e| {
+            e.is_ok_and(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .ends_with(PRE_OPEN_COPY_SUFFIX)
+            })
+        })
+    });
+    if exists {
+        return;
+    }
+    let path = layout
+        .quarantine()
+        .join(format!("{}{PRE_OPEN_COPY_SUFFIX}", layout::system_now_ms()));
+    let saved = std::fs::create_dir_all(layout.quarantine())
+        .and_then(|()| layout::write_atomic(&path, &bytes));
+    if let Err(e) = saved {
+        tracing::warn!(path = %path.display(), error = %e, "cannot keep a copy of the damaged live store for repair");
+    }
+}
+
 type Opened = (Option<SledStore>, Loaded, Option<(WriteErrorKind, String)>);
 
 /// Opens the live store and loads; on a disk that refuses writes, loads from a copy instead
@@ -167,13 +218,21 @@ fn open_store<S: EventSchema>(
                 Some((e.kind(), format!("{}: {e}", layout.live().display()))),
             ))
         }
-        Err(e) => Err(JournalError::Damaged {
-            dir: layout.dir.clone(),
-            file: layout.live().join("db"),
-            what: format!("the live store (sled) cannot be opened: {e}"),
-            more: 0,
-            loss: false,
-        }),
+        Err(e) => {
+            // Still check what the witnesses prove, so that the refusal says whether
+            // acknowledged events are gone (and so names the way out that fits).
+            let mut loaded = load::<S, SledStore>(layout, witness, None, LoadOptions::START)?;
+            loaded.findings.insert(
+                0,
+                crate::load::Finding {
+                    file: layout.live().join("db"),
+                    seq: None,
+                    what: format!("the live store (sled) cannot be opened: {e}"),
+                    loss: false,
+                },
+            );
+            Ok((None, loaded, None))
+        }
     }
 }
 

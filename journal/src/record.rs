@@ -255,6 +255,51 @@ pub fn decode_record<S: EventSchema>(
     Ok(envelope)
 }
 
+/// Finds every current-version record framed in `bytes` (a damaged sled file, read raw):
+/// at each offset whose byte is `CURRENT_VERSION`, the bytes after it must be a CRC, then an
+/// envelope whose bincode payload has exactly that CRC. Returns `(seq, record bytes)`, each
+/// checked again with [`decode_record`]. Repair's last resort: sled stores a record's bytes
+/// as they are, so they survive in its log even where sled cannot read its own structure.
+pub fn scan_records<S: EventSchema>(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + RECORD_HEADER_BYTES < bytes.len() {
+        if bytes[at] != S::CURRENT_VERSION {
+            at += 1;
+            continue;
+        }
+        match record_at::<S>(&bytes[at..]) {
+            Some((seq, len)) => {
+                out.push((seq, bytes[at..at + len].to_vec()));
+                at += len;
+            }
+            None => at += 1,
+        }
+    }
+    out
+}
+
+/// The record starting at `bytes[0]`, if one does: `(seq, its length)`.
+fn record_at<S: EventSchema>(bytes: &[u8]) -> Option<(u64, usize)> {
+    let crc = u32::from_le_bytes(bytes.get(1..RECORD_HEADER_BYTES)?.try_into().ok()?);
+    let window = &bytes[RECORD_HEADER_BYTES..];
+    let window = &window[..window.len().min(MAX_RECORD_BYTES)];
+    let mut reader = window;
+    let envelope: Envelope<S::Event> = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(window.len() as u64)
+        .deserialize_from(&mut reader)
+        .ok()?;
+    let used = window.len() - reader.len();
+    if used == 0 || crc32c::crc32c(&window[..used]) != crc {
+        return None;
+    }
+    let len = RECORD_HEADER_BYTES + used;
+    decode_record::<S>(envelope.seq, &bytes[..len]).ok()?;
+    Some((envelope.seq, len))
+}
+
 /// Encodes `envelope` as a current-version record.
 pub fn encode_record<S: EventSchema>(
     envelope: &Envelope<S::Event>,
@@ -314,6 +359,22 @@ mod tests {
             "payload must be plain bincode 1 default options"
         );
         assert_eq!(decode_record::<Schema>(3, &bytes).unwrap(), env(3));
+    }
+
+    #[test]
+    fn records_are_found_in_raw_bytes_around_garbage() {
+        let mut raw = vec![1u8, 0, 0, 0, 0, 9, 9];
+        for seq in 3..=5 {
+            raw.extend_from_slice(&encode_record::<Schema>(&env(seq)).unwrap());
+            raw.extend_from_slice(&[1, 7, 7, 1]);
+        }
+        let mut damaged = encode_record::<Schema>(&env(6)).unwrap();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        raw.extend_from_slice(&damaged);
+        let found = scan_records::<Schema>(&raw);
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(decode_record::<Schema>(4, &found[1].1).unwrap(), env(4));
     }
 
     #[test]

@@ -351,6 +351,7 @@ pub fn repair<S: EventSchema>(
     );
     let (moved_to, kept, last_seq) =
         write_repaired::<S>(&layout, &config, &salvage, &holes, &reason)?;
+    retire_pre_open_copies(&layout);
     let report = RepairReport {
         nothing_to_do: false,
         problems,
@@ -660,7 +661,92 @@ fn salvage_store<S: EventSchema>(
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&scratch);
-    result
+    result?;
+    salvage_raw_store::<S>(layout, salvage);
+    Ok(())
+}
+
+/// Marks the pre-open copies a repair has used (`.used`), so that the next refused open keeps
+/// a fresh one.
+fn retire_pre_open_copies(layout: &Layout) {
+    let Ok(entries) = std::fs::read_dir(layout.quarantine()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path
+            .to_string_lossy()
+            .ends_with(crate::open::PRE_OPEN_COPY_SUFFIX)
+        {
+            let mut used = path.clone().into_os_string();
+            used.push(".used");
+            let _ = std::fs::rename(&path, used);
+        }
+    }
+}
+
+/// The last resort for the live store: records found in the raw bytes of sled's `db` file (and
+/// of the copies a refused open saved before sled's recovery rewrote it, see `open`), for
+/// acknowledged seqs (at most the proven one) that nothing else holds. sled stores a record's
+/// bytes as they are; each one found passes its CRC and decodes. The one case it can get
+/// wrong: a seq whose acknowledged record is gone from the file while a record that a failed
+/// write left under the same seq (quarantined by recovery, never acknowledged) is not; a seq
+/// found with two different records is never used.
+fn salvage_raw_store<S: EventSchema>(layout: &Layout, salvage: &mut Salvage) {
+    let mut sources = vec![layout.store_dir().join("db")];
+    if let Ok(entries) = std::fs::read_dir(layout.quarantine()) {
+        let mut saved: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.to_string_lossy()
+                    .ends_with(crate::open::PRE_OPEN_COPY_SUFFIX)
+            })
+            .collect();
+        saved.sort();
+        sources.extend(saved);
+    }
+    for source in sources {
+        let Ok(bytes) = std::fs::read(&source) else {
+            continue;
+        };
+        // A seq found with two different records is left out: the log may still hold a
+        // record that a failed write left behind and recovery quarantined, whose seq a later
+        // acknowledged record took.
+        let mut found: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
+        for (seq, value) in crate::record::scan_records::<S>(&bytes) {
+            let slot = found.entry(seq).or_insert_with(|| Some(value.clone()));
+            if slot.as_ref().is_some_and(|held| *held != value) {
+                *slot = None;
+            }
+        }
+        let mut added = 0u64;
+        for (seq, value) in found {
+            match value {
+                // Only seqs a witness proves were acknowledged: a record past them may be one
+                // that a failed write left and recovery quarantined.
+                Some(value)
+                    if seq >= salvage.first_seq
+                        && seq <= salvage.proven
+                        && !salvage.records.contains_key(&seq) =>
+                {
+                    salvage.records.insert(seq, value);
+                    added += 1;
+                }
+                None => salvage.problems.push(format!(
+                    "{}: seq {seq} is there with two different records; neither is used",
+                    source.display()
+                )),
+                _ => {}
+            }
+        }
+        if added > 0 {
+            salvage.problems.push(format!(
+                "{}: {added} record(s) that sled could not read were found in its raw bytes (each passes its CRC)",
+                source.display()
+            ));
+        }
+    }
 }
 
 fn salvage_snapshots(layout: &Layout, salvage: &mut Salvage) {

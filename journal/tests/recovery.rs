@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{damage, draft, fill, open, with_store, TestEvent, TestSchema};
+use common::{corrupt_in_file, damage, draft, fill, open, with_store, TestEvent, TestSchema};
 use pool_journal::{
     decode_record, repair_dir, verify_dir, Journal, JournalConfig, JournalError, RecordFault,
     RecoveryMode, Store,
@@ -114,10 +114,7 @@ fn absolute_consistency_refuses_even_an_unacknowledged_tail() {
 #[test]
 fn a_damaged_acknowledged_record_refuses_and_accept_loss_keeps_the_rest() {
     let tmp = written(20);
-    damage(tmp.path(), 10, |v| {
-        let i = v.len() - 1;
-        v[i] ^= 0x10;
-    });
+    assert!(corrupt_in_file(tmp.path(), 10) > 0);
     loss_refusal(tmp.path());
     // verify names it, and changes nothing.
     let report = verify_dir::<TestSchema>(&JournalConfig::new(tmp.path())).unwrap();
@@ -161,8 +158,13 @@ fn a_lost_tail_keeps_its_seqs_the_next_append_follows_the_witness() {
     with_store(tmp.path(), |store| {
         store.remove_from(8).unwrap();
     });
-    let err = loss_refusal(tmp.path());
-    assert!(err.to_string().contains("seq 10"), "{err}");
+    for seq in 8..=10 {
+        corrupt_in_file(tmp.path(), seq);
+    }
+    let err = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap_err();
+    assert!(matches!(err, JournalError::Damaged { .. }), "{err}");
+    let refused = repair_dir::<TestSchema>(JournalConfig::new(tmp.path()), false).unwrap_err();
+    assert!(refused.to_string().contains("seqs 8..=10"), "{refused}");
     let report = repair_dir::<TestSchema>(JournalConfig::new(tmp.path()), true).unwrap();
     assert_eq!(report.lost, vec![(8, 10)]);
     let (journal, _) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
@@ -254,4 +256,46 @@ proptest! {
             Err(RecordFault::Bad(_)) => {}
         }
     }
+}
+
+/// A byte flipped in sled's own file (not through its API): sled drops everything after the
+/// damaged message of its log, the witness catches it, and repair finds the records in the raw
+/// bytes of the file as it was before the refused open: only the damaged record is lost.
+#[test]
+fn a_flip_in_the_live_store_file_loses_only_the_damaged_record_after_repair() {
+    let tmp = written(30);
+    let db = pool_journal::live_store_dir(tmp.path()).join("db");
+    let record = pool_journal::encode_record::<TestSchema>(&draft(15).into_envelope(15)).unwrap();
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(record.len())
+        .position(|w| w == record.as_slice())
+        .expect("sled keeps the record's bytes as they are");
+    bytes[at + record.len() - 2] ^= 0x5A;
+    std::fs::write(&db, &bytes).unwrap();
+    let err = loss_refusal(tmp.path());
+    let saved = std::fs::read_dir(tmp.path().join("quarantine"))
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with("-live-db-before-open")
+        });
+    assert!(saved, "the refused open kept the file as it was: {err}");
+    let report = repair_dir::<TestSchema>(JournalConfig::new(tmp.path()), true).unwrap();
+    assert!(
+        report.lost.iter().all(|&(a, b)| a == 15 && b == 15),
+        "{report:?}"
+    );
+    let (journal, _) = open_result(tmp.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+    for envelope in journal.read_from(0).map(|e| e.unwrap()) {
+        if envelope.seq != 15 {
+            assert_eq!(
+                envelope,
+                draft(envelope.seq as u32).into_envelope(envelope.seq)
+            );
+        }
+    }
+    assert_eq!(journal.last_seq(), 30);
 }

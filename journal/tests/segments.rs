@@ -396,6 +396,11 @@ fn an_export_holding_a_loss_marker_imports_as_the_same_history() {
     append(&journal, 61, 65);
     drop(journal);
     std::fs::remove_file(Layout::new(&dir).segment_file(21, 40)).unwrap();
+    // Their bytes may linger in sled's file (removed keys): damage those too, so that the
+    // segment's records are really gone (repair would find them in the raw bytes otherwise).
+    for seq in 21..=40 {
+        common::corrupt_in_file(&dir, seq);
+    }
     let refused = Journal::<TestSchema>::open(config.clone()).unwrap_err();
     assert!(
         matches!(refused, JournalError::Damaged { loss: true, .. }),

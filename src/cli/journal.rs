@@ -238,6 +238,14 @@ fn export(dir: &JournalDirArg, output: Option<PathBuf>) -> anyhow::Result<ExitCo
         "exported {count} event(s) from {}",
         dir.journal_dir.display()
     );
+    if damaged {
+        // What could be read was written, but it is not the whole history: never a success.
+        bail!(
+            "the journal at {} is damaged: the {count} event(s) exported are what could be \
+             read, not its whole history (see the warning above for the way out)",
+            dir.journal_dir.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

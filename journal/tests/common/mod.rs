@@ -93,3 +93,26 @@ pub fn damage(dir: &Path, seq: u64, change: impl FnOnce(&mut Vec<u8>)) {
         store.put_raw(seq, &value).expect("put");
     });
 }
+
+/// Damages record `seq` where reality does: flips a byte of every copy of its bytes in the
+/// live store's file (sled keeps a record's bytes as they are, possibly in several places of
+/// its log), so that no raw scan can find it again. Returns how many copies were found.
+pub fn corrupt_in_file(dir: &Path, seq: u64) -> usize {
+    let db = pool_journal::live_store_dir(dir).join("db");
+    let record = pool_journal::encode_record::<TestSchema>(&draft(seq as u32).into_envelope(seq))
+        .expect("encode");
+    let mut bytes = std::fs::read(&db).expect("read db");
+    let mut copies = 0;
+    let mut at = 0;
+    while let Some(found) = bytes[at..]
+        .windows(record.len())
+        .position(|w| w == record.as_slice())
+    {
+        let start = at + found;
+        bytes[start + record.len() - 2] ^= 0x5A;
+        copies += 1;
+        at = start + record.len();
+    }
+    std::fs::write(&db, &bytes).expect("write db");
+    copies
+}
