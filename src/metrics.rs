@@ -638,8 +638,16 @@ pub fn render_journal(
     queued
         .samples
         .push((String::new(), queued_observations as f64));
+    let mut damaged = Family::new(
+        "journal_damaged_segments",
+        "Sealed segments the background scrub found damaged since the daemon started (see \
+         /health's journal.damage for the way out).",
+    );
+    damaged
+        .samples
+        .push((String::new(), health.damage.len() as f64));
     let mut out = String::new();
-    for family in [writable, errors, segments, bytes, first, queued] {
+    for family in [writable, errors, segments, bytes, first, queued, damaged] {
         family.write(&mut out);
         out.push('\n');
     }

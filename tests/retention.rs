@@ -178,6 +178,33 @@ async fn retention_bounds_the_journal_and_memory_stays_flat_over_a_million_lease
         ))
         .await;
     assert_eq!(status, 200, "{body}");
+    let (status, body) = h.get("/v2/pools?at_seq=5").await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["code"], "HISTORY_EXPIRED", "{body}");
+    // The command line, beside the running daemon: the same words, a non-zero exit.
+    let bin = env!("CARGO_BIN_EXE_pool-managerd");
+    let dir = journal_dir.to_str().unwrap();
+    let replay = std::process::Command::new(bin)
+        .args(["replay", "--journal-dir", dir, "--until-seq", "5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert!(!replay.status.success(), "{stderr}");
+    assert!(stderr.contains("no longer retained"), "{stderr}");
+    let stats = std::process::Command::new(bin)
+        .args(["journal", "stats", "--journal-dir", dir])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "retained:     from seq {}",
+            report.usage.first_seq
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("segments:"), "{stdout}");
     // Memory: flat from the first quarter to the end.
     let first = samples.iter().find(|(q, _)| *q == 1).map(|s| s.1).unwrap();
     let last = samples.iter().map(|s| s.1).max().unwrap();

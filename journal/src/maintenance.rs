@@ -24,6 +24,9 @@ use crate::writer::Command;
 
 /// How often the thread wakes without being signalled (witness sync, retention by age).
 pub const TICK_MS: u64 = 1_000;
+/// While the scrub has segments left, the thread reads one whole segment every this often
+/// (bounded disk reads beside the daemon's own).
+pub const SCRUB_EVERY_MS: u64 = 50;
 /// Retention runs at most this often when nothing was sealed.
 pub const RETENTION_EVERY_MS: u64 = 10_000;
 /// Recovery attempts while unavailable: the first after this, doubling up to the max.
@@ -38,8 +41,19 @@ pub(crate) fn run<E: Send + 'static>(shared: Arc<Shared>, writer: mpsc::WeakSend
         .unwrap_or_else(Instant::now);
     let mut recover_delay = RECOVER_FIRST_MS;
     let mut next_recover = Instant::now();
+    // The sealed segments to read whole once after open (open reads only their header and
+    // trailer): damage is then reported while nothing reads it yet.
+    let mut scrub: Vec<u64> = shared
+        .manifest()
+        .segments
+        .iter()
+        .map(|s| s.first_seq)
+        .collect();
+    scrub.reverse();
     loop {
-        let wait = if shared.is_writable() {
+        let wait = if !scrub.is_empty() {
+            Duration::from_millis(SCRUB_EVERY_MS)
+        } else if shared.is_writable() {
             Duration::from_millis(TICK_MS)
         } else {
             next_recover.saturating_duration_since(Instant::now())
@@ -51,6 +65,9 @@ pub(crate) fn run<E: Send + 'static>(shared: Arc<Shared>, writer: mpsc::WeakSend
             if witness.sync_if_dirty().is_err() {
                 shared.count_witness_error();
             }
+        }
+        if let Some(first_seq) = scrub.pop() {
+            scrub_segment(&shared, first_seq);
         }
         if !shared.is_writable() {
             if Instant::now() >= next_recover {
@@ -81,6 +98,31 @@ pub(crate) fn run<E: Send + 'static>(shared: Arc<Shared>, writer: mpsc::WeakSend
             }
         }
     }
+}
+
+/// Reads the segment starting at `first_seq` whole (if retention has not dropped it) and
+/// records what is wrong with it.
+fn scrub_segment(shared: &Shared, first_seq: u64) {
+    let manifest = shared.manifest();
+    let Some(meta) = manifest.segments.iter().find(|s| s.first_seq == first_seq) else {
+        return;
+    };
+    let path = shared.layout.segment_file(meta.first_seq, meta.last_seq);
+    let checked = segment::SegmentFile::open(&path).and_then(|file| file.check_full());
+    let damage = checked.err().map(|fault| {
+        let what = format!(
+            "{}: segment of seqs {}..={} is damaged: {fault}; reads of those seqs fail. Stop \
+             the daemon and run `pool-managerd journal repair --journal-dir {}` (it names the \
+             events it cannot read; --accept-loss keeps the rest)",
+            path.display(),
+            meta.first_seq,
+            meta.last_seq,
+            shared.layout.dir.display()
+        );
+        tracing::error!("{what}");
+        what
+    });
+    shared.scrubbed(damage);
 }
 
 /// Waits up to `wait` for a signal; true when the journal is going away.

@@ -42,6 +42,11 @@ pub struct JournalHealth {
     /// The witness could not be written or synced this many times (it then lags, which is
     /// safe: it only ever proves less).
     pub witness_errors: u64,
+    /// Damage the background scrub found in sealed segments since open (each names the file
+    /// and the way out). Appends go on; reads that reach the damage fail.
+    pub damage: Vec<String>,
+    /// Sealed segments the scrub has read whole since open.
+    pub scrubbed_segments: u64,
 }
 
 /// Shared state (see the module docs).
@@ -182,6 +187,17 @@ impl Shared {
         health.kind = None;
         health.since_ms = None;
         self.writable.store(true, Ordering::Release);
+    }
+
+    /// Records what the scrub found in a segment (`None`: it is whole).
+    pub fn scrubbed(&self, damage: Option<String>) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.scrubbed_segments += 1;
+        if let Some(damage) = damage {
+            if health.damage.len() < 64 && !health.damage.contains(&damage) {
+                health.damage.push(damage);
+            }
+        }
     }
 
     /// Counts a witness write or sync failure.

@@ -524,3 +524,38 @@ fn a_failed_import_rolls_back_sealed_segments_too() {
     let journal = open(&config);
     assert_eq!(read_all(&journal, 0), read_all(&source, 0));
 }
+
+/// Open reads only a segment's header and trailer; the background scrub then reads every
+/// segment whole and reports damage in the journal's health (named, with the way out) while
+/// appends go on.
+#[test]
+fn the_scrub_finds_damage_inside_a_sealed_segment_after_open() {
+    const PER_SEGMENT: usize = 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), PER_SEGMENT);
+    let journal = open(&config);
+    append(&journal, 1, 60);
+    wait_sealed(&journal, 3, PER_SEGMENT);
+    drop(journal);
+    let path = Layout::new(tmp.path()).segment_file(21, 40);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 3;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let journal = open(&config);
+    wait_until("the scrub to report the damaged segment", || {
+        !journal.health().damage.is_empty()
+    });
+    let health = journal.health();
+    assert_eq!(health.damage.len(), 1, "{health:?}");
+    assert!(
+        health.damage[0].contains(&path.display().to_string()),
+        "{health:?}"
+    );
+    assert!(health.damage[0].contains("journal repair"), "{health:?}");
+    assert!(health.writable, "appends go on");
+    append(&journal, 61, 61);
+    wait_until("every segment scrubbed", || {
+        journal.health().scrubbed_segments >= 3
+    });
+}

@@ -26,8 +26,9 @@ const EVENTS_LIMIT_DEFAULT: usize = 1_000;
 pub(super) enum DaemonStatus {
     /// Serving.
     Ok,
-    /// Serving reads; the journal cannot take writes now (a full, read-only or failing disk),
-    /// so changes answer `JOURNAL_UNAVAILABLE` until it can again (200).
+    /// Serving; the journal cannot take writes now (a full, read-only or failing disk), so
+    /// changes answer `JOURNAL_UNAVAILABLE` until it can again, or its background scrub found
+    /// a damaged segment (`journal.damage`) (200).
     Degraded,
     /// The journal failed: no further changes until restarted (503, with `journal_error`).
     JournalFailed,
@@ -69,6 +70,10 @@ pub(super) struct JournalHealth {
     segments: u64,
     /// Bytes on disk (segments, live store, snapshots).
     bytes: u64,
+    /// Damage found in sealed segments by the background scrub (each names the file and the
+    /// way out); changes are still recorded, reads that reach the damage fail.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    damage: Vec<String>,
 }
 
 /// `GET /health`: daemon liveness.
@@ -116,7 +121,7 @@ pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
     let body = DaemonHealth {
         status: if view.failed.is_some() {
             DaemonStatus::JournalFailed
-        } else if !view.writable {
+        } else if !view.writable || !report.health.damage.is_empty() {
             DaemonStatus::Degraded
         } else {
             DaemonStatus::Ok
@@ -145,6 +150,7 @@ pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
             first_seq: report.usage.first_seq,
             segments: report.usage.segments,
             bytes: report.usage.total_bytes(),
+            damage: report.health.damage.clone(),
         },
         journal_error: view.failed.clone(),
     };

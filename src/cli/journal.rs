@@ -366,6 +366,14 @@ fn stats(dir: &JournalDirArg, json: bool) -> anyhow::Result<ExitCode> {
             "last_ts_ms": stats.last_ts_ms,
             "size_on_disk_bytes": stats.size_on_disk_bytes,
             "snapshot_seqs": stats.snapshot_seqs,
+            "expired_through": stats.expired_through,
+            "time_travel_from": stats.time_travel_from,
+            "segments": stats.segments,
+            "bytes": {
+                "segments": stats.usage.segment_bytes,
+                "live_store": stats.usage.live_bytes,
+                "snapshots": stats.usage.snapshot_bytes,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(ExitCode::SUCCESS);
@@ -379,7 +387,35 @@ fn stats(dir: &JournalDirArg, json: bool) -> anyhow::Result<ExitCode> {
         println!("first event:  {}", format_ts_ms(stats.first_ts_ms));
         println!("last event:   {}", format_ts_ms(stats.last_ts_ms));
     }
-    println!("size on disk: {} bytes", stats.size_on_disk_bytes);
+    if stats.expired_through > 0 {
+        println!(
+            "retained:     from seq {} (seqs up to {} were dropped by retention)",
+            stats.expired_through + 1,
+            stats.expired_through
+        );
+    } else {
+        println!("retained:     everything (retention has dropped nothing)");
+    }
+    if stats.time_travel_from > 0 {
+        println!(
+            "time travel:  replay --until-seq / ?at_seq reach back to seq {}",
+            stats.time_travel_from
+        );
+    }
+    println!(
+        "size on disk: {} bytes (segments {}, live store {}, snapshots {})",
+        stats.size_on_disk_bytes,
+        stats.usage.segment_bytes,
+        stats.usage.live_bytes,
+        stats.usage.snapshot_bytes
+    );
+    println!("segments:     {}", stats.segments.len());
+    for segment in &stats.segments {
+        println!(
+            "  seqs {}..={}: {} record(s), {} bytes",
+            segment.first_seq, segment.last_seq, segment.records, segment.bytes
+        );
+    }
     println!("snapshots:    {:?}", stats.snapshot_seqs);
     println!("by kind:");
     for (kind, count) in &stats.by_kind {
