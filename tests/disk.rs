@@ -182,6 +182,26 @@ async fn check_unavailable(
     health
 }
 
+/// `journal verify` and `journal stats` on the journal while its disk refuses writes, beside
+/// the running daemon: they copy the live store elsewhere and write nothing.
+fn read_only_tools_work(journal_dir: &std::path::Path) {
+    let bin = env!("CARGO_BIN_EXE_pool-managerd");
+    for args in [["journal", "verify"], ["journal", "stats"]] {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--journal-dir")
+            .arg(journal_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Kills the engine of `pool` and checks that it is shown unready at once, with why.
 async fn kill_engine_while_unavailable(h: &Harness, pool: &str) -> u64 {
     let (_, status) = h.get(&format!("/v2/pools/{pool}")).await;
@@ -255,6 +275,7 @@ async fn a_full_disk_refuses_changes_keeps_reads_and_recovers_by_itself() {
         .refused
         .clone()
         .expect("the full disk refuses a change");
+    read_only_tools_work(&journal_dir);
     let health = check_unavailable(
         &h,
         &refused,
@@ -321,6 +342,7 @@ async fn a_read_only_remount_refuses_changes_and_recovers_when_writable_again() 
         .refused
         .clone()
         .expect("a read-only file system refuses a change");
+    read_only_tools_work(&journal_dir);
     check_unavailable(
         &h,
         &refused,
