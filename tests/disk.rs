@@ -374,3 +374,63 @@ async fn a_read_only_remount_refuses_changes_and_recovers_when_writable_again() 
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_on_a_full_disk_serves_reads_and_recovers_by_itself() {
+    let Some(fs) = mount::Tmpfs::mount("8m") else {
+        return;
+    };
+    let journal_dir = fs.path().join("journal");
+    let jd = journal_dir.clone();
+    let mut h = Harness::start_with(move |c| c.journal_dir = jd).await;
+    h.wait = DEADLINE;
+    let (status, body) = h
+        .post("/v2/pools/p1/preload", engine_sim_preload("p1", None, &[]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before = all_events(&h).await;
+    h.daemon
+        .take()
+        .unwrap()
+        .shutdown("test: restart on a full disk")
+        .await;
+    let filler = fs.fill();
+
+    let (daemon, _) = pool_managerd::daemon::Daemon::start(
+        &h.config,
+        std::sync::Arc::new(pool_managerd::clock::SystemClock),
+    )
+    .await
+    .expect("a full disk does not stop the daemon from starting");
+    h.base = format!("http://{}", daemon.addr());
+    h.daemon = Some(daemon);
+    let (status, health) = h.get("/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["journal"]["writable"], false, "{health}");
+    let history = all_events(&h).await;
+    assert_eq!(history[..before.len()], before[..], "the history is served");
+    let (status, body) = h.post("/v2/pools/p1/leases", json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("JOURNAL_UNAVAILABLE")),
+        "{body}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(
+        &h,
+        "the journal writable again",
+        |b| b["status"] == "ok",
+        "/health",
+    )
+    .await;
+    let events = all_events(&h).await;
+    assert!(
+        events[before.len()..]
+            .iter()
+            .any(|e| e["event"]["kind"] == "DaemonStarted"),
+        "the start, kept while the disk was full, is journaled"
+    );
+    h.stop().await;
+}

@@ -496,7 +496,12 @@ impl Node {
                         "journal {} cannot take writes: {error}; the daemon retries by itself",
                         settings.journal_dir.display()
                     ),
-                    "other",
+                    handle
+                        .journal
+                        .health()
+                        .kind
+                        .unwrap_or(pool_journal::WriteErrorKind::Other)
+                        .as_str(),
                     settings.clock.now_ms(),
                 )
             }),
