@@ -427,7 +427,8 @@ impl<S: EventSchema> Journal<S> {
             .unwrap_or(self.last_seq())
     }
 
-    /// Sizes and the retained range, cheaply (for metrics and `stats`).
+    /// Sizes and the retained range, cheaply (for metrics, `/health` and `stats`): the sizes of
+    /// the live store's and the snapshots' files are read at most once a second.
     pub fn usage(&self) -> Usage {
         let shared = self.shared();
         let manifest = shared.manifest();
@@ -435,11 +436,12 @@ impl<S: EventSchema> Journal<S> {
             let view = shared.read_view();
             (view.tail.len() as u64, view.tail.bytes() as u64)
         };
+        let (live_bytes, snapshot_bytes) = shared.file_bytes();
         Usage {
             segments: manifest.segments.len() as u64,
             segment_bytes: manifest.bytes(),
-            live_bytes: layout::dir_bytes(&shared.layout.live()),
-            snapshot_bytes: layout::dir_bytes(&shared.layout.snapshots()),
+            live_bytes,
+            snapshot_bytes,
             tail_records,
             tail_bytes,
             first_seq: manifest.first_retained(),

@@ -77,6 +77,8 @@ pub struct Shared {
     pub tail_wait: Mutex<()>,
     /// The last sealing failure, if sealing is failing.
     pub seal_error: Mutex<Option<String>>,
+    /// The bytes of the live store's and the snapshots' files, and when they were read.
+    file_bytes: Mutex<Option<(std::time::Instant, (u64, u64))>>,
 }
 
 /// See [`Shared::wake_state`].
@@ -116,7 +118,25 @@ impl Shared {
             tail_shrank: Condvar::new(),
             tail_wait: Mutex::new(()),
             seal_error: Mutex::new(None),
+            file_bytes: Mutex::new(None),
         }
+    }
+
+    /// The bytes of the live store's and of the snapshots' files, read at most once a second
+    /// (an unauthenticated `/health` may ask often).
+    pub fn file_bytes(&self) -> (u64, u64) {
+        let mut cached = self.file_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, bytes)) = *cached {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return bytes;
+            }
+        }
+        let bytes = (
+            crate::layout::dir_bytes(&self.layout.live()),
+            crate::layout::dir_bytes(&self.layout.snapshots()),
+        );
+        *cached = Some((std::time::Instant::now(), bytes));
+        bytes
     }
 
     /// The last acknowledged seq.
