@@ -123,6 +123,24 @@ async fn reconcile_runtime(handle: &NodeHandle, dirs: &RuntimeDirs) {
     }
 }
 
+/// A start-up replay that needs events retention dropped: no snapshot of this build's state
+/// version covers them (snapshots written by another version are ignored).
+fn explain_replay_error(journal: &PoolJournal, error: JournalError) -> JournalError {
+    match error {
+        JournalError::HistoryExpired { earliest, .. } => JournalError::InvalidArgument {
+            what: format!(
+                "the registry cannot be rebuilt: retention dropped the events before seq \
+                 {earliest} and no snapshot of this build's state version ({}) covers them \
+                 (snapshots at seqs {:?} are of another version, or damaged). Run the version of \
+                 pool-managerd that wrote them, or restore the journal directory from a backup",
+                pool_core::STATE_SNAPSHOT_VERSION,
+                journal.snapshot_seqs()
+            ),
+        },
+        other => other,
+    }
+}
+
 /// A start-up observation refused because the journal cannot take writes is kept by the actor
 /// (recorded once it can): not a failed start.
 fn queued_while_unavailable(error: NodeError) -> Result<Committed, NodeError> {
@@ -429,7 +447,8 @@ impl Node {
                 let config = journal_config;
                 let max_batch = config.max_batch_records;
                 let (journal, report) = PoolJournal::open(config)?;
-                let replayed = projection::replay(&journal, ReplayLimit::default())?;
+                let replayed = projection::replay(&journal, ReplayLimit::default())
+                    .map_err(|e| explain_replay_error(&journal, e))?;
                 Ok::<_, JournalError>((journal, report, replayed, max_batch))
             })
             .await?
