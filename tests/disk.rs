@@ -252,19 +252,50 @@ async fn check_recorded(h: &Harness, leases: &Leases) {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap-free");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_changes_keeps_reads_and_recovers_by_itself() {
-    let Some(fs) = mount::Tmpfs::mount("8m") else {
-        return;
-    };
-    let journal_dir = fs.path().join("journal");
-    let jd = journal_dir.clone();
+/// A daemon whose journal is at `journal_dir` (on a test file system), with a ready pool
+/// `p1` of engine-sim.
+async fn ready_daemon_on(journal_dir: &std::path::Path) -> Harness {
+    let jd = journal_dir.to_path_buf();
     let mut h = Harness::start_with(move |c| c.journal_dir = jd).await;
     h.wait = DEADLINE;
     let (status, body) = h
         .post("/v2/pools/p1/preload", engine_sim_preload("p1", None, &[]))
         .await;
     assert_eq!(status, 200, "{body}");
+    h
+}
+
+/// Once the disk takes writes again: the daemon recovers by itself, the pool serves again,
+/// the journal holds exactly the acknowledged lease changes, and a restart replays it all.
+async fn recovers_and_survives_a_restart(mut h: Harness, leases: &Leases) {
+    wait_for(
+        &h,
+        "the journal writable again",
+        |b| b["status"] == "ok",
+        "/health",
+    )
+    .await;
+    h.wait_pool("p1", "restarted and ready", |s| s["ready"] == true)
+        .await;
+    check_recorded(&h, leases).await;
+    let before = all_events(&h).await;
+    h.restart().await;
+    let after = all_events(&h).await;
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "the history survives the restart"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_changes_keeps_reads_and_recovers_by_itself() {
+    let Some(fs) = mount::Tmpfs::mount("8m") else {
+        return;
+    };
+    let journal_dir = fs.path().join("journal");
+    let h = ready_daemon_on(&journal_dir).await;
     let mut leases = Leases::default();
     leases.until_refused(&h, "p1", 2, 200).await;
     assert!(leases.refused.is_none(), "the disk is not full yet");
@@ -288,35 +319,7 @@ async fn a_full_disk_refuses_changes_keeps_reads_and_recovers_by_itself() {
     kill_engine_while_unavailable(&h, "p1").await;
 
     std::fs::remove_file(&filler).unwrap();
-    wait_for(
-        &h,
-        "the journal writable again",
-        |b| b["status"] == "ok",
-        "/health",
-    )
-    .await;
-    h.wait_pool("p1", "restarted and ready", |s| s["ready"] == true)
-        .await;
-    let (status, body) = h.post("/v2/pools/p1/leases", json!({})).await;
-    assert_eq!(status, 201, "changes are accepted again: {body}");
-    leases
-        .held
-        .insert(body["lease_id"].as_str().unwrap().to_string());
-    leases
-        .granted
-        .insert(body["lease_id"].as_str().unwrap().to_string());
-    check_recorded(&h, &leases).await;
-
-    // A restart replays the same history: nothing acknowledged was lost.
-    let before = all_events(&h).await;
-    h.restart().await;
-    let after = all_events(&h).await;
-    assert_eq!(
-        after[..before.len()],
-        before[..],
-        "the history survives the restart"
-    );
-    h.stop().await;
+    recovers_and_survives_a_restart(h, &leases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,13 +328,7 @@ async fn a_read_only_remount_refuses_changes_and_recovers_when_writable_again() 
         return;
     };
     let journal_dir = fs.path().join("journal");
-    let jd = journal_dir.clone();
-    let mut h = Harness::start_with(move |c| c.journal_dir = jd).await;
-    h.wait = DEADLINE;
-    let (status, body) = h
-        .post("/v2/pools/p1/preload", engine_sim_preload("p1", None, &[]))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let h = ready_daemon_on(&journal_dir).await;
     let mut leases = Leases::default();
     leases.until_refused(&h, "p1", 2, 100).await;
     assert!(leases.refused.is_none());
@@ -354,25 +351,7 @@ async fn a_read_only_remount_refuses_changes_and_recovers_when_writable_again() 
     kill_engine_while_unavailable(&h, "p1").await;
 
     fs.remount_writable();
-    wait_for(
-        &h,
-        "the journal writable again",
-        |b| b["status"] == "ok",
-        "/health",
-    )
-    .await;
-    h.wait_pool("p1", "restarted and ready", |s| s["ready"] == true)
-        .await;
-    check_recorded(&h, &leases).await;
-    let before = all_events(&h).await;
-    h.restart().await;
-    let after = all_events(&h).await;
-    assert_eq!(
-        after[..before.len()],
-        before[..],
-        "the history survives the restart"
-    );
-    h.stop().await;
+    recovers_and_survives_a_restart(h, &leases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

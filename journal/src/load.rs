@@ -577,30 +577,44 @@ pub fn check_tail_records<S: EventSchema>(
         .map(|r| (r.seq, r.value.clone()))
         .collect();
     for (seq, value) in records {
-        match decode_record::<S>(seq, &value) {
-            Ok(envelope) => {
-                let declared = S::loss_range(&envelope.event)
-                    .is_some_and(|(from, to)| to == seq && from <= expected);
-                if seq != expected && !declared {
-                    loaded.find(
-                        db.clone(),
-                        Some(expected),
-                        format!("seqs {expected}..={} are missing", seq - 1),
-                        true,
-                    );
-                }
-            }
-            Err(RecordFault::Unsupported { version, current }) => {
-                return Err(JournalError::UnsupportedVersion {
-                    seq,
-                    version,
-                    current,
-                })
-            }
-            Err(RecordFault::Bad(what)) => loaded.find(db.clone(), Some(seq), what, true),
-        }
-        expected = seq + 1;
+        check_in_sequence::<S>(loaded, &db, &mut expected, seq, &value)?;
     }
+    Ok(())
+}
+
+/// Checks one record read in seq order (`expected` is the seq it should have): it decodes,
+/// and it follows the one before, or a loss marker declares the seqs between; records a
+/// finding in `file` otherwise. A newer format refuses outright.
+fn check_in_sequence<S: EventSchema>(
+    loaded: &mut Loaded,
+    file: &std::path::Path,
+    expected: &mut u64,
+    seq: u64,
+    value: &[u8],
+) -> Result<(), JournalError> {
+    match decode_record::<S>(seq, value) {
+        Ok(envelope) => {
+            let declared = S::loss_range(&envelope.event)
+                .is_some_and(|(from, to)| to == seq && from <= *expected);
+            if seq != *expected && !declared {
+                loaded.find(
+                    file.to_path_buf(),
+                    Some(*expected),
+                    format!("seqs {}..={} are missing", *expected, seq.saturating_sub(1)),
+                    true,
+                );
+            }
+        }
+        Err(RecordFault::Unsupported { version, current }) => {
+            return Err(JournalError::UnsupportedVersion {
+                seq,
+                version,
+                current,
+            })
+        }
+        Err(RecordFault::Bad(what)) => loaded.find(file.to_path_buf(), Some(seq), what, true),
+    }
+    *expected = seq + 1;
     Ok(())
 }
 
@@ -630,29 +644,7 @@ fn check_segment_entries<S: EventSchema>(
         let (entries, _) = file.salvage();
         for (seq, value) in entries {
             loaded.records_checked += 1;
-            match decode_record::<S>(seq, &value) {
-                Ok(envelope) => {
-                    let declared = S::loss_range(&envelope.event)
-                        .is_some_and(|(from, to)| to == seq && from <= expected);
-                    if seq != expected && !declared {
-                        loaded.find(
-                            path.clone(),
-                            Some(expected),
-                            format!("seqs {expected}..={} are missing", seq.saturating_sub(1)),
-                            true,
-                        );
-                    }
-                }
-                Err(RecordFault::Unsupported { version, current }) => {
-                    return Err(JournalError::UnsupportedVersion {
-                        seq,
-                        version,
-                        current,
-                    })
-                }
-                Err(RecordFault::Bad(what)) => loaded.find(path.clone(), Some(seq), what, true),
-            }
-            expected = seq + 1;
+            check_in_sequence::<S>(loaded, &path, &mut expected, seq, &value)?;
         }
         expected = expected.max(meta.last_seq + 1);
     }

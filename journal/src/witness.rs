@@ -179,15 +179,7 @@ impl Witness {
             .truncate(false)
             .open(path)?;
         file.set_len(SLOT_STRIDE + SLOT_BYTES as u64)?;
-        let witness = Witness {
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
-            counter: AtomicU64::new(vouch.counter),
-            first_seq: AtomicU64::new(vouch.first_seq.max(1)),
-            dirty: AtomicBool::new(false),
-            last_sync: Mutex::new(Instant::now()),
-            last: Mutex::new((vouch.seq, vouch.record_crc)),
-        };
+        let witness = Witness::with_file(path, file, vouch);
         witness.write_both(vouch.seq, vouch.record_crc)?;
         if let Some(parent) = path.parent() {
             crate::layout::sync_dir(parent)?;
@@ -198,7 +190,11 @@ impl Witness {
     /// Opens an existing witness for writing, continuing from `vouch` (what it was read as).
     pub fn open(path: &Path, vouch: Vouch) -> io::Result<Witness> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Witness {
+        Ok(Witness::with_file(path, file, vouch))
+    }
+
+    fn with_file(path: &Path, file: File, vouch: Vouch) -> Witness {
+        Witness {
             path: path.to_path_buf(),
             file: Mutex::new(file),
             counter: AtomicU64::new(vouch.counter),
@@ -206,7 +202,7 @@ impl Witness {
             dirty: AtomicBool::new(false),
             last_sync: Mutex::new(Instant::now()),
             last: Mutex::new((vouch.seq, vouch.record_crc)),
-        })
+        }
     }
 
     /// The file.

@@ -3,9 +3,10 @@
 //! polling `usage()` under a deadline, never proven by a fixed sleep.
 
 mod common;
+#[path = "../../tests/support/mount.rs"]
+mod mount;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -305,71 +306,20 @@ fn a_read_only_open_beside_the_writer_sees_the_same_history() {
     drop(writer);
 }
 
-/// A tmpfs mounted for this test (unmounted lazily on drop); `None` when this machine cannot
-/// mount (not root): the test is then skipped, except under `CI=true`, where it fails.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Tmpfs {
-    fn mount() -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fs");
-        std::fs::create_dir(&path).unwrap();
-        let target = path.to_str().unwrap();
-        match run(&["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", target]) {
-            Ok(()) => Some(Tmpfs { _dir: dir, path }),
-            Err(why) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "cannot mount a tmpfs ({why}); CI runs as root and must run this test"
-                );
-                eprintln!("skipped: cannot mount a tmpfs ({why}); run as root to run this test");
-                None
-            }
-        }
-    }
-
-    fn remount_read_only(&self) {
-        run(&["mount", "-o", "remount,ro", self.path.to_str().unwrap()]).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = run(&["umount", "-l", self.path.to_str().unwrap_or_default()]);
-    }
-}
-
 #[test]
 fn a_read_only_open_works_on_a_read_only_file_system() {
     const PER_SEGMENT: usize = 20;
-    let Some(fs) = Tmpfs::mount() else { return };
-    let dir = fs.path.join("journal");
+    let Some(fs) = mount::Tmpfs::mount("32m") else {
+        return;
+    };
+    let dir = fs.path().join("journal");
     let config = config(&dir, PER_SEGMENT);
     let journal = open(&config);
     let truth = append(&journal, 1, 50);
     wait_sealed(&journal, 2, PER_SEGMENT);
     journal.save_snapshot(40, 1, &"after 40").unwrap();
     drop(journal);
-    fs.remount_read_only();
+    fs.remount(true);
     // Root writes through permissions, not through a read-only mount.
     assert!(std::fs::write(dir.join("probe"), b"x").is_err());
 

@@ -7,8 +7,8 @@
 //! Owns: paths, atomic writes (temp file + fsync + rename), log tails, model staging checks.
 //! Never: decides anything; never deletes outside the runtime directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
+use std::fs::{self, File};
+use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use pool_core::Handoff;
@@ -77,29 +77,11 @@ impl RuntimeDirs {
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
-/// directory. A reader sees the old file or the new one, never half of one.
+/// directory. A reader sees the old file or the new one, never half of one. The error names
+/// the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    pool_journal::layout::write_atomic(path, bytes)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// Writes the pid file (plain text: the pid and a newline).
