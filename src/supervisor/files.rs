@@ -202,6 +202,8 @@ pub fn stage_model(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write as _;
 
     #[test]
     fn tail_starts_at_a_line_boundary() {
