@@ -360,13 +360,7 @@ async fn a_daemon_started_on_a_full_disk_serves_reads_and_recovers_by_itself() {
         return;
     };
     let journal_dir = fs.path().join("journal");
-    let jd = journal_dir.clone();
-    let mut h = Harness::start_with(move |c| c.journal_dir = jd).await;
-    h.wait = DEADLINE;
-    let (status, body) = h
-        .post("/v2/pools/p1/preload", engine_sim_preload("p1", None, &[]))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let mut h = ready_daemon_on(&journal_dir).await;
     let before = all_events(&h).await;
     h.daemon
         .take()
