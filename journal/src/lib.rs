@@ -71,8 +71,11 @@
 //! and refuses in turn if that would lose an acknowledged event. Only damaged records *above*
 //! the witness with nothing valid after them (a write torn by a crash, never acknowledged) are
 //! quarantined by open itself ([`RecoveryMode::TolerateTailCorruption`], the default).
-//! Open reads every record of the live store (bounded by sealing), every segment's header and
-//! trailer, and the newest snapshot; [`verify_dir`] reads everything.
+//! Open reads every record of the live store (bounded by sealing), the newest segment's header
+//! and trailer, the list of segment files (every listed one must exist), and the newest
+//! snapshot, so that it takes the same time whatever the history; right after, the
+//! maintenance thread scrubs every sealed segment whole and reports damage in the journal's
+//! health. [`verify_dir`] reads everything.
 //!
 //! # A disk that refuses writes
 //!

@@ -173,7 +173,7 @@ pub fn check<S: EventSchema>(
     loaded: &mut Loaded,
     options: LoadOptions,
 ) -> Result<(), JournalError> {
-    check_segments(layout, loaded);
+    check_segments(layout, loaded, options.depth);
     check_witness(layout, loaded);
     check_snapshots(layout, options, loaded);
     if options.depth == Depth::Full {
@@ -210,10 +210,27 @@ fn is_segment_name(path: &std::path::Path) -> bool {
     path.extension().is_some_and(|e| e == "seg")
 }
 
-fn check_segments(layout: &Layout, loaded: &mut Loaded) {
+/// Every listed segment file must exist (one directory listing). Start-up reads the header and
+/// trailer of the newest segment only (its records follow into the live store), so that its
+/// time does not grow with the history; `Depth::Full` (verify) reads every segment's, and the
+/// maintenance thread's scrub reads every segment whole right after open.
+fn check_segments(layout: &Layout, loaded: &mut Loaded, depth: Depth) {
     let segments = loaded.manifest.segments.clone();
-    for meta in &segments {
+    let present: std::collections::HashSet<PathBuf> =
+        list_segment_files(layout).into_iter().collect();
+    for (i, meta) in segments.iter().enumerate() {
         let path = layout.segment_file(meta.first_seq, meta.last_seq);
+        if !present.contains(&path) {
+            let what = format!(
+                "segment file of seqs {}..={} is missing",
+                meta.first_seq, meta.last_seq
+            );
+            loaded.find(path, Some(meta.first_seq), what, true);
+            continue;
+        }
+        if depth == Depth::Start && i + 1 < segments.len() {
+            continue;
+        }
         match SegmentFile::open(&path) {
             Err(fault) => {
                 let what = if path.exists() {
