@@ -9,7 +9,8 @@
 //!   subscriber had at a sample (every 10 ms) while it ran. Then S new subscribers read the
 //!   same E events, already journaled, from `?since=` (catch-up: the stream's own rate).
 //! - *`?at_seq=N`*: a journal of H events (16 pools preloaded by the scripted core, then
-//!   lease pairs, then the pools stopped), with a snapshot every 10,000 events as the daemon
+//!   lease pairs, then the pools stopped; appended in commits of 32 events, about the
+//!   daemon's own), with a snapshot every 10,000 events as the daemon
 //!   takes them (`projection::save_snapshot`; the journal keeps up to `SNAPSHOTS_KEPT_MAX`,
 //!   so all of them here), is served by a daemon; figures: the latency of `GET
 //!   /v2/pools?at_seq=N` for N spread over the history (p50, p95, max), each a replay from
@@ -35,6 +36,10 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
 /// Events between snapshots (`[journal] snapshot_every`, its default).
 const SNAPSHOT_EVERY: u64 = 10_000;
+/// Events per append of the time-travel history: about what the daemon's own group commits
+/// hold under lease traffic (`benches/history.rs` measures about 25). Commits of hundreds of
+/// records would leave a live store (sled) far larger than a daemon's (`BENCHMARKS.md`).
+const COMMIT_RECORDS: usize = 32;
 /// Pools of the time-travel history.
 const HISTORY_POOLS: usize = 16;
 /// Concurrent lease clients of the fan-out.
@@ -311,9 +316,17 @@ async fn fan_out(http: &reqwest::Client, subscribers: usize, events: u64) {
 /// Writes the time-travel history into `journal_dir`: 16 pools preloaded, `events` in all
 /// (lease pairs round robin), the pools stopped at the end, a snapshot every
 /// [`SNAPSHOT_EVERY`]. Returns the last seq and the snapshots' seqs.
+///
+/// The scripted clock starts an hour before now: the daemon's retention by age (30 days by
+/// default, on the system clock) would drop an older history once a snapshot allows it, and
+/// `?at_seq` before it would answer `HISTORY_EXPIRED`.
 fn grow_history(journal_dir: &std::path::Path, events: u64) -> (u64, Vec<u64>) {
     let (journal, _) = PoolJournal::open(JournalConfig::new(journal_dir)).expect("journal");
-    let mut script = Scripted::new(1_790_000_000_000, 7);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .expect("the clock is after 1970");
+    let mut script = Scripted::new(now_ms - 3_600_000, 7);
     let pools: Vec<String> = (0..HISTORY_POOLS).map(|i| format!("pool-{i:02}")).collect();
     for (i, pool) in pools.iter().enumerate() {
         let engine = sample_engine(pool, 8_000 + i as u16, "/models/m.gguf", Some(8));
@@ -353,7 +366,7 @@ fn grow_history(journal_dir: &std::path::Path, events: u64) -> (u64, Vec<u64>) {
             cause: e.cause,
             event: e.event,
         }));
-        if pending.len() >= 1000 || script.state().last_seq() >= next_snapshot {
+        if pending.len() >= COMMIT_RECORDS || script.state().last_seq() >= next_snapshot {
             flush(&script, &mut pending, &mut snapshots, &mut next_snapshot);
         }
     }

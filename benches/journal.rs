@@ -5,10 +5,13 @@
 //!   the journal's group commit. Also measures every append's ack latency (p50/p99: criterion
 //!   has no percentiles).
 //! - `replay/journal`: `PoolJournal::open` on a journal of 1,000,000 events without a snapshot
-//!   and fold every record into the registry (`projection::replay`). `replay/bare_sled`: the
-//!   baseline, a bare sled open and iteration over the same records with the CRC check and
-//!   the bincode decode, no fold. Closing (drop) is outside the timing of both. Also the peak
-//!   RSS of one replay of each, each run in a fresh child process.
+//!   and fold every record into the registry (`projection::replay`): the sealed segments and
+//!   the live store's unsealed tail, read as one history. `replay/bare_sled`: the baseline, a
+//!   plain sled database of its own holding the same record bytes keyed by seq (built beside
+//!   the journal by the fixture builder, from the journal's own segment files and live
+//!   store), opened and iterated with the CRC check and the bincode decode, no fold. Closing
+//!   (drop) is outside the timing of both. Also the peak RSS of one replay of each, each run
+//!   in a fresh child process.
 //! - `startup/snapshot`: `PoolJournal::open` + `projection::replay` on the same journal with a
 //!   snapshot at its last seq.
 //!
@@ -53,9 +56,17 @@ const POOLS: usize = 64;
 const SLOTS: u32 = 8;
 /// Concurrent writers of `append/64_writers`.
 const WRITERS: usize = 64;
+/// Records per durable append of the replay fixture: about what the daemon's group commits
+/// hold under lease traffic (`benches/history.rs` measures it). Not the journal's limit
+/// (1,024): sled, the live store, keeps memory and disk it no longer needs when commits of
+/// hundreds of records insert and remove its keys (`BENCHMARKS.md`), so a journal written in
+/// such commits would not be the one a daemon leaves behind.
+const FIXTURE_COMMIT_RECORDS: usize = 32;
 /// Drafts pre-generated for the append benchmarks (cycled).
 const APPEND_DRAFTS: usize = 20_000;
-/// 2025-01-01T00:00:00Z: the scripted clock's start.
+/// 2025-01-01T00:00:00Z: the scripted clock's start. Retention by age would call this
+/// history expired, so the journals here are opened with `retain_ms` = `u64::MAX` (see
+/// [`bench_config`]): what is measured never depends on the date of the run.
 const START_MS: u64 = 1_735_689_600_000;
 const MODELS: [&str; 4] = [
     "/models/llama-3.1-8b-instruct-q4_k_m.gguf",
@@ -326,8 +337,16 @@ fn events_wanted() -> u64 {
     }
 }
 
+/// The journal's defaults but retention by age, which the scripted clock (starting on
+/// [`START_MS`]) would otherwise trigger as soon as a snapshot allows it.
+fn bench_config(dir: &Path) -> JournalConfig {
+    let mut config = JournalConfig::new(dir);
+    config.retain_ms = u64::MAX;
+    config
+}
+
 fn open_journal(dir: &Path) -> PoolJournal {
-    PoolJournal::open(JournalConfig::new(dir))
+    PoolJournal::open(bench_config(dir))
         .unwrap_or_else(|e| panic!("open {}: {e}", dir.display()))
         .0
 }
@@ -352,6 +371,9 @@ struct Fixture {
     plain: PathBuf,
     /// A copy of `plain` with a snapshot at its last seq.
     snapshotted: PathBuf,
+    /// A plain sled database (tree `records`, key = seq big-endian) holding the same record
+    /// bytes as `plain`: the baseline's data.
+    bare: PathBuf,
     events: u64,
     /// The registry after every event (folded once, outside any timing).
     state: State,
@@ -395,13 +417,17 @@ impl Setup {
         if self.fixture.is_none() {
             let plain = self.fresh_dir("replay-plain");
             let snapshotted = self.fresh_dir("replay-snapshot");
-            let fixture = build_fixture(plain, snapshotted, self.events);
+            let bare = self.fresh_dir("replay-bare-sled");
+            let fixture = build_fixture(plain, snapshotted, bare, self.events);
             self.figures.insert(
                 "fixture".into(),
                 json!({
                     "events": fixture.events,
                     "build_s": fixture.build_s,
                     "journal_bytes_on_disk": dir_bytes(&fixture.plain),
+                    "journal_segments_bytes": dir_bytes(&fixture.plain.join("segments")),
+                    "journal_live_bytes": dir_bytes(&pool_journal::live_store_dir(&fixture.plain)),
+                    "bare_sled_bytes_on_disk": dir_bytes(&fixture.bare),
                 }),
             );
             self.fixture = Some(fixture);
@@ -425,16 +451,17 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Writes `events` scripted events to a fresh journal at `plain` in batches of
-/// `max_batch_records` (each one durable group commit), folds it once to check it and to get
-/// the registry, then copies it to `snapshotted` and stores a snapshot there.
-fn build_fixture(plain: PathBuf, snapshotted: PathBuf, events: u64) -> Fixture {
+/// [`FIXTURE_COMMIT_RECORDS`] (each one durable group commit), folds it once to check it and to get
+/// the registry, then copies it to `snapshotted` and stores a snapshot there, and writes the
+/// same record bytes into a plain sled database at `bare` (the baseline's data).
+fn build_fixture(plain: PathBuf, snapshotted: PathBuf, bare: PathBuf, events: u64) -> Fixture {
     let started = Instant::now();
     eprintln!(
         "building the replay journal: {events} scripted events in {}",
         plain.display()
     );
     let journal = open_journal(&plain);
-    let max_batch = JournalConfig::new(&plain).max_batch_records;
+    let max_batch = FIXTURE_COMMIT_RECORDS;
     let mut history = History::new(1);
     let mut queue = VecDeque::new();
     let mut written = 0u64;
@@ -476,16 +503,92 @@ fn build_fixture(plain: PathBuf, snapshotted: PathBuf, events: u64) -> Fixture {
     projection::save_snapshot(&journal, &replayed.state).expect("save snapshot");
     drop(journal);
 
+    let copied = build_bare_sled(&plain, &bare);
+    assert_eq!(copied, events, "the bare sled database holds every record");
+
     let build_s = started.elapsed().as_secs_f64();
     let counts = summary(&replayed.state);
     eprintln!("built in {build_s:.1} s; final registry: {counts}");
     Fixture {
         plain,
         snapshotted,
+        bare,
         events,
         state: replayed.state,
         build_s,
     }
+}
+
+/// Every record of the (closed) journal at `journal_dir`, as the bytes it stores: the sealed
+/// segments' entries (in the manifest's order), then the live store's unsealed records.
+fn journal_record_bytes(journal_dir: &Path, mut each: impl FnMut(u64, &[u8])) {
+    use pool_journal::layout::Layout;
+    use pool_journal::segment::{SegmentFile, HEADER_BYTES};
+    use pool_journal::Store as _;
+    let layout = Layout::new(journal_dir);
+    let manifest = pool_journal::manifest::read(&layout.manifest())
+        .expect("read the manifest")
+        .expect("a valid manifest")
+        .unwrap_or_default();
+    let mut next = manifest.first_retained();
+    assert_eq!(next, 1, "the fixture keeps its whole history");
+    for meta in &manifest.segments {
+        let file = SegmentFile::open(&layout.segment_file(meta.first_seq, meta.last_seq))
+            .unwrap_or_else(|f| panic!("segment {}..{}: {f:?}", meta.first_seq, meta.last_seq));
+        for entry in file.cursor(HEADER_BYTES).expect("segment cursor") {
+            let (seq, value) = entry.expect("segment entry");
+            assert_eq!(seq, next, "segments hold consecutive seqs");
+            each(seq, &value);
+            next += 1;
+        }
+    }
+    let live = pool_journal::SledStore::open(
+        &pool_journal::live_store_dir(journal_dir),
+        JournalConfig::new(journal_dir).cache_capacity_bytes,
+    )
+    .expect("open the live store");
+    for item in live.iter_from(next) {
+        let (seq, value) = item.expect("live store read");
+        assert_eq!(seq, next, "the live store continues the segments");
+        each(seq, value.as_ref());
+        next += 1;
+    }
+}
+
+/// Writes every record of the journal at `journal_dir` into a new plain sled database at
+/// `bare` (tree `records`, key = seq big-endian, value = the record's bytes as the journal
+/// stores them), durably; returns the records written.
+fn build_bare_sled(journal_dir: &Path, bare: &Path) -> u64 {
+    let started = Instant::now();
+    let db = sled::Config::new()
+        .path(bare)
+        .cache_capacity(JournalConfig::new(bare).cache_capacity_bytes)
+        .open()
+        .expect("create the bare sled database");
+    let records = db.open_tree("records").expect("records tree");
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0usize;
+    let mut count = 0u64;
+    journal_record_bytes(journal_dir, |seq, value| {
+        batch.insert(&seq.to_be_bytes(), value);
+        in_batch += 1;
+        count += 1;
+        if in_batch == 1024 {
+            records
+                .apply_batch(std::mem::take(&mut batch))
+                .expect("bare sled write");
+            in_batch = 0;
+        }
+    });
+    records.apply_batch(batch).expect("bare sled write");
+    db.flush().expect("bare sled flush");
+    drop(records);
+    drop(db);
+    eprintln!(
+        "bare sled copy of {count} records written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    count
 }
 
 /// A one-line summary of the registry, for the log.
@@ -721,9 +824,10 @@ fn bench_append(c: &mut Criterion, setup: &mut Setup) {
 
 // ---- (c): full replay, and its bare-sled baseline -----------------------------------------
 
-/// The baseline: open sled directly (with the journal's cache size), iterate the records
-/// tree, check each CRC and bincode-decode each payload; no fold, no journal checks. Returns
-/// the records read, and the open db for the caller to drop outside the timing.
+/// The baseline: open the plain sled database `dir` (built by [`build_bare_sled`] with the
+/// journal's record bytes) with the journal's cache size, iterate the records tree, check
+/// each CRC and bincode-decode each payload; no fold, no journal checks. Returns the records
+/// read, and the open db for the caller to drop outside the timing.
 fn bare_sled_replay(dir: &Path, cache_capacity_bytes: u64) -> (u64, sled::Db) {
     let db = sled::Config::new()
         .path(dir)
@@ -786,7 +890,7 @@ fn bench_replay(c: &mut Criterion, setup: &mut Setup) {
             // One replay of each kind in a fresh process, for the peak RSS.
             rss_measured = true;
             let rss = peak_rss_in_child("journal", &dir);
-            let baseline = peak_rss_in_child("bare_sled", &dir);
+            let baseline = peak_rss_in_child("bare_sled", &setup.fixture().bare.clone());
             eprintln!("replay/journal peak RSS: {rss}");
             eprintln!("replay/bare_sled peak RSS: {baseline}");
             setup.figures.insert(
@@ -810,7 +914,7 @@ fn bench_replay(c: &mut Criterion, setup: &mut Setup) {
     group.bench_function("bare_sled", |b| {
         let (dir, events) = {
             let fixture = setup.fixture();
-            (fixture.plain.clone(), fixture.events)
+            (fixture.bare.clone(), fixture.events)
         };
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
