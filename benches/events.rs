@@ -37,8 +37,7 @@ const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
 /// Events between snapshots (`[journal] snapshot_every`, its default).
 const SNAPSHOT_EVERY: u64 = 10_000;
 /// Events per append of the time-travel history: about what the daemon's own group commits
-/// hold under lease traffic (`benches/history.rs` measures about 25). Commits of hundreds of
-/// records would leave a live store (sled) far larger than a daemon's (`BENCHMARKS.md`).
+/// hold under lease traffic (`benches/history.rs` measures about 25).
 const COMMIT_RECORDS: usize = 32;
 /// Pools of the time-travel history.
 const HISTORY_POOLS: usize = 16;

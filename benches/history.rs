@@ -88,10 +88,7 @@ const POOLS: usize = 16;
 const EVENT_STEP_MS: u64 = 10;
 /// Records per durable append of the history: about what the daemon's group commits hold
 /// under lease traffic (its node actor appends what its clients queued meanwhile; the `live`
-/// part measures it). Not the journal's limit (1,024): sled, the live store, keeps memory
-/// and disk it no longer needs when commits of hundreds of records insert and remove its
-/// keys (`BENCHMARKS.md`), so a history written in such commits would not be the one a
-/// daemon leaves behind.
+/// part measures it), rather than the journal's limit (1,024).
 const COMMIT_RECORDS: usize = 32;
 /// The history writer stops (rather than exhaust the machine's memory) past this RSS.
 const WRITER_RSS_LIMIT_KIB: u64 = 12 << 20;

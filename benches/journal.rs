@@ -57,10 +57,8 @@ const SLOTS: u32 = 8;
 /// Concurrent writers of `append/64_writers`.
 const WRITERS: usize = 64;
 /// Records per durable append of the replay fixture: about what the daemon's group commits
-/// hold under lease traffic (`benches/history.rs` measures it). Not the journal's limit
-/// (1,024): sled, the live store, keeps memory and disk it no longer needs when commits of
-/// hundreds of records insert and remove its keys (`BENCHMARKS.md`), so a journal written in
-/// such commits would not be the one a daemon leaves behind.
+/// hold under lease traffic (`benches/history.rs` measures it), rather than the journal's
+/// limit (1,024).
 const FIXTURE_COMMIT_RECORDS: usize = 32;
 /// Drafts pre-generated for the append benchmarks (cycled).
 const APPEND_DRAFTS: usize = 20_000;

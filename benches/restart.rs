@@ -33,11 +33,8 @@ use serde_json::{json, Value};
 /// Events between the daemon's snapshots (`[journal] snapshot_every`, its default).
 const SNAPSHOT_EVERY: u64 = 10_000;
 /// Events per append of the history: about what the daemon's own group commits hold under
-/// lease traffic (`benches/history.rs` measures about 25). Not the journal's limit (1,024):
-/// sled, the live store, keeps memory and disk it no longer needs when commits of hundreds
-/// of records insert and remove its keys (`BENCHMARKS.md`), so a history appended in such
-/// commits would leave a live store no daemon leaves behind (about 400 MB instead of 8 MB
-/// for a million events), and its start would measure that.
+/// lease traffic (`benches/history.rs` measures about 25), rather than the journal's limit
+/// (1,024).
 const HISTORY_BATCH: usize = 32;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");

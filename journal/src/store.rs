@@ -50,6 +50,8 @@ pub const SLED_LOCK_RETRY_MS: u64 = 2_000;
 pub const SLED_LOCK_RETRY_DELAY_MS: u64 = 20;
 /// The records tree.
 const RECORDS_TREE: &str = "records";
+/// Keys removed per sled batch (see `SledStore::write_batch`).
+const REMOVALS_PER_SLED_BATCH: usize = 64;
 /// Trees of the legacy layout.
 const LEGACY_TREES: [&str; 2] = ["pool_index", "snapshots"];
 
@@ -379,10 +381,19 @@ impl Store for SledStore {
     type RecordIter = SledRecordIter;
 
     fn write_batch(&self, records: &[(u64, Vec<u8>)], removals: &[u64]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for seq in removals {
-            batch.remove(&seq.to_be_bytes());
+        // The removals (sealed records) go first, in small batches of their own: sled 0.34
+        // keeps memory and log space it no longer needs when one batch both removes and
+        // inserts hundreds of keys (1,024 inserts + 2,048 removals per commit: 3.6 GiB RSS
+        // and 419 MB on disk after a million records, against 25 MiB and 18 MB this way).
+        // They are facts already durable in segments, so applying them apart is safe.
+        for chunk in removals.chunks(REMOVALS_PER_SLED_BATCH) {
+            let mut batch = sled::Batch::default();
+            for seq in chunk {
+                batch.remove(&seq.to_be_bytes());
+            }
+            self.records.apply_batch(batch)?;
         }
+        let mut batch = sled::Batch::default();
         for (seq, bytes) in records {
             batch.insert(&seq.to_be_bytes(), bytes.as_slice());
         }
@@ -430,7 +441,7 @@ impl Store for SledStore {
             batch.remove(item?);
             in_batch += 1;
             removed += 1;
-            if in_batch == crate::config::DEFAULT_MAX_BATCH_RECORDS {
+            if in_batch == REMOVALS_PER_SLED_BATCH {
                 self.records.apply_batch(std::mem::take(&mut batch))?;
                 in_batch = 0;
             }

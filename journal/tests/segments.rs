@@ -509,3 +509,34 @@ fn the_scrub_finds_damage_inside_a_sealed_segment_after_open() {
         journal.health().scrubbed_segments >= 3
     });
 }
+
+/// Group commits as large as the writer allows (1,024 records, each also removing 2,048
+/// sealed ones) keep the live store small: it holds the unsealed tail, not the history.
+/// (sled 0.34 kept the space of removed keys when one batch removed and inserted hundreds
+/// of them: its directory grew by about 40 MB per 100,000 records.)
+#[test]
+fn the_live_store_stays_small_under_the_largest_group_commits() {
+    const SEGMENT: usize = 4_096;
+    const COMMITS: u32 = 200;
+    const BOUND_BYTES: u64 = 24 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), SEGMENT);
+    let journal = open(&config);
+    let batch = config.max_batch_records as u32;
+    let live = pool_journal::live_store_dir(dir.path());
+    let mut largest = 0;
+    for commit in 0..COMMITS {
+        let first = commit * batch + 1;
+        let drafts = (first..first + batch).map(draft).collect();
+        journal.append_blocking(drafts).expect("append");
+        largest = largest.max(pool_journal::layout::dir_bytes(&live));
+    }
+    let records = u64::from(COMMITS * batch);
+    wait_sealed(&journal, records / SEGMENT as u64, SEGMENT);
+    assert!(
+        largest <= BOUND_BYTES,
+        "the live store {} reached {largest} bytes over {records} records in commits of \
+         {batch} (bound {BOUND_BYTES}): it keeps the space of sealed records",
+        live.display()
+    );
+}
