@@ -27,6 +27,9 @@ pub const TICK_MS: u64 = 1_000;
 /// While the scrub has segments left, the thread reads one whole segment every this often
 /// (bounded disk reads beside the daemon's own).
 pub const SCRUB_EVERY_MS: u64 = 50;
+/// The scrub's first read waits this long after open, so that it does not compete with the
+/// start-up that follows the open (the replay, the first appends, the first requests).
+pub const SCRUB_START_MS: u64 = 1_000;
 /// Retention runs at most this often when nothing was sealed.
 pub const RETENTION_EVERY_MS: u64 = 10_000;
 /// Recovery attempts while unavailable: the first after this, doubling up to the max.
@@ -50,14 +53,19 @@ pub(crate) fn run<E: Send + 'static>(shared: Arc<Shared>, writer: mpsc::WeakSend
         .map(|s| s.first_seq)
         .collect();
     scrub.reverse();
+    let mut next_scrub = Instant::now() + Duration::from_millis(SCRUB_START_MS);
+    // The sizes of the live store's and the snapshots' files (`Journal::usage`), read here
+    // once rather than by the first `/health` (a walk over every snapshot file).
+    let _ = shared.file_bytes();
     loop {
-        let wait = if !scrub.is_empty() {
-            Duration::from_millis(SCRUB_EVERY_MS)
-        } else if shared.is_writable() {
+        let mut wait = if shared.is_writable() {
             Duration::from_millis(TICK_MS)
         } else {
             next_recover.saturating_duration_since(Instant::now())
         };
+        if !scrub.is_empty() {
+            wait = wait.min(next_scrub.saturating_duration_since(Instant::now()));
+        }
         if wait_for_work(&shared, wait) {
             return;
         }
@@ -66,8 +74,11 @@ pub(crate) fn run<E: Send + 'static>(shared: Arc<Shared>, writer: mpsc::WeakSend
                 shared.count_witness_error();
             }
         }
-        if let Some(first_seq) = scrub.pop() {
-            scrub_segment(&shared, first_seq);
+        if !scrub.is_empty() && Instant::now() >= next_scrub {
+            if let Some(first_seq) = scrub.pop() {
+                scrub_segment(&shared, first_seq);
+            }
+            next_scrub = Instant::now() + Duration::from_millis(SCRUB_EVERY_MS);
         }
         if !shared.is_writable() {
             if Instant::now() >= next_recover {

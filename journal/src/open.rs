@@ -12,7 +12,7 @@
 //! **Must never:** write anything in a read-only open, or hand out a journal that failed a
 //! check.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
@@ -35,7 +35,7 @@ use crate::JournalError;
 /// sled's own recovery rewrites the damaged end of its log as it opens, so the bytes as they
 /// were before are saved for repair's raw scan (`repair::salvage_raw_store`).
 pub(crate) const PRE_OPEN_COPY_SUFFIX: &str = "-live-db-before-open";
-/// A `db` file larger than this is not kept in memory for that copy.
+/// A `db` file larger than this is not copied.
 const PRE_OPEN_COPY_MAX_BYTES: u64 = 256 << 20;
 
 /// What a writable open hands the writer.
@@ -110,18 +110,27 @@ pub(crate) fn open_writable<S: EventSchema>(
         create_new(&layout)?;
     }
     let witness = witness_reading(&layout);
-    let before_open = read_small(&layout.live().join("db"));
-    let (store, loaded, unavailable) = open_store::<S>(&layout, &config, witness)?;
+    let before_open = PreOpenCopy::take(&layout);
+    let (store, loaded, unavailable) = match open_store::<S>(&layout, &config, witness) {
+        Ok(opened) => opened,
+        Err(e) => {
+            before_open.discard();
+            return Err(e);
+        }
+    };
     if let Some(refusal) = loaded.refusal(&layout) {
         if loaded
             .findings
             .iter()
             .any(|f| f.file.starts_with(layout.live()))
         {
-            keep_pre_open_copy(&layout, before_open);
+            before_open.keep(&layout);
+        } else {
+            before_open.discard();
         }
         return Err(refusal);
     }
+    before_open.discard();
     let mut loaded = loaded;
     if !loaded.torn.is_empty() {
         quarantine_torn::<S>(&layout, &config, store.as_ref(), &mut loaded, &mut report)?;
@@ -160,39 +169,80 @@ pub(crate) fn open_writable<S: EventSchema>(
     Ok((journal, report))
 }
 
-/// `path`'s bytes when it is at most `PRE_OPEN_COPY_MAX_BYTES` (sled is about to recover it).
-fn read_small(path: &Path) -> Option<Vec<u8>> {
-    let len = std::fs::metadata(path).ok()?.len();
-    (len <= PRE_OPEN_COPY_MAX_BYTES)
-        .then(|| std::fs::read(path).ok())
-        .flatten()
+/// The live store's `db` as it was before sled opened it (see [`PRE_OPEN_COPY_SUFFIX`]).
+enum PreOpenCopy {
+    /// A copy made by the kernel (`copy_file_range`) in `quarantine/`: no process memory.
+    File(PathBuf),
+    /// Where no such file can be written (a full or read-only disk): the bytes in memory.
+    Memory(Vec<u8>),
+    None,
 }
 
-/// Saves the live store's `db` as it was before this refused open (see
-/// [`PRE_OPEN_COPY_SUFFIX`]); best effort: a failure is logged.
-fn keep_pre_open_copy(layout: &Layout, bytes: Option<Vec<u8>>) {
-    let Some(bytes) = bytes else { return };
-    // Only the first refused open's copy is worth keeping: later ones see the file after
-    // sled's recovery rewrote it (a daemon restarted in a loop must not fill the disk).
-    let exists = std::fs::read_dir(layout.quarantine()).is_ok_and(|mut entries| {
-        entries.any(|e| {
-            e.is_ok_and(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .ends_with(PRE_OPEN_COPY_SUFFIX)
-            })
-        })
-    });
-    if exists {
-        return;
+/// The name of the pending copy in `quarantine/` (replaced by each open, removed after one
+/// that succeeds).
+const PRE_OPEN_COPY_PENDING: &str = ".live-db-before-open.pending";
+
+impl PreOpenCopy {
+    /// Copies `<live>/db` before sled's recovery may rewrite it; best effort.
+    fn take(layout: &Layout) -> PreOpenCopy {
+        let db = layout.live().join("db");
+        let Ok(meta) = std::fs::metadata(&db) else {
+            return PreOpenCopy::None;
+        };
+        if meta.len() > PRE_OPEN_COPY_MAX_BYTES {
+            return PreOpenCopy::None;
+        }
+        let pending = layout.quarantine().join(PRE_OPEN_COPY_PENDING);
+        let copied = std::fs::create_dir_all(layout.quarantine())
+            .and_then(|()| std::fs::copy(&db, &pending));
+        match copied {
+            Ok(_) => PreOpenCopy::File(pending),
+            Err(_) => {
+                let _ = std::fs::remove_file(&pending);
+                std::fs::read(&db).map_or(PreOpenCopy::None, PreOpenCopy::Memory)
+            }
+        }
     }
-    let path = layout
-        .quarantine()
-        .join(format!("{}{PRE_OPEN_COPY_SUFFIX}", layout::system_now_ms()));
-    let saved = std::fs::create_dir_all(layout.quarantine())
-        .and_then(|()| layout::write_atomic(&path, &bytes));
-    if let Err(e) = saved {
-        tracing::warn!(path = %path.display(), error = %e, "cannot keep a copy of the damaged live store for repair");
+
+    /// The open succeeded: the copy is not needed.
+    fn discard(self) {
+        if let PreOpenCopy::File(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Keeps the copy in `quarantine/` for repair's raw scan, unless one is kept already
+    /// (only the first refused open's copy is worth keeping: later ones see the file after
+    /// sled's recovery rewrote it, and a daemon restarted in a loop must not fill the disk).
+    /// Best effort: a failure is logged.
+    fn keep(self, layout: &Layout) {
+        let exists = std::fs::read_dir(layout.quarantine()).is_ok_and(|mut entries| {
+            entries.any(|e| {
+                e.is_ok_and(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(PRE_OPEN_COPY_SUFFIX)
+                })
+            })
+        });
+        if exists {
+            return self.discard();
+        }
+        let path = layout
+            .quarantine()
+            .join(format!("{}{PRE_OPEN_COPY_SUFFIX}", layout::system_now_ms()));
+        let saved = match self {
+            PreOpenCopy::None => return,
+            PreOpenCopy::Memory(bytes) => std::fs::create_dir_all(layout.quarantine())
+                .and_then(|()| layout::write_atomic(&path, &bytes)),
+            PreOpenCopy::File(pending) => std::fs::File::open(&pending)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&pending, &path))
+                .and_then(|()| layout::sync_dir(&layout.quarantine())),
+        };
+        if let Err(e) = saved {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep a copy of the damaged live store for repair");
+        }
     }
 }
 
