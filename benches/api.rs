@@ -58,6 +58,10 @@
 //! `<target>/bench-data/api-figures.json`. Nothing here asserts anything about time; it asserts
 //! only that the answers are what they claim to be (statuses, body sizes, every pool ready).
 
+#[path = "support/common.rs"]
+mod common;
+
+use common::target_dir;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -91,12 +95,6 @@ const POLL_MS: u64 = 5;
 const SAMPLES: usize = 10;
 
 // ---- set-up ---------------------------------------------------------------------------------
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
 
 fn env_count(name: &str, default: usize) -> usize {
     match std::env::var(name) {

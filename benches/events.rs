@@ -20,7 +20,10 @@
 //! events` (CI): S = 10, E = 1,000, H = 30,000. `POOL_BENCH_SUBSCRIBERS`,
 //! `POOL_BENCH_FANOUT_EVENTS` and `POOL_BENCH_HISTORY` override them.
 
-use std::net::TcpListener;
+#[path = "support/common.rs"]
+mod common;
+
+use common::free_port;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,13 +46,6 @@ const COMMIT_RECORDS: usize = 32;
 const HISTORY_POOLS: usize = 16;
 /// Concurrent lease clients of the fan-out.
 const PRODUCERS: usize = 16;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -62,8 +62,12 @@
 //! time; it asserts only that the data is what it claims (the history's length and snapshots,
 //! every answer 200 with the pools it should have, every lease event journaled).
 
+#[path = "support/common.rs"]
+mod common;
+
+use common::{free_port, target_dir};
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,12 +107,6 @@ const FIXTURE_VERSION: u32 = 2;
 /// at_seq: evenly spread values, and values just before a snapshot.
 const AT_SEQ_SPREAD: usize = 50;
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn bench_dir() -> PathBuf {
     std::env::var_os("POOL_BENCH_DIR")
         .map(PathBuf::from)
@@ -142,20 +140,6 @@ fn label(n: u64) -> String {
     } else {
         n.to_string()
     }
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| match entry.file_type() {
-                    Ok(t) if t.is_dir() => dir_bytes(&entry.path()),
-                    _ => entry.metadata().map(|m| m.len()).unwrap_or(0),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -401,7 +385,7 @@ fn fixture(events: u64) -> Fixture {
                 "  ... {} events (writer RSS {:.0} MiB, live store {:.0} MiB)",
                 journal.last_seq(),
                 self_rss_kib() as f64 / 1024.0,
-                mib(dir_bytes(&journal.dir().join("live")))
+                mib(pool_journal::layout::dir_bytes(&journal.dir().join("live")))
             );
         }
     });
@@ -428,9 +412,9 @@ fn fixture(events: u64) -> Fixture {
         "writer_rss_mib": written.writer_rss_mib,
         "segments": usage.segments,
         "segment_bytes": usage.segment_bytes,
-        "live_bytes": dir_bytes(&journal_dir.join("live")),
-        "snapshot_bytes": dir_bytes(&journal_dir.join("snapshots")),
-        "dir_bytes": dir_bytes(&journal_dir),
+        "live_bytes": pool_journal::layout::dir_bytes(&journal_dir.join("live")),
+        "snapshot_bytes": pool_journal::layout::dir_bytes(&journal_dir.join("snapshots")),
+        "dir_bytes": pool_journal::layout::dir_bytes(&journal_dir),
         "built_at_ms": now_ms(),
     });
     eprintln!("built: {meta}");
@@ -472,13 +456,6 @@ fn daemon_exe() -> PathBuf {
     std::env::var_os("POOL_BENCH_DAEMON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DAEMON))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 struct Daemon {
@@ -902,11 +879,11 @@ async fn live_rss(events: u64, clients: usize) -> Value {
         })
         .unwrap_or(0);
     let figure_journal = json!({
-        "dir_mib": mib(dir_bytes(&journal_dir)),
+        "dir_mib": mib(pool_journal::layout::dir_bytes(&journal_dir)),
         "segments": segments,
-        "segments_mib": mib(dir_bytes(&journal_dir.join("segments"))),
-        "live_mib": mib(dir_bytes(&journal_dir.join("live"))),
-        "snapshots_mib": mib(dir_bytes(&journal_dir.join("snapshots"))),
+        "segments_mib": mib(pool_journal::layout::dir_bytes(&journal_dir.join("segments"))),
+        "live_mib": mib(pool_journal::layout::dir_bytes(&journal_dir.join("live"))),
+        "snapshots_mib": mib(pool_journal::layout::dir_bytes(&journal_dir.join("snapshots"))),
     });
     let _ = http.delete(format!("{base}/v2/pools/p0")).send().await;
     daemon.stop();
@@ -1008,7 +985,7 @@ fn simulated_day(events: u64) -> Value {
         }
         checks += 1;
         if checks % 64 == 0 {
-            worst_dir = worst_dir.max(dir_bytes(&dir));
+            worst_dir = worst_dir.max(pool_journal::layout::dir_bytes(&dir));
         }
     });
     // Retention as the maintenance thread would run it next, at the day's end.
@@ -1018,13 +995,13 @@ fn simulated_day(events: u64) -> Value {
     let snapshots_kept = journal.snapshot_seqs().len();
     journal.close().expect("close");
     drop(journal);
-    let segments = dir_bytes(&dir.join("segments"));
-    let live = dir_bytes(&dir.join("live"));
+    let segments = pool_journal::layout::dir_bytes(&dir.join("segments"));
+    let live = pool_journal::layout::dir_bytes(&dir.join("live"));
     let witness = std::fs::metadata(dir.join("witness"))
         .map(|m| m.len())
         .unwrap_or(0);
-    let snapshots = dir_bytes(&dir.join("snapshots"));
-    let total = dir_bytes(&dir);
+    let snapshots = pool_journal::layout::dir_bytes(&dir.join("snapshots"));
+    let total = pool_journal::layout::dir_bytes(&dir);
     worst_dir = worst_dir.max(total);
     let retained = usage.last_seq + 1 - usage.first_seq;
     let hours = (events * EVENT_STEP_MS) as f64 / 3.6e6;

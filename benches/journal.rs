@@ -32,6 +32,10 @@
 //! printed and written to `<target>/bench-data/journal-figures.json`. Nothing here asserts
 //! anything about time; it asserts only that the data is what it claims to be.
 
+#[path = "support/common.rs"]
+mod common;
+
+use common::target_dir;
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -317,12 +321,6 @@ fn to_draft(envelope: PoolEnvelope) -> Draft<Event> {
 
 // ---- set-up ---------------------------------------------------------------------------------
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn events_wanted() -> u64 {
     match std::env::var("POOL_BENCH_EVENTS") {
         Ok(text) => text
@@ -422,30 +420,16 @@ impl Setup {
                 json!({
                     "events": fixture.events,
                     "build_s": fixture.build_s,
-                    "journal_bytes_on_disk": dir_bytes(&fixture.plain),
-                    "journal_segments_bytes": dir_bytes(&fixture.plain.join("segments")),
-                    "journal_live_bytes": dir_bytes(&pool_journal::live_store_dir(&fixture.plain)),
-                    "bare_sled_bytes_on_disk": dir_bytes(&fixture.bare),
+                    "journal_bytes_on_disk": pool_journal::layout::dir_bytes(&fixture.plain),
+                    "journal_segments_bytes": pool_journal::layout::dir_bytes(&fixture.plain.join("segments")),
+                    "journal_live_bytes": pool_journal::layout::dir_bytes(&pool_journal::live_store_dir(&fixture.plain)),
+                    "bare_sled_bytes_on_disk": pool_journal::layout::dir_bytes(&fixture.bare),
                 }),
             );
             self.fixture = Some(fixture);
         }
         self.fixture.as_ref().expect("just built")
     }
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| match entry.file_type() {
-                    Ok(t) if t.is_dir() => dir_bytes(&entry.path()),
-                    _ => entry.metadata().map(|m| m.len()).unwrap_or(0),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Writes `events` scripted events to a fresh journal at `plain` in batches of

@@ -13,7 +13,10 @@
 //! `POOL_MANAGERD_LLAMA_MODEL` or the script's cache; without them only engine-sim is measured
 //! (and under `CI=true` the run fails).
 
-use std::net::TcpListener;
+#[path = "support/common.rs"]
+mod common;
+
+use common::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,13 +28,6 @@ mod llama_server;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// The daemon, SIGKILLed on drop (its engines are removed by the rounds).
 struct Daemon(Child);

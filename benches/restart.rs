@@ -19,6 +19,10 @@
 //! events. `POOL_BENCH_RESTART_POOLS=1,16` overrides the list of N;
 //! `POOL_BENCH_RESTART_KEEP=1` keeps each round's directory (its path is printed).
 
+#[path = "support/common.rs"]
+mod common;
+
+use common::free_port;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -39,13 +43,6 @@ const HISTORY_BATCH: usize = 32;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// `n` distinct free ports: all held at once while chosen, so that the kernel cannot hand the
 /// same one out twice (ports chosen one by one and released at once can repeat).
