@@ -88,6 +88,8 @@ pub const GPU_PLACEMENT_TIMEOUT_MS_MAX: u64 = 600_000;
 /// How `addr` is written.
 const ADDR_FORM: &str =
     "give IP:PORT such as 127.0.0.1:9200 or [::1]:9200 (host names are not resolved)";
+/// The shortest API token accepted for a non-loopback address.
+pub const API_TOKEN_CHARS_MIN: usize = 16;
 /// Keys longer than this get no spelling suggestion (bounds the edit-distance work).
 const SUGGEST_KEY_CHARS_MAX: usize = 64;
 
@@ -165,6 +167,16 @@ fixture = ""                        # testing aid: GPUs from a JSON file instead
                                     # ("" = NVML); --gpu-fixture
 allow_sharing = false               # true: two pools may claim the same GPU (or MIG device);
                                     # false: a mask overlapping another pool's is refused
+
+[engines]
+env_allow = ["CUDA_*", "NCCL_*", "HF_*", "OMP_*", "LLAMA_*", "VLLM_*", "TORCH_*", "PYTORCH_*", "TRANSFORMERS_*", "TZ", "LC_*"]
+                                    # the env{} keys a prepared engine may set ("X_*" = prefix);
+                                    # loader and shell hooks (LD_*, BASH_ENV, PYTHONPATH...) are
+                                    # refused whatever this says
+
+[api]
+allowed_origins = []                # exact Origin values of web pages allowed to call the API
+                                    # (a browser console); any other Origin is refused (403)
 "#;
 
 /// The effective configuration of the daemon. Built by [`Config::load`] (or
@@ -206,6 +218,40 @@ pub struct Config {
     pub journal: JournalSettings,
     /// `[gpu]`.
     pub gpu: GpuSettings,
+    /// `[engines]`.
+    pub engines: EnginesSettings,
+    /// `[api]`.
+    pub api: ApiConfig,
+}
+
+/// `[api]`: who may call the API from a web page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Exact `Origin` values accepted (`https://console.example:8443`); default none: a
+    /// request that carries an `Origin` (a browser's, cross-origin) is refused.
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[engines]`: what a prepared engine may bring with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnginesSettings {
+    /// The `env{}` keys a prepared engine may set: whole names, or prefixes ending in `*`.
+    /// Loader and shell hooks are refused whatever this says
+    /// ([`crate::supervisor::admission::ENV_HOOKS`]).
+    pub env_allow: Vec<String>,
+}
+
+impl Default for EnginesSettings {
+    fn default() -> Self {
+        EnginesSettings {
+            env_allow: crate::supervisor::admission::DEFAULT_ENV_ALLOW
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// `[gpu]`: how the daemon looks at its GPUs (SPEC section 10).
@@ -431,6 +477,18 @@ pub enum ConfigError {
         /// `allowed_binaries` is empty.
         allow_list_missing: bool,
     },
+    /// A non-loopback address with a token too short to resist guessing.
+    #[error(
+        "refusing to listen on {addr}: {ENV_API_TOKEN} is {chars} character(s), and a \
+         non-loopback address needs at least {API_TOKEN_CHARS_MIN}; set a random one, e.g. \
+         `head -c 32 /dev/urandom | base64`"
+    )]
+    WeakToken {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The token's length in characters.
+        chars: usize,
+    },
 }
 
 impl ConfigError {
@@ -505,6 +563,8 @@ struct FileConfig {
     storm: StormPolicy,
     journal: JournalSettings,
     gpu: GpuSettings,
+    engines: EnginesSettings,
+    api: ApiConfig,
 }
 
 impl Default for FileConfig {
@@ -524,6 +584,8 @@ impl Default for FileConfig {
             storm: StormPolicy::default(),
             journal: JournalSettings::default(),
             gpu: GpuSettings::default(),
+            engines: EnginesSettings::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -553,6 +615,8 @@ impl fmt::Debug for Config {
             .field("storm", &self.storm)
             .field("journal", &self.journal)
             .field("gpu", &self.gpu)
+            .field("engines", &self.engines)
+            .field("api", &self.api)
             .finish()
     }
 }
@@ -642,6 +706,13 @@ impl Config {
                 allow_list_missing,
             });
         }
+        let chars = self.api_token.as_deref().map_or(0, |t| t.chars().count());
+        if chars < API_TOKEN_CHARS_MIN {
+            return Err(ConfigError::WeakToken {
+                addr: self.addr,
+                chars,
+            });
+        }
         Ok(())
     }
 
@@ -683,6 +754,8 @@ impl Config {
                 fixture: lossy(&self.gpu.fixture),
                 allow_sharing: self.gpu.allow_sharing,
             },
+            engines: self.engines.clone(),
+            api: self.api.clone(),
         };
         let body = toml::to_string(&file)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n"));
@@ -718,6 +791,8 @@ impl Config {
             storm: file.storm,
             journal: file.journal,
             gpu: file.gpu,
+            engines: file.engines,
+            api: file.api,
         }
     }
 }
@@ -1147,6 +1222,15 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
                      on the working directory",
                     binary.display().to_string()
                 ),
+            ));
+        }
+    }
+    for (i, pattern) in file.engines.env_allow.iter().enumerate() {
+        let name = pattern.strip_suffix('*').unwrap_or(pattern);
+        if name.contains('*') || name.contains('=') || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "engines.env_allow",
+                format!("entry {i} ({pattern:?}) is not a variable name or a prefix ending in '*'"),
             ));
         }
     }

@@ -90,6 +90,16 @@ impl Daemon {
             )
         })?;
         let addr = listener.local_addr()?;
+        let admission = Arc::new(crate::supervisor::admission::Admission::new(
+            config.allowed_binaries.clone(),
+            config.engines.env_allow.clone(),
+        ));
+        if admission.any_binary() {
+            tracing::warn!(
+                addr = %config.addr,
+                "allowed_binaries is empty: any binary may be started by whoever reaches the API (loopback only); list the engines' binaries to narrow it"
+            );
+        }
         let (node, report) = Node::start(NodeSettings {
             journal_dir: config.journal_dir.clone(),
             runtime_dir: config.runtime_dir.clone(),
@@ -107,6 +117,7 @@ impl Daemon {
                 )
             }),
             allow_gpu_sharing: config.gpu.allow_sharing,
+            admission: admission.clone(),
         })
         .await?;
         // The preflight reading's observations (inventory, engines on GPUs, faults), before
@@ -126,7 +137,11 @@ impl Daemon {
             node.handle(),
             ApiSettings {
                 token: config.api_token.clone(),
-                allowed_binaries: config.allowed_binaries.clone(),
+                admission,
+                guard: crate::api::guard::BrowserGuard {
+                    loopback: config.addr.ip().is_loopback(),
+                    allowed_origins: config.api.allowed_origins.clone(),
+                },
                 version: VERSION.to_string(),
                 gpus: Some(monitor),
             },

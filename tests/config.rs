@@ -441,6 +441,11 @@ fn invalid_values_are_named_with_their_table() {
         ),
         ("allowed_binaries = [3]\n", "allowed_binaries", &[]),
         (
+            "[engines]\nenv_allow = [\"CUDA_*_X\"]\n",
+            "engines.env_allow",
+            &["not a variable name or a prefix ending in '*'"],
+        ),
+        (
             "engine_user = \"llama \"\n",
             "engine_user",
             &["not a user name"],
@@ -493,10 +498,10 @@ fn bad_environment_values_name_the_variable() {
     });
     assert_eq!(config.api_token, None);
     let config = ok(Input {
-        env: &[("LLORCH_API_TOKEN", "s3cret")],
+        env: &[("LLORCH_API_TOKEN", "s3cret-0123456789")],
         ..Input::default()
     });
-    assert_eq!(config.api_token.as_deref(), Some("s3cret"));
+    assert_eq!(config.api_token.as_deref(), Some("s3cret-0123456789"));
 }
 
 #[test]
@@ -538,10 +543,28 @@ fn missing_or_broken_file_names_the_path() {
 }
 
 #[test]
+fn non_loopback_needs_a_token_of_16_characters_or_more() {
+    let with_list = "addr = \"0.0.0.0:9200\"\nallowed_binaries = [\"/opt/llama/bin\"]\n";
+    let error = check_err(
+        Input {
+            file: Some(with_list),
+            env: &[("LLORCH_API_TOKEN", "t")],
+            ..Input::default()
+        },
+        &[
+            "0.0.0.0:9200",
+            "LLORCH_API_TOKEN is 1 character(s)",
+            "at least 16",
+        ],
+    );
+    assert!(matches!(error, ConfigError::WeakToken { chars: 1, .. }));
+}
+
+#[test]
 fn non_loopback_needs_token_and_allow_list() {
     let public = "addr = \"0.0.0.0:9200\"\n";
     let with_list = "addr = \"0.0.0.0:9200\"\nallowed_binaries = [\"/opt/llama/bin\"]\n";
-    let token = [("LLORCH_API_TOKEN", "s3cret")];
+    let token = [("LLORCH_API_TOKEN", "s3cret-0123456789")];
 
     let error = check_err(
         file(public),
@@ -633,7 +656,7 @@ fn printed_config_loads_back_and_hides_the_token() {
              \"llama\"\nstop_engines_on_shutdown = true\n[backoff]\njitter = 0.25\n\
              [backoff.reason_multiplier]\nsignal = 1.5\n",
         ),
-        env: &[("LLORCH_API_TOKEN", "s3cret")],
+        env: &[("LLORCH_API_TOKEN", "s3cret-0123456789")],
         flags: Overrides {
             addr: Some(addr("10.0.0.1:9300")),
             dev: true,
@@ -641,9 +664,9 @@ fn printed_config_loads_back_and_hides_the_token() {
         },
     });
     let printed = config.to_toml();
-    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(!printed.contains("s3cret-0123456789"), "{printed}");
     assert!(printed.contains("API token: set (redacted)"), "{printed}");
-    assert!(!format!("{config:?}").contains("s3cret"));
+    assert!(!format!("{config:?}").contains("s3cret-0123456789"));
     assert!(
         printed.contains("journal_dir = \"/srv/rt/journal\""),
         "{printed}"
@@ -651,7 +674,7 @@ fn printed_config_loads_back_and_hides_the_token() {
 
     let reloaded = ok(Input {
         file: Some(&printed),
-        env: &[("LLORCH_API_TOKEN", "s3cret")],
+        env: &[("LLORCH_API_TOKEN", "s3cret-0123456789")],
         ..Input::default()
     });
     assert_eq!(reloaded, config);
@@ -695,7 +718,7 @@ fn relevant_env_keeps_our_variables_only() {
     };
     let debug = format!("{sources:?}");
     assert!(
-        !debug.contains("s3cret") && !debug.contains("AWS_SECRET"),
+        !debug.contains("s3cret-0123456789") && !debug.contains("AWS_SECRET"),
         "{debug}"
     );
 }

@@ -425,7 +425,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_daemon_keeps_answering() {
     socket.set_recv_buffer_size(4096).unwrap();
     let mut slow = socket.connect(addr).await.unwrap();
     slow.write_all(
-        b"GET /v2/events?since=1 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+        b"GET /v2/events?since=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();

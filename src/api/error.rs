@@ -45,7 +45,7 @@ pub fn status_of(code: &str) -> StatusCode {
     match code {
         "INVALID_REQUEST" => StatusCode::BAD_REQUEST,
         "UNAUTHORIZED" => StatusCode::UNAUTHORIZED,
-        "BINARY_NOT_ALLOWED" => StatusCode::FORBIDDEN,
+        "BINARY_NOT_ALLOWED" | "ORIGIN_NOT_ALLOWED" => StatusCode::FORBIDDEN,
         "POOL_NOT_FOUND" | "LEASE_NOT_FOUND" => StatusCode::NOT_FOUND,
         "POOL_BUSY" | "POOL_DRAINING" => StatusCode::CONFLICT,
         "MODEL_NOT_FOUND" | "INVALID_DEVICE_MASK" => StatusCode::UNPROCESSABLE_ENTITY,
@@ -81,6 +81,11 @@ impl ApiError {
     /// `INVALID_REQUEST` (400).
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new("INVALID_REQUEST", message)
+    }
+
+    /// Its HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// With another status (413 for an oversized body, 404/405 for unknown routes).

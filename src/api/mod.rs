@@ -1,7 +1,8 @@
 //! The HTTP API (SPEC section 5): routes, authentication, body limits.
 //!
-//! Owns: the routes and their JSON shapes, the bearer-token check, the allow-list of engine
-//! binaries (checked before a preload reaches the core).
+//! Owns: the routes and their JSON shapes, the bearer-token check, the checks that keep web
+//! pages out (`guard.rs`: `Origin`, `Host`, `Content-Type`), the admission of a preload's
+//! engine (binary and environment, before it reaches the core).
 //! Never: touches the journal or processes directly: commands go to the node actor through
 //! its handle, reads come from the published registry (so readers never wait on the actor).
 //!
@@ -20,11 +21,11 @@
 mod error;
 mod events;
 mod gpus;
+pub mod guard;
 mod openapi;
 mod pools;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -34,6 +35,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+
+use crate::supervisor::admission::Admission;
 
 use crate::gpu::GpuMonitor;
 use crate::node::NodeHandle;
@@ -50,7 +53,8 @@ pub struct ApiState {
 struct ApiInner {
     node: NodeHandle,
     token: Option<String>,
-    allowed_binaries: Vec<PathBuf>,
+    admission: Arc<Admission>,
+    guard: guard::BrowserGuard,
     version: String,
     gpus: Option<GpuMonitor>,
 }
@@ -60,8 +64,10 @@ struct ApiInner {
 pub struct ApiSettings {
     /// `LLORCH_API_TOKEN`: when set, every route but `GET /health` needs it.
     pub token: Option<String>,
-    /// Engine binaries allowed (paths or directory prefixes); empty = any.
-    pub allowed_binaries: Vec<PathBuf>,
+    /// What may be started (`allowed_binaries`, `[engines] env_allow`).
+    pub admission: Arc<Admission>,
+    /// `Origin`, `Host` and `Content-Type` checks ([`guard`]).
+    pub guard: guard::BrowserGuard,
     /// The daemon's version for `/health`.
     pub version: String,
     /// The live GPU view (`GET /v2/gpus`, `/health`'s `gpu`); `None`: the start-up verdict
@@ -76,7 +82,8 @@ impl ApiState {
             inner: Arc::new(ApiInner {
                 node,
                 token: settings.token.filter(|t| !t.is_empty()),
-                allowed_binaries: settings.allowed_binaries,
+                admission: settings.admission,
+                guard: settings.guard,
                 version: settings.version,
                 gpus: settings.gpus,
             }),
@@ -91,43 +98,13 @@ impl ApiState {
         self.inner.gpus.as_ref()
     }
 
-    /// `Err(BINARY_NOT_ALLOWED)` unless `binary` is allowed.
-    pub(crate) fn check_binary(&self, binary: &str) -> Result<(), ApiError> {
-        if self.inner.allowed_binaries.is_empty() {
-            return Ok(());
-        }
-        let path = std::path::Path::new(binary);
-        if !path.is_absolute()
-            || path
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
-            return Err(ApiError::new(
-                "BINARY_NOT_ALLOWED",
-                format!("binary_path '{binary}' must be an absolute path without '..' when allowed_binaries is set"),
-            ));
-        }
-        if self
-            .inner
-            .allowed_binaries
-            .iter()
-            .any(|allowed| path.starts_with(allowed))
-        {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                "BINARY_NOT_ALLOWED",
-                format!(
-                    "binary_path '{binary}' is not under allowed_binaries ({}); add it to the config or use an allowed engine",
-                    self.inner
-                        .allowed_binaries
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ))
-        }
+    /// `Err(BINARY_NOT_ALLOWED)` unless the engine's binary is allowed (symlinks resolved),
+    /// `Err(INVALID_REQUEST)` naming an `env{}` key that is a hook or not in `env_allow`.
+    pub(crate) fn check_engine(&self, engine: &pool_core::PreparedEngine) -> Result<(), ApiError> {
+        self.inner
+            .admission
+            .check(engine)
+            .map_err(|refused| ApiError::new(refused.code, refused.message))
     }
 }
 
@@ -165,6 +142,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(pools)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard_request))
         .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
         .with_state(state)
 }
@@ -180,6 +158,14 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::invalid(format!("method {method} is not allowed on {}", uri.path()))
         .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// The [`guard`] checks, before anything else (authentication included).
+async fn guard_request(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    match state.inner.guard.check(request.method(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Bearer-token check (constant-time) when a token is configured.

@@ -351,9 +351,9 @@ pub(super) struct PreloadAccepted {
     responses(
         (status = 200, description = "The engine is ready", body = PreloadReady),
         (status = 202, description = "`?wait=false`: accepted; the engine starts in the background", body = PreloadAccepted),
-        (status = 400, description = "`INVALID_REQUEST`: a bad pool id, query or body (the error names the field)", body = ApiErrorBody),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id, query or body (the error names the field), or a `prepared.env` key that is a loader or shell hook or not in `[engines] env_allow` (the error names the key)", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
-        (status = 403, description = "`BINARY_NOT_ALLOWED`: `prepared.binary_path` is not under `allowed_binaries`", body = ApiErrorBody),
+        (status = 403, description = "`BINARY_NOT_ALLOWED`: `prepared.binary_path`, with its symlinks resolved, is not under `allowed_binaries`", body = ApiErrorBody),
         (status = 409, description = "`POOL_BUSY`, `POOL_DRAINING`", body = ApiErrorBody),
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`INVALID_DEVICE_MASK`, `MODEL_NOT_FOUND`", body = ApiErrorBody),
@@ -371,7 +371,7 @@ pub(super) async fn preload(
     let Query(query) =
         query.map_err(|e| ApiError::invalid(format!("query: {e} (wait=true|false)")))?;
     let wait = query.wait.unwrap_or(true);
-    if let Err(refused) = state.check_binary(&body.prepared.binary_path) {
+    if let Err(refused) = state.check_engine(&body.prepared) {
         // A known pool records the refusal as its last error.
         let _ = state
             .node()

@@ -392,6 +392,9 @@ pub struct NodeSettings {
     pub placement_check: Option<crate::gpu::placement::PlacementCheck>,
     /// `[gpu] allow_sharing`: two pools may claim the same GPU.
     pub allow_gpu_sharing: bool,
+    /// What may be started (`allowed_binaries`, `[engines] env_allow`), checked again before
+    /// every spawn.
+    pub admission: Arc<crate::supervisor::admission::Admission>,
 }
 
 /// What start-up found.
@@ -477,6 +480,7 @@ impl Node {
             settings.clock.clone(),
         );
         supervisor_settings.run_as = settings.run_as;
+        supervisor_settings.admission = settings.admission.clone();
         supervisor_settings.placement = settings.placement_check.clone();
         let supervisor = Supervisor::new(
             supervisor_settings,

@@ -24,8 +24,9 @@
 //! Submodules: [`process`] (spawn, signals, `/proc`, pidfd, exit classification), [`probe`]
 //! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging),
 //! [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`handoff`] (engines started
-//! by someone else).
+//! by someone else), [`admission`] (what may be started, checked before every spawn).
 
+pub mod admission;
 pub mod files;
 pub mod handoff;
 pub mod logwatch;
@@ -73,6 +74,9 @@ pub struct SupervisorSettings {
     /// is reported healthy, and watch its log for "no usable GPU" lines (`CPU_SPILLOVER`).
     /// `None` (the default, and a `--dev` node): readiness is the health check alone.
     pub placement: Option<PlacementCheck>,
+    /// What may be started, checked again before every spawn (default: any binary, the
+    /// default environment allow-list).
+    pub admission: Arc<admission::Admission>,
 }
 
 impl SupervisorSettings {
@@ -89,6 +93,7 @@ impl SupervisorSettings {
             passed_env,
             run_as: None,
             placement: None,
+            admission: Arc::new(admission::Admission::permissive()),
         }
     }
 }
@@ -413,6 +418,17 @@ impl PoolWorker {
         self.health = None;
         self.probe = None;
         self.kill_leftover(engine).await;
+        if let Err(refused) = self.shared.settings.admission.check(engine) {
+            let reason = format!("{}: {}", refused.code, refused.message);
+            tracing::warn!(pool_id = %self.pool_id, "engine not started: {reason}");
+            let observation = Observation::SpawnFailed {
+                pool_id: self.pool_id.clone(),
+                token,
+                reason,
+            };
+            self.shared.report(cause, observation).await;
+            return;
+        }
         let pool = self.pool_id.as_str();
         let log_path = self.dirs().log_path(pool);
         // The log watcher starts where this start's header will be written.

@@ -17,6 +17,8 @@ use std::process::Stdio;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use pool_core::{ExitReason, PreparedEngine};
+
+use super::admission;
 use tokio::io::unix::AsyncFd;
 
 /// Environment variables passed through from the daemon to every engine (SPEC section 6);
@@ -144,11 +146,14 @@ pub fn spawn(
         .append(true)
         .open(log_path)
         .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", log_path.display())))?;
+    // Every caller-given string is escaped: a raw newline in a flag must not become a line
+    // of its own in the log (a shell reading the log would run it).
+    let flags: Vec<String> = engine.flags.iter().map(|f| admission::escape(f)).collect();
     writeln!(
         log,
         "{LOG_HEADER_PREFIX} starting {} {} (attempt {attempt}, at {}) ====",
-        engine.binary_path,
-        engine.flags.join(" "),
+        admission::escape(&engine.binary_path),
+        flags.join(" "),
         crate::table::format_ts_ms(now_ms),
     )?;
     let stderr: File = log.try_clone()?;
