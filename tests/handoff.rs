@@ -358,3 +358,62 @@ async fn the_handoff_route_validates_probes_and_registers() {
     h.stop().await;
     drop(engine);
 }
+
+/// A handoff may name any pid: the daemon watches it, but signals it only once it is proven
+/// to be the engine (it listens on the handoff's port). An unrelated process leading its own
+/// process group, named by a handoff whose URL is a real engine's, survives the pool's
+/// removal; a handoff naming the engine's real pid gets that engine stopped.
+#[tokio::test]
+async fn a_handoff_pid_is_signalled_only_when_proven_to_be_the_engine() {
+    use std::os::unix::process::CommandExt as _;
+    let h = Harness::start_for_handoffs().await;
+    let engine = External::start(4).await;
+    let mut victim = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut doc = handoff_doc("victim", &engine);
+    doc["slots_total"] = json!(4);
+    doc["pid"] = json!(victim.id());
+    let (status, answer) = h.post("/v2/pools/victim/handoff", doc).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = h
+        .call(reqwest::Method::DELETE, "/v2/pools/victim", None)
+        .await;
+    assert!(status < 300, "{status} {answer}");
+    let deadline = Instant::now() + WAIT;
+    while h.get("/v2/pools/victim").await.0 != 404 {
+        assert!(Instant::now() < deadline, "the pool was not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        harness::pid_alive(u64::from(victim.id())),
+        "the unrelated process named by the handoff was signalled"
+    );
+    assert!(
+        harness::pid_alive(u64::from(engine.pid())),
+        "nor the engine"
+    );
+
+    let mut doc = handoff_doc("real", &engine);
+    doc["slots_total"] = json!(4);
+    let (status, answer) = h.post("/v2/pools/real/handoff", doc).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = h
+        .call(reqwest::Method::DELETE, "/v2/pools/real", None)
+        .await;
+    assert!(status < 300, "{status} {answer}");
+    let deadline = Instant::now() + WAIT;
+    while harness::pid_alive(u64::from(engine.pid())) {
+        assert!(
+            Instant::now() < deadline,
+            "the proven engine was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = victim.kill();
+    let _ = victim.wait();
+    h.stop().await;
+    drop(engine);
+}

@@ -32,6 +32,7 @@ pub mod handoff;
 pub mod logwatch;
 pub mod probe;
 pub mod process;
+pub mod proof;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -216,6 +217,9 @@ struct Engine {
     /// The first "no usable GPU" line its log showed while a GPU is required (the health
     /// wait then leaves the report to the log watcher).
     spilled: Spilled,
+    /// Spawned by this daemon in its life (its child): signalled without a proof. An engine
+    /// handed off or adopted is signalled only once [`proof::prove`] holds.
+    ours: bool,
 }
 
 /// The first GPU fault line the log watcher found, shared with the exit watcher.
@@ -578,7 +582,7 @@ impl PoolWorker {
         let mut child = spawned.child;
         // The memory cgroup's OOM-kill count before, to tell a host OOM kill at exit.
         let oom = process::oom_kill_counter(spawned.pid);
-        self.watch_exit(cause, spawned.pid, at, gate, spawned_at_ms, async move {
+        let mut engine = self.watch_exit(cause, spawned.pid, at, gate, spawned_at_ms, async move {
             let mut info = match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt as _;
@@ -594,7 +598,9 @@ impl PoolWorker {
                 info.oom_killed = process::read_oom_kills(&file).is_some_and(|now| now > before);
             }
             info
-        })
+        });
+        engine.ours = true;
+        engine
     }
 
     /// Watches an engine we did not spawn in this daemon's life (adopted or handed off)
@@ -733,6 +739,7 @@ impl PoolWorker {
             killed,
             spawned_at_ms,
             spilled,
+            ours: false,
         }
     }
 
@@ -900,23 +907,19 @@ impl PoolWorker {
     async fn stop(&mut self, cause: u64, pid: u32, grace_ms: u64, reason: &StopReason) {
         self.health = None;
         self.probe = None;
-        let (mut exited, killed) = match &self.engine {
-            Some(engine) if engine.pid == pid => {
-                engine.stopping.store(true, Ordering::SeqCst);
-                (engine.exited.clone(), engine.killed.clone())
+        if self.engine.as_ref().is_none_or(|e| e.pid != pid) {
+            // Not watched yet (an engine adopted and stopped at once): watch it now.
+            self.watch_foreign(cause, pid);
+        }
+        let Some(engine) = &self.engine else { return };
+        engine.stopping.store(true, Ordering::SeqCst);
+        let (mut exited, killed, ours) =
+            (engine.exited.clone(), engine.killed.clone(), engine.ours);
+        if !ours {
+            if let Err(why) = self.prove(pid) {
+                return self.forget(cause, pid, &why).await;
             }
-            _ => {
-                // Not watched yet (an engine adopted and stopped at once): watch it now.
-                self.watch_foreign(cause, pid);
-                match &self.engine {
-                    Some(engine) => {
-                        engine.stopping.store(true, Ordering::SeqCst);
-                        (engine.exited.clone(), engine.killed.clone())
-                    }
-                    None => return,
-                }
-            }
-        };
+        }
         tracing::info!(pool_id = %self.pool_id, pid, grace_ms, ?reason, "stopping engine");
         let first = if grace_ms == 0 {
             killed.store(true, Ordering::SeqCst);
@@ -925,7 +928,7 @@ impl PoolWorker {
             Signal::SIGTERM
         };
         let mut graceful = grace_ms > 0;
-        match process::signal_group(pid, first) {
+        match process::signal_engine(pid, first) {
             Ok(_) => {}
             Err(e) => tracing::warn!(pool_id = %self.pool_id, pid, "cannot signal the engine: {e}"),
         }
@@ -934,7 +937,12 @@ impl PoolWorker {
             graceful = false;
             killed.store(true, Ordering::SeqCst);
             tracing::warn!(pool_id = %self.pool_id, pid, grace_ms, "engine did not stop within its grace period: SIGKILL");
-            let _ = process::signal_group(pid, Signal::SIGKILL);
+            if !ours {
+                if let Err(why) = self.prove(pid) {
+                    return self.forget(cause, pid, &why).await;
+                }
+            }
+            let _ = process::signal_engine(pid, Signal::SIGKILL);
             if !wait_exit(&mut exited, KILL_WAIT_MS).await {
                 tracing::error!(pool_id = %self.pool_id, pid, "engine still present {KILL_WAIT_MS} ms after SIGKILL (uninterruptible sleep?)");
             }
@@ -946,6 +954,52 @@ impl PoolWorker {
                     pool_id: self.pool_id.clone(),
                     pid,
                     graceful,
+                },
+            )
+            .await;
+    }
+}
+
+impl PoolWorker {
+    /// [`proof::prove`] for this pool's engine `pid`, with what the registry knows of it.
+    fn prove(&self, pid: u32) -> Result<(), String> {
+        let published = self.shared.registry.load();
+        let state = &published.state;
+        let pool = state.pool(self.pool_id.as_str());
+        let claim = proof::Claim {
+            port: pool.and_then(|p| {
+                p.engine
+                    .as_ref()
+                    .map(|e| e.port)
+                    .or_else(|| p.handoff.as_ref().and_then(|h| proof::url_port(&h.url)))
+            }),
+            start_time: pool.and_then(|p| p.process.as_ref()).map(|p| p.start_time),
+            other_pools: state
+                .pools
+                .values()
+                .filter(|p| p.id != self.pool_id)
+                .filter_map(|p| p.process.as_ref().map(|process| process.pid))
+                .collect(),
+        };
+        proof::prove(pid, &claim)
+    }
+
+    /// The stop of an engine that cannot be proven to be this pool's: nothing is signalled,
+    /// the pool lets it go (reported stopped), and the log says so.
+    async fn forget(&mut self, cause: u64, pid: u32, why: &str) {
+        tracing::warn!(
+            pool_id = %self.pool_id,
+            pid,
+            "not signalling pid {pid}: {why}; the pool forgets it and the process is left as it is (stop it yourself if it is the engine)"
+        );
+        self.engine = None;
+        self.shared
+            .report(
+                cause,
+                Observation::EngineStopped {
+                    pool_id: self.pool_id.clone(),
+                    pid,
+                    graceful: false,
                 },
             )
             .await;

@@ -213,6 +213,26 @@ pub fn signal_group(pid: u32, signal: Signal) -> io::Result<bool> {
     }
 }
 
+/// Sends `signal` to the process group `pid` leads (our engines lead their own), or to `pid`
+/// alone when it leads none (an engine someone else started inside a group of theirs).
+/// `Ok(false)` when the process no longer exists.
+pub fn signal_engine(pid: u32, signal: Signal) -> io::Result<bool> {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Ok(false);
+    };
+    match nix::unistd::getpgid(Some(Pid::from_raw(raw))) {
+        Ok(group) if group.as_raw() == raw => signal_group(pid, signal),
+        Ok(_) if raw > 1 => match nix::sys::signal::kill(Pid::from_raw(raw), signal) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::ESRCH) => Ok(false),
+            Err(e) => Err(io::Error::from(e)),
+        },
+        Ok(_) => Err(io::Error::other(format!("refusing to signal pid {pid}"))),
+        Err(nix::errno::Errno::ESRCH) => Ok(false),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
 /// `/proc/<pid>/stat` field 22: the start time in clock ticks since boot. `None` when the
 /// process does not exist.
 pub fn start_time(pid: u32) -> Option<u64> {
