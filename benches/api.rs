@@ -470,6 +470,8 @@ fn start_bench(root: &Path, pools: usize, engines: &Arc<Engines>) -> (Bench, Val
         runtime_dir: data_dir.join("runtime"),
         journal_dir: data_dir.join("journal"),
         require_gpu: false,
+        // As `--dev` does: a root bench machine runs engines as root.
+        allow_root_engines: true,
         stop_engines_on_shutdown: true,
         ..Config::default()
     };

@@ -53,6 +53,8 @@ async fn run(rounds: u64) {
         runtime_dir: dir.path().join("runtime"),
         journal_dir: dir.path().join("journal"),
         require_gpu: false,
+        // As `--dev` does: a root test machine runs engines as root.
+        allow_root_engines: true,
         stop_engines_on_shutdown: true,
         ..Config::default()
     };

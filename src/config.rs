@@ -109,6 +109,8 @@ runtime_dir = ".runtime"            # logs/, pids/, engines/ (handoff files);
 require_gpu = true                  # --dev sets false
 allowed_binaries = []               # absolute paths or directory prefixes; [] = any, loopback only
 engine_user = ""                    # when running as root: user the engines run as
+allow_root_engines = false          # as root without engine_user: true lets engines run as
+                                    # root; false refuses every start (SPAWN_FAILED). --dev sets true
 stop_engines_on_shutdown = false    # false: engines outlive the daemon, which adopts them again
                                     # when it restarts; true: stopping the daemon stops them
 
@@ -197,6 +199,9 @@ pub struct Config {
     pub allowed_binaries: Vec<PathBuf>,
     /// When the daemon runs as root: the user the engines run as (empty: none given).
     pub engine_user: String,
+    /// As root without `engine_user`: let engines run as root. False (the default) refuses
+    /// every start with `SPAWN_FAILED` naming `engine_user`; `--dev` sets it.
+    pub allow_root_engines: bool,
     /// Bearer token every route but `GET /health` needs; from [`ENV_API_TOKEN`] only.
     /// Redacted from `Debug` and [`Config::to_toml`].
     pub api_token: Option<String>,
@@ -555,6 +560,7 @@ struct FileConfig {
     require_gpu: bool,
     allowed_binaries: Vec<PathBuf>,
     engine_user: String,
+    allow_root_engines: bool,
     stop_engines_on_shutdown: bool,
     health: HealthPolicy,
     stop: StopPolicy,
@@ -576,6 +582,7 @@ impl Default for FileConfig {
             require_gpu: true,
             allowed_binaries: Vec::new(),
             engine_user: String::new(),
+            allow_root_engines: false,
             stop_engines_on_shutdown: false,
             health: HealthPolicy::default(),
             stop: StopPolicy::default(),
@@ -606,6 +613,7 @@ impl fmt::Debug for Config {
             .field("require_gpu", &self.require_gpu)
             .field("allowed_binaries", &self.allowed_binaries)
             .field("engine_user", &self.engine_user)
+            .field("allow_root_engines", &self.allow_root_engines)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("stop_engines_on_shutdown", &self.stop_engines_on_shutdown)
             .field("health", &self.health)
@@ -667,6 +675,7 @@ impl Config {
         }
         if flags.dev {
             config.require_gpu = false;
+            config.allow_root_engines = true;
         }
         if flags.stop_engines_on_shutdown {
             config.stop_engines_on_shutdown = true;
@@ -741,6 +750,7 @@ impl Config {
             require_gpu: self.require_gpu,
             allowed_binaries: self.allowed_binaries.iter().map(|p| lossy(p)).collect(),
             engine_user: self.engine_user.clone(),
+            allow_root_engines: self.allow_root_engines,
             stop_engines_on_shutdown: self.stop_engines_on_shutdown,
             health: self.health.clone(),
             stop: self.stop.clone(),
@@ -782,6 +792,7 @@ impl Config {
             require_gpu: file.require_gpu,
             allowed_binaries: file.allowed_binaries,
             engine_user: file.engine_user,
+            allow_root_engines: file.allow_root_engines,
             api_token,
             stop_engines_on_shutdown: file.stop_engines_on_shutdown,
             health: file.health,

@@ -78,9 +78,14 @@ impl Daemon {
             None => tracing::info!(gpus = %source, count = gpu.count, "GPUs found"),
         }
         let run_as = crate::supervisor::process::resolve_engine_user(&config.engine_user)?;
-        if run_as.is_none() && nix::unistd::geteuid().is_root() {
+        let root_engines = run_as.is_none() && nix::unistd::geteuid().is_root();
+        if root_engines && config.allow_root_engines {
             tracing::warn!(
-                "running as root with no engine_user: engines run as root; set engine_user"
+                "running as root with no engine_user: engines run as root (allow_root_engines); set engine_user"
+            );
+        } else if root_engines {
+            tracing::warn!(
+                "running as root with no engine_user: every engine start is refused (SPAWN_FAILED); set engine_user, or allow_root_engines = true"
             );
         }
         let listener = TcpListener::bind(config.addr).await.with_context(|| {
@@ -90,10 +95,14 @@ impl Daemon {
             )
         })?;
         let addr = listener.local_addr()?;
-        let admission = Arc::new(crate::supervisor::admission::Admission::new(
+        let mut admission = crate::supervisor::admission::Admission::new(
             config.allowed_binaries.clone(),
             config.engines.env_allow.clone(),
-        ));
+        );
+        if root_engines && !config.allow_root_engines {
+            admission = admission.refusing_root_engines();
+        }
+        let admission = Arc::new(admission);
         if admission.any_binary() {
             tracing::warn!(
                 addr = %config.addr,

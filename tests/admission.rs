@@ -205,3 +205,34 @@ async fn web_pages_cannot_drive_the_api() {
     assert_eq!(status, 200, "a listed origin passes: {answer}");
     h.stop().await;
 }
+
+/// As root with no `engine_user`, an engine would run as root: every start is refused unless
+/// `allow_root_engines` says otherwise (`--dev` and `demo` do).
+#[tokio::test]
+async fn a_root_daemon_without_engine_user_refuses_to_start_engines() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI=true: this test needs root (CI runs as root)"
+        );
+        eprintln!("skipped: not root, so no engine could run as root");
+        return;
+    }
+    let h = Harness::start_with(|c| c.allow_root_engines = false).await;
+    let body = engine_sim_preload("root", None, &[]);
+    let (status, answer) = h.post("/v2/pools/root/preload", body).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (500, Some("SPAWN_FAILED")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("engine_user"),
+        "{answer}"
+    );
+    assert!(
+        !h.runtime().join("logs/root.log").exists(),
+        "nothing was started"
+    );
+    h.stop().await;
+}

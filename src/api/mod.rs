@@ -103,7 +103,7 @@ impl ApiState {
     pub(crate) fn check_engine(&self, engine: &pool_core::PreparedEngine) -> Result<(), ApiError> {
         self.inner
             .admission
-            .check(engine)
+            .check_request(engine)
             .map_err(|refused| ApiError::new(refused.code, refused.message))
     }
 }

@@ -143,6 +143,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         runtime_dir: dir.path().join("runtime"),
         journal_dir: dir.path().join("runtime/journal"),
         require_gpu: false,
+        // As `--dev` does: a root test machine runs engines as root.
+        allow_root_engines: true,
         ..Config::default()
     };
     config.health.preload_timeout_ms = 15_000;

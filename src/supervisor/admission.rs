@@ -16,6 +16,8 @@ use pool_core::PreparedEngine;
 pub const BINARY_NOT_ALLOWED: &str = "BINARY_NOT_ALLOWED";
 /// The error code of a refused environment variable (400).
 pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
+/// The error code of a start refused for the user it would run as (500).
+pub const SPAWN_FAILED: &str = "SPAWN_FAILED";
 
 /// `[engines] env_allow` by default: the variables inference engines read. A pattern ending
 /// in `*` is a prefix; any other is a whole name.
@@ -72,6 +74,9 @@ pub struct Refusal {
 pub struct Admission {
     allowed_binaries: Vec<PathBuf>,
     env_allow: Vec<String>,
+    /// Every start refused with this (a root daemon without `engine_user` nor
+    /// `allow_root_engines`).
+    refuse_all: Option<Refusal>,
 }
 
 fn matches(pattern: &str, key: &str) -> bool {
@@ -88,6 +93,22 @@ impl Admission {
         Admission {
             allowed_binaries,
             env_allow,
+            refuse_all: None,
+        }
+    }
+
+    /// The same lists, refusing every start: the daemon runs as root with no `engine_user`
+    /// and `allow_root_engines` is false.
+    pub fn refusing_root_engines(self) -> Admission {
+        Admission {
+            refuse_all: Some(Refusal {
+                code: SPAWN_FAILED,
+                message: "the pool manager runs as root and no engine_user is set, so the \
+                          engine would run as root: set engine_user to the user engines run \
+                          as (or allow_root_engines = true to accept root engines)"
+                    .into(),
+            }),
+            ..self
         }
     }
 
@@ -104,8 +125,16 @@ impl Admission {
         self.allowed_binaries.is_empty()
     }
 
-    /// Both checks, binary first.
+    /// Before a spawn: the refusal of every start (when set), then [`Self::check_request`].
     pub fn check(&self, engine: &PreparedEngine) -> Result<(), Refusal> {
+        if let Some(refusal) = &self.refuse_all {
+            return Err(refusal.clone());
+        }
+        self.check_request(engine)
+    }
+
+    /// When a request brings an engine: the binary, then the environment.
+    pub fn check_request(&self, engine: &PreparedEngine) -> Result<(), Refusal> {
         self.check_binary(&engine.binary_path)?;
         self.check_env(engine.env.keys().map(String::as_str))
     }

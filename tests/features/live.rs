@@ -72,6 +72,8 @@ impl DaemonSetup {
                 .parse()
                 .unwrap_or_else(|e| panic!("loopback address: {e}")),
             require_gpu: false,
+            // As `--dev` does: a root test machine runs engines as root.
+            allow_root_engines: true,
             ..Config::default()
         };
         config.health.preload_interval_ms = 25;

@@ -32,6 +32,8 @@ pub fn config(dir: &Path) -> Config {
         runtime_dir: dir.join("runtime"),
         journal_dir: dir.join("journal"),
         require_gpu: false,
+        // As `--dev` does: a root test machine runs engines as root.
+        allow_root_engines: true,
         stop_engines_on_shutdown: true,
         ..Config::default()
     };
