@@ -417,3 +417,48 @@ async fn a_handoff_pid_is_signalled_only_when_proven_to_be_the_engine() {
     h.stop().await;
     drop(engine);
 }
+
+/// A handoff URL is where the daemon sends its probes: only `http://HOST:PORT` of this node
+/// is taken (no user, path, query or fragment, no foreign host), and the refusal says why
+/// without asking the remote anything.
+#[tokio::test]
+async fn a_handoff_url_cannot_send_probes_elsewhere() {
+    let h = Harness::start_for_handoffs().await;
+    let engine = External::start(4).await;
+    let port = engine.port;
+    for url in [
+        format!("http://user:secret@127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}/admin?x=1"),
+        format!("http://127.0.0.1:{port}/#frag"),
+        format!("https://127.0.0.1:{port}"),
+        "http://192.0.2.7:80".to_string(),
+        format!("http://example.invalid:{port}"),
+    ] {
+        let mut doc = handoff_doc("far", &engine);
+        doc["slots_total"] = json!(4);
+        doc["url"] = json!(url);
+        let (status, answer) = h.post("/v2/pools/far/handoff", doc).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("INVALID_REQUEST")),
+            "{url}: {answer}"
+        );
+        assert!(
+            answer["error"].as_str().unwrap().contains("'url'"),
+            "{url}: {answer}"
+        );
+    }
+    assert_eq!(
+        h.get("/v2/pools/far").await.0,
+        404,
+        "no pool from a refused url"
+    );
+    // The same engine named as this node's: taken.
+    let mut doc = handoff_doc("near", &engine);
+    doc["slots_total"] = json!(4);
+    doc["url"] = json!(format!("http://localhost:{port}/"));
+    let (status, answer) = h.post("/v2/pools/near/handoff", doc).await;
+    assert_eq!(status, 200, "{answer}");
+    h.stop().await;
+    drop(engine);
+}

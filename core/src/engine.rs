@@ -327,6 +327,9 @@ impl Handoff {
         if self.url.trim().is_empty() {
             return bad("url", "empty");
         }
+        if let Err(why) = handoff_url_host_port(&self.url) {
+            return bad("url", why);
+        }
         if self.slots_total == 0 || self.slots_total > SLOTS_MAX {
             return bad("slots_total", "must be 1..=4096");
         }
@@ -343,6 +346,38 @@ impl Handoff {
         }
         Ok(())
     }
+}
+
+/// The host and port of a handoff URL, which must be `http://HOST:PORT` (a trailing `/`
+/// allowed) with HOST an IP address (`[...]` for IPv6) or a host name: the daemon probes
+/// `{url}/health` and nothing else, so no user, path, query or fragment is taken. (Whether
+/// HOST is this node's is the shell's check, for handoffs that come from outside.)
+pub fn handoff_url_host_port(url: &str) -> Result<(&str, u16), &'static str> {
+    const SHAPE: &str = "must be http://HOST:PORT, HOST an IP address of this node or \
+                         localhost, with no user, path, query or fragment";
+    let is_name = |host: &str| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    let rest = url.strip_prefix("http://").ok_or(SHAPE)?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(SHAPE);
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, port) = v6.split_once("]:").ok_or(SHAPE)?;
+        (host, port)
+    } else {
+        authority.rsplit_once(':').ok_or(SHAPE)?
+    };
+    let port: u16 = port.parse().map_err(|_| SHAPE)?;
+    let is_ip = host.parse::<core::net::IpAddr>().is_ok();
+    if port == 0 || !(is_ip || is_name(host)) {
+        return Err(SHAPE);
+    }
+    Ok((host, port))
 }
 
 /// One GPU of the node's inventory (SPEC section 10).
@@ -365,6 +400,31 @@ pub struct GpuInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handoff_urls_name_a_host_and_port_only() {
+        assert_eq!(
+            handoff_url_host_port("http://127.0.0.1:8080"),
+            Ok(("127.0.0.1", 8080))
+        );
+        assert_eq!(handoff_url_host_port("http://[::1]:9/"), Ok(("::1", 9)));
+        assert_eq!(
+            handoff_url_host_port("http://gpu-node-1.local:80"),
+            Ok(("gpu-node-1.local", 80))
+        );
+        for bad in [
+            "https://127.0.0.1:1",
+            "http://127.0.0.1",
+            "http://127.0.0.1:0",
+            "http://u:p@127.0.0.1:1",
+            "http://127.0.0.1:1/health",
+            "http://127.0.0.1:1?x",
+            "http://127.0.0.1:1#x",
+            "http://bad host:1",
+        ] {
+            assert!(handoff_url_host_port(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn tensor_split_json_and_bincode() {

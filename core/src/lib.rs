@@ -53,7 +53,8 @@ pub use command::{Command, Context, Input, Observation};
 pub use decide::{decide, tail as tail_text};
 pub use effect::{effects, resume_effects, Effect, Timer};
 pub use engine::{
-    mask_tokens, GpuInfo, Handoff, HandoffModel, PreparedEngine, TensorSplit, SLOTS_MAX,
+    handoff_url_host_port, mask_tokens, GpuInfo, Handoff, HandoffModel, PreparedEngine,
+    TensorSplit, SLOTS_MAX,
 };
 pub use event::{
     DrainOutcome, Event, ExitReason, Fact, FailureClass, ReloadStage, Scope, Stamp, StartFailure,

@@ -879,6 +879,8 @@ pub(super) async fn register_handoff(
             handoff.pool_id
         )));
     }
+    watcher::check_local(&handoff)
+        .map_err(|(field, why)| ApiError::invalid(format!("field '{field}': {why}")))?;
     if let Err(why) = watcher::probe_health(&watcher::probe_client(), &handoff.url).await {
         return Err(ApiError::new(
             "POOL_UNREADY",

@@ -27,9 +27,33 @@ pub const HANDOFF_FILE_MAX_BYTES: u64 = 64 * 1024;
 /// The time limit of the health probe of a handed-off engine.
 pub const HANDOFF_PROBE_TIMEOUT_MS: u64 = 2_000;
 
+/// `Err((field, reason))` unless the handoff's URL names an address of this node: checked
+/// before any probe, for a file and for `POST .../handoff` alike.
+pub fn check_local(handoff: &Handoff) -> Result<(), (String, String)> {
+    let (host, _) = pool_core::handoff_url_host_port(&handoff.url)
+        .map_err(|why| ("url".to_string(), why.to_string()))?;
+    if is_node_address(host) {
+        Ok(())
+    } else {
+        Err((
+            "url".into(),
+            format!(
+                "{host} is not an address of this node: a handoff names an engine running \
+                 here (loopback, or an address the node holds)"
+            ),
+        ))
+    }
+}
+
 /// Whether the engine at `url` answers `GET {url}/health` with 200 within
-/// [`HANDOFF_PROBE_TIMEOUT_MS`]; `Err` says what it answered instead (503 loading, refused).
+/// [`HANDOFF_PROBE_TIMEOUT_MS`]. The URL must name an address of this node (loopback, or one
+/// the node can bind): a handoff is not a way to send requests elsewhere. `Err` says what was
+/// refused or that no 200 came, never what a remote answered.
 pub async fn probe_health(client: &reqwest::Client, url: &str) -> Result<(), String> {
+    let (host, _) = pool_core::handoff_url_host_port(url).map_err(|why| format!("url {why}"))?;
+    if !is_node_address(host) {
+        return Err(format!("url: {host} is not an address of this node"));
+    }
     let target = format!("{}/health", url.trim_end_matches('/'));
     match client
         .get(&target)
@@ -38,15 +62,35 @@ pub async fn probe_health(client: &reqwest::Client, url: &str) -> Result<(), Str
         .await
     {
         Ok(response) if response.status().as_u16() == 200 => Ok(()),
-        Ok(response) => Err(format!("GET {target} answered {}", response.status())),
-        Err(e) => Err(format!("GET {target} failed: {e}")),
+        Ok(_) => Err(format!("GET {target} did not answer 200")),
+        Err(e) if e.is_connect() => Err(format!("GET {target}: nothing listens there")),
+        Err(e) if e.is_timeout() => Err(format!(
+            "GET {target}: no answer within {HANDOFF_PROBE_TIMEOUT_MS} ms"
+        )),
+        Err(_) => Err(format!("GET {target} failed")),
     }
 }
 
-/// A client for handoff probes (no proxy: engines are local).
+/// `localhost`, a loopback address, or an address this node holds (one it can bind).
+pub fn is_node_address(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    ip.is_loopback()
+        || (!ip.is_unspecified()
+            && !ip.is_multicast()
+            && std::net::UdpSocket::bind((ip, 0)).is_ok())
+}
+
+/// A client for handoff probes (no proxy: engines are local; no redirect: only the named
+/// engine is asked).
 pub fn probe_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
         .timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
         .build()
@@ -163,29 +207,35 @@ impl Watcher {
         self.waiting.retain(|path, _| present.contains(path));
     }
 
+    /// Records `file` as an invalid handoff (`field`: `reason`).
+    async fn reject(&self, file: String, field: String, reason: String) -> Outcome {
+        tracing::warn!(file = %file, field = %field, "invalid handoff file: {reason}");
+        let invalid = Observation::HandoffInvalid {
+            file: file.clone(),
+            field,
+            reason,
+        };
+        match self.node.submit(invalid).await {
+            Ok(_) => Outcome::Handled,
+            Err(e) => {
+                tracing::warn!(file = %file, "cannot record the invalid handoff: {e}");
+                Outcome::Retry
+            }
+        }
+    }
+
     async fn handle(&self, path: &Path, len: u64, first_try: bool) -> Outcome {
         let file = path.display().to_string();
         let handoff = match read_handoff(path, len, &self.dirs) {
             Ok(handoff) => handoff,
-            Err((field, reason)) => {
-                tracing::warn!(file = %file, field = %field, "invalid handoff file: {reason}");
-                let invalid = Observation::HandoffInvalid {
-                    file: file.clone(),
-                    field,
-                    reason,
-                };
-                return match self.node.submit(invalid).await {
-                    Ok(_) => Outcome::Handled,
-                    Err(e) => {
-                        tracing::warn!(file = %file, "cannot record the invalid handoff: {e}");
-                        Outcome::Retry
-                    }
-                };
-            }
+            Err((field, reason)) => return self.reject(file, field, reason).await,
         };
         if is_our_own(&self.node.registry().load().state, &file, &handoff) {
             tracing::debug!(file = %file, "our own handoff file: not re-ingested");
             return Outcome::Handled;
+        }
+        if let Err((field, reason)) = check_local(&handoff) {
+            return self.reject(file, field, reason).await;
         }
         if let Err(why) = probe_health(&self.client, &handoff.url).await {
             if first_try {

@@ -66,6 +66,7 @@ impl Prober {
     pub fn new() -> Prober {
         let client = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(PROBE_TIMEOUT_MS))
             .timeout(Duration::from_millis(PROBE_TIMEOUT_MS))
             .pool_max_idle_per_host(1)
