@@ -915,10 +915,8 @@ impl PoolWorker {
         engine.stopping.store(true, Ordering::SeqCst);
         let (mut exited, killed, ours) =
             (engine.exited.clone(), engine.killed.clone(), engine.ours);
-        if !ours {
-            if let Err(why) = self.prove(pid) {
-                return self.forget(cause, pid, &why).await;
-            }
+        if !self.may_signal(cause, pid, ours).await {
+            return;
         }
         tracing::info!(pool_id = %self.pool_id, pid, grace_ms, ?reason, "stopping engine");
         let first = if grace_ms == 0 {
@@ -937,10 +935,8 @@ impl PoolWorker {
             graceful = false;
             killed.store(true, Ordering::SeqCst);
             tracing::warn!(pool_id = %self.pool_id, pid, grace_ms, "engine did not stop within its grace period: SIGKILL");
-            if !ours {
-                if let Err(why) = self.prove(pid) {
-                    return self.forget(cause, pid, &why).await;
-                }
+            if !self.may_signal(cause, pid, ours).await {
+                return;
             }
             let _ = process::signal_engine(pid, Signal::SIGKILL);
             if !wait_exit(&mut exited, KILL_WAIT_MS).await {
@@ -982,6 +978,21 @@ impl PoolWorker {
                 .collect(),
         };
         proof::prove(pid, &claim)
+    }
+
+    /// Whether `pid` may be signalled: always when `ours` (spawned in this life), else once
+    /// [`Self::prove`] holds; when it does not, the pool forgets the engine ([`Self::forget`]).
+    async fn may_signal(&mut self, cause: u64, pid: u32, ours: bool) -> bool {
+        if ours {
+            return true;
+        }
+        match self.prove(pid) {
+            Ok(()) => true,
+            Err(why) => {
+                self.forget(cause, pid, &why).await;
+                false
+            }
+        }
     }
 
     /// The stop of an engine that cannot be proven to be this pool's: nothing is signalled,
