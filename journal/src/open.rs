@@ -169,6 +169,21 @@ pub(crate) fn open_writable<S: EventSchema>(
     Ok((journal, report))
 }
 
+/// The copies of sled's `db` that refused opens kept in `quarantine/`
+/// ([`PRE_OPEN_COPY_SUFFIX`]), oldest first.
+pub(crate) fn pre_open_copies(layout: &Layout) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(layout.quarantine()) else {
+        return Vec::new();
+    };
+    let mut copies: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(PRE_OPEN_COPY_SUFFIX))
+        .collect();
+    copies.sort();
+    copies
+}
+
 /// The live store's `db` as it was before sled opened it (see [`PRE_OPEN_COPY_SUFFIX`]).
 enum PreOpenCopy {
     /// A copy made by the kernel (`copy_file_range`) in `quarantine/`: no process memory.
@@ -216,16 +231,7 @@ impl PreOpenCopy {
     /// sled's recovery rewrote it, and a daemon restarted in a loop must not fill the disk).
     /// Best effort: a failure is logged.
     fn keep(self, layout: &Layout) {
-        let exists = std::fs::read_dir(layout.quarantine()).is_ok_and(|mut entries| {
-            entries.any(|e| {
-                e.is_ok_and(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .ends_with(PRE_OPEN_COPY_SUFFIX)
-                })
-            })
-        });
-        if exists {
+        if !pre_open_copies(layout).is_empty() {
             return self.discard();
         }
         let path = layout

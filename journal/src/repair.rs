@@ -669,19 +669,10 @@ fn salvage_store<S: EventSchema>(
 /// Marks the pre-open copies a repair has used (`.used`), so that the next refused open keeps
 /// a fresh one.
 fn retire_pre_open_copies(layout: &Layout) {
-    let Ok(entries) = std::fs::read_dir(layout.quarantine()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path
-            .to_string_lossy()
-            .ends_with(crate::open::PRE_OPEN_COPY_SUFFIX)
-        {
-            let mut used = path.clone().into_os_string();
-            used.push(".used");
-            let _ = std::fs::rename(&path, used);
-        }
+    for path in crate::open::pre_open_copies(layout) {
+        let mut used = path.clone().into_os_string();
+        used.push(".used");
+        let _ = std::fs::rename(&path, used);
     }
 }
 
@@ -694,18 +685,7 @@ fn retire_pre_open_copies(layout: &Layout) {
 /// found with two different records is never used.
 fn salvage_raw_store<S: EventSchema>(layout: &Layout, salvage: &mut Salvage) {
     let mut sources = vec![layout.store_dir().join("db")];
-    if let Ok(entries) = std::fs::read_dir(layout.quarantine()) {
-        let mut saved: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.to_string_lossy()
-                    .ends_with(crate::open::PRE_OPEN_COPY_SUFFIX)
-            })
-            .collect();
-        saved.sort();
-        sources.extend(saved);
-    }
+    sources.extend(crate::open::pre_open_copies(layout));
     for source in sources {
         let Ok(bytes) = std::fs::read(&source) else {
             continue;

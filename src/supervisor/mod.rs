@@ -943,16 +943,7 @@ impl PoolWorker {
                 tracing::error!(pool_id = %self.pool_id, pid, "engine still present {KILL_WAIT_MS} ms after SIGKILL (uninterruptible sleep?)");
             }
         }
-        self.shared
-            .report(
-                cause,
-                Observation::EngineStopped {
-                    pool_id: self.pool_id.clone(),
-                    pid,
-                    graceful,
-                },
-            )
-            .await;
+        self.report_stopped(cause, pid, graceful).await;
     }
 }
 
@@ -964,10 +955,12 @@ impl PoolWorker {
         let pool = state.pool(self.pool_id.as_str());
         let claim = proof::Claim {
             port: pool.and_then(|p| {
-                p.engine
-                    .as_ref()
-                    .map(|e| e.port)
-                    .or_else(|| p.handoff.as_ref().and_then(|h| proof::url_port(&h.url)))
+                p.engine.as_ref().map(|e| e.port).or_else(|| {
+                    let handoff = p.handoff.as_ref()?;
+                    pool_core::handoff_url_host_port(&handoff.url)
+                        .ok()
+                        .map(|(_, port)| port)
+                })
             }),
             start_time: pool.and_then(|p| p.process.as_ref()).map(|p| p.start_time),
             other_pools: state
@@ -1004,13 +997,18 @@ impl PoolWorker {
             "not signalling pid {pid}: {why}; the pool forgets it and the process is left as it is (stop it yourself if it is the engine)"
         );
         self.engine = None;
+        self.report_stopped(cause, pid, false).await;
+    }
+
+    /// Reports the end of a stop of `pid`.
+    async fn report_stopped(&self, cause: u64, pid: u32, graceful: bool) {
         self.shared
             .report(
                 cause,
                 Observation::EngineStopped {
                     pool_id: self.pool_id.clone(),
                     pid,
-                    graceful: false,
+                    graceful,
                 },
             )
             .await;

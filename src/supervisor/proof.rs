@@ -66,22 +66,6 @@ pub fn prove(pid: u32, claim: &Claim) -> Result<(), String> {
     }
 }
 
-/// The port of an `http://host:port/...` URL (80 when none is written).
-pub fn url_port(url: &str) -> Option<u16> {
-    let rest = url.strip_prefix("http://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    let port = if let Some(after) = host_port.strip_prefix('[') {
-        after.split_once("]:").map(|(_, p)| p)
-    } else {
-        host_port.rsplit_once(':').map(|(_, p)| p)
-    };
-    match port {
-        Some(p) => p.parse().ok(),
-        None => Some(80),
-    }
-}
-
 /// Whether `pid` holds a TCP socket listening on `port` (IPv4 or IPv6).
 pub fn listens_on(pid: u32, port: u16) -> bool {
     let inodes = listening_inodes(port);
@@ -133,14 +117,6 @@ fn listening_inodes(port: u16) -> HashSet<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_ports() {
-        assert_eq!(url_port("http://127.0.0.1:8080/health"), Some(8080));
-        assert_eq!(url_port("http://[::1]:9000"), Some(9000));
-        assert_eq!(url_port("http://localhost"), Some(80));
-        assert_eq!(url_port("https://x:1"), None);
-    }
 
     #[test]
     fn a_listener_is_proven_and_nothing_else_is() {
