@@ -44,6 +44,27 @@ async fn loader_and_shell_hooks_in_env_are_refused_and_nothing_starts() {
         pools.as_array().unwrap().iter().all(|p| p["pid"].is_null()),
         "no engine was started: {pools}"
     );
+    // The way out the refusal names: the key added to `[engines] env_allow`.
+    let (status, answer) = h
+        .post(
+            "/v2/pools/q/preload",
+            with_env("q", json!({"MY_ENGINE_OPT": "1"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("env_allow"),
+        "{answer}"
+    );
+    let listed = Harness::start_with(|c| c.engines.env_allow.push("MY_ENGINE_OPT".into())).await;
+    let (status, answer) = listed
+        .post(
+            "/v2/pools/q/preload",
+            with_env("q", json!({"MY_ENGINE_OPT": "1"})),
+        )
+        .await;
+    assert_eq!(status, 200, "once listed in env_allow: {answer}");
+    listed.stop().await;
     // The variables engines need still pass.
     let body = with_env(
         "ok",
