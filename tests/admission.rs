@@ -257,3 +257,36 @@ async fn a_root_daemon_without_engine_user_refuses_to_start_engines() {
     );
     h.stop().await;
 }
+
+/// A descriptor the daemon holds without close-on-exec (inherited from whoever started it,
+/// or a `dup`) must not reach an engine: it could be a root-only file.
+#[tokio::test]
+async fn an_engine_inherits_no_descriptor_but_0_1_2() {
+    use std::os::fd::AsRawFd as _;
+    let h = Harness::start().await;
+    let secret = h.dir.path().join("root-only");
+    std::fs::write(&secret, b"secret").unwrap();
+    let file = std::fs::File::open(&secret).unwrap();
+    // `dup` gives a descriptor without FD_CLOEXEC, like one inherited from a parent.
+    // SAFETY: dup of a descriptor this test owns; the new one is closed below.
+    let leaked = unsafe { libc::dup(file.as_raw_fd()) };
+    assert!(leaked > 2);
+    let (status, answer) = h
+        .post("/v2/pools/fd/preload", engine_sim_preload("fd", None, &[]))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let pid = answer["pid"].as_u64().unwrap();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    // SAFETY: closes the descriptor this test made above.
+    unsafe { libc::close(leaked) };
+    assert!(
+        !fds.iter().any(|target| target.contains("root-only")),
+        "the engine holds the daemon's descriptor: {fds:?}"
+    );
+    h.stop().await;
+}

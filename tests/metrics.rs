@@ -177,7 +177,7 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
             engine_sim_preload(
                 "crashy",
                 None,
-                &["--crash-after-ms", "700", "--exit-code", "3"],
+                &["--crash-after-ms", "3000", "--exit-code", "3"],
             ),
         )
         .await;
@@ -396,8 +396,13 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
         .unwrap();
     wait_health(&http, &base, &mut child, &log_path).await;
 
-    // Ready, then crashing 700 ms after every start: a restart, then the breaker opens.
-    let body = engine_sim_preload("p1", None, &["--crash-after-ms", "700", "--exit-code", "3"]);
+    // Ready, then crashing 3 s after every start: a restart, then the breaker opens. The 3 s
+    // leave a loaded machine (the whole suite at once) time to probe each start ready first.
+    let body = engine_sim_preload(
+        "p1",
+        None,
+        &["--crash-after-ms", "3000", "--exit-code", "3"],
+    );
     let response = http
         .post(format!("{base}/v2/pools/p1/preload"))
         .json(&body)

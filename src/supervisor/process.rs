@@ -170,6 +170,7 @@ pub fn spawn(
     // on values computed before the fork.
     unsafe {
         command.pre_exec(move || {
+            close_inherited_descriptors_on_exec();
             nix::unistd::setsid().map_err(io::Error::from)?;
             if let Some(run_as) = run_as {
                 let gid = nix::unistd::Gid::from_raw(run_as.gid);
@@ -210,6 +211,41 @@ pub fn signal_group(pid: u32, signal: Signal) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(nix::errno::Errno::ESRCH) => Ok(false),
         Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// In the child, before exec: every descriptor but 0, 1 and 2 is marked close-on-exec, so that
+/// none the daemon inherited without that flag reaches an engine (across the user switch, too).
+/// `close_range(3, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11); before it, `fcntl` on each
+/// descriptor below the open-file limit. Marking rather than closing keeps the pipe through
+/// which a failed exec is reported to the daemon. Only async-signal-safe calls.
+fn close_inherited_descriptors_on_exec() {
+    // SAFETY: plain system calls on integers, no allocation, between fork and exec.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(65_536) as i32
+        } else {
+            1_024
+        };
+        for fd in 3..max {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
     }
 }
 
