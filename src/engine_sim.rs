@@ -155,6 +155,11 @@ struct Args {
     #[arg(long, value_name = "RATIOS")]
     tensor_split: Option<String>,
 
+    /// Print the descriptors open at start, before engine-sim opens any of its own
+    /// (`descriptors at start: 0 1 2`): what a supervisor let through exec.
+    #[arg(long)]
+    list_fds: bool,
+
     /// Everything after `--` is accepted and ignored.
     #[arg(last = true, hide = true)]
     _ignored: Vec<String>,
@@ -340,6 +345,12 @@ fn ms_after(start: Instant, ms: u64) -> Instant {
 /// so the demo needs no second binary).
 pub fn main(args: impl IntoIterator<Item = String>) -> ! {
     let args = Args::parse_from(normalized_args(args));
+    if args.list_fds {
+        log(&format!(
+            "descriptors at start: {}",
+            open_descriptors().join(" ")
+        ));
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -352,6 +363,24 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ! {
     };
     runtime.block_on(run(args));
     exit(0)
+}
+
+/// The descriptors of this process, by number, leaving out the one that lists them.
+fn open_descriptors() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return vec!["(cannot read /proc/self/fd)".to_string()];
+    };
+    let mut fds: Vec<(u32, String)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let listing = target.starts_with("/proc") && target.ends_with("fd");
+            (!listing).then(|| (fd, fd.to_string()))
+        })
+        .collect();
+    fds.sort_unstable();
+    fds.into_iter().map(|(_, fd)| fd).collect()
 }
 
 async fn run(args: Args) {

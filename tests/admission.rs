@@ -272,9 +272,19 @@ async fn an_engine_inherits_no_descriptor_but_0_1_2() {
     let leaked = unsafe { libc::dup(file.as_raw_fd()) };
     assert!(leaked > 2);
     let (status, answer) = h
-        .post("/v2/pools/fd/preload", engine_sim_preload("fd", None, &[]))
+        .post(
+            "/v2/pools/fd/preload",
+            engine_sim_preload("fd", None, &["--list-fds"]),
+        )
         .await;
     assert_eq!(status, 200, "{answer}");
+    // What passed exec: engine-sim lists its descriptors before it opens any of its own.
+    let log = std::fs::read_to_string(h.runtime().join("logs/fd.log")).unwrap();
+    let listed = log
+        .lines()
+        .find_map(|line| line.split_once("descriptors at start: "))
+        .map(|(_, fds)| fds.to_string());
+    assert_eq!(listed.as_deref(), Some("0 1 2"), "{log}");
     let pid = answer["pid"].as_u64().unwrap();
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
