@@ -300,3 +300,81 @@ async fn an_engine_inherits_no_descriptor_but_0_1_2() {
     );
     h.stop().await;
 }
+
+/// A process that leads its own session, started just now: the kind the start-up
+/// reconciliation stops when a trusted pid file names it. Killed on drop.
+struct SessionLeader(std::process::Child);
+
+impl SessionLeader {
+    fn start() -> SessionLeader {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = std::process::Command::new("sleep");
+        command.arg("600");
+        // SAFETY: setsid only, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        SessionLeader(command.spawn().unwrap())
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.0.id())
+    }
+}
+
+impl Drop for SessionLeader {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whoever can write into `pids/` but is not the daemon's user names a process there just after
+/// it started (a session leader, as engines are): start-up must not stop it. The file is
+/// removed unread; the same file written by the daemon's user is obeyed (the control).
+#[tokio::test]
+async fn a_pid_file_written_by_another_user_gets_nothing_stopped() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI=true: this test needs root to write a file as another user (CI runs as root)"
+        );
+        eprintln!("skipped: needs root to write a file as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("runtime/pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let victim = SessionLeader::start();
+    let planted = pids.join("victim.pid");
+    std::fs::write(&planted, format!("{}\n", victim.pid())).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65_534), Some(65_534)).unwrap();
+    let ours = SessionLeader::start();
+    let obeyed = pids.join("ours.pid");
+    std::fs::write(&obeyed, format!("{}\n", ours.pid())).unwrap();
+    std::fs::set_permissions(&obeyed, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let config = harness::config(dir.path());
+    let inventory = std::sync::Arc::new(pool_managerd::gpu::NoGpu::new("test: no GPU"));
+    let h = Harness::start_in(dir, &config, inventory).await;
+    assert!(!planted.exists(), "the untrusted pid file is removed");
+    assert!(
+        pid_alive(victim.pid()),
+        "a process named by another user's pid file was stopped"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pid_alive(ours.pid()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the control: the daemon's own pid file names a session leader it stops"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    h.stop().await;
+}

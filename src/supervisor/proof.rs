@@ -23,8 +23,9 @@ pub struct Claim {
     pub other_pools: Vec<u32>,
 }
 
-/// `Ok` when `pid` may be signalled as the engine of `claim`; `Err` says why not.
-pub fn prove(pid: u32, claim: &Claim) -> Result<(), String> {
+/// `Err` for the pids no claim can make signallable: 0 and 1, this daemon and its process
+/// group, and `other_pools` (the other pools' engines).
+pub fn never_signalled(pid: u32, other_pools: &[u32]) -> Result<(), String> {
     if pid <= 1 {
         return Err(format!("pid {pid} is never signalled"));
     }
@@ -35,9 +36,15 @@ pub fn prove(pid: u32, claim: &Claim) -> Result<(), String> {
             "pid {pid} is the pool manager itself (or its process group)"
         ));
     }
-    if claim.other_pools.contains(&pid) {
+    if other_pools.contains(&pid) {
         return Err(format!("pid {pid} is another pool's engine"));
     }
+    Ok(())
+}
+
+/// `Ok` when `pid` may be signalled as the engine of `claim`; `Err` says why not.
+pub fn prove(pid: u32, claim: &Claim) -> Result<(), String> {
+    never_signalled(pid, &claim.other_pools)?;
     if super::process::is_gone(pid) {
         return Err(format!("pid {pid} no longer runs"));
     }

@@ -5,7 +5,11 @@
 //! daemon died between starting it and recording it. Start-up reconciles the pid files with
 //! `/proc` so that no engine is left running unknown:
 //!
-//! - the engine is **ours** when it leads its own session (our engines do) and started at
+//! - a pid file is **trusted** only when the daemon's own user owns it and no one else may
+//!   write it (`trusted_file`); any other is removed unread (whoever wrote it could name any
+//!   process), and its process is left alone;
+//! - the engine is **ours** when it is not pid 0 or 1, not the daemon or its process group,
+//!   not another pool's engine, leads its own session (our engines do) and started at
 //!   most [`PID_FILE_LAG_MAX_MS`] before its pid file was written, and not after it;
 //! - ours, of a pool the registry does not know at all, and named by a valid handoff file of
 //!   its pool (`<runtime>/engines/`, with its pid): **adopted**, registered like any handoff;
@@ -81,6 +85,13 @@ pub fn scan(state: &State, dirs: &RuntimeDirs) -> Vec<Found> {
         else {
             continue;
         };
+        if let Err(why) = trusted_file(&path) {
+            found.push(Found::Stale {
+                pid_file: path,
+                why,
+            });
+            continue;
+        }
         let Ok(pid) = files::read_pid_file(&path) else {
             continue;
         };
@@ -92,6 +103,19 @@ pub fn scan(state: &State, dirs: &RuntimeDirs) -> Vec<Found> {
             continue;
         }
         let pool_known = state.pool(&pool_id).is_some();
+        let others: Vec<u32> = state
+            .pools
+            .values()
+            .filter(|pool| pool.id.as_str() != pool_id)
+            .filter_map(|pool| pool.pid())
+            .collect();
+        if let Err(why) = super::proof::never_signalled(pid, &others) {
+            found.push(Found::Stale {
+                pid_file: path,
+                why: format!("{why}: never an engine to stop"),
+            });
+            continue;
+        }
         found.push(judge(&pool_id, pid, &path, dirs, pool_known));
     }
     found
@@ -127,6 +151,38 @@ fn judge(pool_id: &str, pid: u32, pid_file: &Path, dirs: &RuntimeDirs, pool_know
             pid_file: pid_file.to_path_buf(),
         },
     }
+}
+
+/// Whether the pid file at `path` can only have been written by the daemon's user: that user
+/// owns it and neither its group nor others may write it. Checked on the file itself (not
+/// followed through a link), so a link planted in `pids/` is refused too.
+pub fn trusted_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "{} is not a plain file: not trusted",
+            path.display()
+        ));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not by the pool manager's uid {me}: not trusted (who can \
+             write the runtime directory? keep it the daemon's user's only)",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by its group or others (mode {:o}): not trusted",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `pid` is the engine its pid file was written for (see the module docs).
@@ -207,4 +263,36 @@ pub async fn stop(pid: u32, grace_ms: u64) -> bool {
     )
     .await
     .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn only_a_file_of_ours_that_no_one_else_may_write_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.pid");
+        std::fs::write(&file, "42\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(trusted_file(&file), Ok(()));
+        for mode in [0o620, 0o602, 0o666] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let refused = trusted_file(&file).unwrap_err();
+            assert!(refused.contains("writable by its group or others"), "{refused}");
+        }
+        let link = dir.path().join("link.pid");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(trusted_file(&link).unwrap_err().contains("not a plain file"));
+    }
+
+    #[test]
+    fn the_daemon_pid_1_and_other_pools_engines_are_never_stopped() {
+        let me = std::process::id();
+        assert!(super::super::proof::never_signalled(1, &[]).is_err());
+        assert!(super::super::proof::never_signalled(me, &[]).is_err());
+        assert!(super::super::proof::never_signalled(4242, &[4242]).is_err());
+        assert!(super::super::proof::never_signalled(4242, &[7]).is_ok());
+    }
 }
