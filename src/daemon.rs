@@ -161,9 +161,14 @@ impl Daemon {
             crate::supervisor::files::RuntimeDirs::create(&config.runtime_dir)?,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(listener, api::router(state), async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(api::serve(
+            listener,
+            api::router(state),
+            config.api.serve_settings(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Ok((
             Daemon {
                 addr,
