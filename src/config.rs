@@ -1353,6 +1353,10 @@ mod tests {
             "gpu.placement_timeout_ms",
             "gpu.fixture",
             "gpu.allow_sharing",
+            "api.max_connections",
+            "api.header_read_timeout_ms",
+            "api.body_read_timeout_ms",
+            "api.idle_timeout_ms",
         ] {
             assert!(
                 paths.iter().any(|p| p == key),
@@ -1434,6 +1438,36 @@ mod tests {
             Config::default().gpu.poll_interval_ms,
             DEFAULT_GPU_POLL_INTERVAL_MS
         );
+    }
+
+    #[test]
+    fn api_limits_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(&Sources {
+                file: Some(file.clone()),
+                env: BTreeMap::new(),
+                flags: Overrides::default(),
+            })
+        };
+        let config = load("[api]\nmax_connections = 8\nheader_read_timeout_ms = 500\n").unwrap();
+        assert_eq!(config.api.max_connections, 8);
+        let settings = config.api.serve_settings();
+        assert_eq!(settings.header_read_timeout.as_millis(), 500);
+        assert_eq!(settings.idle_timeout.as_millis(), 60_000);
+        for (text, key) in [
+            ("max_connections = 0", "api.max_connections"),
+            ("max_connections = 1000001", "api.max_connections"),
+            ("header_read_timeout_ms = 0", "api.header_read_timeout_ms"),
+            ("body_read_timeout_ms = 3600001", "api.body_read_timeout_ms"),
+            ("idle_timeout_ms = 0", "api.idle_timeout_ms"),
+        ] {
+            let err = load(&format!("[api]\n{text}\n")).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains("outside"), "{err}");
+        }
     }
 
     #[test]

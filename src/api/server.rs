@@ -95,7 +95,7 @@ fn nofile_soft_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64)
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
 /// One connection's state, shared by its task, its IO, its requests and the registry.
@@ -518,5 +518,25 @@ impl Connection {
                 _ = self.state.changed.notified() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_stays_below_the_open_file_limit() {
+        assert_eq!(effective_cap(1024, None), (1024, None));
+        assert_eq!(effective_cap(1024, Some(65_536)), (1024, None));
+        let (cap, why) = effective_cap(1024, Some(256));
+        assert_eq!(cap, 256 - FD_RESERVE - REFUSE_SLOTS);
+        let why = why.unwrap();
+        assert!(
+            why.contains("api.max_connections 1024 lowered to 160"),
+            "{why}"
+        );
+        assert!(why.contains("RLIMIT_NOFILE"), "{why}");
+        assert_eq!(effective_cap(1024, Some(10)).0, 1);
     }
 }
