@@ -231,3 +231,56 @@ async fn a_stalled_body_gets_408_json_after_the_body_timeout() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn malformed_heads_get_json_on_a_first_and_a_keep_alive_request() {
+    let h = Harness::start().await;
+    let addr = addr_of(&h);
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n");
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nx-big: {}\r\n\r\n",
+        "v".repeat(500_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "a bad header name",
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nbad\x01name: v\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "HTTP/3.0",
+            b"GET /health HTTP/3.0\r\nHost: 127.0.0.1\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("a 70 KB URI", long_uri.into_bytes(), 414),
+        ("150 headers", many.into_bytes(), 431),
+        ("a 500 KB header", big.into_bytes(), 431),
+    ];
+    for (what, request, want) in cases {
+        // First request of a connection.
+        let (status, head, body) = exchange(&addr, &request).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        assert_eq!(body["code"], "INVALID_REQUEST", "{what}: {body}");
+        // After a good request on the same keep-alive connection.
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(HEALTH).await.unwrap();
+        assert_eq!(read_response(&mut stream).await.0, 200);
+        stream.write_all(&request).await.unwrap();
+        let (status, _, body) = read_response(&mut stream).await;
+        assert_eq!(status, want, "{what} (keep-alive): {body}");
+        assert_eq!(
+            body["code"], "INVALID_REQUEST",
+            "{what} (keep-alive): {body}"
+        );
+    }
+    h.stop().await;
+}

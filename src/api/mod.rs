@@ -18,6 +18,7 @@
 //! - `GET /openapi.json` (`openapi.rs`: the OpenAPI document, generated from the handlers'
 //!   `#[utoipa::path]` attributes; a test fails when a route here is not documented)
 
+mod bare_errors;
 mod error;
 mod events;
 mod gpus;

@@ -212,10 +212,32 @@ impl Registry {
     }
 }
 
-/// The socket, noting the first byte of each request head.
+/// The socket, noting the first byte of each request head and turning hyper's bare error
+/// answers into JSON ([`super::bare_errors`]).
 struct NotingIo {
     inner: TcpStream,
     state: Arc<ConnState>,
+    /// A JSON answer being written in place of hyper's bare one, and how many of hyper's
+    /// bytes it stands for.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl NotingIo {
+    /// Writes what is left of a replacement; `Ready(Ok(n))`: it is done and stood for `n`.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<Option<usize>>> {
+        while let Some((answer, _)) = self.replacing.as_mut() {
+            if answer.is_empty() {
+                let (_, owed) = self.replacing.take().unwrap_or_default();
+                return Poll::Ready(Ok(Some(owed)));
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, answer))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            answer.drain(..n);
+        }
+        Poll::Ready(Ok(None))
+    }
 }
 
 impl AsyncRead for NotingIo {
@@ -239,14 +261,23 @@ impl AsyncWrite for NotingIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.replacing.is_none() && !self.state.busy() {
+            self.replacing = super::bare_errors::json_for_bare_error(buf)
+                .map(|(consumed, answer)| (answer, consumed));
+        }
+        if let Some(owed) = std::task::ready!(self.poll_replacement(cx))? {
+            return Poll::Ready(Ok(owed));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -465,6 +496,7 @@ impl Connection {
         let io = TokioIo::new(NotingIo {
             inner: stream,
             state: self.state.clone(),
+            replacing: None,
         });
         let (router, state, limit) = (
             self.router.clone(),
