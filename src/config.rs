@@ -280,6 +280,7 @@ impl ApiConfig {
             header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
             body_read_timeout: std::time::Duration::from_millis(self.body_read_timeout_ms),
             idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            metrics: None,
         }
     }
 

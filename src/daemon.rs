@@ -161,10 +161,14 @@ impl Daemon {
             crate::supervisor::files::RuntimeDirs::create(&config.runtime_dir)?,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
+        let serve_settings = api::ServeSettings {
+            metrics: Some(node.handle().shared_metrics()),
+            ..config.api.serve_settings()
+        };
         let server = tokio::spawn(api::serve(
             listener,
             api::router(state),
-            config.api.serve_settings(),
+            serve_settings,
             async move {
                 let _ = stopped.await;
             },

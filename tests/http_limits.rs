@@ -20,6 +20,12 @@ const HALF_SENT: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n";
 
 /// Reads one response: its status, headers (lowercased) and JSON body (by content-length).
 async fn read_response(stream: &mut TcpStream) -> (u16, String, Value) {
+    let (status, head, body) = read_raw(stream).await;
+    (status, head, serde_json::from_slice(&body).unwrap())
+}
+
+/// Reads one response: its status, headers (lowercased) and body (by content-length).
+async fn read_raw(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -48,8 +54,7 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String, Value) {
         assert!(n > 0, "EOF inside the body");
         buf.extend_from_slice(&chunk[..n]);
     }
-    let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
-    (status, head, body)
+    (status, head, buf[head_end..head_end + length].to_vec())
 }
 
 /// Sends `request` on a new connection and reads the answer.
@@ -141,6 +146,23 @@ async fn three_hundred_slow_clients_do_not_stop_health_at_256_descriptors() {
     assert!(
         log.contains("lowered to 160"),
         "the lowered cap is not logged: {log}"
+    );
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, text) = read_raw(&mut s).await;
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let evicted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("api_connections_refused_total{reason=\"evicted\"} "))
+        .unwrap_or_else(|| panic!("no evictions counted: {text}"))
+        .parse()
+        .unwrap();
+    assert!(
+        evicted >= 140.0,
+        "300 slow clients over a cap of 160: {evicted}"
     );
     child.kill().unwrap();
     child.wait().unwrap();

@@ -50,6 +50,9 @@ pub struct ServeSettings {
     pub body_read_timeout: Duration,
     /// `api.idle_timeout_ms`: a keep-alive connection with no request is closed after this.
     pub idle_timeout: Duration,
+    /// Where refusals and evictions are counted (`api_connections_refused_total`); `None`:
+    /// not counted.
+    pub metrics: Option<crate::metrics::SharedMetrics>,
 }
 
 impl Default for ServeSettings {
@@ -59,6 +62,7 @@ impl Default for ServeSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            metrics: None,
         }
     }
 }
@@ -186,6 +190,15 @@ impl Drop for InFlight {
 struct Registry {
     next_id: u64,
     open: BTreeMap<u64, Arc<ConnState>>,
+    metrics: Option<crate::metrics::SharedMetrics>,
+}
+
+impl Registry {
+    fn count(&self, reason: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.connection_refused(reason);
+        }
+    }
 }
 
 impl Registry {
@@ -207,6 +220,7 @@ impl Registry {
                 "API connection cap reached: closing the oldest idle connection"
             );
             state.evict.notify_one();
+            self.count("evicted");
         }
         true
     }
@@ -359,7 +373,10 @@ pub async fn serve(
         shutdown.await;
         let _ = stop.send(true);
     });
-    let registry = Arc::new(Mutex::new(Registry::default()));
+    let registry = Arc::new(Mutex::new(Registry {
+        metrics: settings.metrics.clone(),
+        ..Registry::default()
+    }));
     let refusals = Arc::new(Semaphore::new(REFUSE_SLOTS));
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let settings = Arc::new(settings);
@@ -392,7 +409,9 @@ pub async fn serve(
             })
         };
         let Some((id, state)) = admitted else {
-            refuse(stream, &refusals);
+            let answered = refuse(stream, &refusals);
+            let open = registry.lock().unwrap_or_else(|p| p.into_inner());
+            open.count(if answered { "overloaded" } else { "dropped" });
             continue;
         };
         let connection = Connection {
@@ -453,10 +472,10 @@ impl AcceptErrors {
 }
 
 /// Answers `503 OVERLOADED` (every connection is busy) and closes, on a refusal slot; with
-/// none free the connection is just closed.
-fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) {
+/// none free the connection is just closed (returns false).
+fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) -> bool {
     let Ok(slot) = refusals.clone().try_acquire_owned() else {
-        return;
+        return false;
     };
     tokio::spawn(async move {
         let body = serde_json::json!({
@@ -480,6 +499,7 @@ fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) {
         .await;
         drop(slot);
     });
+    true
 }
 
 /// One accepted connection.
