@@ -60,7 +60,9 @@ async fn read_raw(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
 /// Sends `request` on a new connection and reads the answer.
 async fn exchange(addr: &str, request: &[u8]) -> (u16, String, Value) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
+    // The daemon may answer and close before all of a huge request is sent: the answer is
+    // what counts.
+    let _ = stream.write_all(request).await;
     read_response(&mut stream).await
 }
 
@@ -266,7 +268,9 @@ async fn malformed_heads_get_json_on_a_first_and_a_keep_alive_request() {
     let many = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n");
     let big = format!(
         "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nx-big: {}\r\n\r\n",
-        "v".repeat(500_000)
+        // hyper's bound on a head is about 400 KiB, but one read may bring it past that and
+        // up to twice as much may parse; 900 KB is always over.
+        "v".repeat(900_000)
     );
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (
@@ -281,7 +285,7 @@ async fn malformed_heads_get_json_on_a_first_and_a_keep_alive_request() {
         ),
         ("a 70 KB URI", long_uri.into_bytes(), 414),
         ("150 headers", many.into_bytes(), 431),
-        ("a 500 KB header", big.into_bytes(), 431),
+        ("a 900 KB header", big.into_bytes(), 431),
     ];
     for (what, request, want) in cases {
         // First request of a connection.
@@ -296,7 +300,7 @@ async fn malformed_heads_get_json_on_a_first_and_a_keep_alive_request() {
         let mut stream = TcpStream::connect(&addr).await.unwrap();
         stream.write_all(HEALTH).await.unwrap();
         assert_eq!(read_response(&mut stream).await.0, 200);
-        stream.write_all(&request).await.unwrap();
+        let _ = stream.write_all(&request).await;
         let (status, _, body) = read_response(&mut stream).await;
         assert_eq!(status, want, "{what} (keep-alive): {body}");
         assert_eq!(
