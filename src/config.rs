@@ -179,6 +179,13 @@ env_allow = ["CUDA_*", "NCCL_*", "HF_*", "OMP_*", "LLAMA_*", "VLLM_*", "TORCH_*"
 [api]
 allowed_origins = []                # exact Origin values of web pages allowed to call the API
                                     # (a browser console); any other Origin is refused (403)
+max_connections = 1024              # open API connections at most (1..=1000000), lowered to fit
+                                    # the open-file limit; at the cap the oldest idle connection
+                                    # is closed, and with all busy a new one gets 503 OVERLOADED
+header_read_timeout_ms = 10000      # a request head must arrive within this (from the accept,
+                                    # or from its first byte on a keep-alive connection)
+body_read_timeout_ms = 30000        # a request body must arrive whole within this; else 408
+idle_timeout_ms = 60000             # a keep-alive connection with no request is closed after this
 "#;
 
 /// The effective configuration of the daemon. Built by [`Config::load`] (or
@@ -229,13 +236,76 @@ pub struct Config {
     pub api: ApiConfig,
 }
 
-/// `[api]`: who may call the API from a web page.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[api]`: who may call the API from a web page, and how the HTTP layer bounds its clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Exact `Origin` values accepted (`https://console.example:8443`); default none: a
     /// request that carries an `Origin` (a browser's, cross-origin) is refused.
     pub allowed_origins: Vec<String>,
+    /// Open API connections at most (1..=API_MAX_CONNECTIONS_MAX), lowered at start to fit
+    /// the open-file limit. At the cap the oldest connection with no request in flight is
+    /// closed; when all are busy a new one is answered `503 OVERLOADED`.
+    pub max_connections: u64,
+    /// A request head must arrive within this (ms), from the accept or from its first byte.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this (ms); else 408.
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request is closed after this (ms).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            allowed_origins: Vec::new(),
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Largest `api.max_connections`.
+pub const API_MAX_CONNECTIONS_MAX: u64 = 1_000_000;
+/// Largest `api.*_timeout_ms` (one hour).
+pub const API_TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+impl ApiConfig {
+    /// The HTTP layer's settings.
+    pub fn serve_settings(&self) -> crate::api::ServeSettings {
+        crate::api::ServeSettings {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: std::time::Duration::from_millis(self.body_read_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            metrics: None,
+        }
+    }
+
+    /// `Err((key, message))` for a value out of bounds.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_connections == 0 || self.max_connections > API_MAX_CONNECTIONS_MAX {
+            return Err((
+                "api.max_connections",
+                format!(
+                    "{} is outside 1..={API_MAX_CONNECTIONS_MAX}",
+                    self.max_connections
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("api.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("api.body_read_timeout_ms", self.body_read_timeout_ms),
+            ("api.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if value == 0 || value > API_TIMEOUT_MS_MAX {
+                return Err((key, format!("{value} is outside 1..={API_TIMEOUT_MS_MAX}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[engines]`: what a prepared engine may bring with it.
@@ -1196,6 +1266,9 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
             ),
         ));
     }
+    if let Err((key, message)) = file.api.validate() {
+        return Err(invalid(key, message));
+    }
     if file.journal.snapshot_every == 0 {
         return Err(invalid("journal.snapshot_every", "must be >= 1".into()));
     }
@@ -1281,6 +1354,10 @@ mod tests {
             "gpu.placement_timeout_ms",
             "gpu.fixture",
             "gpu.allow_sharing",
+            "api.max_connections",
+            "api.header_read_timeout_ms",
+            "api.body_read_timeout_ms",
+            "api.idle_timeout_ms",
         ] {
             assert!(
                 paths.iter().any(|p| p == key),
@@ -1362,6 +1439,36 @@ mod tests {
             Config::default().gpu.poll_interval_ms,
             DEFAULT_GPU_POLL_INTERVAL_MS
         );
+    }
+
+    #[test]
+    fn api_limits_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(&Sources {
+                file: Some(file.clone()),
+                env: BTreeMap::new(),
+                flags: Overrides::default(),
+            })
+        };
+        let config = load("[api]\nmax_connections = 8\nheader_read_timeout_ms = 500\n").unwrap();
+        assert_eq!(config.api.max_connections, 8);
+        let settings = config.api.serve_settings();
+        assert_eq!(settings.header_read_timeout.as_millis(), 500);
+        assert_eq!(settings.idle_timeout.as_millis(), 60_000);
+        for (text, key) in [
+            ("max_connections = 0", "api.max_connections"),
+            ("max_connections = 1000001", "api.max_connections"),
+            ("header_read_timeout_ms = 0", "api.header_read_timeout_ms"),
+            ("body_read_timeout_ms = 3600001", "api.body_read_timeout_ms"),
+            ("idle_timeout_ms = 0", "api.idle_timeout_ms"),
+        ] {
+            let err = load(&format!("[api]\n{text}\n")).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains("outside"), "{err}");
+        }
     }
 
     #[test]

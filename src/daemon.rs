@@ -161,9 +161,18 @@ impl Daemon {
             crate::supervisor::files::RuntimeDirs::create(&config.runtime_dir)?,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(listener, api::router(state), async move {
-            let _ = stopped.await;
-        }));
+        let serve_settings = api::ServeSettings {
+            metrics: Some(node.handle().shared_metrics()),
+            ..config.api.serve_settings()
+        };
+        let server = tokio::spawn(api::serve(
+            listener,
+            api::router(state),
+            serve_settings,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Ok((
             Daemon {
                 addr,

@@ -95,6 +95,11 @@ const COUNTERS: &[(&str, &str)] = &[
         "journal_events_total",
         "Events appended to the journal by this process.",
     ),
+    (
+        "api_connections_refused_total",
+        "API connections the HTTP layer's cap closed (evicted: idle, to make room) or refused \
+         (overloaded: answered 503; dropped: closed unanswered, no refusal slot free), by reason.",
+    ),
 ];
 
 /// Histograms: name, help, buckets (seconds).
@@ -420,6 +425,20 @@ impl NodeMetrics {
             Key::from_static_name("journal_append_duration_seconds"),
             seconds,
         );
+    }
+
+    /// The HTTP layer's cap closed or refused a connection (`evicted`, `overloaded`,
+    /// `dropped`).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "api_connections_refused_total",
+                    vec![Label::new("reason", reason)],
+                ),
+                &Self::metadata(),
+            )
+            .increment(1);
     }
 
     /// The start-up replay took `seconds`.

@@ -56,6 +56,8 @@ pub fn status_of(code: &str) -> StatusCode {
         // The journal cannot take writes (a full, read-only or failing disk): nothing was
         // recorded; the daemon retries by itself.
         "JOURNAL_UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+        // Every API connection is busy (`api.max_connections`); answered by the HTTP layer.
+        "OVERLOADED" => StatusCode::SERVICE_UNAVAILABLE,
         // A seq before the earliest one retention keeps.
         "HISTORY_EXPIRED" => StatusCode::GONE,
         // `CPU_SPILLOVER`: the engine answered healthy but is not running on the GPUs of its
@@ -152,12 +154,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                         "request body larger than {BODY_MAX_BYTES} bytes; send a smaller body"
                     ))
                     .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                } else if let Some(timeout) = body_timeout(&rejection) {
+                    ApiError::invalid(timeout.to_string()).with_status(StatusCode::REQUEST_TIMEOUT)
                 } else {
                     ApiError::invalid(format!("cannot read the request body: {rejection}"))
                 }
             })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// The [`super::BodyTimeout`] behind a body that could not be read, if that was why.
+fn body_timeout<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e super::BodyTimeout> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(timeout) = error.downcast_ref::<super::BodyTimeout>() {
+            return Some(timeout);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// Parses `bytes` as `T`, naming the field that failed (`prepared.port: invalid type ...`).

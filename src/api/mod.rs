@@ -18,12 +18,14 @@
 //! - `GET /openapi.json` (`openapi.rs`: the OpenAPI document, generated from the handlers'
 //!   `#[utoipa::path]` attributes; a test fails when a route here is not documented)
 
+mod bare_errors;
 mod error;
 mod events;
 mod gpus;
 pub mod guard;
 mod openapi;
 mod pools;
+mod server;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use crate::node::NodeHandle;
 
 pub use error::{parse_json, status_of, ApiError, JsonBody, PoolPath, BODY_MAX_BYTES};
 pub use openapi::{document_json as openapi_document, ApiDoc};
+pub use server::{BodyTimeout, ServeSettings};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -201,15 +204,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves (in-flight requests finish).
+/// Serves `router` on `listener` with the HTTP layer's bounds ([`ServeSettings`]) until
+/// `shutdown` resolves (in-flight requests finish); see `server.rs`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    settings: ServeSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, router, settings, shutdown).await
 }
 
 #[cfg(test)]

@@ -258,7 +258,8 @@ pub(super) struct ApiErrorBody {
 /// The SPEC section 5 codes (`INTERNAL`: the journal failed (500), the daemon is shutting
 /// down (503), or a wait gave up (504); `JOURNAL_UNAVAILABLE` (503): the journal cannot take
 /// writes now, nothing was recorded; `HISTORY_EXPIRED` (410): a seq before the earliest one
-/// retention keeps).
+/// retention keeps; `OVERLOADED` (503, with `Retry-After`): every API connection is busy,
+/// answered by the HTTP layer to any route).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[allow(dead_code)] // read by the documentation only
@@ -284,6 +285,7 @@ pub(super) enum ErrorCode {
     CircuitOpen,
     JournalUnavailable,
     HistoryExpired,
+    Overloaded,
     Internal,
 }
 
@@ -739,7 +741,7 @@ mod tests {
             .iter()
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
-        assert_eq!(codes.len(), 22);
+        assert_eq!(codes.len(), 23);
         // Every code some route names in its answers is a known code with that status.
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {

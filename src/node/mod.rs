@@ -648,6 +648,11 @@ impl NodeHandle {
         &self.metrics
     }
 
+    /// This node's metrics, shared (the HTTP layer counts its refusals there).
+    pub fn shared_metrics(&self) -> crate::metrics::SharedMetrics {
+        self.metrics.clone()
+    }
+
     /// Decides on `input`, appends its events durably, and answers with them.
     pub async fn submit(&self, input: impl Into<Input>) -> Result<Committed, NodeError> {
         self.send(input.into(), None).await
