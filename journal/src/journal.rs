@@ -531,7 +531,7 @@ pub(crate) fn writable_witness(
 
 /// Takes the directory lock of a writable open.
 pub(crate) fn take_lock(layout: &Layout) -> Result<File, JournalError> {
-    std::fs::create_dir_all(&layout.dir).map_err(|e| JournalError::io(&layout.dir, e))?;
+    crate::private::create_dir_all(&layout.dir).map_err(|e| JournalError::io(&layout.dir, e))?;
     match layout::lock(layout).map_err(|e| JournalError::io(layout.lock(), e))? {
         Locked::Held(file) => Ok(file),
         Locked::Busy => Err(JournalError::Locked {

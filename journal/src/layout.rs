@@ -17,7 +17,7 @@
 //! A journal written before segments existed keeps sled's files directly in `<dir>` (the
 //! *legacy* layout); opening it for writing migrates it (`migrate`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = OpenOptions::new()
+        let mut file = crate::private::file_options()
             .create(true)
             .truncate(true)
             .write(true)
@@ -146,7 +146,7 @@ pub fn create_dir_synced(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(dir)?;
+    crate::private::create_dir_all(dir)?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }
@@ -179,7 +179,7 @@ pub enum Locked {
 /// Takes `flock(LOCK_EX|LOCK_NB)` on `<dir>/LOCK`, retrying for [`LOCK_RETRY_MS`].
 pub fn lock(layout: &Layout) -> io::Result<Locked> {
     let path = layout.lock();
-    let file = OpenOptions::new()
+    let file = crate::private::file_options()
         .read(true)
         .write(true)
         .create(true)

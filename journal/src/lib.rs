@@ -101,6 +101,7 @@ pub mod load;
 mod maintenance;
 pub mod manifest;
 mod open;
+pub mod private;
 mod read;
 mod rebuild;
 pub mod record;

@@ -111,7 +111,12 @@ pub(crate) fn open_writable<S: EventSchema>(
     }
     let witness = witness_reading(&layout);
     let before_open = PreOpenCopy::take(&layout);
-    let (store, loaded, unavailable) = match open_store::<S>(&layout, &config, witness) {
+    let opened = open_store::<S>(&layout, &config, witness);
+    // After sled created its files (which follow the umask): every file owner-only.
+    if let Err(e) = crate::private::tighten_tree(&layout.dir) {
+        tracing::warn!(dir = %layout.dir.display(), error = %e, "cannot tighten the journal's modes; check its owner");
+    }
+    let (store, loaded, unavailable) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             before_open.discard();
@@ -208,8 +213,13 @@ impl PreOpenCopy {
             return PreOpenCopy::None;
         }
         let pending = layout.quarantine().join(PRE_OPEN_COPY_PENDING);
-        let copied = std::fs::create_dir_all(layout.quarantine())
-            .and_then(|()| std::fs::copy(&db, &pending));
+        let copied = crate::private::create_dir_all(&layout.quarantine())
+            .and_then(|()| std::fs::copy(&db, &pending))
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::Permissions::from_mode(crate::private::FILE_MODE);
+                std::fs::set_permissions(&pending, mode)
+            });
         match copied {
             Ok(_) => PreOpenCopy::File(pending),
             Err(_) => {
@@ -239,7 +249,7 @@ impl PreOpenCopy {
             .join(format!("{}{PRE_OPEN_COPY_SUFFIX}", layout::system_now_ms()));
         let saved = match self {
             PreOpenCopy::None => return,
-            PreOpenCopy::Memory(bytes) => std::fs::create_dir_all(layout.quarantine())
+            PreOpenCopy::Memory(bytes) => crate::private::create_dir_all(&layout.quarantine())
                 .and_then(|()| layout::write_atomic(&path, &bytes)),
             PreOpenCopy::File(pending) => std::fs::File::open(&pending)
                 .and_then(|f| f.sync_all())

@@ -46,7 +46,7 @@ fn create_quarantine_file(
     from_seq: u64,
 ) -> Result<(std::fs::File, PathBuf), JournalError> {
     let qdir = dir.join("quarantine");
-    std::fs::create_dir_all(&qdir).map_err(|e| JournalError::io(&qdir, e))?;
+    crate::private::create_dir_all(&qdir).map_err(|e| JournalError::io(&qdir, e))?;
     let ms = layout::system_now_ms();
     for attempt in 0..MAX_QUARANTINE_NAME_ATTEMPTS {
         let name = if attempt == 0 {
@@ -55,7 +55,7 @@ fn create_quarantine_file(
             format!("{ms}-from-seq-{from_seq}-{attempt}.ndjson")
         };
         let path = qdir.join(name);
-        match std::fs::OpenOptions::new()
+        match crate::private::file_options()
             .write(true)
             .create_new(true)
             .open(&path)
@@ -124,7 +124,7 @@ pub(crate) fn remove_from_store<St: Store>(
 pub(crate) fn probe_writable(dir: &Path) -> std::io::Result<()> {
     let path = dir.join(format!(".probe-{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
+        let mut f = crate::private::file_options()
             .create(true)
             .truncate(true)
             .write(true)

@@ -27,7 +27,7 @@
 //! (`check_full`, what `journal verify` does) reads every byte.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -268,7 +268,7 @@ fn write_file(
     first: &SealRecord<'_>,
     last: &SealRecord<'_>,
 ) -> io::Result<SegmentMeta> {
-    let file = OpenOptions::new()
+    let file = crate::private::file_options()
         .create(true)
         .truncate(true)
         .write(true)

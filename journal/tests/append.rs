@@ -237,3 +237,39 @@ fn journal_is_send_sync_clone_and_errors_are_send_sync_static() {
     assert_bounds::<Journal<TestSchema>>();
     assert_err::<JournalError>();
 }
+
+/// The journal holds every `env{}` value a caller gave: whatever the umask, its directories
+/// are 0700 and its files 0600, and a loose tree is tightened at the next open.
+#[test]
+fn the_journal_directory_is_0700_and_its_files_0600() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // SAFETY: umask is a plain syscall; 0022 is the usual default of a test process.
+    unsafe { libc_umask(0o022) };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    let journal = open(&dir);
+    fill(&journal, 3);
+    drop(journal);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let journal = open(&dir);
+    let mut seen = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen > 4, "the journal's files were walked");
+    drop(journal);
+}
+
+extern "C" {
+    #[link_name = "umask"]
+    fn libc_umask(mask: u32) -> u32;
+}

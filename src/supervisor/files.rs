@@ -31,7 +31,8 @@ pub struct RuntimeDirs {
 }
 
 impl RuntimeDirs {
-    /// Creates the directories under `root` when missing.
+    /// Creates the directories under `root` when missing, mode 0700 whatever the umask, and
+    /// takes group and other access away from what is there already (logged per path).
     pub fn create(root: &Path) -> io::Result<RuntimeDirs> {
         let dirs = RuntimeDirs {
             root: root.to_path_buf(),
@@ -40,7 +41,7 @@ impl RuntimeDirs {
             engines: root.join("engines"),
         };
         for dir in [&dirs.root, &dirs.logs, &dirs.pids, &dirs.engines] {
-            fs::create_dir_all(dir).map_err(|e| {
+            pool_journal::private::create_dir_all(dir).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -49,6 +50,11 @@ impl RuntimeDirs {
                     ),
                 )
             })?;
+        }
+        for dir in [&dirs.logs, &dirs.pids, &dirs.engines, &dirs.root] {
+            if let Err(e) = pool_journal::private::tighten_tree(dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot tighten the runtime directory's modes; check its owner");
+            }
         }
         Ok(dirs)
     }
@@ -237,7 +243,20 @@ mod tests {
 
     #[test]
     fn handoff_paths_refuse_unsafe_replica_ids() {
-        let dirs = RuntimeDirs::create(tempfile::tempdir().unwrap().path()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = RuntimeDirs::create(&tmp.path().join("run")).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        for dir in [&dirs.root, &dirs.logs, &dirs.pids, &dirs.engines] {
+            let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+        write_pid_file(&dirs.pid_path("p"), 42).unwrap();
+        let mode = fs::metadata(dirs.pid_path("p"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
         assert!(dirs.handoff_path("p", "r0").is_some());
         assert!(dirs.handoff_path("p", "../x").is_none());
         assert!(dirs.handoff_path("p", "").is_none());

@@ -8,7 +8,7 @@
 //! process group of a pid the core gave it, and never kills an engine on drop: engines
 //! outlive the daemon.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::Path;
@@ -141,7 +141,7 @@ pub fn spawn(
     now_ms: u64,
     run_as: Option<RunAs>,
 ) -> io::Result<Spawned> {
-    let mut log = OpenOptions::new()
+    let mut log = pool_journal::private::file_options()
         .create(true)
         .append(true)
         .open(log_path)
