@@ -479,7 +479,7 @@ impl Node {
             settings.policy.clone(),
             settings.clock.clone(),
         );
-        supervisor_settings.run_as = settings.run_as;
+        supervisor_settings.run_engines_as(settings.run_as);
         supervisor_settings.admission = settings.admission.clone();
         supervisor_settings.placement = settings.placement_check.clone();
         let supervisor = Supervisor::new(

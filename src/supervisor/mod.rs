@@ -97,6 +97,17 @@ impl SupervisorSettings {
             admission: Arc::new(admission::Admission::permissive()),
         }
     }
+
+    /// Engines run as `run_as`: their `HOME` becomes that user's home (from its passwd
+    /// entry), never the daemon's, whose files an engine must not reach.
+    pub fn run_engines_as(&mut self, run_as: Option<process::RunAs>) {
+        self.run_as = run_as;
+        if let Some(run_as) = run_as {
+            let home = process::home_of(run_as.uid);
+            self.passed_env.retain(|(name, _)| name != "HOME");
+            self.passed_env.push(("HOME".to_string(), home));
+        }
+    }
 }
 
 struct Shared {

@@ -80,6 +80,17 @@ pub fn resolve_engine_user(name: &str) -> io::Result<Option<RunAs>> {
     }
 }
 
+/// The home directory of user `uid` from its passwd entry; `/` when it has none (an engine
+/// user without a home must still not get the daemon's).
+pub fn home_of(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.dir.display().to_string())
+        .filter(|dir| !dir.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
 /// How the header line the supervisor writes into an engine's log before each start begins.
 pub const LOG_HEADER_PREFIX: &str = "==== pool-managerd:";
 

@@ -280,11 +280,16 @@ mod tests {
         for mode in [0o620, 0o602, 0o666] {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
             let refused = trusted_file(&file).unwrap_err();
-            assert!(refused.contains("writable by its group or others"), "{refused}");
+            assert!(
+                refused.contains("writable by its group or others"),
+                "{refused}"
+            );
         }
         let link = dir.path().join("link.pid");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        assert!(trusted_file(&link).unwrap_err().contains("not a plain file"));
+        assert!(trusted_file(&link)
+            .unwrap_err()
+            .contains("not a plain file"));
     }
 
     #[test]
