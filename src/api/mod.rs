@@ -27,7 +27,6 @@ mod openapi;
 mod pools;
 mod server;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -36,7 +35,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use tokio::net::TcpListener;
 
 use crate::supervisor::admission::Admission;
 
@@ -45,7 +43,7 @@ use crate::node::NodeHandle;
 
 pub use error::{parse_json, status_of, ApiError, JsonBody, PoolPath, BODY_MAX_BYTES};
 pub use openapi::{document_json as openapi_document, ApiDoc};
-pub use server::{BodyTimeout, ServeSettings};
+pub use server::{serve, BodyTimeout, ServeSettings};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -202,17 +200,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= usize::from(x ^ y);
     }
     diff == 0
-}
-
-/// Serves `router` on `listener` with the HTTP layer's bounds ([`ServeSettings`]) until
-/// `shutdown` resolves (in-flight requests finish); see `server.rs`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    settings: ServeSettings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    server::serve(listener, router, settings, shutdown).await
 }
 
 #[cfg(test)]
