@@ -175,6 +175,13 @@ env_allow = ["CUDA_*", "NCCL_*", "HF_*", "OMP_*", "LLAMA_*", "VLLM_*", "TORCH_*"
                                     # the env{} keys a prepared engine may set ("X_*" = prefix);
                                     # loader and shell hooks (LD_*, BASH_ENV, PYTHONPATH...) are
                                     # refused whatever this says
+cgroup = "auto"                     # a cgroup v2 leaf per engine (memory.max from
+                                    # ram_required_bytes, pids.max, exact OOM kills and memory):
+                                    # "auto" = where the daemon may create one, else logged and
+                                    # skipped; "required" = refuse to start without; "off"
+pids_max = 32768                    # pids.max of each engine's leaf (threads count); 1..=4194304
+logs_group = ""                     # a group that may read the engine logs (logs/ 0750, logs
+                                    # 0640); "" = the daemon's user only (0700, 0600)
 
 [api]
 allowed_origins = []                # exact Origin values of web pages allowed to call the API
@@ -316,6 +323,30 @@ pub struct EnginesSettings {
     /// Loader and shell hooks are refused whatever this says
     /// ([`crate::supervisor::admission::ENV_HOOKS`]).
     pub env_allow: Vec<String>,
+    /// Whether each engine gets its own cgroup v2 leaf (see [`CgroupMode`]).
+    pub cgroup: CgroupMode,
+    /// `pids.max` of each engine's leaf (tasks: processes and threads), 1..=[`PIDS_MAX_MAX`].
+    pub pids_max: u64,
+    /// A group that may read the engine logs: `logs/` becomes 0750 and each log 0640, both
+    /// owned by that group. Empty (the default): the daemon's user only.
+    pub logs_group: String,
+}
+
+/// Largest `engines.pids_max` (the kernel's `pid_max` limit).
+pub const PIDS_MAX_MAX: u64 = 4_194_304;
+
+/// `engines.cgroup`: whether each engine runs in a cgroup v2 leaf of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Where the daemon may create one; otherwise the reason is logged and engines run in
+    /// the daemon's cgroup.
+    #[default]
+    Auto,
+    /// Refuse to start without a leaf per engine with the memory and pids controllers.
+    Required,
+    /// Never: engines run in the daemon's cgroup.
+    Off,
 }
 
 impl Default for EnginesSettings {
@@ -325,6 +356,9 @@ impl Default for EnginesSettings {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            cgroup: CgroupMode::Auto,
+            pids_max: 32_768,
+            logs_group: String::new(),
         }
     }
 }
@@ -1201,6 +1235,8 @@ fn value_hint(key: &str) -> String {
         "engine_user" => "give a user name, or \"\" for none",
         "gpu.fixture" => "give the path of a JSON file of GPUs (a testing aid), or \"\" for NVML",
         "gpu.allow_sharing" => "give true or false",
+        "engines.cgroup" => "give \"auto\", \"required\" or \"off\"",
+        "engines.logs_group" => "give a group name, or \"\" for none",
         _ => "fix it",
     };
     match default {
@@ -1317,6 +1353,23 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
                 format!("entry {i} ({pattern:?}) is not a variable name or a prefix ending in '*'"),
             ));
         }
+    }
+    if file.engines.pids_max == 0 || file.engines.pids_max > PIDS_MAX_MAX {
+        return Err(invalid(
+            "engines.pids_max",
+            format!("{} is outside 1..={PIDS_MAX_MAX}", file.engines.pids_max),
+        ));
+    }
+    if file
+        .engines
+        .logs_group
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
+    {
+        return Err(invalid(
+            "engines.logs_group",
+            format!("{:?} is not a group name", file.engines.logs_group),
+        ));
     }
     if file
         .engine_user

@@ -88,6 +88,7 @@ impl Daemon {
                 "running as root with no engine_user: every engine start is refused (SPAWN_FAILED); set engine_user, or allow_root_engines = true"
             );
         }
+        let logs_gid = resolve_logs_group(&config.engines.logs_group)?;
         let listener = TcpListener::bind(config.addr).await.with_context(|| {
             format!(
                 "cannot listen on {} (addr); is another daemon running there?",
@@ -127,6 +128,8 @@ impl Daemon {
             }),
             allow_gpu_sharing: config.gpu.allow_sharing,
             admission: admission.clone(),
+            cgroups: engine_cgroups(config)?,
+            logs_gid,
         })
         .await?;
         // The preflight reading's observations (inventory, engines on GPUs, faults), before
@@ -158,7 +161,10 @@ impl Daemon {
         // handoff watcher (SPEC 6, engines started by someone else)
         let handoff_watcher = crate::supervisor::handoff::HandoffWatcher::spawn(
             node.handle(),
-            crate::supervisor::files::RuntimeDirs::create(&config.runtime_dir)?,
+            crate::supervisor::files::RuntimeDirs::create_sharing_logs(
+                &config.runtime_dir,
+                logs_gid,
+            )?,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let serve_settings = api::ServeSettings {
@@ -219,7 +225,11 @@ impl Daemon {
         if self.stop_engines_on_shutdown {
             stop_all(&self.node.handle(), self.stop_wait_ms).await;
         }
+        let cgroups = self.node.handle().cgroups().cloned();
         self.node.shutdown(reason).await;
+        if let Some(cgroups) = cgroups {
+            cgroups.remove_empty();
+        }
     }
 }
 
@@ -265,4 +275,68 @@ pub async fn stop_all(node: &NodeHandle, wait_ms: u64) {
     {
         tracing::warn!("engines still running {wait_ms} ms after the stop request");
     }
+}
+
+/// `engines.logs_group` as a group id (`None` when empty). An unknown group stops start-up.
+fn resolve_logs_group(name: &str) -> anyhow::Result<Option<u32>> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+        Ok(None) => anyhow::bail!(
+            "engines.logs_group: group '{name}' does not exist on this machine; create it (groupadd {name}) or set logs_group = \"\""
+        ),
+        Err(e) => anyhow::bail!("engines.logs_group: cannot look up group '{name}': {e}"),
+    }
+}
+
+/// Sets up the engines' cgroup subtree (`engines.cgroup`): `None` when off, or when it is
+/// `auto` and the host gives none (the reason is logged); an error when it is `required` and
+/// the subtree or its memory and pids controllers are missing.
+fn engine_cgroups(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<crate::supervisor::cgroup::EngineCgroups>>> {
+    use crate::config::CgroupMode;
+    use crate::supervisor::cgroup;
+    let required = config.engines.cgroup == CgroupMode::Required;
+    if config.engines.cgroup == CgroupMode::Off {
+        tracing::info!("engines.cgroup = \"off\": engines run in the daemon's cgroup");
+        return Ok(None);
+    }
+    let set_up = std::fs::read_to_string("/proc/self/mountinfo")
+        .and_then(|m| Ok((m, std::fs::read_to_string("/proc/self/cgroup")?)))
+        .map_err(|e| format!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}"))
+        .and_then(|(mountinfo, own)| cgroup::locate(&mountinfo, &own))
+        .and_then(|location| {
+            let name = cgroup::subtree_name(&config.runtime_dir);
+            // A systemd service must not empty its unit's cgroup (see the cgroup module).
+            let may_move_self = std::env::var_os("INVOCATION_ID").is_none();
+            cgroup::EngineCgroups::set_up(
+                &location,
+                &name,
+                config.engines.pids_max,
+                (std::process::id(), may_move_self),
+            )
+        });
+    let set_up = match set_up {
+        Ok(set_up) => set_up,
+        Err(reason) if required => anyhow::bail!(
+            "engines.cgroup = \"required\": {reason}; give the daemon a writable cgroup v2 tree (Delegate=yes in its unit) or set engines.cgroup = \"auto\""
+        ),
+        Err(reason) => {
+            tracing::warn!("engines run without a cgroup of their own (no memory.max, pids.max or exact OOM count): {reason}; set engines.cgroup = \"off\" to silence this");
+            return Ok(None);
+        }
+    };
+    let mut cgroups = set_up.cgroups;
+    match set_up.limits_missing {
+        Some(reason) if required => anyhow::bail!(
+            "engines.cgroup = \"required\": {reason}; boot the host with cgroup v2 only (systemd.unified_cgroup_hierarchy=1) or set engines.cgroup = \"auto\""
+        ),
+        Some(reason) => tracing::warn!(cgroup = %cgroups.base().display(), "each engine gets a cgroup of its own, without memory.max and pids.max: {reason}"),
+        None => tracing::info!(cgroup = %cgroups.base().display(), pids_max = config.engines.pids_max, "each engine gets a cgroup of its own (memory.max from ram_required_bytes, pids.max)"),
+    }
+    cgroups.required = required;
+    Ok(Some(Arc::new(cgroups)))
 }

@@ -673,6 +673,26 @@ pub fn render_journal(
     out
 }
 
+/// `pool_engine_memory_bytes`: the memory each engine's cgroup leaf is charged (resident
+/// and page cache), from `(pool id, bytes)`. Empty without samples. Pure.
+pub fn render_engine_memory(samples: &[(String, u64)]) -> String {
+    let mut family = Family::new(
+        "pool_engine_memory_bytes",
+        "Memory charged to the engine's own cgroup (memory.current: resident and page cache).",
+    );
+    for (pool_id, bytes) in samples {
+        family
+            .samples
+            .push((format!("pool_id=\"{}\"", escape(pool_id)), *bytes as f64));
+    }
+    let mut out = String::new();
+    if !family.samples.is_empty() {
+        family.write(&mut out);
+        out.push('\n');
+    }
+    out
+}
+
 /// `GET /metrics`: the Prometheus text exposition of this daemon (behind the bearer token
 /// when one is set, like every route but `/health`).
 pub async fn scrape(AxumState(state): AxumState<ApiState>) -> Response {
@@ -682,6 +702,20 @@ pub async fn scrape(AxumState(state): AxumState<ApiState>) -> Response {
         .gpus()
         .map(|monitor| monitor.load().gpus.iter().map(|g| g.info.clone()).collect());
     let mut body = node.metrics().render(&published.state, gpus.as_deref());
+    if let Some(cgroups) = node.cgroups().filter(|c| c.has_memory()) {
+        let samples: Vec<(String, u64)> = published
+            .state
+            .pools
+            .keys()
+            .filter_map(|id| {
+                Some((
+                    id.as_str().to_string(),
+                    cgroups.memory_current(id.as_str())?,
+                ))
+            })
+            .collect();
+        body.push_str(&render_engine_memory(&samples));
+    }
     let journal = node.journal_report();
     body.push_str(&render_journal(
         &journal.health,

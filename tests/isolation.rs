@@ -105,3 +105,86 @@ fn the_engine_user_cannot_read_the_daemons_environment() {
         "{out:?}"
     );
 }
+
+/// `cat path` as uid and gid nobody with the supplementary groups `groups`.
+fn cat_as_nobody(path: &std::path::Path, groups: &[u32]) -> std::process::Output {
+    let groups: Vec<nix::unistd::Gid> = groups.iter().map(|g| (*g).into()).collect();
+    let mut command = std::process::Command::new("cat");
+    command.arg(path);
+    // SAFETY: setgroups/setgid/setuid only, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(NOBODY.into())?;
+            nix::unistd::setuid(NOBODY.into())?;
+            Ok(())
+        });
+    }
+    command.output().unwrap()
+}
+
+/// `engines.logs_group`: that group may read the engine logs (and only them): the runtime
+/// directory 0710 (search), `logs/` 0750 and each log 0640, owned by the group; `pids/`,
+/// `engines/` and the journal stay the daemon's alone. An unknown group stops start-up.
+#[tokio::test]
+async fn a_logs_group_may_read_the_engine_logs_and_nothing_else() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !root_or_skip() {
+        return;
+    }
+    let adm = nix::unistd::Group::from_name("adm")
+        .unwrap()
+        .expect("group adm");
+    let gid = adm.gid.as_raw();
+    let h = Harness::start_with(|c| c.engines.logs_group = "adm".to_string()).await;
+    let (status, answer) = h
+        .post(
+            "/v2/pools/logs/preload",
+            engine_sim_preload("logs", None, &[]),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let runtime = h.runtime();
+    let mode_gid = |path: &std::path::Path| {
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.mode() & 0o7777, meta.gid())
+    };
+    assert_eq!(mode_gid(&runtime), (0o710, gid));
+    assert_eq!(mode_gid(&runtime.join("logs")), (0o750, gid));
+    assert_eq!(mode_gid(&runtime.join("logs/logs.log")), (0o640, gid));
+    for private in [
+        runtime.join("pids"),
+        runtime.join("engines"),
+        h.dir.path().join("journal"),
+    ] {
+        assert_eq!(mode_gid(&private).0, 0o700, "{}", private.display());
+    }
+    assert_eq!(mode_gid(&runtime.join("pids/logs.pid")).0, 0o600);
+    // Read as the kernel checks it: uid nobody, in group adm or not.
+    let log = runtime.join("logs/logs.log");
+    assert!(
+        cat_as_nobody(&log, &[gid]).status.success(),
+        "a member of adm reads the log"
+    );
+    assert!(!cat_as_nobody(&runtime.join("pids/logs.pid"), &[gid])
+        .status
+        .success());
+    assert!(!cat_as_nobody(&log, &[]).status.success(), "others do not");
+    let (status, _) = h
+        .call(reqwest::Method::DELETE, "/v2/pools/logs", None)
+        .await;
+    assert_eq!(status, 200);
+    h.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = harness::config(dir.path());
+    config.engines.logs_group = "no-such-group-xyz".to_string();
+    let clock = std::sync::Arc::new(pool_managerd::clock::SystemClock);
+    let err = pool_managerd::daemon::Daemon::start(&config, clock)
+        .await
+        .err()
+        .expect("an unknown logs_group stops start-up");
+    let err = format!("{err:#}");
+    assert!(err.contains("engines.logs_group"), "{err}");
+    assert!(err.contains("'no-such-group-xyz' does not exist"), "{err}");
+}

@@ -395,6 +395,10 @@ pub struct NodeSettings {
     /// What may be started (`allowed_binaries`, `[engines] env_allow`), checked again before
     /// every spawn.
     pub admission: Arc<crate::supervisor::admission::Admission>,
+    /// A cgroup v2 leaf per engine (`engines.cgroup`), where one could be set up.
+    pub cgroups: Option<Arc<crate::supervisor::cgroup::EngineCgroups>>,
+    /// The group that may read the engine logs (`engines.logs_group`), resolved.
+    pub logs_gid: Option<u32>,
 }
 
 /// What start-up found.
@@ -429,6 +433,8 @@ pub struct NodeHandle {
     placement_wait_ms: u64,
     /// This node's metrics (its own recorder: `crate::metrics`).
     metrics: crate::metrics::SharedMetrics,
+    /// The engines' cgroup leaves, where they exist (for their memory at each scrape).
+    cgroups: Option<Arc<crate::supervisor::cgroup::EngineCgroups>>,
 }
 
 /// The running node: its handle and its actor task.
@@ -442,7 +448,7 @@ impl Node {
     /// `DaemonStarted` (and the preflight's verdict), then resumes the recorded engines.
     pub async fn start(settings: NodeSettings) -> anyhow::Result<(Node, StartReport)> {
         use anyhow::Context as _;
-        let dirs = RuntimeDirs::create(&settings.runtime_dir)?;
+        let dirs = RuntimeDirs::create_sharing_logs(&settings.runtime_dir, settings.logs_gid)?;
         let started = std::time::Instant::now();
         let journal_config = journal_config(&settings);
         let (journal, open_report, replayed, max_batch_records) =
@@ -482,6 +488,7 @@ impl Node {
         supervisor_settings.run_engines_as(settings.run_as);
         supervisor_settings.admission = settings.admission.clone();
         supervisor_settings.placement = settings.placement_check.clone();
+        supervisor_settings.cgroups = settings.cgroups.clone();
         let supervisor = Supervisor::new(
             supervisor_settings,
             Reporter { tx: tx.clone() },
@@ -499,6 +506,7 @@ impl Node {
                 .as_ref()
                 .map_or(0, |check| check.timeout_ms),
             metrics: metrics.clone(),
+            cgroups: settings.cgroups.clone(),
         };
         let actor = Actor {
             state,
@@ -641,6 +649,11 @@ impl NodeHandle {
     /// The supervision policy the node runs with.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The engines' cgroup leaves (`engines.cgroup`), where they could be set up.
+    pub fn cgroups(&self) -> Option<&crate::supervisor::cgroup::EngineCgroups> {
+        self.cgroups.as_deref()
     }
 
     /// This node's metrics (`GET /metrics`).

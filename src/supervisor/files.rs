@@ -28,17 +28,34 @@ pub struct RuntimeDirs {
     pub pids: PathBuf,
     /// `engines/` (handoff files).
     pub engines: PathBuf,
+    /// The group that may read the engine logs (`engines.logs_group`), if any.
+    pub logs_gid: Option<u32>,
 }
+
+/// The mode of the runtime directory when a group may read the logs (search only).
+pub const SHARED_ROOT_MODE: u32 = 0o710;
+/// The mode of `logs/` when a group may read the logs.
+pub const SHARED_LOGS_MODE: u32 = 0o750;
+/// The mode of a log file when a group may read the logs.
+pub const SHARED_LOG_MODE: u32 = 0o640;
 
 impl RuntimeDirs {
     /// Creates the directories under `root` when missing, mode 0700 whatever the umask, and
     /// takes group and other access away from what is there already (logged per path).
     pub fn create(root: &Path) -> io::Result<RuntimeDirs> {
+        RuntimeDirs::create_sharing_logs(root, None)
+    }
+
+    /// [`RuntimeDirs::create`]; with `logs_gid`, that group may read the engine logs: the
+    /// root becomes 0710 and `logs/` 0750, each log 0640, all owned by that group. Anything
+    /// else stays the daemon user's alone.
+    pub fn create_sharing_logs(root: &Path, logs_gid: Option<u32>) -> io::Result<RuntimeDirs> {
         let dirs = RuntimeDirs {
             root: root.to_path_buf(),
             logs: root.join("logs"),
             pids: root.join("pids"),
             engines: root.join("engines"),
+            logs_gid,
         };
         for dir in [&dirs.root, &dirs.logs, &dirs.pids, &dirs.engines] {
             pool_journal::private::create_dir_all(dir).map_err(|e| {
@@ -51,12 +68,43 @@ impl RuntimeDirs {
                 )
             })?;
         }
-        for dir in [&dirs.logs, &dirs.pids, &dirs.engines, &dirs.root] {
-            if let Err(e) = pool_journal::private::tighten_tree(dir) {
+        // With a logs group, its read and search bits are kept where set under the root and in
+        // logs/; pids/ and engines/ are tightened after the root, so nothing else keeps them.
+        let keep = if logs_gid.is_some() { 0o050 } else { 0 };
+        for (dir, keep) in [
+            (&dirs.root, keep),
+            (&dirs.logs, keep),
+            (&dirs.pids, 0),
+            (&dirs.engines, 0),
+        ] {
+            if let Err(e) = pool_journal::private::tighten_tree_keeping(dir, keep) {
                 tracing::warn!(path = %dir.display(), error = %e, "cannot tighten the runtime directory's modes; check its owner");
             }
         }
+        if let Some(gid) = logs_gid {
+            share(&dirs.root, gid, SHARED_ROOT_MODE)?;
+            share(&dirs.logs, gid, SHARED_LOGS_MODE)?;
+            for entry in fs::read_dir(&dirs.logs)?.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    share(&entry.path(), gid, SHARED_LOG_MODE)?;
+                }
+            }
+        }
         Ok(dirs)
+    }
+
+    /// Creates the log file at `path` when missing (0600, or 0640 owned by the logs group),
+    /// so that an engine's output never lands in a file others may read.
+    pub fn prepare_log(&self, path: &Path) -> io::Result<()> {
+        pool_journal::private::file_options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", path.display())))?;
+        match self.logs_gid {
+            Some(gid) => share(path, gid, SHARED_LOG_MODE),
+            None => Ok(()),
+        }
     }
 
     /// `logs/<pool_id>.log`.
@@ -80,6 +128,32 @@ impl RuntimeDirs {
             && !replica_id.starts_with('.');
         safe.then(|| self.engines.join(format!("{pool_id}-{replica_id}.json")))
     }
+}
+
+/// Gives `path` to group `gid` with `mode` (logged when it changes); the error names the path
+/// and the key.
+fn share(path: &Path, gid: u32, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = fs::symlink_metadata(path)?;
+    let named = |e: io::Error, what: &str| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot {what} {} for engines.logs_group (gid {gid}): {e}; the daemon's user must be root or a member of that group",
+                path.display()
+            ),
+        )
+    };
+    if meta.gid() != gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))
+            .map_err(|e| named(e, "change the group of"))?;
+    }
+    if meta.permissions().mode() & 0o7777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| named(e, "change the mode of"))?;
+        tracing::info!(path = %path.display(), mode = format!("{mode:o}"), gid, "shared with the logs group");
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the

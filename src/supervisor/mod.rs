@@ -27,6 +27,7 @@
 //! by someone else), [`admission`] (what may be started, checked before every spawn).
 
 pub mod admission;
+pub mod cgroup;
 pub mod files;
 pub mod handoff;
 pub mod logwatch;
@@ -78,6 +79,8 @@ pub struct SupervisorSettings {
     /// What may be started, checked again before every spawn (default: any binary, the
     /// default environment allow-list).
     pub admission: Arc<admission::Admission>,
+    /// A cgroup v2 leaf per engine (`engines.cgroup`), where one could be set up.
+    pub cgroups: Option<Arc<cgroup::EngineCgroups>>,
 }
 
 impl SupervisorSettings {
@@ -95,6 +98,7 @@ impl SupervisorSettings {
             run_as: None,
             placement: None,
             admission: Arc::new(admission::Admission::permissive()),
+            cgroups: None,
         }
     }
 
@@ -372,6 +376,11 @@ impl PoolWorker {
                         tracing::warn!(pool_id = %self.pool_id, "{e}");
                     }
                 }
+                if let Some(cgroups) = &self.shared.settings.cgroups {
+                    if let Err(e) = cgroups.remove(self.pool_id.as_str()) {
+                        tracing::warn!(pool_id = %self.pool_id, "the engine's cgroup stays: {e}; remove it once it is empty");
+                    }
+                }
             }
             Effect::ArmTimer {
                 timer,
@@ -446,6 +455,17 @@ impl PoolWorker {
         }
         let pool = self.pool_id.as_str();
         let log_path = self.dirs().log_path(pool);
+        if let Err(e) = self.dirs().prepare_log(&log_path) {
+            let reason = format!("cannot prepare the engine log: {e}");
+            tracing::warn!(pool_id = %self.pool_id, "{reason}");
+            let observation = Observation::SpawnFailed {
+                pool_id: self.pool_id.clone(),
+                token,
+                reason,
+            };
+            self.shared.report(cause, observation).await;
+            return;
+        }
         // The log watcher starts where this start's header will be written.
         let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let pid_path = self.dirs().pid_path(pool);
@@ -458,13 +478,28 @@ impl PoolWorker {
                 .map(|(_, v)| v.clone())
         });
         let now_ms = self.shared.now_ms();
+        let leaf = match self.leaf(engine) {
+            Ok(leaf) => leaf,
+            Err(reason) => {
+                let observation = Observation::SpawnFailed {
+                    pool_id: self.pool_id.clone(),
+                    token,
+                    reason,
+                };
+                self.shared.report(cause, observation).await;
+                return;
+            }
+        };
+        let join = leaf
+            .as_ref()
+            .map(|(leaf, required)| (leaf.procs_fd(), *required));
         let spawned = match process::spawn(
             engine,
             &env,
             &log_path,
-            attempt,
-            now_ms,
+            (attempt, now_ms),
             self.shared.settings.run_as,
+            join,
         ) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -484,6 +519,11 @@ impl PoolWorker {
             }
         };
         let pid = spawned.pid;
+        if let Some((leaf, _)) = &leaf {
+            if !leaf.holds(pid) && !process::is_gone(pid) {
+                tracing::warn!(pool_id = %self.pool_id, pid, cgroup = %leaf.dir.display(), "the engine did not join its cgroup; it runs without its memory.max and pids.max");
+            }
+        }
         // Read at once: an engine that dies at once is reaped by its watcher, and its `/proc`
         // entry goes with it.
         let start_time = spawned.start_time;
@@ -528,6 +568,25 @@ impl PoolWorker {
             )
             .await;
         let _ = announced.send(true);
+    }
+
+    /// The engine's cgroup leaf, prepared (with whether joining it is required). `Ok(None)`
+    /// without cgroups, or when one cannot be prepared and it is not required (logged);
+    /// `Err` (the reason) when it is required.
+    fn leaf(&self, engine: &PreparedEngine) -> Result<Option<(cgroup::Leaf, bool)>, String> {
+        let Some(cgroups) = &self.shared.settings.cgroups else {
+            return Ok(None);
+        };
+        match cgroups.prepare(self.pool_id.as_str(), engine.ram_required_bytes) {
+            Ok(leaf) => Ok(Some((leaf, cgroups.required))),
+            Err(e) if cgroups.required => Err(format!(
+                "cannot prepare the engine's cgroup (engines.cgroup = \"required\"): {e}"
+            )),
+            Err(e) => {
+                tracing::warn!(pool_id = %self.pool_id, "the engine starts without a cgroup of its own: {e}");
+                Ok(None)
+            }
+        }
     }
 
     /// A daemon killed between spawning an engine and journaling `EngineSpawned` leaves an

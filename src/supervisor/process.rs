@@ -143,14 +143,16 @@ pub fn engine_env(
 }
 
 /// Spawns `engine` in a new session (so its process group is its pid and it survives the
-/// daemon), stdin closed, stdout and stderr appended to `log_path` after a header line.
+/// daemon), stdin closed, stdout and stderr appended to `log_path` after a header line. With
+/// `join` (an open `cgroup.procs` and whether joining is required), the child moves into
+/// that cgroup before anything else; a failed move fails the spawn only when required.
 pub fn spawn(
     engine: &PreparedEngine,
     env: &[(String, String)],
     log_path: &Path,
-    attempt: u32,
-    now_ms: u64,
+    (attempt, now_ms): (u32, u64),
     run_as: Option<RunAs>,
+    join: Option<(i32, bool)>,
 ) -> io::Result<Spawned> {
     let mut log = pool_journal::private::file_options()
         .create(true)
@@ -181,6 +183,13 @@ pub fn spawn(
     // on values computed before the fork.
     unsafe {
         command.pre_exec(move || {
+            if let Some((procs, required)) = join {
+                if let Err(e) = super::cgroup::join_in_child(procs) {
+                    if required {
+                        return Err(e);
+                    }
+                }
+            }
             close_inherited_descriptors_on_exec();
             nix::unistd::setsid().map_err(io::Error::from)?;
             if let Some(run_as) = run_as {
