@@ -442,30 +442,12 @@ impl PoolWorker {
         self.health = None;
         self.probe = None;
         self.kill_leftover(engine).await;
-        if let Err(refused) = self.shared.settings.admission.check(engine) {
-            let reason = format!("{}: {}", refused.code, refused.message);
-            tracing::warn!(pool_id = %self.pool_id, "engine not started: {reason}");
-            let observation = Observation::SpawnFailed {
-                pool_id: self.pool_id.clone(),
-                token,
-                reason,
-            };
-            self.shared.report(cause, observation).await;
-            return;
-        }
         let pool = self.pool_id.as_str();
         let log_path = self.dirs().log_path(pool);
-        if let Err(e) = self.dirs().prepare_log(&log_path) {
-            let reason = format!("cannot prepare the engine log: {e}");
-            tracing::warn!(pool_id = %self.pool_id, "{reason}");
-            let observation = Observation::SpawnFailed {
-                pool_id: self.pool_id.clone(),
-                token,
-                reason,
-            };
-            self.shared.report(cause, observation).await;
-            return;
-        }
+        let leaf = match self.pre_spawn(engine, &log_path) {
+            Ok(leaf) => leaf,
+            Err(reason) => return self.spawn_failed(cause, token, reason).await,
+        };
         // The log watcher starts where this start's header will be written.
         let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let pid_path = self.dirs().pid_path(pool);
@@ -478,44 +460,16 @@ impl PoolWorker {
                 .map(|(_, v)| v.clone())
         });
         let now_ms = self.shared.now_ms();
-        let leaf = match self.leaf(engine) {
-            Ok(leaf) => leaf,
-            Err(reason) => {
-                let observation = Observation::SpawnFailed {
-                    pool_id: self.pool_id.clone(),
-                    token,
-                    reason,
-                };
-                self.shared.report(cause, observation).await;
-                return;
-            }
-        };
         let join = leaf
             .as_ref()
             .map(|(leaf, required)| (leaf.procs_fd(), *required));
-        let spawned = match process::spawn(
-            engine,
-            &env,
-            &log_path,
-            (attempt, now_ms),
-            self.shared.settings.run_as,
-            join,
-        ) {
+        let run_as = self.shared.settings.run_as;
+        let spawned = match process::spawn(engine, &env, &log_path, (attempt, now_ms), run_as, join)
+        {
             Ok(spawned) => spawned,
             Err(e) => {
                 let reason = format!("cannot start engine '{}': {e}", engine.binary_path);
-                tracing::warn!(pool_id = %self.pool_id, "{reason}");
-                self.shared
-                    .report(
-                        cause,
-                        Observation::SpawnFailed {
-                            pool_id: self.pool_id.clone(),
-                            token,
-                            reason,
-                        },
-                    )
-                    .await;
-                return;
+                return self.spawn_failed(cause, token, reason).await;
             }
         };
         let pid = spawned.pid;
@@ -568,6 +522,35 @@ impl PoolWorker {
             )
             .await;
         let _ = announced.send(true);
+    }
+
+    /// What must hold before a spawn: the engine admitted (again: the allow-lists may have
+    /// changed since its preload), its log prepared, its cgroup leaf ready. `Err`: the reason.
+    fn pre_spawn(
+        &self,
+        engine: &PreparedEngine,
+        log_path: &std::path::Path,
+    ) -> Result<Option<(cgroup::Leaf, bool)>, String> {
+        self.shared
+            .settings
+            .admission
+            .check(engine)
+            .map_err(|refused| format!("{}: {}", refused.code, refused.message))?;
+        self.dirs()
+            .prepare_log(log_path)
+            .map_err(|e| format!("cannot prepare the engine log: {e}"))?;
+        self.leaf(engine)
+    }
+
+    /// Logs and reports a start that did not happen.
+    async fn spawn_failed(&self, cause: u64, token: u64, reason: String) {
+        tracing::warn!(pool_id = %self.pool_id, "engine not started: {reason}");
+        let observation = Observation::SpawnFailed {
+            pool_id: self.pool_id.clone(),
+            token,
+            reason,
+        };
+        self.shared.report(cause, observation).await;
     }
 
     /// The engine's cgroup leaf, prepared (with whether joining it is required). `Ok(None)`
