@@ -98,6 +98,11 @@ impl Clock for ManualClock {
     }
 }
 
+/// Formats a wall-clock time in ms since the epoch as RFC 3339 with milliseconds (UTC).
+pub fn format_ts_ms(ts_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ts_ms)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -280,17 +280,6 @@ pub const API_MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 pub const API_TIMEOUT_MS_MAX: u64 = 3_600_000;
 
 impl ApiConfig {
-    /// The HTTP layer's settings.
-    pub fn serve_settings(&self) -> crate::api::ServeSettings {
-        crate::api::ServeSettings {
-            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
-            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
-            body_read_timeout: std::time::Duration::from_millis(self.body_read_timeout_ms),
-            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
-            metrics: None,
-        }
-    }
-
     /// `Err((key, message))` for a value out of bounds.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.max_connections == 0 || self.max_connections > API_MAX_CONNECTIONS_MAX {
@@ -321,7 +310,7 @@ impl ApiConfig {
 pub struct EnginesSettings {
     /// The `env{}` keys a prepared engine may set: whole names, or prefixes ending in `*`.
     /// Loader and shell hooks are refused whatever this says
-    /// ([`crate::supervisor::admission::ENV_HOOKS`]).
+    /// (`ENV_HOOKS` of the supervisor's admission).
     pub env_allow: Vec<String>,
     /// Whether each engine gets its own cgroup v2 leaf (see [`CgroupMode`]).
     pub cgroup: CgroupMode,
@@ -331,6 +320,22 @@ pub struct EnginesSettings {
     /// owned by that group. Empty (the default): the daemon's user only.
     pub logs_group: String,
 }
+
+/// `[engines] env_allow` by default: the variables inference engines read. A pattern ending
+/// in `*` is a prefix; any other is a whole name.
+pub const DEFAULT_ENV_ALLOW: [&str; 11] = [
+    "CUDA_*",
+    "NCCL_*",
+    "HF_*",
+    "OMP_*",
+    "LLAMA_*",
+    "VLLM_*",
+    "TORCH_*",
+    "PYTORCH_*",
+    "TRANSFORMERS_*",
+    "TZ",
+    "LC_*",
+];
 
 /// Largest `engines.pids_max` (the kernel's `pid_max` limit).
 pub const PIDS_MAX_MAX: u64 = 4_194_304;
@@ -352,10 +357,7 @@ pub enum CgroupMode {
 impl Default for EnginesSettings {
     fn default() -> Self {
         EnginesSettings {
-            env_allow: crate::supervisor::admission::DEFAULT_ENV_ALLOW
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
+            env_allow: DEFAULT_ENV_ALLOW.iter().map(|p| p.to_string()).collect(),
             cgroup: CgroupMode::Auto,
             pids_max: 32_768,
             logs_group: String::new(),
@@ -1508,9 +1510,8 @@ mod tests {
         };
         let config = load("[api]\nmax_connections = 8\nheader_read_timeout_ms = 500\n").unwrap();
         assert_eq!(config.api.max_connections, 8);
-        let settings = config.api.serve_settings();
-        assert_eq!(settings.header_read_timeout.as_millis(), 500);
-        assert_eq!(settings.idle_timeout.as_millis(), 60_000);
+        assert_eq!(config.api.header_read_timeout_ms, 500);
+        assert_eq!(config.api.idle_timeout_ms, 60_000);
         for (text, key) in [
             ("max_connections = 0", "api.max_connections"),
             ("max_connections = 1000001", "api.max_connections"),

@@ -135,12 +135,18 @@ impl Daemon {
         // The preflight reading's observations (inventory, engines on GPUs, faults), before
         // the API answers anyone; then the loop takes a reading every poll interval.
         let monitor = GpuMonitor::unobserved(config.require_gpu);
-        gpu::observer::apply(&node.handle(), &monitor, &source, first, config.require_gpu)
-            .await
-            .context("cannot record the GPU preflight in the journal")?;
+        gpu::observer::apply(
+            &node.handle().inbox(),
+            &monitor,
+            &source,
+            first,
+            config.require_gpu,
+        )
+        .await
+        .context("cannot record the GPU preflight in the journal")?;
         let gpu_observer = GpuObserver::spawn(
             inventory,
-            node.handle(),
+            node.handle().inbox(),
             monitor.clone(),
             config.gpu.poll_interval_ms,
             config.require_gpu,
@@ -160,7 +166,7 @@ impl Daemon {
         );
         // handoff watcher (SPEC 6, engines started by someone else)
         let handoff_watcher = crate::supervisor::handoff::HandoffWatcher::spawn(
-            node.handle(),
+            node.handle().inbox(),
             crate::supervisor::files::RuntimeDirs::create_sharing_logs(
                 &config.runtime_dir,
                 logs_gid,
@@ -169,7 +175,7 @@ impl Daemon {
         let (stop_server, stopped) = oneshot::channel::<()>();
         let serve_settings = api::ServeSettings {
             metrics: Some(node.handle().shared_metrics()),
-            ..config.api.serve_settings()
+            ..api::ServeSettings::from_config(&config.api)
         };
         let server = tokio::spawn(api::serve(
             listener,

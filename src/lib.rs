@@ -1,16 +1,22 @@
 //! pool-managerd: the per-node daemon of an LLM serving stack.
 //!
-//! Layout of this crate (the package root; see `ARCHITECTURE.md` for the whole map):
-//! - [`core`] re-exports `pool-core`, the pure state machine (`decide`, `evolve`, `effects`).
-//! - [`schema`] binds the core's `Event` to the journal (format version, upcasting, kind names).
-//! - [`projection`] rebuilds the registry from the journal: snapshot + tail, or up to a seq/time.
-//! - [`script`] drives the core with no I/O: the source of recorded journals and test histories.
-//! - [`table`] renders a registry (and a GPU inventory) for people.
-//! - [`gpu`] the GPUs: an inventory behind a trait (NVML, "no GPU", a JSON fixture) and the loop
-//!   that reports what it sees to the node.
-//! - [`metrics`] Prometheus metrics: events to counters and histograms, the registry to gauges,
-//!   one recorder per node, `GET /metrics`.
-//! - [`cli`] the command line: `journal {show,export,import,verify,stats,repair}` and `replay`.
+//! The layer map, bottom to top (a module imports only its own layer or lower ones;
+//! `tests/layers.rs` fails otherwise; `ARCHITECTURE.md` has the whole map):
+//! 0. vocabulary: [`clock`], [`config`], [`schema`] (the core's `Event` bound to the journal:
+//!    format version, upcasting, kind names), [`projection`] (the registry rebuilt from the
+//!    journal: snapshot + tail, or up to a seq/time). Below them, the crates `pool-core`
+//!    ([`core`], the pure state machine) and `pool-journal`.
+//! 1. ports: [`port`] (the actor's message protocol and the published registry),
+//!    [`metrics`] (events to counters and histograms, the registry to gauges).
+//! 2. the world: [`supervisor`] (effects against processes and files, the handoff watcher),
+//!    [`gpu`] (an inventory behind a trait: NVML, "no GPU", a JSON fixture; and its loop).
+//! 3. the actor: [`node`].
+//! 4. HTTP: [`api`] (the only place that knows axum, utoipa and hyper).
+//! 5. assembly: [`daemon`].
+//! 6. entry: [`cli`] and [`table`] (rendering for people).
+//!
+//! Apart, test tools that only the entry layer uses: [`engine_sim`] (a fake engine) and
+//! [`script`] (drives the core with no I/O: recorded journals and test histories).
 
 pub use pool_core as core;
 
@@ -23,6 +29,7 @@ pub mod engine_sim;
 pub mod gpu;
 pub mod metrics;
 pub mod node;
+pub mod port;
 pub mod projection;
 pub mod schema;
 pub mod script;

@@ -40,17 +40,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State as AxumState;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use pool_core::state::StartKind;
 use pool_core::{Activity, BreakerState, DrainOutcome, Event, ExitReason, GpuInfo, Pool, State};
-
-use crate::api::ApiState;
 
 /// The content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -691,38 +686,6 @@ pub fn render_engine_memory(samples: &[(String, u64)]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// `GET /metrics`: the Prometheus text exposition of this daemon (behind the bearer token
-/// when one is set, like every route but `/health`).
-pub async fn scrape(AxumState(state): AxumState<ApiState>) -> Response {
-    let node = state.node();
-    let published = node.registry().load();
-    let gpus: Option<Vec<GpuInfo>> = state
-        .gpus()
-        .map(|monitor| monitor.load().gpus.iter().map(|g| g.info.clone()).collect());
-    let mut body = node.metrics().render(&published.state, gpus.as_deref());
-    if let Some(cgroups) = node.cgroups().filter(|c| c.has_memory()) {
-        let samples: Vec<(String, u64)> = published
-            .state
-            .pools
-            .keys()
-            .filter_map(|id| {
-                Some((
-                    id.as_str().to_string(),
-                    cgroups.memory_current(id.as_str())?,
-                ))
-            })
-            .collect();
-        body.push_str(&render_engine_memory(&samples));
-    }
-    let journal = node.journal_report();
-    body.push_str(&render_journal(
-        &journal.health,
-        &journal.usage,
-        published.journal.queued,
-    ));
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }
 
 /// Shared by the actor (records) and the handle (renders).

@@ -6,8 +6,6 @@
 //! Never: computes state; everything it prints comes from `PoolStatus`, `gpu::Gpu` and
 //! `Envelope`.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use pool_core::{Event, PoolStatus};
 use serde_json::Value;
 
@@ -35,10 +33,7 @@ const REGISTRY_COLUMNS: &[(&str, &str)] = &[
 /// The longest cell printed; longer values (engine log tails in `last_error`) are cut.
 const CELL_CHARS_MAX: usize = 60;
 
-/// Formats a wall-clock time in ms since the epoch as RFC 3339 with milliseconds (UTC).
-pub fn format_ts_ms(ts_ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ts_ms)).to_string()
-}
+pub use crate::clock::format_ts_ms;
 
 fn cell(value: Option<&Value>) -> String {
     let text = match value {

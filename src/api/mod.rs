@@ -23,6 +23,7 @@ mod error;
 mod events;
 mod gpus;
 pub mod guard;
+mod metrics;
 mod openapi;
 mod pools;
 mod server;
@@ -131,7 +132,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/events", get(events::events))
         .route("/v2/gpus", get(gpus::list))
         .route("/openapi.json", get(openapi::openapi_json))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(metrics::scrape))
         .route("/pools/{id}/preload", post(pools::preload))
         .route(
             "/pools/{id}/status",

@@ -213,7 +213,7 @@ pub(super) async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// `GET /metrics` (the handler is `crate::metrics::scrape`, outside the API module; this
+/// `GET /metrics` (the handler is `api/metrics.rs`, rendering with `crate::metrics`; this
 /// entry documents it, and `every_route_is_documented` ties it to the router's route).
 #[utoipa::path(
     get,

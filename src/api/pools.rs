@@ -881,7 +881,9 @@ pub(super) async fn register_handoff(
     }
     watcher::check_local(&handoff)
         .map_err(|(field, why)| ApiError::invalid(format!("field '{field}': {why}")))?;
-    if let Err(why) = watcher::probe_health(&watcher::probe_client(), &handoff.url).await {
+    if let Err(why) =
+        watcher::probe_health(&crate::supervisor::probe::Prober::new(), &handoff.url).await
+    {
         return Err(ApiError::new(
             "POOL_UNREADY",
             format!("the handed-off engine is not healthy: {why}; retry once it answers 200"),

@@ -55,6 +55,19 @@ pub struct ServeSettings {
     pub metrics: Option<crate::metrics::SharedMetrics>,
 }
 
+impl ServeSettings {
+    /// The settings `[api]` of the configuration gives (counted nowhere until `metrics` is set).
+    pub fn from_config(api: &crate::config::ApiConfig) -> ServeSettings {
+        ServeSettings {
+            max_connections: usize::try_from(api.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: Duration::from_millis(api.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(api.body_read_timeout_ms),
+            idle_timeout: Duration::from_millis(api.idle_timeout_ms),
+            metrics: None,
+        }
+    }
+}
+
 impl Default for ServeSettings {
     fn default() -> Self {
         ServeSettings {

@@ -39,7 +39,7 @@ use pool_core::{GpuInfo, MigDeviceInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::config::GpuSettings;
-use crate::node::GpuSummary;
+use crate::port::GpuSummary;
 
 pub use fixture::{simulated_gpus, FixtureInventory};
 pub use nvml::NvmlInventory;

@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{summary, Gpu, GpuEvent, GpuInventory, GpuMonitor, GpuReading, GpuView, NoGpu};
-use crate::node::NodeHandle;
+use crate::port::Inbox;
 
 /// A GPU's free VRAM must move by this much for a new inventory to be reported.
 pub const FREE_VRAM_RESOLUTION_BYTES: u64 = VRAM_DELTA_MIN_BYTES;
@@ -82,7 +82,7 @@ impl GpuObserver {
     /// the daemon applies the start-up reading itself with [`apply`]).
     pub fn spawn(
         inventory: Arc<dyn GpuInventory>,
-        node: NodeHandle,
+        node: Inbox,
         monitor: GpuMonitor,
         interval_ms: u64,
         required: bool,
@@ -99,7 +99,7 @@ impl GpuObserver {
                 if let Err(e) = apply(&node, &monitor, &inventory.source(), reading, required).await
                 {
                     tracing::debug!("GPU observations not recorded: {e}");
-                    if matches!(e, crate::node::NodeError::ShuttingDown) {
+                    if matches!(e, crate::port::NodeError::ShuttingDown) {
                         return;
                     }
                 }
@@ -260,12 +260,12 @@ fn sightings(
 /// Shows `reading` in `monitor` and submits what it means to the node (see the module doc).
 /// `source` names the inventory; `required` is `require_gpu`.
 pub async fn apply(
-    node: &NodeHandle,
+    node: &Inbox,
     monitor: &GpuMonitor,
     source: &str,
     reading: GpuReading,
     required: bool,
-) -> Result<(), crate::node::NodeError> {
+) -> Result<(), crate::port::NodeError> {
     let published = node.registry().load();
     let state = &published.state;
     let verdict = summary(&reading, required);

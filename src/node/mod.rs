@@ -17,7 +17,6 @@
 
 mod degraded;
 mod placement;
-mod registry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +25,7 @@ use std::time::Duration;
 
 use pool_core::{
     decide, effects, resume_effects, Command, Context, Effect, Event, Input, LeaseId, Observation,
-    Policy, PoolId, PoolStatus, PreparedEngine, Rejection, Stamp, State, StopReason,
+    Policy, PoolId, PreparedEngine, Rejection, Stamp, State, StopReason,
 };
 use pool_journal::{Draft, JournalConfig, JournalError};
 use rand::Rng as _;
@@ -39,7 +38,11 @@ use crate::schema::{PoolEnvelope, PoolJournal};
 use crate::supervisor::files::RuntimeDirs;
 use crate::supervisor::{Supervisor, SupervisorSettings};
 
-pub use registry::{GpuSummary, JournalView, Published, Registry};
+pub use crate::port::{
+    Committed, GpuSummary, Inbox, JournalReport, JournalView, NodeError, PreloadOutcome, Published,
+    Registry, ReloadOutcome, Reporter,
+};
+use crate::port::{NodeInput, Submission, Waiter};
 
 /// While the journal cannot take writes, how often the actor checks whether it can again.
 pub const JOURNAL_RECOVERY_POLL_MS: u64 = 200;
@@ -184,188 +187,6 @@ fn journal_released(dir: &std::path::Path) -> bool {
     })
 }
 
-/// Why the node could not do what was asked.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum NodeError {
-    /// The core refused (nothing journaled).
-    #[error("{0}")]
-    Rejected(#[from] Rejection),
-    /// The start failed (SPAWN_FAILED, HEALTH_TIMEOUT, ENGINE_EXITED) or was refused by the
-    /// shell (`code`), with the reason that is now the pool's `last_error`.
-    #[error("{reason}")]
-    Failed {
-        /// The SPEC code.
-        code: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// A reload failed after its model was staged (`RELOAD_FAILED`); `rolled_back` when the
-    /// old model serves again.
-    #[error("{reason}")]
-    ReloadFailed {
-        /// Why.
-        reason: String,
-        /// The old engine is ready again.
-        rolled_back: bool,
-    },
-    /// The journal failed; the change did not happen.
-    #[error(
-        "journal failure: {0}; the daemon takes no further changes until restarted (see its log)"
-    )]
-    Journal(String),
-    /// The journal cannot take writes now (a full, read-only or failing disk): nothing was
-    /// recorded, so nothing was done. The daemon retries by itself.
-    #[error("{0}")]
-    JournalUnavailable(String),
-    /// The seq asked for was dropped by the journal's retention.
-    #[error(
-        "seq {requested} is no longer retained: the history starts at seq {earliest} (older \
-         events were dropped by retention, [journal] retain_bytes / retain_ms)"
-    )]
-    HistoryExpired {
-        /// The seq asked for.
-        requested: u64,
-        /// The earliest seq that can be asked for.
-        earliest: u64,
-    },
-    /// The wait for an outcome gave up (the operation goes on).
-    #[error("{0}")]
-    Timeout(String),
-    /// The daemon is stopping.
-    #[error("the daemon is shutting down; retry against its next start")]
-    ShuttingDown,
-}
-
-impl NodeError {
-    /// A read's journal error, as the API answers it.
-    fn of_read(error: JournalError) -> NodeError {
-        match error {
-            JournalError::HistoryExpired {
-                requested,
-                earliest,
-            } => NodeError::HistoryExpired {
-                requested,
-                earliest,
-            },
-            other => NodeError::Journal(other.to_string()),
-        }
-    }
-
-    /// The SPEC section 5 code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            NodeError::Rejected(rejection) => rejection.code(),
-            NodeError::Failed { code, .. } => code,
-            NodeError::ReloadFailed { .. } => "RELOAD_FAILED",
-            NodeError::JournalUnavailable(_) => "JOURNAL_UNAVAILABLE",
-            NodeError::HistoryExpired { .. } => "HISTORY_EXPIRED",
-            NodeError::Journal(_) | NodeError::Timeout(_) | NodeError::ShuttingDown => "INTERNAL",
-        }
-    }
-}
-
-/// The journal's health and sizes.
-#[derive(Debug, Clone)]
-pub struct JournalReport {
-    /// Writable or not, and why; write errors by kind.
-    pub health: pool_journal::JournalHealth,
-    /// Segments, bytes, the retained range.
-    pub usage: pool_journal::Usage,
-}
-
-/// What a durable input produced.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    /// The envelopes appended for it (empty when the input was a no-op).
-    pub envelopes: Vec<PoolEnvelope>,
-    /// The state right after the batch it was part of.
-    pub state: Arc<State>,
-}
-
-/// What a waiting preload answers.
-#[derive(Debug, Clone)]
-pub struct PreloadOutcome {
-    /// The pool's status once ready (or accepted, without wait).
-    pub status: PoolStatus,
-    /// Milliseconds from the request to ready (by the decision clock).
-    pub ready_ms: u64,
-}
-
-enum Waiter {
-    Preload {
-        reply: oneshot::Sender<Result<PreloadOutcome, NodeError>>,
-        since_ms: u64,
-        /// The start failed with a live engine: answer once it is gone.
-        failed: Option<NodeError>,
-    },
-    Removed {
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
-    Reload {
-        reply: oneshot::Sender<Result<ReloadOutcome, NodeError>>,
-        /// The reload failed after staging and the old engine is starting again: answer
-        /// once it is ready (or the rollback fails too).
-        failed: Option<String>,
-    },
-}
-
-/// What a reload answers.
-#[derive(Debug, Clone)]
-pub struct ReloadOutcome {
-    /// The pool's status after it.
-    pub status: PoolStatus,
-    /// From the request to ready on the new model (0 for a no-op).
-    pub duration_ms: u64,
-    /// The pool already served that model: nothing was done.
-    pub noop: bool,
-}
-
-struct Submission {
-    input: Input,
-    cause: Option<u64>,
-    reply: Option<oneshot::Sender<Result<Committed, NodeError>>>,
-    waiter: Option<Waiter>,
-    /// When it was observed, if not now: a queued observation recorded once the journal
-    /// takes writes again is decided and stamped at the time it happened.
-    observed_ms: Option<u64>,
-}
-
-#[allow(clippy::large_enum_variant)] // moved once per input; boxing would only add an allocation
-enum NodeInput {
-    Submit(Submission),
-    /// Effects that re-attach the world after a replay (`resume_effects`).
-    Resume {
-        effects: Vec<Effect>,
-    },
-    Shutdown {
-        reason: String,
-        reply: oneshot::Sender<()>,
-    },
-}
-
-/// How the supervisor reports observations to the actor.
-#[derive(Clone)]
-pub struct Reporter {
-    tx: mpsc::Sender<NodeInput>,
-}
-
-impl Reporter {
-    /// Sends `observation` (the answer to the effect of event `cause`); waits while the inbox
-    /// is full; dropped silently once the actor is gone (the daemon is stopping).
-    pub async fn report(&self, cause: u64, observation: Observation) {
-        let _ = self
-            .tx
-            .send(NodeInput::Submit(Submission {
-                input: Input::Observation(observation),
-                cause: Some(cause),
-                reply: None,
-                waiter: None,
-                observed_ms: None,
-            }))
-            .await;
-    }
-}
-
 /// Everything the node needs to start.
 #[derive(Clone)]
 pub struct NodeSettings {
@@ -401,6 +222,35 @@ pub struct NodeSettings {
     pub logs_gid: Option<u32>,
 }
 
+/// Why the node could not start; the message names the directory or what was being recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The runtime directory could not be created or tightened.
+    #[error(transparent)]
+    RuntimeDir(#[from] std::io::Error),
+    /// The journal could not be opened or replayed.
+    #[error("cannot open the journal at {}", dir.display())]
+    Journal {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: JournalError,
+    },
+    /// The blocking task that opens the journal did not finish (it panicked).
+    #[error("the journal's start-up task failed: {0}")]
+    Task(String),
+    /// A start-up fact could not be journaled.
+    #[error("cannot record {what} in the journal")]
+    Record {
+        /// What.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: NodeError,
+    },
+}
+
 /// What start-up found.
 #[derive(Debug, Clone)]
 pub struct StartReport {
@@ -421,8 +271,7 @@ pub struct StartReport {
 /// A handle on the running node (cheap to clone).
 #[derive(Clone)]
 pub struct NodeHandle {
-    tx: mpsc::Sender<NodeInput>,
-    registry: Registry,
+    inbox: Inbox,
     journal: PoolJournal,
     clock: SharedClock,
     policy: Arc<Policy>,
@@ -446,8 +295,7 @@ pub struct Node {
 impl Node {
     /// Opens the journal, replays it, starts the actor and the supervisor, journals
     /// `DaemonStarted` (and the preflight's verdict), then resumes the recorded engines.
-    pub async fn start(settings: NodeSettings) -> anyhow::Result<(Node, StartReport)> {
-        use anyhow::Context as _;
+    pub async fn start(settings: NodeSettings) -> Result<(Node, StartReport), StartError> {
         let dirs = RuntimeDirs::create_sharing_logs(&settings.runtime_dir, settings.logs_gid)?;
         let started = std::time::Instant::now();
         let journal_config = journal_config(&settings);
@@ -460,12 +308,11 @@ impl Node {
                     .map_err(|e| explain_replay_error(&journal, e))?;
                 Ok::<_, JournalError>((journal, report, replayed, max_batch))
             })
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot open the journal at {}",
-                    settings.journal_dir.display()
-                )
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))?
+            .map_err(|source| StartError::Journal {
+                dir: settings.journal_dir.clone(),
+                source,
             })?;
         let report = StartReport {
             replayed_to_seq: replayed.state.last_seq(),
@@ -491,12 +338,11 @@ impl Node {
         supervisor_settings.cgroups = settings.cgroups.clone();
         let supervisor = Supervisor::new(
             supervisor_settings,
-            Reporter { tx: tx.clone() },
+            Reporter::new(tx.clone()),
             registry.clone(),
         );
         let handle = NodeHandle {
-            tx,
-            registry: registry.clone(),
+            inbox: Inbox::new(tx, registry.clone()),
             journal: journal.clone(),
             clock: settings.clock.clone(),
             policy: Arc::new(settings.policy.clone()),
@@ -547,7 +393,10 @@ impl Node {
             })
             .await
             .or_else(queued_while_unavailable)
-            .context("cannot record the daemon's start in the journal")?;
+            .map_err(|source| StartError::Record {
+                what: "the daemon's start",
+                source,
+            })?;
         if settings.gpu.required && !settings.gpu.available {
             let reason = settings
                 .gpu
@@ -558,7 +407,10 @@ impl Node {
                 .submit(Observation::PreflightFailed { reason })
                 .await
                 .or_else(queued_while_unavailable)
-                .context("cannot record the GPU preflight in the journal")?;
+                .map_err(|source| StartError::Record {
+                    what: "the GPU preflight",
+                    source,
+                })?;
         }
         // Recorded engines are verified before the node serves anyone, so the API never
         // shows an engine as ready that is gone (a quick `/proc` check per engine).
@@ -583,7 +435,10 @@ impl Node {
                     .submit(observation)
                     .await
                     .or_else(queued_while_unavailable)
-                    .context("cannot record the engines found at start-up in the journal")?;
+                    .map_err(|source| StartError::Record {
+                        what: "the engines found at start-up",
+                        source,
+                    })?;
             }
         }
         reconcile_runtime(&handle, &dirs).await;
@@ -599,20 +454,8 @@ impl Node {
     /// Journals `DaemonStopped{reason}`, stops the actor and closes the journal. Engines keep
     /// running (they outlive the daemon).
     pub async fn shutdown(self, reason: &str) {
-        self.handle.registry.announce_stopping();
-        let (reply, done) = oneshot::channel();
-        if self
-            .handle
-            .tx
-            .send(NodeInput::Shutdown {
-                reason: reason.to_string(),
-                reply,
-            })
-            .await
-            .is_ok()
-        {
-            let _ = done.await;
-        }
+        self.handle.registry().announce_stopping();
+        self.handle.inbox.shutdown(reason.to_string()).await;
         let _ = self.task.await;
         let journal = self.handle.journal.clone();
         let dir = journal.dir().to_path_buf();
@@ -638,7 +481,12 @@ impl Node {
 impl NodeHandle {
     /// The published registry.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        self.inbox.registry()
+    }
+
+    /// The node's inbox, for a watcher (it submits inputs and reads the registry, no more).
+    pub fn inbox(&self) -> Inbox {
+        self.inbox.clone()
     }
 
     /// The decision clock.
@@ -668,28 +516,17 @@ impl NodeHandle {
 
     /// Decides on `input`, appends its events durably, and answers with them.
     pub async fn submit(&self, input: impl Into<Input>) -> Result<Committed, NodeError> {
-        self.send(input.into(), None).await
+        self.inbox.submit(input).await
     }
 
     async fn send(&self, input: Input, waiter: Option<Waiter>) -> Result<Committed, NodeError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(NodeInput::Submit(Submission {
-                input,
-                cause: None,
-                reply: Some(reply),
-                waiter,
-                observed_ms: None,
-            }))
-            .await
-            .map_err(|_| NodeError::ShuttingDown)?;
-        answer.await.map_err(|_| NodeError::ShuttingDown)?
+        self.inbox.send(input, waiter).await
     }
 
     /// Hands the start-up's resume effects to the actor, which dispatches them in order
     /// after the start-up events.
     async fn resume(&self, effects: Vec<Effect>) {
-        let _ = self.tx.send(NodeInput::Resume { effects }).await;
+        self.inbox.resume(effects).await;
     }
 
     /// Preloads `engine` into `pool_id`. With `wait`, answers once the pool is ready or the
@@ -833,7 +670,7 @@ impl NodeHandle {
     /// The registry as it was right after event `seq` (a bounded replay from the nearest
     /// snapshot at or before it; `INVALID_REQUEST` beyond the journal's end).
     pub async fn state_at(&self, seq: u64) -> Result<Arc<State>, NodeError> {
-        let current = self.registry.load().state.clone();
+        let current = self.registry().load().state.clone();
         if seq >= current.last_seq() {
             if seq > current.last_seq() {
                 return Err(NodeError::Rejected(Rejection::InvalidRequest {

@@ -19,21 +19,7 @@ pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
 /// The error code of a start refused for the user it would run as (500).
 pub const SPAWN_FAILED: &str = "SPAWN_FAILED";
 
-/// `[engines] env_allow` by default: the variables inference engines read. A pattern ending
-/// in `*` is a prefix; any other is a whole name.
-pub const DEFAULT_ENV_ALLOW: [&str; 11] = [
-    "CUDA_*",
-    "NCCL_*",
-    "HF_*",
-    "OMP_*",
-    "LLAMA_*",
-    "VLLM_*",
-    "TORCH_*",
-    "PYTORCH_*",
-    "TRANSFORMERS_*",
-    "TZ",
-    "LC_*",
-];
+pub use crate::config::DEFAULT_ENV_ALLOW;
 
 /// Variables that make a loader, a shell or an interpreter run code of the caller's choice:
 /// refused in `env{}` whatever `env_allow` says. A pattern ending in `*` is a prefix.

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::files::RuntimeDirs;
-use crate::node::NodeHandle;
+use super::probe::{Health, Prober};
+use crate::port::Inbox;
 
 /// How often the watcher lists `<runtime>/engines/` (a poll: no inotify crate; a new file is
 /// seen within this delay plus one health probe).
@@ -49,25 +50,22 @@ pub fn check_local(handoff: &Handoff) -> Result<(), (String, String)> {
 /// [`HANDOFF_PROBE_TIMEOUT_MS`]. The URL must name an address of this node (loopback, or one
 /// the node can bind): a handoff is not a way to send requests elsewhere. `Err` says what was
 /// refused or that no 200 came, never what a remote answered.
-pub async fn probe_health(client: &reqwest::Client, url: &str) -> Result<(), String> {
+pub async fn probe_health(prober: &Prober, url: &str) -> Result<(), String> {
     let (host, _) = pool_core::handoff_url_host_port(url).map_err(|why| format!("url {why}"))?;
     if !is_node_address(host) {
         return Err(format!("url: {host} is not an address of this node"));
     }
     let target = format!("{}/health", url.trim_end_matches('/'));
-    match client
-        .get(&target)
-        .timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
-        .send()
-        .await
-    {
-        Ok(response) if response.status().as_u16() == 200 => Ok(()),
-        Ok(_) => Err(format!("GET {target} did not answer 200")),
-        Err(e) if e.is_connect() => Err(format!("GET {target}: nothing listens there")),
-        Err(e) if e.is_timeout() => Err(format!(
+    // What a remote answered is never echoed: only whether a 200 came.
+    match prober.health_url(&target, HANDOFF_PROBE_TIMEOUT_MS).await {
+        Health::Healthy => Ok(()),
+        Health::NotListening => Err(format!("GET {target}: nothing listens there")),
+        Health::Unhealthy(what) if what.contains("timed out") => Err(format!(
             "GET {target}: no answer within {HANDOFF_PROBE_TIMEOUT_MS} ms"
         )),
-        Err(_) => Err(format!("GET {target} failed")),
+        Health::Loading(_) | Health::Unhealthy(_) => {
+            Err(format!("GET {target} did not answer 200"))
+        }
     }
 }
 
@@ -85,18 +83,6 @@ pub fn is_node_address(host: &str) -> bool {
             && std::net::UdpSocket::bind((ip, 0)).is_ok())
 }
 
-/// A client for handoff probes (no proxy: engines are local; no redirect: only the named
-/// engine is asked).
-pub fn probe_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
-        .timeout(Duration::from_millis(HANDOFF_PROBE_TIMEOUT_MS))
-        .build()
-        .unwrap_or_default()
-}
-
 /// A running watcher; [`HandoffWatcher::stop`] ends it (the daemon's shutdown does).
 pub struct HandoffWatcher {
     stop: watch::Sender<bool>,
@@ -105,13 +91,13 @@ pub struct HandoffWatcher {
 
 impl HandoffWatcher {
     /// Watches `dirs.engines` for `node` every [`POLL_INTERVAL_MS`].
-    pub fn spawn(node: NodeHandle, dirs: RuntimeDirs) -> HandoffWatcher {
+    pub fn spawn(node: Inbox, dirs: RuntimeDirs) -> HandoffWatcher {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut watcher = Watcher {
                 node,
                 dirs,
-                client: probe_client(),
+                prober: Prober::new(),
                 seen: HashMap::new(),
                 waiting: HashMap::new(),
             };
@@ -148,9 +134,9 @@ impl HandoffWatcher {
 type Stamp = (Option<SystemTime>, u64);
 
 struct Watcher {
-    node: NodeHandle,
+    node: Inbox,
     dirs: RuntimeDirs,
-    client: reqwest::Client,
+    prober: Prober,
     /// Files handled (registered, rejected, skipped) at that stamp; a file not ready yet is
     /// not in here, so the next pass tries it again.
     seen: HashMap<PathBuf, Stamp>,
@@ -237,7 +223,7 @@ impl Watcher {
         if let Err((field, reason)) = check_local(&handoff) {
             return self.reject(file, field, reason).await;
         }
-        if let Err(why) = probe_health(&self.client, &handoff.url).await {
+        if let Err(why) = probe_health(&self.prober, &handoff.url).await {
             if first_try {
                 tracing::info!(file = %file, "handed-off engine not healthy yet ({why}); retrying every {POLL_INTERVAL_MS} ms");
             } else {
@@ -262,7 +248,7 @@ impl Watcher {
                 }
                 Outcome::Handled
             }
-            Err(crate::node::NodeError::ShuttingDown) => Outcome::Retry,
+            Err(crate::port::NodeError::ShuttingDown) => Outcome::Retry,
             Err(e) => {
                 tracing::warn!(file = %file, pool_id = %pool_id, "handoff refused: {e}");
                 Outcome::Handled

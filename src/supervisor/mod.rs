@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::SharedClock;
 use crate::gpu::placement::{self, PlacementCheck};
-use crate::node::{Registry, Reporter};
+use crate::port::{Registry, Reporter};
 use files::RuntimeDirs;
 use probe::{Health, Prober};
 use process::ExitInfo;

@@ -12,6 +12,8 @@ use pool_core::PreparedEngine;
 
 /// One probe's time limit (connect + answer).
 pub const PROBE_TIMEOUT_MS: u64 = 2_000;
+/// The most bytes read from a 503 answer's body (its end is shown in `last_error`).
+const LOADING_BODY_MAX: usize = 4 * 1024;
 /// The most bytes read from a `/props` answer.
 const PROPS_BODY_MAX: usize = 256 * 1024;
 
@@ -95,7 +97,8 @@ impl Prober {
                 match status {
                     200 => Health::Healthy,
                     503 => {
-                        let body = response.text().await.unwrap_or_default();
+                        let body = read_bounded(response, LOADING_BODY_MAX).await;
+                        let body = String::from_utf8_lossy(&body);
                         Health::Loading(pool_core::tail_text(&body, 200))
                     }
                     other => Health::Unhealthy(format!("GET {url} answered {other}")),
@@ -118,9 +121,7 @@ impl Prober {
         if !response.status().is_success() {
             return Props::default();
         }
-        let Ok(bytes) = response.bytes().await else {
-            return Props::default();
-        };
+        let bytes = read_bounded(response, PROPS_BODY_MAX + 1).await;
         if bytes.len() > PROPS_BODY_MAX {
             return Props::default();
         }
@@ -158,6 +159,18 @@ pub fn parallel_flag(flags: &[String]) -> Option<u32> {
         }
     }
     None
+}
+
+/// The first `max` bytes of `response`'s body; the rest is never read.
+async fn read_bounded(mut response: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(max - body.len())]),
+            _ => break,
+        }
+    }
+    body
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ pub fn spawn(
         "{LOG_HEADER_PREFIX} starting {} {} (attempt {attempt}, at {}) ====",
         admission::escape(&engine.binary_path),
         flags.join(" "),
-        crate::table::format_ts_ms(now_ms),
+        crate::clock::format_ts_ms(now_ms),
     )?;
     let stderr: File = log.try_clone()?;
     let mut command = tokio::process::Command::new(&engine.binary_path);

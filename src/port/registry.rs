@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use axum::body::Bytes;
+use bytes::Bytes;
 use pool_core::{PoolStatus, State};
 use serde::Serialize;
 use tokio::sync::watch;
