@@ -29,6 +29,14 @@ pub fn evolve(mut state: State, stamp: Stamp<'_>, event: &Event) -> State {
 
 /// [`evolve`] on a borrowed state: the same fold, for callers that keep the state in place.
 pub fn evolve_in_place(state: &mut State, stamp: Stamp<'_>, event: &Event) {
+    // Events are folded in journal order: a seq never goes back (a replay from a snapshot
+    // starts after the snapshot's seq).
+    debug_assert!(
+        stamp.seq > state.last_seq || (stamp.seq == 0 && state.last_seq == 0),
+        "event seq {} folded after seq {}",
+        stamp.seq,
+        state.last_seq
+    );
     state.last_seq = stamp.seq;
     match event.scope() {
         Scope::Node => apply_node(state, stamp, event),

@@ -300,8 +300,23 @@ fn arb_pool_ref() -> impl Strategy<Value = Option<&'static str>> {
     ]
 }
 
-fn arb_stamped() -> impl Strategy<Value = (u64, u64, Option<&'static str>, Event)> {
-    (any::<u64>(), any::<u64>(), arb_pool_ref(), arb_event())
+/// Up to `max` stamped events in journal order: each seq after the one before (with gaps, as
+/// retention and snapshots leave them), any time, any pool reference, any event.
+fn arb_journal(max: usize) -> impl Strategy<Value = Vec<(u64, u64, Option<&'static str>, Event)>> {
+    prop::collection::vec(
+        (1u64..1_000, any::<u64>(), arb_pool_ref(), arb_event()),
+        0..max,
+    )
+    .prop_map(|stamped| {
+        let mut seq = 0u64;
+        stamped
+            .into_iter()
+            .map(|(gap, ts, pool, event)| {
+                seq += gap;
+                (seq, ts, pool, event)
+            })
+            .collect()
+    })
 }
 
 /// An abstract action resolved against the current state, so that random drives reach deep
@@ -584,7 +599,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
     #[test]
-    fn evolve_never_panics(events in prop::collection::vec(arb_stamped(), 0..60)) {
+    fn evolve_never_panics(events in arb_journal(60)) {
         let mut state = State::default();
         for (seq, ts, pool, event) in &events {
             state = evolve(state, Stamp { seq: *seq, ts_ms: *ts, pool_id: *pool }, event);
@@ -598,7 +613,7 @@ proptest! {
 
     #[test]
     fn decide_never_panics_on_arbitrary_states(
-        events in prop::collection::vec(arb_stamped(), 0..40),
+        events in arb_journal(40),
         actions in prop::collection::vec((arb_action(), any::<u64>(), any::<u64>()), 1..10),
     ) {
         let mut state = State::default();
@@ -652,9 +667,9 @@ proptest! {
     /// no effects.
     #[test]
     fn a_loss_marker_changes_only_last_seq(
-        events in prop::collection::vec(arb_stamped(), 0..40),
+        events in arb_journal(40),
         marker in arb_loss_marker(),
-        seq in any::<u64>(),
+        gap in 1u64..1_000,
         ts in any::<u64>(),
     ) {
         let mut state = State::default();
@@ -662,6 +677,7 @@ proptest! {
             state = evolve(state, Stamp { seq: *seq, ts_ms: *ts, pool_id: *pool }, event);
         }
         prop_assert!(marker.is_node_event());
+        let seq = state.last_seq() + gap;
         let stamp = Stamp { seq, ts_ms: ts, pool_id: None };
         let after = evolve(state.clone(), stamp, &marker);
         let mut expected = state.clone();

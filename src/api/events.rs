@@ -126,11 +126,7 @@ async fn tail(state: ApiState, query: EventsQuery) -> Result<Response, ApiError>
             .max(node.journal_first_seq()),
     };
     let envelopes = node.journal_events(from, limit).await?;
-    let body: Vec<Value> = envelopes
-        .iter()
-        .filter_map(|e| pool_journal::envelope_to_json(e).ok())
-        .collect();
-    Ok(Json(body).into_response())
+    Ok(Json(envelopes_json(&envelopes)?).into_response())
 }
 
 /// The live stream from the resume point of `headers` / `since`.
@@ -267,19 +263,43 @@ fn end_event(why: &End, last_sent: u64) -> SseEvent {
     )
 }
 
-/// One event as an SSE message: `id: seq`, `event: kind`, `data: envelope`.
-fn sse_event(envelope: &PoolEnvelope) -> Option<SseEvent> {
-    let value = pool_journal::envelope_to_json(envelope).ok()?;
+/// One event as an SSE message: `id: seq`, `event: kind`, `data: envelope`. `Err` (naming the
+/// seq) when it cannot be written as JSON: the stream then ends with an `error` message rather
+/// than skip it (a stream is gap-free or ends).
+fn sse_event(envelope: &PoolEnvelope) -> Result<SseEvent, String> {
+    let value = envelope_json(envelope)?;
     let kind = value["event"]["kind"]
         .as_str()
         .unwrap_or("Event")
         .to_string();
-    Some(
-        SseEvent::default()
-            .id(envelope.seq.to_string())
-            .event(kind)
-            .data(value.to_string()),
-    )
+    Ok(SseEvent::default()
+        .id(envelope.seq.to_string())
+        .event(kind)
+        .data(value.to_string()))
+}
+
+/// An envelope as the API shows it; `Err` names the seq and why it cannot be shown (logged).
+pub(super) fn envelope_json(envelope: &PoolEnvelope) -> Result<Value, String> {
+    pool_journal::envelope_to_json(envelope).map_err(|e| {
+        let why = format!("event seq {} cannot be written as JSON: {e}", envelope.seq);
+        tracing::error!("{why}");
+        why
+    })
+}
+
+/// Envelopes as the API lists them; a 500 `INTERNAL` naming the seq rather than a list with a
+/// hole in it.
+pub(super) fn envelopes_json(envelopes: &[PoolEnvelope]) -> Result<Vec<Value>, ApiError> {
+    envelopes
+        .iter()
+        .map(envelope_json)
+        .collect::<Result<_, _>>()
+        .map_err(|why| {
+            ApiError::new(
+                "INTERNAL",
+                format!("{why}; `pool-managerd journal verify` checks the journal"),
+            )
+        })
 }
 
 /// The producer of one stream: reads the journal from `next` on, hands each event to `tx`,
@@ -313,9 +333,12 @@ async fn produce(
         }
         let mut ended = None;
         for envelope in &batch {
-            let Some(event) = sse_event(envelope) else {
-                next = envelope.seq + 1;
-                continue;
+            let event = match sse_event(envelope) {
+                Ok(event) => event,
+                Err(why) => {
+                    ended = Some(End::Error(why));
+                    break;
+                }
             };
             let permit = match tx.try_reserve() {
                 Ok(permit) => permit,

@@ -836,11 +836,7 @@ pub(super) async fn events(
         .node()
         .pool_events(pool_id, query.since.unwrap_or(1), limit)
         .await?;
-    let body: Vec<serde_json::Value> = envelopes
-        .iter()
-        .filter_map(|e| pool_journal::envelope_to_json(e).ok())
-        .collect();
-    Ok(Json(body).into_response())
+    Ok(Json(super::events::envelopes_json(&envelopes)?).into_response())
 }
 
 // ---- handoff route (SPEC 6, engines started by someone else) ----

@@ -226,6 +226,10 @@ impl Registry {
 
     pub(crate) fn publish(&self, published: Published) {
         let seq = published.state.last_seq();
+        debug_assert!(
+            seq >= self.inner.current.load().state.last_seq(),
+            "published seq {seq} is behind the one readers saw"
+        );
         self.inner.current.store(Arc::new(published));
         self.inner.publish_gen.fetch_add(1, Ordering::AcqRel);
         self.inner.changed.send_replace(seq);

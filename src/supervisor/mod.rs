@@ -154,7 +154,23 @@ struct Job {
 /// Runs effects. Cheap to share behind an `Arc`.
 pub struct Supervisor {
     shared: Arc<Shared>,
-    workers: Mutex<HashMap<PoolId, mpsc::UnboundedSender<Job>>>,
+    workers: Workers,
+    /// Numbers the workers, so that an ending one removes its own entry only.
+    next_worker: std::sync::atomic::AtomicU64,
+}
+
+/// The per-pool workers: each pool's queue and its worker's number.
+type Workers = Arc<Mutex<HashMap<PoolId, (u64, mpsc::UnboundedSender<Job>)>>>;
+
+/// Locks the workers' map. A panic while it was held (a bug) leaves the map itself whole
+/// (inserts and removals only), so the lock is taken back and the effect still runs.
+fn lock_workers(
+    workers: &Workers,
+) -> std::sync::MutexGuard<'_, HashMap<PoolId, (u64, mpsc::UnboundedSender<Job>)>> {
+    workers.lock().unwrap_or_else(|poisoned| {
+        tracing::error!("the supervisor's worker map was poisoned by a panic; going on with it");
+        poisoned.into_inner()
+    })
 }
 
 impl Supervisor {
@@ -167,7 +183,8 @@ impl Supervisor {
                 reporter,
                 registry,
             }),
-            workers: Mutex::new(HashMap::new()),
+            workers: Arc::new(Mutex::new(HashMap::new())),
+            next_worker: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -182,26 +199,34 @@ impl Supervisor {
     /// [`dispatch`](Self::dispatch), calling each of `done` once the effect is carried out.
     pub fn dispatch_then(&self, cause: u64, effect: Effect, done: Vec<Done>) {
         let pool_id = effect.pool_id().clone();
-        let Ok(mut workers) = self.workers.lock() else {
-            return;
-        };
+        let mut workers = lock_workers(&self.workers);
         let job = Job {
             cause,
             effect,
             done,
         };
         let job = match workers.get(&pool_id) {
-            Some(tx) => match tx.send(job) {
+            Some((_, tx)) => match tx.send(job) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(job)) => job,
             },
             None => job,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(job);
-        workers.insert(pool_id.clone(), tx);
+        let number = self
+            .next_worker
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A fresh channel's receiver is alive: this send cannot fail.
+        let sent = tx.send(job);
+        debug_assert!(sent.is_ok(), "a new worker's queue refused its first job");
+        workers.insert(pool_id.clone(), (number, tx));
         let worker = PoolWorker::new(self.shared.clone(), pool_id);
-        tokio::spawn(worker.run(rx));
+        tokio::spawn(worker.run(rx, (self.workers.clone(), number)));
+    }
+
+    /// How many pools have a worker now (a removed pool's worker ends with it).
+    pub fn workers(&self) -> usize {
+        lock_workers(&self.workers).len()
     }
 }
 
@@ -267,11 +292,27 @@ impl PoolWorker {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+    /// Runs the pool's jobs in order. Once the pool's files are removed (its last effect) and
+    /// nothing else is queued, the worker leaves the map and ends; a later effect of the same
+    /// pool id starts a new one. The map's lock is held while the queue is found empty, so no
+    /// job can arrive between that check and the removal.
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Job>,
+        (workers, number): (Workers, u64),
+    ) {
         while let Some(job) = rx.recv().await {
+            let last = matches!(job.effect, Effect::RemovePoolFiles { .. });
             self.run_effect(job.cause, job.effect).await;
             for done in job.done {
                 done();
+            }
+            if last {
+                let mut map = lock_workers(&workers);
+                if rx.is_empty() && map.get(&self.pool_id).is_some_and(|(n, _)| *n == number) {
+                    map.remove(&self.pool_id);
+                    return;
+                }
             }
         }
     }
@@ -1236,4 +1277,62 @@ async fn report_exit(
             },
         )
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port::{GpuSummary, Published};
+
+    fn supervisor(dir: &std::path::Path) -> Supervisor {
+        let dirs = RuntimeDirs::create(dir).unwrap();
+        let clock: SharedClock = Arc::new(crate::clock::ManualClock::new(0));
+        let settings = SupervisorSettings::new(dirs, Policy::default(), clock);
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let gpu = GpuSummary {
+            available: false,
+            count: 0,
+            reason: None,
+            required: false,
+        };
+        let registry = Registry::new(Published::durable(Arc::new(Default::default()), gpu));
+        Supervisor::new(settings, Reporter::new(tx), registry)
+    }
+
+    async fn workers_become(supervisor: &Supervisor, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while supervisor.workers() != count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "workers: {}",
+                supervisor.workers()
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pools_worker_ends_with_its_files_and_a_new_one_serves_the_same_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let supervisor = supervisor(dir.path());
+        let a = PoolId::new("a").unwrap();
+        let b = PoolId::new("b").unwrap();
+        supervisor.dispatch(1, Effect::RemovePidFile { pool_id: a.clone() });
+        supervisor.dispatch(2, Effect::RemovePidFile { pool_id: b.clone() });
+        assert_eq!(supervisor.workers(), 2);
+        supervisor.dispatch(3, Effect::RemovePoolFiles { pool_id: a.clone() });
+        workers_become(&supervisor, 1).await;
+        // The same id again: a new worker runs its effects (here: the pid file goes).
+        let pid_file = supervisor.shared.settings.dirs.pid_path("a");
+        std::fs::write(&pid_file, "1\n").unwrap();
+        let (done, ran) = tokio::sync::oneshot::channel();
+        let done: Done = Box::new(move || {
+            let _ = done.send(());
+        });
+        supervisor.dispatch_then(4, Effect::RemovePidFile { pool_id: a }, vec![done]);
+        ran.await.unwrap();
+        assert!(!pid_file.exists());
+        supervisor.dispatch(5, Effect::RemovePoolFiles { pool_id: b });
+        workers_become(&supervisor, 1).await;
+    }
 }
