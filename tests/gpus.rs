@@ -10,12 +10,14 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{engine_sim_preload, free_port, write_fixture, Harness};
 use pool_managerd::gpu::{simulated_gpus, GpuInventory, NvmlInventory};
 use serde_json::{json, Value};
+
+use harness::process::ChildGuard;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pool-managerd");
 /// How long a wait for the observation loop (50 ms ticks) may take.
@@ -34,16 +36,6 @@ async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
             "{what}: not reached within {LOOP_WAIT:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Kills the child on drop (a failed assertion must not leave a daemon running).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -394,8 +386,12 @@ async fn gpus_appearing_and_vanishing_gate_preloads() {
         )
         .await;
     assert_eq!(status, 202, "{answer}");
-    h.wait_pool("p1", "the start over", |s| s["phase"] != "starting")
-        .await;
+    // The engine is not on the simulated GPU: the start ends (CPU_SPILLOVER) and the engine is
+    // stopped. A DELETE while it stops would be refused (409 POOL_BUSY): wait for the end.
+    h.wait_pool("p1", "the start over and the engine gone", |s| {
+        s["phase"] != "starting" && s["phase"] != "stopping"
+    })
+    .await;
     let (status, answer) = h.call(reqwest::Method::DELETE, "/v2/pools/p1", None).await;
     assert_eq!(status, 200, "{answer}");
 

@@ -58,6 +58,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let mut signals = StopSignals::catch().context("cannot catch SIGTERM and SIGINT")?;
     let (daemon, report) = Daemon::start(&config, Arc::new(SystemClock)).await?;
     tracing::info!(
         addr = %daemon.addr(),
@@ -96,7 +97,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         );
         tokio::spawn(watchdog(daemon.handle(), every))
     });
-    let reason = wait_for_signal().await;
+    let reason = signals.first().await;
     notify_systemd("STOPPING=1");
     if let Some(task) = watchdog {
         task.abort();
@@ -163,17 +164,38 @@ async fn actor_answers(node: &NodeHandle) -> bool {
     )
 }
 
-/// Resolves on SIGTERM or SIGINT, naming which.
+/// SIGTERM and SIGINT, caught from the moment this is made: made before the daemon answers
+/// anyone, so that a stop asked for as soon as it is ready (`READY=1`, or a first `/health`)
+/// is a clean shutdown, never the default action of the signal.
+pub struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers (inside a tokio runtime).
+    pub fn catch() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT, naming which.
+    pub async fn first(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, naming which (handlers installed now: see [`StopSignals`]).
 pub async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let terminate = signal(SignalKind::terminate());
-    let interrupt = signal(SignalKind::interrupt());
-    match (terminate, interrupt) {
-        (Ok(mut terminate), Ok(mut interrupt)) => tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        },
-        _ => {
+    match StopSignals::catch() {
+        Ok(mut signals) => signals.first().await,
+        Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
             "SIGINT"
         }
