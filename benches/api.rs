@@ -62,7 +62,6 @@
 mod common;
 
 use common::target_dir;
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -104,17 +103,6 @@ fn env_count(name: &str, default: usize) -> usize {
             .unwrap_or_else(|_| panic!("{name}={text:?}: want a non-negative integer")),
         Err(_) => default,
     }
-}
-
-/// A free port on loopback for each of `n` engines (all bound at once, so none repeats).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
 }
 
 /// The `prepared` body of a preload: `engine-sim` on `port` with `sim_flags`.
@@ -486,7 +474,7 @@ fn start_bench(root: &Path, pools: usize, engines: &Arc<Engines>) -> (Bench, Val
     let base = format!("http://{}", daemon.addr());
     let (body, startup) = rt.block_on(async {
         let client = http_client(pools);
-        let ports = free_ports(pools);
+        let ports = common::free_ports(pools);
         let preloading = Instant::now();
         let answers = futures::future::join_all(names.iter().zip(&ports).map(|(pool, port)| {
             let (client, base) = (&client, &base);
@@ -1155,7 +1143,7 @@ fn ready_latency(setup: &mut Setup, samples: usize) {
             // Load times spread evenly over one probe interval, offset by 100 ms.
             let load_ms = 100 + (i as u64 * interval_ms) / samples as u64;
             let pool = format!("ready-{i:02}");
-            let port = free_ports(1)[0];
+            let port = common::free_ports(1)[0];
             let body = engine_sim(
                 &pool,
                 port,

@@ -24,7 +24,6 @@ mod common;
 
 use common::free_port;
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,17 +42,6 @@ const HISTORY_BATCH: usize = 32;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
-
-/// `n` distinct free ports: all held at once while chosen, so that the kernel cannot hand the
-/// same one out twice (ports chosen one by one and released at once can repeat).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("a bound port").port())
-        .collect()
-}
 
 struct Daemon {
     child: Child,
@@ -177,7 +165,7 @@ async fn round_in(
         assert!(Instant::now() < deadline, "the daemon did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let ports = free_ports(n);
+    let ports = common::free_ports(n);
     let preloads = (0..n).map(|i| {
         let engine_port = ports[i];
         let body = json!({"prepared": {

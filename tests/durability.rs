@@ -10,8 +10,10 @@
 //! Every daemon and engine a test started is SIGKILLed by a drop guard, and each test checks
 //! at its end that none survived.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +22,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+
+use process::free_port;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
@@ -58,14 +62,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after the epoch")
         .as_millis() as u64
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 /// `/proc/<pid>/stat`'s state letter is not Z (zombie) or X (dead).

@@ -1,6 +1,9 @@
 //! Runs the `engine-sim` test engine as a real child process and checks that it looks like
 //! llama-server to a supervisor, and misbehaves exactly as told.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,15 +13,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use process::free_port;
+
 /// Every wait in this file is bounded by this.
 const BOUND: Duration = Duration::from_secs(5);
 const LOADING_BODY: &str =
     r#"{"error":{"message":"Loading model","type":"unavailable_error","code":503}}"#;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A running engine-sim; killed and reaped on drop so no child outlives a test.
 struct Engine {

@@ -24,6 +24,8 @@ mod daemon_process;
 mod engines;
 #[path = "features/live.rs"]
 mod live;
+#[path = "support/process.rs"]
+mod process;
 #[path = "features/steps/mod.rs"]
 mod steps;
 #[path = "features/world.rs"]

@@ -17,9 +17,14 @@
 //! printed) elsewhere. `SCHEMATHESIS` names the executable; else `schemathesis` on `PATH` or
 //! in `~/.local/bin`.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use process::{free_port, healthy, ChildGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pool-managerd");
 /// Generated cases per operation and phase (the whole run stays well under two minutes on
@@ -27,24 +32,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const EXAMPLES: &str = "60";
 /// Fixed, so that a finding reproduces.
 const SEED: &str = "20261123";
-
-/// Kills the child on drop (a failed assertion must not leave a daemon running).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The schemathesis executable, with its version line.
 fn schemathesis() -> Result<(PathBuf, String), String> {
@@ -68,19 +55,6 @@ fn schemathesis() -> Result<(PathBuf, String), String> {
         "schemathesis not found (tried {candidates:?}); `bash .ci/run` installs it, or \
          `python3 -m pip install --user schemathesis`"
     ))
-}
-
-/// `GET /health` over a plain socket answers 200.
-fn healthy(port: u16) -> bool {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ =
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
 }
 
 #[test]

@@ -3,31 +3,18 @@
 //! API answers, `WATCHDOG=1` at half of `WATCHDOG_USEC` (not when `WATCHDOG_PID` names
 //! another process), and `STOPPING=1` on SIGTERM.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use process::{free_port, ChildGuard};
+
 const BIN: &str = env!("CARGO_BIN_EXE_pool-managerd");
-
-/// Kills the child on drop (a failed assertion must not leave a daemon running).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `serve --dev` with `NOTIFY_SOCKET` = `socket` and the watchdog variables given.
 fn serve(dir: &Path, socket: &Path, port: u16, watchdog: &[(&str, String)]) -> ChildGuard {

@@ -16,13 +16,7 @@ pub const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
 /// The engine version a prepared engine-sim announces (the engine's `/props` refines it).
 pub const PREPARED_VERSION: &str = "engine-sim-prepared";
 
-/// A free TCP port on the loopback interface (bound, then released for the engine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
-}
+pub use crate::process::free_port;
 
 /// The model path a scenario's pool serves (the file need not exist for engine-sim).
 pub fn model_path(pool: &str) -> String {

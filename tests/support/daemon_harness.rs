@@ -2,7 +2,11 @@
 //! `tests/spillover.rs`): a real daemon in the test's process on a loopback socket over a
 //! temporary directory (with a GPU inventory when a test gives one), an HTTP client, engine-sim
 //! preload bodies, GPU fixture files, and bounded waits. Included by each test crate with `#[path]`; not every crate uses every item.
+
 #![allow(dead_code)]
+
+#[path = "process.rs"]
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -180,14 +184,7 @@ pub fn write_fixture(path: &Path, gpus: &Value) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use process::free_port;
 
 /// Whether `pid` runs (a zombie has ended).
 pub fn pid_alive(pid: u64) -> bool {
