@@ -28,7 +28,7 @@ pub use demo::DemoArgs;
 pub use gpus::GpusArgs;
 pub use journal::JournalCommand;
 pub use replay::ReplayArgs;
-pub use serve::{load_config, wait_for_signal, ServeArgs};
+pub use serve::{load_config, wait_for_signal, ServeArgs, StopSignals};
 pub use status::StatusArgs;
 
 /// pool-managerd: supervises LLM inference engines on a GPU node, with a durable event journal.
