@@ -199,6 +199,15 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
     };
     let seq = stamp.seq;
     let mut out = Vec::new();
+    start_effects(pool, &pool_id, seq, event, &mut out);
+    control_effects(pool, &pool_id, seq, event, &mut out);
+    out
+}
+
+/// Effects of a start, its outcome and an engine's end: spawn, health wait, handoff file,
+/// kill of an engine whose start or reload failed, pid file removal.
+fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &mut Vec<Effect>) {
+    let pool_id = pool_id.clone();
     match event {
         Event::PreloadRequested { engine } => out.push(Effect::Spawn {
             pool_id,
@@ -233,7 +242,7 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
                 });
             }
         }
-        Event::PoolReady { .. } => running_effects(pool, &mut out),
+        Event::PoolReady { .. } => running_effects(pool, out),
         Event::PreloadFailed {
             pid, reason, cause, ..
         } => {
@@ -269,6 +278,15 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
         Event::EngineExited { .. } | Event::EngineLost { .. } | Event::EngineStopped { .. } => {
             out.push(Effect::RemovePidFile { pool_id })
         }
+        _ => {}
+    }
+}
+
+/// Effects of control events: timers, stop requests, staging, watching a handed-off or
+/// adopted engine.
+fn control_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &mut Vec<Effect>) {
+    let pool_id = pool_id.clone();
+    match event {
         Event::RestartScheduled { not_before_ms, .. } => out.push(Effect::ArmTimer {
             pool_id,
             timer: Timer::Restart,
@@ -326,11 +344,10 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
                 pool_id: pool_id.clone(),
                 pid: *pid,
             });
-            continue_effects(pool, &mut out);
+            continue_effects(pool, out);
         }
         _ => {}
     }
-    out
 }
 
 /// Effects of a ready pool: probe it, arm its stability timers and its drain deadline.

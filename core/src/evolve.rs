@@ -179,106 +179,14 @@ fn engine_gone(pool: &mut Pool) {
 fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
     let ts = stamp.ts_ms;
     match event {
-        Event::PreloadRequested { engine } => {
-            pool.model_ref = Some(engine.model_path.clone());
-            pool.model_digest = None;
-            pool.engine = Some((**engine).clone());
-            pool.handoff = None;
-            pool.ready = false;
-            pool.start_token = stamp.seq;
-            pool.activity = Activity::Starting {
-                kind: StartKind::Preload,
-                attempt: 0,
-                health_passed: false,
-                health_deadline_at_ms: None,
-                requested_at_ms: ts,
-            };
-        }
+        Event::PreloadRequested { .. } => return on_preload_requested(pool, stamp, event),
         Event::PreloadRejected { code, reason } => {
             pool.last_error = Some(format!("{code}: {reason}"));
         }
-        Event::EngineSpawned {
-            pid,
-            start_time,
-            log_path,
-            pid_path,
-            attempt: spawned_attempt,
-            health_deadline_at_ms,
-        } => {
-            pool.process = Some(EngineProcess {
-                pid: *pid,
-                start_time: *start_time,
-                log_path: log_path.clone(),
-                pid_path: pid_path.clone(),
-                spawned_seq: stamp.seq,
-                spawned_at_ms: ts,
-                adopted: false,
-                external: false,
-            });
-            pool.vram_used_bytes = None;
-            if let Activity::Starting {
-                attempt,
-                health_deadline_at_ms: deadline,
-                ..
-            } = &mut pool.activity
-            {
-                *attempt = *spawned_attempt;
-                *deadline = Some(*health_deadline_at_ms);
-            }
-        }
-        Event::HealthCheckPassed {
-            engine_version,
-            slots_total,
-            ..
-        } => {
-            pool.engine_version = Some(engine_version.clone());
-            pool.slots_total = (*slots_total).min(SLOTS_MAX);
-            pool.last_heartbeat_ms = Some(ts);
-            if let Activity::Starting { health_passed, .. } = &mut pool.activity {
-                *health_passed = true;
-            }
-        }
-        Event::PoolReady {
-            handoff_path,
-            backoff_reset_at_ms,
-            breaker_close_at_ms,
-        } => {
-            pool.activity = Activity::Running;
-            pool.ready = true;
-            pool.handoff_path = Some(handoff_path.clone());
-            pool.ready_token = stamp.seq;
-            pool.backoff_reset_at_ms = Some(*backoff_reset_at_ms);
-            pool.breaker_close_at_ms = *breaker_close_at_ms;
-            pool.last_error = None;
-            pool.probe_failures = 0;
-            pool.last_heartbeat_ms = Some(ts);
-        }
-        Event::PreloadFailed {
-            reason, cause, pid, ..
-        } => {
-            let still_running = pid.is_some() && pool.pid() == *pid;
-            note_failure(pool, *cause, reason);
-            if still_running {
-                // The engine is alive (hung, or its handoff failed) and is being killed: the
-                // restart policy answers its `EngineStopped`, so no new engine can race it.
-                pool.activity = Activity::Stopping {
-                    reason: StopReason::Failure {
-                        reason: *cause,
-                        detail: reason.clone(),
-                    },
-                    grace_ms: 0,
-                };
-            } else {
-                engine_gone(pool);
-            }
-            if pool
-                .reload
-                .as_ref()
-                .is_some_and(|r| r.stage == ReloadStage::RollingBack)
-            {
-                pool.reload = None;
-            }
-        }
+        Event::EngineSpawned { .. } => return on_engine_spawned(pool, stamp, event),
+        Event::HealthCheckPassed { .. } => return on_health_check_passed(pool, stamp, event),
+        Event::PoolReady { .. } => return on_pool_ready(pool, stamp, event),
+        Event::PreloadFailed { .. } => return on_preload_failed(pool, event),
         Event::LeaseGranted { lease_id } => {
             if pool.leases.len() < SLOTS_MAX as usize {
                 pool.leases.insert(lease_id.clone());
@@ -288,316 +196,574 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
             pool.leases.remove(lease_id);
         }
         Event::HealthCheckFailed { consecutive } => pool.probe_failures = *consecutive,
-        Event::EngineExited { reason, detail, .. } => {
-            engine_gone(pool);
-            if *reason == ExitReason::Graceful {
-                pool.drain = None;
-                pool.activity = Activity::Stopped;
-                pool.last_error = Some(detail.clone());
-            } else {
-                note_failure(pool, *reason, detail);
-            }
-        }
-        Event::RestartScheduled {
-            attempt,
-            delay_ms,
-            not_before_ms,
-            reason,
-        } => {
-            pool.supervision.backoff_attempt = *attempt;
-            pool.supervision.last_delay_ms = *delay_ms;
-            pool.activity = Activity::Backoff {
-                attempt: *attempt,
-                not_before_ms: *not_before_ms,
-                reason: *reason,
-                token: stamp.seq,
-            };
-        }
-        Event::CircuitOpened {
-            open_ms,
-            class,
-            half_open_at_ms,
-            ..
-        } => {
-            let breaker = &mut pool.supervision.breaker;
-            breaker.state = BreakerState::Open;
-            breaker.class = Some(*class);
-            breaker.open_ms = *open_ms;
-            breaker.half_open_at_ms = Some(*half_open_at_ms);
-            breaker.token = stamp.seq;
-            breaker.opened_total = breaker.opened_total.saturating_add(1);
-            pool.breaker_close_at_ms = None;
-            if pool.process.is_none() {
-                pool.activity = Activity::CircuitOpen;
-            }
-        }
+        Event::EngineExited { .. } => return on_engine_exited(pool, event),
+        Event::RestartScheduled { .. } => return on_restart_scheduled(pool, stamp, event),
+        Event::CircuitOpened { .. } => return on_circuit_opened(pool, stamp, event),
         Event::CircuitHalfOpened => {
             let breaker = &mut pool.supervision.breaker;
             breaker.state = BreakerState::HalfOpen;
             breaker.half_open_at_ms = None;
         }
         Event::CircuitClosed => close_breaker(pool),
-        Event::CircuitReset { .. } => {
-            close_breaker(pool);
-            pool.supervision.backoff_attempt = 0;
-            if matches!(pool.activity, Activity::CircuitOpen) {
-                pool.activity = Activity::Failed;
-            }
-        }
-        Event::RestartStormDetected {
-            restarts,
-            window_ms,
-            classification,
-            hint,
-        } => {
-            let class = serde_name(classification);
-            pool.last_error = Some(format!(
-                "restart storm ({class}): {restarts} restarts in {window_ms} ms; {hint}"
-            ));
-        }
+        Event::CircuitReset { .. } => return on_circuit_reset(pool, event),
+        Event::RestartStormDetected { .. } => return on_restart_storm_detected(pool, event),
         Event::EngineAdopted { pid } => match pool.process.as_mut() {
             Some(process) if process.pid == *pid => process.adopted = true,
             _ => return false,
         },
-        Event::EngineLost { pid } => {
-            if pool.pid() != Some(*pid) {
-                return false;
-            }
-            engine_gone(pool);
-            let detail = format!("engine pid {pid} is gone (lost while the daemon was down)");
-            note_failure(pool, ExitReason::Unknown, &detail);
-        }
-        Event::DrainRequested { deadline_at_ms, .. } => {
-            pool.drain = Some(Drain {
-                requested_at_ms: ts,
-                deadline_at_ms: *deadline_at_ms,
-                token: stamp.seq,
-                leases_at_stop: 0,
-            });
-            if let Some(reload) = pool.reload.as_mut() {
-                reload.stage = ReloadStage::Draining;
-            }
-        }
+        Event::EngineLost { .. } => return on_engine_lost(pool, event),
+        Event::DrainRequested { .. } => return on_drain_requested(pool, stamp, event),
         Event::DrainCompleted { .. } => {
             pool.drain = None;
             pool.ready = false;
             pool.leases.clear();
         }
-        Event::EngineStopRequested {
-            reason,
-            pid,
-            grace_ms,
-        } => {
-            pool.ready = false;
-            pool.probe_failures = 0;
-            match reason {
-                StopReason::DrainDeadline => {
-                    let held = pool.active_leases();
-                    if let Some(drain) = pool.drain.as_mut() {
-                        drain.leases_at_stop = held;
-                    }
-                }
-                StopReason::Requested | StopReason::Remove => {
-                    pool.drain = None;
-                    pool.reload = None;
-                }
-                StopReason::Drained | StopReason::ReloadFailed { .. } => {}
-                StopReason::Failure { reason, detail } => note_failure(pool, *reason, detail),
-            }
-            pool.leases.clear();
-            if pid.is_none() {
-                engine_gone(pool);
-                pool.activity = match reason {
-                    StopReason::Failure { .. } => Activity::Failed,
-                    _ => Activity::Stopped,
-                };
-            } else {
-                pool.activity = Activity::Stopping {
-                    reason: reason.clone(),
-                    grace_ms: *grace_ms,
-                };
-            }
-        }
-        Event::EngineStopped { .. } => {
-            engine_gone(pool);
-            pool.activity = match &pool.activity {
-                Activity::Stopping {
-                    reason: StopReason::Failure { .. },
-                    ..
-                } => Activity::Failed,
-                _ => Activity::Stopped,
-            };
-        }
-        Event::ReloadRequested {
-            new_model_ref,
-            digest,
-            drain_deadline_ms,
-        } => {
-            let Some(old_engine) = pool.engine.clone() else {
-                return false;
-            };
-            pool.reload = Some(Reload {
-                new_model_ref: new_model_ref.clone(),
-                digest: digest.clone(),
-                drain_deadline_ms: *drain_deadline_ms,
-                requested_at_ms: ts,
-                token: stamp.seq,
-                stage: ReloadStage::Staging,
-                staged_path: None,
-                old_model_ref: pool
-                    .model_ref
-                    .clone()
-                    .unwrap_or_else(|| old_engine.model_path.clone()),
-                old_digest: pool.model_digest.clone(),
-                old_engine,
-            });
-        }
-        Event::ModelStaged { path, digest } => {
-            let Some(reload) = pool.reload.as_mut() else {
-                return false;
-            };
-            reload.staged_path = Some(path.clone());
-            if digest.is_some() {
-                reload.digest = digest.clone();
-            }
-        }
+        Event::EngineStopRequested { .. } => return on_engine_stop_requested(pool, event),
+        Event::EngineStopped { .. } => return on_engine_stopped(pool, event),
+        Event::ReloadRequested { .. } => return on_reload_requested(pool, stamp, event),
+        Event::ModelStaged { .. } => return on_model_staged(pool, event),
         Event::ReloadSucceeded { new, .. } => {
             pool.model_ref = Some(new.clone());
             pool.model_digest = pool.reload.take().and_then(|r| r.digest);
         }
-        Event::ReloadFailed {
-            reason,
-            stage,
-            rolling_back,
-            pid,
-        } => {
-            pool.last_error = Some(format!(
-                "reload failed while {}: {reason}",
-                serde_name(stage)
-            ));
-            let still_running = pid.is_some() && pool.pid() == *pid;
-            if *rolling_back && still_running {
-                // The failed new engine is killed first; the rollback starts on its
-                // `EngineStopped`, so it can never race the old engine for the port or GPU.
-                pool.ready = false;
-                pool.leases.clear();
-                pool.activity = Activity::Stopping {
-                    reason: StopReason::ReloadFailed {
-                        detail: reason.clone(),
-                    },
-                    grace_ms: 0,
-                };
-            } else if still_running {
-                engine_gone(pool);
-            }
-            if *rolling_back {
-                if !still_running {
-                    engine_gone(pool);
-                }
-                if let Some(reload) = pool.reload.as_mut() {
-                    reload.stage = ReloadStage::RollingBack;
-                    pool.engine = Some(reload.old_engine.clone());
-                }
-            } else {
-                pool.reload = None;
-            }
-        }
-        Event::ReloadRolledBack { model_ref, .. } => {
-            pool.model_ref = Some(model_ref.clone());
-            if let Some(reload) = pool.reload.take() {
-                pool.model_digest = reload.old_digest;
-            }
-        }
+        Event::ReloadFailed { .. } => return on_reload_failed(pool, event),
+        Event::ReloadRolledBack { .. } => return on_reload_rolled_back(pool, event),
         Event::DeviceMaskViolation { pid, gpu_uuid } => {
             pool.mask_violations = pool.mask_violations.saturating_add(1);
             pool.last_error = Some(mask_violation_message(pool, *pid, gpu_uuid));
         }
-        Event::HandoffRegistered { handoff, path } => {
-            pool.engine = None;
-            pool.process = handoff.pid.map(|pid| EngineProcess {
-                pid,
-                start_time: 0,
-                log_path: String::new(),
-                pid_path: String::new(),
-                spawned_seq: stamp.seq,
-                spawned_at_ms: ts,
-                adopted: true,
-                external: true,
-            });
-            pool.activity = Activity::Running;
-            pool.ready = true;
-            pool.slots_total = handoff.slots_total.min(SLOTS_MAX);
-            pool.engine_version = Some(handoff.engine_version.clone());
-            pool.model_ref = Some(handoff.model.path.clone());
-            pool.model_digest = None;
-            pool.last_error = None;
-            pool.last_heartbeat_ms = Some(ts);
-            pool.handoff_path = Some(path.clone());
-            pool.handoff = Some((**handoff).clone());
-            pool.probe_failures = 0;
-            pool.ready_token = stamp.seq;
-            pool.backoff_reset_at_ms = None;
-            pool.breaker_close_at_ms = None;
-            pool.drain = None;
-            pool.reload = None;
-            pool.vram_used_bytes = None;
-        }
-        Event::EngineStartRequested {
-            engine,
-            attempt,
-            purpose,
-        } => {
-            pool.engine = Some((**engine).clone());
-            pool.handoff = None;
-            pool.ready = false;
-            pool.start_token = stamp.seq;
-            pool.activity = Activity::Starting {
-                kind: StartKind::Again(*purpose),
-                attempt: *attempt,
-                health_passed: false,
-                health_deadline_at_ms: None,
-                requested_at_ms: ts,
-            };
-            match purpose {
-                StartPurpose::Restart | StartPurpose::Trial => {
-                    pool.restart_count = pool.restart_count.saturating_add(1);
-                    let reason = pool
-                        .supervision
-                        .last_failure_reason
-                        .unwrap_or(ExitReason::Unknown);
-                    let window = &mut pool.supervision.restarts;
-                    window.push(RestartMark { at_ms: ts, reason });
-                    if window.len() > RESTART_WINDOW_CAP {
-                        let excess = window.len().saturating_sub(RESTART_WINDOW_CAP);
-                        window.drain(..excess);
-                    }
-                }
-                StartPurpose::Reload => {
-                    if let Some(reload) = pool.reload.as_mut() {
-                        reload.stage = ReloadStage::Starting;
-                    }
-                }
-                StartPurpose::Rollback => {
-                    if let Some(reload) = pool.reload.as_mut() {
-                        reload.stage = ReloadStage::RollingBack;
-                    }
-                }
-            }
-        }
+        Event::HandoffRegistered { .. } => return on_handoff_registered(pool, stamp, event),
+        Event::EngineStartRequested { .. } => return on_engine_start_requested(pool, stamp, event),
         Event::HealthCheckRecovered { .. } => {
             pool.probe_failures = 0;
             pool.last_heartbeat_ms = Some(ts);
         }
-        Event::BackoffReset { .. } => {
-            pool.supervision.backoff_attempt = 0;
-            pool.supervision.gpu_failures = 0;
-            pool.supervision.other_failures = 0;
-            pool.backoff_reset_at_ms = None;
-        }
+        Event::BackoffReset { .. } => return on_backoff_reset(pool, event),
         Event::VramUsageObserved { used_bytes, .. } => pool.vram_used_bytes = Some(*used_bytes),
         // Node events and PoolRemoved never reach here.
         _ => return false,
     }
+    true
+}
+
+fn on_preload_requested(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::PreloadRequested { engine } = event else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    pool.model_ref = Some(engine.model_path.clone());
+    pool.model_digest = None;
+    pool.engine = Some((**engine).clone());
+    pool.handoff = None;
+    pool.ready = false;
+    pool.start_token = stamp.seq;
+    pool.activity = Activity::Starting {
+        kind: StartKind::Preload,
+        attempt: 0,
+        health_passed: false,
+        health_deadline_at_ms: None,
+        requested_at_ms: ts,
+    };
+
+    true
+}
+
+fn on_engine_spawned(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::EngineSpawned {
+        pid,
+        start_time,
+        log_path,
+        pid_path,
+        attempt: spawned_attempt,
+        health_deadline_at_ms,
+    } = event
+    else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    pool.process = Some(EngineProcess {
+        pid: *pid,
+        start_time: *start_time,
+        log_path: log_path.clone(),
+        pid_path: pid_path.clone(),
+        spawned_seq: stamp.seq,
+        spawned_at_ms: ts,
+        adopted: false,
+        external: false,
+    });
+    pool.vram_used_bytes = None;
+    if let Activity::Starting {
+        attempt,
+        health_deadline_at_ms: deadline,
+        ..
+    } = &mut pool.activity
+    {
+        *attempt = *spawned_attempt;
+        *deadline = Some(*health_deadline_at_ms);
+    }
+
+    true
+}
+
+fn on_health_check_passed(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::HealthCheckPassed {
+        engine_version,
+        slots_total,
+        ..
+    } = event
+    else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    pool.engine_version = Some(engine_version.clone());
+    pool.slots_total = (*slots_total).min(SLOTS_MAX);
+    pool.last_heartbeat_ms = Some(ts);
+    if let Activity::Starting { health_passed, .. } = &mut pool.activity {
+        *health_passed = true;
+    }
+
+    true
+}
+
+fn on_pool_ready(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::PoolReady {
+        handoff_path,
+        backoff_reset_at_ms,
+        breaker_close_at_ms,
+    } = event
+    else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    pool.activity = Activity::Running;
+    pool.ready = true;
+    pool.handoff_path = Some(handoff_path.clone());
+    pool.ready_token = stamp.seq;
+    pool.backoff_reset_at_ms = Some(*backoff_reset_at_ms);
+    pool.breaker_close_at_ms = *breaker_close_at_ms;
+    pool.last_error = None;
+    pool.probe_failures = 0;
+    pool.last_heartbeat_ms = Some(ts);
+
+    true
+}
+
+fn on_preload_failed(pool: &mut Pool, event: &Event) -> bool {
+    let Event::PreloadFailed {
+        reason, cause, pid, ..
+    } = event
+    else {
+        return false;
+    };
+    let still_running = pid.is_some() && pool.pid() == *pid;
+    note_failure(pool, *cause, reason);
+    if still_running {
+        // The engine is alive (hung, or its handoff failed) and is being killed: the
+        // restart policy answers its `EngineStopped`, so no new engine can race it.
+        pool.activity = Activity::Stopping {
+            reason: StopReason::Failure {
+                reason: *cause,
+                detail: reason.clone(),
+            },
+            grace_ms: 0,
+        };
+    } else {
+        engine_gone(pool);
+    }
+    if pool
+        .reload
+        .as_ref()
+        .is_some_and(|r| r.stage == ReloadStage::RollingBack)
+    {
+        pool.reload = None;
+    }
+
+    true
+}
+
+fn on_engine_exited(pool: &mut Pool, event: &Event) -> bool {
+    let Event::EngineExited { reason, detail, .. } = event else {
+        return false;
+    };
+    engine_gone(pool);
+    if *reason == ExitReason::Graceful {
+        pool.drain = None;
+        pool.activity = Activity::Stopped;
+        pool.last_error = Some(detail.clone());
+    } else {
+        note_failure(pool, *reason, detail);
+    }
+
+    true
+}
+
+fn on_restart_scheduled(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::RestartScheduled {
+        attempt,
+        delay_ms,
+        not_before_ms,
+        reason,
+    } = event
+    else {
+        return false;
+    };
+    pool.supervision.backoff_attempt = *attempt;
+    pool.supervision.last_delay_ms = *delay_ms;
+    pool.activity = Activity::Backoff {
+        attempt: *attempt,
+        not_before_ms: *not_before_ms,
+        reason: *reason,
+        token: stamp.seq,
+    };
+
+    true
+}
+
+fn on_circuit_opened(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::CircuitOpened {
+        open_ms,
+        class,
+        half_open_at_ms,
+        ..
+    } = event
+    else {
+        return false;
+    };
+    let breaker = &mut pool.supervision.breaker;
+    breaker.state = BreakerState::Open;
+    breaker.class = Some(*class);
+    breaker.open_ms = *open_ms;
+    breaker.half_open_at_ms = Some(*half_open_at_ms);
+    breaker.token = stamp.seq;
+    breaker.opened_total = breaker.opened_total.saturating_add(1);
+    pool.breaker_close_at_ms = None;
+    if pool.process.is_none() {
+        pool.activity = Activity::CircuitOpen;
+    }
+
+    true
+}
+
+fn on_circuit_reset(pool: &mut Pool, event: &Event) -> bool {
+    let Event::CircuitReset { .. } = event else {
+        return false;
+    };
+    close_breaker(pool);
+    pool.supervision.backoff_attempt = 0;
+    if matches!(pool.activity, Activity::CircuitOpen) {
+        pool.activity = Activity::Failed;
+    }
+
+    true
+}
+
+fn on_restart_storm_detected(pool: &mut Pool, event: &Event) -> bool {
+    let Event::RestartStormDetected {
+        restarts,
+        window_ms,
+        classification,
+        hint,
+    } = event
+    else {
+        return false;
+    };
+    let class = serde_name(classification);
+    pool.last_error = Some(format!(
+        "restart storm ({class}): {restarts} restarts in {window_ms} ms; {hint}"
+    ));
+
+    true
+}
+
+fn on_engine_lost(pool: &mut Pool, event: &Event) -> bool {
+    let Event::EngineLost { pid } = event else {
+        return false;
+    };
+    if pool.pid() != Some(*pid) {
+        return false;
+    }
+    engine_gone(pool);
+    let detail = format!("engine pid {pid} is gone (lost while the daemon was down)");
+    note_failure(pool, ExitReason::Unknown, &detail);
+
+    true
+}
+
+fn on_drain_requested(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::DrainRequested { deadline_at_ms, .. } = event else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    pool.drain = Some(Drain {
+        requested_at_ms: ts,
+        deadline_at_ms: *deadline_at_ms,
+        token: stamp.seq,
+        leases_at_stop: 0,
+    });
+    if let Some(reload) = pool.reload.as_mut() {
+        reload.stage = ReloadStage::Draining;
+    }
+
+    true
+}
+
+fn on_engine_stop_requested(pool: &mut Pool, event: &Event) -> bool {
+    let Event::EngineStopRequested {
+        reason,
+        pid,
+        grace_ms,
+    } = event
+    else {
+        return false;
+    };
+    pool.ready = false;
+    pool.probe_failures = 0;
+    match reason {
+        StopReason::DrainDeadline => {
+            let held = pool.active_leases();
+            if let Some(drain) = pool.drain.as_mut() {
+                drain.leases_at_stop = held;
+            }
+        }
+        StopReason::Requested | StopReason::Remove => {
+            pool.drain = None;
+            pool.reload = None;
+        }
+        StopReason::Drained | StopReason::ReloadFailed { .. } => {}
+        StopReason::Failure { reason, detail } => note_failure(pool, *reason, detail),
+    }
+    pool.leases.clear();
+    if pid.is_none() {
+        engine_gone(pool);
+        pool.activity = match reason {
+            StopReason::Failure { .. } => Activity::Failed,
+            _ => Activity::Stopped,
+        };
+    } else {
+        pool.activity = Activity::Stopping {
+            reason: reason.clone(),
+            grace_ms: *grace_ms,
+        };
+    }
+
+    true
+}
+
+fn on_engine_stopped(pool: &mut Pool, event: &Event) -> bool {
+    let Event::EngineStopped { .. } = event else {
+        return false;
+    };
+    engine_gone(pool);
+    pool.activity = match &pool.activity {
+        Activity::Stopping {
+            reason: StopReason::Failure { .. },
+            ..
+        } => Activity::Failed,
+        _ => Activity::Stopped,
+    };
+
+    true
+}
+
+fn on_reload_requested(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::ReloadRequested {
+        new_model_ref,
+        digest,
+        drain_deadline_ms,
+    } = event
+    else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    let Some(old_engine) = pool.engine.clone() else {
+        return false;
+    };
+    pool.reload = Some(Reload {
+        new_model_ref: new_model_ref.clone(),
+        digest: digest.clone(),
+        drain_deadline_ms: *drain_deadline_ms,
+        requested_at_ms: ts,
+        token: stamp.seq,
+        stage: ReloadStage::Staging,
+        staged_path: None,
+        old_model_ref: pool
+            .model_ref
+            .clone()
+            .unwrap_or_else(|| old_engine.model_path.clone()),
+        old_digest: pool.model_digest.clone(),
+        old_engine,
+    });
+
+    true
+}
+
+fn on_model_staged(pool: &mut Pool, event: &Event) -> bool {
+    let Event::ModelStaged { path, digest } = event else {
+        return false;
+    };
+    let Some(reload) = pool.reload.as_mut() else {
+        return false;
+    };
+    reload.staged_path = Some(path.clone());
+    if digest.is_some() {
+        reload.digest = digest.clone();
+    }
+
+    true
+}
+
+fn on_reload_failed(pool: &mut Pool, event: &Event) -> bool {
+    let Event::ReloadFailed {
+        reason,
+        stage,
+        rolling_back,
+        pid,
+    } = event
+    else {
+        return false;
+    };
+    pool.last_error = Some(format!(
+        "reload failed while {}: {reason}",
+        serde_name(stage)
+    ));
+    let still_running = pid.is_some() && pool.pid() == *pid;
+    if *rolling_back && still_running {
+        // The failed new engine is killed first; the rollback starts on its
+        // `EngineStopped`, so it can never race the old engine for the port or GPU.
+        pool.ready = false;
+        pool.leases.clear();
+        pool.activity = Activity::Stopping {
+            reason: StopReason::ReloadFailed {
+                detail: reason.clone(),
+            },
+            grace_ms: 0,
+        };
+    } else if still_running {
+        engine_gone(pool);
+    }
+    if *rolling_back {
+        if !still_running {
+            engine_gone(pool);
+        }
+        if let Some(reload) = pool.reload.as_mut() {
+            reload.stage = ReloadStage::RollingBack;
+            pool.engine = Some(reload.old_engine.clone());
+        }
+    } else {
+        pool.reload = None;
+    }
+
+    true
+}
+
+fn on_reload_rolled_back(pool: &mut Pool, event: &Event) -> bool {
+    let Event::ReloadRolledBack { model_ref, .. } = event else {
+        return false;
+    };
+    pool.model_ref = Some(model_ref.clone());
+    if let Some(reload) = pool.reload.take() {
+        pool.model_digest = reload.old_digest;
+    }
+
+    true
+}
+
+fn on_handoff_registered(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::HandoffRegistered { handoff, path } = event else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    pool.engine = None;
+    pool.process = handoff.pid.map(|pid| EngineProcess {
+        pid,
+        start_time: 0,
+        log_path: String::new(),
+        pid_path: String::new(),
+        spawned_seq: stamp.seq,
+        spawned_at_ms: ts,
+        adopted: true,
+        external: true,
+    });
+    pool.activity = Activity::Running;
+    pool.ready = true;
+    pool.slots_total = handoff.slots_total.min(SLOTS_MAX);
+    pool.engine_version = Some(handoff.engine_version.clone());
+    pool.model_ref = Some(handoff.model.path.clone());
+    pool.model_digest = None;
+    pool.last_error = None;
+    pool.last_heartbeat_ms = Some(ts);
+    pool.handoff_path = Some(path.clone());
+    pool.handoff = Some((**handoff).clone());
+    pool.probe_failures = 0;
+    pool.ready_token = stamp.seq;
+    pool.backoff_reset_at_ms = None;
+    pool.breaker_close_at_ms = None;
+    pool.drain = None;
+    pool.reload = None;
+    pool.vram_used_bytes = None;
+
+    true
+}
+
+fn on_engine_start_requested(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
+    let Event::EngineStartRequested {
+        engine,
+        attempt,
+        purpose,
+    } = event
+    else {
+        return false;
+    };
+    let ts = stamp.ts_ms;
+    pool.engine = Some((**engine).clone());
+    pool.handoff = None;
+    pool.ready = false;
+    pool.start_token = stamp.seq;
+    pool.activity = Activity::Starting {
+        kind: StartKind::Again(*purpose),
+        attempt: *attempt,
+        health_passed: false,
+        health_deadline_at_ms: None,
+        requested_at_ms: ts,
+    };
+    match purpose {
+        StartPurpose::Restart | StartPurpose::Trial => {
+            pool.restart_count = pool.restart_count.saturating_add(1);
+            let reason = pool
+                .supervision
+                .last_failure_reason
+                .unwrap_or(ExitReason::Unknown);
+            let window = &mut pool.supervision.restarts;
+            window.push(RestartMark { at_ms: ts, reason });
+            if window.len() > RESTART_WINDOW_CAP {
+                let excess = window.len().saturating_sub(RESTART_WINDOW_CAP);
+                window.drain(..excess);
+            }
+        }
+        StartPurpose::Reload => {
+            if let Some(reload) = pool.reload.as_mut() {
+                reload.stage = ReloadStage::Starting;
+            }
+        }
+        StartPurpose::Rollback => {
+            if let Some(reload) = pool.reload.as_mut() {
+                reload.stage = ReloadStage::RollingBack;
+            }
+        }
+    }
+
+    true
+}
+
+fn on_backoff_reset(pool: &mut Pool, event: &Event) -> bool {
+    let Event::BackoffReset { .. } = event else {
+        return false;
+    };
+    pool.supervision.backoff_attempt = 0;
+    pool.supervision.gpu_failures = 0;
+    pool.supervision.other_failures = 0;
+    pool.backoff_reset_at_ms = None;
+
     true
 }
 
