@@ -78,16 +78,6 @@ impl Daemon {
             None => tracing::info!(gpus = %source, count = gpu.count, "GPUs found"),
         }
         let run_as = crate::supervisor::process::resolve_engine_user(&config.engine_user)?;
-        let root_engines = run_as.is_none() && nix::unistd::geteuid().is_root();
-        if root_engines && config.allow_root_engines {
-            tracing::warn!(
-                "running as root with no engine_user: engines run as root (allow_root_engines); set engine_user"
-            );
-        } else if root_engines {
-            tracing::warn!(
-                "running as root with no engine_user: every engine start is refused (SPAWN_FAILED); set engine_user, or allow_root_engines = true"
-            );
-        }
         let logs_gid = resolve_logs_group(&config.engines.logs_group)?;
         let listener = TcpListener::bind(config.addr).await.with_context(|| {
             format!(
@@ -96,20 +86,7 @@ impl Daemon {
             )
         })?;
         let addr = listener.local_addr()?;
-        let mut admission = crate::supervisor::admission::Admission::new(
-            config.allowed_binaries.clone(),
-            config.engines.env_allow.clone(),
-        );
-        if root_engines && !config.allow_root_engines {
-            admission = admission.refusing_root_engines();
-        }
-        let admission = Arc::new(admission);
-        if admission.any_binary() {
-            tracing::warn!(
-                addr = %config.addr,
-                "allowed_binaries is empty: any binary may be started by whoever reaches the API (loopback only); list the engines' binaries to narrow it"
-            );
-        }
+        let admission = admission_of(config, run_as.is_none());
         let (node, report) = Node::start(NodeSettings {
             journal_dir: config.journal_dir.clone(),
             runtime_dir: config.runtime_dir.clone(),
@@ -151,19 +128,7 @@ impl Daemon {
             config.gpu.poll_interval_ms,
             config.require_gpu,
         );
-        let state = ApiState::new(
-            node.handle(),
-            ApiSettings {
-                token: config.api_token.clone(),
-                admission,
-                guard: crate::api::guard::BrowserGuard {
-                    loopback: config.addr.ip().is_loopback(),
-                    allowed_origins: config.api.allowed_origins.clone(),
-                },
-                version: VERSION.to_string(),
-                gpus: Some(monitor),
-            },
-        );
+        let state = api_state(config, node.handle(), admission, monitor);
         // handoff watcher (SPEC 6, engines started by someone else)
         let handoff_watcher = crate::supervisor::handoff::HandoffWatcher::spawn(
             node.handle().inbox(),
@@ -281,6 +246,61 @@ pub async fn stop_all(node: &NodeHandle, wait_ms: u64) {
     {
         tracing::warn!("engines still running {wait_ms} ms after the stop request");
     }
+}
+
+/// What may be started (`allowed_binaries`, `[engines] env_allow`), refusing every start as
+/// root when no engine user is set (`no_engine_user`) unless `allow_root_engines`; what that
+/// means is logged.
+fn admission_of(
+    config: &Config,
+    no_engine_user: bool,
+) -> Arc<crate::supervisor::admission::Admission> {
+    let root_engines = no_engine_user && nix::unistd::geteuid().is_root();
+    if root_engines && config.allow_root_engines {
+        tracing::warn!(
+            "running as root with no engine_user: engines run as root (allow_root_engines); set engine_user"
+        );
+    } else if root_engines {
+        tracing::warn!(
+            "running as root with no engine_user: every engine start is refused (SPAWN_FAILED); set engine_user, or allow_root_engines = true"
+        );
+    }
+    let mut admission = crate::supervisor::admission::Admission::new(
+        config.allowed_binaries.clone(),
+        config.engines.env_allow.clone(),
+    );
+    if root_engines && !config.allow_root_engines {
+        admission = admission.refusing_root_engines();
+    }
+    if admission.any_binary() {
+        tracing::warn!(
+            addr = %config.addr,
+            "allowed_binaries is empty: any binary may be started by whoever reaches the API (loopback only); list the engines' binaries to narrow it"
+        );
+    }
+    Arc::new(admission)
+}
+
+/// The API's state: the node, the token, what may be started, the browser guard, the GPUs.
+fn api_state(
+    config: &Config,
+    node: NodeHandle,
+    admission: Arc<crate::supervisor::admission::Admission>,
+    monitor: GpuMonitor,
+) -> ApiState {
+    ApiState::new(
+        node,
+        ApiSettings {
+            token: config.api_token.clone(),
+            admission,
+            guard: crate::api::guard::BrowserGuard {
+                loopback: config.addr.ip().is_loopback(),
+                allowed_origins: config.api.allowed_origins.clone(),
+            },
+            version: VERSION.to_string(),
+            gpus: Some(monitor),
+        },
+    )
 }
 
 /// `engines.logs_group` as a group id (`None` when empty). An unknown group stops start-up.

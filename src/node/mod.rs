@@ -298,22 +298,8 @@ impl Node {
     pub async fn start(settings: NodeSettings) -> Result<(Node, StartReport), StartError> {
         let dirs = RuntimeDirs::create_sharing_logs(&settings.runtime_dir, settings.logs_gid)?;
         let started = std::time::Instant::now();
-        let journal_config = journal_config(&settings);
         let (journal, open_report, replayed, max_batch_records) =
-            tokio::task::spawn_blocking(move || {
-                let config = journal_config;
-                let max_batch = config.max_batch_records;
-                let (journal, report) = PoolJournal::open(config)?;
-                let replayed = projection::replay(&journal, ReplayLimit::default())
-                    .map_err(|e| explain_replay_error(&journal, e))?;
-                Ok::<_, JournalError>((journal, report, replayed, max_batch))
-            })
-            .await
-            .map_err(|e| StartError::Task(e.to_string()))?
-            .map_err(|source| StartError::Journal {
-                dir: settings.journal_dir.clone(),
-                source,
-            })?;
+            open_and_replay(&settings).await?;
         let report = StartReport {
             replayed_to_seq: replayed.state.last_seq(),
             events_folded: replayed.events_folded,
@@ -327,19 +313,11 @@ impl Node {
         let state = Arc::new(replayed.state);
         let registry = Registry::new(Published::durable(state.clone(), settings.gpu.clone()));
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        let mut supervisor_settings = SupervisorSettings::new(
+        let supervisor = supervisor_of(
+            &settings,
             dirs.clone(),
-            settings.policy.clone(),
-            settings.clock.clone(),
-        );
-        supervisor_settings.run_engines_as(settings.run_as);
-        supervisor_settings.admission = settings.admission.clone();
-        supervisor_settings.placement = settings.placement_check.clone();
-        supervisor_settings.cgroups = settings.cgroups.clone();
-        let supervisor = Supervisor::new(
-            supervisor_settings,
             Reporter::new(tx.clone()),
-            registry.clone(),
+            &registry,
         );
         let handle = NodeHandle {
             inbox: Inbox::new(tx, registry.clone()),
@@ -384,63 +362,9 @@ impl Node {
             }),
             metrics,
         };
-        let mut resume = resume_effects(&actor.state);
+        let resume = resume_effects(&actor.state);
         let task = tokio::spawn(actor.run(rx));
-        handle
-            .submit(Observation::DaemonStarted {
-                version: settings.version.clone(),
-                pid: std::process::id(),
-            })
-            .await
-            .or_else(queued_while_unavailable)
-            .map_err(|source| StartError::Record {
-                what: "the daemon's start",
-                source,
-            })?;
-        if settings.gpu.required && !settings.gpu.available {
-            let reason = settings
-                .gpu
-                .reason
-                .clone()
-                .unwrap_or_else(|| "no usable GPU".to_string());
-            handle
-                .submit(Observation::PreflightFailed { reason })
-                .await
-                .or_else(queued_while_unavailable)
-                .map_err(|source| StartError::Record {
-                    what: "the GPU preflight",
-                    source,
-                })?;
-        }
-        // Recorded engines are verified before the node serves anyone, so the API never
-        // shows an engine as ready that is gone (a quick `/proc` check per engine).
-        let (verify, rest): (Vec<_>, Vec<_>) = resume
-            .drain(..)
-            .partition(|e| matches!(e, Effect::VerifyEngine { .. }));
-        for effect in verify {
-            if let Effect::VerifyEngine {
-                pool_id,
-                pid,
-                start_time,
-                binary_path,
-            } = effect
-            {
-                let observation = crate::supervisor::verify_engine(
-                    &pool_id,
-                    pid,
-                    start_time,
-                    binary_path.as_deref(),
-                );
-                handle
-                    .submit(observation)
-                    .await
-                    .or_else(queued_while_unavailable)
-                    .map_err(|source| StartError::Record {
-                        what: "the engines found at start-up",
-                        source,
-                    })?;
-            }
-        }
+        let rest = record_start(&handle, &settings, resume).await?;
         reconcile_runtime(&handle, &dirs).await;
         handle.resume(rest).await;
         Ok((Node { handle, task }, report))
@@ -476,6 +400,113 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Opens the journal and replays it (snapshot + tail) on a blocking thread.
+async fn open_and_replay(
+    settings: &NodeSettings,
+) -> Result<
+    (
+        PoolJournal,
+        pool_journal::OpenReport,
+        projection::Replayed,
+        usize,
+    ),
+    StartError,
+> {
+    let journal_config = journal_config(settings);
+    tokio::task::spawn_blocking(move || {
+        let config = journal_config;
+        let max_batch = config.max_batch_records;
+        let (journal, report) = PoolJournal::open(config)?;
+        let replayed = projection::replay(&journal, ReplayLimit::default())
+            .map_err(|e| explain_replay_error(&journal, e))?;
+        Ok::<_, JournalError>((journal, report, replayed, max_batch))
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))?
+    .map_err(|source| StartError::Journal {
+        dir: settings.journal_dir.clone(),
+        source,
+    })
+}
+
+/// The supervisor of a node with `settings`, reporting through `reporter`.
+fn supervisor_of(
+    settings: &NodeSettings,
+    dirs: RuntimeDirs,
+    reporter: Reporter,
+    registry: &Registry,
+) -> Supervisor {
+    let mut supervisor_settings =
+        SupervisorSettings::new(dirs, settings.policy.clone(), settings.clock.clone());
+    supervisor_settings.run_engines_as(settings.run_as);
+    supervisor_settings.admission = settings.admission.clone();
+    supervisor_settings.placement = settings.placement_check.clone();
+    supervisor_settings.cgroups = settings.cgroups.clone();
+    Supervisor::new(supervisor_settings, reporter, registry.clone())
+}
+
+/// Journals the start (`DaemonStarted`, the preflight's verdict) and verifies the recorded
+/// engines before the node serves anyone (so the API never shows a ready engine that is
+/// gone). Returns the other resume effects, for the actor once the runtime is reconciled.
+async fn record_start(
+    handle: &NodeHandle,
+    settings: &NodeSettings,
+    resume: Vec<Effect>,
+) -> Result<Vec<Effect>, StartError> {
+    handle
+        .submit(Observation::DaemonStarted {
+            version: settings.version.clone(),
+            pid: std::process::id(),
+        })
+        .await
+        .or_else(queued_while_unavailable)
+        .map_err(|source| StartError::Record {
+            what: "the daemon's start",
+            source,
+        })?;
+    if settings.gpu.required && !settings.gpu.available {
+        let reason = settings
+            .gpu
+            .reason
+            .clone()
+            .unwrap_or_else(|| "no usable GPU".to_string());
+        handle
+            .submit(Observation::PreflightFailed { reason })
+            .await
+            .or_else(queued_while_unavailable)
+            .map_err(|source| StartError::Record {
+                what: "the GPU preflight",
+                source,
+            })?;
+    }
+    // Recorded engines are verified before the node serves anyone, so the API never
+    // shows an engine as ready that is gone (a quick `/proc` check per engine).
+    let (verify, rest): (Vec<_>, Vec<_>) = resume
+        .into_iter()
+        .partition(|e| matches!(e, Effect::VerifyEngine { .. }));
+    for effect in verify {
+        if let Effect::VerifyEngine {
+            pool_id,
+            pid,
+            start_time,
+            binary_path,
+        } = effect
+        {
+            let observation =
+                crate::supervisor::verify_engine(&pool_id, pid, start_time, binary_path.as_deref());
+            handle
+                .submit(observation)
+                .await
+                .or_else(queued_while_unavailable)
+                .map_err(|source| StartError::Record {
+                    what: "the engines found at start-up",
+                    source,
+                })?;
+        }
+    }
+    Ok(rest)
 }
 
 impl NodeHandle {
@@ -786,6 +817,56 @@ struct Actor {
     metrics: crate::metrics::SharedMetrics,
 }
 
+/// What a batch decided, before its append.
+#[derive(Default)]
+struct Batch {
+    /// The state after the batch's facts (`None` while none was produced).
+    next: Option<State>,
+    /// The facts to append, in order.
+    drafts: Vec<Draft<Event>>,
+    /// Effects of the facts, by the seq of the fact that asked for them.
+    effects: Vec<(u64, Effect)>,
+    /// Metric updates of the facts, recorded once the append is durable.
+    metrics: Vec<crate::metrics::Update>,
+    /// Each submission that produced an answer to give after the append.
+    decided: Vec<Decided>,
+}
+
+impl Batch {
+    /// Folds `fact` into the batch's state: stamped with the next seq, its metric updates and
+    /// effects noted, its draft queued.
+    fn fold(&mut self, fact: pool_core::Fact, now_ms: u64, cause: Option<u64>) {
+        let Some(next) = self.next.as_mut() else {
+            return;
+        };
+        let seq = next.last_seq() + 1;
+        let pool = fact.pool_id.map(|id| id.to_string());
+        let stamp = Stamp {
+            seq,
+            ts_ms: now_ms,
+            pool_id: pool.as_deref(),
+        };
+        let before = crate::metrics::Before::of(pool.as_deref().and_then(|id| next.pool(id)));
+        next.apply_mut(stamp, &fact.event);
+        self.metrics.extend(crate::metrics::updates(
+            pool.as_deref(),
+            now_ms,
+            &fact.event,
+            before,
+            pool.as_deref().and_then(|id| next.pool(id)),
+        ));
+        for effect in effects(next, stamp, &fact.event) {
+            self.effects.push((seq, effect));
+        }
+        self.drafts.push(Draft {
+            ts_ms: now_ms,
+            pool_id: pool,
+            cause,
+            event: fact.event,
+        });
+    }
+}
+
 /// One decided input of a batch, waiting for the append.
 struct Decided {
     reply: Option<oneshot::Sender<Result<Committed, NodeError>>>,
@@ -904,17 +985,60 @@ impl Actor {
 
     /// Decides, appends and applies one batch (the journal taking writes, as far as known).
     async fn process_batch(&mut self, submissions: Vec<Submission>) {
-        let now_ms = self.clock.now_ms();
-        // The state as the batch's earlier inputs left it: a private copy, made only once an
-        // input produces facts (reads, rejections and no-ops never copy the registry).
-        let mut next: Option<State> = None;
-        let mut drafts: Vec<Draft<Event>> = Vec::new();
-        let mut pending_effects: Vec<(u64, Effect)> = Vec::new();
-        // Metric updates of the facts, recorded once the append is durable.
-        let mut pending_metrics: Vec<crate::metrics::Update> = Vec::new();
-        let mut decided: Vec<Decided> = Vec::with_capacity(submissions.len());
+        let batch = self.decide_batch(submissions);
+        let envelopes = if batch.drafts.is_empty() {
+            Vec::new()
+        } else {
+            match self.append(batch.drafts).await {
+                Ok(envelopes) => envelopes,
+                Err(AppendFailure::Unavailable { error, kind }) => {
+                    self.enter_degraded(error, kind, batch.decided);
+                    return;
+                }
+                Err(AppendFailure::Fatal(failure)) => {
+                    self.fail_for_good(failure, batch.decided);
+                    return;
+                }
+            }
+        };
+        self.metrics.record(&batch.metrics);
+        let previous_seq = self.state.last_seq();
+        let before = self.state.clone();
+        if let Some(next) = batch.next {
+            self.state = Arc::new(next);
+            self.publish();
+        }
+        for (i, envelope) in envelopes.iter().enumerate() {
+            log_event(envelope, &self.state);
+            if let Event::EngineStopRequested {
+                reason: StopReason::DrainDeadline,
+                ..
+            } = &envelope.event
+            {
+                warn_drain_deadline(&before, &envelopes[..i], envelope);
+            }
+        }
+        self.answer(batch.decided, &envelopes);
+        for (seq, effect) in batch.effects {
+            if let Effect::RemovePoolFiles { pool_id } = &effect {
+                let done = self.take_removal_waiters(pool_id);
+                self.supervisor.dispatch_then(seq, effect, done);
+            } else {
+                self.supervisor.dispatch(seq, effect);
+            }
+        }
+        self.snapshot_if_due(previous_seq);
+    }
+
+    /// Decides each submission against the state the batch's earlier ones left (a private
+    /// copy, made only once an input produces facts: reads, rejections and no-ops never copy
+    /// the registry), and answers the rejected ones at once.
+    fn decide_batch(&self, submissions: Vec<Submission>) -> Batch {
+        let batch_now_ms = self.clock.now_ms();
+        let mut batch = Batch::default();
+        batch.decided.reserve(submissions.len());
         for submission in submissions {
-            let now_ms = submission.observed_ms.unwrap_or(now_ms);
+            let now_ms = submission.observed_ms.unwrap_or(batch_now_ms);
             let retry = match &submission.input {
                 Input::Observation(_) => Some(degraded::Queued {
                     input: submission.input.clone(),
@@ -929,7 +1053,7 @@ impl Actor {
                 policy: &self.policy,
             };
             let pool_id = input_pool(&submission.input);
-            let view: &State = next.as_ref().unwrap_or(&self.state);
+            let view: &State = batch.next.as_ref().unwrap_or(&self.state);
             let facts = match decide(view, &submission.input, &ctx) {
                 Ok(facts) => facts,
                 Err(rejection) => {
@@ -939,91 +1063,43 @@ impl Actor {
                     continue;
                 }
             };
-            let start = drafts.len();
-            if !facts.is_empty() && next.is_none() {
-                next = Some((*self.state).clone());
+            let start = batch.drafts.len();
+            if !facts.is_empty() && batch.next.is_none() {
+                batch.next = Some((*self.state).clone());
             }
             for fact in facts {
-                let Some(next) = next.as_mut() else { break };
-                let seq = next.last_seq() + 1;
-                let pool = fact.pool_id.map(|id| id.to_string());
-                let stamp = Stamp {
-                    seq,
-                    ts_ms: now_ms,
-                    pool_id: pool.as_deref(),
-                };
-                let before =
-                    crate::metrics::Before::of(pool.as_deref().and_then(|id| next.pool(id)));
-                next.apply_mut(stamp, &fact.event);
-                pending_metrics.extend(crate::metrics::updates(
-                    pool.as_deref(),
-                    now_ms,
-                    &fact.event,
-                    before,
-                    pool.as_deref().and_then(|id| next.pool(id)),
-                ));
-                for effect in effects(next, stamp, &fact.event) {
-                    pending_effects.push((seq, effect));
-                }
-                drafts.push(Draft {
-                    ts_ms: now_ms,
-                    pool_id: pool,
-                    cause: submission.cause,
-                    event: fact.event,
-                });
+                batch.fold(fact, now_ms, submission.cause);
             }
-            decided.push(Decided {
+            batch.decided.push(Decided {
                 reply: submission.reply,
                 waiter: submission.waiter,
                 pool_id,
-                range: start..drafts.len(),
+                range: start..batch.drafts.len(),
                 retry,
             });
         }
-        let envelopes = if drafts.is_empty() {
-            Vec::new()
-        } else {
-            match self.append(drafts).await {
-                Ok(envelopes) => envelopes,
-                Err(AppendFailure::Unavailable { error, kind }) => {
-                    self.enter_degraded(error, kind, decided);
-                    return;
-                }
-                Err(AppendFailure::Fatal(failure)) => {
-                    tracing::error!(
-                        "{failure}; the daemon refuses further changes until it is restarted"
-                    );
-                    self.journal_failure = Some(failure.clone());
-                    self.publish();
-                    for d in decided {
-                        if let Some(reply) = d.reply {
-                            let _ = reply.send(Err(NodeError::Journal(failure.clone())));
-                        }
-                        if let Some(waiter) = d.waiter {
-                            answer_waiter(waiter, Err(NodeError::Journal(failure.clone())));
-                        }
-                    }
-                    return;
-                }
+        batch
+    }
+
+    /// The journal failed for good: every caller of the batch gets the failure, and the node
+    /// refuses changes until restarted (`/health` says `journal_failed`).
+    fn fail_for_good(&mut self, failure: String, decided: Vec<Decided>) {
+        tracing::error!("{failure}; the daemon refuses further changes until it is restarted");
+        self.journal_failure = Some(failure.clone());
+        self.publish();
+        for d in decided {
+            if let Some(reply) = d.reply {
+                let _ = reply.send(Err(NodeError::Journal(failure.clone())));
             }
-        };
-        self.metrics.record(&pending_metrics);
-        let previous_seq = self.state.last_seq();
-        let before = self.state.clone();
-        if let Some(next) = next {
-            self.state = Arc::new(next);
-            self.publish();
-        }
-        for (i, envelope) in envelopes.iter().enumerate() {
-            log_event(envelope, &self.state);
-            if let Event::EngineStopRequested {
-                reason: StopReason::DrainDeadline,
-                ..
-            } = &envelope.event
-            {
-                warn_drain_deadline(&before, &envelopes[..i], envelope);
+            if let Some(waiter) = d.waiter {
+                answer_waiter(waiter, Err(NodeError::Journal(failure.clone())));
             }
         }
+    }
+
+    /// Answers the batch's callers with their own envelopes, registers their waiters, and
+    /// resolves the waiters the new events settle.
+    fn answer(&mut self, decided: Vec<Decided>, envelopes: &[PoolEnvelope]) {
         for d in decided {
             let own = envelopes[d.range.clone()].to_vec();
             if let (Some(waiter), Some(pool_id)) = (d.waiter, &d.pool_id) {
@@ -1036,17 +1112,14 @@ impl Actor {
                 }));
             }
         }
-        for envelope in &envelopes {
+        for envelope in envelopes {
             self.resolve_waiters(envelope);
         }
-        for (seq, effect) in pending_effects {
-            if let Effect::RemovePoolFiles { pool_id } = &effect {
-                let done = self.take_removal_waiters(pool_id);
-                self.supervisor.dispatch_then(seq, effect, done);
-            } else {
-                self.supervisor.dispatch(seq, effect);
-            }
-        }
+    }
+
+    /// Saves a snapshot (off the actor) when the state crossed a multiple of `snapshot_every`
+    /// since `previous_seq`.
+    fn snapshot_if_due(&self, previous_seq: u64) {
         let last = self.state.last_seq();
         if last / self.snapshot_every > previous_seq / self.snapshot_every {
             let journal = self.journal.clone();

@@ -363,36 +363,7 @@ impl PoolWorker {
                 ..
             } => self.stop(cause, pid, grace_ms, &reason).await,
             Effect::WriteHandoff { pid, handoff, .. } => {
-                let observation = match self.dirs().handoff_path(self.pool_id.as_str(), &handoff.replica_id) {
-                    None => Observation::HandoffWriteFailed {
-                        pool_id: self.pool_id.clone(),
-                        pid,
-                        reason: format!(
-                            "replica_id {:?} cannot be part of a file name (letters, digits, '.', '_', '-')",
-                            handoff.replica_id
-                        ),
-                    },
-                    Some(path) => match write_blocking(&path, move |path| {
-                        files::write_handoff(path, &handoff)
-                    })
-                    .await
-                    {
-                        Ok(()) => {
-                            self.handoff_path = Some(path.clone());
-                            Observation::HandoffWritten {
-                                pool_id: self.pool_id.clone(),
-                                pid,
-                                path: path.display().to_string(),
-                            }
-                        }
-                        Err(e) => Observation::HandoffWriteFailed {
-                            pool_id: self.pool_id.clone(),
-                            pid,
-                            reason: format!("cannot write the handoff file: {e}"),
-                        },
-                    },
-                };
-                self.shared.report(cause, observation).await;
+                self.write_handoff(cause, pid, handoff).await
             }
             Effect::RemovePidFile { .. } => {
                 let path = self.dirs().pid_path(self.pool_id.as_str());
@@ -400,83 +371,127 @@ impl PoolWorker {
                     tracing::warn!(pool_id = %self.pool_id, "{e}");
                 }
             }
-            Effect::RemovePoolFiles { .. } => {
-                self.health = None;
-                self.probe = None;
-                self.timers.clear();
-                self.staging = None;
-                self.shared.registry.forget_heartbeat(self.pool_id.as_str());
-                let pid_path = self.dirs().pid_path(self.pool_id.as_str());
-                let mut paths = vec![pid_path];
-                // Only a file in our engines folder: a handoff registered through the API
-                // records the path "api", which is no file of ours.
-                let engines = self.dirs().engines.clone();
-                paths.extend(self.handoff_path.take().filter(|p| p.starts_with(&engines)));
-                for path in paths {
-                    if let Err(e) = files::remove_if_exists(&path) {
-                        tracing::warn!(pool_id = %self.pool_id, "{e}");
-                    }
-                }
-                if let Some(cgroups) = &self.shared.settings.cgroups {
-                    if let Err(e) = cgroups.remove(self.pool_id.as_str()) {
-                        tracing::warn!(pool_id = %self.pool_id, "the engine's cgroup stays: {e}; remove it once it is empty");
-                    }
-                }
-            }
+            Effect::RemovePoolFiles { .. } => self.remove_pool_files(),
             Effect::ArmTimer {
                 timer,
                 token,
                 at_ms,
                 ..
-            } => {
-                let shared = self.shared.clone();
-                let pool_id = self.pool_id.clone();
-                let task = own(async move {
-                    shared.settings.clock.sleep_until(at_ms).await;
-                    shared
-                        .report(
-                            cause,
-                            Observation::TimerFired {
-                                pool_id,
-                                timer,
-                                token,
-                            },
-                        )
-                        .await;
-                });
-                self.timers.insert(timer, task);
-            }
+            } => self.arm_timer(cause, timer, token, at_ms),
             Effect::StageModel {
                 model_ref,
                 digest,
                 token,
                 ..
-            } => {
-                let shared = self.shared.clone();
-                let pool_id = self.pool_id.clone();
-                self.staging = Some(own(async move {
-                    let staged = tokio::task::spawn_blocking(move || {
-                        files::stage_model(&model_ref, digest.as_deref())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("staging task failed: {e}")));
-                    let observation = match staged {
-                        Ok((path, digest)) => Observation::ModelStaged {
-                            pool_id,
-                            token,
-                            path,
-                            digest,
-                        },
-                        Err(reason) => Observation::StagingFailed {
-                            pool_id,
-                            token,
-                            reason,
-                        },
-                    };
-                    shared.report(cause, observation).await;
-                }));
+            } => self.stage_model(cause, model_ref, digest, token),
+        }
+    }
+
+    /// Writes the pool's handoff file (ours: not re-ingested) and reports how it went.
+    async fn write_handoff(&mut self, cause: u64, pid: u32, handoff: pool_core::Handoff) {
+        let observation = match self.dirs().handoff_path(self.pool_id.as_str(), &handoff.replica_id) {
+            None => Observation::HandoffWriteFailed {
+                pool_id: self.pool_id.clone(),
+                pid,
+                reason: format!(
+                    "replica_id {:?} cannot be part of a file name (letters, digits, '.', '_', '-')",
+                    handoff.replica_id
+                ),
+            },
+            Some(path) => match write_blocking(&path, move |path| {
+                files::write_handoff(path, &handoff)
+            })
+            .await
+            {
+                Ok(()) => {
+                    self.handoff_path = Some(path.clone());
+                    Observation::HandoffWritten {
+                        pool_id: self.pool_id.clone(),
+                        pid,
+                        path: path.display().to_string(),
+                    }
+                }
+                Err(e) => Observation::HandoffWriteFailed {
+                    pool_id: self.pool_id.clone(),
+                    pid,
+                    reason: format!("cannot write the handoff file: {e}"),
+                },
+            },
+        };
+        self.shared.report(cause, observation).await;
+    }
+
+    /// The pool is gone: its probes, timers and staging stop; its pid file, our handoff file
+    /// and its cgroup leaf go.
+    fn remove_pool_files(&mut self) {
+        self.health = None;
+        self.probe = None;
+        self.timers.clear();
+        self.staging = None;
+        self.shared.registry.forget_heartbeat(self.pool_id.as_str());
+        let pid_path = self.dirs().pid_path(self.pool_id.as_str());
+        let mut paths = vec![pid_path];
+        // Only a file in our engines folder: a handoff registered through the API
+        // records the path "api", which is no file of ours.
+        let engines = self.dirs().engines.clone();
+        paths.extend(self.handoff_path.take().filter(|p| p.starts_with(&engines)));
+        for path in paths {
+            if let Err(e) = files::remove_if_exists(&path) {
+                tracing::warn!(pool_id = %self.pool_id, "{e}");
             }
         }
+        if let Some(cgroups) = &self.shared.settings.cgroups {
+            if let Err(e) = cgroups.remove(self.pool_id.as_str()) {
+                tracing::warn!(pool_id = %self.pool_id, "the engine's cgroup stays: {e}; remove it once it is empty");
+            }
+        }
+    }
+
+    /// Reports `TimerFired` at `at_ms` (a timer of the same kind armed before is replaced).
+    fn arm_timer(&mut self, cause: u64, timer: Timer, token: u64, at_ms: u64) {
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        let task = own(async move {
+            shared.settings.clock.sleep_until(at_ms).await;
+            shared
+                .report(
+                    cause,
+                    Observation::TimerFired {
+                        pool_id,
+                        timer,
+                        token,
+                    },
+                )
+                .await;
+        });
+        self.timers.insert(timer, task);
+    }
+
+    /// Stages the model of a reload off the worker and reports the outcome.
+    fn stage_model(&mut self, cause: u64, model_ref: String, digest: Option<String>, token: u64) {
+        let shared = self.shared.clone();
+        let pool_id = self.pool_id.clone();
+        self.staging = Some(own(async move {
+            let staged = tokio::task::spawn_blocking(move || {
+                files::stage_model(&model_ref, digest.as_deref())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("staging task failed: {e}")));
+            let observation = match staged {
+                Ok((path, digest)) => Observation::ModelStaged {
+                    pool_id,
+                    token,
+                    path,
+                    digest,
+                },
+                Err(reason) => Observation::StagingFailed {
+                    pool_id,
+                    token,
+                    reason,
+                },
+            };
+            shared.report(cause, observation).await;
+        }));
     }
 
     async fn spawn(&mut self, cause: u64, engine: &PreparedEngine, attempt: u32, token: u64) {
