@@ -216,6 +216,16 @@ pub fn updates(
         }
         return out;
     };
+    event_updates(pool_id, ts_ms, event, &before, &mut out);
+    if let Some(after) = after {
+        registry_updates(pool_id, &before, after, &mut out);
+    }
+    out
+}
+
+/// The counters and histograms an event itself stands for (a preload's outcome and duration,
+/// a drain's, a reload's, a backoff delay, a breaker opening, a storm, a failed probe).
+fn event_updates(pool_id: &str, ts_ms: u64, event: &Event, before: &Before, out: &mut Vec<Update>) {
     let pool = || vec![("pool_id", pool_id.to_string())];
     let with = |key: &'static str, value: &str| {
         vec![("pool_id", pool_id.to_string()), (key, value.to_string())]
@@ -234,7 +244,7 @@ pub fn updates(
     match event {
         Event::PoolReady { .. } => {
             if let Some(requested_at_ms) = preload_start {
-                count(&mut out, "pool_preload_total", with("outcome", "success"));
+                count(out, "pool_preload_total", with("outcome", "success"));
                 out.push(Update::Observe {
                     name: "pool_preload_duration_seconds",
                     labels: pool(),
@@ -243,10 +253,10 @@ pub fn updates(
             }
         }
         Event::PreloadFailed { .. } if preload_start.is_some() => {
-            count(&mut out, "pool_preload_total", with("outcome", "failure"));
+            count(out, "pool_preload_total", with("outcome", "failure"));
         }
         Event::PreloadRejected { .. } => {
-            count(&mut out, "pool_preload_total", with("outcome", "rejected"));
+            count(out, "pool_preload_total", with("outcome", "rejected"));
         }
         Event::DrainCompleted {
             outcome,
@@ -257,7 +267,7 @@ pub fn updates(
                 DrainOutcome::Graceful => "graceful",
                 DrainOutcome::ForceStopped => "force_stopped",
             };
-            count(&mut out, "pool_drain_total", with("outcome", outcome));
+            count(out, "pool_drain_total", with("outcome", outcome));
             out.push(Update::Observe {
                 name: "pool_drain_duration_seconds",
                 labels: pool(),
@@ -265,7 +275,7 @@ pub fn updates(
             });
         }
         Event::ReloadSucceeded { duration_ms, .. } => {
-            count(&mut out, "pool_reload_total", with("outcome", "success"));
+            count(out, "pool_reload_total", with("outcome", "success"));
             out.push(Update::Observe {
                 name: "pool_reload_duration_seconds",
                 labels: pool(),
@@ -276,48 +286,50 @@ pub fn updates(
             rolling_back: false,
             ..
         } if before.reload_requested_at_ms.is_some() => {
-            count(&mut out, "pool_reload_total", with("outcome", "failure"));
+            count(out, "pool_reload_total", with("outcome", "failure"));
         }
         Event::ReloadRolledBack { .. } => {
-            count(
-                &mut out,
-                "pool_reload_total",
-                with("outcome", "rolled_back"),
-            );
+            count(out, "pool_reload_total", with("outcome", "rolled_back"));
         }
         Event::RestartScheduled { delay_ms, .. } => out.push(Update::Observe {
             name: "restart_backoff_seconds",
             labels: pool(),
             value: *delay_ms as f64 / 1000.0,
         }),
-        Event::CircuitOpened { .. } => count(&mut out, "circuit_breaker_open_total", pool()),
-        Event::RestartStormDetected { .. } => count(&mut out, "restart_storm_total", pool()),
-        Event::HealthCheckFailed { .. } => count(&mut out, "health_probe_failures_total", pool()),
+        Event::CircuitOpened { .. } => count(out, "circuit_breaker_open_total", pool()),
+        Event::RestartStormDetected { .. } => count(out, "restart_storm_total", pool()),
+        Event::HealthCheckFailed { .. } => count(out, "health_probe_failures_total", pool()),
         _ => {}
     }
-    if let Some(after) = after {
-        // Failures and restarts as the registry counts them (`crash_count`,
-        // `restart_count`): whatever event recorded them.
-        if after.crash_count > before.crash_count {
-            let reason = after
-                .supervision
-                .last_failure_reason
-                .unwrap_or(ExitReason::Unknown);
-            out.push(Update::Count {
-                name: "engine_crash_total",
-                labels: with("reason", reason.as_str()),
-                by: u64::from(after.crash_count - before.crash_count),
-            });
-        }
-        if after.restart_count > before.restart_count {
-            out.push(Update::Count {
-                name: "engine_restart_total",
-                labels: pool(),
-                by: u64::from(after.restart_count - before.restart_count),
-            });
-        }
+}
+
+/// Failures and restarts as the registry counts them (`crash_count`, `restart_count`),
+/// whatever event recorded them.
+fn registry_updates(pool_id: &str, before: &Before, after: &Pool, out: &mut Vec<Update>) {
+    let pool = || vec![("pool_id", pool_id.to_string())];
+    let with = |key: &'static str, value: &str| {
+        vec![("pool_id", pool_id.to_string()), (key, value.to_string())]
+    };
+    // Failures and restarts as the registry counts them (`crash_count`,
+    // `restart_count`): whatever event recorded them.
+    if after.crash_count > before.crash_count {
+        let reason = after
+            .supervision
+            .last_failure_reason
+            .unwrap_or(ExitReason::Unknown);
+        out.push(Update::Count {
+            name: "engine_crash_total",
+            labels: with("reason", reason.as_str()),
+            by: u64::from(after.crash_count - before.crash_count),
+        });
     }
-    out
+    if after.restart_count > before.restart_count {
+        out.push(Update::Count {
+            name: "engine_restart_total",
+            labels: pool(),
+            by: u64::from(after.restart_count - before.restart_count),
+        });
+    }
 }
 
 /// The metrics of one node: its own recorder (see the module doc) and the start-up replay's
