@@ -385,6 +385,33 @@ pub struct GpuSettings {
     pub allow_sharing: bool,
 }
 
+impl GpuSettings {
+    /// `Err((key, message))` for a value out of bounds.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.poll_interval_ms == 0 || self.poll_interval_ms > GPU_POLL_INTERVAL_MS_MAX {
+            return Err((
+                "gpu.poll_interval_ms",
+                format!(
+                    "{} is outside 1..={GPU_POLL_INTERVAL_MS_MAX}",
+                    self.poll_interval_ms
+                ),
+            ));
+        }
+        if self.placement_timeout_ms == 0
+            || self.placement_timeout_ms > GPU_PLACEMENT_TIMEOUT_MS_MAX
+        {
+            return Err((
+                "gpu.placement_timeout_ms",
+                format!(
+                    "{} is outside 1..={GPU_PLACEMENT_TIMEOUT_MS_MAX}",
+                    self.placement_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for GpuSettings {
     fn default() -> Self {
         GpuSettings {
@@ -408,6 +435,31 @@ pub struct JournalSettings {
     pub retain_ms: u64,
     /// Records per sealed segment (1..=SEGMENT_RECORDS_MAX).
     pub segment_records: u64,
+}
+
+impl JournalSettings {
+    /// `Err((key, message))` for a value out of bounds.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.snapshot_every == 0 {
+            return Err(("journal.snapshot_every", "must be >= 1".into()));
+        }
+        if self.retain_bytes == 0 {
+            return Err(("journal.retain_bytes", "must be >= 1".into()));
+        }
+        if self.retain_ms == 0 {
+            return Err(("journal.retain_ms", "must be >= 1".into()));
+        }
+        if self.segment_records == 0 || self.segment_records > SEGMENT_RECORDS_MAX {
+            return Err((
+                "journal.segment_records",
+                format!(
+                    "{} is outside 1..={SEGMENT_RECORDS_MAX}",
+                    self.segment_records
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for JournalSettings {
@@ -1284,60 +1336,33 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
         };
         return Err(invalid(key, rest));
     }
-    if file.gpu.poll_interval_ms == 0 || file.gpu.poll_interval_ms > GPU_POLL_INTERVAL_MS_MAX {
-        return Err(invalid(
-            "gpu.poll_interval_ms",
-            format!(
-                "{} is outside 1..={GPU_POLL_INTERVAL_MS_MAX}",
-                file.gpu.poll_interval_ms
-            ),
-        ));
+    for check in [
+        file.gpu.validate(),
+        file.api.validate(),
+        file.journal.validate(),
+        validate_paths(file),
+        validate_names(file),
+    ] {
+        check.map_err(|(key, message)| invalid(key, message))?;
     }
-    if file.gpu.placement_timeout_ms == 0
-        || file.gpu.placement_timeout_ms > GPU_PLACEMENT_TIMEOUT_MS_MAX
-    {
-        return Err(invalid(
-            "gpu.placement_timeout_ms",
-            format!(
-                "{} is outside 1..={GPU_PLACEMENT_TIMEOUT_MS_MAX}",
-                file.gpu.placement_timeout_ms
-            ),
-        ));
-    }
-    if let Err((key, message)) = file.api.validate() {
-        return Err(invalid(key, message));
-    }
-    if file.journal.snapshot_every == 0 {
-        return Err(invalid("journal.snapshot_every", "must be >= 1".into()));
-    }
-    if file.journal.retain_bytes == 0 {
-        return Err(invalid("journal.retain_bytes", "must be >= 1".into()));
-    }
-    if file.journal.retain_ms == 0 {
-        return Err(invalid("journal.retain_ms", "must be >= 1".into()));
-    }
-    if file.journal.segment_records == 0 || file.journal.segment_records > SEGMENT_RECORDS_MAX {
-        return Err(invalid(
-            "journal.segment_records",
-            format!(
-                "{} is outside 1..={SEGMENT_RECORDS_MAX}",
-                file.journal.segment_records
-            ),
-        ));
-    }
+    Ok(())
+}
+
+/// `runtime_dir` and `journal_dir` not empty; `allowed_binaries` absolute.
+fn validate_paths(file: &FileConfig) -> Result<(), (&'static str, String)> {
     if file.runtime_dir.as_os_str().is_empty() {
-        return Err(invalid("runtime_dir", "empty".into()));
+        return Err(("runtime_dir", "empty".into()));
     }
     if file
         .journal_dir
         .as_ref()
         .is_some_and(|d| d.as_os_str().is_empty())
     {
-        return Err(invalid("journal_dir", "empty".into()));
+        return Err(("journal_dir", "empty".into()));
     }
     for (i, binary) in file.allowed_binaries.iter().enumerate() {
         if !binary.is_absolute() {
-            return Err(invalid(
+            return Err((
                 "allowed_binaries",
                 format!(
                     "entry {i} ({:?}) is not an absolute path, so what it allows would depend \
@@ -1347,17 +1372,22 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
             ));
         }
     }
+    Ok(())
+}
+
+/// `[engines] env_allow` patterns, `pids_max` bounds, and the user and group names.
+fn validate_names(file: &FileConfig) -> Result<(), (&'static str, String)> {
     for (i, pattern) in file.engines.env_allow.iter().enumerate() {
         let name = pattern.strip_suffix('*').unwrap_or(pattern);
         if name.contains('*') || name.contains('=') || name.chars().any(char::is_control) {
-            return Err(invalid(
+            return Err((
                 "engines.env_allow",
                 format!("entry {i} ({pattern:?}) is not a variable name or a prefix ending in '*'"),
             ));
         }
     }
     if file.engines.pids_max == 0 || file.engines.pids_max > PIDS_MAX_MAX {
-        return Err(invalid(
+        return Err((
             "engines.pids_max",
             format!("{} is outside 1..={PIDS_MAX_MAX}", file.engines.pids_max),
         ));
@@ -1368,7 +1398,7 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
     {
-        return Err(invalid(
+        return Err((
             "engines.logs_group",
             format!("{:?} is not a group name", file.engines.logs_group),
         ));
@@ -1378,7 +1408,7 @@ fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result<(), Config
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
     {
-        return Err(invalid(
+        return Err((
             "engine_user",
             format!("{:?} is not a user name", file.engine_user),
         ));
