@@ -277,22 +277,7 @@ pub async fn apply(
                 summary: verdict,
                 gpus: Vec::new(),
             });
-            if !state.node.gpus.is_empty() {
-                node.submit(Observation::GpuInventory { gpus: Vec::new() })
-                    .await?;
-            }
-            if !state.node.mig_devices.is_empty() {
-                node.submit(Observation::MigInventory {
-                    devices: Vec::new(),
-                })
-                .await?;
-            }
-            if required && state.node.preflight_error.as_ref() != Some(&no_gpu.reason) {
-                node.submit(Observation::PreflightFailed {
-                    reason: no_gpu.reason,
-                })
-                .await?;
-            }
+            no_gpu_observed(node, state, no_gpu.reason, required).await?;
             return Ok(());
         }
     };
@@ -333,7 +318,43 @@ pub async fn apply(
         node.submit(Observation::MigInventory { devices: migs })
             .await?;
     }
-    let seen = sightings(state, &gpus, &pools);
+    vram_observed(node, state, &gpus, &pools).await?;
+    faults_observed(node, events).await?;
+    Ok(())
+}
+
+/// No usable GPU: the inventories empty, and the preflight's reason when a GPU is required.
+async fn no_gpu_observed(
+    node: &Inbox,
+    state: &State,
+    reason: String,
+    required: bool,
+) -> Result<(), crate::port::NodeError> {
+    if !state.node.gpus.is_empty() {
+        node.submit(Observation::GpuInventory { gpus: Vec::new() })
+            .await?;
+    }
+    if !state.node.mig_devices.is_empty() {
+        node.submit(Observation::MigInventory {
+            devices: Vec::new(),
+        })
+        .await?;
+    }
+    if required && state.node.preflight_error.as_ref() != Some(&reason) {
+        node.submit(Observation::PreflightFailed { reason }).await?;
+    }
+    Ok(())
+}
+
+/// Each pool's engine seen on the GPUs: its VRAM, and any GPU outside its mask; an engine no
+/// longer seen has its VRAM set back to 0.
+async fn vram_observed(
+    node: &Inbox,
+    state: &State,
+    gpus: &[Gpu],
+    pools: &HashMap<u32, String>,
+) -> Result<(), crate::port::NodeError> {
+    let seen = sightings(state, gpus, pools);
     for pool in state.pools.values() {
         let Some(pid) = pool.pid() else { continue };
         let pool_id = pool.id.clone();
@@ -365,6 +386,14 @@ pub async fn apply(
             None => {}
         }
     }
+    Ok(())
+}
+
+/// Xid errors and driver resets, logged and reported.
+async fn faults_observed(
+    node: &Inbox,
+    events: Vec<GpuEvent>,
+) -> Result<(), crate::port::NodeError> {
     for event in events {
         let observation = match event {
             GpuEvent::Xid { gpu_uuid, xid } => {
