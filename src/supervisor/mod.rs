@@ -802,26 +802,7 @@ impl PoolWorker {
                         if exited.borrow().is_some() || stop_flag.load(Ordering::SeqCst) {
                             continue;
                         }
-                        let mask = shared.engine_of(&pool_id).and_then(|e| e.device_mask);
-                        tracing::warn!(pool_id = %pool_id, pid, %line, "the engine found no usable GPU");
-                        let detail = format!(
-                            "engine pid {pid} with {} logged {:?} while starting: it found no \
-                             usable GPU and would serve on the CPU; check the device mask, \
-                             CUDA_VISIBLE_DEVICES (set from the mask: {:?}) and that the engine \
-                             is a CUDA build, not a CPU-only one",
-                            placement::describe_mask(mask.as_deref()),
-                            line.trim(),
-                            mask.as_deref()
-                                .map(process::cuda_visible_devices)
-                                .unwrap_or_default(),
-                        );
-                        let observation = Observation::EngineNotOnGpu {
-                            pool_id: pool_id.clone(),
-                            token,
-                            pid,
-                            detail,
-                        };
-                        shared.report(cause, observation).await;
+                        report_spillover(&shared, cause, &pool_id, (pid, token), &line).await;
                     }
                 }
             };
@@ -909,28 +890,8 @@ impl PoolWorker {
                             return; // its log said "no usable GPU": the log watcher reports
                         }
                     }
-                    let props = if engine.slots_total.is_some() {
-                        probe::Props::default()
-                    } else {
-                        shared.prober.props(&engine).await
-                    };
-                    let slots_total = engine
-                        .slots_total
-                        .or(props.total_slots)
-                        .or_else(|| probe::parallel_flag(&engine.flags));
-                    shared.registry.heartbeat(pool_id.as_str(), shared.now_ms());
-                    shared
-                        .report(
-                            cause,
-                            Observation::HealthPassed {
-                                pool_id,
-                                pid,
-                                after_ms,
-                                engine_version: props.build_info,
-                                slots_total,
-                            },
-                        )
-                        .await;
+                    let observation = health_passed(&shared, &engine, pool_id, pid, after_ms).await;
+                    shared.report(cause, observation).await;
                     return;
                 }
                 last_probe = health.describe();
@@ -1216,6 +1177,64 @@ async fn prove_placement(
             Ok(()) = exited.changed() => {}
         }
     }
+}
+
+/// A healthy engine's `HealthPassed`: its slots (as prepared, else `/props`, else
+/// `--parallel`) and version, with a first heartbeat.
+async fn health_passed(
+    shared: &Shared,
+    engine: &PreparedEngine,
+    pool_id: PoolId,
+    pid: u32,
+    after_ms: u64,
+) -> Observation {
+    let props = if engine.slots_total.is_some() {
+        probe::Props::default()
+    } else {
+        shared.prober.props(engine).await
+    };
+    let slots_total = engine
+        .slots_total
+        .or(props.total_slots)
+        .or_else(|| probe::parallel_flag(&engine.flags));
+    shared.registry.heartbeat(pool_id.as_str(), shared.now_ms());
+    Observation::HealthPassed {
+        pool_id,
+        pid,
+        after_ms,
+        engine_version: props.build_info,
+        slots_total,
+    }
+}
+
+/// Reports that an engine's log says it found no usable GPU and would serve on the CPU
+/// (`EngineNotOnGpu`), naming its mask and what to check.
+async fn report_spillover(
+    shared: &Shared,
+    cause: u64,
+    pool_id: &PoolId,
+    (pid, token): (u32, u64),
+    line: &str,
+) {
+    let mask = shared.engine_of(pool_id).and_then(|e| e.device_mask);
+    tracing::warn!(pool_id = %pool_id, pid, %line, "the engine found no usable GPU");
+    let detail = format!(
+        "engine pid {pid} with {} logged {:?} while starting: it found no usable GPU and would \
+         serve on the CPU; check the device mask, CUDA_VISIBLE_DEVICES (set from the mask: \
+         {:?}) and that the engine is a CUDA build, not a CPU-only one",
+        placement::describe_mask(mask.as_deref()),
+        line.trim(),
+        mask.as_deref()
+            .map(process::cuda_visible_devices)
+            .unwrap_or_default(),
+    );
+    let observation = Observation::EngineNotOnGpu {
+        pool_id: pool_id.clone(),
+        token,
+        pid,
+        detail,
+    };
+    shared.report(cause, observation).await;
 }
 
 /// The `last_error` of an engine NVML never listed on its GPUs: which pid, which mask, what
