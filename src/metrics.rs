@@ -964,6 +964,72 @@ mod tests {
     }
 
     #[test]
+    fn reloads_and_storms_count_by_outcome() {
+        let count = |name, outcome: Option<&str>| {
+            let mut l = vec![("pool_id", "p1")];
+            l.extend(outcome.map(|o| ("outcome", o)));
+            Update::Count {
+                name,
+                labels: labels(&l),
+                by: 1,
+            }
+        };
+        let reloading = Before {
+            reload_requested_at_ms: Some(1_000),
+            ..Before::default()
+        };
+        let at = |event: &Event, before: Before| updates(Some("p1"), 5_000, event, before, None);
+        let succeeded = Event::ReloadSucceeded {
+            old: "a".into(),
+            new: "b".into(),
+            duration_ms: 1_500,
+        };
+        assert_eq!(
+            at(&succeeded, reloading),
+            vec![
+                count("pool_reload_total", Some("success")),
+                Update::Observe {
+                    name: "pool_reload_duration_seconds",
+                    labels: labels(&[("pool_id", "p1")]),
+                    value: 1.5,
+                },
+            ]
+        );
+        let failed = |rolling_back| Event::ReloadFailed {
+            reason: "bad model".into(),
+            stage: pool_core::ReloadStage::Starting,
+            rolling_back,
+            pid: None,
+        };
+        assert_eq!(
+            at(&failed(false), reloading),
+            vec![count("pool_reload_total", Some("failure"))]
+        );
+        // A failure that rolls back is counted once, by its ReloadRolledBack; one with no
+        // reload in flight (replayed out of context) is not counted at all.
+        assert_eq!(at(&failed(true), reloading), vec![]);
+        assert_eq!(at(&failed(false), Before::default()), vec![]);
+        let rolled_back = Event::ReloadRolledBack {
+            model_ref: "a".into(),
+            duration_ms: 900,
+        };
+        assert_eq!(
+            at(&rolled_back, reloading),
+            vec![count("pool_reload_total", Some("rolled_back"))]
+        );
+        let storm = Event::RestartStormDetected {
+            restarts: 11,
+            window_ms: 60_000,
+            classification: pool_core::StormClass::CrashStorm,
+            hint: "see the log".into(),
+        };
+        assert_eq!(
+            at(&storm, Before::default()),
+            vec![count("restart_storm_total", None)]
+        );
+    }
+
+    #[test]
     fn a_removed_pool_has_no_gauges() {
         let mut events = preload_events();
         events.push((6_000, Event::PoolRemoved));
