@@ -85,6 +85,12 @@ impl Decision<'_, '_> {
         }
     }
 
+    /// The pool `id` while `pid` is its current engine: an observation about any other pid
+    /// is stale.
+    pub(super) fn pool_running(&self, id: &PoolId, pid: u32) -> Option<&Pool> {
+        self.pool(id).filter(|pool| pool.pid() == Some(pid))
+    }
+
     pub(super) fn pool(&self, id: &PoolId) -> Option<&Pool> {
         match &self.scratch {
             Scratch::Full(state) => state.pools.get(id),

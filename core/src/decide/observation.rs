@@ -360,10 +360,9 @@ fn engine_exited(d: &mut Decision<'_, '_>, observation: &Observation) {
     else {
         return;
     };
-    let Some(pool) = d.pool(pool_id) else { return };
-    if pool.pid() != Some(*pid) {
-        return;
-    }
+    let Some(pool) = d.pool_running(pool_id, *pid) else {
+        return; // stale: another engine, or no pool
+    };
     let reason = match (*exit_code, *signal, *reason) {
         (Some(0), None, ExitReason::Graceful | ExitReason::Crash | ExitReason::Unknown) => {
             ExitReason::Graceful
@@ -436,10 +435,9 @@ fn engine_log_fault(d: &mut Decision<'_, '_>, observation: &Observation) {
     else {
         return;
     };
-    let Some(pool) = d.pool(pool_id) else { return };
-    if pool.pid() != Some(*pid) {
-        return;
-    }
+    let Some(pool) = d.pool_running(pool_id, *pid) else {
+        return; // stale: another engine, or no pool
+    };
     let detail = format!("engine log: {}", tail(line.trim(), 512));
     match pool.activity {
         Activity::Starting { .. } => start_failed(
@@ -599,10 +597,9 @@ fn engine_lost(d: &mut Decision<'_, '_>, observation: &Observation) {
     let Observation::EngineLost { pool_id, pid } = observation else {
         return;
     };
-    let Some(pool) = d.pool(pool_id) else { return };
-    if pool.pid() != Some(*pid) {
-        return;
-    }
+    let Some(pool) = d.pool_running(pool_id, *pid) else {
+        return; // stale: another engine, or no pool
+    };
     match pool.activity.clone() {
         Activity::Stopping { reason, .. } => {
             d.push(
@@ -692,10 +689,9 @@ fn device_mask_violation(d: &mut Decision<'_, '_>, observation: &Observation) {
     else {
         return;
     };
-    let Some(pool) = d.pool(pool_id) else { return };
-    if pool.pid() != Some(*pid) {
-        return;
-    }
+    let Some(pool) = d.pool_running(pool_id, *pid) else {
+        return; // stale: another engine, or no pool
+    };
     let gpu_uuid = tail(gpu_uuid, 256);
     if pool.last_error.as_deref() == Some(&mask_violation_message(pool, *pid, &gpu_uuid)) {
         return; // already recorded
@@ -718,10 +714,9 @@ fn vram_observed(d: &mut Decision<'_, '_>, observation: &Observation) {
     else {
         return;
     };
-    let Some(pool) = d.pool(pool_id) else { return };
-    if pool.pid() != Some(*pid) {
-        return;
-    }
+    let Some(pool) = d.pool_running(pool_id, *pid) else {
+        return; // stale: another engine, or no pool
+    };
     let moved = pool
         .vram_used_bytes
         .is_none_or(|old| old.abs_diff(*used_bytes) >= VRAM_DELTA_MIN_BYTES);
