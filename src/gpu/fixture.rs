@@ -190,6 +190,84 @@ fn processes(list: Vec<FixtureProcess>) -> Vec<GpuProcess> {
         .collect()
 }
 
+/// Xid and reset counts of one GPU of the file: its uuid, its Xids so far, its resets so far.
+type Faults = (String, Vec<u32>, u32);
+
+/// The GPUs a fixture file lists, sorted by index and checked, with each GPU's faults.
+fn gpus_of(fixture: Vec<FixtureGpu>) -> Result<(Vec<Gpu>, Vec<Faults>), String> {
+    let mut gpus = Vec::with_capacity(fixture.len());
+    let mut faults = Vec::with_capacity(fixture.len());
+    for (i, g) in fixture.into_iter().enumerate() {
+        let index = g.index;
+        if let Some(j) = g
+            .mig_devices
+            .iter()
+            .position(|m| m.parent_index.is_some_and(|p| p != index))
+        {
+            return Err(format!(
+                "gpus[{i}].mig_devices[{j}]: parent_index is not {index}, the index of \
+                 the GPU it is listed under"
+            ));
+        }
+        gpus.push(Gpu {
+            info: GpuInfo {
+                index,
+                uuid: g.uuid.clone(),
+                name: g.name,
+                compute_capability: g.compute_capability,
+                vram_total_bytes: g.vram_total_bytes,
+                vram_free_bytes: g.vram_free_bytes,
+            },
+            mig_devices: g
+                .mig_devices
+                .into_iter()
+                .map(|m| MigDevice {
+                    info: MigDeviceInfo {
+                        uuid: m.uuid,
+                        parent_index: index,
+                        name: m.name,
+                        vram_total_bytes: m.vram_total_bytes,
+                        vram_free_bytes: m.vram_free_bytes,
+                    },
+                    processes: processes(m.processes),
+                })
+                .collect(),
+            processes: processes(g.processes),
+        });
+        faults.push((g.uuid, g.xids, g.driver_resets));
+    }
+    gpus.sort_by_key(|g| g.info.index);
+    validate(&gpus)?;
+    Ok((gpus, faults))
+}
+
+/// The Xids and resets the file gained since the last reading (a shortened Xid list reports
+/// what is appended to it next).
+fn new_faults(memory: &mut Memory, faults: Vec<Faults>) -> Vec<GpuEvent> {
+    let mut events = Vec::new();
+    for (uuid, xids, resets) in faults {
+        let seen = memory.xids_reported.entry(uuid.clone()).or_insert(0);
+        if *seen > xids.len() {
+            *seen = xids.len(); // the list was cut: report what is appended next
+        }
+        for xid in &xids[*seen..] {
+            events.push(GpuEvent::Xid {
+                gpu_uuid: uuid.clone(),
+                xid: *xid,
+            });
+        }
+        *seen = xids.len();
+        let seen = memory.resets_reported.entry(uuid.clone()).or_insert(0);
+        for _ in *seen..resets {
+            events.push(GpuEvent::DriverReset {
+                gpu_uuid: uuid.clone(),
+            });
+        }
+        *seen = resets;
+    }
+    events
+}
+
 impl GpuInventory for FixtureInventory {
     fn source(&self) -> String {
         format!("fixture {}", self.path.display())
@@ -200,76 +278,11 @@ impl GpuInventory for FixtureInventory {
             Ok(memory) => memory,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let read = self.read().and_then(|fixture| {
-            let mut gpus = Vec::with_capacity(fixture.len());
-            let mut faults = Vec::with_capacity(fixture.len());
-            for (i, g) in fixture.into_iter().enumerate() {
-                let index = g.index;
-                if let Some(j) = g
-                    .mig_devices
-                    .iter()
-                    .position(|m| m.parent_index.is_some_and(|p| p != index))
-                {
-                    return Err(format!(
-                        "gpus[{i}].mig_devices[{j}]: parent_index is not {index}, the index of \
-                         the GPU it is listed under"
-                    ));
-                }
-                gpus.push(Gpu {
-                    info: GpuInfo {
-                        index,
-                        uuid: g.uuid.clone(),
-                        name: g.name,
-                        compute_capability: g.compute_capability,
-                        vram_total_bytes: g.vram_total_bytes,
-                        vram_free_bytes: g.vram_free_bytes,
-                    },
-                    mig_devices: g
-                        .mig_devices
-                        .into_iter()
-                        .map(|m| MigDevice {
-                            info: MigDeviceInfo {
-                                uuid: m.uuid,
-                                parent_index: index,
-                                name: m.name,
-                                vram_total_bytes: m.vram_total_bytes,
-                                vram_free_bytes: m.vram_free_bytes,
-                            },
-                            processes: processes(m.processes),
-                        })
-                        .collect(),
-                    processes: processes(g.processes),
-                });
-                faults.push((g.uuid, g.xids, g.driver_resets));
-            }
-            gpus.sort_by_key(|g| g.info.index);
-            validate(&gpus)?;
-            Ok((gpus, faults))
-        });
+        let read = self.read().and_then(gpus_of);
         match read {
             Ok((gpus, faults)) => {
                 memory.last_error = None;
-                let mut events = Vec::new();
-                for (uuid, xids, resets) in faults {
-                    let seen = memory.xids_reported.entry(uuid.clone()).or_insert(0);
-                    if *seen > xids.len() {
-                        *seen = xids.len(); // the list was cut: report what is appended next
-                    }
-                    for xid in &xids[*seen..] {
-                        events.push(GpuEvent::Xid {
-                            gpu_uuid: uuid.clone(),
-                            xid: *xid,
-                        });
-                    }
-                    *seen = xids.len();
-                    let seen = memory.resets_reported.entry(uuid.clone()).or_insert(0);
-                    for _ in *seen..resets {
-                        events.push(GpuEvent::DriverReset {
-                            gpu_uuid: uuid.clone(),
-                        });
-                    }
-                    *seen = resets;
-                }
+                let events = new_faults(&mut memory, faults);
                 memory.last_good = Some(gpus.clone());
                 if gpus.is_empty() {
                     return Err(NoGpu::new(format!(
