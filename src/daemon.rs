@@ -68,15 +68,7 @@ impl Daemon {
         // with a reason (preloads refused with GPU_REQUIRED when required), never an error.
         let source = inventory.source();
         let first = gpu::observer::read(&inventory).await;
-        let gpu = gpu::summary(&first, config.require_gpu);
-        match &gpu.reason {
-            Some(reason) => tracing::warn!(
-                gpus = %source,
-                required = config.require_gpu,
-                "no usable GPU: {reason}"
-            ),
-            None => tracing::info!(gpus = %source, count = gpu.count, "GPUs found"),
-        }
+        let gpu = preflight_summary(&first, &source, config.require_gpu);
         let run_as = crate::supervisor::process::resolve_engine_user(&config.engine_user)?;
         let logs_gid = resolve_logs_group(&config.engines.logs_group)?;
         let listener = TcpListener::bind(config.addr).await.with_context(|| {
@@ -87,28 +79,15 @@ impl Daemon {
         })?;
         let addr = listener.local_addr()?;
         let admission = admission_of(config, run_as.is_none());
-        let (node, report) = Node::start(NodeSettings {
-            journal_dir: config.journal_dir.clone(),
-            runtime_dir: config.runtime_dir.clone(),
-            policy: config.policy(),
-            snapshot_every: config.journal.snapshot_every,
-            journal: config.journal.clone(),
+        let settings = node_settings(
+            config,
             clock,
-            gpu: gpu.clone(),
-            version: VERSION.to_string(),
-            run_as,
-            placement_check: config.require_gpu.then(|| {
-                gpu::placement::PlacementCheck::new(
-                    shared_inventory.clone(),
-                    config.gpu.placement_timeout_ms,
-                )
-            }),
-            allow_gpu_sharing: config.gpu.allow_sharing,
-            admission: admission.clone(),
-            cgroups: engine_cgroups(config)?,
-            logs_gid,
-        })
-        .await?;
+            &gpu,
+            &shared_inventory,
+            admission.clone(),
+            (run_as, logs_gid),
+        )?;
+        let (node, report) = Node::start(settings).await?;
         // The preflight reading's observations (inventory, engines on GPUs, faults), before
         // the API answers anyone; then the loop takes a reading every poll interval.
         let monitor = GpuMonitor::unobserved(config.require_gpu);
@@ -246,6 +225,52 @@ pub async fn stop_all(node: &NodeHandle, wait_ms: u64) {
     {
         tracing::warn!("engines still running {wait_ms} ms after the stop request");
     }
+}
+
+/// The GPU verdict of the preflight reading, logged.
+fn preflight_summary(
+    first: &gpu::GpuReading,
+    source: &str,
+    required: bool,
+) -> crate::port::GpuSummary {
+    let gpu = gpu::summary(first, required);
+    match &gpu.reason {
+        Some(reason) => tracing::warn!(gpus = %source, required, "no usable GPU: {reason}"),
+        None => tracing::info!(gpus = %source, count = gpu.count, "GPUs found"),
+    }
+    gpu
+}
+
+/// What the node starts with, from the configuration.
+fn node_settings(
+    config: &Config,
+    clock: SharedClock,
+    gpu: &crate::port::GpuSummary,
+    shared_inventory: &Arc<gpu::placement::SharedInventory>,
+    admission: Arc<crate::supervisor::admission::Admission>,
+    (run_as, logs_gid): (Option<crate::supervisor::process::RunAs>, Option<u32>),
+) -> anyhow::Result<NodeSettings> {
+    Ok(NodeSettings {
+        journal_dir: config.journal_dir.clone(),
+        runtime_dir: config.runtime_dir.clone(),
+        policy: config.policy(),
+        snapshot_every: config.journal.snapshot_every,
+        journal: config.journal.clone(),
+        clock,
+        gpu: gpu.clone(),
+        version: VERSION.to_string(),
+        run_as,
+        placement_check: config.require_gpu.then(|| {
+            gpu::placement::PlacementCheck::new(
+                shared_inventory.clone(),
+                config.gpu.placement_timeout_ms,
+            )
+        }),
+        allow_gpu_sharing: config.gpu.allow_sharing,
+        admission,
+        cgroups: engine_cgroups(config)?,
+        logs_gid,
+    })
 }
 
 /// What may be started (`allowed_binaries`, `[engines] env_allow`), refusing every start as
