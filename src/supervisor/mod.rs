@@ -530,9 +530,7 @@ impl PoolWorker {
         };
         let pid = spawned.pid;
         if let Some((leaf, _)) = &leaf {
-            if !leaf.holds(pid) && !process::is_gone(pid) {
-                tracing::warn!(pool_id = %self.pool_id, pid, cgroup = %leaf.dir.display(), "the engine did not join its cgroup; it runs without its memory.max and pids.max");
-            }
+            self.check_joined(leaf, pid);
         }
         // Read at once: an engine that dies at once is reaped by its watcher, and its `/proc`
         // entry goes with it.
@@ -550,17 +548,8 @@ impl PoolWorker {
             engine_watch.stopping.store(true, Ordering::SeqCst);
             let _ = process::signal_group(pid, Signal::SIGKILL);
             self.engine = Some(engine_watch);
-            self.shared
-                .report(
-                    cause,
-                    Observation::SpawnFailed {
-                        pool_id: self.pool_id.clone(),
-                        token,
-                        reason: format!("cannot write the pid file: {e}"),
-                    },
-                )
-                .await;
-            return;
+            let reason = format!("cannot write the pid file: {e}");
+            return self.spawn_failed(cause, token, reason).await;
         }
         self.engine = Some(engine_watch);
         tracing::info!(pool_id = %self.pool_id, pid, attempt, binary = %engine.binary_path, "engine spawned");
@@ -596,6 +585,13 @@ impl PoolWorker {
             .prepare_log(log_path)
             .map_err(|e| format!("cannot prepare the engine log: {e}"))?;
         self.leaf(engine)
+    }
+
+    /// Logs when a spawned engine is not in its cgroup leaf (it then runs without limits).
+    fn check_joined(&self, leaf: &cgroup::Leaf, pid: u32) {
+        if !leaf.holds(pid) && !process::is_gone(pid) {
+            tracing::warn!(pool_id = %self.pool_id, pid, cgroup = %leaf.dir.display(), "the engine did not join its cgroup; it runs without its memory.max and pids.max");
+        }
     }
 
     /// Logs and reports a start that did not happen.
