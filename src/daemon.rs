@@ -111,10 +111,7 @@ impl Daemon {
         // handoff watcher (SPEC 6, engines started by someone else)
         let handoff_watcher = crate::supervisor::handoff::HandoffWatcher::spawn(
             node.handle().inbox(),
-            crate::supervisor::files::RuntimeDirs::create_sharing_logs(
-                &config.runtime_dir,
-                logs_gid,
-            )?,
+            node.handle().dirs().clone(),
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let serve_settings = api::ServeSettings {

@@ -284,6 +284,8 @@ pub struct NodeHandle {
     metrics: crate::metrics::SharedMetrics,
     /// The engines' cgroup leaves, where they exist (for their memory at each scrape).
     cgroups: Option<Arc<crate::supervisor::cgroup::EngineCgroups>>,
+    /// The runtime directory, created (and its modes set) once at start.
+    dirs: RuntimeDirs,
 }
 
 /// The running node: its handle and its actor task.
@@ -331,6 +333,7 @@ impl Node {
                 .map_or(0, |check| check.timeout_ms),
             metrics: metrics.clone(),
             cgroups: settings.cgroups.clone(),
+            dirs: dirs.clone(),
         };
         let actor = Actor {
             state,
@@ -447,6 +450,21 @@ fn supervisor_of(
     Supervisor::new(supervisor_settings, reporter, registry.clone())
 }
 
+/// Journals a start-up observation; one refused because the journal cannot take writes now
+/// is kept by the actor (not a failed start).
+async fn record(
+    handle: &NodeHandle,
+    observation: Observation,
+    what: &'static str,
+) -> Result<(), StartError> {
+    handle
+        .submit(observation)
+        .await
+        .or_else(queued_while_unavailable)
+        .map(drop)
+        .map_err(|source| StartError::Record { what, source })
+}
+
 /// Journals the start (`DaemonStarted`, the preflight's verdict) and verifies the recorded
 /// engines before the node serves anyone (so the API never shows a ready engine that is
 /// gone). Returns the other resume effects, for the actor once the runtime is reconciled.
@@ -455,31 +473,19 @@ async fn record_start(
     settings: &NodeSettings,
     resume: Vec<Effect>,
 ) -> Result<Vec<Effect>, StartError> {
-    handle
-        .submit(Observation::DaemonStarted {
-            version: settings.version.clone(),
-            pid: std::process::id(),
-        })
-        .await
-        .or_else(queued_while_unavailable)
-        .map_err(|source| StartError::Record {
-            what: "the daemon's start",
-            source,
-        })?;
+    let started = Observation::DaemonStarted {
+        version: settings.version.clone(),
+        pid: std::process::id(),
+    };
+    record(handle, started, "the daemon's start").await?;
     if settings.gpu.required && !settings.gpu.available {
         let reason = settings
             .gpu
             .reason
             .clone()
             .unwrap_or_else(|| "no usable GPU".to_string());
-        handle
-            .submit(Observation::PreflightFailed { reason })
-            .await
-            .or_else(queued_while_unavailable)
-            .map_err(|source| StartError::Record {
-                what: "the GPU preflight",
-                source,
-            })?;
+        let failed = Observation::PreflightFailed { reason };
+        record(handle, failed, "the GPU preflight").await?;
     }
     // Recorded engines are verified before the node serves anyone, so the API never
     // shows an engine as ready that is gone (a quick `/proc` check per engine).
@@ -496,14 +502,7 @@ async fn record_start(
         {
             let observation =
                 crate::supervisor::verify_engine(&pool_id, pid, start_time, binary_path.as_deref());
-            handle
-                .submit(observation)
-                .await
-                .or_else(queued_while_unavailable)
-                .map_err(|source| StartError::Record {
-                    what: "the engines found at start-up",
-                    source,
-                })?;
+            record(handle, observation, "the engines found at start-up").await?;
         }
     }
     Ok(rest)
@@ -528,6 +527,11 @@ impl NodeHandle {
     /// The supervision policy the node runs with.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The runtime directory (logs, pids, handoff files) as start-up created it.
+    pub fn dirs(&self) -> &RuntimeDirs {
+        &self.dirs
     }
 
     /// The engines' cgroup leaves (`engines.cgroup`), where they could be set up.
