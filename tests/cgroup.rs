@@ -153,5 +153,11 @@ async fn required_cgroups_refuse_to_start_on_a_host_without_the_controllers() {
             "{err}"
         );
         assert!(err.contains("set engines.cgroup = \"auto\""), "{err}");
+        // The way out the message names: the same configuration with "auto" starts.
+        config.engines.cgroup = CgroupMode::Auto;
+        let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock))
+            .await
+            .expect("engines.cgroup = \"auto\" starts on this host");
+        daemon.shutdown("test finished").await;
     }
 }

@@ -180,11 +180,20 @@ async fn a_logs_group_may_read_the_engine_logs_and_nothing_else() {
     let mut config = harness::config(dir.path());
     config.engines.logs_group = "no-such-group-xyz".to_string();
     let clock = std::sync::Arc::new(pool_managerd::clock::SystemClock);
-    let err = pool_managerd::daemon::Daemon::start(&config, clock)
+    let err = pool_managerd::daemon::Daemon::start(&config, clock.clone())
         .await
         .err()
         .expect("an unknown logs_group stops start-up");
     let err = format!("{err:#}");
     assert!(err.contains("engines.logs_group"), "{err}");
     assert!(err.contains("'no-such-group-xyz' does not exist"), "{err}");
+    // The way out the message names: logs_group = "" starts, the logs the daemon's alone.
+    config.engines.logs_group = String::new();
+    let (daemon, _) = pool_managerd::daemon::Daemon::start(&config, clock)
+        .await
+        .expect("logs_group = \"\" starts");
+    use std::os::unix::fs::PermissionsExt as _;
+    let logs = std::fs::metadata(config.runtime_dir.join("logs")).unwrap();
+    assert_eq!(logs.permissions().mode() & 0o7777, 0o700);
+    daemon.shutdown("test finished").await;
 }
