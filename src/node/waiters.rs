@@ -1,0 +1,293 @@
+//! Waiters: preloads with `wait`, removals and reloads answered when the journal records the
+//! end they wait for.
+//!
+//! Owns: each pool's bounded list of waiters and the mapping of an ending event to an answer.
+//! Never: answers before the event that ends the wait is durable.
+
+use pool_core::{Event, PoolId, Rejection};
+
+use crate::port::Waiter;
+use crate::schema::PoolEnvelope;
+
+use super::actor::Actor;
+use super::WAITERS_PER_POOL_MAX;
+use crate::port::{NodeError, PreloadOutcome, ReloadOutcome};
+
+impl Actor {
+    pub(super) fn register_waiter(&mut self, pool_id: &PoolId, waiter: Waiter, no_op: bool) {
+        if no_op {
+            // Nothing happened: answer from the state as it is.
+            match waiter {
+                Waiter::Preload { reply, .. } => {
+                    let result = match self.state.pool(pool_id.as_str()) {
+                        Some(pool) if pool.serving() => Ok(PreloadOutcome {
+                            status: pool.status(),
+                            ready_ms: 0,
+                        }),
+                        Some(pool) => Err(NodeError::Rejected(Rejection::PoolBusy {
+                            pool_id: pool_id.to_string(),
+                            operation: format!("phase {}", pool.status().phase.as_str()),
+                        })),
+                        None => Err(NodeError::Rejected(Rejection::PoolNotFound {
+                            pool_id: pool_id.to_string(),
+                        })),
+                    };
+                    let _ = reply.send(result);
+                }
+                Waiter::Removed { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+                Waiter::Reload { reply, .. } => {
+                    let result = self
+                        .state
+                        .status(pool_id.as_str())
+                        .map(|status| ReloadOutcome {
+                            status,
+                            duration_ms: 0,
+                            noop: true,
+                        })
+                        .ok_or_else(|| {
+                            NodeError::Rejected(Rejection::PoolNotFound {
+                                pool_id: pool_id.to_string(),
+                            })
+                        });
+                    let _ = reply.send(result);
+                }
+            }
+            return;
+        }
+        let list = self.waiters.entry(pool_id.clone()).or_default();
+        if list.len() >= WAITERS_PER_POOL_MAX {
+            answer_waiter(
+                waiter,
+                Err(NodeError::Timeout(format!(
+                    "pool '{pool_id}': more than {WAITERS_PER_POOL_MAX} requests wait on it; poll GET /v2/pools/{pool_id} instead"
+                ))),
+            );
+            return;
+        }
+        list.push(waiter);
+    }
+
+    /// The `DELETE`s waiting on `pool_id`, as callbacks for the supervisor to call once the
+    /// pool's files are removed.
+    pub(super) fn take_removal_waiters(
+        &mut self,
+        pool_id: &PoolId,
+    ) -> Vec<crate::supervisor::Done> {
+        let Some(list) = self.waiters.remove(pool_id) else {
+            return Vec::new();
+        };
+        let mut done: Vec<crate::supervisor::Done> = Vec::new();
+        let mut kept = Vec::new();
+        for waiter in list {
+            match waiter {
+                Waiter::Removed { reply } => done.push(Box::new(move || {
+                    let _ = reply.send(Ok(()));
+                })),
+                other => kept.push(other),
+            }
+        }
+        if !kept.is_empty() {
+            self.waiters.insert(pool_id.clone(), kept);
+        }
+        done
+    }
+
+    pub(super) fn resolve_waiters(&mut self, envelope: &PoolEnvelope) {
+        let Some(pool_id) = envelope.pool_id.as_deref() else {
+            return;
+        };
+        let Some(list) = self.waiters.get_mut(pool_id) else {
+            return;
+        };
+        let pool = self.state.pool(pool_id);
+        let engine_gone = pool.is_none_or(|p| p.pid().is_none());
+        let mut kept = Vec::with_capacity(list.len());
+        for waiter in list.drain(..) {
+            match waiter {
+                Waiter::Preload {
+                    reply,
+                    since_ms,
+                    failed,
+                } => {
+                    let failed = failed.or_else(|| preload_failure(pool_id, &envelope.event));
+                    match (&envelope.event, failed) {
+                        (Event::PoolReady { .. }, _) => {
+                            let status = pool.map(|p| p.status());
+                            let result = status.map_or_else(
+                                || {
+                                    Err(NodeError::Rejected(Rejection::PoolNotFound {
+                                        pool_id: pool_id.to_string(),
+                                    }))
+                                },
+                                |status| {
+                                    Ok(PreloadOutcome {
+                                        status,
+                                        ready_ms: envelope.ts_ms.saturating_sub(since_ms),
+                                    })
+                                },
+                            );
+                            let _ = reply.send(result);
+                        }
+                        (_, Some(error)) if engine_gone => {
+                            let _ = reply.send(Err(error));
+                        }
+                        (_, failed) => kept.push(Waiter::Preload {
+                            reply,
+                            since_ms,
+                            failed,
+                        }),
+                    }
+                }
+                // Answered once the pool's files are gone too (see `process`).
+                Waiter::Removed { reply } => kept.push(Waiter::Removed { reply }),
+                Waiter::Reload { reply, failed } => {
+                    match reload_step(pool_id, &envelope.event, failed) {
+                        ReloadStep::Wait(failed) => kept.push(Waiter::Reload { reply, failed }),
+                        ReloadStep::Done(result) => {
+                            let result = result.and_then(|duration_ms| {
+                                pool.map(|p| ReloadOutcome {
+                                    status: p.status(),
+                                    duration_ms,
+                                    noop: false,
+                                })
+                                .ok_or_else(|| {
+                                    NodeError::Rejected(Rejection::PoolNotFound {
+                                        pool_id: pool_id.to_string(),
+                                    })
+                                })
+                            });
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+        }
+        if kept.is_empty() {
+            self.waiters.remove(pool_id);
+        } else if let Some(list) = self.waiters.get_mut(pool_id) {
+            *list = kept;
+        }
+    }
+}
+
+/// The error a waiting preload answers when `event` ends its start.
+pub(super) fn preload_failure(pool_id: &str, event: &Event) -> Option<NodeError> {
+    match event {
+        Event::PreloadFailed {
+            reason, failure, ..
+        } => Some(NodeError::Failed {
+            code: failure.code(),
+            reason: format!("pool '{pool_id}': {reason}"),
+        }),
+        Event::PreloadRejected { code, reason } => Some(NodeError::Failed {
+            code: static_code(code),
+            reason: format!("pool '{pool_id}': {reason}"),
+        }),
+        Event::PoolRemoved => Some(NodeError::Rejected(Rejection::PoolNotFound {
+            pool_id: pool_id.to_string(),
+        })),
+        Event::EngineStopRequested { .. } => Some(NodeError::Rejected(Rejection::PoolBusy {
+            pool_id: pool_id.to_string(),
+            operation: "the engine was asked to stop while it was starting".to_string(),
+        })),
+        _ => None,
+    }
+}
+
+/// Maps a recorded code to its static form (unknown codes become `INTERNAL`).
+pub(super) fn static_code(code: &str) -> &'static str {
+    const CODES: [&str; 20] = [
+        "INVALID_REQUEST",
+        "UNAUTHORIZED",
+        "BINARY_NOT_ALLOWED",
+        "POOL_NOT_FOUND",
+        "LEASE_NOT_FOUND",
+        "POOL_BUSY",
+        "POOL_DRAINING",
+        "MODEL_NOT_FOUND",
+        "INVALID_DEVICE_MASK",
+        "SLOTS_EXHAUSTED",
+        "SPAWN_FAILED",
+        "HEALTH_TIMEOUT",
+        "ENGINE_EXITED",
+        "RELOAD_FAILED",
+        "CPU_SPILLOVER",
+        "POOL_UNREADY",
+        "GPU_REQUIRED",
+        "INSUFFICIENT_VRAM",
+        "JOURNAL_UNAVAILABLE",
+        "HISTORY_EXPIRED",
+    ];
+    CODES
+        .iter()
+        .copied()
+        .chain(["CIRCUIT_OPEN"])
+        .find(|c| *c == code)
+        .unwrap_or("INTERNAL")
+}
+
+pub(super) fn answer_waiter(waiter: Waiter, error: Result<(), NodeError>) {
+    let Err(error) = error else { return };
+    match waiter {
+        Waiter::Preload { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Waiter::Removed { reply } => {
+            let _ = reply.send(Err(error));
+        }
+        Waiter::Reload { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+pub(super) enum ReloadStep {
+    /// Not over yet (with the failure to report once the rollback is done).
+    Wait(Option<String>),
+    /// Over: the duration of a success, or the error.
+    Done(Result<u64, NodeError>),
+}
+
+/// Where a waiting reload stands after `event`.
+pub(super) fn reload_step(pool_id: &str, event: &Event, failed: Option<String>) -> ReloadStep {
+    match event {
+        Event::ReloadSucceeded { duration_ms, .. } => ReloadStep::Done(Ok(*duration_ms)),
+        Event::ReloadFailed {
+            reason,
+            stage: pool_core::ReloadStage::Staging,
+            ..
+        } => ReloadStep::Done(Err(NodeError::Failed {
+            code: "MODEL_NOT_FOUND",
+            reason: format!("pool '{pool_id}': {reason}; the running engine was not touched"),
+        })),
+        Event::ReloadFailed {
+            reason,
+            rolling_back: true,
+            ..
+        } => ReloadStep::Wait(Some(reason.clone())),
+        Event::ReloadFailed { reason, .. } => ReloadStep::Done(Err(NodeError::ReloadFailed {
+            reason: format!(
+                "pool '{pool_id}': {}{reason}; the pool is not serving, see GET /v2/pools/{pool_id}",
+                failed.map(|f| format!("{f}; then ")).unwrap_or_default()
+            ),
+            rolled_back: false,
+        })),
+        Event::ReloadRolledBack { model_ref, .. } => {
+            ReloadStep::Done(Err(NodeError::ReloadFailed {
+                reason: format!(
+                    "pool '{pool_id}': {}; rolled back: '{model_ref}' serves again",
+                    failed.unwrap_or_else(|| "the reload failed".to_string())
+                ),
+                rolled_back: true,
+            }))
+        }
+        Event::PoolRemoved => ReloadStep::Done(Err(NodeError::Rejected(
+            Rejection::PoolNotFound {
+                pool_id: pool_id.to_string(),
+            },
+        ))),
+        _ => ReloadStep::Wait(failed),
+    }
+}
