@@ -1,0 +1,242 @@
+//! The tables of the configuration that are ours (`[api]`, `[engines]`, `[gpu]`, `[journal]`):
+//! their shapes, defaults and bounds, each validated on its own.
+//!
+//! Never: reads a file or the environment (the layering does).
+
+use super::{
+    DEFAULT_GPU_PLACEMENT_TIMEOUT_MS, DEFAULT_GPU_POLL_INTERVAL_MS, DEFAULT_RETAIN_BYTES,
+    DEFAULT_RETAIN_MS, DEFAULT_SEGMENT_RECORDS, DEFAULT_SNAPSHOT_EVERY,
+    GPU_PLACEMENT_TIMEOUT_MS_MAX, GPU_POLL_INTERVAL_MS_MAX, SEGMENT_RECORDS_MAX,
+};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `[api]`: who may call the API from a web page, and how the HTTP layer bounds its clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Exact `Origin` values accepted (`https://console.example:8443`); default none: a
+    /// request that carries an `Origin` (a browser's, cross-origin) is refused.
+    pub allowed_origins: Vec<String>,
+    /// Open API connections at most (1..=API_MAX_CONNECTIONS_MAX), lowered at start to fit
+    /// the open-file limit. At the cap the oldest connection with no request in flight is
+    /// closed; when all are busy a new one is answered `503 OVERLOADED`.
+    pub max_connections: u64,
+    /// A request head must arrive within this (ms), from the accept or from its first byte.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this (ms); else 408.
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request is closed after this (ms).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            allowed_origins: Vec::new(),
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Largest `api.max_connections`.
+pub const API_MAX_CONNECTIONS_MAX: u64 = 1_000_000;
+/// Largest `api.*_timeout_ms` (one hour).
+pub const API_TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+impl ApiConfig {
+    /// `Err((key, message))` for a value out of bounds.
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_connections == 0 || self.max_connections > API_MAX_CONNECTIONS_MAX {
+            return Err((
+                "api.max_connections",
+                format!(
+                    "{} is outside 1..={API_MAX_CONNECTIONS_MAX}",
+                    self.max_connections
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("api.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("api.body_read_timeout_ms", self.body_read_timeout_ms),
+            ("api.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if value == 0 || value > API_TIMEOUT_MS_MAX {
+                return Err((key, format!("{value} is outside 1..={API_TIMEOUT_MS_MAX}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[engines]`: what a prepared engine may bring with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnginesSettings {
+    /// The `env{}` keys a prepared engine may set: whole names, or prefixes ending in `*`.
+    /// Loader and shell hooks are refused whatever this says
+    /// (`ENV_HOOKS` of the supervisor's admission).
+    pub env_allow: Vec<String>,
+    /// Whether each engine gets its own cgroup v2 leaf (see [`CgroupMode`]).
+    pub cgroup: CgroupMode,
+    /// `pids.max` of each engine's leaf (tasks: processes and threads), 1..=[`PIDS_MAX_MAX`].
+    pub pids_max: u64,
+    /// A group that may read the engine logs: `logs/` becomes 0750 and each log 0640, both
+    /// owned by that group. Empty (the default): the daemon's user only.
+    pub logs_group: String,
+}
+
+/// `[engines] env_allow` by default: the variables inference engines read. A pattern ending
+/// in `*` is a prefix; any other is a whole name.
+pub const DEFAULT_ENV_ALLOW: [&str; 11] = [
+    "CUDA_*",
+    "NCCL_*",
+    "HF_*",
+    "OMP_*",
+    "LLAMA_*",
+    "VLLM_*",
+    "TORCH_*",
+    "PYTORCH_*",
+    "TRANSFORMERS_*",
+    "TZ",
+    "LC_*",
+];
+
+/// Largest `engines.pids_max` (the kernel's `pid_max` limit).
+pub const PIDS_MAX_MAX: u64 = 4_194_304;
+
+/// `engines.cgroup`: whether each engine runs in a cgroup v2 leaf of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Where the daemon may create one; otherwise the reason is logged and engines run in
+    /// the daemon's cgroup.
+    #[default]
+    Auto,
+    /// Refuse to start without a leaf per engine with the memory and pids controllers.
+    Required,
+    /// Never: engines run in the daemon's cgroup.
+    Off,
+}
+
+impl Default for EnginesSettings {
+    fn default() -> Self {
+        EnginesSettings {
+            env_allow: DEFAULT_ENV_ALLOW.iter().map(|p| p.to_string()).collect(),
+            cgroup: CgroupMode::Auto,
+            pids_max: 32_768,
+            logs_group: String::new(),
+        }
+    }
+}
+
+/// `[gpu]`: how the daemon looks at its GPUs (SPEC section 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuSettings {
+    /// Interval of the GPU observation loop (VRAM per engine, processes outside their mask,
+    /// Xid events), in ms; 1..=3600000.
+    pub poll_interval_ms: u64,
+    /// With `require_gpu` and GPUs: after an engine's health passes, how long (ms,
+    /// 1..=600000) NVML may take to list it (its pid or a process of its session) on a GPU of
+    /// its mask before the start fails with `CPU_SPILLOVER` (OC-POOL-3012).
+    pub placement_timeout_ms: u64,
+    /// A testing aid: read the GPUs from this JSON file instead of NVML (empty: NVML). See
+    /// `gpu::FixtureInventory` for its format. `--gpu-fixture FILE` sets it.
+    pub fixture: PathBuf,
+    /// Whether two pools may claim the same GPU (or MIG device). False (the default): a
+    /// preload whose device mask overlaps that of a pool holding its GPUs is refused with
+    /// `INVALID_DEVICE_MASK` naming the other pool (OC-POOL-3020).
+    pub allow_sharing: bool,
+}
+
+impl GpuSettings {
+    /// `Err((key, message))` for a value out of bounds.
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.poll_interval_ms == 0 || self.poll_interval_ms > GPU_POLL_INTERVAL_MS_MAX {
+            return Err((
+                "gpu.poll_interval_ms",
+                format!(
+                    "{} is outside 1..={GPU_POLL_INTERVAL_MS_MAX}",
+                    self.poll_interval_ms
+                ),
+            ));
+        }
+        if self.placement_timeout_ms == 0
+            || self.placement_timeout_ms > GPU_PLACEMENT_TIMEOUT_MS_MAX
+        {
+            return Err((
+                "gpu.placement_timeout_ms",
+                format!(
+                    "{} is outside 1..={GPU_PLACEMENT_TIMEOUT_MS_MAX}",
+                    self.placement_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for GpuSettings {
+    fn default() -> Self {
+        GpuSettings {
+            poll_interval_ms: DEFAULT_GPU_POLL_INTERVAL_MS,
+            placement_timeout_ms: DEFAULT_GPU_PLACEMENT_TIMEOUT_MS,
+            fixture: PathBuf::new(),
+            allow_sharing: false,
+        }
+    }
+}
+
+/// `[journal]`: how the daemon uses its journal (where it lives is `journal_dir`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSettings {
+    /// Events between two snapshots of the registry (>= 1).
+    pub snapshot_every: u64,
+    /// Retention by size of the sealed history (>= 1).
+    pub retain_bytes: u64,
+    /// Retention by age of the sealed history (>= 1).
+    pub retain_ms: u64,
+    /// Records per sealed segment (1..=SEGMENT_RECORDS_MAX).
+    pub segment_records: u64,
+}
+
+impl JournalSettings {
+    /// `Err((key, message))` for a value out of bounds.
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.snapshot_every == 0 {
+            return Err(("journal.snapshot_every", "must be >= 1".into()));
+        }
+        if self.retain_bytes == 0 {
+            return Err(("journal.retain_bytes", "must be >= 1".into()));
+        }
+        if self.retain_ms == 0 {
+            return Err(("journal.retain_ms", "must be >= 1".into()));
+        }
+        if self.segment_records == 0 || self.segment_records > SEGMENT_RECORDS_MAX {
+            return Err((
+                "journal.segment_records",
+                format!(
+                    "{} is outside 1..={SEGMENT_RECORDS_MAX}",
+                    self.segment_records
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            retain_bytes: DEFAULT_RETAIN_BYTES,
+            retain_ms: DEFAULT_RETAIN_MS,
+            segment_records: DEFAULT_SEGMENT_RECORDS,
+        }
+    }
+}
