@@ -36,7 +36,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is larger than [`CONFIG_FILE_BYTES_MAX`].
+    /// The file is larger than [`CONFIG_FILE_BYTES_MAX`](super::CONFIG_FILE_BYTES_MAX).
     #[error(
         "config file {}: larger than {limit_bytes} bytes; is it the right file?",
         path.display()
@@ -44,7 +44,7 @@ pub enum ConfigError {
     TooLarge {
         /// The path given.
         path: PathBuf,
-        /// [`CONFIG_FILE_BYTES_MAX`].
+        /// [`CONFIG_FILE_BYTES_MAX`](super::CONFIG_FILE_BYTES_MAX).
         limit_bytes: u64,
     },
     /// The file is not valid UTF-8 TOML.

@@ -10,12 +10,12 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-/// Everything [`Config::load`] reads, gathered by the caller.
+/// Everything [`Config::load`](super::Config::load) reads, gathered by the caller.
 #[derive(Clone, Default)]
 pub struct Sources {
     /// The `--config` file; `None` runs with the defaults (no file is looked for).
     pub file: Option<PathBuf>,
-    /// The process environment, passed in by the caller (see [`relevant_env`]); variables
+    /// The process environment, passed in by the caller (see [`relevant_env`](super::relevant_env)); variables
     /// other than [`ENV_KEYS`] are ignored.
     pub env: BTreeMap<String, String>,
     /// The command-line flags.
@@ -48,7 +48,7 @@ impl fmt::Debug for Sources {
 
 /// The flags that override the file and the environment (SPEC section 11). Flatten it into a
 /// `serve` command with `#[command(flatten)]`. It deliberately reads no environment variable
-/// through clap: [`Config::load`] does that, so that errors name the variable.
+/// through clap: [`Config::load`](super::Config::load) does that, so that errors name the variable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Overrides {
     /// Address to listen on, IP:PORT [env: POOL_MANAGERD_ADDR] [default: 127.0.0.1:9200].
