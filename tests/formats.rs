@@ -310,7 +310,7 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
     s.pass_probe(alpha)?;
     s.submit(Observation::PreloadRefused {
         pool_id: id(alpha)?,
-        code: "INSUFFICIENT_VRAM".into(),
+        code: pool_core::ErrorCode::InsufficientVram,
         reason: "needs 90 GiB, 71 GiB free on GPU 0".into(),
     })?;
     s.advance(60_000);

@@ -334,7 +334,7 @@ pub enum Observation {
         /// The pool.
         pool_id: PoolId,
         /// SPEC code.
-        code: String,
+        code: crate::ErrorCode,
         /// Why.
         reason: String,
     },

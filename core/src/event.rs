@@ -171,12 +171,13 @@ pub enum StartFailure {
 
 impl StartFailure {
     /// The SPEC section 5 error code.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> crate::ErrorCode {
+        use crate::ErrorCode;
         match self {
-            StartFailure::SpawnFailed | StartFailure::HandoffFailed => "SPAWN_FAILED",
-            StartFailure::HealthTimeout => "HEALTH_TIMEOUT",
-            StartFailure::EngineExited | StartFailure::GpuFault => "ENGINE_EXITED",
-            StartFailure::CpuSpillover => "CPU_SPILLOVER",
+            StartFailure::SpawnFailed | StartFailure::HandoffFailed => ErrorCode::SpawnFailed,
+            StartFailure::HealthTimeout => ErrorCode::HealthTimeout,
+            StartFailure::EngineExited | StartFailure::GpuFault => ErrorCode::EngineExited,
+            StartFailure::CpuSpillover => ErrorCode::CpuSpillover,
         }
     }
 }

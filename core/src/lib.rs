@@ -36,6 +36,7 @@
     )
 )]
 
+pub mod code;
 pub mod command;
 pub mod decide;
 pub mod effect;
@@ -49,6 +50,7 @@ pub mod rejection;
 pub mod state;
 pub mod status;
 
+pub use code::ErrorCode;
 pub use command::{Command, Context, Input, Observation};
 pub use decide::{decide, tail as tail_text};
 pub use effect::{effects, resume_effects, Effect, Timer};

@@ -114,20 +114,21 @@ pub enum Rejection {
 
 impl Rejection {
     /// The SPEC section 5 code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::ErrorCode {
+        use crate::ErrorCode;
         match self {
-            Rejection::InvalidRequest { .. } => "INVALID_REQUEST",
-            Rejection::PoolNotFound { .. } => "POOL_NOT_FOUND",
-            Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
-            Rejection::PoolBusy { .. } => "POOL_BUSY",
-            Rejection::PoolDraining { .. } => "POOL_DRAINING",
-            Rejection::InvalidDeviceMask { .. } => "INVALID_DEVICE_MASK",
-            Rejection::SlotsExhausted { .. } => "SLOTS_EXHAUSTED",
-            Rejection::PoolUnready { .. } => "POOL_UNREADY",
-            Rejection::GpuRequired { .. } => "GPU_REQUIRED",
-            Rejection::CircuitOpen { .. } => "CIRCUIT_OPEN",
+            Rejection::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            Rejection::PoolNotFound { .. } => ErrorCode::PoolNotFound,
+            Rejection::LeaseNotFound { .. } => ErrorCode::LeaseNotFound,
+            Rejection::PoolBusy { .. } => ErrorCode::PoolBusy,
+            Rejection::PoolDraining { .. } => ErrorCode::PoolDraining,
+            Rejection::InvalidDeviceMask { .. } => ErrorCode::InvalidDeviceMask,
+            Rejection::SlotsExhausted { .. } => ErrorCode::SlotsExhausted,
+            Rejection::PoolUnready { .. } => ErrorCode::PoolUnready,
+            Rejection::GpuRequired { .. } => ErrorCode::GpuRequired,
+            Rejection::CircuitOpen { .. } => ErrorCode::CircuitOpen,
             Rejection::InsufficientVram { .. } | Rejection::InsufficientRam { .. } => {
-                "INSUFFICIENT_VRAM"
+                ErrorCode::InsufficientVram
             }
         }
     }

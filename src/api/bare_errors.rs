@@ -46,7 +46,9 @@ pub fn json_for_bare_error(written: &[u8]) -> Option<(usize, Vec<u8>)> {
     if !bodyless {
         return None;
     }
-    let body = serde_json::json!({ "code": "INVALID_REQUEST", "error": message }).to_string();
+    let body =
+        serde_json::json!({ "code": pool_core::ErrorCode::InvalidRequest, "error": message })
+            .to_string();
     let answer = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{body}",

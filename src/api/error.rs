@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pool_core::{PoolId, Rejection};
+use pool_core::{ErrorCode, PoolId, Rejection};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -25,7 +25,7 @@ pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// SPEC code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// For people: names the thing and what to do.
     pub message: String,
     /// Fields beside `code` and `error` (`rolled_back` of a failed reload).
@@ -34,44 +34,49 @@ pub struct ApiError {
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
-    code: &'a str,
+    code: ErrorCode,
     error: &'a str,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
-/// The status of a SPEC code.
-pub fn status_of(code: &str) -> StatusCode {
+/// The status of a SPEC code: one arm per code, no fallback (a new code does not build
+/// until it has its status).
+pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        "INVALID_REQUEST" => StatusCode::BAD_REQUEST,
-        "UNAUTHORIZED" => StatusCode::UNAUTHORIZED,
-        "BINARY_NOT_ALLOWED" | "ORIGIN_NOT_ALLOWED" => StatusCode::FORBIDDEN,
-        "POOL_NOT_FOUND" | "LEASE_NOT_FOUND" => StatusCode::NOT_FOUND,
-        "POOL_BUSY" | "POOL_DRAINING" => StatusCode::CONFLICT,
-        "MODEL_NOT_FOUND" | "INVALID_DEVICE_MASK" => StatusCode::UNPROCESSABLE_ENTITY,
-        "SLOTS_EXHAUSTED" => StatusCode::TOO_MANY_REQUESTS,
-        "POOL_UNREADY" | "GPU_REQUIRED" | "INSUFFICIENT_VRAM" | "CIRCUIT_OPEN" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::BinaryNotAllowed | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
+        ErrorCode::PoolNotFound | ErrorCode::LeaseNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::PoolBusy | ErrorCode::PoolDraining => StatusCode::CONFLICT,
+        ErrorCode::ModelNotFound | ErrorCode::InvalidDeviceMask => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::SlotsExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::PoolUnready
+        | ErrorCode::GpuRequired
+        | ErrorCode::InsufficientVram
+        | ErrorCode::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
         // The journal cannot take writes (a full, read-only or failing disk): nothing was
         // recorded; the daemon retries by itself.
-        "JOURNAL_UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::JournalUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         // Every API connection is busy (`api.max_connections`); answered by the HTTP layer.
-        "OVERLOADED" => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         // A seq before the earliest one retention keeps.
-        "HISTORY_EXPIRED" => StatusCode::GONE,
+        ErrorCode::HistoryExpired => StatusCode::GONE,
         // `CPU_SPILLOVER`: the engine answered healthy but is not running on the GPUs of its
         // mask (OC-POOL-3012); it was stopped.
-        "SPAWN_FAILED" | "HEALTH_TIMEOUT" | "ENGINE_EXITED" | "RELOAD_FAILED" | "CPU_SPILLOVER" => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::SpawnFailed
+        | ErrorCode::HealthTimeout
+        | ErrorCode::EngineExited
+        | ErrorCode::ReloadFailed
+        | ErrorCode::CpuSpillover => StatusCode::INTERNAL_SERVER_ERROR,
+        // The journal failed; a shutdown (503) and a wait that gave up (504) set their own.
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl ApiError {
     /// An error with the status of its code.
-    pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status: status_of(code),
             code,
@@ -82,7 +87,7 @@ impl ApiError {
 
     /// `INVALID_REQUEST` (400).
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new("INVALID_REQUEST", message)
+        ApiError::new(ErrorCode::InvalidRequest, message)
     }
 
     /// Its HTTP status.
@@ -248,11 +253,11 @@ mod tests {
     #[test]
     fn start_failures_are_500() {
         for code in [
-            "SPAWN_FAILED",
-            "HEALTH_TIMEOUT",
-            "ENGINE_EXITED",
-            "RELOAD_FAILED",
-            "CPU_SPILLOVER",
+            ErrorCode::SpawnFailed,
+            ErrorCode::HealthTimeout,
+            ErrorCode::EngineExited,
+            ErrorCode::ReloadFailed,
+            ErrorCode::CpuSpillover,
         ] {
             assert_eq!(status_of(code), StatusCode::INTERNAL_SERVER_ERROR, "{code}");
         }
@@ -265,10 +270,10 @@ mod tests {
     #[test]
     fn journal_codes_have_their_statuses() {
         assert_eq!(
-            status_of("JOURNAL_UNAVAILABLE"),
+            status_of(ErrorCode::JournalUnavailable),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(status_of("HISTORY_EXPIRED"), StatusCode::GONE);
+        assert_eq!(status_of(ErrorCode::HistoryExpired), StatusCode::GONE);
         let expired = ApiError::from(NodeError::HistoryExpired {
             requested: 3,
             earliest: 100,

@@ -296,7 +296,7 @@ pub(super) fn envelopes_json(envelopes: &[PoolEnvelope]) -> Result<Vec<Value>, A
         .collect::<Result<_, _>>()
         .map_err(|why| {
             ApiError::new(
-                "INTERNAL",
+                pool_core::ErrorCode::Internal,
                 format!("{why}; `pool-managerd journal verify` checks the journal"),
             )
         })

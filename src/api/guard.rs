@@ -12,9 +12,6 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 
 use super::error::ApiError;
 
-/// The error code of a refused `Origin` or `Host` (403).
-pub const ORIGIN_NOT_ALLOWED: &str = "ORIGIN_NOT_ALLOWED";
-
 /// The checks' settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrowserGuard {
@@ -41,7 +38,7 @@ impl BrowserGuard {
             return Ok(());
         }
         Err(ApiError::new(
-            ORIGIN_NOT_ALLOWED,
+            pool_core::ErrorCode::OriginNotAllowed,
             format!(
                 "requests from web pages are refused: Origin '{}' is not in [api] \
                  allowed_origins; list it there if a browser console must call this API",
@@ -62,7 +59,7 @@ impl BrowserGuard {
             return Ok(());
         }
         Err(ApiError::new(
-            ORIGIN_NOT_ALLOWED,
+            pool_core::ErrorCode::OriginNotAllowed,
             format!(
                 "Host '{}' is not a loopback name, and this API listens on loopback only \
                  (a page reaching it through a name of its own is refused); call it as \

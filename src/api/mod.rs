@@ -185,7 +185,7 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
         next.run(request).await
     } else {
         ApiError::new(
-            "UNAUTHORIZED",
+            pool_core::ErrorCode::Unauthorized,
             "missing or wrong bearer token; send 'Authorization: Bearer <LLORCH_API_TOKEN>'",
         )
         .into_response()

@@ -65,7 +65,7 @@ use super::{events, gpus, pools};
         metrics,
         openapi_json,
     ),
-    components(schemas(ErrorCode)),
+    components(schemas(ErrorCodeSchema)),
     modifiers(&BearerScheme, &Aliases),
     security(("bearer" = [])),
     tags(
@@ -247,7 +247,8 @@ pub(super) struct PoolIdParam {
 #[allow(dead_code)] // read by the documentation only
 pub(super) struct ApiErrorBody {
     /// The SPEC code.
-    code: ErrorCode,
+    #[schema(value_type = ErrorCodeSchema)]
+    code: pool_core::ErrorCode,
     /// For people: names the thing and what to do.
     error: String,
     /// With `RELOAD_FAILED`: the old model serves again.
@@ -255,38 +256,32 @@ pub(super) struct ApiErrorBody {
     rolled_back: Option<bool>,
 }
 
-/// The SPEC section 5 codes (`INTERNAL`: the journal failed (500), the daemon is shutting
-/// down (503), or a wait gave up (504); `JOURNAL_UNAVAILABLE` (503): the journal cannot take
-/// writes now, nothing was recorded; `HISTORY_EXPIRED` (410): a seq before the earliest one
-/// retention keeps; `OVERLOADED` (503, with `Retry-After`): every API connection is busy,
-/// answered by the HTTP layer to any route).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(dead_code)] // read by the documentation only
-pub(super) enum ErrorCode {
-    InvalidRequest,
-    Unauthorized,
-    BinaryNotAllowed,
-    PoolNotFound,
-    LeaseNotFound,
-    PoolBusy,
-    PoolDraining,
-    ModelNotFound,
-    InvalidDeviceMask,
-    SlotsExhausted,
-    SpawnFailed,
-    HealthTimeout,
-    EngineExited,
-    ReloadFailed,
-    CpuSpillover,
-    PoolUnready,
-    GpuRequired,
-    InsufficientVram,
-    CircuitOpen,
-    JournalUnavailable,
-    HistoryExpired,
-    Overloaded,
-    Internal,
+/// The SPEC section 5 codes, listed from [`pool_core::ErrorCode::ALL`] (the one vocabulary:
+/// a code added there is in the document with no edit here).
+pub(super) struct ErrorCodeSchema;
+
+impl PartialSchema for ErrorCodeSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(pool_core::ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .description(Some(
+                "The SPEC section 5 codes. `INTERNAL`: the journal failed (500), the daemon is \
+                 shutting down (503), or a wait gave up (504); `JOURNAL_UNAVAILABLE` (503): the \
+                 journal cannot take writes now, nothing was recorded; `HISTORY_EXPIRED` (410): \
+                 a seq before the earliest one retention keeps; `OVERLOADED` (503, with \
+                 `Retry-After`): every API connection is busy, answered by the HTTP layer to \
+                 any route; `ORIGIN_NOT_ALLOWED` (403): a browser `Origin` (or a `Host`) the \
+                 daemon does not serve.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCodeSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
+    }
 }
 
 // ---- mirrors of the pool-core types the API shows (see the module's comment) ----
@@ -741,7 +736,11 @@ mod tests {
             .iter()
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
-        assert_eq!(codes.len(), 23);
+        let all: Vec<&str> = pool_core::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(codes, all);
         // Every code some route names in its answers is a known code with that status.
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
@@ -751,6 +750,7 @@ mod tests {
                         if code.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
                             assert!(codes.iter().any(|c| c == code), "{method} {path}: {code}");
                             if code != "INTERNAL" && code != "INVALID_REQUEST" {
+                                let code = pool_core::ErrorCode::parse(code).unwrap();
                                 assert_eq!(
                                     super::super::status_of(code).as_str(),
                                     status,

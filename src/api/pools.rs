@@ -377,7 +377,7 @@ pub(super) async fn preload(
             .node()
             .submit(Observation::PreloadRefused {
                 pool_id: pool_id.clone(),
-                code: refused.code.to_string(),
+                code: refused.code,
                 reason: refused.message.clone(),
             })
             .await;
@@ -881,7 +881,7 @@ pub(super) async fn register_handoff(
         watcher::probe_health(&crate::supervisor::probe::Prober::new(), &handoff.url).await
     {
         return Err(ApiError::new(
-            "POOL_UNREADY",
+            pool_core::ErrorCode::PoolUnready,
             format!("the handed-off engine is not healthy: {why}; retry once it answers 200"),
         ));
     }

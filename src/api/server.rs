@@ -492,7 +492,7 @@ fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) -> bool {
     };
     tokio::spawn(async move {
         let body = serde_json::json!({
-            "code": "OVERLOADED",
+            "code": pool_core::ErrorCode::Overloaded,
             "error": "every API connection is busy with a request (api.max_connections); retry later",
         })
         .to_string();

@@ -4,7 +4,7 @@
 //! Owns: each pool's bounded list of waiters and the mapping of an ending event to an answer.
 //! Never: answers before the event that ends the wait is durable.
 
-use pool_core::{Event, PoolId, Rejection};
+use pool_core::{ErrorCode, Event, PoolId, Rejection};
 
 use crate::port::Waiter;
 use crate::schema::PoolEnvelope;
@@ -182,7 +182,7 @@ pub(super) fn preload_failure(pool_id: &str, event: &Event) -> Option<NodeError>
             reason: format!("pool '{pool_id}': {reason}"),
         }),
         Event::PreloadRejected { code, reason } => Some(NodeError::Failed {
-            code: static_code(code),
+            code: recorded_code(pool_id, code),
             reason: format!("pool '{pool_id}': {reason}"),
         }),
         Event::PoolRemoved => Some(NodeError::Rejected(Rejection::PoolNotFound {
@@ -196,36 +196,18 @@ pub(super) fn preload_failure(pool_id: &str, event: &Event) -> Option<NodeError>
     }
 }
 
-/// Maps a recorded code to its static form (unknown codes become `INTERNAL`).
-pub(super) fn static_code(code: &str) -> &'static str {
-    const CODES: [&str; 20] = [
-        "INVALID_REQUEST",
-        "UNAUTHORIZED",
-        "BINARY_NOT_ALLOWED",
-        "POOL_NOT_FOUND",
-        "LEASE_NOT_FOUND",
-        "POOL_BUSY",
-        "POOL_DRAINING",
-        "MODEL_NOT_FOUND",
-        "INVALID_DEVICE_MASK",
-        "SLOTS_EXHAUSTED",
-        "SPAWN_FAILED",
-        "HEALTH_TIMEOUT",
-        "ENGINE_EXITED",
-        "RELOAD_FAILED",
-        "CPU_SPILLOVER",
-        "POOL_UNREADY",
-        "GPU_REQUIRED",
-        "INSUFFICIENT_VRAM",
-        "JOURNAL_UNAVAILABLE",
-        "HISTORY_EXPIRED",
-    ];
-    CODES
-        .iter()
-        .copied()
-        .chain(["CIRCUIT_OPEN"])
-        .find(|c| *c == code)
-        .unwrap_or("INTERNAL")
+/// The code a `PreloadRejected` recorded (as text, in the journal). A text that is no code of
+/// this build (a journal written by a later version) answers `INTERNAL`, and says so in the
+/// log.
+fn recorded_code(pool_id: &str, code: &str) -> ErrorCode {
+    ErrorCode::parse(code).unwrap_or_else(|| {
+        tracing::warn!(
+            pool_id,
+            code,
+            "the journal records an error code this build does not know; answering INTERNAL"
+        );
+        ErrorCode::Internal
+    })
 }
 
 pub(super) fn answer_waiter(waiter: Waiter, error: Result<(), NodeError>) {
@@ -259,7 +241,7 @@ pub(super) fn reload_step(pool_id: &str, event: &Event, failed: Option<String>) 
             stage: pool_core::ReloadStage::Staging,
             ..
         } => ReloadStep::Done(Err(NodeError::Failed {
-            code: "MODEL_NOT_FOUND",
+            code: ErrorCode::ModelNotFound,
             reason: format!("pool '{pool_id}': {reason}; the running engine was not touched"),
         })),
         Event::ReloadFailed {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use pool_core::{Effect, Input, Observation, PoolStatus, Rejection, State};
+use pool_core::{Effect, ErrorCode, Input, Observation, PoolStatus, Rejection, State};
 use pool_journal::JournalError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,7 +26,7 @@ pub enum NodeError {
     #[error("{reason}")]
     Failed {
         /// The SPEC code.
-        code: &'static str,
+        code: ErrorCode,
         /// Why.
         reason: String,
     },
@@ -83,14 +83,16 @@ impl NodeError {
     }
 
     /// The SPEC section 5 code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             NodeError::Rejected(rejection) => rejection.code(),
-            NodeError::Failed { code, .. } => code,
-            NodeError::ReloadFailed { .. } => "RELOAD_FAILED",
-            NodeError::JournalUnavailable(_) => "JOURNAL_UNAVAILABLE",
-            NodeError::HistoryExpired { .. } => "HISTORY_EXPIRED",
-            NodeError::Journal(_) | NodeError::Timeout(_) | NodeError::ShuttingDown => "INTERNAL",
+            NodeError::Failed { code, .. } => *code,
+            NodeError::ReloadFailed { .. } => ErrorCode::ReloadFailed,
+            NodeError::JournalUnavailable(_) => ErrorCode::JournalUnavailable,
+            NodeError::HistoryExpired { .. } => ErrorCode::HistoryExpired,
+            NodeError::Journal(_) | NodeError::Timeout(_) | NodeError::ShuttingDown => {
+                ErrorCode::Internal
+            }
         }
     }
 }

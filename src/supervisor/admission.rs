@@ -10,14 +10,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use pool_core::PreparedEngine;
-
-/// The error code of a refused binary (403).
-pub const BINARY_NOT_ALLOWED: &str = "BINARY_NOT_ALLOWED";
-/// The error code of a refused environment variable (400).
-pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
-/// The error code of a start refused for the user it would run as (500).
-pub const SPAWN_FAILED: &str = "SPAWN_FAILED";
+use pool_core::{ErrorCode, PreparedEngine};
 
 pub use crate::config::DEFAULT_ENV_ALLOW;
 
@@ -49,8 +42,9 @@ pub const ENV_HOOKS: [&str; 20] = [
 /// A refusal: the error code and the message for the caller or the start's failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// [`BINARY_NOT_ALLOWED`] or [`INVALID_REQUEST`].
-    pub code: &'static str,
+    /// `BINARY_NOT_ALLOWED` (a binary), `INVALID_REQUEST` (an environment variable) or
+    /// `SPAWN_FAILED` (the user it would run as).
+    pub code: ErrorCode,
     /// Names the binary or the variable and what to do.
     pub message: String,
 }
@@ -88,7 +82,7 @@ impl Admission {
     pub fn refusing_root_engines(self) -> Admission {
         Admission {
             refuse_all: Some(Refusal {
-                code: SPAWN_FAILED,
+                code: ErrorCode::SpawnFailed,
                 message: "the pool manager runs as root and no engine_user is set, so the \
                           engine would run as root: set engine_user to the user engines run \
                           as (or allow_root_engines = true to accept root engines)"
@@ -132,7 +126,7 @@ impl Admission {
             return Ok(());
         }
         let refuse = |why: String| Refusal {
-            code: BINARY_NOT_ALLOWED,
+            code: ErrorCode::BinaryNotAllowed,
             message: format!(
                 "binary_path '{}' {why}; allowed_binaries: {}. Add it to allowed_binaries in the \
                  config or use an allowed engine",
@@ -168,7 +162,7 @@ impl Admission {
         for key in keys {
             if ENV_HOOKS.iter().any(|hook| matches(hook, key)) {
                 return Err(Refusal {
-                    code: INVALID_REQUEST,
+                    code: ErrorCode::InvalidRequest,
                     message: format!(
                         "prepared.env key '{}' is refused: it makes a loader, shell or \
                          interpreter run code of the caller's choice; set it in a wrapper the \
@@ -179,7 +173,7 @@ impl Admission {
             }
             if !self.env_allow.iter().any(|pattern| matches(pattern, key)) {
                 return Err(Refusal {
-                    code: INVALID_REQUEST,
+                    code: ErrorCode::InvalidRequest,
                     message: format!(
                         "prepared.env key '{}' is not allowed by [engines] env_allow ({}); add \
                          it there if engines need it",
@@ -240,7 +234,7 @@ mod tests {
             "PYTHONPATH",
         ] {
             let refusal = open.check_env([key]).unwrap_err();
-            assert_eq!(refusal.code, INVALID_REQUEST);
+            assert_eq!(refusal.code, ErrorCode::InvalidRequest);
             assert!(refusal.message.contains(key), "{refusal:?}");
         }
         assert!(open.check_env(["ENVIRONMENT_NAME"]).is_ok());
@@ -272,7 +266,7 @@ mod tests {
         assert!(a.check_binary(real.to_str().unwrap()).is_ok());
         assert!(a.check_binary(inner_link.to_str().unwrap()).is_ok());
         let refusal = a.check_binary(escape_link.to_str().unwrap()).unwrap_err();
-        assert_eq!(refusal.code, BINARY_NOT_ALLOWED);
+        assert_eq!(refusal.code, ErrorCode::BinaryNotAllowed);
         assert!(refusal.message.contains("resolves to"), "{refusal:?}");
         assert!(a.check_binary("/bin/sh").is_err());
         assert!(a.check_binary("relative/engine").is_err());

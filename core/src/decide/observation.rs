@@ -744,7 +744,7 @@ fn preload_refused(d: &mut Decision<'_, '_>, observation: &Observation) {
         d.push(
             Some(pool_id),
             Event::PreloadRejected {
-                code: tail(code, 64),
+                code: code.as_str().to_string(),
                 reason: tail(reason, 1024),
             },
         );
