@@ -283,7 +283,7 @@ fn engine_exit_during_preload_fails_with_the_log_tail() {
             pid,
             reason,
         } => {
-            assert_eq!(failure.code(), "ENGINE_EXITED");
+            assert_eq!(failure.code().as_str(), "ENGINE_EXITED");
             assert_eq!(*cause, ExitReason::CudaError);
             assert_eq!(*pid, None);
             assert!(reason.contains("CUDA error: out of resources"));

@@ -302,7 +302,7 @@ fn a_starting_pool_claims_and_a_stopped_or_failed_one_does_not() {
     } else {
         // a failed start schedules a restart: the pool still claims its GPU
         assert_eq!(
-            o.decide().map_err(|r| r.code()),
+            o.decide().map_err(|r| r.code().as_str()),
             Err("INVALID_DEVICE_MASK"),
             "{phase:?}"
         );
@@ -697,7 +697,7 @@ fn rejections_say_what_to_do() {
         devices: "GPU 0 (GPU-a)".into(),
         note: String::new(),
     };
-    assert_eq!(r.code(), "INSUFFICIENT_VRAM");
+    assert_eq!(r.code().as_str(), "INSUFFICIENT_VRAM");
     assert_eq!(
         r.to_string(),
         "pool 'p1' needs 2147483648 bytes (2.0 GiB) of VRAM but GPU 0 (GPU-a) has 1073741824 bytes (1.0 GiB) free; free VRAM there (stop or remove a pool using it), choose other GPUs with prepared.device_mask, or lower prepared.vram_required_bytes"
@@ -707,7 +707,7 @@ fn rejections_say_what_to_do() {
         required_bytes: 2,
         available_bytes: 1,
     };
-    assert_eq!(r.code(), "INSUFFICIENT_VRAM");
+    assert_eq!(r.code().as_str(), "INSUFFICIENT_VRAM");
     assert!(r.to_string().contains("prepared.ram_required_bytes"));
 }
 

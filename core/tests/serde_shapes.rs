@@ -374,12 +374,12 @@ fn rejection_codes_and_messages() {
     let r = Rejection::PoolNotFound {
         pool_id: "p1".into(),
     };
-    assert_eq!(r.code(), "POOL_NOT_FOUND");
+    assert_eq!(r.code().as_str(), "POOL_NOT_FOUND");
     assert!(r.to_string().contains("'p1'"));
     let r = Rejection::CircuitOpen {
         pool_id: "p1".into(),
         retry_after_ms: 5,
     };
-    assert_eq!(r.code(), "CIRCUIT_OPEN");
+    assert_eq!(r.code().as_str(), "CIRCUIT_OPEN");
     assert!(r.to_string().contains("breaker/reset"));
 }

@@ -19,7 +19,7 @@ fn not_on_gpu(pool: &str, token: u64, pid: u32) -> Input {
 
 #[test]
 fn the_code_is_cpu_spillover() {
-    assert_eq!(StartFailure::CpuSpillover.code(), "CPU_SPILLOVER");
+    assert_eq!(StartFailure::CpuSpillover.code().as_str(), "CPU_SPILLOVER");
 }
 
 #[test]

@@ -340,7 +340,7 @@ impl Scenario {
     pub fn then_rejected(self, code: &str) -> Rejection {
         match self.decide() {
             Err(rejection) => {
-                assert_eq!(rejection.code(), code, "{rejection}");
+                assert_eq!(rejection.code().as_str(), code, "{rejection}");
                 rejection
             }
             Ok(facts) => panic!("expected {code}, got {facts:?}"),
