@@ -1,0 +1,297 @@
+//! Mirrors of the pool-core types the API shows (`PoolStatus`, `PreparedEngine`, `Handoff`,
+//! the GPU reading, the journal's envelope), for the document only; `tests/mirrors.rs` keeps
+//! each equal to its type (see the module's comment in `openapi/mod.rs`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder};
+use utoipa::openapi::{RefOr, Schema, SchemaFormat, Type};
+use utoipa::{PartialSchema, ToSchema};
+
+/// The public phase of a pool (SPEC section 4).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Phase)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) enum PhaseSchema {
+    Registered,
+    Starting,
+    Ready,
+    Draining,
+    Stopping,
+    Stopped,
+    Backoff,
+    CircuitOpen,
+    Reloading,
+    Failed,
+}
+
+/// The circuit breaker's state.
+#[derive(Serialize, ToSchema)]
+#[schema(as = BreakerState)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) enum BreakerStateSchema {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// A pool as the API shows it (SPEC section 5), every field always present.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PoolStatus)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct PoolStatusSchema {
+    /// The pool.
+    pub(in crate::api) pool_id: String,
+    /// Public phase.
+    pub(in crate::api) phase: PhaseSchema,
+    /// An engine process exists.
+    pub(in crate::api) live: bool,
+    /// It serves.
+    pub(in crate::api) ready: bool,
+    /// A drain is in progress.
+    pub(in crate::api) draining: bool,
+    /// The engine's pid.
+    pub(in crate::api) pid: Option<u32>,
+    /// Engine kind.
+    pub(in crate::api) engine: Option<String>,
+    /// Engine version.
+    pub(in crate::api) engine_version: Option<String>,
+    /// Model served.
+    pub(in crate::api) model_ref: Option<String>,
+    /// Device mask.
+    pub(in crate::api) device_mask: Option<String>,
+    /// Slots.
+    pub(in crate::api) slots_total: u32,
+    /// Free slots, `0..=slots_total`.
+    pub(in crate::api) slots_free: u32,
+    /// Leases held.
+    pub(in crate::api) active_leases: u32,
+    /// Last failure.
+    pub(in crate::api) last_error: Option<String>,
+    /// Last recorded healthy answer (ms since the Unix epoch).
+    pub(in crate::api) last_heartbeat_ms: Option<u64>,
+    /// Restarts.
+    pub(in crate::api) restart_count: u32,
+    /// Failures.
+    pub(in crate::api) crash_count: u32,
+    /// The current backoff delay (0 unless in backoff).
+    pub(in crate::api) backoff_ms: u64,
+    /// Breaker state.
+    pub(in crate::api) breaker: BreakerStateSchema,
+    /// VRAM used by the engine.
+    pub(in crate::api) vram_used_bytes: Option<u64>,
+    /// Handoff file.
+    pub(in crate::api) handoff_path: Option<String>,
+    /// Seq of the last event that touched the pool.
+    pub(in crate::api) last_seq: u64,
+}
+
+/// Multi-GPU split: `"auto"` or explicit ratios, one per GPU of the mask.
+#[derive(Serialize)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct TensorSplitSchema;
+
+impl PartialSchema for TensorSplitSchema {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["auto"])),
+            )
+            .item(
+                ArrayBuilder::new().items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Number)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))),
+                ),
+            )
+            .description(Some(
+                "Multi-GPU split: \"auto\" or explicit ratios, one per GPU of the mask",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for TensorSplitSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("TensorSplit")
+    }
+}
+
+/// The engine provisioner's output (SPEC section 5): what to spawn and how to reach it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PreparedEngine)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct PreparedEngineSchema {
+    /// Absolute path of the engine binary (checked against `allowed_binaries`).
+    pub(in crate::api) binary_path: String,
+    /// Arguments, in order.
+    #[serde(default)]
+    pub(in crate::api) flags: Vec<String>,
+    /// Host the engine listens on; the health probe goes there.
+    pub(in crate::api) host: String,
+    /// Port the engine listens on.
+    #[schema(maximum = 65535)]
+    pub(in crate::api) port: u16,
+    /// The model file.
+    pub(in crate::api) model_path: String,
+    /// The engine's version as the provisioner knows it.
+    pub(in crate::api) engine_version: String,
+    /// Must equal the pool id of the path.
+    pub(in crate::api) pool_id: String,
+    /// Replica id, part of the handoff file name.
+    pub(in crate::api) replica_id: String,
+    /// GPUs the engine may use (`"0,1"`, `"GPU0"`, UUIDs).
+    #[serde(default)]
+    pub(in crate::api) device_mask: Option<String>,
+    /// Engine kind for display; defaults to the binary's file name.
+    #[serde(default)]
+    pub(in crate::api) engine: Option<String>,
+    /// Extra environment (besides PATH, HOME, LANG and the CUDA variables).
+    #[serde(default)]
+    pub(in crate::api) env: BTreeMap<String, String>,
+    /// Health route.
+    #[serde(default)]
+    #[schema(default = "/health")]
+    pub(in crate::api) health_path: String,
+    /// Slots the engine serves; when absent the daemon asks `/props` or reads `--parallel`.
+    #[serde(default)]
+    pub(in crate::api) slots_total: Option<u32>,
+    /// VRAM the engine needs.
+    #[serde(default)]
+    pub(in crate::api) vram_required_bytes: Option<u64>,
+    /// Host RAM the engine needs.
+    #[serde(default)]
+    pub(in crate::api) ram_required_bytes: Option<u64>,
+    /// Multi-GPU split.
+    #[serde(default)]
+    pub(in crate::api) tensor_split: Option<TensorSplitSchema>,
+}
+
+/// The model of a handoff.
+#[derive(Serialize, ToSchema)]
+#[schema(as = HandoffModel)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct HandoffModelSchema {
+    /// The model file the engine serves.
+    pub(in crate::api) path: String,
+}
+
+/// The handoff document of an engine started by someone else (SPEC section 6).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Handoff)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct HandoffSchema {
+    /// Engine kind (`"llamacpp"`).
+    pub(in crate::api) engine: String,
+    /// Engine version reported by the engine.
+    pub(in crate::api) engine_version: String,
+    /// Where the engine serves; `{url}/health` must answer 200.
+    pub(in crate::api) url: String,
+    /// The pool: must equal the path's id.
+    pub(in crate::api) pool_id: String,
+    /// The replica.
+    pub(in crate::api) replica_id: String,
+    /// The model served.
+    pub(in crate::api) model: HandoffModelSchema,
+    /// The engine's arguments.
+    #[serde(default)]
+    pub(in crate::api) flags: Vec<String>,
+    /// GPUs the engine uses.
+    #[serde(default)]
+    pub(in crate::api) device_mask: Option<String>,
+    /// Slots the engine serves (1..=4096).
+    #[schema(minimum = 1, maximum = 4096)]
+    pub(in crate::api) slots_total: u32,
+    /// The engine's pid, when known (not 0).
+    #[serde(default)]
+    pub(in crate::api) pid: Option<u32>,
+}
+
+/// An event as the journal's JSON form shows it: `kind` and the event's fields.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Event)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct EventSchema {
+    /// The event's kind (`EngineSpawned`, `PoolReady`, ...); its fields follow.
+    pub(in crate::api) kind: String,
+}
+
+/// A journaled event with its position.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Envelope)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct EnvelopeSchema {
+    /// Position in the journal (1, 2, 3, ...).
+    pub(in crate::api) seq: u64,
+    /// When it was decided, ms since the Unix epoch.
+    pub(in crate::api) ts_ms: u64,
+    /// The pool; absent (null) for node-level events.
+    pub(in crate::api) pool_id: Option<String>,
+    /// Seq of the event that caused this one.
+    pub(in crate::api) cause: Option<u64>,
+    /// The event.
+    pub(in crate::api) event: EventSchema,
+}
+
+/// A compute process on a GPU.
+#[derive(Serialize, ToSchema)]
+#[schema(as = GpuProcess)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct GpuProcessSchema {
+    /// Its pid.
+    pub(in crate::api) pid: u32,
+    /// GPU memory it uses (0 where NVML cannot say).
+    pub(in crate::api) used_bytes: u64,
+    /// The pool whose engine it is; absent for other processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::api) pool_id: Option<String>,
+}
+
+/// A MIG device (a slice of a GPU with MIG mode on).
+#[derive(Serialize, ToSchema)]
+#[schema(as = MigDevice)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct MigDeviceSchema {
+    /// `MIG-...` UUID (usable in a device mask).
+    pub(in crate::api) uuid: String,
+    /// The NVML index of the GPU it is a slice of.
+    pub(in crate::api) parent_index: u32,
+    /// Its profile (`"1g.10gb"`) or name.
+    pub(in crate::api) name: String,
+    /// Its total memory.
+    pub(in crate::api) vram_total_bytes: u64,
+    /// Its free memory when observed.
+    pub(in crate::api) vram_free_bytes: u64,
+    /// Compute processes on this slice.
+    pub(in crate::api) processes: Vec<GpuProcessSchema>,
+}
+
+/// One GPU of the last reading (SPEC section 10).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Gpu)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct GpuSchema {
+    /// NVML index (PCI bus order).
+    pub(in crate::api) index: u32,
+    /// `GPU-...` UUID.
+    pub(in crate::api) uuid: String,
+    /// Marketing name.
+    pub(in crate::api) name: String,
+    /// `"8.6"`.
+    pub(in crate::api) compute_capability: String,
+    /// Total VRAM.
+    pub(in crate::api) vram_total_bytes: u64,
+    /// Free VRAM when observed.
+    pub(in crate::api) vram_free_bytes: u64,
+    /// MIG devices, where MIG mode is on (empty otherwise).
+    pub(in crate::api) mig_devices: Vec<MigDeviceSchema>,
+    /// Compute processes on the GPU as a whole.
+    pub(in crate::api) processes: Vec<GpuProcessSchema>,
+}
