@@ -19,6 +19,7 @@
 //!   `#[utoipa::path]` attributes; a test fails when a route here is not documented)
 
 mod bare_errors;
+mod commands;
 mod error;
 mod events;
 mod gpus;
@@ -114,26 +115,32 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     let pools = Router::new()
         .route("/v2/pools", get(pools::list))
-        .route("/v2/pools/{id}", get(pools::get_one).delete(pools::remove))
+        .route(
+            "/v2/pools/{id}",
+            get(pools::get_one).delete(commands::remove),
+        )
         .route("/v2/pools/{id}/status", get(pools::get_one))
         .route("/v2/pools/{id}/health", get(pools::pool_health))
-        .route("/v2/pools/{id}/preload", post(pools::preload))
-        .route("/v2/pools/{id}/leases", post(pools::acquire_lease))
+        .route("/v2/pools/{id}/preload", post(commands::preload))
+        .route("/v2/pools/{id}/leases", post(commands::acquire_lease))
         .route(
             "/v2/pools/{id}/leases/{lease_id}",
-            delete(pools::release_lease),
+            delete(commands::release_lease),
         )
-        .route("/v2/pools/{id}/drain", post(pools::drain))
-        .route("/v2/pools/{id}/reload", post(pools::reload))
-        .route("/v2/pools/{id}/stop", post(pools::stop))
-        .route("/v2/pools/{id}/breaker/reset", post(pools::reset_breaker))
+        .route("/v2/pools/{id}/drain", post(commands::drain))
+        .route("/v2/pools/{id}/reload", post(commands::reload))
+        .route("/v2/pools/{id}/stop", post(commands::stop))
+        .route(
+            "/v2/pools/{id}/breaker/reset",
+            post(commands::reset_breaker),
+        )
         .route("/v2/pools/{id}/events", get(pools::events))
-        .route("/v2/pools/{id}/handoff", post(pools::register_handoff)) // handoff route
+        .route("/v2/pools/{id}/handoff", post(commands::register_handoff)) // handoff route
         .route("/v2/events", get(events::events))
         .route("/v2/gpus", get(gpus::list))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics::scrape))
-        .route("/pools/{id}/preload", post(pools::preload))
+        .route("/pools/{id}/preload", post(commands::preload))
         .route(
             "/pools/{id}/status",
             get(pools::get_one).post(pools::get_one),

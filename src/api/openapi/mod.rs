@@ -32,7 +32,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema, Type};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{events, gpus, pools};
+use super::{commands, events, gpus, pools};
 
 /// The document: every documented handler and the schemas they name.
 #[derive(OpenApi)]
@@ -49,16 +49,16 @@ use super::{events, gpus, pools};
         pools::list,
         pools::get_one,
         pools::pool_health,
-        pools::preload,
-        pools::acquire_lease,
-        pools::release_lease,
-        pools::drain,
-        pools::reload,
-        pools::stop,
-        pools::reset_breaker,
-        pools::remove,
+        commands::preload,
+        commands::acquire_lease,
+        commands::release_lease,
+        commands::drain,
+        commands::reload,
+        commands::stop,
+        commands::reset_breaker,
+        commands::remove,
         pools::events,
-        pools::register_handoff,
+        commands::register_handoff,
         events::events,
         gpus::list,
         metrics,
