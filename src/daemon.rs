@@ -60,6 +60,22 @@ impl Daemon {
         inventory: Arc<dyn GpuInventory>,
     ) -> anyhow::Result<(Daemon, StartReport)> {
         config.check_security()?;
+        let listener = bind(config).await?;
+        Self::start_on(config, clock, inventory, listener).await
+    }
+
+    /// Starts the daemon on a listener the caller bound (a socket handed over by systemd, a
+    /// test's port): the GPU preflight, the node (journal replay, the start recorded, engines
+    /// verified and resumed), the preflight's observations, the GPU loop and the handoff
+    /// watcher, then the API. `config.addr` is not used.
+    pub async fn start_on(
+        config: &Config,
+        clock: SharedClock,
+        inventory: Arc<dyn GpuInventory>,
+        listener: TcpListener,
+    ) -> anyhow::Result<(Daemon, StartReport)> {
+        config.check_security()?;
+        let addr = listener.local_addr()?;
         // One reader for the observation loop and the placement checks (one reading at a
         // time; faults seen by a placement reading are reported by the loop).
         let shared_inventory = gpu::placement::SharedInventory::new(inventory);
@@ -71,38 +87,27 @@ impl Daemon {
         let gpu = preflight_summary(&first, &source, config.require_gpu);
         let run_as = crate::supervisor::process::resolve_engine_user(&config.engine_user)?;
         let logs_gid = resolve_logs_group(&config.engines.logs_group)?;
-        let listener = TcpListener::bind(config.addr).await.with_context(|| {
-            format!(
-                "cannot listen on {} (addr); is another daemon running there?",
-                config.addr
-            )
-        })?;
-        let addr = listener.local_addr()?;
         let admission = admission_of(config, run_as.is_none());
+        let users = (run_as, logs_gid);
         let settings = node_settings(
             config,
             clock,
             &gpu,
             &shared_inventory,
             admission.clone(),
-            (run_as, logs_gid),
+            users,
         )?;
         let (node, report) = Node::start(settings).await?;
         // The preflight reading's observations (inventory, engines on GPUs, faults), before
         // the API answers anyone; then the loop takes a reading every poll interval.
         let monitor = GpuMonitor::unobserved(config.require_gpu);
-        gpu::observer::apply(
-            &node.handle().inbox(),
-            &monitor,
-            &source,
-            first,
-            config.require_gpu,
-        )
-        .await
-        .context("cannot record the GPU preflight in the journal")?;
+        let inbox = node.handle().inbox();
+        gpu::observer::apply(&inbox, &monitor, &source, first, config.require_gpu)
+            .await
+            .context("cannot record the GPU preflight in the journal")?;
         let gpu_observer = GpuObserver::spawn(
             inventory,
-            node.handle().inbox(),
+            inbox,
             monitor.clone(),
             config.gpu.poll_interval_ms,
             config.require_gpu,
@@ -113,36 +118,23 @@ impl Daemon {
             node.handle().inbox(),
             node.handle().dirs().clone(),
         );
-        let (stop_server, stopped) = oneshot::channel::<()>();
-        let serve_settings = api::ServeSettings {
-            metrics: Some(node.handle().shared_metrics()),
-            ..api::ServeSettings::from_config(&config.api)
+        let (server, stop_server) = serve_api(config, &node, state, listener);
+        let stop_wait_ms = config
+            .stop
+            .grace_ms
+            .saturating_add(crate::supervisor::KILL_WAIT_MS)
+            .saturating_add(1_000);
+        let daemon = Daemon {
+            addr,
+            node,
+            server,
+            stop_server,
+            stop_engines_on_shutdown: config.stop_engines_on_shutdown,
+            stop_wait_ms,
+            handoff_watcher,
+            gpu_observer,
         };
-        let server = tokio::spawn(api::serve(
-            listener,
-            api::router(state),
-            serve_settings,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok((
-            Daemon {
-                addr,
-                node,
-                server,
-                stop_server,
-                stop_engines_on_shutdown: config.stop_engines_on_shutdown,
-                stop_wait_ms: config
-                    .stop
-                    .grace_ms
-                    .saturating_add(crate::supervisor::KILL_WAIT_MS)
-                    .saturating_add(1_000),
-                handoff_watcher,
-                gpu_observer,
-            },
-            report,
-        ))
+        Ok((daemon, report))
     }
 
     /// Where the API listens.
@@ -178,6 +170,55 @@ impl Daemon {
             cgroups.remove_empty();
         }
     }
+}
+
+/// Binds `config.addr`, naming it when that fails.
+pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.addr).await.with_context(|| {
+        format!(
+            "cannot listen on {} (addr); is another daemon running there?",
+            config.addr
+        )
+    })
+}
+
+/// Runs the daemon of `config` on `listener` (the caller binds: a port of its choice, or a
+/// socket systemd handed over) until `shutdown` resolves with the reason to record, then
+/// shuts it down. The GPUs come from the inventory of `config.gpu`.
+pub async fn run(
+    config: &Config,
+    clock: SharedClock,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = String>,
+) -> anyhow::Result<StartReport> {
+    let inventory = gpu::open_inventory(&config.gpu);
+    let (daemon, report) = Daemon::start_on(config, clock, inventory, listener).await?;
+    let reason = shutdown.await;
+    daemon.shutdown(&reason).await;
+    Ok(report)
+}
+
+/// The API server on `listener`, and the sender that stops it gracefully.
+fn serve_api(
+    config: &Config,
+    node: &Node,
+    state: ApiState,
+    listener: TcpListener,
+) -> (JoinHandle<std::io::Result<()>>, oneshot::Sender<()>) {
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    let serve_settings = api::ServeSettings {
+        metrics: Some(node.handle().shared_metrics()),
+        ..api::ServeSettings::from_config(&config.api)
+    };
+    let server = tokio::spawn(api::serve(
+        listener,
+        api::router(state),
+        serve_settings,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (server, stop_server)
 }
 
 /// Asks every pool with an engine to stop and waits (bounded) until none has one.

@@ -954,3 +954,50 @@ async fn an_unrelated_process_is_neither_adopted_nor_killed() {
     let _ = stranger.wait();
     h.stop().await;
 }
+
+/// `daemon::run` serves on the listener its caller bound (not on `config.addr`), until the
+/// shutdown future resolves, and records that future's reason as the daemon's stop.
+#[tokio::test]
+async fn run_serves_on_the_callers_listener_until_its_shutdown_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    // An address already taken: `run` must not try to bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.addr = taken.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn({
+        let config = config.clone();
+        async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+                "stopped by its caller".to_string()
+            };
+            pool_managerd::daemon::run(&config, Arc::new(SystemClock), listener, shutdown).await
+        }
+    });
+    let health = reqwest::Client::new()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    stop.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run returns once its shutdown resolved")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.replayed_to_seq, 0, "a fresh journal");
+    let (journal, _) = pool_managerd::schema::PoolJournal::open(pool_journal::JournalConfig::new(
+        &config.journal_dir,
+    ))
+    .unwrap();
+    let last = journal.read_from(1).last().unwrap().unwrap();
+    assert!(
+        matches!(&last.event, pool_core::Event::DaemonStopped { reason } if reason == "stopped by its caller"),
+        "{last:?}"
+    );
+    let _ = journal.close();
+}

@@ -138,28 +138,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .prefix("pool-managerd-demo-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    let mut config = Config {
-        addr: "127.0.0.1:0".parse()?,
-        runtime_dir: dir.path().join("runtime"),
-        journal_dir: dir.path().join("runtime/journal"),
-        require_gpu: false,
-        // As `--dev` does: a root test machine runs engines as root.
-        allow_root_engines: true,
-        ..Config::default()
-    };
-    config.health.preload_timeout_ms = 15_000;
-    config.health.preload_interval_ms = 100;
-    config.stop.grace_ms = 2_000;
-    config.backoff.initial_ms = 200;
-    config.backoff.min_ms = 100;
-    config.backoff.max_ms = 3_200;
-    config.breaker.failure_threshold = 4;
-    config.breaker.open_ms = 60_000;
-    if let Some(fixture) = &args.gpu_fixture {
-        config.gpu.fixture = fixture.clone();
-        // More pools than a small fixture has GPUs: they share them (see the module doc).
-        config.gpu.allow_sharing = true;
-    }
+    let config = demo_config(dir.path(), &args);
     let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock)).await?;
     let mut client = Client {
         http: reqwest::Client::builder()
@@ -181,60 +160,119 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("runtime directory: {}\n", config.runtime_dir.display());
     if args.gpu_fixture.is_some() {
-        let (_, gpus) = client.call(reqwest::Method::GET, "/v2/gpus", None).await?;
-        let gpus: Vec<crate::gpu::Gpu> = serde_json::from_value(gpus).unwrap_or_default();
-        println!("GPUs from the fixture (GET /v2/gpus):");
-        print!("{}", table::gpus_table(&gpus));
-        client.gpus = gpus.iter().map(|g| g.info.index).collect();
-        if !client.gpus.is_empty() {
-            println!(
-                "each pool's device mask names one of these {} GPU(s) in turn; [gpu] allow_sharing = true lets the demo's {} pools share them",
-                client.gpus.len(),
-                DEMO_POOLS.len()
-            );
-        }
-        println!();
+        show_gpus(&mut client).await?;
     }
     let mut result = script(&client, dir.path()).await;
     // The daemon restarts; its engines keep serving and are adopted.
     let daemon = if result.is_ok() {
-        println!("\n8. The daemon restarts (an upgrade, say); its engines keep serving");
-        let (_, before) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
-        daemon.shutdown("demo: restart").await;
-        let (daemon, report) = Daemon::start(&config, Arc::new(SystemClock)).await?;
-        client.base = format!("http://{}", daemon.addr());
-        step(&format!(
-            "stopped, started again over the same journal ({} events replayed in {} ms)",
-            report.events_folded, report.replay_ms
-        ));
-        let (_, after) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
-        for (old, new) in before
-            .as_array()
-            .into_iter()
-            .flatten()
-            .zip(after.as_array().into_iter().flatten())
-            .filter(|(old, _)| old["ready"] == true)
-        {
-            step(&format!(
-                "{}: pid {} before, pid {} after, ready {}, leases {} (adopted, not restarted)",
-                new["pool_id"].as_str().unwrap_or("?"),
-                old["pid"],
-                new["pid"],
-                new["ready"],
-                new["active_leases"]
-            ));
-            if old["pid"] != new["pid"] || new["ready"] != true {
-                result = Err(anyhow::anyhow!(
-                    "pool {} was not adopted: {new}",
-                    new["pool_id"]
-                ));
-            }
-        }
+        let (daemon, adopted) = restart(daemon, &config, &mut client).await?;
+        result = adopted;
         daemon
     } else {
         daemon
     };
-    // Cleanup whatever happened: stop and forget every pool.
+    clean_up(daemon, &config, &client).await?;
+    if args.keep {
+        let kept = dir.keep();
+        println!("\nkept: {}", kept.display());
+    }
+    result?;
+    println!("\ndemo finished: every engine stopped, every pool removed.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's configuration: a temporary runtime directory, no GPU required, short health,
+/// stop and backoff timings so that a crash loop shows within seconds.
+fn demo_config(dir: &std::path::Path, args: &DemoArgs) -> Config {
+    let mut config = Config {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        runtime_dir: dir.join("runtime"),
+        journal_dir: dir.join("runtime/journal"),
+        require_gpu: false,
+        // As `--dev` does: a root test machine runs engines as root.
+        allow_root_engines: true,
+        ..Config::default()
+    };
+    config.health.preload_timeout_ms = 15_000;
+    config.health.preload_interval_ms = 100;
+    config.stop.grace_ms = 2_000;
+    config.backoff.initial_ms = 200;
+    config.backoff.min_ms = 100;
+    config.backoff.max_ms = 3_200;
+    config.breaker.failure_threshold = 4;
+    config.breaker.open_ms = 60_000;
+    if let Some(fixture) = &args.gpu_fixture {
+        config.gpu.fixture = fixture.clone();
+        // More pools than a small fixture has GPUs: they share them (see the module doc).
+        config.gpu.allow_sharing = true;
+    }
+    config
+}
+
+/// The fixture's GPUs (`GET /v2/gpus`), which the pools' masks then name in turn.
+async fn show_gpus(client: &mut Client) -> anyhow::Result<()> {
+    let (_, gpus) = client.call(reqwest::Method::GET, "/v2/gpus", None).await?;
+    let gpus: Vec<crate::gpu::Gpu> = serde_json::from_value(gpus).unwrap_or_default();
+    println!("GPUs from the fixture (GET /v2/gpus):");
+    print!("{}", table::gpus_table(&gpus));
+    client.gpus = gpus.iter().map(|g| g.info.index).collect();
+    if !client.gpus.is_empty() {
+        println!(
+            "each pool's device mask names one of these {} GPU(s) in turn; [gpu] allow_sharing = true lets the demo's {} pools share them",
+            client.gpus.len(),
+            DEMO_POOLS.len()
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Step 8: the daemon stops and starts again over the same journal; every ready engine must
+/// be adopted (same pid, still ready). Returns the new daemon and whether they all were.
+async fn restart(
+    daemon: Daemon,
+    config: &Config,
+    client: &mut Client,
+) -> anyhow::Result<(Daemon, anyhow::Result<()>)> {
+    println!("\n8. The daemon restarts (an upgrade, say); its engines keep serving");
+    let (_, before) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
+    daemon.shutdown("demo: restart").await;
+    let (daemon, report) = Daemon::start(config, Arc::new(SystemClock)).await?;
+    client.base = format!("http://{}", daemon.addr());
+    step(&format!(
+        "stopped, started again over the same journal ({} events replayed in {} ms)",
+        report.events_folded, report.replay_ms
+    ));
+    let (_, after) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
+    let mut result = Ok(());
+    for (old, new) in before
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(after.as_array().into_iter().flatten())
+        .filter(|(old, _)| old["ready"] == true)
+    {
+        step(&format!(
+            "{}: pid {} before, pid {} after, ready {}, leases {} (adopted, not restarted)",
+            new["pool_id"].as_str().unwrap_or("?"),
+            old["pid"],
+            new["pid"],
+            new["ready"],
+            new["active_leases"]
+        ));
+        if old["pid"] != new["pid"] || new["ready"] != true {
+            result = Err(anyhow::anyhow!(
+                "pool {} was not adopted: {new}",
+                new["pool_id"]
+            ));
+        }
+    }
+    Ok((daemon, result))
+}
+
+/// Whatever happened: every pool stopped and forgotten, the daemon stopped, then the registry
+/// as it was and the journal's timeline printed.
+async fn clean_up(daemon: Daemon, config: &Config, client: &Client) -> anyhow::Result<()> {
     let (_, pools) = client.call(reqwest::Method::GET, "/v2/pools", None).await?;
     let registry_before_cleanup = pools.clone();
     for pool in pools.as_array().cloned().unwrap_or_default() {
@@ -255,16 +293,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("  {}", table::timeline_line(&envelope?));
     }
     let _ = journal.close();
-    if args.keep {
-        let kept = dir.keep();
-        println!("\nkept: {}", kept.display());
-    }
-    result?;
-    println!("\ndemo finished: every engine stopped, every pool removed.");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
+/// Steps 1 to 7 of the demo, each a few API calls and what they answered.
 async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
+    preload_two(client).await?;
+    leases(client).await?;
+    failed_preload(client).await?;
+    crash_loop(client, dir).await?;
+    drain(client).await?;
+    reload(client, dir).await
+}
+
+/// Step 1: two engine-sim pools preloaded, each answered once its engine is healthy.
+async fn preload_two(client: &Client) -> anyhow::Result<()> {
     use reqwest::Method;
     println!("1. Preload two engine-sim pools (each waits until its engine answers /health 200)");
     for (pool, sim) in [
@@ -291,6 +334,12 @@ async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
             answer["ready_ms"], answer["pid"], answer["slots_total"], answer["handoff_path"].as_str().unwrap_or("-")
         ));
     }
+    Ok(())
+}
+
+/// Steps 2 and 3: leases taken (the last ones refused when the slots run out), some returned.
+async fn leases(client: &Client) -> anyhow::Result<()> {
+    use reqwest::Method;
     println!("\n2. Take leases (each is a durable journal append before the answer)");
     let mut leases = Vec::new();
     for pool in ["chat-a", "chat-a", "chat-a", "chat-b", "chat-b", "chat-b"] {
@@ -331,6 +380,12 @@ async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
             answer["active_leases"], answer["slots_free"]
         ));
     }
+    Ok(())
+}
+
+/// Step 4: a preload whose engine crashes while loading answers the crash and its log tail.
+async fn failed_preload(client: &Client) -> anyhow::Result<()> {
+    use reqwest::Method;
     println!("\n4. A preload that fails: the engine crashes while loading");
     let body = json!({"prepared": client.prepared("broken", free_port()?, &["--load-ms", "2000", "--crash-after-ms", "150", "--exit-code", "3"])?});
     let (status, answer) = client
@@ -353,9 +408,7 @@ async fn script(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
         "GET /v2/pools/broken/health -> live {}, ready {}",
         health["live"], health["ready"]
     ));
-    crash_loop(client, dir).await?;
-    drain(client).await?;
-    reload(client, dir).await
+    Ok(())
 }
 
 async fn drain(client: &Client) -> anyhow::Result<()> {

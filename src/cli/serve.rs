@@ -59,7 +59,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let mut signals = StopSignals::catch().context("cannot catch SIGTERM and SIGINT")?;
-    let (daemon, report) = Daemon::start(&config, Arc::new(SystemClock)).await?;
+    // The daemon serves on the listener it is given: bound here (the seam where a socket
+    // handed over by systemd would come in).
+    let listener = crate::daemon::bind(&config).await?;
+    let inventory = crate::gpu::open_inventory(&config.gpu);
+    let clock = Arc::new(SystemClock);
+    let (daemon, report) = Daemon::start_on(&config, clock, inventory, listener).await?;
     tracing::info!(
         addr = %daemon.addr(),
         journal = %config.journal_dir.display(),

@@ -193,13 +193,29 @@ pub fn placement(
             }
         }
     }
-    let claimed = if claims.is_empty() {
-        match mask {
-            Some(_) => "; the mask names no device of this node".to_string(),
-            None => "; NVML lists no GPU".to_string(),
-        }
-    } else {
-        String::new()
+    Err(not_placed(
+        &outside,
+        &listed,
+        claims.is_empty(),
+        mask,
+        snapshot.gpus.len(),
+    ))
+}
+
+/// What a reading showed instead of the engine on its mask: its processes outside the mask,
+/// or the compute processes listed (at most [`SHOWN_PROCESSES_MAX`] of each), and why the mask
+/// claims nothing when it does not.
+fn not_placed(
+    outside: &[String],
+    listed: &[String],
+    claims_nothing: bool,
+    mask: Option<&str>,
+    gpus: usize,
+) -> String {
+    let claimed = match (claims_nothing, mask) {
+        (false, _) => String::new(),
+        (true, Some(_)) => "; the mask names no device of this node".to_string(),
+        (true, None) => "; NVML lists no GPU".to_string(),
     };
     let shown = |items: &[String]| {
         let mut text = items
@@ -213,22 +229,19 @@ pub fn placement(
         }
         text
     };
-    Err(if !outside.is_empty() {
+    if !outside.is_empty() {
         format!(
             "its processes only outside the mask: {}{claimed}",
-            shown(&outside)
+            shown(outside)
         )
     } else if listed.is_empty() {
-        format!(
-            "no compute process on any of its {} GPU(s){claimed}",
-            snapshot.gpus.len()
-        )
+        format!("no compute process on any of its {gpus} GPU(s){claimed}")
     } else {
         format!(
             "none of its processes; compute processes: {}{claimed}",
-            shown(&listed)
+            shown(listed)
         )
-    })
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,34 @@ fn breaker_value(state: BreakerState) -> f64 {
 /// The gauges of `state` (every pool it holds, no other), of `gpus`, and the start-up
 /// replay's duration, in the text format. Pure.
 pub fn render_gauges(state: &State, gpus: &[GpuInfo], replay_seconds: f64) -> String {
+    let mut last_seq = Family::new(
+        "journal_last_seq",
+        "Seq of the last event in the journal (as published).",
+    );
+    last_seq
+        .samples
+        .push((String::new(), state.last_seq() as f64));
+    let mut replay = Family::new(
+        "journal_replay_duration_seconds",
+        "How long this process's start-up replay of the journal took.",
+    );
+    replay.samples.push((String::new(), replay_seconds));
+    let mut out = String::new();
+    let families = pool_families(state)
+        .into_iter()
+        .chain(gpu_families(gpus))
+        .chain([last_seq, replay]);
+    for family in families {
+        if !family.samples.is_empty() {
+            family.write(&mut out);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The per-pool gauges: ready, slots, leases, breaker, VRAM.
+fn pool_families(state: &State) -> [Family; 6] {
     let mut ready = Family::new("pool_ready", "Whether the pool serves (1) or not (0).");
     let mut slots_total = Family::new(
         "pool_slots_total",
@@ -85,26 +113,25 @@ pub fn render_gauges(state: &State, gpus: &[GpuInfo], replay_seconds: f64) -> St
     );
     for (id, pool) in &state.pools {
         let labels = format!("pool_id=\"{}\"", escape(id.as_str()));
-        ready
-            .samples
-            .push((labels.clone(), if pool.ready { 1.0 } else { 0.0 }));
-        slots_total
-            .samples
-            .push((labels.clone(), f64::from(pool.slots_total)));
-        slots_free
-            .samples
-            .push((labels.clone(), f64::from(pool.slots_free())));
-        leases
-            .samples
-            .push((labels.clone(), f64::from(pool.active_leases())));
-        breaker.samples.push((
-            labels.clone(),
-            breaker_value(pool.supervision.breaker.state),
-        ));
+        let ready_value = if pool.ready { 1.0 } else { 0.0 };
+        ready.samples.push((labels.clone(), ready_value));
+        let total = f64::from(pool.slots_total);
+        slots_total.samples.push((labels.clone(), total));
+        let free = f64::from(pool.slots_free());
+        slots_free.samples.push((labels.clone(), free));
+        let held = f64::from(pool.active_leases());
+        leases.samples.push((labels.clone(), held));
+        let state = breaker_value(pool.supervision.breaker.state);
+        breaker.samples.push((labels.clone(), state));
         if let Some(bytes) = pool.vram_used_bytes {
             vram.samples.push((labels, bytes as f64));
         }
     }
+    [ready, slots_total, slots_free, leases, breaker, vram]
+}
+
+/// The per-GPU gauges (total and free VRAM), by index then UUID.
+fn gpu_families(gpus: &[GpuInfo]) -> [Family; 2] {
     let mut vram_total = Family::new("gpu_vram_total_bytes", "Total VRAM of a GPU.");
     let mut vram_free = Family::new(
         "gpu_vram_free_bytes",
@@ -121,37 +148,7 @@ pub fn render_gauges(state: &State, gpus: &[GpuInfo], replay_seconds: f64) -> St
             .push((labels.clone(), gpu.vram_total_bytes as f64));
         vram_free.samples.push((labels, gpu.vram_free_bytes as f64));
     }
-    let mut last_seq = Family::new(
-        "journal_last_seq",
-        "Seq of the last event in the journal (as published).",
-    );
-    last_seq
-        .samples
-        .push((String::new(), state.last_seq() as f64));
-    let mut replay = Family::new(
-        "journal_replay_duration_seconds",
-        "How long this process's start-up replay of the journal took.",
-    );
-    replay.samples.push((String::new(), replay_seconds));
-    let mut out = String::new();
-    for family in [
-        ready,
-        slots_total,
-        slots_free,
-        leases,
-        breaker,
-        vram,
-        vram_total,
-        vram_free,
-        last_seq,
-        replay,
-    ] {
-        if !family.samples.is_empty() {
-            family.write(&mut out);
-            out.push('\n');
-        }
-    }
-    out
+    [vram_total, vram_free]
 }
 
 /// The journal's own series, from its health and usage (read at each scrape). Pure.
