@@ -217,20 +217,25 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// The table, then the events as they come, until `max_events` (or forever).
 async fn watch(client: &Client, max_events: Option<u64>) -> anyhow::Result<ExitCode> {
     // The seq first, then the table: an event between the two is printed (again), never lost.
-    let mut last_id = client.journal_seq().await?;
+    let last_id = client.journal_seq().await?;
     print_table(client, last_id).await?;
-    let mut seen = 0u64;
-    let mut dirty = false;
-    let mut last_event = Instant::now();
-    let mut last_table = Instant::now();
+    let mut watch = Watch {
+        client,
+        max_events,
+        last_id,
+        seen: 0,
+        dirty: false,
+        last_event: Instant::now(),
+        last_table: Instant::now(),
+    };
     loop {
         let request = client
             .get("/v2/events")
             .header("accept", "text/event-stream")
-            .header("last-event-id", last_id.to_string());
-        let mut response = match client.send(request).await {
+            .header("last-event-id", watch.last_id.to_string());
+        let response = match client.send(request).await {
             Ok(response) => response,
-            Err(e) if seen > 0 || last_id > 0 => {
+            Err(e) if watch.seen > 0 || watch.last_id > 0 => {
                 // The daemon went away after we saw it: wait for it to come back.
                 eprintln!("{e:#}; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -238,26 +243,52 @@ async fn watch(client: &Client, max_events: Option<u64>) -> anyhow::Result<ExitC
             }
             Err(e) => return Err(e),
         };
+        let ended = match watch.follow(response).await? {
+            Followed::Done => return Ok(ExitCode::SUCCESS),
+            Followed::Ended(why) => why,
+        };
+        eprintln!(
+            "{ended}; reconnecting to {} after event {}",
+            client.addr, watch.last_id
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Where `status --watch` is: the last event printed, how many, and when the table was last
+/// shown (it is shown again once the stream is quiet and something changed).
+struct Watch<'a> {
+    client: &'a Client,
+    max_events: Option<u64>,
+    last_id: u64,
+    seen: u64,
+    dirty: bool,
+    last_event: Instant,
+    last_table: Instant,
+}
+
+/// How following one stream ended.
+enum Followed {
+    /// `max_events` were printed.
+    Done,
+    /// The stream ended or broke (why): reconnect after the last event.
+    Ended(String),
+}
+
+impl Watch<'_> {
+    /// Prints the stream's events until it ends, or `max_events` were printed.
+    async fn follow(&mut self, mut response: reqwest::Response) -> anyhow::Result<Followed> {
         let mut buffer = String::new();
-        let ended = loop {
-            let chunk =
-                tokio::time::timeout(Duration::from_millis(WATCH_SETTLE_MS), response.chunk())
-                    .await;
-            let chunk = match chunk {
+        loop {
+            let settle = Duration::from_millis(WATCH_SETTLE_MS);
+            let chunk = match tokio::time::timeout(settle, response.chunk()).await {
                 Err(_) => {
-                    // Quiet: show the table again if something changed.
-                    let settled = last_event.elapsed() >= Duration::from_millis(WATCH_SETTLE_MS);
-                    let due = last_table.elapsed() >= Duration::from_millis(WATCH_TABLE_EVERY_MS);
-                    if dirty && settled && due {
-                        print_table(client, last_id).await?;
-                        dirty = false;
-                        last_table = Instant::now();
-                    }
+                    self.quiet().await?;
                     continue;
                 }
                 Ok(Ok(Some(chunk))) => chunk,
-                Ok(Ok(None)) => break "the stream ended".to_string(),
-                Ok(Err(e)) => break format!("the stream broke: {e}"),
+                Ok(Ok(None)) => return Ok(Followed::Ended("the stream ended".to_string())),
+                Ok(Err(e)) => return Ok(Followed::Ended(format!("the stream broke: {e}"))),
             };
             buffer.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buffer.find("\n\n") {
@@ -265,38 +296,49 @@ async fn watch(client: &Client, max_events: Option<u64>) -> anyhow::Result<ExitC
                 let Some(message) = SseMessage::parse(&frame) else {
                     continue;
                 };
-                match message.event.as_str() {
-                    "dropped" | "shutdown" | "error" => {
-                        let data: Value = serde_json::from_str(&message.data).unwrap_or_default();
-                        eprintln!(
-                            "[{}] {}",
-                            message.event,
-                            data["reason"].as_str().unwrap_or(&message.data)
-                        );
-                    }
-                    _ => {
-                        if let Some(id) = message.id {
-                            last_id = id;
-                        }
-                        println!("{}", event_line(&message.data));
-                        seen += 1;
-                        dirty = true;
-                        last_event = Instant::now();
-                        if max_events.is_some_and(|max| seen >= max) {
-                            if dirty {
-                                print_table(client, last_id).await?;
-                            }
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                    }
+                if self.message(message).await? {
+                    return Ok(Followed::Done);
                 }
             }
-        };
-        eprintln!(
-            "{ended}; reconnecting to {} after event {last_id}",
-            client.addr
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The stream is quiet: the table again if something changed (at most every
+    /// `WATCH_TABLE_EVERY_MS`).
+    async fn quiet(&mut self) -> anyhow::Result<()> {
+        let settled = self.last_event.elapsed() >= Duration::from_millis(WATCH_SETTLE_MS);
+        let due = self.last_table.elapsed() >= Duration::from_millis(WATCH_TABLE_EVERY_MS);
+        if self.dirty && settled && due {
+            print_table(self.client, self.last_id).await?;
+            self.dirty = false;
+            self.last_table = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Prints one message; `true` once `max_events` events were printed (the table last).
+    async fn message(&mut self, message: SseMessage) -> anyhow::Result<bool> {
+        if let "dropped" | "shutdown" | "error" = message.event.as_str() {
+            let data: Value = serde_json::from_str(&message.data).unwrap_or_default();
+            eprintln!(
+                "[{}] {}",
+                message.event,
+                data["reason"].as_str().unwrap_or(&message.data)
+            );
+            return Ok(false);
+        }
+        if let Some(id) = message.id {
+            self.last_id = id;
+        }
+        println!("{}", event_line(&message.data));
+        self.seen += 1;
+        self.dirty = true;
+        self.last_event = Instant::now();
+        if self.max_events.is_some_and(|max| self.seen >= max) {
+            print_table(self.client, self.last_id).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::exit::{Coordination, LogFrom};
+use super::exit::{Coordination, Engine, LogFrom};
 use super::worker::write_blocking;
 
 impl PoolWorker {
@@ -38,14 +38,7 @@ impl PoolWorker {
         // The log watcher starts where this start's header will be written.
         let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let pid_path = self.dirs().pid_path(pool);
-        let env = process::engine_env(engine, |name| {
-            self.shared
-                .settings
-                .passed_env
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        });
+        let env = self.env_of(engine);
         let now_ms = self.shared.now_ms();
         let join = leaf
             .as_ref()
@@ -76,17 +69,9 @@ impl PoolWorker {
             spill_token,
         };
         let engine_watch = self.watch_child(cause, spawned, at, gate, now_ms);
-        let written = write_blocking(&pid_path, move |path| files::write_pid_file(path, pid)).await;
-        if let Err(e) = written {
-            // Without a pid file the engine could not be found by operators' tools: give up.
-            engine_watch.watch.note_kill();
-            engine_watch.watch.begin_stop();
-            let _ = process::signal_group(pid, Signal::SIGKILL);
-            self.engine = Some(engine_watch);
-            let reason = format!("cannot write the pid file: {e}");
+        if let Err(reason) = self.keep_pid_file(engine_watch, &pid_path).await {
             return self.spawn_failed(cause, token, reason).await;
         }
-        self.engine = Some(engine_watch);
         tracing::info!(pool_id = %self.pool_id, pid, attempt, binary = %engine.binary_path, "engine spawned");
         self.shared
             .report(
@@ -102,6 +87,39 @@ impl PoolWorker {
             )
             .await;
         let _ = announced.send(true);
+    }
+
+    /// The engine's environment: its own `env`, and the variables of the daemon's that are
+    /// passed to engines.
+    fn env_of(&self, engine: &PreparedEngine) -> Vec<(String, String)> {
+        process::engine_env(engine, |name| {
+            self.shared
+                .settings
+                .passed_env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    /// Writes the pid file of the engine just spawned and keeps watching it. Without a pid
+    /// file the engine could not be found by operators' tools: it is killed (its exit then
+    /// reported by the start's failure) and `Err` says why.
+    async fn keep_pid_file(
+        &mut self,
+        engine: Engine,
+        pid_path: &std::path::Path,
+    ) -> Result<(), String> {
+        let pid = engine.pid;
+        let written = write_blocking(pid_path, move |path| files::write_pid_file(path, pid)).await;
+        let result = written.map_err(|e| {
+            engine.watch.note_kill();
+            engine.watch.begin_stop();
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            format!("cannot write the pid file: {e}")
+        });
+        self.engine = Some(engine);
+        result
     }
 
     /// What must hold before a spawn: the engine admitted (again: the allow-lists may have
