@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiSettings, ApiState};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::gpu::{self, GpuInventory, GpuMonitor, GpuObserver};
+use crate::gpu::{self, GpuInventory, GpuMonitor};
 use crate::node::{Node, NodeHandle, NodeSettings, StartReport};
+use crate::watch::GpuObserver;
 
 /// The daemon's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -37,7 +38,7 @@ pub struct Daemon {
     stop_engines_on_shutdown: bool,
     stop_wait_ms: u64,
     // handoff watcher (SPEC 6, engines started by someone else)
-    handoff_watcher: crate::supervisor::handoff::HandoffWatcher,
+    handoff_watcher: crate::watch::HandoffWatcher,
     gpu_observer: GpuObserver,
 }
 
@@ -83,7 +84,7 @@ impl Daemon {
         // The preflight: a first reading, before the journal opens. A missing GPU is a state
         // with a reason (preloads refused with GPU_REQUIRED when required), never an error.
         let source = inventory.source();
-        let first = gpu::observer::read(&inventory).await;
+        let first = crate::watch::gpu::read(&inventory).await;
         let gpu = preflight_summary(&first, &source, config.require_gpu);
         let run_as = crate::supervisor::process::resolve_engine_user(&config.engine_user)?;
         let logs_gid = resolve_logs_group(&config.engines.logs_group)?;
@@ -102,7 +103,7 @@ impl Daemon {
         // the API answers anyone; then the loop takes a reading every poll interval.
         let monitor = GpuMonitor::unobserved(config.require_gpu);
         let inbox = node.handle().inbox();
-        gpu::observer::apply(&inbox, &monitor, &source, first, config.require_gpu)
+        crate::watch::gpu::apply(&inbox, &monitor, &source, first, config.require_gpu)
             .await
             .context("cannot record the GPU preflight in the journal")?;
         let gpu_observer = GpuObserver::spawn(
@@ -112,9 +113,9 @@ impl Daemon {
             config.gpu.poll_interval_ms,
             config.require_gpu,
         );
-        let state = api_state(config, node.handle(), admission, monitor);
+        let state = api_state(config, addr, node.handle(), admission, monitor);
         // handoff watcher (SPEC 6, engines started by someone else)
-        let handoff_watcher = crate::supervisor::handoff::HandoffWatcher::spawn(
+        let handoff_watcher = crate::watch::HandoffWatcher::spawn(
             node.handle().inbox(),
             node.handle().dirs().clone(),
         );
@@ -345,8 +346,11 @@ fn admission_of(
 }
 
 /// The API's state: the node, the token, what may be started, the browser guard, the GPUs.
+/// The API's state. `addr` is where it really listens (a listener the caller bound may differ
+/// from `config.addr`): the `Host` check applies on a loopback address.
 fn api_state(
     config: &Config,
+    addr: SocketAddr,
     node: NodeHandle,
     admission: Arc<crate::supervisor::admission::Admission>,
     monitor: GpuMonitor,
@@ -357,11 +361,12 @@ fn api_state(
             token: config.api_token.clone(),
             admission,
             guard: crate::api::guard::BrowserGuard {
-                loopback: config.addr.ip().is_loopback(),
+                loopback: addr.ip().is_loopback(),
                 allowed_origins: config.api.allowed_origins.clone(),
             },
             version: VERSION.to_string(),
             gpus: Some(monitor),
+            handoff_check: crate::watch::handoff::checker(),
         },
     )
 }

@@ -8,8 +8,9 @@
 //!    ([`core`], the pure state machine) and `pool-journal`.
 //! 1. ports: [`port`] (the actor's message protocol and the published registry),
 //!    [`metrics`] (events to counters and histograms, the registry to gauges).
-//! 2. the world: [`supervisor`] (effects against processes and files, the handoff watcher),
-//!    [`gpu`] (an inventory behind a trait: NVML, "no GPU", a JSON fixture; and its loop).
+//! 2. the world: [`supervisor`] (effects against processes and files), [`gpu`] (an inventory
+//!    behind a trait: NVML, "no GPU", a JSON fixture), [`watch`] (the input sources: the
+//!    handoff watcher and the GPU loop).
 //! 3. the actor: [`node`].
 //! 4. HTTP: [`api`] (the only place that knows axum, utoipa and hyper).
 //! 5. assembly: [`daemon`].
@@ -35,3 +36,4 @@ pub mod schema;
 pub mod script;
 pub mod supervisor;
 pub mod table;
+pub mod watch;

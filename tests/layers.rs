@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [(&str, &[&str]); 7] = [
     ("vocabulary", &["clock", "config", "schema", "projection"]),
     ("ports", &["port", "metrics"]),
-    ("world", &["supervisor", "gpu"]),
+    ("world", &["supervisor", "gpu", "watch"]),
     ("actor", &["node"]),
     ("http", &["api"]),
     ("assembly", &["daemon"]),
@@ -36,7 +36,7 @@ const TOOLS: [&str; 2] = ["engine_sim", "script"];
 
 /// Crates and the files (path prefixes under `src/`) that may name them.
 const CRATE_HOMES: [(&str, &[&str]); 6] = [
-    ("axum", &["api/", "engine_sim.rs"]),
+    ("axum", &["api/", "engine_sim/"]),
     ("utoipa", &["api/"]),
     ("hyper", &["api/"]),
     ("nvml_wrapper", &["gpu/"]),

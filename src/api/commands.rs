@@ -16,6 +16,7 @@ use super::openapi::{
     PreparedEngineSchema,
 };
 use super::{ApiError, ApiState, JsonBody, PoolPath};
+use crate::port::HandoffRefused;
 
 /// `POST /v2/pools/{id}/preload`'s body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -537,7 +538,6 @@ pub(super) async fn register_handoff(
     PoolPath(pool_id): PoolPath,
     JsonBody(handoff): JsonBody<pool_core::Handoff>,
 ) -> Result<Response, ApiError> {
-    use crate::supervisor::handoff as watcher;
     handoff
         .validate()
         .map_err(|(field, why)| ApiError::invalid(format!("field '{field}': {why}")))?;
@@ -547,15 +547,17 @@ pub(super) async fn register_handoff(
             handoff.pool_id
         )));
     }
-    watcher::check_local(&handoff)
-        .map_err(|(field, why)| ApiError::invalid(format!("field '{field}': {why}")))?;
-    if let Err(why) =
-        watcher::probe_health(&crate::supervisor::probe::Prober::new(), &handoff.url).await
-    {
-        return Err(ApiError::new(
-            pool_core::ErrorCode::PoolUnready,
-            format!("the handed-off engine is not healthy: {why}; retry once it answers 200"),
-        ));
+    match state.handoff_check().check(&handoff).await {
+        Ok(()) => {}
+        Err(HandoffRefused::Invalid { field, why }) => {
+            return Err(ApiError::invalid(format!("field '{field}': {why}")));
+        }
+        Err(HandoffRefused::Unhealthy(why)) => {
+            return Err(ApiError::new(
+                pool_core::ErrorCode::PoolUnready,
+                format!("the handed-off engine is not healthy: {why}; retry once it answers 200"),
+            ));
+        }
     }
     let committed = state
         .node()

@@ -60,6 +60,7 @@ struct ApiInner {
     guard: guard::BrowserGuard,
     version: String,
     gpus: Option<GpuMonitor>,
+    handoff_check: crate::port::HandoffCheck,
 }
 
 /// API settings.
@@ -76,6 +77,9 @@ pub struct ApiSettings {
     /// The live GPU view (`GET /v2/gpus`, `/health`'s `gpu`); `None`: the start-up verdict
     /// of the published registry, and no GPUs listed.
     pub gpus: Option<GpuMonitor>,
+    /// What a handoff must pass before it is recorded (the world's check: the URL names this
+    /// node, the engine answers `{url}/health` with 200); the default refuses every handoff.
+    pub handoff_check: crate::port::HandoffCheck,
 }
 
 impl ApiState {
@@ -89,6 +93,7 @@ impl ApiState {
                 guard: settings.guard,
                 version: settings.version,
                 gpus: settings.gpus,
+                handoff_check: settings.handoff_check,
             }),
         }
     }
@@ -99,6 +104,10 @@ impl ApiState {
 
     pub(crate) fn gpus(&self) -> Option<&GpuMonitor> {
         self.inner.gpus.as_ref()
+    }
+
+    pub(crate) fn handoff_check(&self) -> &crate::port::HandoffCheck {
+        &self.inner.handoff_check
     }
 
     /// `Err(BINARY_NOT_ALLOWED)` unless the engine's binary is allowed (symlinks resolved),

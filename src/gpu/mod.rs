@@ -10,7 +10,7 @@
 //!   [`open_inventory`] picks one: the fixture if configured, else NVML, else "no GPU".
 //! - [`GpuMonitor`], the live view of the last reading, read by `GET /v2/gpus` and the `gpu`
 //!   field of `/health` (readers never wait on NVML).
-//! - [`observer`]: the loop that takes a reading every `[gpu] poll_interval_ms` on a blocking
+//! - The loop (`crate::watch::gpu`, with the other input sources) takes a reading every `[gpu] poll_interval_ms` on a blocking
 //!   thread and submits `GpuInventory` / `PreflightFailed`, `VramObserved`,
 //!   `DeviceMaskViolation`, `GpuXid` and `DriverReset` observations to the node.
 //! - [`placement`]: the proof, with `require_gpu`, that a starting engine is on the GPUs of
@@ -29,7 +29,6 @@
 
 mod fixture;
 mod nvml;
-pub mod observer;
 pub mod placement;
 
 use std::sync::Arc;
@@ -43,7 +42,6 @@ use crate::port::GpuSummary;
 
 pub use fixture::{simulated_gpus, FixtureInventory};
 pub use nvml::NvmlInventory;
-pub use observer::GpuObserver;
 
 /// One GPU of a reading: the core's [`GpuInfo`] (index, uuid, name, compute capability, VRAM)
 /// plus its MIG devices and the compute processes running on it. The JSON shape of

@@ -23,13 +23,15 @@
 //!
 //! Submodules: [`process`] (spawn, signals, `/proc`, pidfd, exit classification), [`probe`]
 //! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging),
-//! [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`handoff`] (engines started
-//! by someone else), [`admission`] (what may be started, checked before every spawn).
+//! [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`admission`] (what may be
+//! started, checked before every spawn), [`cgroup`] (an engine's cgroup leaf), [`proof`]
+//! (whether a pid may be signalled), [`reconcile`] (the runtime directory against `/proc`
+//! at start-up). The rooms of the worker: `worker.rs` (a pool's queue of effects), `start.rs`
+//! (spawn, health wait, ready probes), `exit.rs` (the exit and log watchers), `stop.rs`.
 
 pub mod admission;
 pub mod cgroup;
 pub mod files;
-pub mod handoff;
 pub mod logwatch;
 pub mod probe;
 pub mod process;

@@ -237,7 +237,7 @@ fn handoff_naming(pool_id: &str, pid: u32, dirs: &RuntimeDirs) -> Option<(Handof
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
-        let Ok(handoff) = super::handoff::parse_handoff(&bytes) else {
+        let Ok(handoff) = crate::watch::handoff::parse_handoff(&bytes) else {
             continue;
         };
         if handoff.pool_id == pool_id && handoff.pid == Some(pid) && handoff.validate().is_ok() {

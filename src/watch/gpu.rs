@@ -36,7 +36,7 @@ use pool_core::{GpuInfo, Inventory, MigDeviceInfo, Observation, State};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{summary, Gpu, GpuEvent, GpuInventory, GpuMonitor, GpuReading, GpuView, NoGpu};
+use crate::gpu::{summary, Gpu, GpuEvent, GpuInventory, GpuMonitor, GpuReading, GpuView, NoGpu};
 use crate::port::Inbox;
 
 /// A GPU's free VRAM must move by this much for a new inventory to be reported.

@@ -16,9 +16,9 @@ use pool_core::{Command, Handoff, Observation, PoolId, State};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::files::RuntimeDirs;
-use super::probe::{Health, Prober};
-use crate::port::Inbox;
+use crate::port::{HandoffCheck, HandoffRefused, Inbox};
+use crate::supervisor::files::RuntimeDirs;
+use crate::supervisor::probe::{Health, Prober};
 
 /// How often the watcher lists `<runtime>/engines/` (a poll: no inotify crate; a new file is
 /// seen within this delay plus one health probe).
@@ -67,6 +67,21 @@ pub async fn probe_health(prober: &Prober, url: &str) -> Result<(), String> {
             Err(format!("GET {target} did not answer 200"))
         }
     }
+}
+
+/// The check `POST /v2/pools/{id}/handoff` asks of the world: [`check_local`], then
+/// [`probe_health`] with one prober for every check.
+pub fn checker() -> HandoffCheck {
+    let prober = Prober::new();
+    HandoffCheck::new(move |handoff| {
+        let prober = prober.clone();
+        Box::pin(async move {
+            check_local(&handoff).map_err(|(field, why)| HandoffRefused::Invalid { field, why })?;
+            probe_health(&prober, &handoff.url)
+                .await
+                .map_err(HandoffRefused::Unhealthy)
+        })
+    })
 }
 
 /// `localhost`, a loopback address, or an address this node holds (one it can bind).
