@@ -32,8 +32,8 @@ use super::{Gpu, GpuEvent, GpuInventory, GpuProcess, GpuReading, GpuSnapshot, Mi
 
 /// The library `nvml-wrapper` loads.
 pub const NVML_LIBRARY: &str = "libnvidia-ml.so.1";
-/// The most GPUs read (the core keeps as many).
-const GPUS_MAX: u32 = 64;
+/// At most this many GPUs are read (the core keeps no more: `pool_core::evolve::GPUS_MAX`).
+const GPUS_MAX: u32 = pool_core::evolve::GPUS_MAX as u32;
 /// The most MIG devices read per GPU.
 const MIG_DEVICES_MAX: u32 = 16;
 /// The most fault events taken from one GPU's event set per reading.

@@ -294,11 +294,10 @@ impl Leaf {
         let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) else {
             return false;
         };
-        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-            text.lines()
-                .filter_map(|line| line.strip_prefix("0::"))
-                .any(|path| path.trim_end().ends_with(&format!("/{name}")))
-        })
+        let suffix = format!("/{name}");
+        super::procfs::cgroups(pid)
+            .iter()
+            .any(|line| line.controllers.is_empty() && line.path.ends_with(&suffix))
     }
 }
 

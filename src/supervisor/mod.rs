@@ -35,6 +35,7 @@ pub mod files;
 pub mod logwatch;
 pub mod probe;
 pub mod process;
+pub mod procfs;
 pub mod proof;
 pub mod reconcile;
 

@@ -79,19 +79,9 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| {
-            target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|inode| inode.parse::<u64>().ok())
-                .is_some_and(|inode| inodes.contains(&inode))
-        })
-    })
+    super::procfs::socket_inodes(pid)
+        .iter()
+        .any(|inode| inodes.contains(inode))
 }
 
 /// The inodes of the sockets listening on `port` (`/proc/net/tcp` and `tcp6`: state `0A`).

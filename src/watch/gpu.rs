@@ -143,10 +143,7 @@ fn pools_of(state: &State, pids: impl Iterator<Item = u32>) -> HashMap<u32, Stri
 
 /// The session id of `pid` (`/proc/<pid>/stat`, field 6), if it runs.
 fn session_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(3)?.parse().ok()
+    crate::supervisor::procfs::stat(pid).map(|stat| stat.session)
 }
 
 /// Whether the reading's MIG devices should be reported (as [`inventory_changed`]).

@@ -18,7 +18,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use pool_core::{ExitReason, PreparedEngine};
 
-use super::admission;
+use super::{admission, procfs};
 use tokio::io::unix::AsyncFd;
 
 /// Environment variables passed through from the daemon to every engine (SPEC section 6);
@@ -292,19 +292,12 @@ pub fn signal_engine(pid: u32, signal: Signal) -> io::Result<bool> {
 /// `/proc/<pid>/stat` field 22: the start time in clock ticks since boot. `None` when the
 /// process does not exist.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: split after it.
-    let after = &stat[stat.rfind(')')? + 1..];
-    // `after` starts at field 3; field 22 is the 20th from there.
-    after.split_whitespace().nth(19)?.parse().ok()
+    procfs::stat(pid).map(|stat| stat.start_time)
 }
 
 /// `/proc/<pid>/stat` field 6: the session id (our engines lead their own session).
 pub fn session_id(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    // `after` starts at field 3; field 6 is the 4th from there.
-    after.split_whitespace().nth(3)?.parse().ok()
+    procfs::stat(pid).map(|stat| stat.session)
 }
 
 /// Processes that lead their own session and run exactly `argv` (compared with
@@ -317,27 +310,19 @@ pub fn session_leaders_running(argv: &[String]) -> Vec<u32> {
     entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline == wanted)
-        })
+        .filter(|pid| procfs::cmdline(*pid).is_some_and(|cmdline| cmdline == wanted))
         .filter(|pid| session_id(*pid) == Some(*pid) && !is_gone(*pid))
         .collect()
 }
 
 /// Whether `pid` is a zombie or gone (a zombie has ended; only its parent's reap is missing).
 pub fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-        Err(_) => true,
-    }
+    procfs::stat(pid).is_none_or(|stat| stat.ended())
 }
 
 /// The binary `pid` runs (`/proc/<pid>/exe`), when readable.
 pub fn exe(pid: u32) -> Option<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+    procfs::exe(pid)
 }
 
 /// The file a binary path names, symlinks resolved: a path with a `/` as it is, a bare name
@@ -392,21 +377,14 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 /// value now. cgroup v2 (`memory.events`, also under `unified/` on hybrid hosts) or v1
 /// (`memory/.../memory.oom_control`); `None` where neither is readable.
 pub fn oom_kill_counter(pid: u32) -> Option<(std::path::PathBuf, u64)> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let root = std::path::Path::new("/sys/fs/cgroup");
     let mut candidates = Vec::new();
-    for line in cgroups.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let path = path.trim_start_matches('/');
-        if controllers.is_empty() {
+    for line in procfs::cgroups(pid) {
+        let path = line.path.trim_start_matches('/');
+        if line.controllers.is_empty() {
             candidates.push(root.join(path).join("memory.events"));
             candidates.push(root.join("unified").join(path).join("memory.events"));
-        } else if controllers.split(',').any(|c| c == "memory") {
+        } else if line.controllers.iter().any(|c| c == "memory") {
             candidates.push(root.join("memory").join(path).join("memory.oom_control"));
         }
     }
