@@ -65,11 +65,11 @@
 #[path = "support/common.rs"]
 mod common;
 
+use common::serve::{Serve, ServeCommand};
 use common::{free_port, target_dir};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -459,7 +459,7 @@ fn daemon_exe() -> PathBuf {
 }
 
 struct Daemon {
-    child: Child,
+    serve: Serve,
     port: u16,
     log: PathBuf,
 }
@@ -467,30 +467,19 @@ struct Daemon {
 impl Daemon {
     /// Starts `serve --dev` over `dir/journal` (runtime in `dir/runtime`), with `config`.
     fn spawn(dir: &Path, config: Option<&Path>) -> Daemon {
-        let port = free_port();
-        let log = dir.join(format!("daemon-{port}.log"));
-        let mut command = Command::new(daemon_exe());
-        command
-            .args(["serve", "--dev", "--addr", &format!("127.0.0.1:{port}")])
-            .arg("--runtime-dir")
-            .arg(dir.join("runtime"))
-            .arg("--journal-dir")
-            .arg(dir.join("journal"));
+        let mut command = ServeCommand::new(daemon_exe(), dir)
+            .dev()
+            .env("RUST_LOG", "warn");
         if let Some(config) = config {
-            command.arg("--config").arg(config);
+            command = command.config(config);
         }
-        let child = command
-            .env("RUST_LOG", "warn")
-            .env_remove("LLORCH_API_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("daemon log"))
-            .spawn()
-            .expect("pool-managerd serve");
-        Daemon { child, port, log }
+        let serve = command.spawn();
+        let (port, log) = (serve.port, serve.log.clone());
+        Daemon { serve, port, log }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.serve.pid()
     }
 
     fn base(&self) -> String {
@@ -505,7 +494,7 @@ impl Daemon {
             if let Some(status) = http_status(self.port, "/health") {
                 return status;
             }
-            if let Ok(Some(exit)) = self.child.try_wait() {
+            if let Ok(Some(exit)) = self.serve.guard.0.try_wait() {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 panic!("the daemon exited ({exit}) before answering: {log}");
             }
@@ -520,22 +509,22 @@ impl Daemon {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.serve.guard.0.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         eprintln!("the daemon did not stop within 20 s of SIGTERM: killed");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.serve.guard.0.kill();
+        let _ = self.serve.guard.0.wait();
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Ok(None) = self.serve.guard.0.try_wait() {
+            let _ = self.serve.guard.0.kill();
+            let _ = self.serve.guard.0.wait();
         }
     }
 }

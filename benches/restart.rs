@@ -23,8 +23,8 @@
 mod common;
 
 use common::free_port;
+use common::serve::{Serve, ServeCommand};
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pool_journal::{Draft, JournalConfig};
@@ -44,26 +44,17 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
 
 struct Daemon {
-    child: Child,
+    serve: Serve,
     base: String,
 }
 
 fn start_daemon(dir: &std::path::Path, port: u16) -> Daemon {
-    let child = Command::new(DAEMON)
-        .args(["serve", "--dev", "--addr", &format!("127.0.0.1:{port}")])
-        .arg("--runtime-dir")
-        .arg(dir.join("runtime"))
-        .arg("--journal-dir")
-        .arg(dir.join("journal"))
+    let serve = ServeCommand::on_port(DAEMON, dir, port)
+        .dev()
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pool-managerd serve");
-    Daemon {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+        .spawn();
+    let base = serve.base();
+    Daemon { serve, base }
 }
 
 async fn pools(http: &reqwest::Client, base: &str) -> Option<Vec<Value>> {
@@ -198,8 +189,8 @@ async fn round_in(
             )
         })
         .collect();
-    daemon.child.kill().expect("SIGKILL");
-    let _ = daemon.child.wait();
+    daemon.serve.guard.0.kill().expect("SIGKILL");
+    let _ = daemon.serve.guard.0.wait();
     if let Some(history) = history {
         let journal_dir = dir.join("journal");
         tokio::task::spawn_blocking(move || grow_history(&journal_dir, n, history))
@@ -231,8 +222,8 @@ async fn round_in(
     for removal in futures::future::join_all(removals).await {
         assert_eq!(removal.map(|r| r.status().as_u16()).ok(), Some(200));
     }
-    let _ = daemon.child.kill();
-    let _ = daemon.child.wait();
+    let _ = daemon.serve.guard.0.kill();
+    let _ = daemon.serve.guard.0.wait();
     elapsed.as_secs_f64() * 1e3
 }
 

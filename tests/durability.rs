@@ -12,10 +12,12 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/serve.rs"]
+mod serve;
 
+use serve::{Serve, ServeCommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -172,7 +174,7 @@ impl Drop for Sampler {
 struct Harness {
     dir: tempfile::TempDir,
     config: PathBuf,
-    child: Option<Child>,
+    child: Option<Serve>,
     starts: u32,
     base: String,
     http: reqwest::Client,
@@ -212,68 +214,54 @@ impl Harness {
         for _try in 0..5 {
             self.starts += 1;
             let log_path = self.log_path(self.starts);
-            let log = std::fs::File::create(&log_path).expect("daemon log");
-            let port = free_port();
-            let mut command = Command::new(DAEMON);
-            command
-                .arg("serve")
-                .arg("--dev")
-                .arg("--config")
-                .arg(&self.config)
-                .arg("--addr")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--runtime-dir")
-                .arg(self.dir.path().join("runtime"))
-                .arg("--journal-dir")
-                .arg(self.dir.path().join("journal"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log fd"))
-                .stderr(log)
-                .env("RUST_LOG", "info");
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy().into_owned();
-                if key.starts_with("POOL_MANAGERD_") || key.starts_with("LLORCH_") {
-                    command.env_remove(key);
-                }
-            }
-            let child = command.spawn().expect("spawn pool-managerd serve");
-            self.child = Some(child);
-            self.base = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(response) = self.http.get(format!("{}/health", self.base)).send().await {
-                    if response.status().is_success() {
-                        return;
-                    }
-                }
-                let exited = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
-                if let Some(status) = exited {
-                    self.child = None;
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    if log.contains("cannot listen") {
-                        break; // port taken meanwhile: try another
-                    }
-                    panic!("the daemon exited at start-up ({status}):\n{log}");
-                }
-                if Instant::now() >= deadline {
-                    self.kill_daemon();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    panic!("the daemon did not answer /health within 10 s:\n{log}");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let serve = ServeCommand::new(DAEMON, self.dir.path())
+                .dev()
+                .config(&self.config)
+                .log_to(log_path.clone())
+                .spawn();
+            self.base = serve.base();
+            self.child = Some(serve);
+            match self.wait_health().await {
+                Ok(()) => return,
+                Err(log) if log.contains("cannot listen") => continue, // port taken: another
+                Err(log) => panic!("the daemon did not start:\n{log}"),
             }
         }
         panic!("could not start the daemon on a free port in 5 tries");
     }
 
+    /// Waits (10 s at most) for `/health`; `Err` with the daemon's log when it exited or did
+    /// not answer in time (then it is killed).
+    async fn wait_health(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(response) = self.http.get(format!("{}/health", self.base)).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            let Some(serve) = self.child.as_mut() else {
+                return Err("no daemon".to_string());
+            };
+            if let Ok(Some(status)) = serve.guard.0.try_wait() {
+                let log = serve.log_text();
+                self.child = None;
+                return Err(format!("it exited at start-up ({status}):\n{log}"));
+            }
+            if Instant::now() >= deadline {
+                let log = serve.log_text();
+                self.kill_daemon();
+                return Err(format!("no answer from /health within 10 s:\n{log}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL (`Child::kill`) and reap the daemon.
     fn kill_daemon(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut serve) = self.child.take() {
+            let _ = serve.guard.0.kill();
+            let _ = serve.guard.0.wait();
         }
     }
 
@@ -958,7 +946,7 @@ async fn sigkill_at_a_spawn_leaves_no_untracked_engine() {
     let events = h.events("racy").await;
     let known = spawned_pids(&events);
     let known_before = known.clone();
-    let daemon = h.child.as_ref().unwrap().id();
+    let daemon = h.child.as_ref().unwrap().pid();
     let orphan =
         tokio::task::spawn_blocking(move || kill_daemon_at_next_spawn(daemon, port, known, 5))
             .await

@@ -26,6 +26,8 @@ mod engines;
 mod live;
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/serve.rs"]
+mod serve;
 #[path = "features/steps/mod.rs"]
 mod steps;
 #[path = "features/world.rs"]

@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{engine_sim_preload, free_port, write_fixture, Harness};
+use harness::serve::ServeCommand;
+use harness::{engine_sim_preload, write_fixture, Harness};
 use pool_managerd::gpu::{simulated_gpus, GpuInventory, NvmlInventory};
 use serde_json::{json, Value};
-
-use harness::process::ChildGuard;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pool-managerd");
 /// How long a wait for the observation loop (50 ms ticks) may take.
@@ -51,30 +50,13 @@ async fn serve_without_dev_on_a_machine_without_a_gpu_refuses_preloads() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--runtime-dir",
-        ])
-        .arg(dir.path().join("runtime"))
-        .env_remove("POOL_MANAGERD_ADDR")
-        .env_remove("POOL_MANAGERD_RUNTIME_DIR")
-        .env_remove("POOL_MANAGERD_JOURNAL_DIR")
-        .env_remove("LLORCH_API_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap());
-    let mut child = ChildGuard(command.spawn().unwrap());
+    // Without `--dev`: a GPU is required, and this machine has none.
+    let mut child = ServeCommand::new(BIN, dir.path()).spawn();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = child.base();
     let health: Value = until("serve answers /health", async || {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
-            panic!("serve exited with {status}: {log}");
+        if let Ok(Some(status)) = child.guard.0.try_wait() {
+            panic!("serve exited with {status}: {}", child.log_text());
         }
         let response = http.get(format!("{base}/health")).send().await.ok()?;
         response.json().await.ok()
@@ -108,11 +90,11 @@ async fn serve_without_dev_on_a_machine_without_a_gpu_refuses_preloads() {
         .unwrap();
     assert_eq!(gpus, json!([]));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::unistd::Pid::from_raw(child.guard.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = child.0.wait().unwrap();
+    let status = child.guard.0.wait().unwrap();
     assert!(status.success(), "serve stopped on SIGTERM with {status}");
 }
 

@@ -6,11 +6,12 @@
 #[path = "support/daemon_harness.rs"]
 mod harness;
 
+use harness::serve::ServeCommand;
+
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, Harness};
+use harness::Harness;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -90,28 +91,11 @@ const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_slow_clients_do_not_stop_health_at_256_descriptors() {
     let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("daemon.log");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut command = Command::new(DAEMON);
-    command
-        .args(["serve", "--dev", "--addr", &addr, "--runtime-dir"])
-        .arg(dir.path().join("runtime"))
-        .arg("--journal-dir")
-        .arg(dir.path().join("journal"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .env("RUST_LOG", "info");
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("POOL_MANAGERD_") || key.starts_with("LLORCH_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = ServeCommand::new(DAEMON, dir.path()).dev();
+    let addr = format!("127.0.0.1:{}", command.port());
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        command.pre_exec(|| {
+        command.command().pre_exec(|| {
             let limit = libc::rlimit {
                 rlim_cur: 256,
                 rlim_max: 256,
@@ -122,19 +106,8 @@ async fn three_hundred_slow_clients_do_not_stop_health_at_256_descriptors() {
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
-    let started = Instant::now();
-    loop {
-        if let Ok(mut s) = TcpStream::connect(&addr).await {
-            s.write_all(HEALTH).await.unwrap();
-            if read_response(&mut s).await.0 == 200 {
-                break;
-            }
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the daemon exited");
-        assert!(started.elapsed() < Duration::from_secs(20), "no /health");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut daemon = command.spawn();
+    daemon.wait_healthy(Duration::from_secs(20));
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut s = TcpStream::connect(&addr).await.unwrap();
@@ -144,7 +117,7 @@ async fn three_hundred_slow_clients_do_not_stop_health_at_256_descriptors() {
     let (status, _, body) = exchange(&addr, HEALTH).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok", "{body}");
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = daemon.log_text();
     assert!(
         log.contains("lowered to 160"),
         "the lowered cap is not logged: {log}"
@@ -166,8 +139,7 @@ async fn three_hundred_slow_clients_do_not_stop_health_at_256_descriptors() {
         evicted >= 140.0,
         "300 slow clients over a cap of 160: {evicted}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(daemon);
 }
 
 #[tokio::test]

@@ -14,11 +14,13 @@
 
 #[path = "support/daemon_harness.rs"]
 mod harness;
+
+use harness::serve::{Serve, ServeCommand};
 #[path = "support/llama_server.rs"]
 mod llama_server;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{free_port, pid_alive, Harness};
@@ -334,38 +336,37 @@ async fn a_drain_waits_for_the_lease_then_stops_the_real_server() {
     h.stop().await;
 }
 
-/// `pool-managerd serve` as a child, killed with SIGKILL on drop.
+/// `pool-managerd serve` as a child, killed with SIGKILL on drop (the test is of a daemon
+/// that dies without a word).
 struct ServeChild {
-    child: Child,
+    serve: Serve,
     base: String,
 }
 
 impl ServeChild {
     async fn start(dir: &Path, port: u16, http: &reqwest::Client) -> ServeChild {
-        let child = Command::new(DAEMON)
-            .args(["serve", "--dev", "--addr", &format!("127.0.0.1:{port}")])
-            .arg("--runtime-dir")
-            .arg(dir.join("runtime"))
+        let serve = ServeCommand::on_port(DAEMON, dir, port)
+            .dev()
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
+            .spawn();
+        let base = serve.base();
         let deadline = Instant::now() + Duration::from_secs(30);
         while http.get(format!("{base}/health")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "serve did not start");
+            assert!(
+                Instant::now() < deadline,
+                "serve did not start: {}",
+                serve.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        ServeChild { child, base }
+        ServeChild { serve, base }
     }
 }
 
 impl Drop for ServeChild {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.serve.guard.0.kill();
+        let _ = self.serve.guard.0.wait();
     }
 }
 

@@ -10,13 +10,14 @@
 #[path = "support/daemon_harness.rs"]
 mod harness;
 
+use harness::serve::ServeCommand;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{engine_sim_preload, free_port, Harness};
+use harness::{engine_sim_preload, Harness};
 use serde_json::{json, Value};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
@@ -317,31 +318,6 @@ async fn metrics_need_the_token_and_health_does_not() {
     h.stop().await;
 }
 
-/// Waits for `/health` of a `serve` child.
-async fn wait_health(
-    http: &reqwest::Client,
-    base: &str,
-    child: &mut std::process::Child,
-    log: &Path,
-) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(response) = http.get(format!("{base}/health")).send().await {
-            if response.status().is_success() {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "the daemon exited ({status}):\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "no /health within 15 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The JSON log lines of `log` that are journaled events.
 fn event_lines(log: &str) -> Vec<Value> {
     log.lines()
@@ -365,36 +341,19 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
          [breaker]\nfailure_threshold = 2\nopen_ms = 600000\n",
     )
     .unwrap();
-    let log_path = dir.path().join("daemon.log");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(DAEMON);
-    command
-        .args(["serve", "--dev", "--log-format", "json", "--config"])
-        .arg(&config)
-        .arg("--addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--runtime-dir")
-        .arg(dir.path().join("runtime"))
-        .arg("--journal-dir")
-        .arg(dir.path().join("journal"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .env("RUST_LOG", "info");
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("POOL_MANAGERD_") || key.starts_with("LLORCH_") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command.spawn().unwrap();
+    let mut daemon = ServeCommand::new(DAEMON, dir.path())
+        .dev()
+        .arg("--log-format")
+        .arg("json")
+        .config(&config)
+        .spawn();
+    let base = daemon.base();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(15))
         .build()
         .unwrap();
-    wait_health(&http, &base, &mut child, &log_path).await;
+    daemon.wait_healthy(Duration::from_secs(15));
 
     // Ready, then crashing 3 s after every start: a restart, then the breaker opens. The 3 s
     // leave a loaded machine (the whole suite at once) time to probe each start ready first.
@@ -439,10 +398,11 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
         .unwrap();
     let journal_seq = health["journal_seq"].as_u64().unwrap();
     let _ = http.delete(format!("{base}/v2/pools/p1")).send().await;
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGKILL: the log ends with what the journal held at `journal_seq`.
+    let _ = daemon.guard.0.kill();
+    let _ = daemon.guard.0.wait();
 
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = daemon.log_text();
     let events = event_lines(&log);
     // Every journaled event up to the breaker is logged exactly once.
     let mut seqs: Vec<u64> = events

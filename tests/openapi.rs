@@ -19,12 +19,13 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/serve.rs"]
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use process::{free_port, healthy, ChildGuard};
+use serve::ServeCommand;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pool-managerd");
 /// Generated cases per operation and phase (the whole run stays well under two minutes on
@@ -83,39 +84,11 @@ fn the_daemon_conforms_to_its_openapi_document() {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let log = dir.path().join("serve.log");
-    let mut child = ChildGuard(
-        Command::new(BIN)
-            .args(["serve", "--dev", "--addr", &format!("127.0.0.1:{port}")])
-            .arg("--config")
-            .arg(&config)
-            .arg("--runtime-dir")
-            .arg(dir.path().join("runtime"))
-            .env_remove("POOL_MANAGERD_ADDR")
-            .env_remove("POOL_MANAGERD_RUNTIME_DIR")
-            .env_remove("POOL_MANAGERD_JOURNAL_DIR")
-            .env_remove("LLORCH_API_TOKEN")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !healthy(port) {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "serve exited with {status}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "serve did not answer /health");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
-    let base = format!("http://127.0.0.1:{port}");
+    let mut child = ServeCommand::new(BIN, dir.path())
+        .dev()
+        .config(&config)
+        .start();
+    let base = child.base();
     let output = Command::new(&schemathesis)
         .args(["run", &format!("{base}/openapi.json")])
         .args([
@@ -150,11 +123,14 @@ fn the_daemon_conforms_to_its_openapi_document() {
         output.status.success(),
         "schemathesis found problems (exit {:?}; seed {SEED}); the daemon's log:\n{}",
         output.status.code(),
-        std::fs::read_to_string(&log).unwrap_or_default()
+        child.log_text()
     );
     assert!(
         report.contains("passed"),
         "schemathesis ran no test case: {report}"
     );
-    assert!(child.0.try_wait().unwrap().is_none(), "the daemon died");
+    assert!(
+        child.guard.0.try_wait().unwrap().is_none(),
+        "the daemon died"
+    );
 }

@@ -5,38 +5,29 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/serve.rs"]
+mod serve;
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use process::{free_port, ChildGuard};
+use process::free_port;
+use serve::{Serve, ServeCommand};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pool-managerd");
 
 /// `serve --dev` with `NOTIFY_SOCKET` = `socket` and the watchdog variables given.
-fn serve(dir: &Path, socket: &Path, port: u16, watchdog: &[(&str, String)]) -> ChildGuard {
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--dev", "--addr", &format!("127.0.0.1:{port}")])
-        .arg("--runtime-dir")
-        .arg(dir.join("runtime"))
-        .env_remove("POOL_MANAGERD_ADDR")
-        .env_remove("POOL_MANAGERD_RUNTIME_DIR")
-        .env_remove("POOL_MANAGERD_JOURNAL_DIR")
-        .env_remove("LLORCH_API_TOKEN")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env("NOTIFY_SOCKET", socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("serve.log")).unwrap());
+fn serve(dir: &Path, socket: &Path, port: u16, watchdog: &[(&str, String)]) -> Serve {
+    let mut command = ServeCommand::on_port(BIN, dir, port)
+        .dev()
+        .env("NOTIFY_SOCKET", socket);
     for (key, value) in watchdog {
-        command.env(key, value);
+        command = command.env(key, value);
     }
-    ChildGuard(command.spawn().unwrap())
+    command.spawn()
 }
 
 /// The next datagram within `wait`, as text; `None` on timeout.
@@ -56,7 +47,7 @@ fn next_message(socket: &UnixDatagram, wait: Duration) -> Option<String> {
 }
 
 /// Waits for a message with the line `line`, returning the messages seen before it.
-fn until_line(socket: &UnixDatagram, line: &str, within: Duration, dir: &Path) -> Vec<String> {
+fn until_line(socket: &UnixDatagram, line: &str, within: Duration, log: &Path) -> Vec<String> {
     let deadline = Instant::now() + within;
     let mut seen = Vec::new();
     loop {
@@ -64,7 +55,7 @@ fn until_line(socket: &UnixDatagram, line: &str, within: Duration, dir: &Path) -
         assert!(
             !left.is_zero(),
             "no {line} within {within:?}; saw {seen:?}; log: {}",
-            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         if let Some(message) = next_message(socket, left) {
             if message.lines().any(|l| l == line) {
@@ -108,7 +99,7 @@ fn serve_notifies_ready_watchdog_and_stopping() {
         &[("WATCHDOG_USEC", "300000".to_string())],
     );
 
-    let before = until_line(&socket, "READY=1", Duration::from_secs(60), dir.path());
+    let before = until_line(&socket, "READY=1", Duration::from_secs(60), &child.log);
     assert!(
         before.is_empty(),
         "nothing comes before READY=1: {before:?}"
@@ -118,7 +109,7 @@ fn serve_notifies_ready_watchdog_and_stopping() {
 
     let started = Instant::now();
     for _ in 0..3 {
-        let other = until_line(&socket, "WATCHDOG=1", Duration::from_secs(5), dir.path());
+        let other = until_line(&socket, "WATCHDOG=1", Duration::from_secs(5), &child.log);
         assert!(other.is_empty(), "unexpected messages: {other:?}");
     }
     // Three pings at 150 ms: not a tight loop, not a stalled one.
@@ -128,9 +119,9 @@ fn serve_notifies_ready_watchdog_and_stopping() {
         "3 pings took {took:?}"
     );
 
-    sigterm(&child.0);
-    until_line(&socket, "STOPPING=1", Duration::from_secs(10), dir.path());
-    let status = child.0.wait().unwrap();
+    sigterm(&child.guard.0);
+    until_line(&socket, "STOPPING=1", Duration::from_secs(10), &child.log);
+    let status = child.guard.0.wait().unwrap();
     assert!(status.success(), "serve stopped on SIGTERM with {status}");
 }
 
@@ -151,12 +142,12 @@ fn no_watchdog_pings_for_another_process_or_without_watchdog_usec() {
         let socket = UnixDatagram::bind(&path).unwrap();
         let port = free_port();
         let mut child = serve(dir.path(), &path, port, &vars);
-        until_line(&socket, "READY=1", Duration::from_secs(60), dir.path());
+        until_line(&socket, "READY=1", Duration::from_secs(60), &child.log);
         // Five would-be intervals pass without a ping.
         let extra = next_message(&socket, Duration::from_millis(500));
         assert_eq!(extra, None, "{name}: no message after READY=1");
-        sigterm(&child.0);
-        until_line(&socket, "STOPPING=1", Duration::from_secs(10), dir.path());
-        assert!(child.0.wait().unwrap().success(), "{name}");
+        sigterm(&child.guard.0);
+        until_line(&socket, "STOPPING=1", Duration::from_secs(10), &child.log);
+        assert!(child.guard.0.wait().unwrap().success(), "{name}");
     }
 }

@@ -9,12 +9,13 @@
 //! a failure message quotes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pool_managerd::config::Config;
+
+use crate::serve::{Serve, ServeCommand};
 
 /// The daemon binary built with the tests.
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
@@ -28,9 +29,8 @@ const LOG_FILE: &str = "daemon.log";
 const LOG_TAIL_BYTES: usize = 4_000;
 
 /// A running `pool-managerd serve` child.
-#[derive(Debug)]
 pub struct DaemonProcess {
-    child: Child,
+    serve: Serve,
     log: PathBuf,
 }
 
@@ -42,23 +42,10 @@ impl DaemonProcess {
         std::fs::write(&config_path, config.to_toml())
             .unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
         let log = dir.join(LOG_FILE);
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
-        let child = Command::new(DAEMON)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_remove(pool_managerd::config::ENV_API_TOKEN)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {DAEMON} serve: {e}"));
-        let mut process = DaemonProcess { child, log };
+        let serve = ServeCommand::bare(DAEMON, config.addr.port(), log.clone())
+            .config(&config_path)
+            .spawn();
+        let mut process = DaemonProcess { serve, log };
         let base = format!("http://{}", config.addr);
         let deadline = Instant::now() + START_WAIT;
         loop {
@@ -67,7 +54,7 @@ impl DaemonProcess {
                     break;
                 }
             }
-            if let Ok(Some(status)) = process.child.try_wait() {
+            if let Ok(Some(status)) = process.serve.guard.0.try_wait() {
                 panic!(
                     "pool-managerd serve exited ({status}) before answering:\n{}",
                     process.log_tail()
@@ -85,16 +72,18 @@ impl DaemonProcess {
 
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.serve.guard.0.id()
     }
 
     /// `kill -9`: the daemon gets no chance to do anything; waits until it is gone.
     pub fn kill_hard(mut self) {
         // `Child::kill` is SIGKILL.
-        self.child
+        self.serve
+            .guard
+            .0
             .kill()
             .unwrap_or_else(|e| panic!("SIGKILL to the daemon (pid {}): {e}", self.pid()));
-        let _ = self.child.wait();
+        let _ = self.serve.guard.0.wait();
     }
 
     /// SIGTERM, the clean shutdown `serve` handles; SIGKILL after [`TERM_WAIT`]. Returns how
@@ -102,16 +91,16 @@ impl DaemonProcess {
     pub async fn terminate(mut self) -> Option<std::process::ExitStatus> {
         let pid = Pid::from_raw(i32::try_from(self.pid()).unwrap_or(i32::MAX));
         if kill(pid, Signal::SIGTERM).is_err() {
-            return self.child.wait().ok();
+            return self.serve.guard.0.wait().ok();
         }
         let deadline = Instant::now() + TERM_WAIT;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.serve.guard.0.try_wait() {
                 return Some(status);
             }
             if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                let _ = self.serve.guard.0.kill();
+                let _ = self.serve.guard.0.wait();
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

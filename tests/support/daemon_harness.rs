@@ -7,6 +7,8 @@
 
 #[path = "process.rs"]
 pub mod process;
+#[path = "serve.rs"]
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
