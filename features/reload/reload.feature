@@ -30,9 +30,11 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     And the events of pool "p1" include, in this order, "ReloadRequested, ModelStaged, DrainCompleted, ReloadSucceeded"
 
   Scenario: A reload to a file URI with the right digest
-    When pool "p1" is reloaded to the model "b.gguf" with its true digest
+    When pool "p1" is reloaded to the model "b.gguf" as a file URI with its true digest
     Then the answer is 200
-    And pool "p1" serves the model "b.gguf"
+    And the answer's "noop" is false
+    And pool "p1" serves the model "b.gguf" by its file URI
+    And the noted engine of pool "p1" is gone
 
   Scenario: A missing model is refused and the engine is not touched
     When pool "p1" is reloaded to the model "missing.gguf"
