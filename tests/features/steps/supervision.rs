@@ -751,6 +751,69 @@ async fn breaker_opened_for(world: &mut PoolWorld, pool: String, open_ms: u64) {
     );
 }
 
+/// The event of `kind` that `timer` (an event before it) armed: the last one, at the time
+/// `field` of `timer` gave, caused by `timer` (a timer names the event that armed it), and the
+/// pool's breaker as of that event is `breaker` (as of the event before it, something else).
+async fn fired_at_armed_time(
+    world: &PoolWorld,
+    pool: &str,
+    kind: &str,
+    timer: &str,
+    field: &str,
+    breaker: &str,
+) {
+    let fired = last_of(world, pool, kind).await;
+    let seq = number(&fired, "seq");
+    let events = world.events(pool).await;
+    let armed = events
+        .iter()
+        .rev()
+        .filter(|e| number(e, "seq") < seq)
+        .find(|e| e["event"]["kind"] == timer)
+        .unwrap_or_else(|| panic!("no {timer} of pool '{pool}' before {fired}"));
+    assert_eq!(
+        (number(&fired, "ts_ms"), number(&fired, "cause")),
+        (number(armed, field), number(armed, "seq")),
+        "(ts_ms, cause) of the {kind} of pool '{pool}' against ({field}, seq) of the {timer} that armed it: {fired} after {armed}"
+    );
+    let before = status_as_of(world, pool, seq - 1).await;
+    let after = status_as_of(world, pool, seq).await;
+    assert!(
+        before["breaker"] != breaker && after["breaker"] == breaker,
+        "the {kind} of pool '{pool}' (seq {seq}) set its breaker to {breaker:?}: before {before}, after {after}"
+    );
+}
+
+#[then(expr = "the breaker of pool {string} half-opened at the half-open time its opening set")]
+async fn half_opened_on_time(world: &mut PoolWorld, pool: String) {
+    let (kind, timer) = ("CircuitHalfOpened", "CircuitOpened");
+    fired_at_armed_time(
+        world,
+        &pool,
+        kind,
+        timer,
+        "event.half_open_at_ms",
+        "half_open",
+    )
+    .await;
+}
+
+#[then(
+    expr = "the breaker of pool {string} closed at the breaker-close time its trial's readiness set"
+)]
+async fn closed_on_time(world: &mut PoolWorld, pool: String) {
+    let (kind, timer) = ("CircuitClosed", "PoolReady");
+    fired_at_armed_time(
+        world,
+        &pool,
+        kind,
+        timer,
+        "event.breaker_close_at_ms",
+        "closed",
+    )
+    .await;
+}
+
 /// The last trial start, and the opening of the breaker it was the trial of.
 #[then(expr = "the half-open trial of pool {string} started at its half-open time")]
 async fn trial_at_half_open(world: &mut PoolWorld, pool: String) {
