@@ -22,6 +22,8 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     And the answer has exactly the fields "pool_id, engine_version, model_ref, duration_ms, noop"
     And the answer's "noop" is false
     And the answer's "pool_id" is "p1"
+    And the answer's "engine_version" is "b0-engine-sim"
+    And the answer's duration is the time from the pool "p1"'s reload request to its success, at least 200 ms
     And the answer came no sooner than 200 ms
     And pool "p1" is live and ready
     And the noted engine of pool "p1" is gone

@@ -150,3 +150,42 @@ async fn reload_with_drain_deadline(
     let body = json!({"new_model_ref": path, "drain_deadline_ms": deadline_ms});
     reload(world, &pool, body).await;
 }
+
+/// The last event of `kind` in `events`.
+fn last_of<'a>(events: &'a [serde_json::Value], kind: &str, pool: &str) -> &'a serde_json::Value {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["event"]["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} of pool '{pool}'"))
+}
+
+/// The reload's answer gives its duration as recorded: from the `ReloadRequested` to the
+/// `ReloadSucceeded` of the pool (the new engine's load time at least, and no longer than
+/// the answer took; the recorded times are whole ms, so the answer may look 1 ms shorter).
+#[then(
+    expr = "the answer's duration is the time from the pool {string}'s reload request to its success, at least {int} ms"
+)]
+async fn answer_duration_recorded(world: &mut PoolWorld, pool: String, at_least_ms: u64) {
+    let events = world.events(&pool).await;
+    let requested = last_of(&events, "ReloadRequested", &pool);
+    let succeeded = last_of(&events, "ReloadSucceeded", &pool);
+    let ts = |envelope: &serde_json::Value| {
+        envelope["ts_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no ts_ms: {envelope}"))
+    };
+    let recorded = ts(succeeded).saturating_sub(ts(requested));
+    let answer = world.answer();
+    assert_eq!(
+        (&answer.body["duration_ms"], &succeeded["event"]["duration_ms"]),
+        (&json!(recorded), &json!(recorded)),
+        "duration_ms of the answer and of the ReloadSucceeded, against the recorded times: {} {requested} {succeeded}",
+        answer.body
+    );
+    let took_ms = u64::try_from(answer.elapsed.as_millis()).unwrap_or(u64::MAX);
+    assert!(
+        (at_least_ms..=took_ms.saturating_add(1)).contains(&recorded),
+        "duration {recorded} ms: not within {at_least_ms} ms and the {took_ms} ms the answer took"
+    );
+}
