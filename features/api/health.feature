@@ -24,7 +24,8 @@ Feature: The daemon's own health
     Then the answer is 200
     And the answer's "gpu.available" is false
     And the answer's "gpu.count" is 0
-    And the answer's "gpu.reason" mentions "NVIDIA"
+    And the answer's "gpu.reason" mentions "lists no GPU"
+    And the answer's "gpu.reason" mentions "or run with --dev (require_gpu = false) for CPU-only engines"
 
   Scenario: The GPUs the driver lists are counted
     Given a running daemon on a node whose NVIDIA driver lists 2 GPUs

@@ -42,11 +42,18 @@ Feature: Draining a pool (OC-CTRL-2002)
     And a ready pool "p1" with 2 slots
     And the orchestrator took lease "A" on pool "p1"
     And pool "p1" is asked to drain within 60000 ms
-    And pool "p1" is asked to drain within 1 ms
-    Then pool "p1" shows "draining" true
+    When the orchestrator drains pool "p1" with a deadline of 1 ms
+    Then the answer is 202
+    And the answer's "draining" is true
+    And pool "p1" shows "draining" true
     And the events of pool "p1" include 1 "DrainRequested"
+    And the last "DrainRequested" of pool "p1" has "deadline_ms" 60000
     When the orchestrator returns lease "A" on pool "p1"
-    Then pool "p1" reaches phase "stopped"
+    Then the answer is 200
+    And pool "p1" reaches phase "stopped"
+    And the events of pool "p1" include 1 "DrainCompleted"
+    And the last "DrainCompleted" of pool "p1" has "outcome" "graceful"
+    And the last "DrainCompleted" of pool "p1" has "leases_at_stop" 0
 
   Scenario: The orchestrator's drain is accepted at once, before the leases come back
     Given a running daemon

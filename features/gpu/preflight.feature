@@ -12,15 +12,17 @@ Feature: GPU preflight: no engine is silently given the CPU
       | require_gpu | true |
     When pool "p1" is preloaded with an engine-sim
     Then the answer is 503 with code "GPU_REQUIRED"
-    And the answer's "error" mentions "no NVIDIA driver"
-    And the answer's "error" mentions "--dev"
+    And the answer's "error" mentions "a GPU is required and none is usable: the GPU fixture"
+    And the answer's "error" mentions "lists no GPU"
+    And the answer's "error" mentions "or run with --dev (require_gpu = false) for CPU-only engines"
     And no engine was started for pool "p1"
     When the daemon's health is requested
     Then the answer is 200
     And the answer's "gpu.available" is false
     And the answer's "gpu.required" is true
     And the answer's "gpu.count" is 0
-    And the answer's "gpu.reason" mentions "no NVIDIA driver"
+    And the answer's "gpu.reason" mentions "lists no GPU"
+    And the answer's "gpu.reason" mentions "or run with --dev (require_gpu = false) for CPU-only engines"
 
   Scenario: In development mode a node without a GPU runs a CPU engine
     Given a running daemon configured with:

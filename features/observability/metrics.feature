@@ -92,3 +92,33 @@ Feature: Metrics and logs
     And the daemon's log has a WARN line for the "EngineExited" of pool "p1" with the fields "engine, engine_version, model_id, restart_count, last_error, reason"
     And the daemon's log has an INFO line for the "RestartScheduled" of pool "p1" with the fields "backoff_ms, restart_count"
     And the daemon's log has an ERROR line for the "CircuitOpened" of pool "p1" with the fields "engine, model_id, restart_count, last_error"
+
+  Scenario: A reload counts its outcome and its duration
+    Given a running daemon
+    And a model file "a.gguf" that loads
+    And a model file "b.gguf" that loads
+    And pool "p1" is ready serving the model "a.gguf"
+    When pool "p1" is reloaded to the model "b.gguf"
+    Then the answer is 200
+    When the metrics are scraped
+    Then the metric "pool_reload_total" of pool "p1" with outcome "success" is 1
+    And the metric "pool_reload_duration_seconds_count" of pool "p1" is 1
+    And the metric "pool_reload_duration_seconds_sum" of pool "p1" is the "duration_ms" of its last "ReloadSucceeded", in seconds
+
+  Scenario: A restart storm is counted, opens the breaker and is logged as an error
+    Given a running daemon in its own process, configured with:
+      | backoff.min_ms            | 100    |
+      | backoff.initial_ms        | 100    |
+      | backoff.jitter            | 0      |
+      | breaker.failure_threshold | 50     |
+      | storm.max_restarts        | 1      |
+      | storm.window_ms           | 600000 |
+    When pool "p1" is preloaded without waiting with an engine-sim started with "--crash-after-ms 0 --exit-code 3"
+    Then the answer is 202
+    And pool "p1" reaches phase "circuit_open"
+    And the last "RestartStormDetected" of pool "p1" has "restarts" 2
+    And the daemon's log has an ERROR line for the "RestartStormDetected" of pool "p1" with the fields "engine, model_id, restart_count, last_error, hint"
+    When the metrics are scraped
+    Then the metric "restart_storm_total" of pool "p1" is 1
+    And the metric "circuit_breaker_open_total" of pool "p1" is 1
+    And the metric "engine_restart_total" of pool "p1" is 2

@@ -22,6 +22,8 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     And the answer has exactly the fields "pool_id, engine_version, model_ref, duration_ms, noop"
     And the answer's "noop" is false
     And the answer's "pool_id" is "p1"
+    And the answer's "engine_version" is "b0-engine-sim"
+    And the answer's duration is the time from the pool "p1"'s reload request to its success, at least 200 ms
     And the answer came no sooner than 200 ms
     And pool "p1" is live and ready
     And the noted engine of pool "p1" is gone
@@ -30,9 +32,11 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     And the events of pool "p1" include, in this order, "ReloadRequested, ModelStaged, DrainCompleted, ReloadSucceeded"
 
   Scenario: A reload to a file URI with the right digest
-    When pool "p1" is reloaded to the model "b.gguf" with its true digest
+    When pool "p1" is reloaded to the model "b.gguf" as a file URI with its true digest
     Then the answer is 200
-    And pool "p1" serves the model "b.gguf"
+    And the answer's "noop" is false
+    And pool "p1" serves the model "b.gguf" by its file URI
+    And the noted engine of pool "p1" is gone
 
   Scenario: A missing model is refused and the engine is not touched
     When pool "p1" is reloaded to the model "missing.gguf"

@@ -52,15 +52,26 @@ Feature: Restart storms
     And pool "p1" has a last error containing "restart storm (crash_storm): 4 restarts in 10000 ms"
     And pool "p1" has a last error containing "check flags and model file"
 
-  Scenario: The window slides: restarts spaced wider than the limit allows are no storm
-    Given the daemon's restarts are spaced 4000 ms apart
+  Scenario: The window slides: each failure counts the restarts of the window_ms behind it
+    # The first failure falls on a round boundary of the clock. Restarts at +500, +9000 and
+    # +9800 fall in its first round of 10000 ms, +10600 and +11000 in the next. At +10600 the
+    # window [+600, +10600] holds 3 restarts (+500 has slid out): no storm. At +11000 the
+    # window [+1000, +11000] holds 4 (+9000 to +11000): a storm. A tumbling window would see
+    # none: one that starts again at each round (+10000) holds 2 restarts at +11000, and so
+    # does one that starts again at the first restart window_ms after its own start (+10600).
+    Given the daemon's restarts are spaced 100 ms apart
     And a running daemon on a manual clock
     And pool "p1" is crash-looping with an engine-sim started with "--crash-after-ms 0 --exit-code 3"
-    When the restarts of pool "p1" are let through 6 times, each failing
+    Then the first failure of pool "p1" is on a multiple of 10000 ms
+    When the restarts of pool "p1" are let through at "500, 9000, 9800, 10600" ms after its first failure, each failing
     Then pool "p1" shows "phase" "backoff"
-    And pool "p1" shows "restart_count" 6
+    And pool "p1" shows "restart_count" 4
     And the events of pool "p1" include 0 "RestartStormDetected"
-    And pool "p1" shows "breaker" "closed"
+    When the restarts of pool "p1" are let through at "11000" ms after its first failure, each failing
+    Then pool "p1" reaches phase "circuit_open"
+    And the events of pool "p1" end with "PreloadFailed, RestartStormDetected, CircuitOpened"
+    And the last "RestartStormDetected" of pool "p1" has "restarts" 4
+    And pool "p1" shows "restart_count" 5
 
   Scenario Outline: A storm is classified by its dominant cause
     Given a running daemon on a manual clock

@@ -16,7 +16,7 @@ use pool_managerd::clock::{ManualClock, SharedClock, SystemClock};
 use pool_managerd::config::Config;
 use pool_managerd::core::Event;
 use pool_managerd::daemon::Daemon;
-use pool_managerd::gpu::{simulated_gpus, FixtureInventory, Gpu, GpuInventory, NoGpu};
+use pool_managerd::gpu::{simulated_gpus, FixtureInventory, Gpu, GpuInventory};
 use pool_managerd::schema::PoolJournal;
 use reqwest::Method;
 use serde_json::Value;
@@ -37,8 +37,9 @@ const JOURNAL_LOCK_FILES: [&str; 2] = ["LOCK", "db"];
 const FORK_EXEC_WINDOW_MAX: Duration = Duration::from_secs(2);
 /// How long the clean-up waits for a killed survivor to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// The GPU fixture of a node with GPUs, in the scenario's directory: read by the daemon at
-/// every reading, so a step may rewrite it while the daemon runs (`steps/gpus.rs`).
+/// The GPU fixture of the node (an empty list on a node without a GPU), in the scenario's
+/// directory: read by the daemon at every reading, so a step may rewrite it while the daemon
+/// runs (`steps/gpus.rs`).
 pub const GPU_FIXTURE_FILE: &str = "gpus.json";
 
 /// What a scenario sets before its daemon starts.
@@ -46,7 +47,8 @@ pub const GPU_FIXTURE_FILE: &str = "gpus.json";
 pub struct DaemonSetup {
     /// The daemon's configuration (addresses and directories are filled in at start).
     pub config: Config,
-    /// How many GPUs the (simulated) NVIDIA driver lists; `None`: no driver at all.
+    /// How many GPUs the (simulated) NVIDIA driver lists; `None`: no GPU (the fixture lists
+    /// none, and the daemon says so in its own words).
     pub gpus: Option<u32>,
     /// The GPUs of the fixture as a step described them (names, VRAM, MIG devices); when
     /// set, they are the node's GPUs instead of `gpus` simulated ones.
@@ -203,25 +205,18 @@ impl LiveDaemon {
     pub async fn start(mut setup: DaemonSetup, dir: &Path) -> LiveDaemon {
         setup.config.runtime_dir = dir.join("runtime");
         setup.config.journal_dir = dir.join("journal");
-        // The node's GPUs: the fixture a step described, `count` simulated GPUs, or none.
+        // The node's GPUs: the fixture a step described, `count` simulated GPUs, or none (a
+        // fixture that lists no GPU: the daemon's own "no GPU" state, in its own words).
         let listed = match (&setup.gpu_fixture, setup.gpus) {
-            (Some(described), _) => Some(described.clone()),
-            (None, Some(count)) => Some(simulated_gpus(count)),
-            (None, None) => None,
+            (Some(described), _) => described.clone(),
+            (None, Some(count)) => simulated_gpus(count),
+            (None, None) => Vec::new(),
         };
-        let gpus: Arc<dyn GpuInventory> = match listed {
-            Some(listed) => {
-                let file = dir.join(GPU_FIXTURE_FILE);
-                let json =
-                    serde_json::to_vec(&listed).unwrap_or_else(|e| panic!("GPU fixture: {e}"));
-                std::fs::write(&file, json)
-                    .unwrap_or_else(|e| panic!("GPU fixture {}: {e}", file.display()));
-                Arc::new(FixtureInventory::new(&file))
-            }
-            None => Arc::new(NoGpu::new(
-                "simulated node without a GPU: no NVIDIA driver; run with --dev",
-            )),
-        };
+        let file = dir.join(GPU_FIXTURE_FILE);
+        let json = serde_json::to_vec(&listed).unwrap_or_else(|e| panic!("GPU fixture: {e}"));
+        std::fs::write(&file, json)
+            .unwrap_or_else(|e| panic!("GPU fixture {}: {e}", file.display()));
+        let gpus: Arc<dyn GpuInventory> = Arc::new(FixtureInventory::new(&file));
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)

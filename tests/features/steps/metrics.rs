@@ -100,6 +100,29 @@ async fn metric_of_pool_with(
     );
 }
 
+/// A duration series against the event that recorded the duration (`duration_ms`, in ms).
+#[then(
+    expr = "the metric {string} of pool {string} is the {string} of its last {string}, in seconds"
+)]
+async fn metric_is_event_ms(
+    world: &mut PoolWorld,
+    name: String,
+    pool: String,
+    field: String,
+    kind: String,
+) {
+    let events = world.events(&pool).await;
+    let event = events
+        .iter()
+        .rev()
+        .find(|e| e["event"]["kind"] == kind.as_str())
+        .unwrap_or_else(|| panic!("no {kind} of pool '{pool}'"));
+    let ms = event["event"][&field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} of {event} is not a number"));
+    expect(world, &name, &[("pool_id", &pool)], ms as f64 / 1000.0);
+}
+
 #[then(expr = "the metric {string} is the daemon's journal seq")]
 async fn metric_is_journal_seq(world: &mut PoolWorld, name: String) {
     let health = world.peek(Method::GET, "/health").await;

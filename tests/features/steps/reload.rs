@@ -63,13 +63,6 @@ async fn reload_to(world: &mut PoolWorld, pool: String, name: String) {
     .await;
 }
 
-#[when(expr = "pool {string} is reloaded to the model {string} as a file URI")]
-async fn reload_to_uri(world: &mut PoolWorld, pool: String, name: String) {
-    let path = model(world, &name);
-    let body = json!({"new_model_ref": format!("file://{path}"), "drain_deadline_ms": 5000});
-    reload(world, &pool, body).await;
-}
-
 #[when(expr = "pool {string} is reloaded to the model {string} with the digest {string}")]
 async fn reload_with_digest(world: &mut PoolWorld, pool: String, name: String, digest: String) {
     let path = model(world, &name);
@@ -77,12 +70,10 @@ async fn reload_with_digest(world: &mut PoolWorld, pool: String, name: String, d
     reload(world, &pool, body).await;
 }
 
-#[when(expr = "pool {string} is reloaded to the model {string} with its true digest")]
-async fn reload_with_true_digest(world: &mut PoolWorld, pool: String, name: String) {
-    let path = model(world, &name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+/// The `sha256:` digest of the file at `path`, as `sha256sum` computes it.
+fn true_digest(path: &str) -> String {
     let output = std::process::Command::new("sha256sum")
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap_or_else(|e| panic!("sha256sum: {e}"));
     let hex = String::from_utf8_lossy(&output.stdout)
@@ -90,9 +81,42 @@ async fn reload_with_true_digest(world: &mut PoolWorld, pool: String, name: Stri
         .next()
         .unwrap_or_default()
         .to_string();
-    assert_eq!(hex.len(), 64, "sha256sum of {} bytes: {hex:?}", bytes.len());
-    let body = json!({"new_model_ref": path, "digest": format!("sha256:{hex}"), "drain_deadline_ms": 5000});
+    assert_eq!(hex.len(), 64, "sha256sum {path}: {hex:?}");
+    format!("sha256:{hex}")
+}
+
+#[when(expr = "pool {string} is reloaded to the model {string} as a file URI with its true digest")]
+async fn reload_to_uri_with_true_digest(world: &mut PoolWorld, pool: String, name: String) {
+    let path = model(world, &name);
+    let body = json!({
+        "new_model_ref": format!("file://{path}"),
+        "digest": true_digest(&path),
+        "drain_deadline_ms": 5000,
+    });
     reload(world, &pool, body).await;
+}
+
+/// The pool serves the model as the reload named it (a `file://` URI), from a new engine
+/// whose `-m` is the file's path: the engine is given the path the URI names, never the URI.
+#[then(expr = "pool {string} serves the model {string} by its file URI")]
+async fn serves_model_by_uri(world: &mut PoolWorld, pool: String, name: String) {
+    let path = model(world, &name);
+    let uri = format!("file://{path}");
+    let status = world
+        .status_becomes(&pool, "ready", |s| s.is_some_and(|s| s.ready))
+        .await;
+    let status = status.unwrap_or_else(|| panic!("pool '{pool}' is gone"));
+    assert_eq!(
+        status.model_ref.as_deref(),
+        Some(uri.as_str()),
+        "{status:?}"
+    );
+    let engine = world.engine_of(&pool).await;
+    let cmdline = engine.cmdline();
+    assert!(
+        cmdline.contains(&path) && !cmdline.iter().any(|arg| arg.contains("file:")),
+        "the engine's -m flag is the path the URI names: {cmdline:?}"
+    );
 }
 
 #[then(expr = "pool {string} serves the model {string}")]
@@ -125,4 +149,43 @@ async fn reload_with_drain_deadline(
     let path = model(world, &name);
     let body = json!({"new_model_ref": path, "drain_deadline_ms": deadline_ms});
     reload(world, &pool, body).await;
+}
+
+/// The last event of `kind` in `events`.
+fn last_of<'a>(events: &'a [serde_json::Value], kind: &str, pool: &str) -> &'a serde_json::Value {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["event"]["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} of pool '{pool}'"))
+}
+
+/// The reload's answer gives its duration as recorded: from the `ReloadRequested` to the
+/// `ReloadSucceeded` of the pool (the new engine's load time at least, and no longer than
+/// the answer took; the recorded times are whole ms, so the answer may look 1 ms shorter).
+#[then(
+    expr = "the answer's duration is the time from the pool {string}'s reload request to its success, at least {int} ms"
+)]
+async fn answer_duration_recorded(world: &mut PoolWorld, pool: String, at_least_ms: u64) {
+    let events = world.events(&pool).await;
+    let requested = last_of(&events, "ReloadRequested", &pool);
+    let succeeded = last_of(&events, "ReloadSucceeded", &pool);
+    let ts = |envelope: &serde_json::Value| {
+        envelope["ts_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no ts_ms: {envelope}"))
+    };
+    let recorded = ts(succeeded).saturating_sub(ts(requested));
+    let answer = world.answer();
+    assert_eq!(
+        (&answer.body["duration_ms"], &succeeded["event"]["duration_ms"]),
+        (&json!(recorded), &json!(recorded)),
+        "duration_ms of the answer and of the ReloadSucceeded, against the recorded times: {} {requested} {succeeded}",
+        answer.body
+    );
+    let took_ms = u64::try_from(answer.elapsed.as_millis()).unwrap_or(u64::MAX);
+    assert!(
+        (at_least_ms..=took_ms.saturating_add(1)).contains(&recorded),
+        "duration {recorded} ms: not within {at_least_ms} ms and the {took_ms} ms the answer took"
+    );
 }

@@ -414,12 +414,23 @@ async fn clock_at_restart(world: &mut PoolWorld, pool: String) {
 /// Lets the scheduled restart of `pool` happen (the clock moves to its time) and waits for
 /// the restarted engine to fail again and the policy to answer.
 async fn let_restart_fail(world: &PoolWorld, pool: &str) {
+    let_restart_fail_at(world, pool, None).await;
+}
+
+/// As [`let_restart_fail`], the clock moved to `at_ms` (no earlier than the restart's time)
+/// instead of the restart's time: the restart starts, and fails, at `at_ms`.
+async fn let_restart_fail_at(world: &PoolWorld, pool: &str, at_ms: Option<u64>) {
     let status = await_phase(world, pool, &["backoff"]).await;
     let crashes = number(&status, "crash_count");
     let restart = last_restart(world, pool).await;
+    let not_before = number(&restart, "event.not_before_ms");
+    let at_ms = at_ms.unwrap_or(not_before);
+    assert!(
+        at_ms >= not_before,
+        "the scenario lets the restart of pool '{pool}' through at {at_ms}, before its time: {restart}"
+    );
     // Another pool's steps may have moved the shared clock past this restart already: then
     // it is under way, and only its failure is awaited.
-    let at_ms = number(&restart, "event.not_before_ms");
     if at_ms > now_ms(world) {
         clock_to(world, at_ms, "the restart time");
     }
@@ -443,6 +454,39 @@ async fn let_restart_fail(world: &PoolWorld, pool: &str) {
 async fn restarts_let_through(world: &mut PoolWorld, pool: String, times: u32) {
     for _ in 0..times {
         let_restart_fail(world, &pool).await;
+    }
+}
+
+/// The time of the pool's first failure (the failure of its preload).
+async fn first_failure_ms(world: &PoolWorld, pool: &str) -> u64 {
+    let failures = await_events(world, pool, "PreloadFailed", 1).await;
+    failures
+        .first()
+        .map_or(0, |failure| number(failure, "ts_ms"))
+}
+
+#[then(expr = "the first failure of pool {string} is on a multiple of {int} ms")]
+async fn first_failure_on(world: &mut PoolWorld, pool: String, ms: u64) {
+    let first = first_failure_ms(world, &pool).await;
+    assert_eq!(
+        first % ms,
+        0,
+        "the first failure of pool '{pool}' at {first}"
+    );
+}
+
+/// Each restart in turn is let through at its offset from the pool's first failure (the
+/// clock moved there), and fails at once.
+#[when(
+    expr = "the restarts of pool {string} are let through at {string} ms after its first failure, each failing"
+)]
+async fn restarts_let_through_at(world: &mut PoolWorld, pool: String, offsets: String) {
+    let first = first_failure_ms(world, &pool).await;
+    for offset in list(&offsets) {
+        let offset: u64 = offset
+            .parse()
+            .unwrap_or_else(|e| panic!("{offset:?}: not a number of ms ({e})"));
+        let_restart_fail_at(world, &pool, Some(first + offset)).await;
     }
 }
 
@@ -749,6 +793,69 @@ async fn breaker_opened_for(world: &mut PoolWorld, pool: String, open_ms: u64) {
         number(&opened, "ts_ms") + open_ms,
         "half_open_at_ms is the opening time plus open_ms: {opened}"
     );
+}
+
+/// The event of `kind` that `timer` (an event before it) armed: the last one, at the time
+/// `field` of `timer` gave, caused by `timer` (a timer names the event that armed it), and the
+/// pool's breaker as of that event is `breaker` (as of the event before it, something else).
+async fn fired_at_armed_time(
+    world: &PoolWorld,
+    pool: &str,
+    kind: &str,
+    timer: &str,
+    field: &str,
+    breaker: &str,
+) {
+    let fired = last_of(world, pool, kind).await;
+    let seq = number(&fired, "seq");
+    let events = world.events(pool).await;
+    let armed = events
+        .iter()
+        .rev()
+        .filter(|e| number(e, "seq") < seq)
+        .find(|e| e["event"]["kind"] == timer)
+        .unwrap_or_else(|| panic!("no {timer} of pool '{pool}' before {fired}"));
+    assert_eq!(
+        (number(&fired, "ts_ms"), number(&fired, "cause")),
+        (number(armed, field), number(armed, "seq")),
+        "(ts_ms, cause) of the {kind} of pool '{pool}' against ({field}, seq) of the {timer} that armed it: {fired} after {armed}"
+    );
+    let before = status_as_of(world, pool, seq - 1).await;
+    let after = status_as_of(world, pool, seq).await;
+    assert!(
+        before["breaker"] != breaker && after["breaker"] == breaker,
+        "the {kind} of pool '{pool}' (seq {seq}) set its breaker to {breaker:?}: before {before}, after {after}"
+    );
+}
+
+#[then(expr = "the breaker of pool {string} half-opened at the half-open time its opening set")]
+async fn half_opened_on_time(world: &mut PoolWorld, pool: String) {
+    let (kind, timer) = ("CircuitHalfOpened", "CircuitOpened");
+    fired_at_armed_time(
+        world,
+        &pool,
+        kind,
+        timer,
+        "event.half_open_at_ms",
+        "half_open",
+    )
+    .await;
+}
+
+#[then(
+    expr = "the breaker of pool {string} closed at the breaker-close time its trial's readiness set"
+)]
+async fn closed_on_time(world: &mut PoolWorld, pool: String) {
+    let (kind, timer) = ("CircuitClosed", "PoolReady");
+    fired_at_armed_time(
+        world,
+        &pool,
+        kind,
+        timer,
+        "event.breaker_close_at_ms",
+        "closed",
+    )
+    .await;
 }
 
 /// The last trial start, and the opening of the breaker it was the trial of.
