@@ -82,6 +82,31 @@ fn default_health_path() -> String {
 impl PreparedEngine {
     /// Checks the fields the core can check without I/O; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_strings()?;
+        if self.port == 0 {
+            return Err("prepared.port must be 1..=65535".to_string());
+        }
+        if !self.health_path.starts_with('/') {
+            return Err("prepared.health_path must start with '/'".to_string());
+        }
+        self.validate_lists()?;
+        if let Some(mask) = &self.device_mask {
+            if mask.len() > FIELD_LEN_MAX || mask_tokens(mask).next().is_none() {
+                return Err("prepared.device_mask is empty or too long".to_string());
+            }
+        }
+        if self
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.len() > FIELD_LEN_MAX)
+        {
+            return Err("prepared.engine is too long".to_string());
+        }
+        self.validate_placement()
+    }
+
+    /// The string fields: none longer than `FIELD_LEN_MAX`, the required ones not empty.
+    fn validate_strings(&self) -> Result<(), String> {
         let strings: [(&str, &str); 7] = [
             ("binary_path", &self.binary_path),
             ("host", &self.host),
@@ -108,12 +133,11 @@ impl PreparedEngine {
                 return Err(format!("prepared.{name} is empty"));
             }
         }
-        if self.port == 0 {
-            return Err("prepared.port must be 1..=65535".to_string());
-        }
-        if !self.health_path.starts_with('/') {
-            return Err("prepared.health_path must start with '/'".to_string());
-        }
+        Ok(())
+    }
+
+    /// `flags` and `env`: bounded in count and length; env names valid.
+    fn validate_lists(&self) -> Result<(), String> {
         if self.flags.len() > FLAGS_MAX {
             return Err(format!("prepared.flags has more than {FLAGS_MAX} entries"));
         }
@@ -130,18 +154,11 @@ impl PreparedEngine {
         }) {
             return Err("prepared.env has an invalid name or an over-long value".to_string());
         }
-        if let Some(mask) = &self.device_mask {
-            if mask.len() > FIELD_LEN_MAX || mask_tokens(mask).next().is_none() {
-                return Err("prepared.device_mask is empty or too long".to_string());
-            }
-        }
-        if self
-            .engine
-            .as_ref()
-            .is_some_and(|e| e.len() > FIELD_LEN_MAX)
-        {
-            return Err("prepared.engine is too long".to_string());
-        }
+        Ok(())
+    }
+
+    /// `slots_total` and `tensor_split`.
+    fn validate_placement(&self) -> Result<(), String> {
         match self.slots_total {
             Some(0) => return Err("prepared.slots_total must be at least 1".to_string()),
             Some(n) if n > SLOTS_MAX => {

@@ -313,12 +313,8 @@ fn scan_store<S: EventSchema, St: Store>(
     let items = match items {
         Ok(items) => items,
         Err(e) => {
-            loaded.find(
-                db,
-                None,
-                format!("the live store cannot be read: {e}"),
-                false,
-            );
+            let what = format!("the live store cannot be read: {e}");
+            loaded.find(db, None, what, false);
             return Ok(());
         }
     };
@@ -329,60 +325,62 @@ fn scan_store<S: EventSchema, St: Store>(
             continue;
         }
         loaded.records_checked += 1;
-        match decode_record::<S>(key, &value) {
-            Ok(envelope) => {
-                for (seq, what, _) in std::mem::take(&mut scan.pending) {
-                    loaded.find(
-                        db.clone(),
-                        Some(seq),
-                        format!("{what} (valid records follow it)"),
-                        true,
-                    );
-                }
-                if key != scan.expected {
-                    let declared = S::loss_range(&envelope.event)
-                        .is_some_and(|(from, to)| to == key && from <= scan.expected);
-                    if !declared && key > scan.expected {
-                        loaded.find(
-                            db.clone(),
-                            Some(scan.expected),
-                            format!("seqs {}..={} are missing", scan.expected, key - 1),
-                            true,
-                        );
-                    }
-                }
-                scan.expected = key + 1;
-                loaded.tail.push(TailRecord {
-                    seq: key,
-                    value: value.into(),
-                    pool_id: envelope.pool_id.as_deref().map(Into::into),
-                    ts_ms: envelope.ts_ms,
-                });
-            }
-            Err(RecordFault::Unsupported { version, current }) => {
-                return Err(JournalError::UnsupportedVersion {
-                    seq: key,
-                    version,
-                    current,
-                })
-            }
-            Err(RecordFault::Bad(what)) => {
-                scan.pending.push((key, what, value));
-                scan.expected = key + 1;
-            }
-        }
+        scan_record::<S>(&db, &mut scan, loaded, key, value)?;
     }
     let acked = witness.vouch().map_or(0, |v| v.seq);
     for (seq, what, raw) in scan.pending {
         if seq > acked {
             loaded.torn.push((seq, what, raw));
         } else {
-            loaded.find(
-                db.clone(),
-                Some(seq),
-                format!("{what} (an acknowledged record)"),
-                true,
-            );
+            let what = format!("{what} (an acknowledged record)");
+            loaded.find(db.clone(), Some(seq), what, true);
+        }
+    }
+    Ok(())
+}
+
+/// One unsealed record of the live store: a valid one joins the tail (the damaged ones before
+/// it, and a gap not declared by a loss marker, are findings); a damaged one waits in
+/// `scan.pending` (at the end it is torn, or damage when acknowledged).
+fn scan_record<S: EventSchema>(
+    db: &std::path::Path,
+    scan: &mut Scan,
+    loaded: &mut Loaded,
+    key: u64,
+    value: Vec<u8>,
+) -> Result<(), JournalError> {
+    match decode_record::<S>(key, &value) {
+        Ok(envelope) => {
+            for (seq, what, _) in std::mem::take(&mut scan.pending) {
+                let what = format!("{what} (valid records follow it)");
+                loaded.find(db.to_path_buf(), Some(seq), what, true);
+            }
+            if key != scan.expected {
+                let declared = S::loss_range(&envelope.event)
+                    .is_some_and(|(from, to)| to == key && from <= scan.expected);
+                if !declared && key > scan.expected {
+                    let what = format!("seqs {}..={} are missing", scan.expected, key - 1);
+                    loaded.find(db.to_path_buf(), Some(scan.expected), what, true);
+                }
+            }
+            scan.expected = key + 1;
+            loaded.tail.push(TailRecord {
+                seq: key,
+                value: value.into(),
+                pool_id: envelope.pool_id.as_deref().map(Into::into),
+                ts_ms: envelope.ts_ms,
+            });
+        }
+        Err(RecordFault::Unsupported { version, current }) => {
+            return Err(JournalError::UnsupportedVersion {
+                seq: key,
+                version,
+                current,
+            })
+        }
+        Err(RecordFault::Bad(what)) => {
+            scan.pending.push((key, what, value));
+            scan.expected = key + 1;
         }
     }
     Ok(())
@@ -487,96 +485,78 @@ fn check_witness(layout: &Layout, loaded: &mut Loaded) {
 }
 
 fn check_snapshots(layout: &Layout, options: LoadOptions, loaded: &mut Loaded) {
-    let depth = options.depth;
     let seqs = match snapshot::list(layout) {
         Ok(seqs) => seqs,
         Err(e) => {
-            loaded.find(
-                layout.snapshots(),
-                None,
-                format!("cannot list the snapshots: {e}"),
-                false,
-            );
+            let what = format!("cannot list the snapshots: {e}");
+            loaded.find(layout.snapshots(), None, what, false);
             return;
         }
     };
     loaded.snapshots = seqs.clone();
-    let held = loaded.held_last();
-    let first = loaded.manifest.first_retained();
-    let to_check: Vec<u64> = match depth {
+    let to_check: Vec<u64> = match options.depth {
         Depth::Start => seqs.iter().copied().take(1).collect(),
         Depth::Full => seqs.clone(),
     };
     for covers in to_check {
-        let path = layout.snapshot_file(covers);
-        let file = match snapshot::read(&path) {
-            Ok(Ok(file)) if file.covers_seq == covers => file,
-            Ok(Ok(file)) => {
-                loaded.find(
-                    path,
-                    Some(covers),
-                    format!("names seq {} inside, not {covers}", file.covers_seq),
-                    false,
-                );
-                continue;
-            }
-            Ok(Err(why)) => {
-                loaded.find(
-                    path,
-                    Some(covers),
-                    format!("snapshot damaged: {why}"),
-                    false,
-                );
-                continue;
-            }
-            Err(e) => {
-                loaded.find(
-                    path,
-                    Some(covers),
-                    format!("cannot read the snapshot: {e}"),
-                    false,
-                );
-                continue;
-            }
-        };
-        if covers > held && options.concurrent {
-            continue;
+        check_snapshot(layout, options, loaded, covers);
+    }
+}
+
+/// One snapshot: readable, naming the seq its file name says, that seq held (not past what
+/// the journal holds, unless a concurrent writer is ahead of this view), and the record it
+/// was taken after the one held there (its CRC).
+fn check_snapshot(layout: &Layout, options: LoadOptions, loaded: &mut Loaded, covers: u64) {
+    let held = loaded.held_last();
+    let first = loaded.manifest.first_retained();
+    let path = layout.snapshot_file(covers);
+    let file = match snapshot::read(&path) {
+        Ok(Ok(file)) if file.covers_seq == covers => file,
+        Ok(Ok(file)) => {
+            let what = format!("names seq {} inside, not {covers}", file.covers_seq);
+            return loaded.find(path, Some(covers), what, false);
         }
-        if covers > held {
-            loaded.find(
-                layout.store_dir().join("db"),
-                Some(held + 1),
-                format!(
-                    "the snapshot {} covers seq {covers}, but the journal holds events only up \
-                     to seq {held}: acknowledged events are gone",
-                    path.display()
-                ),
-                true,
-            );
-            continue;
+        Ok(Err(why)) => {
+            let what = format!("snapshot damaged: {why}");
+            return loaded.find(path, Some(covers), what, false);
         }
-        if covers + 1 < first {
-            continue;
+        Err(e) => {
+            let what = format!("cannot read the snapshot: {e}");
+            return loaded.find(path, Some(covers), what, false);
         }
-        match held_record_crc(layout, &loaded.manifest, &loaded.tail, covers) {
-            Ok(Some(crc)) if crc != file.record_crc => loaded.find(
-                path,
-                Some(covers),
-                format!(
-                    "the record at seq {covers} is not the one this snapshot was taken after \
-                     (crc {crc:#010x}, the snapshot says {:#010x})",
-                    file.record_crc
-                ),
-                false,
+    };
+    if covers > held && options.concurrent {
+        return;
+    }
+    if covers > held {
+        let what = format!(
+            "the snapshot {} covers seq {covers}, but the journal holds events only up \
+             to seq {held}: acknowledged events are gone",
+            path.display()
+        );
+        return loaded.find(layout.store_dir().join("db"), Some(held + 1), what, true);
+    }
+    if covers + 1 < first {
+        return;
+    }
+    match held_record_crc(layout, &loaded.manifest, &loaded.tail, covers) {
+        Ok(Some(crc)) if crc != file.record_crc => loaded.find(
+            path,
+            Some(covers),
+            format!(
+                "the record at seq {covers} is not the one this snapshot was taken after \
+                 (crc {crc:#010x}, the snapshot says {:#010x})",
+                file.record_crc
             ),
-            Ok(_) => {}
-            Err(why) => loaded.find(
-                path,
-                Some(covers),
-                format!("cannot read the record it covers: {why}"),
-                true,
-            ),
-        }
+            false,
+        ),
+        Ok(_) => {}
+        Err(why) => loaded.find(
+            path,
+            Some(covers),
+            format!("cannot read the record it covers: {why}"),
+            true,
+        ),
     }
 }
 

@@ -88,10 +88,11 @@ fn is_new(layout: &Layout) -> bool {
     !layout.witness().exists() && !layout.manifest().exists() && live_empty
 }
 
-/// See the module docs.
-pub(crate) fn open_writable<S: EventSchema>(
-    config: JournalConfig,
-) -> Result<(Journal<S>, OpenReport), JournalError> {
+/// Before the store opens: the configuration checked, the directory's lock taken, a rebuild
+/// left half-done finished, a journal from before segments migrated, a new one created.
+fn prepare<S: EventSchema>(
+    config: &JournalConfig,
+) -> Result<(Layout, std::fs::File, OpenReport), JournalError> {
     config.validate()?;
     if S::CURRENT_VERSION == 0 {
         return Err(JournalError::InvalidArgument {
@@ -103,15 +104,24 @@ pub(crate) fn open_writable<S: EventSchema>(
     let mut report = OpenReport::default();
     crate::rebuild::finish(&layout)?;
     if layout.is_legacy() {
-        crate::rebuild::migrate::<S>(&layout, &config)?;
+        crate::rebuild::migrate::<S>(&layout, config)?;
         report.migrated = true;
     }
     if is_new(&layout) {
         create_new(&layout)?;
     }
-    let witness = witness_reading(&layout);
-    let before_open = PreOpenCopy::take(&layout);
-    let opened = open_store::<S>(&layout, &config, witness);
+    Ok((layout, lock, report))
+}
+
+/// Opens the store and loads the directory, its modes tightened; a load that refuses keeps
+/// the copy of sled's `db` taken before the open when the live store is what it found damaged.
+fn open_checked<S: EventSchema>(
+    layout: &Layout,
+    config: &JournalConfig,
+) -> Result<Opened, JournalError> {
+    let witness = witness_reading(layout);
+    let before_open = PreOpenCopy::take(layout);
+    let opened = open_store::<S>(layout, config, witness);
     // After sled created its files (which follow the umask): every file owner-only.
     if let Err(e) = crate::private::tighten_tree(&layout.dir) {
         tracing::warn!(dir = %layout.dir.display(), error = %e, "cannot tighten the journal's modes; check its owner");
@@ -123,20 +133,28 @@ pub(crate) fn open_writable<S: EventSchema>(
             return Err(e);
         }
     };
-    if let Some(refusal) = loaded.refusal(&layout) {
+    if let Some(refusal) = loaded.refusal(layout) {
         if loaded
             .findings
             .iter()
             .any(|f| f.file.starts_with(layout.live()))
         {
-            before_open.keep(&layout);
+            before_open.keep(layout);
         } else {
             before_open.discard();
         }
         return Err(refusal);
     }
     before_open.discard();
-    let mut loaded = loaded;
+    Ok((store, loaded, unavailable))
+}
+
+/// See the module docs.
+pub(crate) fn open_writable<S: EventSchema>(
+    config: JournalConfig,
+) -> Result<(Journal<S>, OpenReport), JournalError> {
+    let (layout, lock, mut report) = prepare::<S>(&config)?;
+    let (store, mut loaded, unavailable) = open_checked::<S>(&layout, &config)?;
     if !loaded.torn.is_empty() {
         quarantine_torn::<S>(&layout, &config, store.as_ref(), &mut loaded, &mut report)?;
     }

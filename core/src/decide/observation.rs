@@ -801,52 +801,8 @@ pub(super) fn timer_fired(
     use crate::effect::Timer;
     let Some(pool) = d.pool(pool_id) else { return };
     match timer {
-        Timer::Restart => {
-            let Activity::Backoff {
-                attempt,
-                token: armed,
-                ..
-            } = pool.activity
-            else {
-                return;
-            };
-            if armed != token || pool.supervision.breaker.state == BreakerState::Open {
-                return;
-            }
-            let Some(engine) = pool.engine.clone() else {
-                return;
-            };
-            d.push(
-                Some(pool_id),
-                Event::EngineStartRequested {
-                    engine: Box::new(engine),
-                    attempt,
-                    purpose: StartPurpose::Restart,
-                },
-            );
-        }
-        Timer::HalfOpen => {
-            let breaker = &pool.supervision.breaker;
-            if breaker.state != BreakerState::Open || breaker.token != token {
-                return;
-            }
-            let trial = match (&pool.activity, &pool.engine) {
-                (Activity::CircuitOpen | Activity::Failed, Some(engine)) => Some(engine.clone()),
-                _ => None,
-            };
-            let attempt = pool.supervision.backoff_attempt.saturating_add(1);
-            d.push(Some(pool_id), Event::CircuitHalfOpened);
-            if let Some(engine) = trial {
-                d.push(
-                    Some(pool_id),
-                    Event::EngineStartRequested {
-                        engine: Box::new(engine),
-                        attempt,
-                        purpose: StartPurpose::Trial,
-                    },
-                );
-            }
-        }
+        Timer::Restart => restart_due(d, pool_id, token),
+        Timer::HalfOpen => half_open_due(d, pool_id, token),
         Timer::DrainDeadline => {
             let Some(drain) = &pool.drain else { return };
             if drain.token != token || !matches!(pool.activity, Activity::Running) {
@@ -872,5 +828,59 @@ pub(super) fn timer_fired(
             }
             d.push(Some(pool_id), Event::CircuitClosed);
         }
+    }
+}
+
+/// The restart timer of the backoff armed with `token`: the engine starts again, unless the
+/// backoff was superseded or the breaker opened meanwhile.
+fn restart_due(d: &mut Decision<'_, '_>, pool_id: &PoolId, token: u64) {
+    let Some(pool) = d.pool(pool_id) else { return };
+    let Activity::Backoff {
+        attempt,
+        token: armed,
+        ..
+    } = pool.activity
+    else {
+        return;
+    };
+    if armed != token || pool.supervision.breaker.state == BreakerState::Open {
+        return;
+    }
+    let Some(engine) = pool.engine.clone() else {
+        return;
+    };
+    d.push(
+        Some(pool_id),
+        Event::EngineStartRequested {
+            engine: Box::new(engine),
+            attempt,
+            purpose: StartPurpose::Restart,
+        },
+    );
+}
+
+/// The breaker's open period armed with `token` is over: half-open, and a trial start when
+/// the pool has an engine to try.
+fn half_open_due(d: &mut Decision<'_, '_>, pool_id: &PoolId, token: u64) {
+    let Some(pool) = d.pool(pool_id) else { return };
+    let breaker = &pool.supervision.breaker;
+    if breaker.state != BreakerState::Open || breaker.token != token {
+        return;
+    }
+    let trial = match (&pool.activity, &pool.engine) {
+        (Activity::CircuitOpen | Activity::Failed, Some(engine)) => Some(engine.clone()),
+        _ => None,
+    };
+    let attempt = pool.supervision.backoff_attempt.saturating_add(1);
+    d.push(Some(pool_id), Event::CircuitHalfOpened);
+    if let Some(engine) = trial {
+        d.push(
+            Some(pool_id),
+            Event::EngineStartRequested {
+                engine: Box::new(engine),
+                attempt,
+                purpose: StartPurpose::Trial,
+            },
+        );
     }
 }
