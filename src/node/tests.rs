@@ -276,24 +276,33 @@ async fn a_pool_takes_at_most_waiters_per_pool_max_waiters() {
     assert_eq!(actor.waiters[&pool("a")].len(), WAITERS_PER_POOL_MAX);
 }
 
-/// A node started in `dir` on a manual clock.
-async fn node_in(dir: &std::path::Path) -> (Node, ManualClock) {
+/// A node started in `dir` on a manual clock, with the reaper of its engines.
+async fn node_in(dir: &std::path::Path) -> (Node, ManualClock, Reaper) {
     let clock = ManualClock::new(T0);
     let (node, _) = bounded(Node::start(settings(dir, &clock))).await.unwrap();
-    (node, clock)
+    let reaper = Reaper(node.handle().registry().clone());
+    (node, clock, reaper)
 }
 
-/// Kills `pool`'s engine, if it has one: engines outlive the node, a test must not leave one.
-fn kill_engine(node: &Node, pool: &str) {
-    if let Some(pid) = node
-        .handle()
-        .registry()
-        .load()
-        .state
-        .pool(pool)
-        .and_then(|p| p.pid())
-    {
-        let _ = crate::supervisor::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+/// Kills the engines its registry records when dropped (engines outlive the node: a test,
+/// even a failing one, must leave none), each only while its pid is still the process
+/// recorded (same start time).
+struct Reaper(Registry);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        use crate::supervisor::process;
+        let published = self.0.load();
+        for engine in published
+            .state
+            .pools
+            .values()
+            .filter_map(|p| p.process.as_ref())
+        {
+            if process::start_time(engine.pid) == Some(engine.start_time) {
+                let _ = process::signal_group(engine.pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -302,7 +311,7 @@ fn kill_engine(node: &Node, pool: &str) {
 #[tokio::test]
 async fn a_waiting_preload_is_answered_ready_once_its_engine_answers_healthy() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, _clock) = node_in(dir.path()).await;
+    let (node, _clock, _reaper) = node_in(dir.path()).await;
     let port = free_port();
     let _health = serve_health(port).await;
     let engine = sh_engine(
@@ -312,7 +321,6 @@ async fn a_waiting_preload_is_answered_ready_once_its_engine_answers_healthy() {
         &dir.path().display().to_string(),
     );
     let outcome = bounded(node.handle().preload(pool("a"), engine, true)).await;
-    kill_engine(&node, "a");
     let outcome = outcome.unwrap();
     assert!(
         outcome.status.ready && outcome.status.pid.is_some(),
@@ -328,7 +336,7 @@ async fn a_waiting_preload_is_answered_ready_once_its_engine_answers_healthy() {
 #[tokio::test]
 async fn a_waiting_preload_is_answered_with_the_code_of_its_failed_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, _clock) = node_in(dir.path()).await;
+    let (node, _clock, _reaper) = node_in(dir.path()).await;
     let script = "echo 'cannot load the model' >&2; exit 3";
     let engine = sh_engine("a", free_port(), script, &dir.path().display().to_string());
     let outcome = bounded(node.handle().preload(pool("a"), engine, true)).await;
@@ -347,7 +355,7 @@ async fn a_waiting_preload_is_answered_with_the_code_of_its_failed_start() {
 #[tokio::test]
 async fn a_removal_is_answered_once_the_pool_and_its_files_are_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, _clock) = node_in(dir.path()).await;
+    let (node, _clock, _reaper) = node_in(dir.path()).await;
     let port = free_port();
     let _health = serve_health(port).await;
     let engine = sh_engine(
@@ -358,11 +366,13 @@ async fn a_removal_is_answered_once_the_pool_and_its_files_are_gone() {
     );
     let ready = bounded(node.handle().preload(pool("a"), engine, true)).await;
     let pid = ready.as_ref().ok().and_then(|outcome| outcome.status.pid);
-    let removed = bounded(node.handle().remove(pool("a"))).await;
-    kill_engine(&node, "a");
     assert!(pid.is_some(), "the preload: {ready:?}");
-    removed.unwrap();
+    // Written once its health passed; only the removal of the pool's files takes it.
+    let handoff = node.handle().dirs().handoff_path("a", "r0").unwrap();
+    assert!(handoff.exists(), "a ready pool's handoff file");
+    bounded(node.handle().remove(pool("a"))).await.unwrap();
     assert!(node.handle().registry().load().state.pool("a").is_none());
+    assert!(!handoff.exists(), "its handoff file");
     assert!(!node.handle().dirs().pid_path("a").exists(), "its pid file");
     assert!(
         crate::supervisor::process::is_gone(pid.unwrap()),
@@ -376,7 +386,7 @@ async fn a_removal_is_answered_once_the_pool_and_its_files_are_gone() {
 #[tokio::test]
 async fn waiters_are_answered_shutting_down_when_the_node_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, clock) = node_in(dir.path()).await;
+    let (node, clock, _reaper) = node_in(dir.path()).await;
     let tag = dir.path().display().to_string();
     // Nothing answers its health: it stays starting.
     let engine = sh_engine("a", free_port(), "exec sleep 120", &tag);
@@ -400,10 +410,9 @@ async fn waiters_are_answered_shutting_down_when_the_node_stops() {
     let mut changes = registry.subscribe();
     let spawned = changes.wait_for(|_| registry.status("a").is_some_and(|s| s.pid.is_some()));
     bounded(spawned).await.unwrap();
-    let pid = registry.status("a").and_then(|status| status.pid).unwrap();
+    // Its engine is killed by the reaper only after: its exit, seen by a running node, would
+    // fail the preload first.
     node.shutdown("test").await;
-    // Killed only now: its exit, seen by a running node, would fail the preload first.
-    let _ = crate::supervisor::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     match bounded(outcome).await {
         Ok(Err(NodeError::ShuttingDown)) => {}
         Ok(other) => panic!("the waiter was answered {other:?}"),

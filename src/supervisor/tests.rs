@@ -169,12 +169,25 @@ fn no_more_reports(reports: &mut mpsc::Receiver<NodeInput>) {
     }
 }
 
-/// Spawns `engine` on `worker` (token 7) and returns its pid, from the `EngineSpawned` report.
+/// Kills the engine it holds when dropped, unless its exit was seen (then its pid may be
+/// another process's): a failing test leaves no engine behind.
+struct Reaper(u32, tokio::sync::watch::Receiver<Option<process::ExitInfo>>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if self.1.borrow().is_none() {
+            let _ = process::signal_group(self.0, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Spawns `engine` on `worker` (token 7): its pid, from the `EngineSpawned` report, and its
+/// reaper.
 async fn spawn(
     worker: &mut PoolWorker,
     reports: &mut mpsc::Receiver<NodeInput>,
     engine: PreparedEngine,
-) -> u32 {
+) -> (u32, Reaper) {
     let pool_id = worker.pool_id.clone();
     let effect = Effect::Spawn {
         pool_id,
@@ -183,8 +196,9 @@ async fn spawn(
         token: 7,
     };
     worker.run_effect(1, effect).await;
+    let exited = worker.engine.as_ref().unwrap().exited.clone();
     match next_report(reports).await {
-        Observation::EngineSpawned { pid, token: 7, .. } => pid,
+        Observation::EngineSpawned { pid, token: 7, .. } => (pid, Reaper(pid, exited)),
         other => panic!("expected EngineSpawned, got {other:?}"),
     }
 }
@@ -270,7 +284,7 @@ async fn an_exit_during_a_stop_is_reported_once_by_the_stop_as_engine_stopped() 
     let engine = sh_engine("a", free_port(), "exec sleep 120", &tag);
     let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
     let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
-    let pid = spawn(&mut worker, &mut reports, engine).await;
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     let mut exited = worker.engine.as_ref().unwrap().exited.clone();
     // SIGTERM ends it at once: its exit watcher sees the exit while the stop waits for it.
     stop(&mut worker, pid, 10_000).await;
@@ -301,7 +315,7 @@ async fn an_engine_deaf_to_sigterm_is_killed_after_its_grace_and_reported_once()
     let engine = sh_engine("a", free_port(), script, &tag);
     let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
     let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
-    let pid = spawn(&mut worker, &mut reports, engine).await;
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     let mut exited = worker.engine.as_ref().unwrap().exited.clone();
     // Its trap must be set before the stop: a SIGTERM before it would end the shell.
     log_shows(&worker.dirs().log_path("a"), "deaf");
@@ -356,7 +370,7 @@ async fn a_no_gpu_line_during_the_health_wait_is_reported_once_by_the_log_watche
     let (supervisor, mut reports) =
         supervisor_reporting(dir.path(), preloaded(&engine), Some(check));
     let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
-    let pid = spawn(&mut worker, &mut reports, engine).await;
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     fixture_listing(&fixture, pid);
     let pool_id = worker.pool_id.clone();
     let wait = Effect::StartHealthWait {
@@ -392,5 +406,4 @@ async fn a_no_gpu_line_during_the_health_wait_is_reported_once_by_the_log_watche
     // It ended after an answer 200 (not before probing), in silence: the log watcher reported.
     assert!(health.asked.load(std::sync::atomic::Ordering::SeqCst) > 0);
     no_more_reports(&mut reports);
-    stop(&mut worker, pid, 0).await;
 }
