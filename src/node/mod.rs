@@ -28,6 +28,8 @@ mod handle;
 mod log;
 mod placement;
 mod start;
+#[cfg(test)]
+mod tests;
 mod waiters;
 
 use actor::Actor;

@@ -43,7 +43,7 @@ mod exit;
 mod start;
 mod stop;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod worker;
 
 pub use stop::verify_engine;

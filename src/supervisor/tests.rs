@@ -1,23 +1,240 @@
-//! Unit tests of the supervisor's worker map.
+//! Unit tests of the supervisor: its worker map, and a pool's worker against real child
+//! processes (`/bin/sh` scripts), reporting into a channel the test reads as the actor would.
+//!
+//! The helpers that make an engine (a script, a free port, a `/health` that answers 200) are
+//! shared with the node's tests.
 
 use super::*;
 use std::time::Duration;
 
-use crate::port::{GpuSummary, Published};
+use pool_core::{Command, Input, Stamp, State, StopReason};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc::error::TryRecvError;
 
-fn supervisor(dir: &std::path::Path) -> Supervisor {
+use crate::gpu::placement::SharedInventory;
+use crate::gpu::{simulated_gpus, FixtureInventory, GpuProcess};
+use crate::port::{GpuSummary, NodeInput, Published, Submission};
+
+/// How long a test waits for a condition of the world (a report, an exit) before it fails.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+
+/// An engine run as `/bin/sh -c script tag` on 127.0.0.1:`port`, with one slot (so that no
+/// `/props` is asked). `tag` (its `$0`) makes the command line unique to the test: a spawn
+/// kills a session leader running the same command line as a leftover of its own pool.
+pub(crate) fn sh_engine(pool: &str, port: u16, script: &str, tag: &str) -> PreparedEngine {
+    PreparedEngine {
+        binary_path: "/bin/sh".into(),
+        flags: vec!["-c".into(), script.into(), tag.into()],
+        host: "127.0.0.1".into(),
+        port,
+        model_path: "/nonexistent/model.gguf".into(),
+        engine_version: "sh".into(),
+        pool_id: pool.into(),
+        replica_id: "r0".into(),
+        device_mask: None,
+        engine: Some("sh".into()),
+        env: Default::default(),
+        health_path: "/health".into(),
+        slots_total: Some(1),
+        vram_required_bytes: None,
+        ram_required_bytes: None,
+        tensor_split: None,
+    }
+}
+
+/// A loopback port nothing listens on (bound and let go at once).
+pub(crate) fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// An engine's health route on 127.0.0.1:`port`: every request is answered 200
+/// `{"status":"ok"}` (and counted) until the task is aborted.
+pub(crate) struct HealthRoute {
+    /// Requests answered so far.
+    pub(crate) asked: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HealthRoute {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves [`HealthRoute`] on `port`.
+pub(crate) async fn serve_health(port: u16) -> HealthRoute {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = asked.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = [0u8; 2048];
+                let _ = stream.read(&mut request).await;
+                let body = r#"{"status":"ok"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    HealthRoute { asked, task }
+}
+
+/// A supervisor in `dir` that reports into the returned channel and reads `state` as its
+/// registry; `placement` as with `require_gpu`.
+fn supervisor_reporting(
+    dir: &std::path::Path,
+    state: State,
+    placement: Option<PlacementCheck>,
+) -> (Supervisor, mpsc::Receiver<NodeInput>) {
     let dirs = RuntimeDirs::create(dir).unwrap();
     let clock: SharedClock = Arc::new(crate::clock::ManualClock::new(0));
-    let settings = SupervisorSettings::new(dirs, Policy::default(), clock);
-    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let mut policy = Policy::default();
+    policy.health.preload_interval_ms = 50;
+    let mut settings = SupervisorSettings::new(dirs, policy, clock);
+    settings.placement = placement;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let gpu = GpuSummary {
         available: false,
         count: 0,
         reason: None,
         required: false,
     };
-    let registry = Registry::new(Published::durable(Arc::new(Default::default()), gpu));
-    Supervisor::new(settings, Reporter::new(tx), registry)
+    let registry = Registry::new(Published::durable(Arc::new(state), gpu));
+    (Supervisor::new(settings, Reporter::new(tx), registry), rx)
+}
+
+fn supervisor(dir: &std::path::Path) -> Supervisor {
+    supervisor_reporting(dir, State::default(), None).0
+}
+
+/// The state once `engine` is preloaded into its pool (what a worker reads of the pool).
+fn preloaded(engine: &PreparedEngine) -> State {
+    let policy = Policy::default();
+    let ctx = pool_core::Context {
+        now_ms: 0,
+        random: 0,
+        policy: &policy,
+    };
+    let input = Input::Command(Command::Preload {
+        pool_id: PoolId::new(&engine.pool_id).unwrap(),
+        engine: engine.clone(),
+        placement: Default::default(),
+    });
+    let mut state = State::default();
+    for fact in pool_core::decide(&state, &input, &ctx).unwrap() {
+        let pool = fact.pool_id.map(|id| id.to_string());
+        let seq = state.last_seq() + 1;
+        let stamp = Stamp {
+            seq,
+            ts_ms: 0,
+            pool_id: pool.as_deref(),
+        };
+        state.apply_mut(stamp, &fact.event);
+    }
+    state
+}
+
+/// The observation of the next report, waiting at most [`PATIENCE`].
+async fn next_report(reports: &mut mpsc::Receiver<NodeInput>) -> Observation {
+    let input = tokio::time::timeout(PATIENCE, reports.recv())
+        .await
+        .expect("no report in time")
+        .expect("the reporter is gone");
+    observation_of(input)
+}
+
+fn observation_of(input: NodeInput) -> Observation {
+    match input {
+        NodeInput::Submit(Submission {
+            input: Input::Observation(observation),
+            ..
+        }) => observation,
+        _ => panic!("the supervisor sent something else than an observation"),
+    }
+}
+
+/// Nothing more was reported (to be called once whatever could report has ended).
+fn no_more_reports(reports: &mut mpsc::Receiver<NodeInput>) {
+    match reports.try_recv() {
+        Ok(input) => panic!("a second report: {:?}", observation_of(input)),
+        Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+    }
+}
+
+/// Kills the engine it holds when dropped, unless its exit was seen (then its pid may be
+/// another process's): a failing test leaves no engine behind.
+struct Reaper(u32, tokio::sync::watch::Receiver<Option<process::ExitInfo>>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if self.1.borrow().is_none() {
+            let _ = process::signal_group(self.0, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Spawns `engine` on `worker` (token 7): its pid, from the `EngineSpawned` report, and its
+/// reaper.
+async fn spawn(
+    worker: &mut PoolWorker,
+    reports: &mut mpsc::Receiver<NodeInput>,
+    engine: PreparedEngine,
+) -> (u32, Reaper) {
+    let pool_id = worker.pool_id.clone();
+    let effect = Effect::Spawn {
+        pool_id,
+        engine,
+        attempt: 0,
+        token: 7,
+    };
+    worker.run_effect(1, effect).await;
+    let exited = worker.engine.as_ref().unwrap().exited.clone();
+    match next_report(reports).await {
+        Observation::EngineSpawned { pid, token: 7, .. } => (pid, Reaper(pid, exited)),
+        other => panic!("expected EngineSpawned, got {other:?}"),
+    }
+}
+
+/// Waits until the engine's exit watcher has ended (its sender of the exit is dropped): all
+/// it would report is queued by then. Real time.
+async fn exit_watcher_ended(exited: &mut tokio::sync::watch::Receiver<Option<process::ExitInfo>>) {
+    let ended = async { while exited.changed().await.is_ok() {} };
+    tokio::time::timeout(PATIENCE, ended)
+        .await
+        .expect("the engine's exit was not seen in time (is it still running?)");
+}
+
+/// Waits until the log at `path` has a line `line`. Real time, blocking the thread: usable on
+/// paused time, where a timer would fire at once.
+fn log_shows(path: &std::path::Path, line: &str) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !std::fs::read_to_string(path).is_ok_and(|log| log.lines().any(|l| l == line)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line {line:?} in the log"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The worker's effect `StopEngine` of `pid` with `grace_ms`, run to its end.
+async fn stop(worker: &mut PoolWorker, pid: u32, grace_ms: u64) {
+    let pool_id = worker.pool_id.clone();
+    let effect = Effect::StopEngine {
+        pool_id,
+        pid,
+        grace_ms,
+        reason: StopReason::Requested,
+    };
+    worker.run_effect(2, effect).await;
 }
 
 async fn workers_become(supervisor: &Supervisor, count: usize) {
@@ -55,4 +272,138 @@ async fn a_pools_worker_ends_with_its_files_and_a_new_one_serves_the_same_id() {
     assert!(!pid_file.exists());
     supervisor.dispatch(5, Effect::RemovePoolFiles { pool_id: b });
     workers_become(&supervisor, 1).await;
+}
+
+/// Would catch: the exit watcher reporting the end of an engine that a stop under way reports
+/// itself (`EngineExited` besides `EngineStopped`: the core would take a stop it asked for for
+/// a crash), or a stop that does not wait for the exit it caused.
+#[tokio::test]
+async fn an_exit_during_a_stop_is_reported_once_by_the_stop_as_engine_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = dir.path().display().to_string();
+    let engine = sh_engine("a", free_port(), "exec sleep 120", &tag);
+    let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
+    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
+    let mut exited = worker.engine.as_ref().unwrap().exited.clone();
+    // SIGTERM ends it at once: its exit watcher sees the exit while the stop waits for it.
+    stop(&mut worker, pid, 10_000).await;
+    match next_report(&mut reports).await {
+        Observation::EngineStopped {
+            pid: stopped,
+            graceful,
+            ..
+        } => assert!(
+            stopped == pid && graceful,
+            "pid {stopped}, graceful {graceful}"
+        ),
+        other => panic!("expected EngineStopped, got {other:?}"),
+    }
+    exit_watcher_ended(&mut exited).await;
+    assert_eq!(exited.borrow().and_then(|info| info.signal), Some(15));
+    no_more_reports(&mut reports);
+}
+
+/// Would catch: a stop that never escalates to SIGKILL (the engine lives on and its exit is
+/// never seen), one that calls such a stop graceful, or an exit reported twice. The grace
+/// period passes on paused time; the engine's death is then awaited in real time.
+#[tokio::test(start_paused = true)]
+async fn an_engine_deaf_to_sigterm_is_killed_after_its_grace_and_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = dir.path().display().to_string();
+    let script = "trap '' TERM; echo deaf; exec sleep 120";
+    let engine = sh_engine("a", free_port(), script, &tag);
+    let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
+    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
+    let mut exited = worker.engine.as_ref().unwrap().exited.clone();
+    // Its trap must be set before the stop: a SIGTERM before it would end the shell.
+    log_shows(&worker.dirs().log_path("a"), "deaf");
+    let started = tokio::time::Instant::now();
+    stop(&mut worker, pid, 60_000).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(60_000),
+        "SIGKILL before the grace"
+    );
+    match next_report(&mut reports).await {
+        Observation::EngineStopped {
+            pid: stopped,
+            graceful,
+            ..
+        } => assert!(
+            stopped == pid && !graceful,
+            "pid {stopped}, graceful {graceful}"
+        ),
+        other => panic!("expected EngineStopped, got {other:?}"),
+    }
+    tokio::time::resume();
+    exit_watcher_ended(&mut exited).await;
+    assert_eq!(exited.borrow().and_then(|info| info.signal), Some(9));
+    no_more_reports(&mut reports);
+}
+
+/// A GPU fixture listing `pid` on GPU 0.
+fn fixture_listing(path: &std::path::Path, pid: u32) {
+    let mut gpus = simulated_gpus(1);
+    gpus[0].processes.push(GpuProcess {
+        pid,
+        used_bytes: 1 << 30,
+        pool_id: None,
+    });
+    std::fs::write(path, serde_json::to_vec(&gpus).unwrap()).unwrap();
+}
+
+/// Would catch: a start reported twice when the engine's log says it found no usable GPU
+/// while its health wait runs: the log watcher's `EngineNotOnGpu`, then the health wait's
+/// `HealthPassed` (its placement is proven: the fixture lists the engine on its GPU) for the
+/// same start, which would make a CPU-bound engine ready.
+#[tokio::test]
+async fn a_no_gpu_line_during_the_health_wait_is_reported_once_by_the_log_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tag, port) = (dir.path().display().to_string(), free_port());
+    let line = "warning: no usable GPU found, --gpu-layers option will be ignored";
+    let mut engine = sh_engine("a", port, &format!("echo '{line}'; exec sleep 120"), &tag);
+    engine.device_mask = Some("0".into());
+    let fixture = dir.path().join("gpus.json");
+    let inventory = SharedInventory::new(Arc::new(FixtureInventory::new(&fixture)));
+    let check = PlacementCheck::new(inventory, 5_000);
+    let (supervisor, mut reports) =
+        supervisor_reporting(dir.path(), preloaded(&engine), Some(check));
+    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
+    fixture_listing(&fixture, pid);
+    let pool_id = worker.pool_id.clone();
+    let wait = Effect::StartHealthWait {
+        pool_id,
+        pid,
+        token: 7,
+        deadline_at_ms: u64::MAX,
+    };
+    worker.run_effect(3, wait).await;
+    // The health wait probes (nothing listens yet) while the log watcher finds the line.
+    match next_report(&mut reports).await {
+        Observation::EngineNotOnGpu { token, detail, .. } => {
+            assert!(
+                token == 7 && detail.contains("found no usable GPU"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected EngineNotOnGpu from the log, got {other:?}"),
+    }
+    let health = serve_health(port).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !worker
+        .health
+        .as_ref()
+        .is_some_and(|wait| wait.0.is_finished())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the health wait goes on"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // It ended after an answer 200 (not before probing), in silence: the log watcher reported.
+    assert!(health.asked.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    no_more_reports(&mut reports);
 }
