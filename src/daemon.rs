@@ -143,6 +143,11 @@ impl Daemon {
         self.addr
     }
 
+    /// The handoff watcher's count of finished passes over `<runtime>/engines/`.
+    pub fn handoff_passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.handoff_watcher.passes()
+    }
+
     /// The node.
     pub fn handle(&self) -> NodeHandle {
         self.node.handle()

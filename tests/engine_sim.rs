@@ -7,6 +7,7 @@ mod process;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -20,10 +21,13 @@ const BOUND: Duration = Duration::from_secs(5);
 const LOADING_BODY: &str =
     r#"{"error":{"message":"Loading model","type":"unavailable_error","code":503}}"#;
 
-/// A running engine-sim; killed and reaped on drop so no child outlives a test.
+/// A running engine-sim; killed and reaped on drop so no child outlives a test. Its stderr is
+/// read as it comes (a thread appends it to `err`), so a test can await one of its lines.
 struct Engine {
     child: Child,
     port: u16,
+    err: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Engine {
@@ -37,7 +41,39 @@ impl Engine {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn engine-sim");
-        Engine { child, port }
+        let mut child = child;
+        let err = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&err);
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&chunk[..n]);
+                sink.lock().unwrap().push_str(&text);
+            }
+        });
+        Engine {
+            child,
+            port,
+            err,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits (bounded) until its stderr holds `line`.
+    async fn wait_line(&self, line: &str) {
+        let deadline = Instant::now() + BOUND;
+        while !self.err.lock().unwrap().contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "engine-sim did not write {line:?} within {BOUND:?}: {}",
+                self.err.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -53,13 +89,11 @@ impl Engine {
         let deadline = Instant::now() + BOUND;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
+                // The pipe's end: the reader has all of it once it returns.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                let err = self.err.lock().unwrap().clone();
                 return (status, err);
             }
             assert!(
@@ -119,8 +153,11 @@ async fn never_healthy_stays_503() {
     let c = client();
     let e = Engine::start(&["--never-healthy"]);
     assert_eq!(e.wait_status(&c, "/health", 503).await, LOADING_BODY);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(c.get(e.url("/health")).send().await.unwrap().status(), 503);
+    // It says it will never load, and keeps answering 503 to every probe that follows.
+    e.wait_line("the model will never finish loading").await;
+    for _ in 0..5 {
+        assert_eq!(c.get(e.url("/health")).send().await.unwrap().status(), 503);
+    }
 }
 
 #[tokio::test]
@@ -246,7 +283,8 @@ async fn ignore_sigterm_survives_sigterm() {
     let mut e = Engine::start(&["--ignore-sigterm"]);
     e.wait_status(&c, "/health", 200).await;
     kill(e.pid(), Signal::SIGTERM).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It handled the signal (and says so), then still runs and answers.
+    e.wait_line("received SIGTERM, ignoring it").await;
     assert!(e.child.try_wait().unwrap().is_none(), "exited on SIGTERM");
     e.wait_status(&c, "/health", 200).await;
     e.child.kill().unwrap();

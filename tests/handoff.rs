@@ -35,6 +35,17 @@ impl Harness {
         self.daemon.as_ref().unwrap()
     }
 
+    /// Waits until the watcher has made a whole pass that began after this call (the pass
+    /// under way, if any, may have listed the directory before): two more passes end.
+    async fn a_whole_pass(&self) {
+        let mut passes = self.daemon().handoff_passes();
+        let target = *passes.borrow_and_update() + 2;
+        tokio::time::timeout(WAIT, passes.wait_for(|n| *n >= target))
+            .await
+            .expect("the handoff watcher makes a pass within the wait")
+            .expect("the handoff watcher runs");
+    }
+
     /// The node's last handoff rejection `(file, field, reason)`.
     fn last_rejection(&self) -> Option<(String, String, String)> {
         self.daemon()
@@ -163,7 +174,8 @@ async fn a_handoff_file_registers_an_external_engine_and_its_death_makes_the_poo
     );
 
     // Seen again on later passes: not registered twice.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    h.a_whole_pass().await;
+    h.a_whole_pass().await;
     let kinds = h.kinds("ext").await;
     assert_eq!(
         kinds.iter().filter(|k| *k == "HandoffRegistered").count(),
@@ -293,10 +305,11 @@ async fn our_own_handoff_file_is_not_re_ingested() {
     let file = h.engines_dir().join("own-r0.json");
     assert!(file.exists());
     // Several passes, then the same file touched (new mtime): still ours.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    h.a_whole_pass().await;
+    h.a_whole_pass().await;
     let bytes = std::fs::read(&file).unwrap();
     write_file(&h.engines_dir(), "own-r0.json", &bytes);
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    h.a_whole_pass().await;
     let kinds = h.kinds("own").await;
     assert!(
         !kinds.iter().any(|k| k == "HandoffRegistered"),

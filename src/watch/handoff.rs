@@ -102,12 +102,15 @@ pub fn is_node_address(host: &str) -> bool {
 pub struct HandoffWatcher {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// How many passes over the directory have ended.
+    passes: watch::Receiver<u64>,
 }
 
 impl HandoffWatcher {
     /// Watches `dirs.engines` for `node` every [`POLL_INTERVAL_MS`].
     pub fn spawn(node: Inbox, dirs: RuntimeDirs) -> HandoffWatcher {
         let (stop, mut stopped) = watch::channel(false);
+        let (passed, passes) = watch::channel(0u64);
         let task = tokio::spawn(async move {
             let mut watcher = Watcher {
                 node,
@@ -127,9 +130,16 @@ impl HandoffWatcher {
                     _ = watcher.pass() => {}
                     _ = stopped.changed() => return,
                 }
+                passed.send_modify(|n| *n = n.saturating_add(1));
             }
         });
-        HandoffWatcher { stop, task }
+        HandoffWatcher { stop, task, passes }
+    }
+
+    /// The count of passes over the directory that have ended, as it changes: whoever must
+    /// know that a file was seen (and what became of it) awaits a pass that began after it.
+    pub fn passes(&self) -> watch::Receiver<u64> {
+        self.passes.clone()
     }
 
     /// Stops the watcher and waits (bounded) for its task to end.
