@@ -217,6 +217,31 @@ pub(crate) fn truncate<S: EventSchema, St: Store>(
     }
     let _seal = shared.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
     let manifest = shared.manifest();
+    let wipe = truncation_wipes(&manifest, from_seq)?;
+    let below = from_seq - 1;
+    lower_witness(shared, &manifest, below)?;
+    let entries = truncated_entries::<S>(shared, &manifest, from_seq)?;
+    if !entries.is_empty() {
+        report.quarantine_file = Some(write_quarantine::<S>(layout, from_seq, &entries)?);
+    }
+    report.removed_records = entries.len() as u64;
+    if wipe {
+        wipe_sealed(shared, &manifest, below)?;
+    }
+    remove_snapshots_from(layout, from_seq, &mut report)?;
+    remove_from_store(layout, store, from_seq)?;
+    shared.write_view().tail.truncate_from(from_seq);
+    shared
+        .last_seq
+        .store(below, std::sync::atomic::Ordering::Release);
+    report.last_seq = below;
+    tracing::warn!(dir = %layout.dir.display(), from_seq, removed = report.removed_records, "journal truncated");
+    Ok(report)
+}
+
+/// Whether truncating from `from_seq` removes everything (it reaches the first retained seq,
+/// so the sealed segments go too); refuses a cut inside the sealed segments otherwise.
+fn truncation_wipes(manifest: &Manifest, from_seq: u64) -> Result<bool, JournalError> {
     let wipe = from_seq <= manifest.first_retained();
     if !wipe && from_seq <= manifest.sealed_through() {
         return Err(JournalError::InvalidArgument {
@@ -227,7 +252,12 @@ pub(crate) fn truncate<S: EventSchema, St: Store>(
             ),
         });
     }
-    let below = from_seq - 1;
+    Ok(wipe)
+}
+
+/// Lowers the witness (when the journal has one) to `below`, the last seq a truncation keeps,
+/// with the CRC of the record there (0 when none is retained).
+fn lower_witness(shared: &Shared, manifest: &Manifest, below: u64) -> Result<(), JournalError> {
     let below_crc = if below == 0 || below < manifest.first_retained() {
         0
     } else {
@@ -241,6 +271,15 @@ pub(crate) fn truncate<S: EventSchema, St: Store>(
             .write_both(below, below_crc)
             .map_err(|e| JournalError::io(witness.path(), e))?;
     }
+    Ok(())
+}
+
+/// The retained records from `from_seq` on, as quarantine entries (`seq, why, raw bytes`).
+fn truncated_entries<S: EventSchema>(
+    shared: &Shared,
+    manifest: &Manifest,
+    from_seq: u64,
+) -> Result<Vec<(u64, String, Vec<u8>)>, JournalError> {
     let mut entries = Vec::new();
     for item in crate::read::Reader::<S>::new(shared, from_seq.max(manifest.first_retained())) {
         let envelope = item?;
@@ -253,27 +292,22 @@ pub(crate) fn truncate<S: EventSchema, St: Store>(
             raw,
         ));
     }
-    if !entries.is_empty() {
-        report.quarantine_file = Some(write_quarantine::<S>(layout, from_seq, &entries)?);
-    }
-    report.removed_records = entries.len() as u64;
-    if wipe {
-        wipe_sealed(shared, &manifest, below)?;
-    }
+    Ok(entries)
+}
+
+/// Removes the snapshot files that cover `from_seq` or later, noting each in `report`.
+fn remove_snapshots_from(
+    layout: &Layout,
+    from_seq: u64,
+    report: &mut TruncateReport,
+) -> Result<(), JournalError> {
     for covers in snapshot::list(layout).map_err(|e| JournalError::io(layout.snapshots(), e))? {
         if covers >= from_seq {
             let _ = std::fs::remove_file(layout.snapshot_file(covers));
             report.removed_snapshots.push(covers);
         }
     }
-    remove_from_store(layout, store, from_seq)?;
-    shared.write_view().tail.truncate_from(from_seq);
-    shared
-        .last_seq
-        .store(below, std::sync::atomic::Ordering::Release);
-    report.last_seq = below;
-    tracing::warn!(dir = %layout.dir.display(), from_seq, removed = report.removed_records, "journal truncated");
-    Ok(report)
+    Ok(())
 }
 
 fn wipe_sealed(shared: &Shared, manifest: &Manifest, below: u64) -> Result<(), JournalError> {
@@ -795,22 +829,7 @@ fn write_repaired<S: EventSchema>(
         }
         if next_marker == Some(next) {
             let from = markers.remove(&next).unwrap_or(next);
-            let event = S::loss_accepted(from, next, reason).ok_or_else(|| {
-                JournalError::InvalidArgument {
-                    what: "this journal's event schema cannot record a loss".into(),
-                }
-            })?;
-            let envelope = Envelope {
-                seq: next,
-                ts_ms: now,
-                pool_id: None,
-                cause: None,
-                event,
-            };
-            let bytes = encode_record::<S>(&envelope).map_err(|e| JournalError::Encode {
-                what: e.to_string(),
-            })?;
-            builder.push(next, bytes)?;
+            builder.push(next, loss_marker::<S>(from, next, reason, now)?)?;
         } else if next_intact == Some(next) {
             if let Some((meta, crc)) = intact.next() {
                 builder.link_segment(meta, *crc)?;
@@ -820,7 +839,46 @@ fn write_repaired<S: EventSchema>(
         }
     }
     let last = builder.last_seq();
-    for covers in &salvage.snapshots {
+    link_kept_snapshots(layout, &mut builder, &salvage.snapshots, holes, last)?;
+    let kept = builder.records;
+    let moved = builder.finish()?;
+    Ok((moved, kept, last))
+}
+
+/// The encoded loss marker event for the lost seqs `from..=to`, stored at `to` (at `now_ms`,
+/// for `reason`); an error when the schema cannot record a loss.
+fn loss_marker<S: EventSchema>(
+    from: u64,
+    to: u64,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Vec<u8>, JournalError> {
+    let event =
+        S::loss_accepted(from, to, reason).ok_or_else(|| JournalError::InvalidArgument {
+            what: "this journal's event schema cannot record a loss".into(),
+        })?;
+    let envelope = Envelope {
+        seq: to,
+        ts_ms: now_ms,
+        pool_id: None,
+        cause: None,
+        event,
+    };
+    encode_record::<S>(&envelope).map_err(|e| JournalError::Encode {
+        what: e.to_string(),
+    })
+}
+
+/// Links into the repaired journal the valid `snapshots` that cover at most `last` and were
+/// not taken after a lost record (inside one of the `holes`).
+fn link_kept_snapshots<S: EventSchema>(
+    layout: &Layout,
+    builder: &mut crate::rebuild::Builder<'_, S>,
+    snapshots: &[u64],
+    holes: &[(u64, u64)],
+    last: u64,
+) -> Result<(), JournalError> {
+    for covers in snapshots {
         // A snapshot taken after a lost record stays behind with the replaced files: nothing
         // can vouch for it any more, and at a range's end the loss marker now holds its seq,
         // so every later open would refuse it as taken after another record.
@@ -835,7 +893,5 @@ fn write_repaired<S: EventSchema>(
             builder.link_snapshot(*covers)?;
         }
     }
-    let kept = builder.records;
-    let moved = builder.finish()?;
-    Ok((moved, kept, last))
+    Ok(())
 }
