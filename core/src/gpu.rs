@@ -396,48 +396,84 @@ pub const fn estimate_vram_bytes(model_file_bytes: u64) -> u64 {
 /// All arithmetic is in `u128` (no overflow for any `u64` inputs); an empty `free` gives
 /// `Some(vec![])`.
 pub fn auto_split_units(free: &[u64], required: Option<u64>) -> Option<Vec<u32>> {
-    let n = free.len();
-    if n == 0 {
+    if free.is_empty() {
         return Some(Vec::new());
     }
     let units = u128::from(SPLIT_UNITS);
     let total: u128 = free.iter().map(|f| u128::from(*f)).sum();
     let required = required.filter(|r| *r > 0).map(u128::from);
-    let caps: Vec<u128> = free
-        .iter()
+    let caps = split_caps(free, required, units);
+    if caps.iter().sum::<u128>() < units {
+        return None;
+    }
+    let mut plan = proportional_units(free, &caps, total, units);
+    let left = units.saturating_sub(plan.iter().map(|(u, _)| *u).sum::<u128>());
+    let order = by_remainder(&plan);
+    if !hand_out_units(&mut plan, &caps, &order, left) {
+        return None;
+    }
+    Some(
+        plan.iter()
+            .map(|(u, _)| u32::try_from(*u).unwrap_or(SPLIT_UNITS))
+            .collect(),
+    )
+}
+
+/// The most units of `units` each device may be asked for (see [`auto_split_units`]):
+/// `min(units, ⌊units · f_i / required⌋)`, or `units` without a (non-zero) requirement.
+fn split_caps(free: &[u64], required: Option<u128>, units: u128) -> Vec<u128> {
+    free.iter()
         .map(|f| match required {
             Some(r) => (units.saturating_mul(u128::from(*f)) / r).min(units),
             None => units,
         })
-        .collect();
-    if caps.iter().sum::<u128>() < units {
-        return None;
-    }
-    // (units so far, remainder of the target), per device.
-    let mut plan: Vec<(u128, u128)> = if total == 0 {
-        let count = n as u128;
+        .collect()
+}
+
+/// The first plan, per device `(units so far, remainder of the target)`: the whole units of
+/// the share proportional to free VRAM (of `total`), within the device's cap; equal shares
+/// when nothing is free.
+fn proportional_units(free: &[u64], caps: &[u128], total: u128, units: u128) -> Vec<(u128, u128)> {
+    if total == 0 {
+        // `free` is not empty here (the caller returned early otherwise), and the division
+        // runs once per device only.
+        let count = free.len() as u128;
         free.iter().map(|_| (units / count, 0)).collect()
     } else {
         free.iter()
-            .zip(&caps)
+            .zip(caps)
             .map(|(f, cap)| {
                 let scaled = units.saturating_mul(u128::from(*f));
                 ((scaled / total).min(*cap), scaled % total)
             })
             .collect()
-    };
-    let mut left = units.saturating_sub(plan.iter().map(|(u, _)| *u).sum::<u128>());
-    let mut order: Vec<usize> = (0..n).collect();
+    }
+}
+
+/// The devices' indices by largest remainder of the target first (ties: mask order).
+fn by_remainder(plan: &[(u128, u128)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..plan.len()).collect();
     order.sort_by(|a, b| {
         let ra = plan.get(*a).map_or(0, |p| p.1);
         let rb = plan.get(*b).map_or(0, |p| p.1);
         rb.cmp(&ra).then(a.cmp(b))
     });
+    order
+}
+
+/// Hands the `left` units out one at a time to the devices in `order` still under their cap;
+/// `false` when some are left that no device can take.
+fn hand_out_units(
+    plan: &mut [(u128, u128)],
+    caps: &[u128],
+    order: &[usize],
+    mut left: u128,
+) -> bool {
     // Each round gives a unit to every device under its cap, in remainder order; the caps
-    // sum to at least `units`, so each round makes progress and the loop ends.
+    // sum to at least the units planned, so each round makes progress and the loop ends.
     while left > 0 {
         let mut progressed = false;
-        for &i in &order {
+        for &i in order {
             if left == 0 {
                 break;
             }
@@ -450,14 +486,10 @@ pub fn auto_split_units(free: &[u64], required: Option<u64>) -> Option<Vec<u32>>
             }
         }
         if !progressed {
-            return None;
+            return false;
         }
     }
-    Some(
-        plan.iter()
-            .map(|(u, _)| u32::try_from(*u).unwrap_or(SPLIT_UNITS))
-            .collect(),
-    )
+    true
 }
 
 /// Units to ratios (`6000` -> `0.6`).
