@@ -7,14 +7,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pool_core::{BreakerState, Command, LeaseId, Observation, Phase, PoolId, PreparedEngine};
+use pool_core::{Command, LeaseId, Observation, PoolId, PreparedEngine};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{
-    ApiErrorBody, BreakerStateSchema, HandoffSchema, PhaseSchema, PoolStatusSchema,
-    PreparedEngineSchema,
-};
+use super::dto;
+use super::openapi::{ApiErrorBody, HandoffSchema, PreparedEngineSchema};
 use super::{ApiError, ApiState, JsonBody, PoolPath};
 use crate::port::HandoffRefused;
 
@@ -62,8 +60,7 @@ pub(super) struct PreloadAccepted {
     /// Always `true`.
     accepted: bool,
     /// The pool's phase once the preload is durable.
-    #[schema(value_type = PhaseSchema)]
-    phase: Phase,
+    phase: dto::Phase,
 }
 
 /// `POST /v2/pools/{id}/preload` (and `POST /pools/{id}/preload`).
@@ -120,7 +117,7 @@ pub(super) async fn preload(
             Json(PreloadAccepted {
                 pool_id,
                 accepted: true,
-                phase: status.phase,
+                phase: status.phase.into(),
             }),
         )
             .into_response());
@@ -378,8 +375,7 @@ pub(super) struct StopAccepted {
     /// Always `true`.
     stopping: bool,
     /// The pool's phase once the stop is durable.
-    #[schema(value_type = Option<PhaseSchema>)]
-    phase: Option<Phase>,
+    phase: Option<dto::Phase>,
 }
 
 /// `POST /v2/pools/{id}/stop`: 202 once the stop is durable; the engine stops in the
@@ -410,7 +406,10 @@ pub(super) async fn stop(
             pool_id: pool_id.clone(),
         })
         .await?;
-    let phase = committed.state.status(pool_id.as_str()).map(|s| s.phase);
+    let phase = committed
+        .state
+        .status(pool_id.as_str())
+        .map(|s| s.phase.into());
     Ok((
         StatusCode::ACCEPTED,
         Json(StopAccepted {
@@ -429,11 +428,9 @@ pub(super) struct BreakerReset {
     #[schema(value_type = String)]
     pool_id: PoolId,
     /// The breaker now.
-    #[schema(value_type = Option<BreakerStateSchema>)]
-    breaker: Option<BreakerState>,
+    breaker: Option<dto::BreakerState>,
     /// The pool's phase now.
-    #[schema(value_type = Option<PhaseSchema>)]
-    phase: Option<Phase>,
+    phase: Option<dto::Phase>,
 }
 
 /// `POST /v2/pools/{id}/breaker/reset`.
@@ -467,8 +464,8 @@ pub(super) async fn reset_breaker(
     let status = committed.state.status(pool_id.as_str());
     Ok(Json(BreakerReset {
         pool_id,
-        breaker: status.as_ref().map(|s| s.breaker),
-        phase: status.as_ref().map(|s| s.phase),
+        breaker: status.as_ref().map(|s| s.breaker.into()),
+        phase: status.as_ref().map(|s| s.phase.into()),
     })
     .into_response())
 }
@@ -524,7 +521,7 @@ pub(super) async fn remove(
     params(super::openapi::PoolIdParam),
     request_body = HandoffSchema,
     responses(
-        (status = 200, description = "Registered: the pool's status", body = PoolStatusSchema),
+        (status = 200, description = "Registered: the pool's status", body = dto::PoolStatus),
         (status = 400, description = "`INVALID_REQUEST`: a bad pool id or body (the error names the field; `pool_id` must equal the path's)", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
         (status = 409, description = "`POOL_BUSY`: the pool runs an engine of ours", body = ApiErrorBody),
@@ -567,5 +564,6 @@ pub(super) async fn register_handoff(
             path: "api".to_string(),
         })
         .await?;
-    Ok(Json(committed.state.status(pool_id.as_str())).into_response())
+    let status = committed.state.status(pool_id.as_str());
+    Ok(Json(status.map(dto::PoolStatus::from)).into_response())
 }

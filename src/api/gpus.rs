@@ -18,13 +18,17 @@ use super::ApiState;
     tag = "gpus",
     operation_id = "list_gpus",
     responses(
-        (status = 200, description = "The GPUs of the last reading with their MIG devices and compute processes; `[]` with no GPU", body = [super::openapi::GpuSchema]),
+        (status = 200, description = "The GPUs of the last reading with their MIG devices and compute processes; `[]` with no GPU", body = [super::dto::Gpu]),
         (status = 401, description = "`UNAUTHORIZED`", body = super::openapi::ApiErrorBody),
     )
 )]
 pub(super) async fn list(State(state): State<ApiState>) -> Response {
     match state.gpus() {
-        Some(monitor) => Json(&monitor.load().gpus).into_response(),
-        None => Json(Vec::<crate::gpu::Gpu>::new()).into_response(),
+        Some(monitor) => {
+            let gpus = monitor.load().gpus.clone();
+            let wire: Vec<super::dto::Gpu> = gpus.into_iter().map(Into::into).collect();
+            Json(wire).into_response()
+        }
+        None => Json(Vec::<super::dto::Gpu>::new()).into_response(),
     }
 }

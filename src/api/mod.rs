@@ -20,6 +20,7 @@
 
 mod bare_errors;
 mod commands;
+pub mod dto;
 mod error;
 mod events;
 mod gpus;

@@ -12,7 +12,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{ApiErrorBody, EnvelopeSchema, PoolStatusSchema};
+use super::dto;
+use super::openapi::{ApiErrorBody, EnvelopeSchema};
 use super::{ApiError, ApiState, PoolPath};
 
 /// Default and largest page of `GET .../events`.
@@ -165,7 +166,7 @@ pub(super) async fn daemon_health(State(state): State<ApiState>) -> Response {
     operation_id = "list_pools",
     params(AtSeq),
     responses(
-        (status = 200, description = "All pools, sorted by id", body = [PoolStatusSchema]),
+        (status = 200, description = "All pools, sorted by id", body = [dto::PoolStatus]),
         (status = 400, description = "`INVALID_REQUEST`: a bad query (`at_seq` beyond the journal's last event)", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
         (status = 410, description = "`HISTORY_EXPIRED`: `at_seq` is before the earliest seq retention keeps", body = ApiErrorBody),
@@ -184,7 +185,10 @@ pub(super) async fn list(
     let Some(seq) = query.at_seq else {
         return Ok((
             [(header::CONTENT_TYPE, "application/json")],
-            state.node().registry().statuses_json(),
+            state.node().registry().statuses_body(|statuses| {
+                let wire: Vec<dto::PoolStatus> = statuses.into_iter().map(Into::into).collect();
+                serde_json::to_vec(&wire)
+            }),
         )
             .into_response());
     };
@@ -193,7 +197,8 @@ pub(super) async fn list(
     } else {
         state.node().state_at(seq).await?
     };
-    Ok(Json(past.statuses()).into_response())
+    let wire: Vec<dto::PoolStatus> = past.statuses().into_iter().map(Into::into).collect();
+    Ok(Json(wire).into_response())
 }
 
 /// `?at_seq=N`: the registry as it was right after event N (replayed).
@@ -212,7 +217,7 @@ pub(super) struct AtSeq {
     operation_id = "get_pool",
     params(super::openapi::PoolIdParam, AtSeq),
     responses(
-        (status = 200, description = "The pool (as it was after event `at_seq`, when given)", body = PoolStatusSchema),
+        (status = 200, description = "The pool (as it was after event `at_seq`, when given)", body = dto::PoolStatus),
         (status = 400, description = "`INVALID_REQUEST`: a bad pool id or query (`at_seq` beyond the journal's last event)", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
         (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
@@ -235,7 +240,7 @@ pub(super) async fn get_one(
             pool_id: pool_id.to_string(),
         })
     })?;
-    Ok(Json(status).into_response())
+    Ok(Json(dto::PoolStatus::from(status)).into_response())
 }
 
 /// `GET /v2/pools/{id}/health`: the orchestrator's view of a pool.

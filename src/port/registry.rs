@@ -166,9 +166,13 @@ impl Registry {
         statuses
     }
 
-    /// The JSON body of `GET /v2/pools`: serialized once per change (a new seq or heartbeat)
-    /// by whichever reader comes first, then shared.
-    pub fn statuses_json(&self) -> Bytes {
+    /// The body of `GET /v2/pools`, [`Registry::statuses`] as `serialize` writes them (the
+    /// API's wire form): serialized once per change (a new seq or heartbeat) by whichever
+    /// reader comes first, then shared.
+    pub fn statuses_body(
+        &self,
+        serialize: impl FnOnce(Vec<PoolStatus>) -> serde_json::Result<Vec<u8>>,
+    ) -> Bytes {
         let seq = self.load().state.last_seq();
         let heartbeat_gen = self.inner.heartbeat_gen.load(Ordering::Acquire);
         let publish_gen = self.inner.publish_gen.load(Ordering::Acquire);
@@ -180,7 +184,7 @@ impl Registry {
                 return cached.body.clone();
             }
         }
-        let body = match serde_json::to_vec(&self.statuses()) {
+        let body = match serialize(self.statuses()) {
             Ok(body) => Bytes::from(body),
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize the registry");

@@ -1,6 +1,7 @@
-//! Mirrors of the pool-core types the API shows (`PoolStatus`, `PreparedEngine`, `Handoff`,
-//! the GPU reading, the journal's envelope), for the document only; `tests/mirrors.rs` keeps
-//! each equal to its type (see the module's comment in `openapi/mod.rs`).
+//! Mirrors of the core types the API reads as request bodies (`PreparedEngine`, `Handoff`) and
+//! of the journal's envelope, for the document only; `tests/mirrors.rs` keeps each equal to its
+//! type. What the API answers about pools and GPUs is not mirrored: those wire types are
+//! `api/dto.rs`, and their `ToSchema` derives are the schemas.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -9,86 +10,6 @@ use serde::Serialize;
 use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder};
 use utoipa::openapi::{RefOr, Schema, SchemaFormat, Type};
 use utoipa::{PartialSchema, ToSchema};
-
-/// The public phase of a pool (SPEC section 4).
-#[derive(Serialize, ToSchema)]
-#[schema(as = Phase)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // read by the documentation only
-pub(in crate::api) enum PhaseSchema {
-    Registered,
-    Starting,
-    Ready,
-    Draining,
-    Stopping,
-    Stopped,
-    Backoff,
-    CircuitOpen,
-    Reloading,
-    Failed,
-}
-
-/// The circuit breaker's state.
-#[derive(Serialize, ToSchema)]
-#[schema(as = BreakerState)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // read by the documentation only
-pub(in crate::api) enum BreakerStateSchema {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-/// A pool as the API shows it (SPEC section 5), every field always present.
-#[derive(Serialize, ToSchema)]
-#[schema(as = PoolStatus)]
-#[allow(dead_code)] // read by the documentation only
-pub(in crate::api) struct PoolStatusSchema {
-    /// The pool.
-    pub(in crate::api) pool_id: String,
-    /// Public phase.
-    pub(in crate::api) phase: PhaseSchema,
-    /// An engine process exists.
-    pub(in crate::api) live: bool,
-    /// It serves.
-    pub(in crate::api) ready: bool,
-    /// A drain is in progress.
-    pub(in crate::api) draining: bool,
-    /// The engine's pid.
-    pub(in crate::api) pid: Option<u32>,
-    /// Engine kind.
-    pub(in crate::api) engine: Option<String>,
-    /// Engine version.
-    pub(in crate::api) engine_version: Option<String>,
-    /// Model served.
-    pub(in crate::api) model_ref: Option<String>,
-    /// Device mask.
-    pub(in crate::api) device_mask: Option<String>,
-    /// Slots.
-    pub(in crate::api) slots_total: u32,
-    /// Free slots, `0..=slots_total`.
-    pub(in crate::api) slots_free: u32,
-    /// Leases held.
-    pub(in crate::api) active_leases: u32,
-    /// Last failure.
-    pub(in crate::api) last_error: Option<String>,
-    /// Last recorded healthy answer (ms since the Unix epoch).
-    pub(in crate::api) last_heartbeat_ms: Option<u64>,
-    /// Restarts.
-    pub(in crate::api) restart_count: u32,
-    /// Failures.
-    pub(in crate::api) crash_count: u32,
-    /// The current backoff delay (0 unless in backoff).
-    pub(in crate::api) backoff_ms: u64,
-    /// Breaker state.
-    pub(in crate::api) breaker: BreakerStateSchema,
-    /// VRAM used by the engine.
-    pub(in crate::api) vram_used_bytes: Option<u64>,
-    /// Handoff file.
-    pub(in crate::api) handoff_path: Option<String>,
-    /// Seq of the last event that touched the pool.
-    pub(in crate::api) last_seq: u64,
-}
 
 /// Multi-GPU split: `"auto"` or explicit ratios, one per GPU of the mask.
 #[derive(Serialize)]
@@ -238,60 +159,4 @@ pub(in crate::api) struct EnvelopeSchema {
     pub(in crate::api) cause: Option<u64>,
     /// The event.
     pub(in crate::api) event: EventSchema,
-}
-
-/// A compute process on a GPU.
-#[derive(Serialize, ToSchema)]
-#[schema(as = GpuProcess)]
-#[allow(dead_code)] // read by the documentation only
-pub(in crate::api) struct GpuProcessSchema {
-    /// Its pid.
-    pub(in crate::api) pid: u32,
-    /// GPU memory it uses (0 where NVML cannot say).
-    pub(in crate::api) used_bytes: u64,
-    /// The pool whose engine it is; absent for other processes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(in crate::api) pool_id: Option<String>,
-}
-
-/// A MIG device (a slice of a GPU with MIG mode on).
-#[derive(Serialize, ToSchema)]
-#[schema(as = MigDevice)]
-#[allow(dead_code)] // read by the documentation only
-pub(in crate::api) struct MigDeviceSchema {
-    /// `MIG-...` UUID (usable in a device mask).
-    pub(in crate::api) uuid: String,
-    /// The NVML index of the GPU it is a slice of.
-    pub(in crate::api) parent_index: u32,
-    /// Its profile (`"1g.10gb"`) or name.
-    pub(in crate::api) name: String,
-    /// Its total memory.
-    pub(in crate::api) vram_total_bytes: u64,
-    /// Its free memory when observed.
-    pub(in crate::api) vram_free_bytes: u64,
-    /// Compute processes on this slice.
-    pub(in crate::api) processes: Vec<GpuProcessSchema>,
-}
-
-/// One GPU of the last reading (SPEC section 10).
-#[derive(Serialize, ToSchema)]
-#[schema(as = Gpu)]
-#[allow(dead_code)] // read by the documentation only
-pub(in crate::api) struct GpuSchema {
-    /// NVML index (PCI bus order).
-    pub(in crate::api) index: u32,
-    /// `GPU-...` UUID.
-    pub(in crate::api) uuid: String,
-    /// Marketing name.
-    pub(in crate::api) name: String,
-    /// `"8.6"`.
-    pub(in crate::api) compute_capability: String,
-    /// Total VRAM.
-    pub(in crate::api) vram_total_bytes: u64,
-    /// Free VRAM when observed.
-    pub(in crate::api) vram_free_bytes: u64,
-    /// MIG devices, where MIG mode is on (empty otherwise).
-    pub(in crate::api) mig_devices: Vec<MigDeviceSchema>,
-    /// Compute processes on the GPU as a whole.
-    pub(in crate::api) processes: Vec<GpuProcessSchema>,
 }

@@ -5,13 +5,13 @@
 //!
 //! Owns: [`ApiDoc`] (the list of documented handlers), the bearer scheme, the aliases (a route
 //! that reuses a handler under another path or method is documented as a copy of its target's
-//! operation), and the schemas of the pool-core types the API shows (`PoolStatus`,
-//! `PreparedEngine`, `Handoff`, ...). Those are mirrors here rather than derives in the core:
-//! pool-core depends on serde and thiserror only (its boundary test enforces it), and a
-//! feature-gated utoipa there would still put a web-documentation crate into the pure crate's
-//! manifest. The tests below keep each mirror equal to its type at compile time (an
-//! exhaustive destructuring fails to build when the core adds a field or variant) and at run
-//! time (both serialize to the same JSON).
+//! operation). What the API answers about pools and GPUs is serialized from its own wire types
+//! (`api/dto.rs`), whose `ToSchema` derives are the schemas; `tests/wire.rs` checks that they
+//! read back as the node's types. The request bodies (`PreparedEngine`, `Handoff`) are parsed
+//! straight into the core's types, whose serde attributes are the contract: those are mirrored
+//! for the document (`mirrors.rs`: pool-core depends on serde and thiserror only, its boundary
+//! test enforces it), and `tests/mirrors.rs` keeps each mirror equal to its type at compile
+//! time (an exhaustive destructuring) and at run time (the same JSON).
 //!
 //! Drift: `every_route_is_documented` reads the router's `.route(...)` calls from the sources
 //! of `src/api/` and compares them, both ways, with the document's (method, path) pairs: a

@@ -191,3 +191,4 @@ fn error_codes_have_the_statuses_the_document_names() {
 }
 
 mod mirrors;
+mod wire;

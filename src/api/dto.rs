@@ -1,0 +1,295 @@
+//! The API's wire types of what it answers about pools and GPUs: each is the body a handler
+//! serializes and, by its `ToSchema` derive, the schema the OpenAPI document shows (one
+//! definition, no copy kept equal by tests). Each is built from the type the node or the GPU
+//! monitor holds by an exhaustive destructuring or `match`, so a field or variant added there
+//! does not build until its wire form is decided here.
+//!
+//! Owns: the JSON shapes of SPEC section 5's `PoolStatus`, `Phase`, `BreakerState` and of
+//! `GET /v2/gpus`. Never: decides anything; the request bodies (`PreparedEngine`, `Handoff`)
+//! are the core's own types (see `openapi/mirrors.rs`).
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The public phase of a pool (SPEC section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Known, never started.
+    Registered,
+    /// Its engine is starting.
+    Starting,
+    /// It serves.
+    Ready,
+    /// No new leases; stops when the last returns or at the deadline.
+    Draining,
+    /// Its engine is stopping.
+    Stopping,
+    /// No engine, by request.
+    Stopped,
+    /// Waiting to restart after a failure.
+    Backoff,
+    /// The breaker is open: no restart until the half-open trial.
+    CircuitOpen,
+    /// A reload is under way.
+    Reloading,
+    /// Its start failed for good.
+    Failed,
+}
+
+impl From<pool_core::Phase> for Phase {
+    fn from(phase: pool_core::Phase) -> Phase {
+        use pool_core::Phase as Core;
+        match phase {
+            Core::Registered => Phase::Registered,
+            Core::Starting => Phase::Starting,
+            Core::Ready => Phase::Ready,
+            Core::Draining => Phase::Draining,
+            Core::Stopping => Phase::Stopping,
+            Core::Stopped => Phase::Stopped,
+            Core::Backoff => Phase::Backoff,
+            Core::CircuitOpen => Phase::CircuitOpen,
+            Core::Reloading => Phase::Reloading,
+            Core::Failed => Phase::Failed,
+        }
+    }
+}
+
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Restarts allowed.
+    Closed,
+    /// No restart until the open period ends.
+    Open,
+    /// One trial start allowed.
+    HalfOpen,
+}
+
+impl From<pool_core::BreakerState> for BreakerState {
+    fn from(state: pool_core::BreakerState) -> BreakerState {
+        use pool_core::BreakerState as Core;
+        match state {
+            Core::Closed => BreakerState::Closed,
+            Core::Open => BreakerState::Open,
+            Core::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// A pool as the API shows it (SPEC section 5), every field always present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PoolStatus {
+    /// The pool.
+    pub pool_id: String,
+    /// Public phase.
+    pub phase: Phase,
+    /// An engine process exists.
+    pub live: bool,
+    /// It serves.
+    pub ready: bool,
+    /// A drain is in progress.
+    pub draining: bool,
+    /// The engine's pid.
+    pub pid: Option<u32>,
+    /// Engine kind.
+    pub engine: Option<String>,
+    /// Engine version.
+    pub engine_version: Option<String>,
+    /// Model served.
+    pub model_ref: Option<String>,
+    /// Device mask.
+    pub device_mask: Option<String>,
+    /// Slots.
+    pub slots_total: u32,
+    /// Free slots, `0..=slots_total`.
+    pub slots_free: u32,
+    /// Leases held.
+    pub active_leases: u32,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Last recorded healthy answer (ms since the Unix epoch).
+    pub last_heartbeat_ms: Option<u64>,
+    /// Restarts.
+    pub restart_count: u32,
+    /// Failures.
+    pub crash_count: u32,
+    /// The current backoff delay (0 unless in backoff).
+    pub backoff_ms: u64,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// VRAM used by the engine.
+    pub vram_used_bytes: Option<u64>,
+    /// Handoff file.
+    pub handoff_path: Option<String>,
+    /// Seq of the last event that touched the pool.
+    pub last_seq: u64,
+}
+
+impl From<pool_core::PoolStatus> for PoolStatus {
+    fn from(status: pool_core::PoolStatus) -> PoolStatus {
+        let pool_core::PoolStatus {
+            pool_id,
+            phase,
+            live,
+            ready,
+            draining,
+            pid,
+            engine,
+            engine_version,
+            model_ref,
+            device_mask,
+            slots_total,
+            slots_free,
+            active_leases,
+            last_error,
+            last_heartbeat_ms,
+            restart_count,
+            crash_count,
+            backoff_ms,
+            breaker,
+            vram_used_bytes,
+            handoff_path,
+            last_seq,
+        } = status;
+        PoolStatus {
+            pool_id: pool_id.to_string(),
+            phase: phase.into(),
+            live,
+            ready,
+            draining,
+            pid,
+            engine,
+            engine_version,
+            model_ref,
+            device_mask,
+            slots_total,
+            slots_free,
+            active_leases,
+            last_error,
+            last_heartbeat_ms,
+            restart_count,
+            crash_count,
+            backoff_ms,
+            breaker: breaker.into(),
+            vram_used_bytes,
+            handoff_path,
+            last_seq,
+        }
+    }
+}
+
+/// A compute process on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct GpuProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// VRAM it uses.
+    pub used_bytes: u64,
+    /// The pool whose engine it is, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+}
+
+impl From<crate::gpu::GpuProcess> for GpuProcess {
+    fn from(process: crate::gpu::GpuProcess) -> GpuProcess {
+        let crate::gpu::GpuProcess {
+            pid,
+            used_bytes,
+            pool_id,
+        } = process;
+        GpuProcess {
+            pid,
+            used_bytes,
+            pool_id,
+        }
+    }
+}
+
+/// A MIG device (a slice of a GPU with MIG mode on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MigDevice {
+    /// Its UUID (`MIG-...`).
+    pub uuid: String,
+    /// The index of its GPU.
+    pub parent_index: u32,
+    /// Its profile's name.
+    pub name: String,
+    /// Its VRAM.
+    pub vram_total_bytes: u64,
+    /// Its free VRAM at the reading.
+    pub vram_free_bytes: u64,
+    /// Compute processes on it.
+    pub processes: Vec<GpuProcess>,
+}
+
+impl From<crate::gpu::MigDevice> for MigDevice {
+    fn from(device: crate::gpu::MigDevice) -> MigDevice {
+        let crate::gpu::MigDevice { info, processes } = device;
+        let pool_core::MigDeviceInfo {
+            uuid,
+            parent_index,
+            name,
+            vram_total_bytes,
+            vram_free_bytes,
+        } = info;
+        MigDevice {
+            uuid,
+            parent_index,
+            name,
+            vram_total_bytes,
+            vram_free_bytes,
+            processes: processes.into_iter().map(GpuProcess::from).collect(),
+        }
+    }
+}
+
+/// One GPU of the last reading (SPEC section 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Gpu {
+    /// Its NVML index.
+    pub index: u32,
+    /// Its UUID.
+    pub uuid: String,
+    /// Its name.
+    pub name: String,
+    /// `major.minor`.
+    pub compute_capability: String,
+    /// Its VRAM.
+    pub vram_total_bytes: u64,
+    /// Its free VRAM at the reading.
+    pub vram_free_bytes: u64,
+    /// Its MIG devices (MIG mode on).
+    pub mig_devices: Vec<MigDevice>,
+    /// Compute processes on the whole GPU.
+    pub processes: Vec<GpuProcess>,
+}
+
+impl From<crate::gpu::Gpu> for Gpu {
+    fn from(gpu: crate::gpu::Gpu) -> Gpu {
+        let crate::gpu::Gpu {
+            info,
+            mig_devices,
+            processes,
+        } = gpu;
+        let pool_core::GpuInfo {
+            index,
+            uuid,
+            name,
+            compute_capability,
+            vram_total_bytes,
+            vram_free_bytes,
+        } = info;
+        Gpu {
+            index,
+            uuid,
+            name,
+            compute_capability,
+            vram_total_bytes,
+            vram_free_bytes,
+            mig_devices: mig_devices.into_iter().map(MigDevice::from).collect(),
+            processes: processes.into_iter().map(GpuProcess::from).collect(),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The wire types of `api/dto.rs` as readers see them: the JSON of each equals the JSON of the
+//! type the node or the GPU monitor holds (`pool-managerd status` and the demo read the API's
+//! answers back into those types), and the document lists exactly their fields.
+
+use super::document;
+use crate::api::dto;
+use serde_json::Value;
+
+/// The property names of the document's schema `name`.
+fn properties(name: &str) -> Vec<String> {
+    let doc = document();
+    let mut keys: Vec<String> = doc["components"]["schemas"][name]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no schema {name}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+fn sample_status() -> pool_core::PoolStatus {
+    pool_core::PoolStatus {
+        pool_id: pool_core::PoolId::new("p1").unwrap(),
+        phase: pool_core::Phase::CircuitOpen,
+        live: true,
+        ready: false,
+        draining: false,
+        pid: Some(42),
+        engine: Some("llamacpp".into()),
+        engine_version: Some("b1".into()),
+        model_ref: Some("/m.gguf".into()),
+        device_mask: Some("0".into()),
+        slots_total: 4,
+        slots_free: 0,
+        active_leases: 1,
+        last_error: Some("exit code 3".into()),
+        last_heartbeat_ms: Some(7),
+        restart_count: 2,
+        crash_count: 3,
+        backoff_ms: 400,
+        breaker: pool_core::BreakerState::HalfOpen,
+        vram_used_bytes: Some(1 << 30),
+        handoff_path: None,
+        last_seq: 9,
+    }
+}
+
+#[test]
+fn the_wire_status_reads_back_as_the_nodes_status() {
+    let status = sample_status();
+    let wire = serde_json::to_value(dto::PoolStatus::from(status.clone())).unwrap();
+    assert_eq!(wire, serde_json::to_value(&status).unwrap());
+    let read: pool_core::PoolStatus = serde_json::from_value(wire.clone()).unwrap();
+    assert_eq!(read, status);
+    assert_eq!(keys(&wire), properties("PoolStatus"));
+}
+
+#[test]
+fn every_phase_and_breaker_state_is_spelled_as_the_core_spells_it() {
+    use pool_core::{BreakerState as B, Phase as P};
+    let phases = [
+        P::Registered,
+        P::Starting,
+        P::Ready,
+        P::Draining,
+        P::Stopping,
+        P::Stopped,
+        P::Backoff,
+        P::CircuitOpen,
+        P::Reloading,
+        P::Failed,
+    ];
+    for p in phases {
+        let wire = serde_json::to_value(dto::Phase::from(p)).unwrap();
+        assert_eq!(wire, serde_json::to_value(p).unwrap());
+        assert_eq!(wire, p.as_str());
+    }
+    for b in [B::Closed, B::Open, B::HalfOpen] {
+        let wire = serde_json::to_value(dto::BreakerState::from(b)).unwrap();
+        assert_eq!(wire, serde_json::to_value(b).unwrap());
+    }
+    let doc = document();
+    let listed = doc["components"]["schemas"]["Phase"]["enum"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(listed, phases.len());
+}
+
+#[test]
+fn the_wire_gpu_reads_back_as_the_monitors_gpu() {
+    let process = |pid, pool: Option<&str>| crate::gpu::GpuProcess {
+        pid,
+        used_bytes: 512,
+        pool_id: pool.map(str::to_string),
+    };
+    let gpu = crate::gpu::Gpu {
+        info: pool_core::GpuInfo {
+            index: 0,
+            uuid: "GPU-0".into(),
+            name: "H200".into(),
+            compute_capability: "9.0".into(),
+            vram_total_bytes: 1 << 40,
+            vram_free_bytes: 1 << 39,
+        },
+        mig_devices: vec![crate::gpu::MigDevice {
+            info: pool_core::MigDeviceInfo {
+                uuid: "MIG-1".into(),
+                parent_index: 0,
+                name: "1g.18gb".into(),
+                vram_total_bytes: 1 << 34,
+                vram_free_bytes: 1 << 33,
+            },
+            processes: vec![process(7, None)],
+        }],
+        processes: vec![process(42, Some("p1"))],
+    };
+    let wire = serde_json::to_value(dto::Gpu::from(gpu.clone())).unwrap();
+    assert_eq!(wire, serde_json::to_value(&gpu).unwrap());
+    let read: crate::gpu::Gpu = serde_json::from_value(wire.clone()).unwrap();
+    assert_eq!(read, gpu);
+    assert_eq!(keys(&wire), properties("Gpu"));
+    assert_eq!(keys(&wire["mig_devices"][0]), properties("MigDevice"));
+    assert_eq!(keys(&wire["processes"][0]), properties("GpuProcess"));
+}
