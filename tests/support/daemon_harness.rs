@@ -103,9 +103,15 @@ impl Harness {
             .await
     }
 
-    /// Polls `GET /v2/pools/{pool}` until `check` holds (`self.wait` at most).
+    /// Reads `GET /v2/pools/{pool}` until `check` holds (`self.wait` at most), again each
+    /// time the registry publishes a change (and at least every 200 ms: a probe's heartbeat
+    /// changes a status without a new seq).
     pub async fn wait_pool(&self, pool: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + self.wait;
+        let mut changes = self
+            .daemon
+            .as_ref()
+            .map(|d| d.handle().registry().subscribe());
         loop {
             let (_, status) = self.get(&format!("/v2/pools/{pool}")).await;
             if check(&status) {
@@ -115,7 +121,16 @@ impl Harness {
                 Instant::now() < deadline,
                 "pool {pool}: {what} not reached: {status}"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let every = Duration::from_millis(200);
+            match changes.as_mut() {
+                Some(changes) => {
+                    if let Ok(Err(_)) = tokio::time::timeout(every, changes.changed()).await {
+                        // The daemon it watched is gone (a restart): poll.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
     }
 
