@@ -40,6 +40,8 @@ pub struct Daemon {
     // handoff watcher (SPEC 6, engines started by someone else)
     handoff_watcher: crate::watch::HandoffWatcher,
     gpu_observer: GpuObserver,
+    /// The journal's publisher to NATS (`[cluster] nats_url`), if configured.
+    publisher: Option<crate::cluster::Publisher>,
 }
 
 impl Daemon {
@@ -119,6 +121,7 @@ impl Daemon {
             node.handle().inbox(),
             node.handle().dirs().clone(),
         );
+        let publisher = publisher_of(config, &node);
         let (server, stop_server) = serve_api(config, &node, state, listener);
         let stop_wait_ms = config
             .stop
@@ -134,6 +137,7 @@ impl Daemon {
             stop_wait_ms,
             handoff_watcher,
             gpu_observer,
+            publisher,
         };
         Ok((daemon, report))
     }
@@ -146,6 +150,13 @@ impl Daemon {
     /// The handoff watcher's count of finished passes over `<runtime>/engines/`.
     pub fn handoff_passes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.handoff_watcher.passes()
+    }
+
+    /// The last seq NATS acknowledged, as it changes; `None` without `[cluster] nats_url`.
+    pub fn published(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.publisher
+            .as_ref()
+            .map(crate::cluster::Publisher::published)
     }
 
     /// The node.
@@ -162,6 +173,10 @@ impl Daemon {
         let _ = self.stop_server.send(());
         self.handoff_watcher.stop().await; // handoff watcher
         self.gpu_observer.stop().await;
+        if let Some(publisher) = self.publisher {
+            // Its clone of the journal goes before the node closes it.
+            publisher.stop().await;
+        }
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(Ok(Err(e))) => tracing::warn!("the API server ended with an error: {e}"),
             Err(_) => tracing::warn!("the API server did not finish its requests within 10 s"),
@@ -202,6 +217,36 @@ pub async fn run(
     let reason = shutdown.await;
     daemon.shutdown(&reason).await;
     Ok(report)
+}
+
+/// The journal's publisher to NATS, when `[cluster] nats_url` is set.
+fn publisher_of(config: &Config, node: &Node) -> Option<crate::cluster::Publisher> {
+    let cluster = &config.cluster;
+    if cluster.nats_url.is_empty() {
+        return None;
+    }
+    let node_id = if cluster.node_id.is_empty() {
+        crate::cluster::default_node_id()
+    } else {
+        cluster.node_id.clone()
+    };
+    let cursor = config
+        .runtime_dir
+        .join(format!("cluster-{}.cursor", cluster.stream));
+    let settings = crate::cluster::PublishSettings {
+        nats_url: cluster.nats_url.clone(),
+        node_id,
+        stream: cluster.stream.clone(),
+        replicas: usize::try_from(cluster.replicas).unwrap_or(1),
+        cursor,
+    };
+    tracing::info!(url = %settings.nats_url, node_id = %settings.node_id, stream = %settings.stream, "publishing the journal to NATS JetStream");
+    let handle = node.handle();
+    Some(crate::cluster::Publisher::spawn(
+        settings,
+        handle.journal(),
+        handle.registry().clone(),
+    ))
 }
 
 /// The API server on `listener`, and the sender that stops it gracefully.

@@ -10,7 +10,7 @@
 //!    [`metrics`] (events to counters and histograms, the registry to gauges).
 //! 2. the world: [`supervisor`] (effects against processes and files), [`gpu`] (an inventory
 //!    behind a trait: NVML, "no GPU", a JSON fixture), [`watch`] (the input sources: the
-//!    handoff watcher and the GPU loop).
+//!    handoff watcher and the GPU loop), [`cluster`] (the journal published to NATS).
 //! 3. the actor: [`node`].
 //! 4. HTTP: [`api`] (the only place that knows axum, utoipa and hyper).
 //! 5. assembly: [`daemon`].
@@ -24,6 +24,7 @@ pub use pool_core as core;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod engine_sim;

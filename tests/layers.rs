@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [(&str, &[&str]); 7] = [
     ("vocabulary", &["clock", "config", "schema", "projection"]),
     ("ports", &["port", "metrics"]),
-    ("world", &["supervisor", "gpu", "watch"]),
+    ("world", &["supervisor", "gpu", "watch", "cluster"]),
     ("actor", &["node"]),
     ("http", &["api"]),
     ("assembly", &["daemon"]),
@@ -35,13 +35,14 @@ const LAYERS: [(&str, &[&str]); 7] = [
 const TOOLS: [&str; 2] = ["engine_sim", "script"];
 
 /// Crates and the files (path prefixes under `src/`) that may name them.
-const CRATE_HOMES: [(&str, &[&str]); 6] = [
+const CRATE_HOMES: [(&str, &[&str]); 7] = [
     ("axum", &["api/", "engine_sim/"]),
     ("utoipa", &["api/"]),
     ("hyper", &["api/"]),
     ("nvml_wrapper", &["gpu/"]),
     ("reqwest", &["supervisor/probe.rs", "cli/"]),
     ("anyhow", &["cli/", "daemon.rs"]),
+    ("async_nats", &["cluster/"]),
 ];
 
 fn src() -> PathBuf {

@@ -4,9 +4,9 @@
 //! Never: reads more than [`CONFIG_FILE_BYTES_MAX`](super::CONFIG_FILE_BYTES_MAX) bytes.
 
 use super::{
-    default_journal_dir, ApiConfig, ConfigError, EnginesSettings, GpuSettings, JournalSettings,
-    Origin, UnknownKey, ADDR_FORM, CONFIG_FILE_BYTES_MAX, DEFAULT_RUNTIME_DIR, ENV_API_TOKEN,
-    PIDS_MAX_MAX, SUGGEST_KEY_CHARS_MAX,
+    default_journal_dir, ApiConfig, ClusterSettings, ConfigError, EnginesSettings, GpuSettings,
+    JournalSettings, Origin, UnknownKey, ADDR_FORM, CONFIG_FILE_BYTES_MAX, DEFAULT_RUNTIME_DIR,
+    ENV_API_TOKEN, PIDS_MAX_MAX, SUGGEST_KEY_CHARS_MAX,
 };
 use pool_core::{BackoffPolicy, BreakerPolicy, HealthPolicy, Policy, StopPolicy, StormPolicy};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,7 @@ pub(super) struct FileConfig {
     pub(super) gpu: GpuSettings,
     pub(super) engines: EnginesSettings,
     pub(super) api: ApiConfig,
+    pub(super) cluster: ClusterSettings,
 }
 
 impl Default for FileConfig {
@@ -60,6 +61,7 @@ impl Default for FileConfig {
             journal: JournalSettings::default(),
             gpu: GpuSettings::default(),
             engines: EnginesSettings::default(),
+            cluster: ClusterSettings::default(),
             api: ApiConfig::default(),
         }
     }
@@ -354,6 +356,7 @@ pub(super) fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result
         file.gpu.validate(),
         file.api.validate(),
         file.journal.validate(),
+        file.cluster.validate(),
         validate_paths(file),
         validate_names(file),
     ] {

@@ -153,6 +153,8 @@ pub struct Config {
     pub engines: EnginesSettings,
     /// `[api]`.
     pub api: ApiConfig,
+    /// `[cluster]`.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Config {
@@ -182,6 +184,7 @@ impl fmt::Debug for Config {
             .field("journal", &self.journal)
             .field("gpu", &self.gpu)
             .field("engines", &self.engines)
+            .field("cluster", &self.cluster)
             .field("api", &self.api)
             .finish()
     }
@@ -323,6 +326,7 @@ impl Config {
                 allow_sharing: self.gpu.allow_sharing,
             },
             engines: self.engines.clone(),
+            cluster: self.cluster.clone(),
             api: self.api.clone(),
         };
         let body = toml::to_string(&file)
@@ -361,6 +365,7 @@ impl Config {
             journal: file.journal,
             gpu: file.gpu,
             engines: file.engines,
+            cluster: file.cluster,
             api: file.api,
         }
     }

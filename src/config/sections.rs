@@ -240,3 +240,69 @@ impl Default for JournalSettings {
         }
     }
 }
+
+/// The JetStream stream the journal is published to, by default.
+pub const DEFAULT_CLUSTER_STREAM: &str = "POOL_EVENTS";
+/// The most replicas a stream may ask for (a JetStream cluster of at most 5 servers).
+pub const CLUSTER_REPLICAS_MAX: u64 = 5;
+
+/// `[cluster]`: publishing the journal to NATS JetStream (off while `nats_url` is empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// The NATS server(s) (`nats://HOST:PORT`, several separated by commas); empty: this
+    /// node publishes nothing.
+    pub nats_url: String,
+    /// This node's name in subjects and keys; empty: the host name.
+    pub node_id: String,
+    /// The JetStream stream of the events.
+    pub stream: String,
+    /// Its replicas (1..=[`CLUSTER_REPLICAS_MAX`]; at most the servers of the cluster).
+    pub replicas: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            nats_url: String::new(),
+            node_id: String::new(),
+            stream: DEFAULT_CLUSTER_STREAM.to_string(),
+            replicas: 1,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Node id and stream name as NATS allows them (no `.`, `*`, `>` or space in a stream
+    /// name; a node id of at most 64 letters, digits, `.`, `_` or `-`), replicas in bounds.
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        let id_ok = |id: &str| {
+            id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        if !id_ok(&self.node_id) {
+            let why = format!(
+                "{:?}: at most 64 letters, digits, '.', '_' or '-'",
+                self.node_id
+            );
+            return Err(("cluster.node_id", why));
+        }
+        let stream_ok = !self.stream.is_empty()
+            && self.stream.len() <= 64
+            && self
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        if !stream_ok {
+            let why = format!("{:?}: 1 to 64 letters, digits, '_' or '-'", self.stream);
+            return Err(("cluster.stream", why));
+        }
+        if self.replicas == 0 || self.replicas > CLUSTER_REPLICAS_MAX {
+            let why = format!("{} is outside 1..={CLUSTER_REPLICAS_MAX}", self.replicas);
+            return Err(("cluster.replicas", why));
+        }
+        Ok(())
+    }
+}

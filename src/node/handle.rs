@@ -21,13 +21,18 @@ use crate::port::{
     Committed, Inbox, JournalReport, NodeError, PreloadOutcome, Registry, ReloadOutcome,
 };
 use crate::projection::{self, ReplayLimit};
-use crate::schema::PoolEnvelope;
+use crate::schema::{PoolEnvelope, PoolJournal};
 use crate::supervisor::files::RuntimeDirs;
 
 impl NodeHandle {
     /// The published registry.
     pub fn registry(&self) -> &Registry {
         self.inbox.registry()
+    }
+
+    /// The journal, for a reader beside the node (the cluster publisher); it never appends.
+    pub fn journal(&self) -> PoolJournal {
+        self.journal.clone()
     }
 
     /// The node's inbox, for a watcher (it submits inputs and reads the registry, no more).

@@ -1,0 +1,144 @@
+//! The journal published to a real NATS JetStream server (`nats-server -js` on a loopback
+//! port, a child of the test): each event of the node's journal is in the stream once, in seq
+//! order, on its node's and pool's subject, with `Nats-Msg-Id = <node>:<seq>` and the journal's
+//! export form as its payload; a daemon restarted over the same directories resumes from its
+//! cursor with no gap and no duplicate.
+//!
+//! Needs `nats-server` (Debian's package; `.ci/run` installs it): fails under `CI=true` without
+//! it, and is skipped elsewhere, saying so.
+
+#[path = "support/daemon_harness.rs"]
+mod harness;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::process::{free_port, ChildGuard};
+use harness::{engine_sim_preload, Harness};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `nats-server -js` on a free loopback port with its store under `dir`, once it accepts.
+fn nats_server(dir: &Path) -> Option<(ChildGuard, u16)> {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is required under CI=true (Debian package nats-server)"
+        );
+        eprintln!("skipped: nats-server is not installed (Debian package nats-server)");
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("nats"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nats.log")).unwrap())
+        .spawn()
+        .expect("start nats-server");
+    let guard = ChildGuard(child);
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((guard, port))
+}
+
+/// Waits until NATS acknowledged the journal's last event.
+async fn published_through_the_end(h: &Harness) -> u64 {
+    let daemon = h.daemon.as_ref().unwrap();
+    let last = daemon.handle().journal().last_seq();
+    let mut published = daemon.published().expect("a publisher");
+    tokio::time::timeout(WAIT, published.wait_for(|seq| *seq >= last))
+        .await
+        .unwrap_or_else(|_| panic!("the journal's seq {last} was not published within {WAIT:?}"))
+        .expect("the publisher runs");
+    last
+}
+
+/// Every message of the stream, in stream order: (subject, Nats-Msg-Id, payload).
+async fn stream_messages(port: u16) -> Vec<(String, String, Value)> {
+    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("POOL_EVENTS").await.unwrap();
+    let count = stream.info().await.unwrap().state.messages;
+    let mut out = Vec::new();
+    for seq in 1..=count {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let id = message
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let payload: Value = serde_json::from_slice(&message.payload).unwrap();
+        out.push((message.subject.to_string(), id, payload));
+    }
+    out
+}
+
+/// The journal's events as the API exports them, oldest first.
+async fn journal_events(h: &Harness) -> Vec<Value> {
+    let (status, events) = h.get("/v2/events?since=1&limit=1000").await;
+    assert_eq!(status, 200, "{events}");
+    events.as_array().unwrap().clone()
+}
+
+/// The stream holds the journal, seq by seq: one message per event, in order, each on its
+/// subject with its id and the exported event as its payload.
+fn assert_stream_is_the_journal(messages: &[(String, String, Value)], events: &[Value]) {
+    assert_eq!(messages.len(), events.len(), "one message per event");
+    for ((subject, id, payload), event) in messages.iter().zip(events) {
+        let seq = event["seq"].as_u64().unwrap();
+        assert_eq!(id, &format!("n1:{seq}"), "{subject}");
+        let pool = event["pool_id"].as_str().map(|p| p.replace('.', "~"));
+        let want = format!("pool.events.n1.{}", pool.as_deref().unwrap_or("_node"));
+        assert_eq!(subject, &want, "seq {seq}");
+        assert_eq!(payload, event, "seq {seq}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_in_the_stream_once_in_order_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_nats, port)) = nats_server(dir.path()) else {
+        return;
+    };
+    let mut h = Harness::start_with(|config| {
+        config.cluster.nats_url = format!("nats://127.0.0.1:{port}");
+        config.cluster.node_id = "n1".to_string();
+    })
+    .await;
+    // A pool id with a dot: one subject token all the same.
+    let body = engine_sim_preload("chat.a", None, &["--parallel", "2"]);
+    let (status, answer) = h.post("/v2/pools/chat.a/preload", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, lease) = h.post("/v2/pools/chat.a/leases", json!({})).await;
+    assert_eq!(status, 201, "{lease}");
+    let last = published_through_the_end(&h).await;
+    assert!(last >= 5, "a start, a preload and a lease: {last} events");
+    assert_stream_is_the_journal(&stream_messages(port).await, &journal_events(&h).await);
+
+    // Restarted over the same directories (the harness stops engines at shutdown): it
+    // resumes after its cursor.
+    h.restart().await;
+    let after = published_through_the_end(&h).await;
+    assert!(
+        after >= last + 2,
+        "the daemon's stop and start were journaled"
+    );
+    assert_stream_is_the_journal(&stream_messages(port).await, &journal_events(&h).await);
+    h.stop().await;
+}
