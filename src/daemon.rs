@@ -246,6 +246,7 @@ fn publisher_of(config: &Config, node: &Node) -> Option<crate::cluster::Publishe
         settings,
         handle.journal(),
         handle.registry().clone(),
+        handle.shared_metrics(),
     ))
 }
 

@@ -35,12 +35,24 @@ fn nats_server(dir: &Path) -> Option<(ChildGuard, u16)> {
         return None;
     }
     let port = free_port();
+    Some((nats_server_on(dir, port), port))
+}
+
+/// `nats-server -js` on `port` with its store under `dir` (again after a stop), once it
+/// accepts.
+fn nats_server_on(dir: &Path, port: u16) -> ChildGuard {
     let child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.join("nats"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("nats.log")).unwrap())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("nats.log"))
+                .unwrap(),
+        )
         .spawn()
         .expect("start nats-server");
     let guard = ChildGuard(child);
@@ -52,7 +64,7 @@ fn nats_server(dir: &Path) -> Option<(ChildGuard, u16)> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some((guard, port))
+    guard
 }
 
 /// Waits until NATS acknowledged the journal's last event.
@@ -140,5 +152,77 @@ async fn every_event_is_in_the_stream_once_in_order_across_a_restart() {
         "the daemon's stop and start were journaled"
     );
     assert_stream_is_the_journal(&stream_messages(port).await, &journal_events(&h).await);
+    h.stop().await;
+}
+
+/// A gauge of a scrape of `GET /metrics`.
+async fn gauge(h: &Harness, name: &str) -> f64 {
+    let response = h
+        .http
+        .get(format!("{}/metrics", h.base))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the gauge `name` satisfies `check`.
+async fn gauge_becomes(h: &Harness, name: &str, check: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let value = gauge(h, name).await;
+        if check(value) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_away_delays_publishing_and_the_backlog_drains_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((nats, port)) = nats_server(dir.path()) else {
+        return;
+    };
+    let h = Harness::start_with(|config| {
+        config.cluster.nats_url = format!("nats://127.0.0.1:{port}");
+        config.cluster.node_id = "n1".to_string();
+    })
+    .await;
+    let body = engine_sim_preload("p1", None, &["--parallel", "4"]);
+    assert_eq!(h.post("/v2/pools/p1/preload", body).await.0, 200);
+    published_through_the_end(&h).await;
+    gauge_becomes(&h, "cluster_connected", |v| v == 1.0).await;
+    assert_eq!(gauge(&h, "cluster_publish_lag_events").await, 0.0);
+
+    drop(nats); // SIGTERM: the server is away
+    gauge_becomes(&h, "cluster_connected", |v| v == 0.0).await;
+    // The node never waits on NATS: every change is answered, and the backlog grows.
+    for _ in 0..10 {
+        let (status, lease) = h.post("/v2/pools/p1/leases", json!({})).await;
+        assert_eq!(status, 201, "{lease}");
+        let path = format!(
+            "/v2/pools/p1/leases/{}",
+            lease["lease_id"].as_str().unwrap()
+        );
+        assert_eq!(h.call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    }
+    assert!(gauge(&h, "cluster_publish_lag_events").await >= 20.0);
+    // The publisher gave up on a round (its acks timed out) and keeps trying.
+    gauge_becomes(&h, "cluster_publish_failures_total", |v| v >= 1.0).await;
+
+    let _nats = nats_server_on(dir.path(), port);
+    published_through_the_end(&h).await;
+    assert_stream_is_the_journal(&stream_messages(port).await, &journal_events(&h).await);
+    assert_eq!(gauge(&h, "cluster_publish_lag_events").await, 0.0);
     h.stop().await;
 }

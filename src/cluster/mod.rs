@@ -17,6 +17,7 @@ use async_nats::jetstream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::metrics::SharedMetrics;
 use crate::port::Registry;
 use crate::schema::{PoolEnvelope, PoolJournal};
 
@@ -24,6 +25,8 @@ use crate::schema::{PoolEnvelope, PoolJournal};
 pub const BATCH_EVENTS_MAX: usize = 256;
 /// The longest wait between two tries while the server is away.
 pub const RETRY_MAX_MS: u64 = 5_000;
+/// How long an ack (or a JetStream API call) is awaited before the round is tried again.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server keeps message ids to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -86,7 +89,13 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes `journal` from its cursor on, following the registry's change signal.
-    pub fn spawn(settings: PublishSettings, journal: PoolJournal, registry: Registry) -> Publisher {
+    pub fn spawn(
+        settings: PublishSettings,
+        journal: PoolJournal,
+        registry: Registry,
+        metrics: SharedMetrics,
+    ) -> Publisher {
+        metrics.cluster().enable();
         let (stop, stopped) = watch::channel(false);
         let (advanced, published) = watch::channel(0);
         let task = tokio::spawn(async move {
@@ -96,6 +105,7 @@ impl Publisher {
                 registry,
                 stopped,
                 advanced,
+                metrics,
             };
             run.run().await;
         });
@@ -131,6 +141,7 @@ struct Run {
     registry: Registry,
     stopped: watch::Receiver<bool>,
     advanced: watch::Sender<u64>,
+    metrics: SharedMetrics,
 }
 
 impl Run {
@@ -143,6 +154,7 @@ impl Run {
             }
         };
         self.advanced.send_replace(published);
+        self.metrics.cluster().set_published(published);
         let Some(js) = self.connect().await else {
             return;
         };
@@ -166,6 +178,7 @@ impl Run {
                     self.save(published).await;
                 }
                 Err(why) => {
+                    self.metrics.cluster().count_failure();
                     let lag = self.journal.last_seq().saturating_sub(published);
                     tracing::warn!(
                         published,
@@ -184,7 +197,18 @@ impl Run {
     /// Connects (the client reconnects by itself from then on) and makes sure the stream
     /// exists; `None` once stopped.
     async fn connect(&mut self) -> Option<jetstream::Context> {
+        let metrics = self.metrics.clone();
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let metrics = metrics.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => metrics.cluster().set_connected(true),
+                        async_nats::Event::Disconnected => metrics.cluster().set_connected(false),
+                        _ => {}
+                    }
+                }
+            })
             .retry_on_initial_connect()
             .connect(self.settings.nats_url.as_str())
             .await;
@@ -195,7 +219,8 @@ impl Run {
                 return None;
             }
         };
-        let js = jetstream::new(client);
+        let mut js = jetstream::new(client);
+        js.set_timeout(ACK_TIMEOUT);
         let mut retry_ms = 100;
         loop {
             match js.get_or_create_stream(self.stream_config()).await {
@@ -267,6 +292,7 @@ impl Run {
     /// (the server drops what a restart publishes again within its duplicate window).
     async fn save(&self, published: u64) {
         self.advanced.send_replace(published);
+        self.metrics.cluster().set_published(published);
         let path = self.settings.cursor.clone();
         let written = tokio::task::spawn_blocking(move || {
             crate::supervisor::files::write_atomic(&path, format!("{published}\n").as_bytes())

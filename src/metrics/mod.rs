@@ -341,6 +341,41 @@ pub struct NodeMetrics {
     handle: PrometheusHandle,
     replay_seconds: AtomicU64,
     observations: AtomicU64,
+    /// The cluster publisher's state (`[cluster] nats_url`), shown at each scrape.
+    cluster: ClusterGauges,
+}
+
+/// What the cluster publisher reports of itself: whether it publishes at all, whether its
+/// connection is up, and the last seq the server acknowledged (the lag is the registry's last
+/// seq minus it, at the scrape).
+#[derive(Debug, Default)]
+pub struct ClusterGauges {
+    enabled: std::sync::atomic::AtomicBool,
+    connected: std::sync::atomic::AtomicBool,
+    published: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl ClusterGauges {
+    /// Publishing is configured (the gauges are shown from now on).
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection went up or down.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// The server acknowledged every event up to `seq`.
+    pub fn set_published(&self, seq: u64) {
+        self.published.store(seq, Ordering::Relaxed);
+    }
+
+    /// A round of publishing failed (it is tried again after a backoff).
+    pub fn count_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -381,6 +416,7 @@ impl NodeMetrics {
             handle,
             replay_seconds: AtomicU64::new(0f64.to_bits()),
             observations: AtomicU64::new(0),
+            cluster: ClusterGauges::default(),
         }
     }
 
@@ -468,7 +504,19 @@ impl NodeMetrics {
             gpus.unwrap_or(&state.node.gpus),
             f64::from_bits(self.replay_seconds.load(Ordering::Relaxed)),
         ));
+        if self.cluster.enabled.load(Ordering::Relaxed) {
+            let connected = self.cluster.connected.load(Ordering::Relaxed);
+            let published = self.cluster.published.load(Ordering::Relaxed);
+            let lag = state.last_seq().saturating_sub(published);
+            let failures = self.cluster.failures.load(Ordering::Relaxed);
+            out.push_str(&render::render_cluster(connected, lag, failures));
+        }
         out
+    }
+
+    /// The cluster publisher's gauges, for it to set.
+    pub fn cluster(&self) -> &ClusterGauges {
+        &self.cluster
     }
 }
 

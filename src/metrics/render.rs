@@ -234,3 +234,33 @@ pub fn render_engine_memory(samples: &[(String, u64)]) -> String {
     }
     out
 }
+
+/// The cluster publisher's gauges: whether its connection to NATS is up, and how many
+/// journaled events the server has not acknowledged yet, and how many rounds of publishing
+/// failed (each is tried again).
+pub fn render_cluster(connected: bool, lag_events: u64, failures: u64) -> String {
+    let mut connected_family = Family::new(
+        "cluster_connected",
+        "Whether the connection to NATS is up (1) or not (0).",
+    );
+    connected_family
+        .samples
+        .push((String::new(), if connected { 1.0 } else { 0.0 }));
+    let mut lag = Family::new(
+        "cluster_publish_lag_events",
+        "Journaled events NATS has not acknowledged yet.",
+    );
+    lag.samples.push((String::new(), lag_events as f64));
+    let mut failed = Family::new(
+        "cluster_publish_failures_total",
+        "Rounds of publishing to NATS that failed and were tried again after a backoff.",
+    );
+    failed.kind = "counter";
+    failed.samples.push((String::new(), failures as f64));
+    let mut out = String::new();
+    for family in [connected_family, lag, failed] {
+        family.write(&mut out);
+        out.push('\n');
+    }
+    out
+}
