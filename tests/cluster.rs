@@ -9,63 +9,16 @@
 
 #[path = "support/daemon_harness.rs"]
 mod harness;
+#[path = "support/nats.rs"]
+mod nats;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::process::{free_port, ChildGuard};
 use harness::{engine_sim_preload, Harness};
+use nats::Message;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `nats-server -js` on a free loopback port with its store under `dir`, once it accepts.
-fn nats_server(dir: &Path) -> Option<(ChildGuard, u16)> {
-    let found = Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nats-server is required under CI=true (Debian package nats-server)"
-        );
-        eprintln!("skipped: nats-server is not installed (Debian package nats-server)");
-        return None;
-    }
-    let port = free_port();
-    Some((nats_server_on(dir, port), port))
-}
-
-/// `nats-server -js` on `port` with its store under `dir` (again after a stop), once it
-/// accepts.
-fn nats_server_on(dir: &Path, port: u16) -> ChildGuard {
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("nats"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("nats.log"))
-                .unwrap(),
-        )
-        .spawn()
-        .expect("start nats-server");
-    let guard = ChildGuard(child);
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nats-server did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    guard
-}
 
 /// Waits until NATS acknowledged the journal's last event.
 async fn published_through_the_end(h: &Harness) -> u64 {
@@ -79,28 +32,6 @@ async fn published_through_the_end(h: &Harness) -> u64 {
     last
 }
 
-/// Every message of the stream, in stream order: (subject, Nats-Msg-Id, payload).
-async fn stream_messages(port: u16) -> Vec<(String, String, Value)> {
-    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream("POOL_EVENTS").await.unwrap();
-    let count = stream.info().await.unwrap().state.messages;
-    let mut out = Vec::new();
-    for seq in 1..=count {
-        let message = stream.get_raw_message(seq).await.unwrap();
-        let id = message
-            .headers
-            .get(async_nats::header::NATS_MESSAGE_ID)
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        let payload: Value = serde_json::from_slice(&message.payload).unwrap();
-        out.push((message.subject.to_string(), id, payload));
-    }
-    out
-}
-
 /// The journal's events as the API exports them, oldest first.
 async fn journal_events(h: &Harness) -> Vec<Value> {
     let (status, events) = h.get("/v2/events?since=1&limit=1000").await;
@@ -110,9 +41,9 @@ async fn journal_events(h: &Harness) -> Vec<Value> {
 
 /// The stream holds the journal, seq by seq: one message per event, in order, each on its
 /// subject with its id and the exported event as its payload.
-fn assert_stream_is_the_journal(messages: &[(String, String, Value)], events: &[Value]) {
+fn assert_stream_is_the_journal(messages: &[Message], events: &[Value]) {
     assert_eq!(messages.len(), events.len(), "one message per event");
-    for ((subject, id, payload), event) in messages.iter().zip(events) {
+    for (Message { subject, id, payload }, event) in messages.iter().zip(events) {
         let seq = event["seq"].as_u64().unwrap();
         assert_eq!(id, &format!("n1:{seq}"), "{subject}");
         let pool = event["pool_id"].as_str().map(|p| p.replace('.', "~"));
@@ -125,11 +56,12 @@ fn assert_stream_is_the_journal(messages: &[(String, String, Value)], events: &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_in_the_stream_once_in_order_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_nats, port)) = nats_server(dir.path()) else {
+    let Some(server) = nats::server(dir.path()) else {
         return;
     };
+    let url = server.url();
     let mut h = Harness::start_with(|config| {
-        config.cluster.nats_url = format!("nats://127.0.0.1:{port}");
+        config.cluster.nats_url = url.clone();
         config.cluster.node_id = "n1".to_string();
     })
     .await;
@@ -141,7 +73,7 @@ async fn every_event_is_in_the_stream_once_in_order_across_a_restart() {
     assert_eq!(status, 201, "{lease}");
     let last = published_through_the_end(&h).await;
     assert!(last >= 5, "a start, a preload and a lease: {last} events");
-    assert_stream_is_the_journal(&stream_messages(port).await, &journal_events(&h).await);
+    assert_stream_is_the_journal(&nats::stream_messages(&url, "POOL_EVENTS").await, &journal_events(&h).await);
 
     // Restarted over the same directories (the harness stops engines at shutdown): it
     // resumes after its cursor.
@@ -151,7 +83,7 @@ async fn every_event_is_in_the_stream_once_in_order_across_a_restart() {
         after >= last + 2,
         "the daemon's stop and start were journaled"
     );
-    assert_stream_is_the_journal(&stream_messages(port).await, &journal_events(&h).await);
+    assert_stream_is_the_journal(&nats::stream_messages(&url, "POOL_EVENTS").await, &journal_events(&h).await);
     h.stop().await;
 }
 
@@ -190,11 +122,12 @@ async fn gauge_becomes(h: &Harness, name: &str, check: impl Fn(f64) -> bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_away_delays_publishing_and_the_backlog_drains_once_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((nats, port)) = nats_server(dir.path()) else {
+    let Some(mut server) = nats::server(dir.path()) else {
         return;
     };
+    let url = server.url();
     let h = Harness::start_with(|config| {
-        config.cluster.nats_url = format!("nats://127.0.0.1:{port}");
+        config.cluster.nats_url = url.clone();
         config.cluster.node_id = "n1".to_string();
     })
     .await;
@@ -204,7 +137,7 @@ async fn a_server_away_delays_publishing_and_the_backlog_drains_once_it_is_back(
     gauge_becomes(&h, "cluster_connected", |v| v == 1.0).await;
     assert_eq!(gauge(&h, "cluster_publish_lag_events").await, 0.0);
 
-    drop(nats); // SIGTERM: the server is away
+    server.stop(); // SIGTERM: the server is away
     gauge_becomes(&h, "cluster_connected", |v| v == 0.0).await;
     // The node never waits on NATS: every change is answered, and the backlog grows.
     for _ in 0..10 {
@@ -220,9 +153,9 @@ async fn a_server_away_delays_publishing_and_the_backlog_drains_once_it_is_back(
     // The publisher gave up on a round (its acks timed out) and keeps trying.
     gauge_becomes(&h, "cluster_publish_failures_total", |v| v >= 1.0).await;
 
-    let _nats = nats_server_on(dir.path(), port);
+    server.start();
     published_through_the_end(&h).await;
-    assert_stream_is_the_journal(&stream_messages(port).await, &journal_events(&h).await);
+    assert_stream_is_the_journal(&nats::stream_messages(&url, "POOL_EVENTS").await, &journal_events(&h).await);
     assert_eq!(gauge(&h, "cluster_publish_lag_events").await, 0.0);
     h.stop().await;
 }
