@@ -225,21 +225,7 @@ fn publisher_of(config: &Config, node: &Node) -> Option<crate::cluster::Publishe
     if cluster.nats_url.is_empty() {
         return None;
     }
-    let node_id = if cluster.node_id.is_empty() {
-        crate::cluster::default_node_id()
-    } else {
-        cluster.node_id.clone()
-    };
-    let cursor = config
-        .runtime_dir
-        .join(format!("cluster-{}.cursor", cluster.stream));
-    let settings = crate::cluster::PublishSettings {
-        nats_url: cluster.nats_url.clone(),
-        node_id,
-        stream: cluster.stream.clone(),
-        replicas: usize::try_from(cluster.replicas).unwrap_or(1),
-        cursor,
-    };
+    let settings = crate::cluster::PublishSettings::of(cluster, &config.runtime_dir);
     tracing::info!(url = %settings.nats_url, node_id = %settings.node_id, stream = %settings.stream, "publishing the journal to NATS JetStream");
     let handle = node.handle();
     Some(crate::cluster::Publisher::spawn(

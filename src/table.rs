@@ -70,6 +70,45 @@ pub fn registry_table(statuses: &[PoolStatus]) -> String {
     out
 }
 
+/// One row of the fleet table: a node, whether it heartbeats, and one of its pools (`None`: a
+/// node with no pool).
+pub struct FleetRow<'a> {
+    /// The node's id.
+    pub node: &'a str,
+    /// It heartbeats.
+    pub up: bool,
+    /// One of its pools.
+    pub pool: Option<&'a PoolStatus>,
+}
+
+/// The fleet as one table: the node and its state (`up`, or `DOWN`: no heartbeat), then the
+/// registry's columns.
+pub fn fleet_table(rows: &[FleetRow<'_>]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let json = row.pool.map_or(Value::Null, |s| {
+                serde_json::to_value(s).unwrap_or(Value::Null)
+            });
+            let state = if row.up { "up" } else { "DOWN" };
+            let mut cells = vec![row.node.to_string(), state.to_string()];
+            cells.extend(
+                REGISTRY_COLUMNS
+                    .iter()
+                    .map(|(_, field)| cell(json.get(field))),
+            );
+            cells
+        })
+        .collect();
+    let mut headers = vec!["NODE", "NODE_STATE"];
+    headers.extend(REGISTRY_COLUMNS.iter().map(|(h, _)| *h));
+    let mut out = fixed_width(&headers, &cells);
+    if rows.is_empty() {
+        out.push_str("(no nodes)\n");
+    }
+    out
+}
+
 /// Lays `rows` out under `headers`, columns as wide as their widest cell, two spaces apart.
 fn fixed_width(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -1,4 +1,5 @@
-//! `pool-managerd journal ...`: show, export, import, verify, stats and repair.
+//! `pool-managerd journal ...`: show, export, import, verify, stats, repair and restore (its
+//! body in `restore.rs`).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -15,7 +16,7 @@ use crate::schema::{PoolEnvelope, PoolJournal, PoolSchema};
 use crate::table::{format_ts_ms, timeline_line};
 
 /// The most events `journal show` prints unless told otherwise.
-const SHOW_LIMIT_DEFAULT: usize = 1_000;
+pub(super) const SHOW_LIMIT_DEFAULT: usize = 1_000;
 
 /// `journal` subcommands.
 #[derive(Debug, Subcommand)]
@@ -78,6 +79,19 @@ pub enum JournalCommand {
         #[arg(long)]
         accept_loss: bool,
     },
+    /// Rebuild a lost or damaged journal from the events its node published to NATS JetStream
+    /// (`[cluster] nats_url`), as a new journal at --journal-dir (refused where one is): every
+    /// event from seq 1 with its seq and time, exactly as `journal import` of their export;
+    /// refused when the stream misses a seq.
+    Restore {
+        #[command(flatten)]
+        source: super::cluster::NatsArgs,
+        /// The node whose journal to rebuild (its `[cluster] node_id`).
+        #[arg(long, value_name = "ID")]
+        node: String,
+        #[command(flatten)]
+        dir: JournalDirArg,
+    },
 }
 
 pub(super) fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
@@ -94,6 +108,7 @@ pub(super) fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
         JournalCommand::Verify { dir } => verify(&dir),
         JournalCommand::Stats { dir, json } => stats(&dir, json),
         JournalCommand::Repair { dir, accept_loss } => repair(&dir, accept_loss),
+        JournalCommand::Restore { source, node, dir } => super::restore::run(&source, &node, &dir),
     }
 }
 
@@ -150,7 +165,7 @@ fn show(
 /// One envelope as a line of `journal export` (same keys in the same order:
 /// `{"seq","ts_ms","pool_id","cause","event":{"kind",..fields}}`), so that `show --json`
 /// output can be fed to `journal import` or compared with an export.
-fn export_line(envelope: &PoolEnvelope) -> anyhow::Result<String> {
+pub(super) fn export_line(envelope: &PoolEnvelope) -> anyhow::Result<String> {
     /// The event object with `kind` first, then the fields (as the exporter writes it).
     struct KindFirst(serde_json::Map<String, serde_json::Value>);
 

@@ -1,17 +1,23 @@
 //! The command line (clap): `serve`, `demo`, `gpus`, `journal {show,export,import,verify,stats,
-//! repair}`, `replay` and `status` (a client of a running daemon).
+//! repair,restore}`, `replay` and `status` (a client of a running daemon); `cluster events`,
+//! `replay --nats` and `journal restore` read the journals published to NATS.
 //!
 //! Owns: argument parsing, opening journals for commands, exit codes, logging set-up.
-//! Never: changes a journal's events except through `journal import` and `journal repair`;
+//! Never: changes a journal's events except through `journal import`, `journal repair` and
+//! `journal restore` (a new journal only);
 //! every other command only reads them. (Opening a journal for normal use runs its recovery,
 //! which may quarantine a damaged tail, with a warning, exactly as the daemon's start-up
 //! would; `verify` and `repair` open it without recovery.) Errors name the path or the seq
 //! and what to do.
 
+mod cluster;
 mod demo;
+mod fleet;
 mod gpus;
 mod journal;
+mod nats;
 mod replay;
+mod restore;
 mod serve;
 mod status;
 
@@ -24,6 +30,7 @@ use pool_journal::JournalConfig;
 
 use crate::schema::PoolJournal;
 
+pub use cluster::ClusterCommand;
 pub use demo::DemoArgs;
 pub use gpus::GpusArgs;
 pub use journal::JournalCommand;
@@ -67,6 +74,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Print the pools of a running daemon as a table (or --json); --watch follows its events.
     Status(StatusArgs),
+    /// The fleet from NATS (`[cluster]`): `cluster events`, every node's published history.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// The test engine (engine-sim), for the demo and tests: `pool-managerd engine-sim --help`.
     #[command(hide = true, disable_help_flag = true)]
     EngineSim {
@@ -99,7 +109,10 @@ impl Cli {
             Command::Demo(_) => "off",
             Command::EngineSim { .. } => "warn",
             Command::Gpus(_) => "error",
-            Command::Status(_) => "warn",
+            Command::Status(_) | Command::Cluster(_) => "warn",
+            // The NATS client's connection events are no news to a command.
+            Command::Journal(JournalCommand::Restore { .. }) => "info,async_nats=warn",
+            Command::Replay(ref args) if args.reads_nats() => "info,async_nats=warn",
             _ => "info",
         }
     }
@@ -128,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Gpus(args) => gpus::run(args),
         Command::Status(args) => status::run(args),
+        Command::Cluster(command) => cluster::run(command),
         Command::EngineSim { args } => {
             crate::engine_sim::main(std::iter::once("engine-sim".to_string()).chain(args))
         }

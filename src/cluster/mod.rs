@@ -17,6 +17,12 @@ use async_nats::jetstream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod connect;
+pub mod fleet;
+pub mod kv;
+pub mod read;
+
+use crate::config::ClusterSettings;
 use crate::metrics::SharedMetrics;
 use crate::port::Registry;
 use crate::schema::{PoolEnvelope, PoolJournal};
@@ -43,6 +49,37 @@ pub struct PublishSettings {
     pub replicas: usize,
     /// The durable cursor's file.
     pub cursor: PathBuf,
+    /// The credentials and TLS files.
+    pub access: connect::Access,
+    /// The key-value buckets' names and the heartbeat.
+    pub mirror: kv::MirrorSettings,
+}
+
+impl PublishSettings {
+    /// The settings `[cluster]` gives, with the cursor under `runtime_dir`.
+    pub fn of(cluster: &ClusterSettings, runtime_dir: &Path) -> PublishSettings {
+        let node_id = if cluster.node_id.is_empty() {
+            default_node_id()
+        } else {
+            cluster.node_id.clone()
+        };
+        let replicas = usize::try_from(cluster.replicas).unwrap_or(1);
+        PublishSettings {
+            nats_url: cluster.nats_url.clone(),
+            stream: cluster.stream.clone(),
+            replicas,
+            cursor: runtime_dir.join(format!("cluster-{}.cursor", cluster.stream)),
+            access: connect::Access::of(cluster),
+            mirror: kv::MirrorSettings {
+                node_id: node_id.clone(),
+                registry_bucket: cluster.registry_bucket.clone(),
+                nodes_bucket: cluster.nodes_bucket.clone(),
+                replicas,
+                heartbeat: Duration::from_millis(cluster.heartbeat_ms),
+            },
+            node_id,
+        }
+    }
 }
 
 /// `id` as one subject token: `.` becomes `~` (pool and node ids never hold `~`).
@@ -146,7 +183,7 @@ struct Run {
 
 impl Run {
     async fn run(&mut self) {
-        let mut published = match read_cursor(&self.settings.cursor) {
+        let published = match read_cursor(&self.settings.cursor) {
             Ok(seq) => seq,
             Err(why) => {
                 tracing::error!("cannot read the cluster cursor, publishing nothing: {why}");
@@ -158,6 +195,25 @@ impl Run {
         let Some(js) = self.connect().await else {
             return;
         };
+        let mirror = kv::Mirror {
+            js: js.clone(),
+            settings: self.settings.mirror.clone(),
+            registry: self.registry.clone(),
+            published: self.advanced.subscribe(),
+            stopped: self.stopped.clone(),
+        };
+        let mut mirror = tokio::spawn(mirror.run());
+        self.publish_from(&js, published).await;
+        if tokio::time::timeout(Duration::from_secs(3), &mut mirror)
+            .await
+            .is_err()
+        {
+            mirror.abort();
+        }
+    }
+
+    /// Publishes from `published` on until stopped.
+    async fn publish_from(&mut self, js: &jetstream::Context, mut published: u64) {
         let mut changes = self.registry.subscribe();
         let mut retry_ms = 100;
         loop {
@@ -171,7 +227,7 @@ impl Run {
                 }
                 continue;
             }
-            match self.publish_batch(&js, published).await {
+            match self.publish_batch(js, published).await {
                 Ok(through) => {
                     published = through;
                     retry_ms = 100;
@@ -198,7 +254,15 @@ impl Run {
     /// exists; `None` once stopped.
     async fn connect(&mut self) -> Option<jetstream::Context> {
         let metrics = self.metrics.clone();
-        let client = async_nats::ConnectOptions::new()
+        let options = match self.settings.access.options().await {
+            Ok(options) => options,
+            Err(why) => {
+                tracing::error!("publishing nothing to NATS: {why}");
+                return None;
+            }
+        };
+        let client = options
+            .name(format!("pool-managerd {}", self.settings.node_id))
             .event_callback(move |event| {
                 let metrics = metrics.clone();
                 async move {
@@ -209,9 +273,14 @@ impl Run {
                     }
                 }
             })
-            .retry_on_initial_connect()
-            .connect(self.settings.nats_url.as_str())
-            .await;
+            .retry_on_initial_connect();
+        let client = match connect::server_addrs(&self.settings.nats_url) {
+            Ok(addrs) => client.connect(addrs).await,
+            Err(why) => {
+                tracing::error!("cannot use [cluster] nats_url, publishing nothing: {why}");
+                return None;
+            }
+        };
         let client = match client {
             Ok(client) => client,
             Err(e) => {

@@ -245,6 +245,15 @@ impl Default for JournalSettings {
 pub const DEFAULT_CLUSTER_STREAM: &str = "POOL_EVENTS";
 /// The most replicas a stream may ask for (a JetStream cluster of at most 5 servers).
 pub const CLUSTER_REPLICAS_MAX: u64 = 5;
+/// The key-value bucket of the current registry (`<node>.<pool>`), by default.
+pub const DEFAULT_CLUSTER_REGISTRY_BUCKET: &str = "POOL_REGISTRY";
+/// The key-value bucket of the nodes' heartbeats (keys expire), by default.
+pub const DEFAULT_CLUSTER_NODES_BUCKET: &str = "POOL_NODES";
+/// How often a node heartbeats into the nodes bucket, by default (its key lives 3 times this).
+pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 5_000;
+/// The most bytes of unpublished sealed segments retention keeps beyond `[journal]
+/// retain_bytes` while NATS is away, by default (8 GiB).
+pub const DEFAULT_CLUSTER_UNPUBLISHED_BYTES_MAX: u64 = 8 << 30;
 
 /// `[cluster]`: publishing the journal to NATS JetStream (off while `nats_url` is empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,8 +266,30 @@ pub struct ClusterSettings {
     pub node_id: String,
     /// The JetStream stream of the events.
     pub stream: String,
-    /// Its replicas (1..=[`CLUSTER_REPLICAS_MAX`]; at most the servers of the cluster).
+    /// Its replicas (1..=[`CLUSTER_REPLICAS_MAX`]; at most the servers of the cluster), and
+    /// the key-value buckets'.
     pub replicas: u64,
+    /// The key-value bucket of the current registry.
+    pub registry_bucket: String,
+    /// The key-value bucket of the nodes' heartbeats.
+    pub nodes_bucket: String,
+    /// How often this node heartbeats (1000..=60000 ms); a node is shown down once its last
+    /// heartbeat is older than 3 times this.
+    pub heartbeat_ms: u64,
+    /// Retention keeps unpublished events beyond `[journal] retain_bytes` up to this many
+    /// bytes of sealed segments (then drops the oldest anyway, counted by
+    /// `cluster_unpublished_dropped_events_total`).
+    pub unpublished_bytes_max: u64,
+    /// A NATS credentials file (user JWT and NKey seed, as `nsc` writes it); "" = none.
+    pub creds_file: String,
+    /// A file holding a token for the server's `authorization { token }`; "" = none.
+    pub token_file: String,
+    /// CA certificates (PEM) that verify the servers; set, TLS is required.
+    pub tls_ca_file: String,
+    /// A client certificate (PEM) for mutual TLS, with `tls_key_file`.
+    pub tls_cert_file: String,
+    /// The client certificate's private key (PEM).
+    pub tls_key_file: String,
 }
 
 impl Default for ClusterSettings {
@@ -268,6 +299,15 @@ impl Default for ClusterSettings {
             node_id: String::new(),
             stream: DEFAULT_CLUSTER_STREAM.to_string(),
             replicas: 1,
+            registry_bucket: DEFAULT_CLUSTER_REGISTRY_BUCKET.to_string(),
+            nodes_bucket: DEFAULT_CLUSTER_NODES_BUCKET.to_string(),
+            heartbeat_ms: DEFAULT_CLUSTER_HEARTBEAT_MS,
+            unpublished_bytes_max: DEFAULT_CLUSTER_UNPUBLISHED_BYTES_MAX,
+            creds_file: String::new(),
+            token_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -289,19 +329,77 @@ impl ClusterSettings {
             );
             return Err(("cluster.node_id", why));
         }
-        let stream_ok = !self.stream.is_empty()
-            && self.stream.len() <= 64
-            && self
-                .stream
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
-        if !stream_ok {
-            let why = format!("{:?}: 1 to 64 letters, digits, '_' or '-'", self.stream);
-            return Err(("cluster.stream", why));
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        };
+        for (key, name) in [
+            ("cluster.stream", &self.stream),
+            ("cluster.registry_bucket", &self.registry_bucket),
+            ("cluster.nodes_bucket", &self.nodes_bucket),
+        ] {
+            if !name_ok(name) {
+                return Err((
+                    key,
+                    format!("{name:?}: 1 to 64 letters, digits, '_' or '-'"),
+                ));
+            }
+        }
+        for server in self
+            .nats_url
+            .split(',')
+            .filter(|_| !self.nats_url.is_empty())
+        {
+            let server = server.trim();
+            let rest = server
+                .split_once("://")
+                .map_or(Some(server), |(scheme, rest)| {
+                    matches!(scheme, "nats" | "tls" | "ws" | "wss").then_some(rest)
+                });
+            if rest.is_none_or(|rest| rest.is_empty() || rest.contains(char::is_whitespace)) {
+                let why = format!(
+                    "{server:?}: each server is nats://HOST:PORT (or tls://, ws://, wss://)"
+                );
+                return Err(("cluster.nats_url", why));
+            }
         }
         if self.replicas == 0 || self.replicas > CLUSTER_REPLICAS_MAX {
             let why = format!("{} is outside 1..={CLUSTER_REPLICAS_MAX}", self.replicas);
             return Err(("cluster.replicas", why));
+        }
+        if !(1_000..=60_000).contains(&self.heartbeat_ms) {
+            let why = format!("{} is outside 1000..=60000", self.heartbeat_ms);
+            return Err(("cluster.heartbeat_ms", why));
+        }
+        if self.unpublished_bytes_max == 0 {
+            return Err(("cluster.unpublished_bytes_max", "must be >= 1".into()));
+        }
+        self.validate_access()
+    }
+
+    /// The credential and TLS files: absolute paths, a certificate only with its key.
+    fn validate_access(&self) -> Result<(), (&'static str, String)> {
+        for (key, path) in [
+            ("cluster.creds_file", &self.creds_file),
+            ("cluster.token_file", &self.token_file),
+            ("cluster.tls_ca_file", &self.tls_ca_file),
+            ("cluster.tls_cert_file", &self.tls_cert_file),
+            ("cluster.tls_key_file", &self.tls_key_file),
+        ] {
+            if !path.is_empty() && !path.starts_with('/') {
+                return Err((key, format!("{path:?} is not an absolute path")));
+            }
+        }
+        if !self.creds_file.is_empty() && !self.token_file.is_empty() {
+            let why = "set creds_file or token_file, not both".to_string();
+            return Err(("cluster.token_file", why));
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            let why = "tls_cert_file and tls_key_file go together (mutual TLS)".to_string();
+            return Err(("cluster.tls_key_file", why));
         }
         Ok(())
     }

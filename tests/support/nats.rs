@@ -183,7 +183,10 @@ pub async fn wait_jetstream(url: &str) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "JetStream did not answer at {url}");
+        assert!(
+            Instant::now() < deadline,
+            "JetStream did not answer at {url}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
