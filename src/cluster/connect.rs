@@ -14,6 +14,31 @@ use crate::config::ClusterSettings;
 
 /// How long a command waits for its connection.
 pub const COMMAND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a command tries a JetStream call before its error is the answer: a cluster
+/// that lost a server answers nothing for a stream or bucket whose leader it was until it
+/// elected another (seconds; about 6 s on a loaded 2-core machine).
+pub const COMMAND_TRIES: u32 = 5;
+/// The pause between two tries.
+pub const COMMAND_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// `call` until it succeeds, at most [`COMMAND_TRIES`] times, [`COMMAND_RETRY_PAUSE`] apart
+/// (each call bounds itself); the last error otherwise.
+pub async fn patiently<T, F, Fut>(mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(why) if tries >= COMMAND_TRIES => return Err(why),
+            Err(why) => tracing::debug!("{why}; trying again"),
+        }
+        tries += 1;
+        tokio::time::sleep(COMMAND_RETRY_PAUSE).await;
+    }
+}
 
 /// The credentials and TLS files (none: a plain connection without credentials).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

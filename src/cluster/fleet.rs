@@ -141,15 +141,22 @@ impl FleetReader {
     ) -> Result<FleetReader, String> {
         let client = super::connect::connect_command(url, access).await?;
         let js = jetstream::new(client);
+        let patient = |name: &str| {
+            let (js, name) = (js.clone(), name.to_string());
+            super::connect::patiently(move || {
+                let (js, name) = (js.clone(), name.clone());
+                async move { bucket(&js, &name).await }
+            })
+        };
         Ok(FleetReader {
-            registry: bucket(&js, registry_bucket).await?,
-            nodes: bucket(&js, nodes_bucket).await?,
+            registry: patient(registry_bucket).await?,
+            nodes: patient(nodes_bucket).await?,
         })
     }
 
-    /// The fleet now.
+    /// The fleet now (tried again while the cluster elects a bucket's leader).
     pub async fn read(&self) -> Result<Fleet, String> {
-        read(&self.registry, &self.nodes).await
+        super::connect::patiently(|| read(&self.registry, &self.nodes)).await
     }
 
     /// A stream that yields once per change to either bucket (ends when the server goes).

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 use pool_core::Event;
 use serde::Deserialize;
 
-use super::connect::{connect_command, Access};
+use super::connect::{connect_command, Access, COMMAND_RETRY_PAUSE, COMMAND_TRIES};
 use super::{subject, token, ACK_TIMEOUT};
 use crate::schema::PoolEnvelope;
 
@@ -27,6 +27,8 @@ use crate::schema::PoolEnvelope;
 pub const CALL_TIMEOUT: Duration = ACK_TIMEOUT;
 /// The most messages one fetch asks for.
 pub const FETCH_BATCH_MAX: usize = 256;
+/// How the error of a missing stream begins (it is not tried again).
+const NO_STREAM: &str = "there is no stream";
 /// How long the server keeps a read's consumer once nobody fetches (a read that ends without
 /// deleting it, e.g. a killed command).
 pub const CONSUMER_INACTIVE: Duration = Duration::from_secs(60);
@@ -101,6 +103,25 @@ pub fn decode_payload(bytes: &[u8]) -> Result<PoolEnvelope, String> {
     })
 }
 
+/// `call` until it succeeds, at most [`COMMAND_TRIES`] times (a cluster that lost a stream's
+/// leader answers nothing until it elected another); a missing stream is not tried again.
+async fn again<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, ReadError>
+where
+    Fut: std::future::Future<Output = Result<T, ReadError>>,
+{
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(e) if tries < COMMAND_TRIES && !e.0.starts_with(NO_STREAM) => {
+                tracing::debug!("{e}; trying again");
+            }
+            done => return done,
+        }
+        tries += 1;
+        tokio::time::sleep(COMMAND_RETRY_PAUSE).await;
+    }
+}
+
 /// `future` within [`CALL_TIMEOUT`]; the error names `what` and where.
 async fn bounded<T, E: std::fmt::Display>(
     what: &str,
@@ -135,7 +156,7 @@ impl Source {
             url: url.to_string(),
             stream: stream.to_string(),
         };
-        source.stream().await?;
+        again(|| source.stream()).await?;
         Ok(source)
     }
 
@@ -159,7 +180,7 @@ impl Source {
                     if error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
                 {
                     Err(ReadError(format!(
-                        "there is no stream {name} at {url}: no daemon published there yet, or \
+                        "{NO_STREAM} {name} at {url}: no daemon published there yet, or \
                          under another name (pass --stream NAME); publishing is configured by \
                          [cluster] nats_url (and [cluster] stream) on each daemon"
                     )))
@@ -204,7 +225,12 @@ impl Source {
         self.open(filter_subject(node, pool), what).await
     }
 
+    /// [`Source::try_open`], tried again while the cluster elects a leader.
     async fn open(&self, filter: String, what: String) -> Result<Reader, ReadError> {
+        again(|| self.try_open(filter.clone(), what.clone())).await
+    }
+
+    async fn try_open(&self, filter: String, what: String) -> Result<Reader, ReadError> {
         let at = format!("the stream {} at {}", self.stream, self.url);
         let mut stream = self.stream().await?;
         let end_seq = bounded(&at, stream.info()).await?.state.last_sequence;
@@ -448,134 +474,4 @@ fn gap(node: &str, stream: &str, last: u64, seq: u64, at: &str) -> ReadError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn published(node: &str, seq: u64, event: Event) -> Published {
-        Published {
-            node: node.to_string(),
-            stream_seq: seq,
-            envelope: PoolEnvelope {
-                seq,
-                ts_ms: 1_000 + seq,
-                pool_id: None,
-                cause: None,
-                event,
-            },
-        }
-    }
-
-    fn stopped() -> Event {
-        Event::DaemonStopped {
-            reason: "test".to_string(),
-        }
-    }
-
-    #[test]
-    fn filters_name_the_node_and_the_pool_as_subject_tokens() {
-        assert_eq!(filter_subject(None, None), "pool.events.>");
-        assert_eq!(filter_subject(Some("a.b"), None), "pool.events.a~b.>");
-        assert_eq!(filter_subject(None, Some("chat.a")), "pool.events.*.chat~a");
-        assert_eq!(filter_subject(Some("n1"), Some("p")), "pool.events.n1.p");
-    }
-
-    #[test]
-    fn an_id_with_a_wildcard_or_a_space_is_refused() {
-        assert!(check_id("node", "gpu-7.rack_2").is_ok());
-        for bad in ["", "a*", ">", "a b", "a:b"] {
-            let why = check_id("node", bad).unwrap_err();
-            assert!(why.0.starts_with("node "), "{why}");
-        }
-    }
-
-    #[test]
-    fn a_payload_decodes_back_to_its_envelope() {
-        let envelope = PoolEnvelope {
-            seq: 7,
-            ts_ms: 1_700_000_000_123,
-            pool_id: Some("p1".to_string()),
-            cause: Some(3),
-            event: stopped(),
-        };
-        let payload = pool_journal::envelope_to_json(&envelope)
-            .unwrap()
-            .to_string();
-        assert_eq!(decode_payload(payload.as_bytes()).unwrap(), envelope);
-        let why = decode_payload(
-            br#"{"seq":1,"ts_ms":2,"pool_id":null,"cause":null,"event":{"kind":"Nope"}}"#,
-        )
-        .unwrap_err();
-        assert!(why.contains("Nope"), "{why}");
-        assert!(decode_payload(b"{}").is_err());
-    }
-
-    #[test]
-    fn a_node_history_starts_at_one_and_skips_only_a_declared_loss() {
-        let mut seqs = Seqs {
-            gap_free: Some("n1".to_string()),
-            ..Seqs::default()
-        };
-        assert_eq!(
-            seqs.admit(&published("n1", 1, stopped()), "S", "at"),
-            Ok(true)
-        );
-        assert_eq!(
-            seqs.admit(&published("n1", 2, stopped()), "S", "at"),
-            Ok(true)
-        );
-        // Republished after the duplicate window: skipped and counted.
-        assert_eq!(
-            seqs.admit(&published("n1", 2, stopped()), "S", "at"),
-            Ok(false)
-        );
-        assert_eq!(seqs.duplicates, 1);
-        let loss = Event::JournalLossAccepted {
-            from_seq: 3,
-            to_seq: 5,
-            reason: "disk".to_string(),
-        };
-        assert_eq!(seqs.admit(&published("n1", 5, loss), "S", "at"), Ok(true));
-        let why = seqs
-            .admit(&published("n1", 7, stopped()), "S", "at")
-            .unwrap_err();
-        assert!(why.0.contains("seq 6 is missing"), "{why}");
-        let why = seqs
-            .admit(&published("n2", 8, stopped()), "S", "at")
-            .unwrap_err();
-        assert!(why.0.contains("node n2"), "{why}");
-
-        let mut late = Seqs {
-            gap_free: Some("n1".to_string()),
-            ..Seqs::default()
-        };
-        let why = late
-            .admit(&published("n1", 4, stopped()), "S", "at")
-            .unwrap_err();
-        assert!(
-            why.0.contains("first event on the stream S is seq 4"),
-            "{why}"
-        );
-        assert!(why.0.contains("seqs 1..=3 are missing"), "{why}");
-    }
-
-    #[test]
-    fn every_node_read_skips_repeats_per_node_without_gap_checks() {
-        let mut seqs = Seqs::default();
-        assert_eq!(
-            seqs.admit(&published("n1", 3, stopped()), "S", "at"),
-            Ok(true)
-        );
-        assert_eq!(
-            seqs.admit(&published("n2", 1, stopped()), "S", "at"),
-            Ok(true)
-        );
-        assert_eq!(
-            seqs.admit(&published("n1", 9, stopped()), "S", "at"),
-            Ok(true)
-        );
-        assert_eq!(
-            seqs.admit(&published("n1", 9, stopped()), "S", "at"),
-            Ok(false)
-        );
-    }
-}
+mod tests;
