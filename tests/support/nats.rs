@@ -97,6 +97,11 @@ impl Server {
 /// `nats-server -js` alone on a free loopback port, with its store under `dir`; `None` when
 /// skipped (see [`require`]).
 pub fn server(dir: &Path) -> Option<Server> {
+    server_with(dir, &[])
+}
+
+/// [`server`] with more arguments (`--auth TOKEN`, `-c FILE`...).
+pub fn server_with(dir: &Path, extra: &[&str]) -> Option<Server> {
     if !require() {
         return None;
     }
@@ -110,7 +115,10 @@ pub fn server(dir: &Path) -> Option<Server> {
         port.to_string(),
         "-sd".to_string(),
         store.display().to_string(),
-    ];
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|arg| arg.to_string()))
+    .collect();
     let mut server = Server {
         port,
         child: None,
