@@ -7,8 +7,10 @@
 //! `.` only as a separator and no `~`), the values' form ([`PoolEntry`], [`NodeBeat`]), and
 //! the mirror task that follows the registry. Never: runs on the node actor or blocks it (it
 //! reads the published registry), writes a pool whose status did not change (a status is a
-//! pure projection of its events: an unchanged `last_seq` is an unchanged status), or keeps a
-//! key of a pool this node no longer has.
+//! pure projection of its events: an unchanged `last_seq` is an unchanged status), writes more
+//! than one round of puts per `[cluster] registry_every_ms` (a busy pool is put once per round,
+//! at its last seq: the bucket's write rate is bounded by pools, not by leases), or keeps a key
+//! of a pool this node no longer has.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -74,6 +76,8 @@ pub struct MirrorSettings {
     pub replicas: usize,
     /// `[cluster] heartbeat_ms`.
     pub heartbeat: Duration,
+    /// `[cluster] registry_every_ms`: the least time between two rounds of puts.
+    pub registry_every: Duration,
 }
 
 /// The registry bucket's configuration (one value per key, kept until deleted).
@@ -170,8 +174,16 @@ impl Mirror {
                 _ => {}
             };
             report(&mut failing, synced);
+            let next_sync = tokio::time::Instant::now() + self.settings.registry_every;
             tokio::select! {
-                _ = changes.changed() => {}
+                _ = changes.changed() => {
+                    // At most one round of puts per `registry_every`: the changes meanwhile
+                    // are written together (each pool once, at its last seq).
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next_sync) => {}
+                        _ = self.stopped.changed() => break,
+                    }
+                }
                 _ = beat.tick() => {
                     let beat = self.heartbeat(&nodes).await;
                     report(&mut failing, beat);

@@ -76,6 +76,7 @@ impl PublishSettings {
                 nodes_bucket: cluster.nodes_bucket.clone(),
                 replicas,
                 heartbeat: Duration::from_millis(cluster.heartbeat_ms),
+                registry_every: Duration::from_millis(cluster.registry_every_ms),
             },
             node_id,
         }

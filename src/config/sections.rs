@@ -251,6 +251,8 @@ pub const DEFAULT_CLUSTER_REGISTRY_BUCKET: &str = "POOL_REGISTRY";
 pub const DEFAULT_CLUSTER_NODES_BUCKET: &str = "POOL_NODES";
 /// How often a node heartbeats into the nodes bucket, by default (its key lives 3 times this).
 pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 5_000;
+/// The least time between two rounds of puts into the registry bucket, by default.
+pub const DEFAULT_CLUSTER_REGISTRY_EVERY_MS: u64 = 250;
 /// The most bytes of unpublished sealed segments retention keeps beyond `[journal]
 /// retain_bytes` while NATS is away, by default (8 GiB).
 pub const DEFAULT_CLUSTER_UNPUBLISHED_BYTES_MAX: u64 = 8 << 30;
@@ -276,6 +278,9 @@ pub struct ClusterSettings {
     /// How often this node heartbeats (1000..=60000 ms); a node is shown down once its last
     /// heartbeat is older than 3 times this.
     pub heartbeat_ms: u64,
+    /// The least time between two rounds of puts into the registry bucket (0..=60000 ms): a
+    /// pool that changed meanwhile is put once, at its last seq (the bucket's staleness bound).
+    pub registry_every_ms: u64,
     /// Retention keeps unpublished events beyond `[journal] retain_bytes` up to this many
     /// bytes of sealed segments (then drops the oldest anyway, counted by
     /// `cluster_unpublished_dropped_events_total`).
@@ -302,6 +307,7 @@ impl Default for ClusterSettings {
             registry_bucket: DEFAULT_CLUSTER_REGISTRY_BUCKET.to_string(),
             nodes_bucket: DEFAULT_CLUSTER_NODES_BUCKET.to_string(),
             heartbeat_ms: DEFAULT_CLUSTER_HEARTBEAT_MS,
+            registry_every_ms: DEFAULT_CLUSTER_REGISTRY_EVERY_MS,
             unpublished_bytes_max: DEFAULT_CLUSTER_UNPUBLISHED_BYTES_MAX,
             creds_file: String::new(),
             token_file: String::new(),
@@ -373,6 +379,10 @@ impl ClusterSettings {
         if !(1_000..=60_000).contains(&self.heartbeat_ms) {
             let why = format!("{} is outside 1000..=60000", self.heartbeat_ms);
             return Err(("cluster.heartbeat_ms", why));
+        }
+        if self.registry_every_ms > 60_000 {
+            let why = format!("{} is over 60000", self.registry_every_ms);
+            return Err(("cluster.registry_every_ms", why));
         }
         if self.unpublished_bytes_max == 0 {
             return Err(("cluster.unpublished_bytes_max", "must be >= 1".into()));
