@@ -28,6 +28,8 @@ use crate::watch::GpuObserver;
 
 /// The daemon's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How long a stopping daemon waits for NATS to acknowledge the events of its stop.
+pub const PUBLISH_DRAIN: Duration = Duration::from_secs(2);
 
 /// A running daemon.
 pub struct Daemon {
@@ -173,10 +175,6 @@ impl Daemon {
         let _ = self.stop_server.send(());
         self.handoff_watcher.stop().await; // handoff watcher
         self.gpu_observer.stop().await;
-        if let Some(publisher) = self.publisher {
-            // Its clone of the journal goes before the node closes it.
-            publisher.stop().await;
-        }
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(Ok(Err(e))) => tracing::warn!("the API server ended with an error: {e}"),
             Err(_) => tracing::warn!("the API server did not finish its requests within 10 s"),
@@ -186,7 +184,18 @@ impl Daemon {
             stop_all(&self.node.handle(), self.stop_wait_ms).await;
         }
         let cgroups = self.node.handle().cgroups().cloned();
-        self.node.shutdown(reason).await;
+        // The publisher publishes the events of the stop (engines stopped, `DaemonStopped`)
+        // within a bounded wait, and lets its clone of the journal go before the node closes it.
+        let journal = self.node.handle().journal();
+        let publisher = self.publisher;
+        let drain = async move {
+            if let Some(publisher) = publisher {
+                publisher
+                    .drain_and_stop(journal.last_seq(), PUBLISH_DRAIN)
+                    .await;
+            }
+        };
+        self.node.shutdown_then(reason, drain).await;
         if let Some(cgroups) = cgroups {
             cgroups.remove_empty();
         }

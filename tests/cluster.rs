@@ -98,7 +98,14 @@ async fn every_event_is_in_the_stream_once_in_order_across_a_restart() {
         &nats::stream_messages(&url, "POOL_EVENTS").await,
         &journal_events(&h).await,
     );
+    // A clean stop publishes its own events before the journal closes: the stream ends with
+    // `DaemonStopped`, after the journal's last seq before the stop.
+    let before = h.daemon.as_ref().unwrap().handle().journal().last_seq();
     h.stop().await;
+    let messages = nats::stream_messages(&url, "POOL_EVENTS").await;
+    let last = messages.last().unwrap();
+    assert_eq!(last.payload["event"]["kind"], "DaemonStopped", "{last:?}");
+    assert!(last.payload["seq"].as_u64().unwrap() > before);
 }
 
 /// A gauge of a scrape of `GET /metrics`.

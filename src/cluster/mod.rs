@@ -159,6 +159,20 @@ impl Publisher {
         self.published.clone()
     }
 
+    /// Waits until the server acknowledged `last` (at most `within`: NATS may be away, the
+    /// rest is published at the next start), then stops.
+    pub async fn drain_and_stop(self, last: u64, within: Duration) {
+        let mut published = self.published.clone();
+        if tokio::time::timeout(within, published.wait_for(|seq| *seq >= last))
+            .await
+            .is_err()
+        {
+            let now = *published.borrow();
+            tracing::info!(published = now, last, "stopping before NATS acknowledged the last events; they are published at the next start");
+        }
+        self.stop().await;
+    }
+
     /// Stops publishing (what is acknowledged is in the cursor) and waits, bounded.
     pub async fn stop(self) {
         let _ = self.stop.send(true);

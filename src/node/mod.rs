@@ -281,9 +281,20 @@ impl Node {
     /// Journals `DaemonStopped{reason}`, stops the actor and closes the journal. Engines keep
     /// running (they outlive the daemon).
     pub async fn shutdown(self, reason: &str) {
+        self.shutdown_then(reason, async {}).await;
+    }
+
+    /// [`Node::shutdown`], running `before_close` once the actor recorded its stop and ended,
+    /// before the journal is closed (the cluster publisher publishes the last events then).
+    pub async fn shutdown_then(
+        self,
+        reason: &str,
+        before_close: impl std::future::Future<Output = ()>,
+    ) {
         self.handle.registry().announce_stopping();
         self.handle.inbox.shutdown(reason.to_string()).await;
         let _ = self.task.await;
+        before_close.await;
         let journal = self.handle.journal.clone();
         let dir = journal.dir().to_path_buf();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
