@@ -10,7 +10,9 @@
 //! - event latency, the event's time (`ts_ms`, set just before its commit) to its delivery to
 //!   a stream consumer (an ordered push consumer of `POOL_EVENTS`): p50, p99, max, in ms;
 //! - the KV view's staleness: the event's time to the registry bucket's update that carries
-//!   its seq (the mirror coalesces: only the seqs written are measured): p50, p99, max.
+//!   its seq (the mirror writes at most one round per `registry_every_ms`, 250 ms: only the
+//!   seqs written are measured, so the view can lag an event by up to that bound more): p50,
+//!   p99, max.
 //!
 //! `cargo bench --bench fleet`: N = 1, 4, 16, C = 2, 15 s of traffic each; `cargo test
 //! --bench fleet` (CI): N = 1, 3 s. `POOL_BENCH_FLEET` (e.g. `1,4`), `POOL_BENCH_FLEET_SECS`
@@ -124,7 +126,9 @@ async fn fleet_sum(http: &reqwest::Client, bases: &[String], name: &str) -> f64 
 struct Seen {
     ts: HashMap<(String, u64), u64>,
     latencies: Vec<u64>,
-    staleness: Vec<u64>,
+    /// Each registry update: (node, seq, when it arrived); matched with the event's time at
+    /// the end (an update may arrive before its event: the mirror does not wait for the stream).
+    kv: Vec<(String, u64, u64)>,
 }
 
 /// Follows the stream (new messages only) and records each event's latency.
@@ -167,7 +171,7 @@ async fn consume_stream(
     }
 }
 
-/// Follows the registry bucket and records each update's staleness.
+/// Follows the registry bucket and records each update's arrival.
 async fn consume_kv(url: String, seen: Arc<Mutex<Seen>>) {
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -180,10 +184,7 @@ async fn consume_kv(url: String, seen: Arc<Mutex<Seen>>) {
         };
         let node = value["node"].as_str().unwrap_or_default().to_string();
         let seq = value["seq"].as_u64().unwrap_or(0);
-        let mut seen = seen.lock().unwrap();
-        if let Some(ts) = seen.ts.get(&(node, seq)).copied() {
-            seen.staleness.push(at.saturating_sub(ts));
-        }
+        seen.lock().unwrap().kv.push((node, seq, at));
     }
 }
 
@@ -290,18 +291,70 @@ async fn run(nodes: usize, clients: usize, secs: u64, http: &reqwest::Client) {
         drain.as_secs_f64() * 1000.0,
         seen.latencies.len(),
     );
+    let client = async_nats::connect(servers[0].url()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("POOL_EVENTS")
+        .await
+        .unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    println!(
+        "  stream: {} messages, {} bytes ({} bytes per event, one replica)",
+        state.messages,
+        state.bytes,
+        state.bytes / state.messages.max(1)
+    );
     println!(
         "  event time -> stream consumer: {}",
         percentiles(&mut seen.latencies)
     );
+    let mut staleness: Vec<u64> = seen
+        .kv
+        .iter()
+        .filter_map(|(node, seq, at)| {
+            let ts = seen.ts.get(&(node.clone(), *seq))?;
+            Some(at.saturating_sub(*ts))
+        })
+        .collect();
     println!(
         "  event time -> registry bucket: {}",
-        percentiles(&mut seen.staleness)
+        percentiles(&mut staleness)
     );
     drop(fleet);
+    drain_rate(dir.path(), &urls, http).await;
     for server in &mut servers {
         server.stop();
     }
+}
+
+/// The publisher's own rate on a backlog: the stream deleted, node 0 restarted (its engines
+/// stopped) without its cursor, so that its whole journal is a backlog; the time from its
+/// first `/health` answer to an empty backlog.
+async fn drain_rate(dir: &std::path::Path, urls: &str, http: &reqwest::Client) {
+    let home = dir.join("node-0");
+    let config = home.join("pool-managerd.toml");
+    let first = urls.split(',').next().unwrap();
+    let client = async_nats::connect(first).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream("POOL_EVENTS").await.unwrap();
+    std::fs::remove_file(home.join("runtime/cluster-POOL_EVENTS.cursor")).unwrap();
+    let serve = ServeCommand::new(DAEMON, &home)
+        .dev()
+        .config(&config)
+        .start();
+    let began = Instant::now();
+    let base = serve.base();
+    while gauge(http, &base, "cluster_publish_lag_events").await > 0.0 {
+        assert!(began.elapsed() < Duration::from_secs(300), "no drain");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = began.elapsed().as_secs_f64();
+    let events = gauge(http, &base, "journal_last_seq").await;
+    println!(
+        "  backlog drain (node 0's whole journal into an empty stream): {events:.0} events in \
+         {:.0} ms = {:.0} events/s",
+        took * 1000.0,
+        events / took
+    );
 }
 
 fn main() {
