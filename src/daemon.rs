@@ -102,6 +102,7 @@ impl Daemon {
             admission.clone(),
             users,
         )?;
+        let hold = settings.retention_hold.clone();
         let (node, report) = Node::start(settings).await?;
         // The preflight reading's observations (inventory, engines on GPUs, faults), before
         // the API answers anyone; then the loop takes a reading every poll interval.
@@ -123,7 +124,7 @@ impl Daemon {
             node.handle().inbox(),
             node.handle().dirs().clone(),
         );
-        let publisher = publisher_of(config, &node);
+        let publisher = publisher_of(config, &node, hold);
         let (server, stop_server) = serve_api(config, &node, state, listener);
         let stop_wait_ms = config
             .stop
@@ -228,8 +229,30 @@ pub async fn run(
     Ok(report)
 }
 
-/// The journal's publisher to NATS, when `[cluster] nats_url` is set.
-fn publisher_of(config: &Config, node: &Node) -> Option<crate::cluster::Publisher> {
+/// What retention keeps for the journal's publisher to NATS, when `[cluster] nats_url` is set:
+/// the events after its cursor (from 0 when the cursor is missing or unreadable: the publisher
+/// reports an unreadable one), up to `[cluster] unpublished_bytes_max` beyond `[journal]
+/// retain_bytes`.
+fn retention_hold_of(config: &Config) -> Option<pool_journal::RetentionHold> {
+    let cluster = &config.cluster;
+    if cluster.nats_url.is_empty() {
+        return None;
+    }
+    let cursor = crate::cluster::PublishSettings::of(cluster, &config.runtime_dir).cursor;
+    let published = crate::cluster::read_cursor(&cursor).unwrap_or(0);
+    Some(pool_journal::RetentionHold::new(
+        published,
+        cluster.unpublished_bytes_max,
+    ))
+}
+
+/// The journal's publisher to NATS, when `[cluster] nats_url` is set; `hold` is what retention
+/// keeps for it (it advances it as NATS acknowledges).
+fn publisher_of(
+    config: &Config,
+    node: &Node,
+    hold: Option<pool_journal::RetentionHold>,
+) -> Option<crate::cluster::Publisher> {
     let cluster = &config.cluster;
     if cluster.nats_url.is_empty() {
         return None;
@@ -242,6 +265,7 @@ fn publisher_of(config: &Config, node: &Node) -> Option<crate::cluster::Publishe
         handle.journal(),
         handle.registry().clone(),
         handle.shared_metrics(),
+        hold,
     ))
 }
 
@@ -355,6 +379,7 @@ fn node_settings(
         admission,
         cgroups: engine_cgroups(config)?,
         logs_gid,
+        retention_hold: retention_hold_of(config),
     })
 }
 

@@ -4,6 +4,7 @@
 //! passes every option explicitly.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Default sled page-cache size: 8 MiB (the live store holds only unsealed records).
@@ -66,6 +67,90 @@ impl PartialEq for JournalClock {
 
 impl Eq for JournalClock {}
 
+/// What retention must keep for a consumer of the journal (the cluster publisher): the seqs
+/// after `through` (the last one it consumed) are kept beyond `retain_bytes` and `retain_ms`
+/// while the sealed segments take at most `retain_bytes + cap_bytes`; past that the oldest are
+/// dropped anyway, and the unconsumed events among them counted
+/// ([`RetentionHold::dropped_events`]).
+///
+/// Clones share the same position and count: the consumer advances the one the journal reads.
+#[derive(Debug, Clone)]
+pub struct RetentionHold {
+    through: Arc<AtomicU64>,
+    cap_bytes: u64,
+    dropped: Arc<AtomicU64>,
+    /// The highest seq counted in `dropped` (each seq is counted once).
+    counted_through: Arc<AtomicU64>,
+}
+
+/// A [`RetentionHold`] as read at one moment: what `segments_to_drop` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldLimit {
+    /// Seqs up to this one were consumed: retention may drop them.
+    pub through: u64,
+    /// How many bytes of sealed segments beyond `retain_bytes` retention keeps for the rest.
+    pub cap_bytes: u64,
+}
+
+impl RetentionHold {
+    /// A hold of the seqs after `through`, up to `cap_bytes` beyond `retain_bytes`.
+    pub fn new(through: u64, cap_bytes: u64) -> Self {
+        RetentionHold {
+            through: Arc::new(AtomicU64::new(through)),
+            cap_bytes,
+            dropped: Arc::new(AtomicU64::new(0)),
+            counted_through: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The consumer consumed every seq up to `seq` (never moves back).
+    pub fn advance(&self, seq: u64) {
+        self.through.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The last seq consumed.
+    pub fn through(&self) -> u64 {
+        self.through.load(Ordering::Acquire)
+    }
+
+    /// The bytes kept beyond `retain_bytes` for the consumer.
+    pub fn cap_bytes(&self) -> u64 {
+        self.cap_bytes
+    }
+
+    /// The hold now.
+    pub fn limit(&self) -> HoldLimit {
+        HoldLimit {
+            through: self.through(),
+            cap_bytes: self.cap_bytes,
+        }
+    }
+
+    /// Events dropped before they were consumed, since this hold was made.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Counts the seqs `from..=to` as dropped unconsumed, less those already counted (every
+    /// seq up to the highest one counted so far: losses are counted oldest first, by
+    /// retention as it drops them and by the consumer when it finds a gap retention did not
+    /// count); returns how many were newly counted.
+    pub fn count_dropped(&self, from: u64, to: u64) -> u64 {
+        let before = self.counted_through.fetch_max(to, Ordering::AcqRel);
+        let new = to.saturating_sub(before.max(from.saturating_sub(1)));
+        self.dropped.fetch_add(new, Ordering::AcqRel);
+        new
+    }
+}
+
+impl PartialEq for RetentionHold {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.through, &other.through) && self.cap_bytes == other.cap_bytes
+    }
+}
+
+impl Eq for RetentionHold {}
+
 /// Options for `Journal::open`. Build with [`JournalConfig::new`] and override fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -87,7 +172,8 @@ pub struct JournalConfig {
     /// largest record in tests): the tail is also sealed once it holds this many bytes.
     pub segment_bytes: usize,
     /// Retention by size: the oldest sealed segments are dropped while the segments take more
-    /// than this many bytes (never what the newest snapshot needs, never the newest segment).
+    /// than this many bytes (never what the newest snapshot needs, never the newest segment,
+    /// never what `hold` keeps).
     pub retain_bytes: u64,
     /// Retention by age: sealed segments whose newest record is older than this are dropped
     /// (same limits).
@@ -97,6 +183,9 @@ pub struct JournalConfig {
     pub scratch_dir: Option<PathBuf>,
     /// The clock retention compares record times with.
     pub clock: JournalClock,
+    /// What retention keeps for a consumer that has not read it yet (`None`: nothing beyond
+    /// `retain_bytes` and `retain_ms`).
+    pub hold: Option<RetentionHold>,
 }
 
 impl JournalConfig {
@@ -114,6 +203,7 @@ impl JournalConfig {
             retain_ms: DEFAULT_RETAIN_MS,
             scratch_dir: None,
             clock: JournalClock::system(),
+            hold: None,
         }
     }
 

@@ -46,8 +46,8 @@
 //! The maintenance thread seals the tail's oldest records into a segment once it holds
 //! `segment_records` records or `segment_bytes` bytes (segment file synced, then the manifest
 //! replaced atomically, then readers switch), applies retention (`retain_bytes`,
-//! `retain_ms`: oldest segments first, never what the newest snapshot needs), and syncs the
-//! witness.
+//! `retain_ms`: oldest segments first, never what the newest snapshot needs, nor what a
+//! [`RetentionHold`] keeps for an unread consumer up to its cap), and syncs the witness.
 //!
 //! # What "acknowledged" means
 //!
@@ -116,7 +116,7 @@ mod tools;
 pub mod witness;
 mod writer;
 
-pub use config::{JournalClock, JournalConfig, RecoveryMode};
+pub use config::{HoldLimit, JournalClock, JournalConfig, RecoveryMode, RetentionHold};
 pub use error::{JournalError, WriteErrorKind};
 pub use journal::{Journal, MAX_POOL_ID_BYTES, MAX_READ_POOL_LIMIT, MAX_SNAPSHOT_BYTES};
 pub use json::{envelope_to_json, event_from_json, event_to_json};

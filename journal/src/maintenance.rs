@@ -5,10 +5,13 @@
 //! live store (and in the tail), then the manifest, then swaps the view (readers move from the
 //! tail to the segment in one step); the writer removes the sealed keys from the live store
 //! a few at a time in later commits. Retention replaces the manifest first, then the witness's
-//! `first_seq`, then deletes the dropped files.
+//! `first_seq`, then deletes the dropped files. A [`RetentionHold`] (the cluster publisher's
+//! position) keeps the segments its consumer has not read beyond `retain_bytes`/`retain_ms`,
+//! up to its cap; what the cap drops unread is counted in the hold and logged as an error.
 //!
 //! **Must never:** list a segment before its file is durable, drop a segment that holds seqs
-//! after the newest snapshot (start-up replays from it) or the newest segment, or block the
+//! after the newest snapshot (start-up replays from it) or the newest segment, drop an unread
+//! segment of a hold while under its cap, or block the
 //! writer (it never takes the writer's locks; the view lock is held only to swap).
 
 use std::sync::Arc;
@@ -16,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::config::{HoldLimit, RetentionHold};
 use crate::manifest::{self, Manifest};
-use crate::segment::{self, SealRecord};
+use crate::segment::{self, SealRecord, SegmentMeta};
 use crate::shared::Shared;
 use crate::snapshot;
 use crate::writer::Command;
@@ -203,12 +207,18 @@ pub(crate) fn seal_once(shared: &Shared) -> std::io::Result<bool> {
 }
 
 /// Which of `manifest`'s oldest segments retention drops now (a count from the front).
+///
+/// A segment goes once the segments take more than `retain_bytes` or its newest record is
+/// older than `retain_ms`, never the newest segment nor one holding seqs after
+/// `newest_snapshot`; with a `hold`, never one holding a seq after `hold.through` either,
+/// while the segments take at most `retain_bytes + hold.cap_bytes` (past that, the cap wins).
 pub fn segments_to_drop(
     manifest: &Manifest,
     newest_snapshot: Option<u64>,
     retain_bytes: u64,
     retain_ms: u64,
     now_ms: u64,
+    hold: Option<HoldLimit>,
 ) -> usize {
     let mut total = manifest.bytes();
     let mut count = 0;
@@ -224,6 +234,12 @@ pub fn segments_to_drop(
         if newest_snapshot.is_none_or(|snap| s.last_seq > snap) {
             break;
         }
+        // The consumer has not read it yet: it stays, up to the cap.
+        if hold.is_some_and(|h| {
+            s.last_seq > h.through && total <= retain_bytes.saturating_add(h.cap_bytes)
+        }) {
+            break;
+        }
         total -= s.bytes;
         count += 1;
     }
@@ -235,12 +251,14 @@ pub(crate) fn apply_retention(shared: &Shared) -> std::io::Result<()> {
     let _seal = shared.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
     let manifest = shared.manifest();
     let newest_snapshot = snapshot::list(&shared.layout)?.first().copied();
+    let hold = shared.config.hold.as_ref().map(RetentionHold::limit);
     let count = segments_to_drop(
         &manifest,
         newest_snapshot,
         shared.config.retain_bytes,
         shared.config.retain_ms,
         shared.config.clock.now_ms(),
+        hold,
     );
     if count == 0 {
         return Ok(());
@@ -253,6 +271,9 @@ pub(crate) fn apply_retention(shared: &Shared) -> std::io::Result<()> {
     manifest::write(&shared.layout.manifest(), &next)?;
     let first = next.first_retained();
     shared.write_view().manifest = Arc::new(next);
+    if let (Some(hold), Some(limit)) = (&shared.config.hold, hold) {
+        report_unconsumed(shared, hold, limit.through, &dropped);
+    }
     if let Some(witness) = &shared.witness {
         witness.set_first_seq(first);
         if witness.touch().is_err() {
@@ -283,4 +304,170 @@ pub(crate) fn apply_retention(shared: &Shared) -> std::io::Result<()> {
         "journal retention dropped the oldest segments"
     );
     Ok(())
+}
+
+/// Counts (in `hold`) and reports the events of `dropped` after `through`: the cap of the hold
+/// made retention drop them before their consumer read them.
+fn report_unconsumed(shared: &Shared, hold: &RetentionHold, through: u64, dropped: &[SegmentMeta]) {
+    let Some(last) = dropped.last().map(|s| s.last_seq) else {
+        return;
+    };
+    let after = through.saturating_add(1);
+    let from = dropped.first().map_or(after, |s| s.first_seq.max(after));
+    if last < from {
+        return;
+    }
+    let newly = hold.count_dropped(from, last);
+    tracing::error!(
+        dir = %shared.layout.dir.display(),
+        from_seq = from,
+        to_seq = last,
+        events = newly,
+        cap_bytes = hold.cap_bytes(),
+        "journal retention dropped seqs {from}..={last} before the cluster publisher published \
+         them (the unpublished segments took more than [journal] retain_bytes + [cluster] \
+         unpublished_bytes_max): the stream will have a gap there. Bring NATS back (the \
+         publisher is behind), or raise [cluster] unpublished_bytes_max to keep more"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    /// Segments of 10 seqs and 100 bytes each (seqs 1..=10, 11..=20, ...), all written at 0.
+    fn manifest(segments: u64) -> Manifest {
+        Manifest {
+            generation: 1,
+            expired_through: 0,
+            segments: (0..segments)
+                .map(|i| SegmentMeta {
+                    first_seq: i * 10 + 1,
+                    last_seq: i * 10 + 10,
+                    records: 10,
+                    bytes: 100,
+                    first_ts_ms: 0,
+                    last_ts_ms: 0,
+                    body_crc: 0,
+                    pools: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn hold(through: u64, cap_bytes: u64) -> Option<HoldLimit> {
+        Some(HoldLimit { through, cap_bytes })
+    }
+
+    #[test]
+    fn without_a_hold_the_oldest_go_by_size_and_by_age() {
+        let m = manifest(5);
+        // 500 bytes, 250 retained: 3 go (the newest never goes).
+        assert_eq!(segments_to_drop(&m, Some(50), 250, u64::MAX, 0, None), 3);
+        // All older than a day: all but the newest.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), u64::MAX, DAY_MS, 2 * DAY_MS, None),
+            4
+        );
+        // What the newest snapshot needs stays.
+        assert_eq!(segments_to_drop(&m, Some(20), 1, 1, 2 * DAY_MS, None), 2);
+    }
+
+    #[test]
+    fn a_held_segment_stays_past_retain_bytes_and_retain_ms_under_the_cap() {
+        let m = manifest(5);
+        // Nothing consumed: nothing goes, however big (500 <= 1 + 1000) or old.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 1, u64::MAX, 0, hold(0, 1_000)),
+            0
+        );
+        assert_eq!(
+            segments_to_drop(&m, Some(50), u64::MAX, DAY_MS, 2 * DAY_MS, hold(0, 1_000)),
+            0
+        );
+        // One seq of the first segment unread: it stays, and so does all after it.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 1, 1, 2 * DAY_MS, hold(9, 1_000)),
+            0
+        );
+        // A cap that does not overflow with retain_bytes at its largest.
+        assert_eq!(
+            segments_to_drop(
+                &m,
+                Some(50),
+                u64::MAX,
+                DAY_MS,
+                2 * DAY_MS,
+                hold(0, u64::MAX)
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn consumed_segments_go_as_before() {
+        let m = manifest(5);
+        // Seqs 1..=20 consumed: the first two go (by size), the third is held.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 1, u64::MAX, 0, hold(20, 1_000)),
+            2
+        );
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 1, DAY_MS, 2 * DAY_MS, hold(25, 1_000)),
+            2
+        );
+        // Everything consumed: as without a hold.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 250, u64::MAX, 0, hold(50, 1_000)),
+            segments_to_drop(&m, Some(50), 250, u64::MAX, 0, None)
+        );
+        // Under retain_bytes and retain_ms nothing goes, held or not.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 1_000, DAY_MS, 0, hold(50, 1)),
+            0
+        );
+    }
+
+    #[test]
+    fn over_the_cap_the_oldest_go_anyway_down_to_the_cap() {
+        let m = manifest(5);
+        // 500 bytes > 100 + 250: the oldest go until 300 remain (<= 350), unread or not.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 100, u64::MAX, 0, hold(0, 250)),
+            2
+        );
+        // A cap of 1 byte: as if there were no hold, but the newest and the snapshot stay.
+        assert_eq!(
+            segments_to_drop(&m, Some(50), 1, u64::MAX, 0, hold(0, 1)),
+            4
+        );
+        assert_eq!(
+            segments_to_drop(&m, Some(20), 1, u64::MAX, 0, hold(0, 1)),
+            2
+        );
+    }
+
+    #[test]
+    fn a_hold_moves_only_forward_and_counts_each_lost_seq_once() {
+        let h = RetentionHold::new(5, 10);
+        h.advance(3);
+        assert_eq!(h.through(), 5);
+        h.advance(9);
+        assert_eq!(
+            h.limit(),
+            HoldLimit {
+                through: 9,
+                cap_bytes: 10
+            }
+        );
+        let clone = h.clone();
+        assert_eq!(clone.count_dropped(10, 20), 11);
+        // The consumer finds a gap 10..=30: 21..=30 were not counted yet.
+        assert_eq!(h.count_dropped(10, 30), 10);
+        assert_eq!(h.count_dropped(15, 25), 0);
+        assert_eq!(h.dropped_events(), 21);
+        assert_eq!(clone.dropped_events(), 21);
+    }
 }

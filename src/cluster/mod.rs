@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use pool_journal::{JournalError, RetentionHold};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -126,14 +127,19 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `journal` from its cursor on, following the registry's change signal.
+    /// Publishes `journal` from its cursor on, following the registry's change signal;
+    /// advances `hold` (what the journal's retention keeps for it) as NATS acknowledges, and
+    /// counts in it the events it finds dropped before they were published.
     pub fn spawn(
         settings: PublishSettings,
         journal: PoolJournal,
         registry: Registry,
         metrics: SharedMetrics,
+        hold: Option<RetentionHold>,
     ) -> Publisher {
+        let hold = hold.unwrap_or_else(|| RetentionHold::new(0, u64::MAX));
         metrics.cluster().enable();
+        metrics.cluster().count_dropped_in(hold.clone());
         let (stop, stopped) = watch::channel(false);
         let (advanced, published) = watch::channel(0);
         let task = tokio::spawn(async move {
@@ -144,6 +150,7 @@ impl Publisher {
                 stopped,
                 advanced,
                 metrics,
+                hold,
             };
             run.run().await;
         });
@@ -194,6 +201,30 @@ struct Run {
     stopped: watch::Receiver<bool>,
     advanced: watch::Sender<u64>,
     metrics: SharedMetrics,
+    hold: RetentionHold,
+}
+
+/// Why a round published nothing.
+enum Failed {
+    /// Retention dropped the events from the one asked for up to `earliest` (excluded).
+    Expired { earliest: u64 },
+    /// Anything else: the round is tried again.
+    Other(String),
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Self {
+        Failed::Other(why)
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Expired { earliest } => write!(f, "the journal starts at seq {earliest}"),
+            Failed::Other(why) => f.write_str(why),
+        }
+    }
 }
 
 impl Run {
@@ -247,6 +278,10 @@ impl Run {
                     published = through;
                     retry_ms = 100;
                     self.save(published).await;
+                }
+                Err(Failed::Expired { earliest }) if earliest > published.saturating_add(1) => {
+                    published = self.skip_lost(published, earliest).await;
+                    retry_ms = 100;
                 }
                 Err(why) => {
                     self.metrics.cluster().count_failure();
@@ -334,7 +369,7 @@ impl Run {
 
     /// Publishes the events after `published` (at most [`BATCH_EVENTS_MAX`]) and awaits their
     /// acks in order; the seq acknowledged last.
-    async fn publish_batch(&self, js: &jetstream::Context, published: u64) -> Result<u64, String> {
+    async fn publish_batch(&self, js: &jetstream::Context, published: u64) -> Result<u64, Failed> {
         let batch = self.read(published + 1).await?;
         let mut acks = Vec::with_capacity(batch.len());
         for envelope in &batch {
@@ -359,22 +394,47 @@ impl Run {
     }
 
     /// Up to [`BATCH_EVENTS_MAX`] events from `from`, read on a blocking thread.
-    async fn read(&self, from: u64) -> Result<Vec<PoolEnvelope>, String> {
+    async fn read(&self, from: u64) -> Result<Vec<PoolEnvelope>, Failed> {
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || {
             journal
                 .read_from(from)
                 .take(BATCH_EVENTS_MAX)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("reading the journal from seq {from}: {e}"))
+                .map_err(|e| match e {
+                    JournalError::HistoryExpired { earliest, .. } => Failed::Expired { earliest },
+                    e => Failed::Other(format!("reading the journal from seq {from}: {e}")),
+                })
         })
         .await
-        .map_err(|e| format!("the journal's reader failed: {e}"))?
+        .map_err(|e| Failed::Other(format!("the journal's reader failed: {e}")))?
+    }
+
+    /// Retention dropped the events after `published` up to `earliest` (excluded) before NATS
+    /// acknowledged them: they are counted (unless retention counted them as it dropped
+    /// them) and logged, and publishing goes on from `earliest` rather than retrying forever;
+    /// the new cursor.
+    async fn skip_lost(&self, published: u64, earliest: u64) -> u64 {
+        let (from, to) = (published + 1, earliest - 1);
+        let counted = self.hold.count_dropped(from, to);
+        tracing::error!(
+            stream = %self.settings.stream,
+            from_seq = from,
+            to_seq = to,
+            newly_counted = counted,
+            "events {from}..={to} were dropped from this node's journal by retention before NATS \
+             acknowledged them: the stream has a gap there, and the node's journal no longer has \
+             them (keep NATS reachable, or raise [cluster] unpublished_bytes_max); publishing \
+             goes on from seq {earliest}"
+        );
+        self.save(to).await;
+        to
     }
 
     /// Writes the cursor (atomically, durably); a failure is logged, and publishing goes on
     /// (the server drops what a restart publishes again within its duplicate window).
     async fn save(&self, published: u64) {
+        self.hold.advance(published);
         self.advanced.send_replace(published);
         self.metrics.cluster().set_published(published);
         let path = self.settings.cursor.clone();

@@ -346,14 +346,16 @@ pub struct NodeMetrics {
 }
 
 /// What the cluster publisher reports of itself: whether it publishes at all, whether its
-/// connection is up, and the last seq the server acknowledged (the lag is the registry's last
-/// seq minus it, at the scrape).
+/// connection is up, the last seq the server acknowledged (the lag is the registry's last
+/// seq minus it, at the scrape), and the events dropped before they were published (the count
+/// its retention hold keeps).
 #[derive(Debug, Default)]
 pub struct ClusterGauges {
     enabled: std::sync::atomic::AtomicBool,
     connected: std::sync::atomic::AtomicBool,
     published: AtomicU64,
     failures: AtomicU64,
+    hold: std::sync::OnceLock<pool_journal::RetentionHold>,
 }
 
 impl ClusterGauges {
@@ -375,6 +377,12 @@ impl ClusterGauges {
     /// A round of publishing failed (it is tried again after a backoff).
     pub fn count_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `cluster_unpublished_dropped_events_total` is `hold`'s count of events dropped
+    /// unpublished (retention and the publisher both count into it, each seq once).
+    pub fn count_dropped_in(&self, hold: pool_journal::RetentionHold) {
+        let _ = self.hold.set(hold);
     }
 }
 
@@ -509,7 +517,12 @@ impl NodeMetrics {
             let published = self.cluster.published.load(Ordering::Relaxed);
             let lag = state.last_seq().saturating_sub(published);
             let failures = self.cluster.failures.load(Ordering::Relaxed);
-            out.push_str(&render::render_cluster(connected, lag, failures));
+            let dropped = self
+                .cluster
+                .hold
+                .get()
+                .map_or(0, pool_journal::RetentionHold::dropped_events);
+            out.push_str(&render::render_cluster(connected, lag, failures, dropped));
         }
         out
     }

@@ -236,9 +236,9 @@ pub fn render_engine_memory(samples: &[(String, u64)]) -> String {
 }
 
 /// The cluster publisher's gauges: whether its connection to NATS is up, and how many
-/// journaled events the server has not acknowledged yet, and how many rounds of publishing
-/// failed (each is tried again).
-pub fn render_cluster(connected: bool, lag_events: u64, failures: u64) -> String {
+/// journaled events the server has not acknowledged yet, how many rounds of publishing
+/// failed (each is tried again), and how many events were dropped before they were published.
+pub fn render_cluster(connected: bool, lag_events: u64, failures: u64, dropped: u64) -> String {
     let mut connected_family = Family::new(
         "cluster_connected",
         "Whether the connection to NATS is up (1) or not (0).",
@@ -257,8 +257,17 @@ pub fn render_cluster(connected: bool, lag_events: u64, failures: u64) -> String
     );
     failed.kind = "counter";
     failed.samples.push((String::new(), failures as f64));
+    let mut lost = Family::new(
+        "cluster_unpublished_dropped_events_total",
+        "Events dropped from the journal before NATS acknowledged them (the stream has a gap \
+         there). Each seq is counted once: by retention as it drops it (past [cluster] \
+         unpublished_bytes_max), else by the publisher when it finds the gap (a loss from \
+         before this start).",
+    );
+    lost.kind = "counter";
+    lost.samples.push((String::new(), dropped as f64));
     let mut out = String::new();
-    for family in [connected_family, lag, failed] {
+    for family in [connected_family, lag, failed, lost] {
         family.write(&mut out);
         out.push('\n');
     }

@@ -120,6 +120,9 @@ pub struct NodeSettings {
     pub cgroups: Option<Arc<crate::supervisor::cgroup::EngineCgroups>>,
     /// The group that may read the engine logs (`engines.logs_group`), resolved.
     pub logs_gid: Option<u32>,
+    /// What retention keeps for the cluster publisher (the events NATS has not acknowledged,
+    /// up to `[cluster] unpublished_bytes_max`); `None` without `[cluster] nats_url`.
+    pub retention_hold: Option<pool_journal::RetentionHold>,
 }
 
 /// Why the node could not start; the message names the directory or what was being recorded.

@@ -113,7 +113,7 @@ pub(super) fn queued_while_unavailable(error: NodeError) -> Result<Committed, No
 }
 
 /// The journal's options from the node's settings: retention and segment size from
-/// `[journal]`, retention's clock the node's decision clock.
+/// `[journal]`, retention's clock the node's decision clock, the cluster publisher's hold.
 pub(super) fn journal_config(settings: &NodeSettings) -> JournalConfig {
     let mut config = JournalConfig::new(&settings.journal_dir);
     config.retain_bytes = settings.journal.retain_bytes;
@@ -123,6 +123,7 @@ pub(super) fn journal_config(settings: &NodeSettings) -> JournalConfig {
         .max(1);
     let clock = settings.clock.clone();
     config.clock = pool_journal::JournalClock(Arc::new(move || clock.now_ms()));
+    config.hold = settings.retention_hold.clone();
     config
 }
 

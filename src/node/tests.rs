@@ -38,6 +38,7 @@ fn settings(dir: &std::path::Path, clock: &ManualClock) -> NodeSettings {
         admission: Arc::new(crate::supervisor::admission::Admission::permissive()),
         cgroups: None,
         logs_gid: None,
+        retention_hold: None,
     }
 }
 
