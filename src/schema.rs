@@ -18,6 +18,8 @@
 //!   repair --accept-loss` writes at the last seq of each lost range
 //!   ([`EventSchema::loss_accepted`], [`EventSchema::loss_range`]). Again only appended: records
 //!   of versions 1 and 2 decode as today's type.
+//! - 4: also appends the exit reason `ExitReason::Stalled` (at the end of its enum: an engine
+//!   that reports work in progress and makes none), so older records decode unchanged.
 //!
 //! To change an event's shape, add a variant or field under a new `EVENT_FORMAT_VERSION`, keep
 //! the old shape as a frozen type here when it differs, and upcast from it in

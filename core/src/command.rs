@@ -380,6 +380,19 @@ pub enum Observation {
         /// What was found and done.
         reason: String,
     },
+    /// The progress probe of a ready engine holding leases saw work in progress (a slot
+    /// processing, requests running) with no progress for `[health] stall_after_ms` (the
+    /// verdict of [`crate::progress::ProgressWatch`]). While that engine runs and the pool
+    /// still holds leases it is stopped as a failure `stalled`; otherwise stale. Appended
+    /// variant.
+    EngineStalled {
+        /// The pool.
+        pool_id: PoolId,
+        /// The engine.
+        pid: u32,
+        /// What the engine reported and for how long nothing moved; becomes `last_error`.
+        detail: String,
+    },
 }
 
 impl From<Command> for Input {

@@ -18,6 +18,7 @@ use crate::ids::{LeaseId, PoolId};
 /// - 2: appends `MigInventoryObserved` and the start failure `CpuSpillover`.
 /// - 3: appends `JournalLossAccepted` (written by `journal repair --accept-loss`) and
 ///   `UntrackedEngineStopped` (start-up's reconciliation of the runtime directory).
+/// - 4: also appends the exit reason `ExitReason::Stalled` (at the end of its enum).
 ///
 /// Each version so far only appended variants, so a record of an older version decodes as
 /// today's type (see the schema's upcaster in `src/schema.rs`).
@@ -45,6 +46,10 @@ pub enum ExitReason {
     HealthTimeout,
     /// Nothing tells.
     Unknown,
+    /// The engine reported work in progress (a slot processing, requests running) while it
+    /// made none for `[health] stall_after_ms`, with leases held: stopped as hung although
+    /// its health route still answers. Appended in version 4.
+    Stalled,
 }
 
 impl ExitReason {
@@ -70,6 +75,7 @@ impl ExitReason {
             ExitReason::DriverError => "driver_error",
             ExitReason::HealthTimeout => "health_timeout",
             ExitReason::Unknown => "unknown",
+            ExitReason::Stalled => "stalled",
         }
     }
 }
@@ -222,7 +228,7 @@ impl StormClass {
             ExitReason::VramOom => StormClass::VramOomStorm,
             ExitReason::CudaError => StormClass::CudaStorm,
             ExitReason::DriverError => StormClass::DriverStorm,
-            ExitReason::HealthTimeout => StormClass::HangStorm,
+            ExitReason::HealthTimeout | ExitReason::Stalled => StormClass::HangStorm,
             _ => StormClass::CrashStorm,
         }
     }
@@ -243,7 +249,7 @@ impl StormClass {
                 "driver errors (Xid): check dmesg and nvidia-smi; the GPU may need a reset"
             }
             StormClass::HangStorm => {
-                "engine hangs: check the engine log; raise health.failures_to_crash if it is only slow"
+                "engine hangs: check the engine log; raise health.failures_to_crash (or health.stall_after_ms for stalls) if it is only slow"
             }
             StormClass::CrashStorm => {
                 "engine crashes: read the engine log tail in last_error; check flags and model file"

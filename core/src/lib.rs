@@ -12,7 +12,7 @@
 //! (device masks, MIG devices, VRAM fit and the tensor-split planner), [`event`]
 //! (the journal's vocabulary), [`command`] (inputs, context), [`state`] (the registry),
 //! [`status`] (public projection), [`policy`] (supervision knobs and pure functions),
-//! [`rejection`] (error codes), [`decide`](mod@decide), [`evolve`](mod@evolve),
+//! [`progress`] (whether a working engine makes progress), [`rejection`] (error codes), [`decide`](mod@decide), [`evolve`](mod@evolve),
 //! [`effect`] (effects and timers).
 //!
 //! **Architecture Invariant:** no I/O, no clock, no randomness, no panics on any input; the
@@ -46,6 +46,7 @@ pub mod evolve;
 pub mod gpu;
 pub mod ids;
 pub mod policy;
+pub mod progress;
 pub mod rejection;
 pub mod state;
 pub mod status;

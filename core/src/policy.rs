@@ -50,6 +50,11 @@ pub struct HealthPolicy {
     pub ready_interval_ms: u64,
     /// Consecutive failed probes that mean "hung".
     pub failures_to_crash: u32,
+    /// Progress probe interval while a ready pool holds leases (the engine's `/slots` or
+    /// `/metrics` read to see that its work advances).
+    pub progress_interval_ms: u64,
+    /// Work reported in progress with none made for this long is a stall (`stalled`).
+    pub stall_after_ms: u64,
 }
 
 impl Default for HealthPolicy {
@@ -59,9 +64,39 @@ impl Default for HealthPolicy {
             preload_timeout_ms: 120_000,
             ready_interval_ms: 5_000,
             failures_to_crash: 3,
+            progress_interval_ms: 5_000,
+            stall_after_ms: 120_000,
         }
     }
 }
+
+impl HealthPolicy {
+    /// `progress_interval_ms` and `stall_after_ms`: both set, the interval within
+    /// [`PROGRESS_INTERVAL_MS_MIN`]`..=`[`PROGRESS_INTERVAL_MS_MAX`], and the stall bound at
+    /// least two intervals (a stall is seen by comparing two readings).
+    pub fn validate_progress(&self) -> Result<(), String> {
+        let interval = self.progress_interval_ms;
+        if !(PROGRESS_INTERVAL_MS_MIN..=PROGRESS_INTERVAL_MS_MAX).contains(&interval) {
+            return Err(format!(
+                "health.progress_interval_ms must be within \
+                 {PROGRESS_INTERVAL_MS_MIN}..={PROGRESS_INTERVAL_MS_MAX}"
+            ));
+        }
+        if self.stall_after_ms < interval.saturating_mul(2) {
+            return Err(format!(
+                "health.stall_after_ms ({}) must be at least twice \
+                 health.progress_interval_ms ({interval})",
+                self.stall_after_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The shortest progress probe interval (a probe is an HTTP request to the engine).
+pub const PROGRESS_INTERVAL_MS_MIN: u64 = 10;
+/// The longest progress probe interval (one hour).
+pub const PROGRESS_INTERVAL_MS_MAX: u64 = 3_600_000;
 
 /// `[stop]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +132,8 @@ pub struct ReasonMultiplier {
     pub health_timeout: f64,
     /// unknown.
     pub unknown: f64,
+    /// stalled.
+    pub stalled: f64,
 }
 
 impl Default for ReasonMultiplier {
@@ -110,6 +147,7 @@ impl Default for ReasonMultiplier {
             driver_error: 2.0,
             health_timeout: 1.0,
             unknown: 1.0,
+            stalled: 1.0,
         }
     }
 }
@@ -127,10 +165,11 @@ impl ReasonMultiplier {
             ExitReason::DriverError => self.driver_error,
             ExitReason::HealthTimeout => self.health_timeout,
             ExitReason::Unknown => self.unknown,
+            ExitReason::Stalled => self.stalled,
         }
     }
 
-    fn all(&self) -> [(&'static str, f64); 8] {
+    fn all(&self) -> [(&'static str, f64); 9] {
         [
             ("crash", self.crash),
             ("signal", self.signal),
@@ -140,6 +179,7 @@ impl ReasonMultiplier {
             ("driver_error", self.driver_error),
             ("health_timeout", self.health_timeout),
             ("unknown", self.unknown),
+            ("stalled", self.stalled),
         ]
     }
 }
@@ -243,6 +283,7 @@ impl Policy {
         if self.health.failures_to_crash == 0 {
             return Err("health.failures_to_crash must be >= 1".into());
         }
+        self.health.validate_progress()?;
         if !(b.factor.is_finite() && b.factor >= 1.0 && b.factor <= 100.0) {
             return Err("backoff.factor must be within 1.0..=100.0".into());
         }

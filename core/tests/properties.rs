@@ -20,6 +20,7 @@ fn arb_reason() -> impl Strategy<Value = ExitReason> {
         Just(ExitReason::DriverError),
         Just(ExitReason::HealthTimeout),
         Just(ExitReason::Unknown),
+        Just(ExitReason::Stalled),
     ]
 }
 
@@ -322,7 +323,7 @@ fn arb_journal(max: usize) -> impl Strategy<Value = Vec<(u64, u64, Option<&'stat
 /// An abstract action resolved against the current state, so that random drives reach deep
 /// states (spawn results carry the right token, exits the right pid, timers the right token).
 fn arb_action() -> impl Strategy<Value = (u8, usize, u64, ExitReason)> {
-    (0u8..54, 0usize..3, any::<u64>(), arb_reason())
+    (0u8..55, 0usize..3, any::<u64>(), arb_reason())
 }
 
 fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason)) -> Input {
@@ -517,6 +518,11 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             token: if x % 4 == 0 { x % 8 } else { token },
             pid,
             detail: "not on its GPUs".into(),
+        }),
+        54 => obs(Observation::EngineStalled {
+            pool_id,
+            pid: if x % 4 == 0 { (x % 3) as u32 } else { pid },
+            detail: "slot 0 processing, nothing moved".into(),
         }),
         28 => obs(Observation::DaemonStarted {
             version: "v".into(),

@@ -383,3 +383,21 @@ fn rejection_codes_and_messages() {
     assert_eq!(r.code().as_str(), "CIRCUIT_OPEN");
     assert!(r.to_string().contains("breaker/reset"));
 }
+
+/// `Stalled` was appended to `ExitReason`: bincode index 9 (after `Unknown`, 8), so the
+/// reasons of older records keep their meaning; JSON `"stalled"`.
+#[test]
+fn the_stalled_reason_is_appended() {
+    assert_eq!(
+        bincode::serialize(&ExitReason::Unknown).unwrap(),
+        [8, 0, 0, 0]
+    );
+    assert_eq!(
+        bincode::serialize(&ExitReason::Stalled).unwrap(),
+        [9, 0, 0, 0]
+    );
+    assert_eq!(
+        serde_json::to_value(ExitReason::Stalled).unwrap(),
+        "stalled"
+    );
+}

@@ -739,3 +739,97 @@ fn a_gpu_fault_in_the_log_while_starting_fails_the_start() {
         other => panic!("{other:?}"),
     }
 }
+
+fn stalled(pool: &'static str, pid: u32) -> Input {
+    obs(Observation::EngineStalled {
+        pool_id: id(pool),
+        pid,
+        detail: "slot 0 processing, 12 tokens decoded, nothing moved for 120000 ms".into(),
+    })
+}
+
+fn ready_with_lease(pool: &'static str, pid: u32) -> Vec<Given> {
+    concat(&[
+        ready(pool, pid),
+        vec![(
+            pool,
+            Event::LeaseGranted {
+                lease_id: lease("l1"),
+            },
+        )],
+    ])
+}
+
+#[test]
+fn a_stalled_engine_with_leases_is_stopped_as_stalled_and_restarted_by_the_policy() {
+    let mut sim = Sim::new(&ready_with_lease("p1", 100));
+    let facts = sim.step(stalled("p1", 100));
+    match &facts[0].event {
+        Event::EngineStopRequested {
+            reason: StopReason::Failure { reason, detail },
+            pid: Some(100),
+            ..
+        } => {
+            assert_eq!(*reason, ExitReason::Stalled);
+            assert!(
+                detail.contains("engine stalled: slot 0 processing"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected a failure stop, got {other:?}"),
+    }
+    let s = sim.status("p1");
+    assert_eq!((s.ready, s.crash_count, s.active_leases), (false, 1, 0));
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("engine stalled"),
+        "{s:?}"
+    );
+    assert_eq!(
+        sim.pool("p1").supervision.last_failure_reason,
+        Some(ExitReason::Stalled)
+    );
+    // A second verdict while it stops changes nothing.
+    assert!(sim.step(stalled("p1", 100)).is_empty());
+    let kinds = sim.kinds(obs(Observation::EngineStopped {
+        pool_id: id("p1"),
+        pid: 100,
+        graceful: true,
+    }));
+    assert_eq!(kinds, ["EngineStopped", "RestartScheduled"]);
+    assert!(matches!(
+        sim.pool("p1").activity,
+        Activity::Backoff {
+            reason: ExitReason::Stalled,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_stall_verdict_without_leases_or_for_another_engine_is_stale() {
+    given(&ready("p1", 100))
+        .when(stalled("p1", 100))
+        .then_nothing();
+    given(&ready_with_lease("p1", 100))
+        .when(stalled("p1", 7))
+        .then_nothing();
+    given(&spawned("p1", 100))
+        .when(stalled("p1", 100))
+        .then_nothing();
+}
+
+#[test]
+fn stalled_is_its_own_reason_a_hang_for_storms_and_other_for_the_breaker() {
+    assert_eq!(ExitReason::Stalled.as_str(), "stalled");
+    assert_eq!(ExitReason::Stalled.class(), FailureClass::Other);
+    assert_eq!(StormClass::of(ExitReason::Stalled), StormClass::HangStorm);
+    let mut policy = Policy::default();
+    policy.backoff.reason_multiplier.stalled = 3.0;
+    assert_eq!(
+        policy.backoff.reason_multiplier.of(ExitReason::Stalled),
+        3.0
+    );
+}

@@ -45,6 +45,7 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
         Observation::PreloadRefused { .. } => preload_refused(d, observation),
         Observation::HandoffInvalid { .. } => handoff_invalid(d, observation),
         Observation::UntrackedEngineStopped { .. } => untracked_engine_stopped(d, observation),
+        Observation::EngineStalled { .. } => engine_stalled(d, observation),
     }
 }
 
@@ -452,6 +453,29 @@ fn engine_log_fault(d: &mut Decision<'_, '_>, observation: &Observation) {
         // Stopping, or already handled: the exit will tell the rest.
         _ => {}
     }
+}
+
+/// A ready engine holding leases made no progress on the work it reports: stopped as a
+/// failure `stalled` (unready at once; the restart policy answers its stop). Stale when the
+/// engine is another, not running, or the pool's leases were returned meanwhile (an engine
+/// without leases is not watched).
+fn engine_stalled(d: &mut Decision<'_, '_>, observation: &Observation) {
+    let Observation::EngineStalled {
+        pool_id,
+        pid,
+        detail,
+    } = observation
+    else {
+        return;
+    };
+    let Some(pool) = d.pool_running(pool_id, *pid) else {
+        return; // stale: another engine, or no pool
+    };
+    if pool.activity != Activity::Running || !pool.serving() || pool.leases.is_empty() {
+        return;
+    }
+    let detail = format!("engine stalled: {}", tail(detail, 1024));
+    fail_running(d, pool_id, ExitReason::Stalled, detail);
 }
 
 fn engine_not_on_gpu(d: &mut Decision<'_, '_>, observation: &Observation) {
