@@ -301,6 +301,8 @@ fn file_values_reach_the_policy() {
     let policy = config.policy();
     assert_eq!(policy.health.failures_to_crash, 7);
     assert_eq!(policy.health.ready_interval_ms, 5_000);
+    assert_eq!(policy.health.progress_interval_ms, 5_000);
+    assert_eq!(policy.health.stall_after_ms, 120_000);
     assert_eq!(policy.backoff.factor, 3.0);
     assert_eq!(policy.backoff.reason_multiplier.cuda_error, 4.0);
     assert_eq!(policy.backoff.reason_multiplier.vram_oom, 2.0);
@@ -408,6 +410,24 @@ fn invalid_values_are_named_with_their_table() {
             "[health]\nfailures_to_crash = -1\n",
             "health.failures_to_crash",
             &["-1"],
+        ),
+        (
+            "[health]\nprogress_interval_ms = 0\n",
+            "health.progress_interval_ms",
+            &["must be within 10..=3600000", "default (5000)"],
+        ),
+        (
+            "[health]\nprogress_interval_ms = 1000\nstall_after_ms = 1500\n",
+            "health.stall_after_ms",
+            &[
+                "at least twice health.progress_interval_ms (1000)",
+                "default (120000)",
+            ],
+        ),
+        (
+            "[backoff]\nreason_multiplier = { stalled = 101.0 }\n",
+            "backoff.reason_multiplier.stalled",
+            &["within 0.0..=100.0"],
         ),
         (
             "[journal]\nsnapshot_every = 0\n",

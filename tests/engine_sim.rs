@@ -347,3 +347,92 @@ async fn alloc_mb_is_resident() {
         .unwrap();
     assert!(rss_kb >= 64 * 1024, "VmRSS {rss_kb} kB");
 }
+
+/// The slot serving a completion shows it processing, its `n_decoded` advancing token by
+/// token (`--token-ms`), then idle with its last task's count.
+#[tokio::test]
+async fn slots_show_a_completion_advancing() {
+    let c = client();
+    let e = Engine::start(&["--parallel", "2", "--token-ms", "20"]);
+    e.wait_status(&c, "/health", 200).await;
+    let url = e.url("/completion");
+    let post = c.clone();
+    let answer = tokio::spawn(async move {
+        let r = post.post(url).body(r#"{"prompt":"hi","n_predict":60}"#);
+        let r = r.timeout(BOUND).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    let slots = |c: reqwest::Client, url: String| async move {
+        c.get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + BOUND;
+    let mut decoded = Vec::new();
+    while decoded.len() < 2 {
+        let s = slots(c.clone(), e.url("/slots")).await;
+        if s[0]["is_processing"] == true {
+            let n = s[0]["next_token"][0]["n_decoded"].as_u64().unwrap();
+            if decoded.last() != Some(&n) {
+                decoded.push(n);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n_decoded seen: {decoded:?}; {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(decoded[1] > decoded[0], "{decoded:?}");
+    assert_eq!(answer.await.unwrap()["tokens_predicted"], 60);
+    let s = slots(c.clone(), e.url("/slots")).await;
+    assert_eq!(s[0]["is_processing"], false, "{s}");
+    assert_eq!(s[0]["next_token"][0]["n_decoded"], 60, "{s}");
+    assert_eq!(s[1]["is_processing"], false, "{s}");
+}
+
+/// `--stall-after-ms`: `/health` stays 200 while slot 0 shows work that never advances, and a
+/// completion never ends.
+#[tokio::test]
+async fn stall_keeps_health_but_freezes_the_work() {
+    let c = client();
+    let e = Engine::start(&["--stall-after-ms", "300"]);
+    e.wait_status(&c, "/health", 200).await;
+    let idle: Value = c
+        .get(e.url("/slots"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(idle[0]["is_processing"], false, "not stalled yet: {idle}");
+    e.wait_line("stalling after 300 ms").await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let s: Value = c
+            .get(e.url("/slots"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s[0]["is_processing"], true, "{s}");
+        seen.push(s[0]["next_token"][0]["n_decoded"].clone());
+        assert_eq!(c.get(e.url("/health")).send().await.unwrap().status(), 200);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    let err = c
+        .post(e.url("/completion"))
+        .body(r#"{"n_predict": 2}"#)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+}

@@ -5,15 +5,18 @@
 //! start; every request answers 503 with llama-server's "Loading model" body while the "model"
 //! loads, then `GET /health` answers 200 `{"status":"ok"}`, `GET /props` reports `total_slots`,
 //! `build_info` and `model_path`, `GET /slots` lists the slots (`id`, `n_ctx`, `speculative`,
-//! `is_processing`), `GET /metrics` is 501 as without `--metrics`, `POST /completion` answers
-//! the shape of a completion (filler words: no model runs), anything else is 404. The bodies
+//! `is_processing`, and a slot's task with its `n_decoded` advancing while a completion is
+//! served), `GET /metrics` is 501 as without `--metrics`, `POST /completion` answers the shape
+//! of a completion (filler words, one every `--token-ms`: no model runs), anything else is
+//! 404. The bodies
 //! are llama-server's, compared with a real one (tests/llama.rs runs the real server). SIGTERM
 //! and SIGINT make it exit 0 at once. It logs a few llama-server-like lines to stdout/stderr.
 //!
 //! Flags make it misbehave on purpose: a load time, never becoming healthy, a crash after N ms
 //! (with an exit code, or a real death by a signal), hanging (the listener stays open but no
-//! request is ever answered), ignoring SIGTERM, printing a CUDA error and exiting, and holding
-//! resident host memory. Arguments after a `--` are ignored. The flags are listed by `--help`.
+//! request is ever answered), stalling (`/health` still 200, `/slots` showing a
+//! slot processing whose `n_decoded` never moves), ignoring SIGTERM, printing a CUDA error and
+//! exiting, and holding resident host memory. Arguments after a `--` are ignored. The flags are listed by `--help`.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +33,7 @@ use nix::sys::signal::{SigHandler, SigSet, Signal};
 use serde_json::json;
 use tokio::time::Instant;
 
+mod slots;
 mod start;
 
 /// llama-server's answer to every request while the model loads (byte for byte).
@@ -103,6 +107,16 @@ struct Args {
     /// After this many ms from start, keep the listener open but never answer any request.
     #[arg(long, value_name = "MS")]
     hang_after_ms: Option<u64>,
+
+    /// After this many ms from start, stall: `/health` still answers 200, `/slots` shows slot 0
+    /// processing a task whose `n_decoded` never moves again, and no completion advances or
+    /// ends.
+    #[arg(long, value_name = "MS")]
+    stall_after_ms: Option<u64>,
+
+    /// Milliseconds per generated token of a completion (0: all at once).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    token_ms: u64,
 
     /// Log and ignore SIGTERM (SIGKILL is then needed to stop it).
     #[arg(long)]
@@ -228,6 +242,9 @@ struct Sim {
     start: Instant,
     loaded: AtomicBool,
     hang_at: Option<Instant>,
+    stall_at: Option<Instant>,
+    token_ms: u64,
+    slots: slots::Slots,
     total_slots: u32,
     slots_in_props: bool,
     props_status: Option<StatusCode>,
@@ -281,37 +298,8 @@ async fn props(State(sim): State<Arc<Sim>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn slots(State(sim): State<Arc<Sim>>) -> Json<serde_json::Value> {
-    let list: Vec<_> = (0..sim.total_slots)
-        .map(|id| json!({"id": id, "n_ctx": sim.n_ctx, "speculative": false, "is_processing": false}))
-        .collect();
-    Json(json!(list))
-}
-
 async fn no_metrics() -> Response {
     json_text(StatusCode::NOT_IMPLEMENTED, NO_METRICS_BODY.to_owned())
-}
-
-/// `POST /completion`: the shape of llama-server's answer (`content`, `tokens_predicted`,
-/// `stop`, `model`, ...), with `n_predict` (default 16, at most 4096) words of filler: no
-/// model runs here.
-async fn completion(State(sim): State<Arc<Sim>>, body: axum::body::Bytes) -> Response {
-    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let n_predict = request["n_predict"].as_u64().unwrap_or(16).min(4096);
-    let content: String = (0..n_predict).map(|_| " sim").collect();
-    let answer = json!({
-        "index": 0,
-        "content": content,
-        "tokens": [],
-        "id_slot": 0,
-        "stop": true,
-        "model": sim.model_path,
-        "tokens_predicted": n_predict,
-        "tokens_evaluated": 0,
-        "stop_type": "limit",
-        "truncated": false,
-    });
-    (StatusCode::OK, Json(answer)).into_response()
 }
 
 async fn not_found() -> Response {

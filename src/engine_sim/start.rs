@@ -11,10 +11,8 @@ use axum::Router;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep_until, Instant};
 
-use super::{
-    completion, die_by_signal, gate, health, log, ms_after, no_metrics, not_found, props, slots,
-    Args, Sim,
-};
+use super::slots::{completion, slots, Slots};
+use super::{die_by_signal, gate, health, log, ms_after, no_metrics, not_found, props, Args, Sim};
 
 pub(super) async fn run(args: Args) {
     let start = Instant::now();
@@ -44,6 +42,9 @@ pub(super) async fn run(args: Args) {
         start,
         loaded: AtomicBool::new(false),
         hang_at: args.hang_after_ms.map(|ms| ms_after(start, ms)),
+        stall_at: args.stall_after_ms.map(|ms| ms_after(start, ms)),
+        token_ms: args.token_ms,
+        slots: Slots::new(args.parallel),
         total_slots: args.parallel,
         slots_in_props: !args.no_slots_in_props,
         props_status: args.props_status,
@@ -149,13 +150,22 @@ fn schedule_crashes(args: &Args, start: Instant) {
     }
 }
 
-/// `--log-line-after-ms` (a line on stderr) and `--hang-after-ms` (the line that says so).
+/// `--log-line-after-ms` (a line on stderr), and `--stall-after-ms` and `--hang-after-ms` (the
+/// lines that say so).
 fn schedule_log_lines(args: &Args, start: Instant) {
     if let Some(ms) = args.log_line_after_ms {
         let text = args.log_line.clone();
         tokio::spawn(async move {
             sleep_until(ms_after(start, ms)).await;
             write_stderr(&text);
+        });
+    }
+    if let Some(ms) = args.stall_after_ms {
+        tokio::spawn(async move {
+            sleep_until(ms_after(start, ms)).await;
+            log(&format!(
+                "stalling after {ms} ms: /health answers, no work advances (--stall-after-ms)"
+            ));
         });
     }
     if let Some(ms) = args.hang_after_ms {

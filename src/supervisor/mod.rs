@@ -22,7 +22,8 @@
 //! is ever ready on the CPU when a GPU is required (OC-POOL-3012).
 //!
 //! Submodules: [`process`] (spawn, signals, `/proc`, pidfd, exit classification), [`probe`]
-//! (HTTP health and `/props`), [`files`] (runtime directory, pid and handoff files, staging),
+//! (HTTP health and `/props`), [`progress`] (while leases are held, whether work in progress
+//! advances: `/slots`, `/metrics`), [`files`] (runtime directory, pid and handoff files, staging),
 //! [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`admission`] (what may be
 //! started, checked before every spawn), [`cgroup`] (an engine's cgroup leaf), [`proof`]
 //! (whether a pid may be signalled), [`reconcile`] (the runtime directory against `/proc`
@@ -36,6 +37,7 @@ pub mod logwatch;
 pub mod probe;
 pub mod process;
 pub mod procfs;
+pub mod progress;
 pub mod proof;
 pub mod reconcile;
 

@@ -1,4 +1,5 @@
-//! Health probes of engines over HTTP: `GET {health_path}` and llama-server's `/props`.
+//! Health probes of engines over HTTP: `GET {health_path}` and llama-server's `/props`, and
+//! the bounded `GET` of the progress reads (`progress.rs` says what those answers mean).
 //!
 //! Owns: what an answer means (200 healthy; 503 loading, with llama-server's body or the older
 //! `{"status":"loading model"}`; refused connection: not listening yet; anything else
@@ -140,6 +141,50 @@ impl Prober {
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| pool_core::tail_text(s, 256)),
         }
+    }
+}
+
+/// What a bounded `GET` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body's first `max` bytes.
+    pub body: Vec<u8>,
+    /// The body was longer than `max` (the rest was never read).
+    pub truncated: bool,
+}
+
+impl Prober {
+    /// `GET url`, answered (body included) within `timeout_ms`, reading at most `max` bytes
+    /// of the body. `Err`: no answer (refused, timed out, reset), said with the url.
+    pub async fn get_bounded(
+        &self,
+        url: &str,
+        timeout_ms: u64,
+        max: usize,
+    ) -> Result<Answer, String> {
+        let request = self
+            .client
+            .get(url)
+            .timeout(Duration::from_millis(timeout_ms.max(1)));
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                format!("GET {url} timed out after {timeout_ms} ms")
+            } else {
+                format!("GET {url} failed: {e}")
+            }
+        })?;
+        let status = response.status().as_u16();
+        let body = read_bounded(response, max.saturating_add(1)).await;
+        let truncated = body.len() > max;
+        let mut body = body;
+        body.truncate(max);
+        Ok(Answer {
+            status,
+            body,
+            truncated,
+        })
     }
 }
 

@@ -269,7 +269,8 @@ impl PoolWorker {
         let shared = self.shared.clone();
         let pool_id = self.pool_id.clone();
         self.health = None;
-        self.probe = Some(own(async move {
+        let progress = super::progress::watch(shared.clone(), pool_id.clone(), cause, pid);
+        let health = async move {
             let interval_ms = shared.settings.policy.health.ready_interval_ms.max(1);
             let interval = Duration::from_millis(interval_ms);
             let mut ticker =
@@ -314,6 +315,10 @@ impl PoolWorker {
                 };
                 shared.report(cause, observation).await;
             }
+        };
+        // The health probes and, beside them, the progress probes (`progress.rs`).
+        self.probe = Some(own(async move {
+            tokio::join!(health, progress);
         }));
     }
 }

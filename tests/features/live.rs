@@ -125,6 +125,8 @@ impl DaemonSetup {
             "health.preload_timeout_ms" => config.health.preload_timeout_ms = number(),
             "health.ready_interval_ms" => config.health.ready_interval_ms = number(),
             "health.failures_to_crash" => config.health.failures_to_crash = count(),
+            "health.progress_interval_ms" => config.health.progress_interval_ms = number(),
+            "health.stall_after_ms" => config.health.stall_after_ms = number(),
             "stop.grace_ms" => config.stop.grace_ms = number(),
             "backoff.initial_ms" => config.backoff.initial_ms = number(),
             "backoff.min_ms" => config.backoff.min_ms = number(),

@@ -525,6 +525,7 @@ fn nominal_delay(world: &PoolWorld, attempt: u32, reason: &str) -> f64 {
         "signal" => backoff.reason_multiplier.signal,
         "health_timeout" => backoff.reason_multiplier.health_timeout,
         "unknown" => backoff.reason_multiplier.unknown,
+        "stalled" => backoff.reason_multiplier.stalled,
         _ => backoff.reason_multiplier.crash,
     };
     let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
