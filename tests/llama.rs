@@ -571,3 +571,165 @@ async fn engine_sim_answers_like_the_real_server() {
         "SIGTERM: engine-sim and llama-server exit 0"
     );
 }
+
+/// The progress probes read the real server: while completions run, `/slots` shows a slot
+/// processing and `/metrics` (`--metrics`) `llamacpp:requests_processing` > 0, each with a
+/// mark that moves (the slot's task and `n_decoded`; `llamacpp:n_decode_total`,
+/// `tokens_predicted_total`); once they are done, both read idle. The tiny model decodes its
+/// 256-token context in tens of milliseconds, so completions are sent back to back from two
+/// clients until both readers have seen the work move.
+#[tokio::test]
+async fn the_progress_reader_sees_the_real_servers_work_advance() {
+    use pool_core::progress::Reading;
+    use pool_managerd::supervisor::probe::Prober;
+    use pool_managerd::supervisor::progress::{read, Source};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let Some(llama) = llama() else { return };
+    let port = free_port();
+    let model = llama.model.display().to_string();
+    // Ended on drop (SIGTERM, then SIGKILL), whatever the outcome.
+    let _server = harness::process::ChildGuard(
+        Command::new(&llama.server)
+            .args([
+                "-m",
+                &model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .args(["--parallel", "2", "-c", "512", "-t", "1", "--metrics"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + READY_WAIT;
+    while !http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == 200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "llama-server never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let prober = Prober::new();
+    for source in [Source::LlamaSlots, Source::LlamaMetrics] {
+        let seen = read(&prober, &base, source, 2_000).await.unwrap();
+        assert_eq!(
+            seen.reading,
+            Reading::Idle,
+            "{source:?} before any work: {}",
+            seen.said
+        );
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (http.clone(), format!("{base}/completion"));
+            let (done, completed) = (done.clone(), completed.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    let body = json!({"prompt": "hello", "n_predict": 240, "ignore_eos": true});
+                    let answer = http.post(&url).json(&body).send().await.unwrap();
+                    assert_eq!(answer.status().as_u16(), 200);
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Each reader must see the work advance between two readings (the same slots' tasks with
+    // more tokens decoded; more decode steps), and its mark move with it.
+    let sources = [Source::LlamaSlots, Source::LlamaMetrics];
+    let mut last: [Option<(u64, String)>; 2] = [None, None];
+    let mut moved: [Option<(String, String)>; 2] = [None, None];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moved.iter().any(Option::is_none) {
+        for (i, source) in sources.into_iter().enumerate() {
+            let seen = read(&prober, &base, source, 2_000).await.unwrap();
+            let Reading::Working { mark } = seen.reading else {
+                last[i] = None;
+                continue;
+            };
+            if let Some((before, said)) = last[i]
+                .take()
+                .filter(|(_, said)| advanced(source, said, &seen.said))
+            {
+                assert_ne!(
+                    before, mark,
+                    "{source:?}: the work advanced ({said} -> {}) but the mark did not move",
+                    seen.said
+                );
+                moved[i] = Some((said, seen.said.clone()));
+            }
+            last[i] = Some((mark, seen.said));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the readers did not see the work advance within 60 s ({} completions): {moved:?}",
+            completed.load(Ordering::Relaxed)
+        );
+    }
+    let (_, metrics) = moved[1].clone().unwrap();
+    assert!(
+        metrics.contains("llamacpp:tokens_predicted_total") && !metrics.contains("absent"),
+        "{metrics}"
+    );
+    done.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    for source in [Source::LlamaSlots, Source::LlamaMetrics] {
+        let seen = read(&prober, &base, source, 2_000).await.unwrap();
+        assert_eq!(
+            seen.reading,
+            Reading::Idle,
+            "{source:?} after the work: {}",
+            seen.said
+        );
+    }
+}
+
+/// Whether the work a progress reader described went forward from `before` to `after`: on
+/// `/slots` the same slots and tasks with more tokens decoded, on `/metrics` more decode steps.
+fn advanced(
+    source: pool_managerd::supervisor::progress::Source,
+    before: &str,
+    after: &str,
+) -> bool {
+    use pool_managerd::supervisor::progress::Source;
+    // "processing: slot 0 (task 4): 1 tokens decoded, slot 1 (task 3): 1 tokens decoded"
+    let slots = |said: &str| -> Option<(Vec<String>, u64)> {
+        let mut who = Vec::new();
+        let mut decoded = 0;
+        for item in said.strip_prefix("processing: ")?.split(", ") {
+            let (slot, tokens) = item.split_once("): ")?;
+            who.push(slot.to_string());
+            decoded += tokens.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some((who, decoded))
+    };
+    // "llamacpp:requests_processing 2, ..., llamacpp:n_decode_total 3, ..."
+    let decodes = |said: &str| -> Option<f64> {
+        said.split(", ")
+            .find_map(|item| item.strip_prefix("llamacpp:n_decode_total "))?
+            .parse()
+            .ok()
+    };
+    match source {
+        Source::LlamaSlots => match (slots(before), slots(after)) {
+            (Some((a, n)), Some((b, m))) => a == b && m > n,
+            _ => false,
+        },
+        _ => matches!((decodes(before), decodes(after)), (Some(a), Some(b)) if b > a),
+    }
+}

@@ -237,8 +237,8 @@ pub fn parse_metrics(text: &str, working: &str, counters: &[&str]) -> Option<See
     })
 }
 
-/// The progress loop of the engine `pid` of `pool_id`, until the pool stops serving with it,
-/// its engine cannot be read, or it is found stalled (reported once).
+/// The progress loop of the engine `pid` of `pool_id`, until the pool stops serving with it
+/// (a stall reported stops it) or its engine cannot be read.
 pub(super) async fn watch(shared: Arc<Shared>, pool_id: PoolId, cause: u64, pid: Option<u32>) {
     let Some(pid) = pid else { return };
     let health = shared.settings.policy.health.clone();
@@ -294,7 +294,9 @@ pub(super) async fn watch(shared: Arc<Shared>, pool_id: PoolId, cause: u64, pid:
                 detail,
             };
             shared.report(cause, observation).await;
-            return;
+            // Stale to the core if the leases were returned meanwhile: then the engine is
+            // watched again from scratch (the loop ends once the pool stops serving).
+            progress.reset();
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - `handoff`: engines started outside the daemon and their handoff files.
 //! - `files`: the runtime directory: logs, pid files, handoff files.
 //! - `process`: engine processes as `/proc` shows them, stopping, removing, crashing.
+//! - `progress`: engines that report work and make none (stalls), and the times of the
+//!   events that show an idle engine was not stopped.
 //! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
 //! - `reload`: model files, engines that load them, reloads.
 //! - `journal`: a real journal of the scripted core: reopen, replay, damage.
@@ -38,5 +40,6 @@ pub mod params;
 pub mod pools;
 pub mod preload;
 pub mod process;
+pub mod progress;
 pub mod reload;
 pub mod supervision;
