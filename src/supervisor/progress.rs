@@ -1,6 +1,6 @@
 //! Progress probes: while a ready pool holds leases, every `[health] progress_interval_ms`,
 //! what the engine says it is doing is read and handed to the core's
-//! [`ProgressWatch`](pool_core::progress::ProgressWatch), which says whether work in progress
+//! `ProgressWatch` (`pool_core::progress`), which says whether work in progress
 //! advances; a stall (work in progress, nothing moving for `[health] stall_after_ms`) is
 //! reported as `EngineStalled`, and the core stops the engine as a failure `stalled`.
 //!
