@@ -117,10 +117,19 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
     const V2_NEW: [&str; 1] = ["MigInventoryObserved"];
     /// Appended by version 3: the loss marker of `journal repair --accept-loss`.
     const V3_NEW: [&str; 2] = ["JournalLossAccepted", "UntrackedEngineStopped"];
+    /// Appended by version 4 (which also reshaped `EngineSpawned` and `HealthCheckPassed` and
+    /// appended the start failure `PortInUse`): none yet.
+    const V4_NEW: [&str; 0] = [];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
         3 => V1.into_iter().chain(V2_NEW).chain(V3_NEW).collect(),
+        4 => V1
+            .into_iter()
+            .chain(V2_NEW)
+            .chain(V3_NEW)
+            .chain(V4_NEW)
+            .collect(),
         other => panic!(
             "kinds_of_version({other}): list the kinds of format version {other} here \
              (version 1's plus the new ones)"
@@ -471,6 +480,20 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         detail: "engine log: no CUDA-capable device is detected".into(),
     })?;
     s.finish_stop(zeta, false)?;
+
+    // eta: its port is held by another process before the spawn: the start fails with
+    // PORT_IN_USE (format version 4) and a restart is scheduled.
+    let eta = "eta";
+    s.preload(eta, sample_engine(eta, 8107, "/models/eta.gguf", Some(1)))?;
+    let token = s.state().pool(eta).map_or(0, |p| p.start_token);
+    s.submit(Observation::PortInUse {
+        pool_id: id(eta)?,
+        token,
+        pid: None,
+        detail: "port 8107 is already held by pid 4321 (python3 -m http.server 8107): stop \
+                 that process or give the engine another port"
+            .into(),
+    })?;
 
     // A daemon restart: alpha's engine is still ours (adopted), beta's is gone (lost); the
     // node drains alpha with no leases.
