@@ -207,7 +207,9 @@ impl PoolWorker {
     /// engine the journal does not know, holding the pool's port. It is found by its pid file
     /// (if the daemon got to write it) or by its exact command line (binary and flags, which
     /// hold its port), leading its own session as our engines do: its group is killed before
-    /// another start, so that a pool never has two engines. Anything else is left alone.
+    /// another start, so that a pool never has two engines. Anything else is left alone, and
+    /// so is another pool's engine (the same command line may serve two pools in turn: its
+    /// port then fails this start with `PORT_IN_USE`).
     pub(super) async fn kill_leftover(&self, engine: &PreparedEngine) {
         let pid_path = self.dirs().pid_path(self.pool_id.as_str());
         let argv: Vec<String> = std::iter::once(engine.binary_path.clone())
@@ -231,6 +233,16 @@ impl PoolWorker {
         }
         suspects.sort_unstable();
         suspects.dedup();
+        let published = self.shared.registry.load();
+        let other_pools: Vec<u32> = published
+            .state
+            .pools
+            .values()
+            .filter(|p| p.id != self.pool_id)
+            .filter_map(|p| p.pid())
+            .collect();
+        drop(published);
+        suspects.retain(|pid| super::proof::never_signalled(*pid, &other_pools).is_ok());
         let tracked = self
             .engine
             .as_ref()
