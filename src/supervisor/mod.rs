@@ -28,7 +28,8 @@
 //! (whether a pid may be signalled), [`port`] (the engine's port is free before a spawn and
 //! held by the engine's session before it is ready), [`reconcile`] (the runtime directory against `/proc`
 //! at start-up). The rooms of the worker: `worker.rs` (a pool's queue of effects), `start.rs`
-//! (spawn, health wait, ready probes), `exit.rs` (the exit and log watchers), `stop.rs`.
+//! (spawn, health wait, ready probes), `leftover.rs` (an unrecorded engine of an earlier
+//! start), `exit.rs` (the exit and log watchers), `stop.rs`.
 
 pub mod admission;
 pub mod cgroup;
@@ -42,6 +43,7 @@ pub mod proof;
 pub mod reconcile;
 
 mod exit;
+mod leftover;
 mod start;
 mod stop;
 #[cfg(test)]
