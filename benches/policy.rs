@@ -226,6 +226,7 @@ impl Sim {
                     start_time: self.now_ms,
                     log_path: "l".into(),
                     pid_path: "p".into(),
+                    boot_id: None,
                 }
             };
             return self.submit(input.into());
@@ -265,6 +266,7 @@ impl Sim {
                         after_ms: 500,
                         engine_version: None,
                         slots_total: Some(4),
+                        exe: None,
                     }
                 }
             };

@@ -14,12 +14,17 @@
 //!   field changed), so version 1 upcasts by decoding as today's type. The version still
 //!   changed so that a build that knows only version 1 refuses a version-2 journal as "newer
 //!   than this build" rather than calling its new records corrupt.
-//! - 3 (current): appends the event `JournalLossAccepted`, the loss marker that `journal
-//!   repair --accept-loss` writes at the last seq of each lost range
-//!   ([`EventSchema::loss_accepted`], [`EventSchema::loss_range`]). Again only appended: records
-//!   of versions 1 and 2 decode as today's type.
-//! - 4: also appends the exit reason `ExitReason::Stalled` (at the end of its enum: an engine
-//!   that reports work in progress and makes none), so older records decode unchanged.
+//! - 3: appends the event `JournalLossAccepted`, the loss marker that `journal repair
+//!   --accept-loss` writes at the last seq of each lost range ([`EventSchema::loss_accepted`],
+//!   [`EventSchema::loss_range`]), and `UntrackedEngineStopped`. Again only appended.
+//! - 4 (current): an engine's identity that survives launchers and upgrades. Reshaped:
+//!   `EngineSpawned` gains `boot_id` and `HealthCheckPassed` gains `exe` (each a last
+//!   `Option` field); appended: the start failure `PortInUse`, the exit reason
+//!   `Stalled` (an engine that reports work in progress and makes none). Records of versions 1 to 3
+//!   are read through the frozen shapes of [`v3`] and upcast with both fields `None`
+//!   (unknown): such an engine is adopted after a restart by its pid and start time alone,
+//!   with a warning that its boot was not recorded. Later additions of version 4 (appended
+//!   variants only) are listed here too.
 //!
 //! To change an event's shape, add a variant or field under a new `EVENT_FORMAT_VERSION`, keep
 //! the old shape as a frozen type here when it differs, and upcast from it in
@@ -29,6 +34,8 @@
 
 use pool_core::Event;
 use pool_journal::{decode_payload, Envelope, EventSchema, Journal, UpcastError};
+
+pub mod v3;
 
 /// The schema of pool-managerd's journal: core events at `pool_core::EVENT_FORMAT_VERSION`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,9 +51,18 @@ impl EventSchema for PoolSchema {
 
     fn upcast(version: u8, payload: &[u8]) -> Result<Envelope<Event>, UpcastError> {
         match version {
-            // Versions 2 and 3 only appended variants: a version-1 or version-2 payload decodes
-            // as today's type.
-            1 | 2 => decode_payload::<Envelope<Event>>(version, payload),
+            // Versions 2 and 3 only appended variants; version 4 reshaped `EngineSpawned` and
+            // `HealthCheckPassed`: a payload of versions 1 to 3 reads through their frozen
+            // shapes.
+            1..=3 => {
+                decode_payload::<Envelope<v3::EventV3>>(version, payload).map(|old| Envelope {
+                    seq: old.seq,
+                    ts_ms: old.ts_ms,
+                    pool_id: old.pool_id,
+                    cause: old.cause,
+                    event: old.event.0,
+                })
+            }
             other => Err(UpcastError::new(
                 other,
                 "no upcaster for this format version",

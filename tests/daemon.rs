@@ -906,8 +906,10 @@ async fn export(h: Harness, to: &Path) {
 }
 
 /// A pid that now belongs to an unrelated program is never taken for our engine: not adopted
-/// (its start time or binary differs from the journal's), and not killed by a new start
-/// (its pid file names it, but it does not run the prepared binary as a session leader).
+/// (its start time or boot differs from the journal's), and not killed by a new start (its
+/// pid file names it, but it does not run the prepared binary as a session leader). The
+/// binary is no part of the identity: with the same pid, start time and boot, another binary
+/// (a launcher's `exec`, an upgrade) is adopted, the change logged.
 #[tokio::test]
 async fn an_unrelated_process_is_neither_adopted_nor_killed() {
     let mut stranger = std::process::Command::new("sleep")
@@ -917,25 +919,55 @@ async fn an_unrelated_process_is_neither_adopted_nor_killed() {
     let pid = stranger.id();
     let start_time = pool_managerd::supervisor::process::start_time(pid).unwrap();
     let pool = pool_managerd::core::PoolId::new("p").unwrap();
-    let verdict = |start_time, binary: Option<&str>| {
-        pool_managerd::supervisor::verify_engine(&pool, pid, start_time, binary)
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let boot = Some(boot.trim().to_string());
+    let verdict = |start_time, boot_id: &Option<String>, binary: Option<&str>| {
+        let recorded = pool_managerd::supervisor::Recorded {
+            pid,
+            start_time,
+            boot_id: boot_id.clone(),
+            binary_path: binary.map(str::to_string),
+            exe: None,
+        };
+        pool_managerd::supervisor::verify_engine(&pool, &recorded)
     };
     use pool_managerd::core::Observation::{EngineAdopted, EngineLost};
     assert!(
-        matches!(verdict(start_time + 1, None), EngineLost { .. }),
+        matches!(verdict(start_time + 1, &boot, None), EngineLost { .. }),
         "another start time"
     );
     assert!(
-        matches!(verdict(0, None), EngineLost { .. }),
+        matches!(verdict(0, &boot, None), EngineLost { .. }),
         "an unknown start time"
     );
+    let other_boot = Some("00000000-0000-4000-8000-000000000000".to_string());
     assert!(
-        matches!(verdict(start_time, Some(ENGINE_SIM)), EngineLost { .. }),
-        "another binary"
+        matches!(
+            verdict(start_time, &other_boot, Some("sleep")),
+            EngineLost { .. }
+        ),
+        "another boot"
     );
     assert!(
-        matches!(verdict(start_time, Some("sleep")), EngineAdopted { .. }),
+        matches!(
+            verdict(start_time, &boot, Some("sleep")),
+            EngineAdopted { .. }
+        ),
         "the same one"
+    );
+    assert!(
+        matches!(
+            verdict(start_time, &boot, Some(ENGINE_SIM)),
+            EngineAdopted { .. }
+        ),
+        "the same one, another binary (logged)"
+    );
+    assert!(
+        matches!(
+            verdict(start_time, &None, Some("sleep")),
+            EngineAdopted { .. }
+        ),
+        "a record without a boot id (before format version 4)"
     );
 
     // Its pid in a pool's pid file: a preload of that pool leaves it alone.

@@ -117,10 +117,19 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
     const V2_NEW: [&str; 1] = ["MigInventoryObserved"];
     /// Appended by version 3: the loss marker of `journal repair --accept-loss`.
     const V3_NEW: [&str; 2] = ["JournalLossAccepted", "UntrackedEngineStopped"];
+    /// Appended by version 4 (which also reshaped `EngineSpawned` and `HealthCheckPassed` and
+    /// appended the start failure `PortInUse` and the exit reason `Stalled`): none yet.
+    const V4_NEW: [&str; 0] = [];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
         3 => V1.into_iter().chain(V2_NEW).chain(V3_NEW).collect(),
+        4 => V1
+            .into_iter()
+            .chain(V2_NEW)
+            .chain(V3_NEW)
+            .chain(V4_NEW)
+            .collect(),
         other => panic!(
             "kinds_of_version({other}): list the kinds of format version {other} here \
              (version 1's plus the new ones)"
@@ -471,6 +480,38 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         detail: "engine log: no CUDA-capable device is detected".into(),
     })?;
     s.finish_stop(zeta, false)?;
+
+    // eta: its port is held by another process before the spawn: the start fails with
+    // PORT_IN_USE (format version 4) and a restart is scheduled.
+    let eta = "eta";
+    s.preload(eta, sample_engine(eta, 8107, "/models/eta.gguf", Some(1)))?;
+    let token = s.state().pool(eta).map_or(0, |p| p.start_token);
+    s.submit(Observation::PortInUse {
+        pool_id: id(eta)?,
+        token,
+        pid: None,
+        detail: "port 8107 is already held by pid 4321 (python3 -m http.server 8107): stop \
+                 that process or give the engine another port"
+            .into(),
+    })?;
+
+    // theta: ready with a lease, its engine reports work in progress and makes none: stopped
+    // as a `stalled` failure (format version 4's exit reason), its restart scheduled.
+    let theta = "theta";
+    s.preload(
+        theta,
+        sample_engine(theta, 8108, "/models/theta.gguf", Some(2)),
+    )?;
+    s.spawn_engine(theta)?;
+    s.pass_health(theta, 3_000, None)?;
+    s.acquire_lease(theta, "lease-theta")?;
+    s.advance(120_000);
+    s.submit(Observation::EngineStalled {
+        pool_id: id(theta)?,
+        pid: pid_of(&s, theta),
+        detail: "slot 0 processing, n_decoded 17 unchanged for 120000 ms".into(),
+    })?;
+    s.finish_stop(theta, false)?;
 
     // A daemon restart: alpha's engine is still ours (adopted), beta's is gone (lost); the
     // node drains alpha with no leases.

@@ -441,6 +441,101 @@ async fn a_sigkilled_daemon_adopts_the_running_real_server() {
     drop(daemon);
 }
 
+/// A real server started by a launcher script that `exec`s it (its `/proc/<pid>/exe` is
+/// llama-server, not the script) is recorded with the executable it runs once it serves and
+/// the boot id, adopted after a SIGKILL of the daemon, and holds its port: a second pool
+/// prepared on that port fails with `PORT_IN_USE` naming the server's pid and command line.
+#[tokio::test]
+async fn a_launched_real_server_is_adopted_and_keeps_its_port() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(llama) = llama() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = dir.path().join("launch-llama");
+    let script = format!("#!/bin/sh\nexec '{}' \"$@\"\n", llama.server.display());
+    std::fs::write(&launcher, script).unwrap();
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (daemon_port, engine_port) = (free_port(), free_port());
+    let daemon = ServeChild::start(dir.path(), daemon_port, &http).await;
+    let mut engine = prepared(&llama, "p1", engine_port, &llama.model);
+    engine["binary_path"] = launcher.display().to_string().into();
+    let answer: Value = http
+        .post(format!("{}/v2/pools/p1/preload", daemon.base))
+        .json(&json!({ "prepared": engine }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pid = answer["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("preload: {answer}"));
+    drop(daemon); // SIGKILL
+    let daemon = ServeChild::start(dir.path(), daemon_port, &http).await;
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let pool = get(format!("{}/v2/pools/p1", daemon.base)).await;
+    assert_eq!(pool["ready"], true, "{pool}");
+    assert_eq!(pool["pid"].as_u64(), Some(pid), "the same server, adopted");
+    let events = get(format!("{}/v2/pools/p1/events", daemon.base)).await;
+    last_of(&events, "EngineAdopted");
+    let passed = last_of(&events, "HealthCheckPassed");
+    let server = std::fs::canonicalize(&llama.server).unwrap();
+    assert_eq!(
+        passed["event"]["exe"],
+        server.display().to_string(),
+        "{passed}"
+    );
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(
+        last_of(&events, "EngineSpawned")["event"]["boot_id"],
+        boot.trim()
+    );
+
+    let second = json!({ "prepared": prepared(&llama, "p2", engine_port, &llama.model) });
+    let refused = http
+        .post(format!("{}/v2/pools/p2/preload", daemon.base))
+        .json(&second)
+        .send()
+        .await
+        .unwrap();
+    let status = refused.status().as_u16();
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(status, 500, "{refused}");
+    assert_eq!(refused["code"], "PORT_IN_USE", "{refused}");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("pid {pid} (")), "{error}");
+    assert!(
+        error.contains("llama-server") && error.contains("--port"),
+        "{error}"
+    );
+    assert!(pid_alive(pid), "the holder is never signalled");
+    for pool in ["p2", "p1"] {
+        let removed = http
+            .delete(format!("{}/v2/pools/{pool}", daemon.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(removed.status().as_u16(), 200);
+    }
+    assert!(
+        !pid_alive(pid),
+        "removing the pool stops the adopted server"
+    );
+    drop(daemon);
+}
+
 /// engine-sim stands in for llama-server in most tests, so where they can answer alike they
 /// must: the same statuses and bodies for `/health`, `/metrics` without `--metrics` and an
 /// unknown route; the same slot fields; engine-sim's `/props` and `/completion` fields a subset

@@ -68,6 +68,9 @@ error_codes! {
     ReloadFailed => "RELOAD_FAILED",
     /// The engine answered healthy but is not on the GPUs of its mask.
     CpuSpillover => "CPU_SPILLOVER",
+    /// The engine's port is held by another process (the answer names its pid and command
+    /// line), or someone else answered on it for the engine.
+    PortInUse => "PORT_IN_USE",
     /// The pool is not ready (starting, in backoff, stopped).
     PoolUnready => "POOL_UNREADY",
     /// A GPU is required and none is usable.

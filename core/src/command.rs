@@ -153,6 +153,8 @@ pub enum Observation {
         log_path: String,
         /// Pid file.
         pid_path: String,
+        /// `/proc/sys/kernel/random/boot_id`, when readable.
+        boot_id: Option<String>,
     },
     /// `Effect::Spawn` failed.
     SpawnFailed {
@@ -175,6 +177,9 @@ pub enum Observation {
         engine_version: Option<String>,
         /// From `/props` `total_slots` or `--parallel`, if known.
         slots_total: Option<u32>,
+        /// `/proc/<pid>/exe` read after the health pass (a launcher's `exec` is seen), if
+        /// readable.
+        exe: Option<String>,
     },
     /// The health wait gave up.
     PreloadTimedOut {
@@ -391,6 +396,21 @@ pub enum Observation {
         /// The engine.
         pid: u32,
         /// What the engine reported and for how long nothing moved; becomes `last_error`.
+        detail: String,
+    },
+    /// The engine's port is held by another process: before the spawn (`pid` `None`: nothing
+    /// was spawned) or, once the engine answered healthy, by a process outside the engine's
+    /// session (`pid` the engine, which is killed). While the pool is starting with this
+    /// `token` (and engine), the start fails with `PORT_IN_USE`; otherwise it is stale and
+    /// ignored. Appended variant.
+    PortInUse {
+        /// The pool.
+        pool_id: PoolId,
+        /// The start's token (from `Effect::Spawn` / `Effect::StartHealthWait`).
+        token: u64,
+        /// The engine, when one was spawned.
+        pid: Option<u32>,
+        /// The port, the holder's pid and command line, and what to do; becomes `last_error`.
         detail: String,
     },
 }

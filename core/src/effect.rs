@@ -79,8 +79,9 @@ pub enum Effect {
         /// The engine.
         pid: u32,
     },
-    /// After a replay: check that `pid` is still our engine (same start time and binary) and
-    /// report `EngineAdopted` or `EngineLost`.
+    /// After a replay: check that `pid` is still our engine (same start time, same boot) and
+    /// report `EngineAdopted` or `EngineLost`; an executable other than the one recorded is
+    /// logged, not refused (a launcher's `exec`, an upgrade retargeting a symlink).
     VerifyEngine {
         /// The pool.
         pool_id: PoolId,
@@ -90,6 +91,10 @@ pub enum Effect {
         start_time: u64,
         /// The recorded binary, if we spawned it.
         binary_path: Option<String>,
+        /// The recorded boot id (`None`: unknown, as in records before format version 4).
+        boot_id: Option<String>,
+        /// The executable it ran once it served, if recorded.
+        exe: Option<String>,
     },
     /// SIGTERM the process group, wait `grace_ms`, SIGKILL; report `EngineStopped`.
     StopEngine {
@@ -452,6 +457,8 @@ pub fn resume_effects(state: &State) -> Vec<Effect> {
                 } else {
                     pool.engine.as_ref().map(|e| e.binary_path.clone())
                 },
+                boot_id: process.boot_id.clone(),
+                exe: process.exe.clone(),
             });
             continue;
         }

@@ -18,11 +18,14 @@ use crate::ids::{LeaseId, PoolId};
 /// - 2: appends `MigInventoryObserved` and the start failure `CpuSpillover`.
 /// - 3: appends `JournalLossAccepted` (written by `journal repair --accept-loss`) and
 ///   `UntrackedEngineStopped` (start-up's reconciliation of the runtime directory).
-/// - 4: also appends the exit reason `ExitReason::Stalled` (at the end of its enum).
+/// - 4: the engine's identity survives launchers and upgrades: `EngineSpawned` gains
+///   `boot_id`, `HealthCheckPassed` gains `exe` (both reshaped: older records are upcast with
+///   `None`); the start failure `PortInUse`
+///   and the exit reason `ExitReason::Stalled` are appended.
 ///
-/// Each version so far only appended variants, so a record of an older version decodes as
-/// today's type (see the schema's upcaster in `src/schema.rs`).
-pub const EVENT_FORMAT_VERSION: u8 = 3;
+/// Versions 2 and 3 only appended variants; version 4 reshaped two, so a record of an older
+/// version decodes through the frozen shapes of the schema's upcaster in `src/schema.rs`.
+pub const EVENT_FORMAT_VERSION: u8 = 4;
 
 /// Why an engine process ended (SPEC section 7). The reason is kept apart from the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -173,6 +176,13 @@ pub enum StartFailure {
     /// engine build. Not `driver_error` (an Xid or a reset: the GPU itself failed) and not
     /// `unknown` (it would hide among ordinary crashes).
     CpuSpillover,
+    /// The engine's port is held by another process (`PORT_IN_USE`): before the spawn a
+    /// process not of this pool listened on it, or once the engine answered healthy the
+    /// listening socket on its port did not belong to the engine's session (someone else
+    /// answered for it). The answer names the holder's pid and command line. Its breaker
+    /// cause is [`ExitReason::Crash`] (class [`FailureClass::Other`]): the port may be freed,
+    /// so the restart policy tries again with its backoff. Appended (format version 4).
+    PortInUse,
 }
 
 impl StartFailure {
@@ -184,6 +194,7 @@ impl StartFailure {
             StartFailure::HealthTimeout => ErrorCode::HealthTimeout,
             StartFailure::EngineExited | StartFailure::GpuFault => ErrorCode::EngineExited,
             StartFailure::CpuSpillover => ErrorCode::CpuSpillover,
+            StartFailure::PortInUse => ErrorCode::PortInUse,
         }
     }
 }
@@ -339,6 +350,12 @@ pub enum Event {
         attempt: u32,
         /// *extra*: when the health wait gives up (now + `health.preload_timeout_ms`).
         health_deadline_at_ms: u64,
+        /// The boot it was spawned in (`/proc/sys/kernel/random/boot_id`): with the pid and
+        /// the start time it names the engine across a daemon restart (start times restart
+        /// from 0 at each boot). `None` in records of format versions before 4 (and when
+        /// the file could not be read); adoption then goes by pid and start time alone, and
+        /// says so. (Format version 4.)
+        boot_id: Option<String>,
     },
     /// The engine answered healthy. Effect: write the handoff file.
     HealthCheckPassed {
@@ -348,6 +365,11 @@ pub enum Event {
         engine_version: String,
         /// Slots: prepared, else `/props`, else `--parallel`, else 1 (at most `SLOTS_MAX`).
         slots_total: u32,
+        /// The executable the engine runs once it serves (`/proc/<pid>/exe`, read after the
+        /// health pass so that a launcher's `exec` is seen), when readable. Adoption logs an
+        /// executable that changed since (an upgrade retargeting a symlink) and does not
+        /// refuse it. `None` in records of format versions before 4. (Format version 4.)
+        exe: Option<String>,
     },
     /// The handoff file is written: the pool is ready.
     PoolReady {

@@ -276,6 +276,7 @@ fn on_engine_spawned(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         pid_path,
         attempt: spawned_attempt,
         health_deadline_at_ms,
+        boot_id,
     } = event
     else {
         return false;
@@ -290,6 +291,8 @@ fn on_engine_spawned(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         spawned_at_ms: ts,
         adopted: false,
         external: false,
+        boot_id: boot_id.clone(),
+        exe: None,
     });
     pool.vram_used_bytes = None;
     if let Activity::Starting {
@@ -309,12 +312,16 @@ fn on_health_check_passed(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> b
     let Event::HealthCheckPassed {
         engine_version,
         slots_total,
+        exe,
         ..
     } = event
     else {
         return false;
     };
     let ts = stamp.ts_ms;
+    if let Some(process) = pool.process.as_mut() {
+        process.exe = exe.clone();
+    }
     pool.engine_version = Some(engine_version.clone());
     pool.slots_total = (*slots_total).min(SLOTS_MAX);
     pool.last_heartbeat_ms = Some(ts);
@@ -683,6 +690,8 @@ fn on_handoff_registered(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bo
         spawned_at_ms: ts,
         adopted: true,
         external: true,
+        boot_id: None,
+        exe: None,
     });
     pool.activity = Activity::Running;
     pool.ready = true;

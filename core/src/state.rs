@@ -20,8 +20,8 @@ use crate::status::{BreakerState, PoolStatus};
 
 /// The format version of [`State`] snapshots; bump it when `State` changes shape (an old
 /// snapshot is then ignored and the journal replayed in full).
-/// 2: `Node::mig_devices`.
-pub const STATE_SNAPSHOT_VERSION: u8 = 2;
+/// 2: `Node::mig_devices`. 3: `EngineProcess::boot_id` and `exe`.
+pub const STATE_SNAPSHOT_VERSION: u8 = 3;
 
 /// The registry: all pools plus node-level facts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -149,6 +149,12 @@ pub struct EngineProcess {
     pub adopted: bool,
     /// Not started by us (handoff): we watch it but never restart it.
     pub external: bool,
+    /// The boot it was spawned in (`EngineSpawned::boot_id`); `None` when unknown (handoff
+    /// engines, records before format version 4).
+    pub boot_id: Option<String>,
+    /// The executable it ran once it served (`HealthCheckPassed::exe`); `None` until then,
+    /// or when unknown.
+    pub exe: Option<String>,
 }
 
 /// A drain in progress.

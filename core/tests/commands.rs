@@ -46,6 +46,7 @@ fn preload_walks_spawn_health_handoff_to_ready() {
             start_time: 5,
             log_path: "/l".into(),
             pid_path: "/p".into(),
+            boot_id: Some(BOOT_ID.into()),
         }))
         .then_events(&[Event::EngineSpawned {
             pid: 100,
@@ -54,6 +55,7 @@ fn preload_walks_spawn_health_handoff_to_ready() {
             pid_path: "/p".into(),
             attempt: 0,
             health_deadline_at_ms: now + 120_000,
+            boot_id: Some(BOOT_ID.into()),
         }]);
     assert!(o.status("p1").live);
     assert!(!o.status("p1").ready);
@@ -74,11 +76,13 @@ fn preload_walks_spawn_health_handoff_to_ready() {
             after_ms: 1500,
             engine_version: Some("b9999".into()),
             slots_total: Some(8),
+            exe: None,
         }))
         .then_events(&[Event::HealthCheckPassed {
             after_ms: 1500,
             engine_version: "b9999".into(),
             slots_total: 2,
+            exe: None,
         }]);
     assert!(o.has_effect(|e| matches!(e, Effect::WriteHandoff { handoff, .. } if handoff.slots_total == 2 && handoff.pid == Some(100))));
     assert!(

@@ -680,6 +680,7 @@ fn the_handoff_names_the_flags_the_engine_was_started_with() {
             after_ms: 10,
             engine_version: None,
             slots_total: None,
+            exe: None,
         }))
         .then_kinds(&["HealthCheckPassed"]);
     assert!(o.has_effect(|e| matches!(

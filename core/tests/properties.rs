@@ -120,13 +120,15 @@ fn arb_event() -> impl Strategy<Value = Event> {
                 log_path: "l".into(),
                 pid_path: "p".into(),
                 attempt,
-                health_deadline_at_ms: at
+                health_deadline_at_ms: at,
+                boot_id: Some(BOOT_ID.into()),
             }
         ),
         (any::<u64>(), any::<u32>()).prop_map(|(after_ms, slots_total)| Event::HealthCheckPassed {
             after_ms,
             engine_version: "v".into(),
-            slots_total
+            slots_total,
+            exe: None,
         }),
         (any::<u64>(), prop::option::of(any::<u64>())).prop_map(|(a, b)| Event::PoolReady {
             handoff_path: "h".into(),
@@ -384,6 +386,7 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             start_time: x,
             log_path: "l".into(),
             pid_path: "p".into(),
+            boot_id: Some(BOOT_ID.into()),
         }),
         12 => obs(Observation::SpawnFailed {
             pool_id,
@@ -396,6 +399,7 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             after_ms: x % 1000,
             engine_version: None,
             slots_total: Some((x % 4) as u32),
+            exe: None,
         }),
         15 | 16 => obs(Observation::HandoffWritten {
             pool_id,

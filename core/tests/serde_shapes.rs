@@ -44,11 +44,13 @@ pub fn one_of_each() -> Vec<Event> {
             pid_path: "p".into(),
             attempt: 0,
             health_deadline_at_ms: 3,
+            boot_id: Some(BOOT_ID.into()),
         },
         Event::HealthCheckPassed {
             after_ms: 1,
             engine_version: "b1".into(),
             slots_total: 2,
+            exe: Some("/opt/llama/bin/llama-server".into()),
         },
         Event::PoolReady {
             handoff_path: "h".into(),
@@ -270,7 +272,6 @@ fn the_loss_marker_is_the_last_variant_and_a_node_event() {
             "JournalLossAccepted": {"from_seq": 8, "to_seq": 10, "reason": "disk replaced"}
         })
     );
-    assert_eq!(EVENT_FORMAT_VERSION, 3);
     let untracked = Event::UntrackedEngineStopped {
         pool_id: "p1".into(),
         pid: 7,
@@ -281,6 +282,47 @@ fn the_loss_marker_is_the_last_variant_and_a_node_event() {
         43u32.to_le_bytes()
     );
     assert_eq!(untracked.scope(), Scope::Node);
+}
+
+/// Format version 4: `EngineSpawned` and `HealthCheckPassed` keep their indexes and gain their
+/// last field (`boot_id`, `exe`: an `Option`, one byte `0` when absent); the start failure
+/// `PortInUse` is appended (index 6, after `CpuSpillover`) and answers `PORT_IN_USE`.
+#[test]
+fn version_4_appends_the_engine_identity_fields_and_port_in_use() {
+    assert_eq!(EVENT_FORMAT_VERSION, 4);
+    let spawned = |boot_id: Option<String>| Event::EngineSpawned {
+        pid: 1,
+        start_time: 2,
+        log_path: "l".into(),
+        pid_path: "p".into(),
+        attempt: 0,
+        health_deadline_at_ms: 3,
+        boot_id,
+    };
+    let without = bincode::serialize(&spawned(None)).unwrap();
+    assert_eq!(without[..4], 8u32.to_le_bytes());
+    assert_eq!(without.last(), Some(&0u8), "None is the last byte");
+    let with = bincode::serialize(&spawned(Some(BOOT_ID.into()))).unwrap();
+    assert_eq!(with[..without.len() - 1], without[..without.len() - 1]);
+    assert!(with.ends_with(BOOT_ID.as_bytes()));
+    let passed = Event::HealthCheckPassed {
+        after_ms: 1,
+        engine_version: "v".into(),
+        slots_total: 1,
+        exe: None,
+    };
+    let bytes = bincode::serialize(&passed).unwrap();
+    assert_eq!(bytes[..4], 9u32.to_le_bytes());
+    assert_eq!(bytes.last(), Some(&0u8));
+    assert_eq!(
+        bincode::serialize(&StartFailure::PortInUse).unwrap(),
+        6u32.to_le_bytes()
+    );
+    assert_eq!(StartFailure::PortInUse.code().as_str(), "PORT_IN_USE");
+    assert_eq!(
+        serde_json::to_value(StartFailure::PortInUse).unwrap(),
+        "port_in_use"
+    );
 }
 
 #[test]

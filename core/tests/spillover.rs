@@ -90,6 +90,7 @@ fn spillover_after_the_health_check_still_fails_the_start() {
         after_ms: 10,
         engine_version: None,
         slots_total: None,
+        exe: None,
     }));
     assert_eq!(passed.len(), 1);
     assert_eq!(

@@ -183,6 +183,7 @@ fn stale_observations_are_ignored() {
             after_ms: 1,
             engine_version: None,
             slots_total: None,
+            exe: None,
         }))
         .then_nothing();
     given(&preloaded("p1"))
@@ -193,6 +194,7 @@ fn stale_observations_are_ignored() {
             start_time: 1,
             log_path: "l".into(),
             pid_path: "p".into(),
+            boot_id: Some(BOOT_ID.into()),
         }))
         .then_nothing();
     given(&spawned("p1", 100))
@@ -559,6 +561,7 @@ fn xid_on_a_gpu_of_the_mask_is_a_driver_error() {
                     pid_path: "p".into(),
                     attempt: 0,
                     health_deadline_at_ms: T0,
+                    boot_id: Some(BOOT_ID.into()),
                 },
             ),
         ],

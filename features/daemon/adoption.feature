@@ -2,9 +2,11 @@ Feature: Engines outlive the daemon
   Killing, upgrading or restarting pool-managerd never restarts a serving engine. Engines run
   in their own session, so even a kill -9 of the daemon leaves them serving. At its next start
   the daemon replays its journal and checks every engine the journal says is running: alive,
-  with the same start time and binary, it is adopted (EngineAdopted) and keeps its leases;
-  gone, it is EngineLost and the restart policy starts a new one. No pool ever gets a second
-  engine. Here the daemon is the real `pool-managerd serve` process, killed for real.
+  with the same pid, start time and boot id (recorded at spawn), it is adopted (EngineAdopted)
+  and keeps its leases, whatever binary it runs now (a launcher `exec`s the engine; an upgrade
+  retargets a symlink: logged, not refused); gone, it is EngineLost and the restart policy
+  starts a new one. No pool ever gets a second engine. Here the daemon is the real
+  `pool-managerd serve` process, killed for real.
 
   Scenario: A daemon killed with SIGKILL adopts its engine again, with its lease
     Given a running daemon in its own process
@@ -67,3 +69,32 @@ Feature: Engines outlive the daemon
     Then pool "p1" is live and ready
     And the engine of pool "p1" is the noted one, still running
     And the events of pool "p1" include, in this order, "PoolReady, EngineAdopted"
+
+  Scenario: An engine started by a launcher script that execs it is adopted after a kill -9
+    Given a running daemon in its own process
+    And a ready pool "p1" whose engine-sim is started by a launcher script that execs it
+    And the orchestrator took lease "A" on pool "p1"
+    And the engine of pool "p1" is noted
+    Then the journal records the boot id of this machine for the engine of pool "p1"
+    And the journal records engine-sim, not its launcher, as the executable of pool "p1"
+    When the daemon process is killed with SIGKILL
+    And the daemon process is started again
+    Then pool "p1" is live and ready
+    And the engine of pool "p1" is the noted one, still running
+    And pool "p1" has 1 active lease and 1 free slot
+    And the events of pool "p1" include, in this order, "EngineSpawned, PoolReady, LeaseGranted, EngineAdopted"
+    And the events of pool "p1" include no "EngineLost"
+    And the events of pool "p1" include 1 "EngineSpawned"
+
+  Scenario: An engine whose binary symlink was retargeted by an upgrade is adopted after a kill -9
+    Given a running daemon in its own process
+    And a ready pool "p1" whose engine-sim binary is a symlink
+    And the engine of pool "p1" is noted
+    When the symlink of pool "p1" is retargeted to another copy of engine-sim
+    And the daemon process is killed with SIGKILL
+    And the daemon process is started again
+    Then pool "p1" is live and ready
+    And the engine of pool "p1" is the noted one, still running
+    And the events of pool "p1" include, in this order, "EngineSpawned, PoolReady, EngineAdopted"
+    And the events of pool "p1" include no "EngineLost"
+    And the events of pool "p1" include 1 "EngineSpawned"

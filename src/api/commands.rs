@@ -80,7 +80,7 @@ pub(super) struct PreloadAccepted {
         (status = 409, description = "`POOL_BUSY`, `POOL_DRAINING`", body = ApiErrorBody),
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`INVALID_DEVICE_MASK`, `MODEL_NOT_FOUND`", body = ApiErrorBody),
-        (status = 500, description = "`SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`, `CPU_SPILLOVER`; `INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 500, description = "`SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`, `CPU_SPILLOVER`, `PORT_IN_USE`; `INTERNAL` (journal failure)", body = ApiErrorBody),
         (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
         (status = 504, description = "`INTERNAL`: the wait gave up (the preload goes on)", body = ApiErrorBody),
     )

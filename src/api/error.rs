@@ -63,12 +63,14 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         // A seq before the earliest one retention keeps.
         ErrorCode::HistoryExpired => StatusCode::GONE,
         // `CPU_SPILLOVER`: the engine answered healthy but is not running on the GPUs of its
-        // mask (OC-POOL-3012); it was stopped.
+        // mask (OC-POOL-3012); it was stopped. `PORT_IN_USE`: the engine's port is held by
+        // another process (the answer names its pid and command line).
         ErrorCode::SpawnFailed
         | ErrorCode::HealthTimeout
         | ErrorCode::EngineExited
         | ErrorCode::ReloadFailed
-        | ErrorCode::CpuSpillover => StatusCode::INTERNAL_SERVER_ERROR,
+        | ErrorCode::CpuSpillover
+        | ErrorCode::PortInUse => StatusCode::INTERNAL_SERVER_ERROR,
         // The journal failed; a shutdown (503) and a wait that gave up (504) set their own.
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -258,13 +260,16 @@ mod tests {
             ErrorCode::EngineExited,
             ErrorCode::ReloadFailed,
             ErrorCode::CpuSpillover,
+            ErrorCode::PortInUse,
         ] {
             assert_eq!(status_of(code), StatusCode::INTERNAL_SERVER_ERROR, "{code}");
         }
-        assert_eq!(
-            status_of(pool_core::StartFailure::CpuSpillover.code()),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
+        for failure in [
+            pool_core::StartFailure::CpuSpillover,
+            pool_core::StartFailure::PortInUse,
+        ] {
+            assert_eq!(status_of(failure.code()), StatusCode::INTERNAL_SERVER_ERROR);
+        }
     }
 
     #[test]

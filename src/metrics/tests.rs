@@ -52,6 +52,7 @@ fn preload_events() -> Vec<(u64, Event)> {
                 pid_path: "p".into(),
                 attempt: 0,
                 health_deadline_at_ms: 100_000,
+                boot_id: None,
             },
         ),
         (
@@ -60,6 +61,7 @@ fn preload_events() -> Vec<(u64, Event)> {
                 after_ms: 1_900,
                 engine_version: "sim-1".into(),
                 slots_total: 4,
+                exe: None,
             },
         ),
         (

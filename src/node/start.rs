@@ -215,15 +215,8 @@ pub(super) async fn record_start(
         .into_iter()
         .partition(|e| matches!(e, Effect::VerifyEngine { .. }));
     for effect in verify {
-        if let Effect::VerifyEngine {
-            pool_id,
-            pid,
-            start_time,
-            binary_path,
-        } = effect
-        {
-            let observation =
-                crate::supervisor::verify_engine(&pool_id, pid, start_time, binary_path.as_deref());
+        if let Some((pool_id, recorded)) = crate::supervisor::Recorded::of(effect) {
+            let observation = crate::supervisor::verify_engine(&pool_id, &recorded);
             record(handle, observation, "the engines found at start-up").await?;
         }
     }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::{Clock as _, ManualClock};
 use crate::port::{NodeInput, Submission, Waiter};
-use crate::supervisor::tests::{free_port, serve_health, sh_engine, PATIENCE};
+use crate::supervisor::tests::{free_port, serving_engine, sh_engine, PATIENCE};
 
 /// The decision clock's reading at the start of each test.
 const T0: u64 = 1_700_000_000_000;
@@ -313,14 +313,7 @@ impl Drop for Reaper {
 async fn a_waiting_preload_is_answered_ready_once_its_engine_answers_healthy() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _clock, _reaper) = node_in(dir.path()).await;
-    let port = free_port();
-    let _health = serve_health(port).await;
-    let engine = sh_engine(
-        "a",
-        port,
-        "exec sleep 120",
-        &dir.path().display().to_string(),
-    );
+    let engine = serving_engine("a", free_port(), dir.path());
     let outcome = bounded(node.handle().preload(pool("a"), engine, true)).await;
     let outcome = outcome.unwrap();
     assert!(
@@ -357,14 +350,7 @@ async fn a_waiting_preload_is_answered_with_the_code_of_its_failed_start() {
 async fn a_removal_is_answered_once_the_pool_and_its_files_are_gone() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _clock, _reaper) = node_in(dir.path()).await;
-    let port = free_port();
-    let _health = serve_health(port).await;
-    let engine = sh_engine(
-        "a",
-        port,
-        "exec sleep 120",
-        &dir.path().display().to_string(),
-    );
+    let engine = serving_engine("a", free_port(), dir.path());
     let ready = bounded(node.handle().preload(pool("a"), engine, true)).await;
     let pid = ready.as_ref().ok().and_then(|outcome| outcome.status.pid);
     assert!(pid.is_some(), "the preload: {ready:?}");

@@ -9,6 +9,9 @@ use pool_core::{Effect, ExitReason, Observation, Timer};
 use super::{pool_id, ScriptError, Scripted};
 use crate::schema::PoolEnvelope;
 
+/// The boot id of a script's engines (`EngineSpawned::boot_id`).
+pub const SCRIPTED_BOOT_ID: &str = "9d2f6c1e-4a7b-4e05-8b3c-51f0e2a6d7c8";
+
 impl Scripted {
     /// The pool's pending spawn succeeds; returns the new engine's pid.
     pub fn spawn_engine(&mut self, pool: &str) -> Result<u32, ScriptError> {
@@ -27,6 +30,7 @@ impl Scripted {
                 start_time: u64::from(pid).saturating_mul(100),
                 log_path: format!(".runtime/logs/{pool}.log"),
                 pid_path: format!(".runtime/pids/{pool}.pid"),
+                boot_id: Some(SCRIPTED_BOOT_ID.to_string()),
             }
             .into(),
             Some(cause),
@@ -84,6 +88,12 @@ impl Scripted {
             return Err(self.unexpected(pool, "StartHealthWait"));
         };
         self.advance(after_ms);
+        // The engine runs its prepared binary (no launcher in a script).
+        let exe = self
+            .state()
+            .pool(pool)
+            .and_then(|p| p.engine.as_ref())
+            .map(|engine| engine.binary_path.clone());
         self.submit_caused(
             Observation::HealthPassed {
                 pool_id: pool_id(pool)?,
@@ -91,6 +101,7 @@ impl Scripted {
                 after_ms,
                 engine_version: None,
                 slots_total,
+                exe,
             }
             .into(),
             Some(cause),

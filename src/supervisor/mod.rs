@@ -26,14 +26,17 @@
 //! advances: `/slots`, `/metrics`), [`files`] (runtime directory, pid and handoff files, staging),
 //! [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`admission`] (what may be
 //! started, checked before every spawn), [`cgroup`] (an engine's cgroup leaf), [`proof`]
-//! (whether a pid may be signalled), [`reconcile`] (the runtime directory against `/proc`
+//! (whether a pid may be signalled), [`port`] (the engine's port is free before a spawn and
+//! held by the engine's session before it is ready), [`reconcile`] (the runtime directory against `/proc`
 //! at start-up). The rooms of the worker: `worker.rs` (a pool's queue of effects), `start.rs`
-//! (spawn, health wait, ready probes), `exit.rs` (the exit and log watchers), `stop.rs`.
+//! (spawn, health wait, ready probes), `leftover.rs` (an unrecorded engine of an earlier
+//! start), `exit.rs` (the exit and log watchers), `stop.rs`.
 
 pub mod admission;
 pub mod cgroup;
 pub mod files;
 pub mod logwatch;
+pub mod port;
 pub mod probe;
 pub mod process;
 pub mod procfs;
@@ -42,13 +45,14 @@ pub mod proof;
 pub mod reconcile;
 
 mod exit;
+mod leftover;
 mod start;
 mod stop;
 #[cfg(test)]
 pub(crate) mod tests;
 mod worker;
 
-pub use stop::verify_engine;
+pub use stop::{verify_engine, Recorded};
 use worker::PoolWorker;
 
 use std::collections::HashMap;

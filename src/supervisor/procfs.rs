@@ -1,13 +1,18 @@
-//! The one reader of `/proc/<pid>/...`: a process's `stat` (state, session, start time), its
-//! cgroup lines, its command line, its executable and the sockets it holds. Every other module
-//! asks here.
+//! The one reader of `/proc`: a process's `stat` (state, session, start time), its cgroup
+//! lines, its command line, its executable and the sockets it holds; the boot id; the TCP
+//! sockets listening on a port (`/proc/net/tcp{,6}`) and the processes holding them. Every
+//! other module asks here.
 //!
 //! Owns: the parsing of those files (the command name in `stat` is in parentheses and may
 //! hold spaces and parentheses: fields are counted after its last `)`).
 //! Never: writes anything, or fails louder than `None`/empty (a process may end between two
 //! reads; callers decide what that means).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+
+/// Where the kernel names the current boot (a random UUID drawn at each boot).
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 /// What `/proc/<pid>/stat` says of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +110,82 @@ pub fn socket_inodes(pid: u32) -> Vec<u64> {
         .collect()
 }
 
+/// The current boot's id (`/proc/sys/kernel/random/boot_id`), when readable.
+pub fn boot_id() -> Option<String> {
+    let text = std::fs::read_to_string(BOOT_ID_PATH).ok()?;
+    Some(text.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+/// `/proc/<pid>/cmdline` as one line: the arguments joined by spaces (lossy UTF-8), at most
+/// `max` bytes (cut on a character boundary, with `...`); `None` when unreadable (gone, or
+/// a kernel thread's empty command line).
+pub fn cmdline_text(pid: u32, max: usize) -> Option<String> {
+    let raw = cmdline(pid)?;
+    let text = raw
+        .split(|b| *b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.is_empty() {
+        return None;
+    }
+    if text.len() <= max {
+        return Some(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!("{}...", &text[..end]))
+}
+
+/// The inodes of the TCP sockets listening on `port`, IPv4 or IPv6 (`/proc/net/tcp` and
+/// `tcp6`, state `0A`), in this process's network namespace.
+pub fn listening_inodes(port: u16) -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            inodes.extend(parse_listening(&text, port));
+        }
+    }
+    inodes
+}
+
+fn parse_listening(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            let (_, local_port) = local.rsplit_once(':')?;
+            let listening =
+                *state == "0A" && u16::from_str_radix(local_port, 16).ok() == Some(port);
+            listening.then(|| inode.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// The processes holding any of the sockets `inodes` open (their `/proc/<pid>/fd`), in pid
+/// order. Processes whose descriptors cannot be read (another user's, without privileges)
+/// are not found.
+pub fn socket_holders(inodes: &HashSet<u64>) -> Vec<u32> {
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|pid| socket_inodes(*pid).iter().any(|i| inodes.contains(i)))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +218,37 @@ mod tests {
         assert!(stat.start_time > 0);
         assert!(!cgroups(me).is_empty());
         assert_eq!(exe(me), std::env::current_exe().ok());
+    }
+
+    #[test]
+    fn a_listener_of_this_process_is_found_with_its_holder() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let inodes = listening_inodes(port);
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+        assert_eq!(socket_holders(&inodes), vec![std::process::id()]);
+        drop(listener);
+        assert!(listening_inodes(port).is_empty());
+        assert!(
+            boot_id().is_some_and(|id| id.len() == 36),
+            "{:?}",
+            boot_id()
+        );
+        let me = cmdline_text(std::process::id(), 4096).unwrap();
+        assert!(me.contains(' ') || !me.is_empty());
+        let short = cmdline_text(std::process::id(), 3).unwrap();
+        assert!(short.ends_with("...") && short.len() <= 6, "{short}");
+    }
+
+    #[test]
+    fn only_listening_sockets_on_the_port_are_read() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 111 1\n\
+            1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 222 1\n\
+            2: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 333 1\n";
+        assert_eq!(parse_listening(table, 8080), vec![111]);
+        assert_eq!(parse_listening(table, 8081), vec![333]);
+        assert!(parse_listening(table, 80).is_empty());
     }
 
     #[test]

@@ -4,13 +4,13 @@
 //! runs there (another pool's engine, a root daemon, the pool manager itself).
 //!
 //! Owns: the checks, on `/proc` only: not pid 0 or 1, not this daemon or its process group,
-//! not another pool's engine; then the start time recorded when this pool manager spawned it,
-//! or, for a handed-off engine (no start time recorded), a listening TCP socket on the
-//! engine's port held by the process (`/proc/net/tcp{,6}` inodes against `/proc/<pid>/fd`).
+//! not another pool's engine; then the identity recorded when this pool manager spawned it
+//! (its pid, its start time and the boot it started in: [`same_engine`]), or, for a
+//! handed-off engine (no start time recorded), a listening TCP socket on the engine's port
+//! held by the process (`/proc/net/tcp{,6}` inodes against `/proc/<pid>/fd`). Its executable
+//! is no part of the proof: a launcher `exec`s the engine, an upgrade retargets a symlink.
 //! Never: signals, decides what a failed proof means (the supervisor forgets the pool and
 //! says so), or trusts anything the caller wrote but the port it serves on.
-
-use std::collections::HashSet;
 
 /// What a proof needs to know of the pool.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +19,8 @@ pub struct Claim {
     pub port: Option<u16>,
     /// The start time recorded for it (`/proc/<pid>/stat` field 22), when known.
     pub start_time: Option<u64>,
+    /// The boot it was recorded in (`EngineSpawned::boot_id`), when known.
+    pub boot_id: Option<String>,
     /// The pids of the other pools' engines.
     pub other_pools: Vec<u32>,
 }
@@ -49,16 +51,9 @@ pub fn prove(pid: u32, claim: &Claim) -> Result<(), String> {
         return Err(format!("pid {pid} no longer runs"));
     }
     if let Some(recorded) = claim.start_time.filter(|t| *t != 0) {
-        // An engine this pool manager spawned (in an earlier life): its pid and start time,
-        // recorded at spawn, name it; it may still be loading and not listen yet.
-        return if super::process::start_time(pid) == Some(recorded) {
-            Ok(())
-        } else {
-            Err(format!(
-                "pid {pid} started at another time than the engine recorded for this pool \
-                 (its pid was reused)"
-            ))
-        };
+        // An engine this pool manager spawned (in an earlier life): its pid, start time and
+        // boot, recorded at spawn, name it; it may still be loading and not listen yet.
+        return same_engine(pid, recorded, claim.boot_id.as_deref()).map(|_| ());
     }
     // A handed-off engine: only its port says which process it is.
     let Some(port) = claim.port else {
@@ -73,42 +68,62 @@ pub fn prove(pid: u32, claim: &Claim) -> Result<(), String> {
     }
 }
 
+/// How far [`same_engine`] could prove an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proven {
+    /// Pid, start time and boot id all match.
+    Fully,
+    /// Pid and start time match; no boot id was recorded (a record of a format version
+    /// before 4), so a reboot that gave the pid the same start time cannot be told apart.
+    BootUnknown,
+}
+
+/// Whether `pid` is the engine recorded with `start_time` (clock ticks since boot, never 0)
+/// in the boot `boot_id`: it runs (not a zombie), started at that tick, and this is that
+/// boot. `Err` says which part failed. Start times count from each boot, so without the boot
+/// id an engine is proven by pid and start time alone ([`Proven::BootUnknown`]).
+pub fn same_engine(pid: u32, start_time: u64, boot_id: Option<&str>) -> Result<Proven, String> {
+    if super::process::is_gone(pid) {
+        return Err(format!("pid {pid} no longer runs"));
+    }
+    if start_time == 0 {
+        return Err(format!(
+            "no start time is recorded for pid {pid}: it cannot be told from a reused pid"
+        ));
+    }
+    let actual = super::process::start_time(pid);
+    if actual != Some(start_time) {
+        return Err(format!(
+            "pid {pid} started at tick {actual:?}, not at the recorded tick {start_time}: \
+             another process (the pid was reused)"
+        ));
+    }
+    let Some(recorded) = boot_id else {
+        return Ok(Proven::BootUnknown);
+    };
+    match super::procfs::boot_id() {
+        Some(now) if now == recorded => Ok(Proven::Fully),
+        Some(now) => Err(format!(
+            "pid {pid} was recorded in boot {recorded}, this is boot {now}: another process \
+             (the machine restarted)"
+        )),
+        None => Err(format!(
+            "pid {pid} was recorded in boot {recorded} and this boot's id cannot be read \
+             ({}): not proven",
+            super::procfs::BOOT_ID_PATH
+        )),
+    }
+}
+
 /// Whether `pid` holds a TCP socket listening on `port` (IPv4 or IPv6).
 pub fn listens_on(pid: u32, port: u16) -> bool {
-    let inodes = listening_inodes(port);
+    let inodes = super::procfs::listening_inodes(port);
     if inodes.is_empty() {
         return false;
     }
     super::procfs::socket_inodes(pid)
         .iter()
         .any(|inode| inodes.contains(inode))
-}
-
-/// The inodes of the sockets listening on `port` (`/proc/net/tcp` and `tcp6`: state `0A`).
-fn listening_inodes(port: u16) -> HashSet<u64> {
-    let mut inodes = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) =
-                (fields.get(1), fields.get(3), fields.get(9))
-            else {
-                continue;
-            };
-            let local_port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if *state == "0A" && local_port == Some(port) {
-                if let Ok(inode) = inode.parse() {
-                    inodes.insert(inode);
-                }
-            }
-        }
-    }
-    inodes
 }
 
 #[cfg(test)]
@@ -142,6 +157,24 @@ mod tests {
         assert!(prove(sleeper.id(), &other)
             .unwrap_err()
             .contains("another pool"));
+        // Spawned by us: its pid, start time and boot name it, with or without a port.
+        let start = super::super::process::start_time(sleeper.id()).unwrap();
+        let boot = super::super::procfs::boot_id().unwrap();
+        let spawned = Claim {
+            start_time: Some(start),
+            boot_id: Some(boot.clone()),
+            ..claim.clone()
+        };
+        assert_eq!(prove(sleeper.id(), &spawned), Ok(()));
+        let id = sleeper.id();
+        assert_eq!(same_engine(id, start, Some(&boot)), Ok(Proven::Fully));
+        assert_eq!(same_engine(id, start, None), Ok(Proven::BootUnknown));
+        let other_boot = same_engine(id, start, Some("00000000-0000-0000-0000-000000000000"));
+        assert!(other_boot.unwrap_err().contains("machine restarted"));
+        assert!(same_engine(id, start + 1, Some(&boot))
+            .unwrap_err()
+            .contains("reused"));
+        assert!(same_engine(id, 0, None).is_err());
         let _ = sleeper.kill();
         let _ = sleeper.wait();
         drop(listener);

@@ -1,13 +1,14 @@
 //! An engine's start: admission checked again, the leftover of an earlier start killed, the
-//! spawn (cgroup leaf, pid file), the health wait with the placement proof, then the ready
-//! probes.
+//! port found free, the spawn (cgroup leaf, pid file, the boot id), the health wait with the
+//! port's owner and the placement proven, then the ready probes.
 //!
-//! Never: reports a start healthy before its placement is proven where a GPU is required.
+//! Never: reports a start healthy before the socket on its port is proven the engine's
+//! session's, nor before its placement is proven where a GPU is required.
 
 use super::probe::Health;
 use super::process::ExitInfo;
 use super::worker::PoolWorker;
-use super::{cgroup, files, own, probe, process, Shared, KILL_WAIT_MS};
+use super::{cgroup, files, own, port, probe, process, procfs, Shared};
 use crate::gpu::placement::{self, PlacementCheck};
 use nix::sys::signal::Signal;
 use pool_core::{Observation, PoolId, PreparedEngine};
@@ -29,6 +30,9 @@ impl PoolWorker {
         self.health = None;
         self.probe = None;
         self.kill_leftover(engine).await;
+        if let Err(detail) = port::check_free(engine.port) {
+            return self.port_in_use(cause, token, None, detail).await;
+        }
         let pool = self.pool_id.as_str();
         let log_path = self.dirs().log_path(pool);
         let leaf = match self.pre_spawn(engine, &log_path) {
@@ -83,6 +87,7 @@ impl PoolWorker {
                     start_time,
                     log_path: log_path.display().to_string(),
                     pid_path: pid_path.display().to_string(),
+                    boot_id: procfs::boot_id(),
                 },
             )
             .await;
@@ -147,6 +152,24 @@ impl PoolWorker {
         }
     }
 
+    /// Logs and reports a start that failed on its port (`pid`: the engine, once spawned).
+    pub(super) async fn port_in_use(
+        &self,
+        cause: u64,
+        token: u64,
+        pid: Option<u32>,
+        detail: String,
+    ) {
+        tracing::warn!(pool_id = %self.pool_id, ?pid, "engine start fails (PORT_IN_USE): {detail}");
+        let observation = Observation::PortInUse {
+            pool_id: self.pool_id.clone(),
+            token,
+            pid,
+            detail,
+        };
+        self.shared.report(cause, observation).await;
+    }
+
     /// Logs and reports a start that did not happen.
     pub(super) async fn spawn_failed(&self, cause: u64, token: u64, reason: String) {
         tracing::warn!(pool_id = %self.pool_id, "engine not started: {reason}");
@@ -176,57 +199,6 @@ impl PoolWorker {
             Err(e) => {
                 tracing::warn!(pool_id = %self.pool_id, "the engine starts without a cgroup of its own: {e}");
                 Ok(None)
-            }
-        }
-    }
-
-    /// A daemon killed between spawning an engine and journaling `EngineSpawned` leaves an
-    /// engine the journal does not know, holding the pool's port. It is found by its pid file
-    /// (if the daemon got to write it) or by its exact command line (binary and flags, which
-    /// hold its port), leading its own session as our engines do: its group is killed before
-    /// another start, so that a pool never has two engines. Anything else is left alone.
-    pub(super) async fn kill_leftover(&self, engine: &PreparedEngine) {
-        let pid_path = self.dirs().pid_path(self.pool_id.as_str());
-        let argv: Vec<String> = std::iter::once(engine.binary_path.clone())
-            .chain(engine.flags.iter().cloned())
-            .collect();
-        let mut suspects = process::session_leaders_running(&argv);
-        if let Ok(pid) = files::read_pid_file(&pid_path) {
-            let same_binary = match (
-                process::exe(pid),
-                process::resolve_binary(&engine.binary_path),
-            ) {
-                (Some(exe), Some(binary)) => {
-                    let exe = exe.display().to_string();
-                    exe.strip_suffix(" (deleted)").unwrap_or(&exe) == binary.display().to_string()
-                }
-                _ => false,
-            };
-            if same_binary && process::session_id(pid) == Some(pid) && !process::is_gone(pid) {
-                suspects.push(pid);
-            }
-        }
-        suspects.sort_unstable();
-        suspects.dedup();
-        let tracked = self
-            .engine
-            .as_ref()
-            .filter(|e| e.exited.borrow().is_none())
-            .map(|e| e.pid);
-        for pid in suspects.into_iter().filter(|pid| Some(*pid) != tracked) {
-            tracing::warn!(
-                pool_id = %self.pool_id,
-                pid,
-                "an engine the journal never recorded (started just before the daemon died) still runs; killing it before the new start"
-            );
-            let _ = process::signal_group(pid, Signal::SIGKILL);
-            let gone = tokio::time::timeout(
-                Duration::from_millis(KILL_WAIT_MS),
-                process::wait_foreign(pid),
-            )
-            .await;
-            if gone.is_err() {
-                tracing::error!(pool_id = %self.pool_id, pid, "the leftover engine is still present {KILL_WAIT_MS} ms after SIGKILL");
             }
         }
     }
@@ -380,10 +352,25 @@ impl HealthWait {
         self.shared.report(self.cause, observation).await;
     }
 
-    /// The engine answered healthy: with a GPU required, its placement is proven first.
+    /// The engine answered healthy: the socket on its port must be its session's (else
+    /// someone else answered: `PortInUse`); with a GPU required, its placement is proven.
     async fn healthy(mut self, engine: &PreparedEngine) {
         let after_ms = self.shared.now_ms().saturating_sub(self.spawned_at_ms);
         let (pool_id, pid) = (self.pool_id.clone(), self.pid);
+        if let Err(detail) = port::check_owned(engine.port, pid) {
+            if self.exited.borrow().is_some() || self.watch.spilled() {
+                return; // the exit or log watcher reports
+            }
+            tracing::warn!(pool_id = %pool_id, pid, "engine start fails (PORT_IN_USE): {detail}");
+            let (pid, token) = (Some(pid), self.token);
+            let observation = Observation::PortInUse {
+                pool_id,
+                token,
+                pid,
+                detail,
+            };
+            return self.shared.report(self.cause, observation).await;
+        }
         if let Some(check) = &self.shared.settings.placement {
             let mask = engine.device_mask.as_deref();
             match prove_placement(check, pid, mask, &mut self.exited).await {
@@ -484,12 +471,18 @@ pub(super) async fn health_passed(
         .or(props.total_slots)
         .or_else(|| probe::parallel_flag(&engine.flags));
     shared.registry.heartbeat(pool_id.as_str(), shared.now_ms());
+    // Read now, once it serves: a launcher has `exec`ed the engine by then.
+    let exe = process::exe(pid).map(|exe| {
+        let exe = exe.display().to_string();
+        exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string()
+    });
     Observation::HealthPassed {
         pool_id,
         pid,
         after_ms,
         engine_version: props.build_info,
         slots_total,
+        exe,
     }
 }
 

@@ -7,7 +7,7 @@
 use super::worker::PoolWorker;
 use super::{process, proof, KILL_WAIT_MS};
 use nix::sys::signal::Signal;
-use pool_core::{Observation, PoolId, StopReason};
+use pool_core::{Effect, Observation, PoolId, StopReason};
 
 use super::exit::wait_exit;
 
@@ -68,6 +68,9 @@ impl PoolWorker {
                 })
             }),
             start_time: pool.and_then(|p| p.process.as_ref()).map(|p| p.start_time),
+            boot_id: pool
+                .and_then(|p| p.process.as_ref())
+                .and_then(|p| p.boot_id.clone()),
             other_pools: state
                 .pools
                 .values()
@@ -120,44 +123,96 @@ impl PoolWorker {
     }
 }
 
-/// Is `pid` still the engine the journal recorded? Alive, with the recorded start time
-/// (`/proc/<pid>/stat`) and, when we spawned it, the recorded binary: `EngineAdopted`;
-/// anything else (gone, a zombie, a reused pid): `EngineLost`. A recorded start time of 0
-/// (unknown) never adopts: a reused pid must never be taken for our engine.
-pub fn verify_engine(
-    pool_id: &PoolId,
-    pid: u32,
-    start_time: u64,
-    binary_path: Option<&str>,
-) -> Observation {
-    let alive_start = if process::is_gone(pid) {
-        None
-    } else {
-        process::start_time(pid)
-    };
-    let same_start = matches!(alive_start, Some(actual) if start_time != 0 && actual == start_time);
-    let same_binary = match binary_path {
-        None => true,
-        Some(recorded) => {
-            let exe = process::exe(pid).map(|exe| {
-                let exe = exe.display().to_string();
-                exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string()
-            });
-            let recorded = process::resolve_binary(recorded).map(|p| p.display().to_string());
-            matches!((exe, recorded), (Some(a), Some(b)) if a == b)
-        }
-    };
-    if same_start && same_binary {
-        tracing::info!(pool_id = %pool_id, pid, "engine from before the restart is alive: adopting it");
-        Observation::EngineAdopted {
-            pool_id: pool_id.clone(),
+/// What the journal recorded of an engine (`Effect::VerifyEngine`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time ticks (0 = unknown: never adopted).
+    pub start_time: u64,
+    /// The boot it was spawned in (`None`: a record before format version 4).
+    pub boot_id: Option<String>,
+    /// The binary it was prepared with, if we spawned it.
+    pub binary_path: Option<String>,
+    /// The executable it ran once it served, if recorded.
+    pub exe: Option<String>,
+}
+
+impl Recorded {
+    /// The pool and the record of a `VerifyEngine` effect; `None` for any other effect.
+    pub fn of(effect: Effect) -> Option<(PoolId, Recorded)> {
+        let Effect::VerifyEngine {
+            pool_id,
             pid,
-        }
-    } else {
-        tracing::warn!(pool_id = %pool_id, pid, alive = alive_start.is_some(), same_start, same_binary, "recorded engine is gone (or its pid now belongs to another program)");
-        Observation::EngineLost {
-            pool_id: pool_id.clone(),
+            start_time,
+            binary_path,
+            boot_id,
+            exe,
+        } = effect
+        else {
+            return None;
+        };
+        let recorded = Recorded {
             pid,
+            start_time,
+            boot_id,
+            binary_path,
+            exe,
+        };
+        Some((pool_id, recorded))
+    }
+}
+
+/// Is `pid` still the engine the journal recorded? Alive with the recorded start time and in
+/// the recorded boot ([`proof::same_engine`]): `EngineAdopted`; anything else (gone, a zombie,
+/// a reused pid, another boot): `EngineLost`. A recorded start time of 0 (unknown) never
+/// adopts: a reused pid must never be taken for our engine. A record without a boot id (older
+/// than format version 4) adopts by pid and start time, with a warning. The executable is
+/// compared and a change logged, never refused: a launcher `exec`s the engine (its
+/// `/proc/<pid>/exe` is the engine, not the binary prepared), an upgrade retargets a symlink.
+pub fn verify_engine(pool_id: &PoolId, recorded: &Recorded) -> Observation {
+    let pid = recorded.pid;
+    let proven = proof::same_engine(pid, recorded.start_time, recorded.boot_id.as_deref());
+    match proven {
+        Ok(proven) => {
+            if proven == proof::Proven::BootUnknown {
+                tracing::warn!(pool_id = %pool_id, pid, "the engine's boot was not recorded (a journal record older than format version 4): adopted by its pid and start time alone");
+            }
+            note_changed_exe(pool_id, recorded);
+            tracing::info!(pool_id = %pool_id, pid, "engine from before the restart is alive: adopting it");
+            Observation::EngineAdopted {
+                pool_id: pool_id.clone(),
+                pid,
+            }
         }
+        Err(why) => {
+            tracing::warn!(pool_id = %pool_id, pid, "the recorded engine is lost: {why}");
+            Observation::EngineLost {
+                pool_id: pool_id.clone(),
+                pid,
+            }
+        }
+    }
+}
+
+/// Logs an engine that runs another executable than recorded: the one read once it served,
+/// else its prepared binary (symlinks resolved).
+fn note_changed_exe(pool_id: &PoolId, recorded: &Recorded) {
+    let pid = recorded.pid;
+    let Some(now) = process::exe(pid).map(|exe| {
+        let exe = exe.display().to_string();
+        exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string()
+    }) else {
+        return;
+    };
+    let was = recorded.exe.clone().or_else(|| {
+        let binary = recorded.binary_path.as_deref()?;
+        process::resolve_binary(binary).map(|p| p.display().to_string())
+    });
+    match was {
+        Some(was) if was != now => {
+            tracing::warn!(pool_id = %pool_id, pid, recorded = %was, running = %now, "the adopted engine runs another executable than recorded (a launcher's exec, or its binary was upgraded or replaced): adopted all the same, as its pid, start time and boot match");
+        }
+        _ => {}
     }
 }

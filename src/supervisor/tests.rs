@@ -42,6 +42,20 @@ pub(crate) fn sh_engine(pool: &str, port: u16, script: &str, tag: &str) -> Prepa
     }
 }
 
+/// An engine that serves its own health route: `python3 -m http.server` on 127.0.0.1:`port`
+/// over `<dir>/www-<pool>`, which holds a file `health` (so `GET /health` answers 200). The
+/// port is then the engine's session's, as a start requires.
+pub(crate) fn serving_engine(pool: &str, port: u16, dir: &std::path::Path) -> PreparedEngine {
+    let root = dir.join(format!("www-{pool}"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("health"), "ok\n").unwrap();
+    let script = format!(
+        "exec python3 -m http.server --bind 127.0.0.1 --directory '{}' {port}",
+        root.display()
+    );
+    sh_engine(pool, port, &script, &dir.display().to_string())
+}
+
 /// A loopback port nothing listens on (bound and let go at once).
 pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -98,12 +98,11 @@ impl PoolWorker {
             } => self.start_health_wait(cause, pid, token, deadline_at_ms),
             Effect::StartProbing { pid, .. } => self.start_probing(cause, pid),
             Effect::WatchProcess { pid, .. } => self.watch_foreign(cause, pid),
-            Effect::VerifyEngine {
-                pid,
-                start_time,
-                binary_path,
-                ..
-            } => self.verify(cause, pid, start_time, binary_path).await,
+            effect @ Effect::VerifyEngine { .. } => {
+                if let Some((_, recorded)) = super::Recorded::of(effect) {
+                    self.verify(cause, &recorded).await;
+                }
+            }
             Effect::StopEngine {
                 pid,
                 grace_ms,
@@ -253,14 +252,8 @@ impl PoolWorker {
         }));
     }
 
-    pub(super) async fn verify(
-        &mut self,
-        cause: u64,
-        pid: u32,
-        start_time: u64,
-        binary_path: Option<String>,
-    ) {
-        let observation = verify_engine(&self.pool_id, pid, start_time, binary_path.as_deref());
+    pub(super) async fn verify(&mut self, cause: u64, recorded: &super::Recorded) {
+        let observation = verify_engine(&self.pool_id, recorded);
         self.shared.report(cause, observation).await;
     }
 }

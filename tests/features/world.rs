@@ -82,6 +82,8 @@ pub struct PoolWorld {
     pub external: crate::steps::handoff::ExternalEngines,
     /// The scenario's client of the live event stream (`GET /v2/events`).
     pub stream: crate::steps::events::StreamClient,
+    /// Foreign servers the scenario started on engines' ports; ended with the world.
+    pub foreign: crate::steps::identity::ForeignServers,
 }
 
 impl PoolWorld {
@@ -105,6 +107,7 @@ impl PoolWorld {
             exits_seen: BTreeMap::new(),
             external: Default::default(),
             stream: Default::default(),
+            foreign: Default::default(),
         }
     }
 

@@ -46,6 +46,7 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
         Observation::HandoffInvalid { .. } => handoff_invalid(d, observation),
         Observation::UntrackedEngineStopped { .. } => untracked_engine_stopped(d, observation),
         Observation::EngineStalled { .. } => engine_stalled(d, observation),
+        Observation::PortInUse { .. } => port_in_use(d, observation),
     }
 }
 
@@ -118,6 +119,7 @@ fn engine_spawned(d: &mut Decision<'_, '_>, observation: &Observation) {
         start_time,
         log_path,
         pid_path,
+        boot_id,
     } = observation
     else {
         return;
@@ -140,6 +142,7 @@ fn engine_spawned(d: &mut Decision<'_, '_>, observation: &Observation) {
             pid_path: pid_path.clone(),
             attempt,
             health_deadline_at_ms: now.saturating_add(policy.health.preload_timeout_ms),
+            boot_id: boot_id.clone(),
         },
     );
 }
@@ -177,6 +180,7 @@ fn health_passed(d: &mut Decision<'_, '_>, observation: &Observation) {
         after_ms,
         engine_version,
         slots_total,
+        exe,
     } = observation
     else {
         return;
@@ -202,6 +206,7 @@ fn health_passed(d: &mut Decision<'_, '_>, observation: &Observation) {
             after_ms: *after_ms,
             engine_version: version,
             slots_total: slots,
+            exe: exe.as_ref().map(|exe| tail(exe, 4096)),
         },
     );
 }
@@ -506,6 +511,35 @@ fn engine_not_on_gpu(d: &mut Decision<'_, '_>, observation: &Observation) {
         ExitReason::CudaError,
         format!("not running on its GPUs (CPU_SPILLOVER): {}", detail.trim()),
         Some(*pid),
+    );
+}
+
+fn port_in_use(d: &mut Decision<'_, '_>, observation: &Observation) {
+    let Observation::PortInUse {
+        pool_id,
+        token,
+        pid,
+        detail,
+    } = observation
+    else {
+        return;
+    };
+    // Only the start it was taken for: before the spawn no engine is recorded; after it, the
+    // same engine, still starting (not yet ready).
+    let Some(pool) = d.pool(pool_id) else { return };
+    if pool.pid() != *pid
+        || pool.start_token != *token
+        || !matches!(pool.activity, Activity::Starting { .. })
+    {
+        return;
+    }
+    start_failed(
+        d,
+        pool_id,
+        StartFailure::PortInUse,
+        ExitReason::Crash,
+        format!("port in use (PORT_IN_USE): {}", detail.trim()),
+        *pid,
     );
 }
 

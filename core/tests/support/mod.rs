@@ -13,6 +13,8 @@ pub const T0: u64 = 1_700_000_000_000;
 /// A random value that gives zero jitter is not guaranteed (pool ids are mixed in); tests
 /// that need exact delays compute them with `backoff_delay_ms` and the same mix.
 pub const RANDOM: u64 = 42;
+/// The boot id the scripted engines are spawned in.
+pub const BOOT_ID: &str = "3f1c9a52-7d0e-4b8a-9c61-2e5d7f8a0b14";
 
 pub fn pid(n: u32) -> u32 {
     n
@@ -87,6 +89,7 @@ pub fn spawned(pool: &'static str, pid: u32) -> Vec<Given> {
             pid_path: format!("/run/pids/{pool}.pid"),
             attempt: 0,
             health_deadline_at_ms: T0 + 120_000,
+            boot_id: Some(BOOT_ID.into()),
         },
     ));
     h
@@ -101,6 +104,7 @@ pub fn ready(pool: &'static str, pid: u32) -> Vec<Given> {
             after_ms: 1500,
             engine_version: "b1234".into(),
             slots_total: 2,
+            exe: None,
         },
     ));
     h.push((
@@ -460,6 +464,7 @@ impl Sim {
             start_time: 1000 + u64::from(pid),
             log_path: format!("/run/logs/{pool}.log"),
             pid_path: format!("/run/pids/{pool}.pid"),
+            boot_id: Some(BOOT_ID.into()),
         }));
         assert_eq!(facts.len(), 1, "{facts:?}");
     }
@@ -472,6 +477,7 @@ impl Sim {
             after_ms: 100,
             engine_version: None,
             slots_total: None,
+            exe: None,
         }));
         assert_eq!(f.len(), 1, "{f:?}");
         self.step(obs(Observation::HandoffWritten {

@@ -271,7 +271,9 @@ impl PartialSchema for ErrorCodeSchema {
                  a seq before the earliest one retention keeps; `OVERLOADED` (503, with \
                  `Retry-After`): every API connection is busy, answered by the HTTP layer to \
                  any route; `ORIGIN_NOT_ALLOWED` (403): a browser `Origin` (or a `Host`) the \
-                 daemon does not serve.",
+                 daemon does not serve; `PORT_IN_USE` (500): a start failed because the \
+                 engine's port is held by another process (named by pid and command line) or \
+                 someone else answered on it.",
             ))
             .into()
     }

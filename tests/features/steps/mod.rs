@@ -11,6 +11,8 @@
 //! - `leases`: taking and returning leases, draining.
 //! - `health`: the orchestrator's health view of a pool.
 //! - `handoff`: engines started outside the daemon and their handoff files.
+//! - `identity`: engines started through a launcher or a symlink retargeted while they run;
+//!   the boot id and executable the journal records; foreign servers on an engine's port.
 //! - `files`: the runtime directory: logs, pid files, handoff files.
 //! - `process`: engine processes as `/proc` shows them, stopping, removing, crashing.
 //! - `progress`: engines that report work and make none (stalls), and the times of the
@@ -33,6 +35,7 @@ pub mod files;
 pub mod gpus;
 pub mod handoff;
 pub mod health;
+pub mod identity;
 pub mod journal;
 pub mod leases;
 pub mod metrics;

@@ -1,0 +1,80 @@
+//! The leftover of an earlier start: an engine the journal never recorded (the daemon died
+//! between its spawn and `EngineSpawned`), killed before the next start of its pool so that a
+//! pool never has two engines.
+//!
+//! Never: kills a process that is not a session leader running the pool's exact command
+//! line or named by its pid file with the same binary, nor another pool's engine, nor anything
+//! [`super::proof::never_signalled`] refuses.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use pool_core::PreparedEngine;
+
+use super::worker::PoolWorker;
+use super::{files, process, KILL_WAIT_MS};
+
+impl PoolWorker {
+    /// A daemon killed between spawning an engine and journaling `EngineSpawned` leaves an
+    /// engine the journal does not know, holding the pool's port. It is found by its pid file
+    /// (if the daemon got to write it) or by its exact command line (binary and flags, which
+    /// hold its port), leading its own session as our engines do: its group is killed before
+    /// another start, so that a pool never has two engines. Anything else is left alone, and
+    /// so is another pool's engine (the same command line may serve two pools in turn: its
+    /// port then fails this start with `PORT_IN_USE`).
+    pub(super) async fn kill_leftover(&self, engine: &PreparedEngine) {
+        let pid_path = self.dirs().pid_path(self.pool_id.as_str());
+        let argv: Vec<String> = std::iter::once(engine.binary_path.clone())
+            .chain(engine.flags.iter().cloned())
+            .collect();
+        let mut suspects = process::session_leaders_running(&argv);
+        if let Ok(pid) = files::read_pid_file(&pid_path) {
+            let same_binary = match (
+                process::exe(pid),
+                process::resolve_binary(&engine.binary_path),
+            ) {
+                (Some(exe), Some(binary)) => {
+                    let exe = exe.display().to_string();
+                    exe.strip_suffix(" (deleted)").unwrap_or(&exe) == binary.display().to_string()
+                }
+                _ => false,
+            };
+            if same_binary && process::session_id(pid) == Some(pid) && !process::is_gone(pid) {
+                suspects.push(pid);
+            }
+        }
+        suspects.sort_unstable();
+        suspects.dedup();
+        let published = self.shared.registry.load();
+        let other_pools: Vec<u32> = published
+            .state
+            .pools
+            .values()
+            .filter(|p| p.id != self.pool_id)
+            .filter_map(|p| p.pid())
+            .collect();
+        drop(published);
+        suspects.retain(|pid| super::proof::never_signalled(*pid, &other_pools).is_ok());
+        let tracked = self
+            .engine
+            .as_ref()
+            .filter(|e| e.exited.borrow().is_none())
+            .map(|e| e.pid);
+        for pid in suspects.into_iter().filter(|pid| Some(*pid) != tracked) {
+            tracing::warn!(
+                pool_id = %self.pool_id,
+                pid,
+                "an engine the journal never recorded (started just before the daemon died) still runs; killing it before the new start"
+            );
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            let gone = tokio::time::timeout(
+                Duration::from_millis(KILL_WAIT_MS),
+                process::wait_foreign(pid),
+            )
+            .await;
+            if gone.is_err() {
+                tracing::error!(pool_id = %self.pool_id, pid, "the leftover engine is still present {KILL_WAIT_MS} ms after SIGKILL");
+            }
+        }
+    }
+}
