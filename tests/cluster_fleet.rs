@@ -159,17 +159,17 @@ async fn metric(h: &Harness, name: &str) -> f64 {
 }
 
 /// `pool-managerd cluster status --json` through the first server.
-fn cluster_status(url: &str) -> Value {
+/// `cluster status --json`, or its stderr when it failed (a replicated bucket answers 503
+/// while its servers elect a leader after a restart).
+fn cluster_status(url: &str) -> Result<Value, String> {
     let out = std::process::Command::new(BIN)
         .args(["cluster", "status", "--json", "--nats", url])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
 }
 
 /// `cluster status` holds every node up, with exactly the pools each serves (the statuses as
@@ -185,7 +185,14 @@ async fn assert_status_is_the_union(fleet: &[Harness], url: &str) {
     }
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = cluster_status(url);
+        let status = match cluster_status(url) {
+            Ok(status) => status,
+            Err(stderr) => {
+                assert!(Instant::now() < deadline, "cluster status failed: {stderr}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let got: Vec<(String, Value)> = status["pools"]
             .as_array()
             .unwrap()

@@ -207,18 +207,31 @@ pub struct Message {
     pub payload: serde_json::Value,
 }
 
+/// Retries `op` while it fails, up to [`START_WAIT`]: a replicated stream answers 503
+/// ("JetStream system temporarily unavailable") while its servers elect a leader after a restart.
+async fn retried<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut op: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + START_WAIT;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Every message of `stream`, in stream order.
 pub async fn stream_messages(url: &str, stream: &str) -> Vec<Message> {
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream(stream).await.unwrap();
-    let state = stream.info().await.unwrap().state.clone();
+    let stream = retried("get stream", || js.get_stream(stream)).await;
+    let state = retried("stream info", || stream.get_info()).await.state;
     let mut out = Vec::new();
     for seq in state.first_sequence..=state.last_sequence {
-        let message = stream
-            .get_raw_message(seq)
-            .await
-            .unwrap_or_else(|e| panic!("stream seq {seq}: {e}"));
+        let message = retried(&format!("stream seq {seq}"), || stream.get_raw_message(seq)).await;
         let id = message
             .headers
             .get(async_nats::header::NATS_MESSAGE_ID)
