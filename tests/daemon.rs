@@ -266,7 +266,8 @@ async fn any_http_server_with_a_health_route_works_as_an_engine() {
 
 #[tokio::test]
 async fn a_restarted_daemon_serves_the_same_registry() {
-    let mut h = Harness::start().await;
+    // A long backoff: the failed pool settles (its first restart is immediate and fails too).
+    let mut h = Harness::start_with(|c| c.backoff.initial_ms = 600_000).await;
     let (body, _) = engine("kept", ENGINE_SIM, &["--parallel", "2"]);
     assert_eq!(h.post("/v2/pools/kept/preload", body).await.0, 200);
     let (_, lease) = h.post("/v2/pools/kept/leases", json!({})).await;
@@ -276,6 +277,12 @@ async fn a_restarted_daemon_serves_the_same_registry() {
         .await;
     let failed = engine("gone", "/nonexistent/engine", &[]).0;
     assert_eq!(h.post("/v2/pools/gone/preload", failed).await.0, 500);
+    h.wait_pool(
+        "gone",
+        "in its backoff after the immediate restart failed",
+        |s| s["crash_count"] == 2 && s["phase"] == "backoff",
+    )
+    .await;
     let (_, before) = h.get("/v2/pools").await;
 
     h.restart().await;

@@ -30,8 +30,8 @@ use process::free_port;
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
 const ENGINE_SIM: &str = env!("CARGO_BIN_EXE_engine-sim");
 
-/// Fast policies: first backoff 1.5 s (long enough to kill the daemon inside it), breaker after
-/// 3 consecutive failures, open for 2 s.
+/// Fast policies: the first backoff (the second restart; the first is immediate) 1.5 s, long
+/// enough to kill the daemon inside it; breaker after 3 consecutive failures, open for 2 s.
 const FAST_POLICY: &str = r#"
 stop_engines_on_shutdown = false
 
@@ -547,16 +547,25 @@ fn assert_sampler_saw_one_engine(sampler: &Sampler) -> SamplerReport {
 /// two engines ever run for the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_backoff_keeps_the_backoff_and_its_not_before() {
-    let mut h = Harness::start(FAST_POLICY).await;
+    // The breaker stays closed through the third failure, so that it is a restart again.
+    let policy = FAST_POLICY.replace("failure_threshold = 3", "failure_threshold = 5");
+    let mut h = Harness::start(&policy).await;
     let port = h
         .preload("crashy", &["--crash-after-ms", "300", "--exit-code", "3"])
         .await;
     let sampler = Sampler::start(port);
 
+    // The first crash is restarted at once; the second waits out a backoff delay.
     let before = h
-        .wait_pool("crashy", "backoff", 5, |s| s["phase"] == "backoff")
+        .wait_pool("crashy", "backoff", 5, |s| {
+            s["phase"] == "backoff" && s["backoff_ms"].as_u64() > Some(0)
+        })
         .await;
     let events = h.events("crashy").await;
+    let scheduled_before = events
+        .iter()
+        .filter(|e| kind(e) == "RestartScheduled")
+        .count();
     let scheduled = last_of(&events, "RestartScheduled")
         .unwrap_or_else(|| panic!("no RestartScheduled:\n{}", timeline(&events)))
         .clone();
@@ -632,12 +641,12 @@ async fn sigkill_during_backoff_keeps_the_backoff_and_its_not_before() {
 
     // The engine crashes again: the next backoff counts on from the recorded attempt.
     let events = h
-        .wait_events("crashy", "the second RestartScheduled", 5, |events| {
+        .wait_events("crashy", "the next RestartScheduled", 5, |events| {
             events
                 .iter()
                 .filter(|e| kind(e) == "RestartScheduled")
                 .count()
-                >= 2
+                > scheduled_before
         })
         .await;
     let second = last_of(&events, "RestartScheduled").unwrap();

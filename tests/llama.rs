@@ -235,6 +235,9 @@ async fn a_segfault_of_the_real_server_is_restarted_to_ready() {
     let exit = last_of(&events, "EngineExited");
     assert_eq!(exit["event"]["reason"], "signal", "{exit}");
     assert_eq!(exit["event"]["signal"], 11, "{exit}");
+    // A one-off crash is restarted at once.
+    let restart = last_of(&events, "RestartScheduled");
+    assert_eq!(restart["event"]["delay_ms"], 0, "{restart}");
     remove(&h, "p1").await;
     h.stop().await;
 }
@@ -266,6 +269,11 @@ async fn a_bad_model_path_fails_fast_with_the_servers_words() {
         last_error.contains("failed to load model"),
         "the server's own words in last_error: {last_error}"
     );
+    // The first failure is restarted at once; that start fails the same way and backs off.
+    h.wait_pool("p1", "in backoff after two failed starts", |s| {
+        s["crash_count"] == 2 && s["phase"] == "backoff"
+    })
+    .await;
     remove(&h, "p1").await;
     h.stop().await;
 }
@@ -521,6 +529,16 @@ async fn a_launched_real_server_is_adopted_and_keeps_its_port() {
         "{error}"
     );
     assert!(pid_alive(pid), "the holder is never signalled");
+    // The refused start is restarted at once, refused again, and then waits out a backoff.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pool = get(format!("{}/v2/pools/p2", daemon.base)).await;
+        if pool["crash_count"] == 2 && pool["phase"] == "backoff" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "p2 did not back off: {pool}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for pool in ["p2", "p1"] {
         let removed = http
             .delete(format!("{}/v2/pools/{pool}", daemon.base))

@@ -116,7 +116,8 @@ fn promtool_check(text: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passes_promtool() {
     let mut h = Harness::start_with(|c| {
-        // The crashed engine waits in backoff for the whole test.
+        // The crashed engine is restarted at once, crashes again and waits in backoff for
+        // the whole test.
         c.backoff.initial_ms = 600_000;
         c.backoff.max_ms = 600_000;
         c.backoff.jitter = 0.0;
@@ -183,9 +184,11 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    h.wait_pool("crashy", "a crash", |s| {
-        s["crash_count"] == 1 && s["phase"] == "backoff"
-    })
+    h.wait_pool(
+        "crashy",
+        "a crash, a restart at once and a second crash",
+        |s| s["crash_count"] == 2 && s["phase"] == "backoff",
+    )
     .await;
 
     // A graceful drain.
@@ -208,13 +211,14 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
         &text,
         "engine_crash_total",
         &[("pool_id", "crashy"), ("reason", "crash")],
-        1.0,
+        2.0,
     );
+    // The delays chosen: 0 s (the first restart), then 600 s.
     expect(
         &text,
         "restart_backoff_seconds_count",
         &[("pool_id", "crashy")],
-        1.0,
+        2.0,
     );
     expect(
         &text,
@@ -259,7 +263,7 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
     )
     .is_some());
     assert!(value(&text, "journal_replay_duration_seconds", &[]).is_some());
-    assert!(value(&text, "engine_restart_total", &[("pool_id", "crashy")]).is_none());
+    expect(&text, "engine_restart_total", &[("pool_id", "crashy")], 1.0);
     promtool_check(&text);
 
     // A restart: counters count since this process started, gauges come back from the replay.
@@ -338,7 +342,7 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
         "[health]\npreload_interval_ms = 50\npreload_timeout_ms = 10000\n\
          [stop]\ngrace_ms = 500\n\
          [backoff]\ninitial_ms = 200\nmin_ms = 100\njitter = 0.0\n\
-         [breaker]\nfailure_threshold = 2\nopen_ms = 600000\n",
+         [breaker]\nfailure_threshold = 3\nopen_ms = 600000\n",
     )
     .unwrap();
     let mut daemon = ServeCommand::new(DAEMON, dir.path())
@@ -355,8 +359,9 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
         .unwrap();
     daemon.wait_healthy(Duration::from_secs(15));
 
-    // Ready, then crashing 3 s after every start: a restart, then the breaker opens. The 3 s
-    // leave a loaded machine (the whole suite at once) time to probe each start ready first.
+    // Ready, then crashing 3 s after every start: a restart at once, one after 200 ms, then the
+    // breaker opens. The 3 s leave a loaded machine (the whole suite at once) time to probe
+    // each start ready first.
     let body = engine_sim_preload(
         "p1",
         None,
@@ -420,7 +425,7 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
             .collect()
     };
     let ready = of("PoolReady");
-    assert_eq!(ready.len(), 2, "the preload and the restart: {log}");
+    assert_eq!(ready.len(), 3, "the preload and the two restarts: {log}");
     for line in &ready {
         assert_eq!(line["level"], "INFO", "{line}");
         let f = &line["fields"];
@@ -432,7 +437,7 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
         assert!(f.get("device_mask").is_none(), "no mask was given: {line}");
     }
     let exits = of("EngineExited");
-    assert_eq!(exits.len(), 2, "{log}");
+    assert_eq!(exits.len(), 3, "{log}");
     for (n, line) in exits.iter().enumerate() {
         assert_eq!(line["level"], "WARN", "a crash is a warning: {line}");
         let f = &line["fields"];
@@ -444,13 +449,11 @@ async fn json_logs_carry_the_pool_fields_once_per_event_at_their_level() {
         );
     }
     let scheduled = of("RestartScheduled");
-    assert_eq!(scheduled.len(), 1, "{log}");
-    assert_eq!(scheduled[0]["level"], "INFO");
-    assert_eq!(
-        scheduled[0]["fields"]["backoff_ms"], 200,
-        "{}",
-        scheduled[0]
-    );
+    assert_eq!(scheduled.len(), 2, "{log}");
+    for (line, backoff_ms) in scheduled.iter().zip([0, 200]) {
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["fields"]["backoff_ms"], backoff_ms, "{line}");
+    }
     let opened = of("CircuitOpened");
     assert_eq!(opened.len(), 1, "{log}");
     assert_eq!(opened[0]["level"], "ERROR", "{}", opened[0]);

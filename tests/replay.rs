@@ -447,9 +447,10 @@ fn every_recorded_journal_replays_to_its_snapshot() {
     );
 }
 
-/// The README's quick start replays `crash-loop.ndjson` to seq 3: the first backoff.
+/// The README's quick start replays `crash-loop.ndjson` to seq 3: the first restart, scheduled
+/// at once (a first failure does not back off).
 #[test]
-fn crash_loop_at_seq_3_is_the_first_backoff() {
+fn crash_loop_at_seq_3_is_the_first_restart_scheduled_at_once() {
     let limit = ReplayLimit {
         until_seq: Some(3),
         until_ts_ms: None,
@@ -460,7 +461,7 @@ fn crash_loop_at_seq_3_is_the_first_backoff() {
         .status("chat-13b")
         .expect("the pool exists at seq 3");
     assert_eq!(status.phase, Phase::Backoff);
-    assert!(status.backoff_ms > 0);
+    assert_eq!(status.backoff_ms, 0);
     assert_eq!(status.crash_count, 1);
     assert!(status
         .last_error
@@ -472,7 +473,8 @@ fn crash_loop_at_seq_3_is_the_first_backoff() {
     assert_eq!(status.crash_count, 5);
 }
 
-/// The crash loop shows what its story says: delays growing, then the breaker, then a reset.
+/// The crash loop shows what its story says: a first restart at once, then delays growing,
+/// then the breaker, then a reset.
 #[test]
 fn crash_loop_delays_grow_until_the_breaker_opens() {
     let script = run_scenario("crash-loop", crash_loop);
@@ -486,6 +488,7 @@ fn crash_loop_delays_grow_until_the_breaker_opens() {
         })
         .collect();
     assert_eq!(delays.len(), 4, "{kinds:?}");
+    assert_eq!(delays[0], 0, "{delays:?}");
     assert!(delays.windows(2).all(|w| w[0] < w[1]), "{delays:?}");
     let opened = kinds.iter().position(|k| *k == "CircuitOpened");
     let reset = kinds.iter().position(|k| *k == "CircuitReset");

@@ -1,7 +1,8 @@
 //! Supervision policy (SPEC sections 7 and 11): the knobs, and pure functions over recorded
 //! facts: backoff delay, storm classification.
 //!
-//! Owns: [`Policy`] with the SPEC defaults, its validation, and [`backoff_delay_ms`].
+//! Owns: [`Policy`] with the SPEC defaults, its validation, [`restart_delay_ms`] and
+//! [`backoff_delay_ms`].
 //! Never: reads a clock or draws randomness; time and entropy come in as arguments
 //! (`Context::now_ms`, `Context::random`), and every choice made with them is recorded in
 //! the event that carries it.
@@ -188,9 +189,10 @@ impl ReasonMultiplier {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffPolicy {
-    /// First delay.
+    /// The delay of the second restart within the reset window (the first is immediate, see
+    /// [`restart_delay_ms`]).
     pub initial_ms: u64,
-    /// No delay is shorter.
+    /// No backoff delay is shorter (the immediate first restart is not a backoff).
     pub min_ms: u64,
     /// Growth per attempt.
     pub factor: f64,
@@ -322,6 +324,22 @@ impl Policy {
     }
 }
 
+/// The delay before restart number `attempt` (1-based) of a pool: 0 for the first (a fresh
+/// pool, or one that ran stably for `reset_after_ms`: a one-off crash restarts at once, as
+/// kubelet does), then [`backoff_delay_ms`] from the second crash within the reset window,
+/// starting at `initial_ms`.
+pub fn restart_delay_ms(
+    policy: &BackoffPolicy,
+    attempt: u32,
+    reason: ExitReason,
+    random: u64,
+) -> u64 {
+    if attempt <= 1 {
+        return 0;
+    }
+    backoff_delay_ms(policy, attempt - 1, reason, random)
+}
+
 /// The delay before restart number `attempt` (1-based; 0 is treated as 1) after a failure
 /// with `reason`: `initial * factor^(attempt-1) * multiplier(reason)`, capped at `max_ms`,
 /// with ±`jitter` derived deterministically from `random`, then clamped to `min_ms..=max_ms`.
@@ -417,6 +435,21 @@ mod tests {
         // midpoint random = no jitter
         assert_eq!(backoff_delay_ms(&p, 1, ExitReason::Crash, 1 << 63), 1000);
         assert_eq!(backoff_delay_ms(&p, 3, ExitReason::Crash, 1 << 63), 4000);
+    }
+
+    #[test]
+    fn the_first_restart_is_immediate_and_the_second_starts_the_backoff() {
+        let p = BackoffPolicy::default();
+        for reason in [
+            ExitReason::Crash,
+            ExitReason::CudaError,
+            ExitReason::Stalled,
+        ] {
+            assert_eq!(restart_delay_ms(&p, 0, reason, u64::MAX), 0);
+            assert_eq!(restart_delay_ms(&p, 1, reason, u64::MAX), 0);
+        }
+        assert_eq!(restart_delay_ms(&p, 2, ExitReason::Crash, 1 << 63), 1000);
+        assert_eq!(restart_delay_ms(&p, 4, ExitReason::Crash, 1 << 63), 4000);
     }
 
     #[test]

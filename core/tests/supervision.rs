@@ -42,9 +42,9 @@ fn crash_then_backoff_then_restart() {
     else {
         panic!()
     };
-    assert_eq!((attempt, reason), (1, ExitReason::Crash));
-    assert!((900..=1100).contains(&delay_ms), "{delay_ms}");
-    assert_eq!(not_before_ms, now + delay_ms);
+    // A one-off crash restarts at once: backoff applies from the second crash.
+    assert_eq!((attempt, reason, delay_ms), (1, ExitReason::Crash, 0));
+    assert_eq!(not_before_ms, now);
     let s = o.status("p1");
     assert_eq!(
         (s.phase, s.ready, s.live, s.active_leases, s.crash_count),
@@ -90,14 +90,49 @@ fn the_delay_depends_only_on_recorded_random() {
     assert_eq!(a.facts, b.facts);
 }
 
+/// A ready pool whose engine 100 crashed with `reason`, was restarted at once as 101 and is
+/// ready again, still within the reset window.
+fn restarted_once(reason: ExitReason) -> Sim {
+    let mut sim = Sim::new(&ready("p1", 100));
+    assert_eq!(
+        sim.exit("p1", 100, reason),
+        ["EngineExited", "RestartScheduled"]
+    );
+    sim.restart_and_spawn("p1", 101);
+    sim.become_ready("p1", 101);
+    sim.advance(10_000);
+    sim
+}
+
+/// The delay of the `RestartScheduled` among `facts`.
+fn scheduled_delay(facts: &[Fact]) -> (u32, u64) {
+    facts
+        .iter()
+        .find_map(|f| match f.event {
+            Event::RestartScheduled {
+                attempt, delay_ms, ..
+            } => Some((attempt, delay_ms)),
+            _ => None,
+        })
+        .expect("a RestartScheduled")
+}
+
+#[test]
+fn a_second_crash_within_the_reset_window_backs_off() {
+    let mut sim = restarted_once(ExitReason::Crash);
+    let facts = sim.step(crashed("p1", 101, ExitReason::Crash));
+    let (attempt, delay_ms) = scheduled_delay(&facts);
+    assert_eq!(attempt, 2);
+    assert!((900..=1100).contains(&delay_ms), "{delay_ms}");
+    assert_eq!(sim.status("p1").backoff_ms, delay_ms);
+}
+
 #[test]
 fn gpu_faults_back_off_longer() {
-    let o = given(&ready("p1", 100))
-        .when(crashed("p1", 100, ExitReason::CudaError))
-        .then_ok();
-    let Event::RestartScheduled { delay_ms, .. } = o.facts[1].event else {
-        panic!()
-    };
+    let mut sim = restarted_once(ExitReason::CudaError);
+    let facts = sim.step(crashed("p1", 101, ExitReason::CudaError));
+    let (attempt, delay_ms) = scheduled_delay(&facts);
+    assert_eq!(attempt, 2);
     assert!((1800..=2200).contains(&delay_ms), "{delay_ms}");
 }
 

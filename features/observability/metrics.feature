@@ -27,19 +27,21 @@ Feature: Metrics and logs
     Then the metric "pool_active_leases" of pool "p1" is 1
     And the metric "pool_slots_free" of pool "p1" is 1
 
+  # The first crash is restarted at once (a backoff of 0 s), the second waits 600 s.
   Scenario: A crash counts its reason and the backoff chosen
     Given a running daemon configured with:
       | backoff.initial_ms | 600000 |
       | backoff.max_ms     | 600000 |
       | backoff.jitter     | 0      |
     And pool "p1" is ready with an engine-sim started with "--crash-after-ms 1000 --exit-code 3"
-    Then pool "p1" reaches phase "backoff"
+    Then pool "p1" settles in backoff
     When the metrics are scraped
-    Then the metric "engine_crash_total" of pool "p1" with reason "crash" is 1
+    Then the metric "engine_crash_total" of pool "p1" with reason "crash" is 2
     And the metric "restart_backoff_seconds_sum" of pool "p1" is 600
+    And the metric "restart_backoff_seconds_count" of pool "p1" is 2
+    And the metric "engine_restart_total" of pool "p1" is 1
     And the metric "pool_ready" of pool "p1" is 0
     And the metric "pool_slots_free" of pool "p1" is 0
-    And the metrics have no "engine_restart_total" of pool "p1"
 
   Scenario: A drain counts its outcome and duration
     Given a running daemon

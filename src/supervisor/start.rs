@@ -16,6 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How long an engine whose port is not its session's may take to be seen exiting: one that
+/// closed its socket on the way out is an exit, not an impostor on its port.
+const EXIT_SETTLE_MS: u64 = 250;
+
 use super::exit::{Coordination, Engine, LogFrom};
 use super::worker::write_blocking;
 
@@ -352,13 +356,31 @@ impl HealthWait {
         self.shared.report(self.cause, observation).await;
     }
 
+    /// Whether the engine is ending, after its port was found not to be its session's: an
+    /// engine that exits right after answering closes its socket before its exit is reaped,
+    /// so the exit (awaited up to [`EXIT_SETTLE_MS`]) is the failure, not the port.
+    async fn ends_meanwhile(&mut self, pid: u32) -> bool {
+        let ended = |exited: &watch::Receiver<Option<ExitInfo>>| {
+            exited.borrow().is_some() || procfs::stat(pid).is_none_or(|stat| stat.ended())
+        };
+        if ended(&self.exited) || self.watch.spilled() {
+            return true;
+        }
+        let settle = tokio::time::sleep(Duration::from_millis(EXIT_SETTLE_MS));
+        tokio::select! {
+            () = settle => {}
+            _ = self.exited.changed() => {}
+        }
+        ended(&self.exited) || self.watch.spilled()
+    }
+
     /// The engine answered healthy: the socket on its port must be its session's (else
     /// someone else answered: `PortInUse`); with a GPU required, its placement is proven.
     async fn healthy(mut self, engine: &PreparedEngine) {
         let after_ms = self.shared.now_ms().saturating_sub(self.spawned_at_ms);
         let (pool_id, pid) = (self.pool_id.clone(), self.pid);
         if let Err(detail) = port::check_owned(engine.port, pid) {
-            if self.exited.borrow().is_some() || self.watch.spilled() {
+            if self.ends_meanwhile(pid).await {
                 return; // the exit or log watcher reports
             }
             tracing::warn!(pool_id = %pool_id, pid, "engine start fails (PORT_IN_USE): {detail}");

@@ -151,7 +151,7 @@ pub(super) fn supervise(d: &mut Decision<'_, '_>, pool_id: &PoolId, reason: Exit
             } else {
                 let attempt = sup.backoff_attempt.saturating_add(1);
                 let delay_ms =
-                    backoff_delay_ms(&policy.backoff, attempt, reason, mix(d.ctx.random, pool_id));
+                    restart_delay_ms(&policy.backoff, attempt, reason, mix(d.ctx.random, pool_id));
                 d.push(
                     Some(pool_id),
                     Event::RestartScheduled {

@@ -30,7 +30,7 @@ use crate::evolve::{evolve_in_place, evolve_pool_slot, mask_violation_message, G
 use crate::gpu::{mask_covers_in, MIG_DEVICES_MAX};
 use crate::ids::PoolId;
 use crate::policy::{
-    backoff_delay_ms, classify_storm, DEFAULT_RELOAD_DRAIN_DEADLINE_MS, OPEN_MS_MAX,
+    classify_storm, restart_delay_ms, DEFAULT_RELOAD_DRAIN_DEADLINE_MS, OPEN_MS_MAX,
     VRAM_DELTA_MIN_BYTES,
 };
 use crate::rejection::Rejection;

@@ -266,4 +266,7 @@ async fn failed_preload(world: &mut PoolWorld, pool: String) {
         "preload of pool '{pool}': {}",
         answer.body
     );
+    // The first failure is restarted at once; that engine fails too, and the pool waits out
+    // the (long) backoff of these daemons.
+    super::supervision::await_settled(world, &pool).await;
 }

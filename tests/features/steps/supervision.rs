@@ -295,8 +295,59 @@ async fn crash_looping(world: &mut PoolWorld, pool: String, flags: String) {
     preload_no_wait(world, &pool).await;
 }
 
-/// Preloads without waiting (202), then waits for the first failure and the restart policy's
-/// answer to it (a restart scheduled, or the breaker open).
+/// Waits until the pool waits out a backoff delay (`backoff_ms` > 0) or its breaker is open:
+/// the restart policy's settled answer. A first failure's restart is immediate (delay 0), so a
+/// `backoff` phase with `backoff_ms` 0 is only passing through.
+pub(super) async fn await_settled(world: &PoolWorld, pool: &str) -> Value {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let status = await_phase(world, pool, &["backoff", "circuit_open"]).await;
+        if status["phase"] == "circuit_open" || number(&status, "backoff_ms") > 0 {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool '{pool}' did not settle in a backoff delay or an open breaker within {EVENTUALLY:?}: {status}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// An engine that fails again each time it starts: its first failure is restarted at once,
+/// the next one waits out a backoff delay.
+#[then(expr = "pool {string} settles in backoff")]
+async fn settles_in_backoff(world: &mut PoolWorld, pool: String) {
+    let status = await_settled(world, &pool).await;
+    assert_eq!(status["phase"], "backoff", "pool '{pool}': {status}");
+}
+
+/// A one-off failure: restart 1 is scheduled with no delay and started at its time.
+#[then(expr = "pool {string} is restarted at once")]
+async fn restarted_at_once(world: &mut PoolWorld, pool: String) {
+    let restarts = await_events(world, &pool, "RestartScheduled", 1).await;
+    let first = &restarts[0];
+    assert_eq!(
+        (
+            number(first, "event.attempt"),
+            number(first, "event.delay_ms")
+        ),
+        (1, 0),
+        "the first restart of pool '{pool}': {first}"
+    );
+    let starts = await_events(world, &pool, "EngineStartRequested", 1).await;
+    let restart = starts
+        .iter()
+        .find(|e| e["event"]["purpose"] == "restart")
+        .unwrap_or_else(|| panic!("pool '{pool}' was not restarted: {starts:?}"));
+    assert_eq!(
+        number(restart, "ts_ms"),
+        number(first, "ts_ms"),
+        "pool '{pool}' restarted at once: {restart} after {first}"
+    );
+}
+
+/// Preloads without waiting (202), then waits for the restart policy's settled answer: the
+/// first failure is restarted at once, the second backs off (or the breaker opens).
 async fn preload_no_wait(world: &mut PoolWorld, pool: &str) {
     let answer = world
         .post_preload(pool, &format!("/v2/pools/{pool}/preload?wait=false"))
@@ -307,10 +358,11 @@ async fn preload_no_wait(world: &mut PoolWorld, pool: &str) {
         "preload of pool '{pool}': {}",
         answer.body
     );
-    let status = await_phase(world, pool, &["backoff", "circuit_open"]).await;
-    assert_eq!(
-        status["crash_count"], 1,
-        "pool '{pool}' failed once: {status}"
+    let status = await_settled(world, pool).await;
+    let crashes = number(&status, "crash_count");
+    assert!(
+        crashes == 2 || (crashes == 1 && status["phase"] == "circuit_open"),
+        "pool '{pool}' failed, was restarted at once and failed again: {status}"
     );
     let events = world.events(pool).await;
     assert!(
@@ -514,7 +566,8 @@ async fn restart_let_through(world: &mut PoolWorld, pool: String) {
     clock_at_restart(world, pool).await;
 }
 
-/// The delay a restart of `attempt` after `reason` has before jitter, by the daemon's policy.
+/// The delay a restart of `attempt` after `reason` has before jitter, by the daemon's policy:
+/// 0 for the first, then `initial * factor^(attempt-2) * multiplier` capped at `max_ms`.
 fn nominal_delay(world: &PoolWorld, attempt: u32, reason: &str) -> f64 {
     let backoff = &world.daemon().config().backoff;
     let multiplier = match reason {
@@ -528,7 +581,11 @@ fn nominal_delay(world: &PoolWorld, attempt: u32, reason: &str) -> f64 {
         "stalled" => backoff.reason_multiplier.stalled,
         _ => backoff.reason_multiplier.crash,
     };
-    let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+    if attempt <= 1 {
+        // A first failure restarts at once.
+        return 0.0;
+    }
+    let exponent = i32::try_from(attempt.saturating_sub(2)).unwrap_or(i32::MAX);
     let base = backoff.initial_ms as f64 * backoff.factor.powi(exponent) * multiplier;
     base.min(backoff.max_ms as f64)
 }
@@ -538,6 +595,14 @@ fn nominal_delay(world: &PoolWorld, attempt: u32, reason: &str) -> f64 {
 fn check_delay(world: &PoolWorld, restart: &Value, nominal: f64) {
     let backoff = &world.daemon().config().backoff;
     let delay = number(restart, "event.delay_ms");
+    if nominal == 0.0 {
+        assert_eq!(delay, 0, "a first restart is immediate: {restart}");
+        assert_eq!(
+            number(restart, "event.not_before_ms"),
+            number(restart, "ts_ms")
+        );
+        return;
+    }
     let low =
         ((nominal * (1.0 - backoff.jitter)).floor() as u64).clamp(backoff.min_ms, backoff.max_ms);
     let high =
@@ -554,10 +619,10 @@ fn check_delay(world: &PoolWorld, restart: &Value, nominal: f64) {
     );
 }
 
-/// The delays (before jitter, at least `min_ms`) of the pool's restarts, in order: each
-/// recorded `RestartScheduled` is attempt n, its delay within the jitter of what the policy
-/// gives (`initial * factor^(n-1) * multiplier`, capped at `max_ms`, at least `min_ms`), and
-/// the scenario's figure is that policy's.
+/// The delays (before jitter) of the pool's restarts, in order: each recorded
+/// `RestartScheduled` is attempt n, its delay within the jitter of what the policy gives (0 for
+/// the first, then `initial * factor^(n-2) * multiplier`, capped at `max_ms`, at least `min_ms`),
+/// and the scenario's figure is that policy's.
 #[then(expr = "the restart delays of pool {string} were about {string} ms")]
 async fn restart_delays(world: &mut PoolWorld, pool: String, nominal: String) {
     let nominal: Vec<f64> = list(&nominal)
@@ -580,10 +645,10 @@ async fn restart_delays(world: &mut PoolWorld, pool: String, nominal: String) {
         );
         let reason = restart["event"]["reason"].as_str().unwrap_or_default();
         let base = nominal_delay(world, attempt, reason);
+        let expected = if attempt <= 1 { 0.0 } else { base.max(min_ms) };
         assert!(
-            (base.max(min_ms) - nominal).abs() < 0.5,
-            "the scenario says restart {attempt} waits about {nominal} ms, the policy {} ms",
-            base.max(min_ms)
+            (expected - nominal).abs() < 0.5,
+            "the scenario says restart {attempt} waits about {nominal} ms, the policy {expected} ms",
         );
         check_delay(world, restart, base);
     }
