@@ -2,10 +2,11 @@
 //! no configuration): a daemon on a free loopback port with a temporary runtime directory,
 //! two engine-sim pools preloaded over HTTP, leases taken and returned (one refused with
 //! `SLOTS_EXHAUSTED`), one preload failing (`ENGINE_EXITED`, with the engine's log tail), a
-//! pool crash-looping (backoff delays growing, the breaker opening, a manual reset, a healthy
-//! restart), a drain, a reload that succeeds and one that rolls back, and a daemon restart
-//! that adopts its running engines, then the registry table and the journal's timeline. Its supervision policy is
-//! fast (backoff from 200 ms, breaker after 4 failures) so that the story fits in seconds.
+//! pool crash-looping (a first restart at once, then backoff delays growing, the breaker
+//! opening, a manual reset, a healthy restart), a drain, a reload that succeeds and one that
+//! rolls back, and a daemon restart that adopts its running engines, then the registry table
+//! and the journal's timeline. Its supervision policy is fast (backoff from 200 ms, breaker
+//! after 4 failures) so that the story fits in seconds.
 //!
 //! The engines are this very binary run as its hidden `engine-sim` subcommand, so the demo
 //! needs nothing but itself.

@@ -297,7 +297,7 @@ async fn crash_loop(client: &Client, dir: &std::path::Path) -> anyhow::Result<()
         })
         .unwrap_or_default();
     step(&format!(
-        "restarts backed off: {} (each doubling, with jitter)",
+        "restarts: {} (the first at once, then backing off, each doubling, with jitter)",
         delays.join(", ")
     ));
     step(&format!(
