@@ -174,6 +174,13 @@ struct Args {
     #[arg(long)]
     list_fds: bool,
 
+    /// At start, fork a worker (`sleep 86400`) into a process group of its own that ignores
+    /// SIGTERM, as a tensor-parallel worker or a forked helper may: it stays in the engine's
+    /// session and outlives the engine unless its supervisor ends the whole session. Its pid
+    /// is printed (`worker pid N in a process group of its own`).
+    #[arg(long)]
+    fork_worker: bool,
+
     /// Everything after `--` is accepted and ignored.
     #[arg(last = true, hide = true)]
     _ignored: Vec<String>,

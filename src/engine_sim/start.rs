@@ -25,6 +25,9 @@ pub(super) async fn run(args: Args) {
         args.parallel
     );
     let _ = std::io::stdout().flush();
+    if args.fork_worker {
+        fork_worker();
+    }
     schedule_load_failures(&args, start);
     schedule_crashes(&args, start);
     schedule_log_lines(&args, start);
@@ -58,6 +61,33 @@ pub(super) async fn run(args: Args) {
         finish_loading(Arc::clone(&sim), load_ms);
     }
     serve(listener, sim).await;
+}
+
+/// `--fork-worker`: a `sleep 86400` in a process group of its own that ignores SIGTERM (the
+/// engine does not wait for it).
+fn fork_worker() {
+    use std::os::unix::process::CommandExt as _;
+    let mut worker = std::process::Command::new("sleep");
+    worker.arg("86400").process_group(0);
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        worker.pre_exec(|| {
+            use nix::sys::signal::{signal, SigHandler, Signal};
+            signal(Signal::SIGTERM, SigHandler::SigIgn)
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    match worker.spawn() {
+        Ok(child) => log(&format!(
+            "worker pid {} in a process group of its own",
+            child.id()
+        )),
+        Err(e) => {
+            log(&format!("error: cannot fork the worker: {e}"));
+            exit(1);
+        }
+    }
 }
 
 /// Exits 0 on SIGTERM (unless `--ignore-sigterm`) and on SIGINT.

@@ -5,7 +5,7 @@
 
 use super::process::ExitInfo;
 use super::worker::PoolWorker;
-use super::{files, logwatch, process, Shared};
+use super::{files, logwatch, process, session, Shared};
 use pool_core::{ExitReason, Observation, PoolId};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +111,9 @@ struct Watched {
     pid: u32,
     cause: u64,
     watch: Arc<Coordination>,
+    /// The engine leads its own session (ours always do): what it leaves of the session is
+    /// ended with it.
+    leads_session: bool,
 }
 
 impl PoolWorker {
@@ -200,6 +203,7 @@ impl PoolWorker {
             pid,
             cause,
             watch: Arc::new(Coordination::default()),
+            leads_session: process::session_id(pid) == Some(pid),
         };
         tokio::spawn(
             watched
@@ -218,8 +222,8 @@ impl PoolWorker {
 }
 
 impl Watched {
-    /// Awaits the end, publishes it, and reports it once the engine was announced, unless a
-    /// stop reports it.
+    /// Awaits the end, ends what is left of the engine's session, publishes the end, and
+    /// reports it once the engine was announced, unless a stop reports it.
     async fn exit_watcher(
         self,
         exit: impl std::future::Future<Output = ExitInfo>,
@@ -228,6 +232,10 @@ impl Watched {
         log: LogFrom,
     ) {
         let info = exit.await;
+        if self.leads_session {
+            // Before the end is published: nothing of this engine runs when the next starts.
+            session::end_session(self.pool_id.as_str(), self.pid).await;
+        }
         let _ = tx.send(Some(info));
         // An error means the start was given up (its sender dropped): the stop flag says.
         let _ = gate.wait_for(|announced| *announced).await;

@@ -30,7 +30,8 @@
 //! held by the engine's session before it is ready), [`reconcile`] (the runtime directory against `/proc`
 //! at start-up). The rooms of the worker: `worker.rs` (a pool's queue of effects), `start.rs`
 //! (spawn, health wait, ready probes), `leftover.rs` (an unrecorded engine of an earlier
-//! start), `exit.rs` (the exit and log watchers), `stop.rs`.
+//! start), `exit.rs` (the exit and log watchers), `session.rs` (what an engine leaves of its
+//! session, killed before its end is published), `stop.rs`.
 
 pub mod admission;
 pub mod cgroup;
@@ -46,6 +47,7 @@ pub mod reconcile;
 
 mod exit;
 mod leftover;
+mod session;
 mod start;
 mod stop;
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The one reader of `/proc`: a process's `stat` (state, session, start time), its cgroup
-//! lines, its command line, its executable and the sockets it holds; the boot id; the TCP
+//! lines, its command line, its executable and the sockets it holds; the processes, and those
+//! of a session; the boot id; the TCP
 //! sockets listening on a port (`/proc/net/tcp{,6}`) and the processes holding them. Every
 //! other module asks here.
 //!
@@ -167,6 +168,27 @@ fn parse_listening(table: &str, port: u16) -> Vec<u64> {
         .collect()
 }
 
+/// Every process in `/proc` (this PID namespace's), in pid order.
+pub fn pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The processes of session `sid` that have not ended (zombies are over), in pid order.
+pub fn session_members(sid: u32) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|pid| stat(*pid).is_some_and(|s| s.session == sid && !s.ended()))
+        .collect()
+}
+
 /// The processes holding any of the sockets `inodes` open (their `/proc/<pid>/fd`), in pid
 /// order. Processes whose descriptors cannot be read (another user's, without privileges)
 /// are not found.
@@ -174,16 +196,10 @@ pub fn socket_holders(inodes: &HashSet<u64>) -> Vec<u32> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+    pids()
+        .into_iter()
         .filter(|pid| socket_inodes(*pid).iter().any(|i| inodes.contains(i)))
-        .collect();
-    pids.sort_unstable();
-    pids
+        .collect()
 }
 
 #[cfg(test)]

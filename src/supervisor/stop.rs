@@ -1,11 +1,11 @@
-//! Stopping an engine: SIGTERM, the grace period, SIGKILL, each signal only to an engine
-//! spawned in this life or proven to be the pool's; and the verification of a recorded engine
-//! at start-up.
+//! Stopping an engine: SIGTERM (to its group and its whole session), the grace period,
+//! SIGKILL, each signal only to an engine spawned in this life or proven to be the pool's; and
+//! the verification of a recorded engine at start-up.
 //!
 //! Never: signals a pid it cannot prove is the pool's engine.
 
 use super::worker::PoolWorker;
-use super::{process, proof, KILL_WAIT_MS};
+use super::{process, proof, session, KILL_WAIT_MS};
 use nix::sys::signal::Signal;
 use pool_core::{Effect, Observation, PoolId, StopReason};
 
@@ -37,6 +37,9 @@ impl PoolWorker {
             Ok(_) => {}
             Err(e) => tracing::warn!(pool_id = %self.pool_id, pid, "cannot signal the engine: {e}"),
         }
+        // Its session's processes in groups of their own too (the rest is SIGKILLed once the
+        // engine has ended: see session.rs).
+        session::signal_session(pid, first);
         let ended = wait_exit(&mut exited, grace_ms).await;
         if !ended {
             graceful = false;

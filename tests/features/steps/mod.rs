@@ -19,6 +19,8 @@
 //!   events that show an idle engine was not stopped.
 //! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
 //! - `reload`: model files, engines that load them, reloads.
+//! - `session`: the worker an engine forks into a group of its own, and whether it outlived
+//!   the engine.
 //! - `journal`: a real journal of the scripted core: reopen, replay, damage.
 //! - `metrics`: `GET /metrics` scraped and read series by series (counters, histograms,
 //!   gauges of pools), and the pool fields and levels of the event lines in a daemon's log.
@@ -45,4 +47,5 @@ pub mod preload;
 pub mod process;
 pub mod progress;
 pub mod reload;
+pub mod session;
 pub mod supervision;
