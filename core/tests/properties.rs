@@ -346,11 +346,18 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
         k => k,
     };
     match kind {
-        0 | 1 => cmd(Command::Preload {
-            pool_id,
-            engine: engine(name),
-            placement: Default::default(),
-        }),
+        0 | 1 => {
+            // On a node without GPUs, a CPU engine (a mask would be refused there).
+            let mut e = engine(name);
+            if state.node.inventory().is_empty() {
+                e.device_mask = None;
+            }
+            cmd(Command::Preload {
+                pool_id,
+                engine: e,
+                placement: Default::default(),
+            })
+        }
         2 | 3 => cmd(Command::AcquireLease { pool_id, lease_id }),
         4 => {
             let held: Vec<LeaseId> = p
