@@ -49,7 +49,7 @@ use pool_managerd::core::{
 };
 use pool_managerd::projection::{self, ReplayLimit};
 use pool_managerd::schema::{PoolEnvelope, PoolJournal};
-use pool_managerd::script::{sample_engine, Scripted};
+use pool_managerd::script::{cpu_engine, Scripted};
 use serde_json::json;
 
 /// Events in the replay journal unless `POOL_BENCH_EVENTS` says otherwise.
@@ -105,7 +105,7 @@ impl History {
             .enumerate()
             .map(|(i, pool)| {
                 let port = 8_000 + u16::try_from(i).expect("port");
-                sample_engine(pool, port, MODELS[i % MODELS.len()], Some(SLOTS))
+                cpu_engine(pool, port, MODELS[i % MODELS.len()], Some(SLOTS))
             })
             .collect();
         let mut history = History {

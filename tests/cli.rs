@@ -850,7 +850,8 @@ fn the_demo_runs_its_story_and_cleans_up() {
         "DaemonStopped",
         // The crash loop: a restart at once, backoff, breaker open, reset, healthy restart.
         "restarts: 0 ms,",
-        "503 CIRCUIT_OPEN",
+        "503 CIRCUIT_OPEN (Retry-After: ",
+        " s, until the breaker half-opens)",
         "RestartScheduled",
         "CircuitOpened",
         "CircuitReset",

@@ -609,7 +609,14 @@ fn model_engine(pool: &str, model: &Path) -> Value {
 
 #[tokio::test]
 async fn reload_swaps_the_model_or_rolls_back_and_never_touches_the_engine_for_a_bad_model() {
-    let h = Harness::start().await;
+    // One GPU (a fixture), so that the engine's mask names a GPU of the node.
+    let gpus = tempfile::tempdir().unwrap();
+    let fixture = gpus.path().join("gpus.json");
+    harness::write_fixture(
+        &fixture,
+        &serde_json::to_value(pool_managerd::gpu::simulated_gpus(1)).unwrap(),
+    );
+    let h = Harness::start_with(|c| c.gpu.fixture = fixture).await;
     let models = h.dir.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
     let (a, b, broken) = (

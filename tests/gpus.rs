@@ -369,9 +369,10 @@ async fn gpus_appearing_and_vanishing_gate_preloads() {
         .await;
     assert_eq!(status, 202, "{answer}");
     // The engine is not on the simulated GPU: the start ends (CPU_SPILLOVER) and the engine is
-    // stopped. A DELETE while it stops would be refused (409 POOL_BUSY): wait for the end.
-    h.wait_pool("p1", "the start over and the engine gone", |s| {
-        s["phase"] != "starting" && s["phase"] != "stopping"
+    // stopped, restarted at once, and fails the same way. A DELETE while a start is under way
+    // would be refused (409 POOL_BUSY): wait for the backoff after the second failure.
+    h.wait_pool("p1", "the starts over and the engine gone", |s| {
+        s["phase"] == "backoff" && s["backoff_ms"].as_u64() > Some(0)
     })
     .await;
     let (status, answer) = h.call(reqwest::Method::DELETE, "/v2/pools/p1", None).await;

@@ -7,7 +7,7 @@ use pool_core::{ExitReason, State, Timer};
 use pool_journal::{Draft, JournalConfig};
 use pool_managerd::projection::{replay, save_snapshot, ReplayLimit};
 use pool_managerd::schema::{PoolEnvelope, PoolJournal};
-use pool_managerd::script::{sample_engine, Scripted};
+use pool_managerd::script::{cpu_engine, Scripted};
 
 const START_MS: u64 = 1_763_000_000_000;
 
@@ -15,7 +15,7 @@ const START_MS: u64 = 1_763_000_000_000;
 fn history() -> Scripted {
     let mut s = Scripted::new(START_MS, 7);
     for (pool, port) in [("alpha", 8101), ("beta", 8102)] {
-        s.preload(pool, sample_engine(pool, port, "/models/a.gguf", Some(4)))
+        s.preload(pool, cpu_engine(pool, port, "/models/a.gguf", Some(4)))
             .unwrap();
         s.spawn_engine(pool).unwrap();
         s.pass_health(pool, 1_500, None).unwrap();

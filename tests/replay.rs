@@ -26,7 +26,7 @@ use pool_core::{
 use pool_journal::{Draft, JournalConfig};
 use pool_managerd::projection::{replay, ReplayLimit, Replayed};
 use pool_managerd::schema::{PoolEnvelope, PoolJournal};
-use pool_managerd::script::{sample_engine, ScriptError, Scripted};
+use pool_managerd::script::{cpu_engine, sample_engine, ScriptError, Scripted};
 use pool_managerd::table::format_ts_ms;
 use serde::Serialize;
 
@@ -122,7 +122,7 @@ fn preload_failed() -> Result<Scripted, ScriptError> {
     let mut s = Scripted::new(MONDAY_2PM_MS, 11);
     s.preload(
         pool,
-        sample_engine(pool, 8090, "/mnt/models/bge-m3-f16.gguf", Some(8)),
+        cpu_engine(pool, 8090, "/mnt/models/bge-m3-f16.gguf", Some(8)),
     )?;
     s.advance(40);
     s.spawn_engine(pool)?;
@@ -156,7 +156,7 @@ fn crash_loop() -> Result<Scripted, ScriptError> {
     let mut s = Scripted::new(TUESDAY_2AM_MS, 42);
     s.preload(
         pool,
-        sample_engine(pool, 8082, "/models/llama-2-13b-chat.Q5_K_M.gguf", Some(2)),
+        cpu_engine(pool, 8082, "/models/llama-2-13b-chat.Q5_K_M.gguf", Some(2)),
     )?;
     s.advance(25);
     s.fail_spawn(
@@ -203,7 +203,7 @@ fn drain_with_leases() -> Result<Scripted, ScriptError> {
     let mut s = Scripted::new(WEDNESDAY_4PM_MS, 5);
     s.preload(
         "chat-a",
-        sample_engine(
+        cpu_engine(
             "chat-a",
             8083,
             "/models/mistral-7b-instruct-v0.3.Q4_K_M.gguf",
@@ -213,7 +213,7 @@ fn drain_with_leases() -> Result<Scripted, ScriptError> {
     s.advance(10);
     s.preload(
         "chat-b",
-        sample_engine(
+        cpu_engine(
             "chat-b",
             8084,
             "/models/phi-3-mini-4k-instruct-q4.gguf",

@@ -62,13 +62,16 @@ pub enum Rejection {
     },
     /// Not ready (`POOL_UNREADY`).
     #[error(
-        "pool '{pool_id}' is not ready (phase {phase}); wait for it to become ready or preload it"
+        "pool '{pool_id}' is not ready (phase {phase}){}; wait for it to become ready or preload it",
+        restart_due(*.retry_after_ms)
     )]
     PoolUnready {
         /// The pool.
         pool_id: String,
         /// Its phase.
         phase: String,
+        /// In backoff: until its restart is due (the answer's `Retry-After`).
+        retry_after_ms: Option<u64>,
     },
     /// No usable GPU while one is required (`GPU_REQUIRED`).
     #[error("a GPU is required and none is usable: {reason}{}", gpu_required_hint(.reason))]
@@ -113,6 +116,18 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// How long until asking again may succeed, when the core knows it (decided with the
+    /// shell's time, from what the registry holds): until an open breaker half-opens
+    /// (`CIRCUIT_OPEN`), until the restart of a pool in backoff is due (`POOL_UNREADY`). The
+    /// API answers it as `Retry-After`.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Rejection::CircuitOpen { retry_after_ms, .. } => Some(*retry_after_ms),
+            Rejection::PoolUnready { retry_after_ms, .. } => *retry_after_ms,
+            _ => None,
+        }
+    }
+
     /// The SPEC section 5 code.
     pub fn code(&self) -> crate::ErrorCode {
         use crate::ErrorCode;
@@ -132,6 +147,11 @@ impl Rejection {
             }
         }
     }
+}
+
+/// `"; its restart is due in N ms"` for a pool in backoff.
+fn restart_due(retry_after_ms: Option<u64>) -> String {
+    retry_after_ms.map_or_else(String::new, |ms| format!("; its restart is due in {ms} ms"))
 }
 
 /// The remedy of `GPU_REQUIRED`, unless the reason already gives it.

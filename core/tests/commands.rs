@@ -17,7 +17,7 @@ fn preload(pool: &str) -> Input {
 
 #[test]
 fn preload_of_a_new_pool_requests_a_spawn() {
-    let o = given(&[])
+    let o = given(&one_gpu())
         .when(preload("p1"))
         .then_events(&[Event::PreloadRequested {
             engine: Box::new(engine("p1")),
@@ -28,7 +28,7 @@ fn preload_of_a_new_pool_requests_a_spawn() {
     assert!(o.has_effect(|e| matches!(
         e,
         Effect::Spawn {
-            token: 1,
+            token: 2,
             attempt: 0,
             ..
         }
@@ -120,21 +120,23 @@ fn preload_walks_spawn_health_handoff_to_ready() {
 
 #[test]
 fn preload_while_starting_is_busy() {
-    given(&spawned("p1", 100))
+    given(&concat(&[spawned("p1", 100), one_gpu()]))
         .when(preload("p1"))
         .then_rejected("POOL_BUSY");
 }
 
 #[test]
 fn preload_of_a_ready_pool_with_the_same_engine_is_a_no_op() {
-    given(&ready("p1", 100)).when(preload("p1")).then_nothing();
+    given(&concat(&[ready("p1", 100), one_gpu()]))
+        .when(preload("p1"))
+        .then_nothing();
 }
 
 #[test]
 fn preload_of_a_ready_pool_with_another_engine_is_busy() {
     let mut other = engine("p1");
     other.port = 9999;
-    given(&ready("p1", 100))
+    given(&concat(&[ready("p1", 100), one_gpu()]))
         .when(cmd(Command::Preload {
             pool_id: id("p1"),
             engine: other,
@@ -712,7 +714,9 @@ fn breaker_reset_closes_and_restarts() {
         (s.phase, s.breaker),
         (Phase::CircuitOpen, BreakerState::Open)
     );
-    given(&h).when(preload("p1")).then_rejected("CIRCUIT_OPEN");
+    given(&concat(&[h.clone(), one_gpu()]))
+        .when(preload("p1"))
+        .then_rejected("CIRCUIT_OPEN");
     let o = given(&h)
         .when(cmd(Command::ResetBreaker {
             pool_id: id("p1"),

@@ -153,10 +153,44 @@ fn masks_by_index_name_uuid_and_mig_uuid_are_accepted() {
 }
 
 #[test]
-fn without_an_inventory_masks_are_not_resolved() {
-    // No GPU known (dev node): as before, any syntactically non-empty mask passes.
+fn without_an_inventory_a_mask_is_refused_naming_zero_gpus() {
+    // No GPU known (a dev or CPU node): a mask naming any device names one the node lacks.
+    for mask in ["7", "0", "GPU0", "MIG-x", "7,,GPU-nope"] {
+        let r = given(&[])
+            .when(preload(with_mask("p1", Some(mask))))
+            .then_rejected("INVALID_DEVICE_MASK");
+        let text = r.to_string();
+        assert!(text.contains("this node has 0 GPUs"), "{text}");
+        assert!(
+            text.contains(&format!("invalid device mask '{mask}'")),
+            "{text}"
+        );
+        assert!(text.contains("pool 'p1'"), "{text}");
+        assert!(text.contains("remove prepared.device_mask"), "{text}");
+    }
+}
+
+#[test]
+fn without_an_inventory_an_engine_without_a_mask_runs_on_the_cpu() {
     given(&[])
-        .when(preload(with_mask("p1", Some("7,,GPU-nope"))))
+        .when(preload(with_mask("p1", None)))
+        .then_kinds(&["PreloadRequested"]);
+}
+
+#[test]
+fn an_inventory_that_empties_refuses_masks_from_then_on() {
+    let h = concat(&[
+        node(),
+        vec![
+            ("", Event::GpuInventoryObserved { gpus: vec![] }),
+            ("", Event::MigInventoryObserved { devices: vec![] }),
+        ],
+    ]);
+    given(&h)
+        .when(preload(with_mask("p1", Some("0"))))
+        .then_rejected("INVALID_DEVICE_MASK");
+    given(&h)
+        .when(preload(with_mask("p1", None)))
         .then_kinds(&["PreloadRequested"]);
 }
 
@@ -334,10 +368,10 @@ fn mig_slices_of_one_gpu_are_separate_claims() {
 }
 
 #[test]
-fn without_an_inventory_pools_may_share_as_before() {
-    let h = ready_with(vec![], "p1", with_mask("p1", Some("0")));
+fn without_an_inventory_cpu_pools_may_run_side_by_side() {
+    let h = ready_with(vec![], "p1", with_mask("p1", None));
     given(&h)
-        .when(preload(with_mask("p2", Some("0"))))
+        .when(preload(with_mask("p2", None)))
         .then_kinds(&["PreloadRequested"]);
 }
 
@@ -419,9 +453,11 @@ fn host_ram_is_checked_when_both_sizes_are_known() {
         text.contains("34359738368 bytes (32.0 GiB) is available"),
         "{text}"
     );
-    // also on a node without GPUs: host RAM is not a GPU check
+    // also on a node without GPUs (a CPU engine): host RAM is not a GPU check
+    let mut cpu = e.clone();
+    cpu.device_mask = None;
     given(&[])
-        .when(preload_with(e.clone(), low))
+        .when(preload_with(cpu, low))
         .then_rejected("INSUFFICIENT_VRAM");
     // unknown availability: not checked
     given(&node())
@@ -593,9 +629,11 @@ fn explicit_ratios_are_validated_and_checked_per_gpu() {
             .contains("prepared.tensor_split ratios sum to"),
         "{r}"
     );
-    // the sum is checked on a node without GPUs too
+    // the sum is checked on a node without GPUs too (an engine without a mask)
+    let mut cpu = e.clone();
+    cpu.device_mask = None;
     given(&[])
-        .when(preload(e.clone()))
+        .when(preload(cpu))
         .then_rejected("INVALID_REQUEST");
 
     // GPU 1 has 16 GiB free: 0.9 of 20 GiB is too much for it
@@ -654,8 +692,8 @@ fn nothing_is_split_unless_asked_over_several_gpus() {
         .when(preload(e.clone()))
         .then_kinds(&["PreloadRequested"]);
     assert_eq!(spawn_flags(&o), e.flags);
-    // "auto" on a node without GPUs: nothing to plan with
-    let mut e = with_mask("p1", Some("0,1"));
+    // "auto" on a node without GPUs (an engine without a mask): nothing to plan with
+    let mut e = with_mask("p1", None);
     e.tensor_split = Some(TensorSplit::Auto);
     let o = given(&[])
         .when(preload(e.clone()))

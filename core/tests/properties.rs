@@ -346,11 +346,18 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
         k => k,
     };
     match kind {
-        0 | 1 => cmd(Command::Preload {
-            pool_id,
-            engine: engine(name),
-            placement: Default::default(),
-        }),
+        0 | 1 => {
+            // On a node without GPUs, a CPU engine (a mask would be refused there).
+            let mut e = engine(name);
+            if state.node.inventory().is_empty() {
+                e.device_mask = None;
+            }
+            cmd(Command::Preload {
+                pool_id,
+                engine: e,
+                placement: Default::default(),
+            })
+        }
         2 | 3 => cmd(Command::AcquireLease { pool_id, lease_id }),
         4 => {
             let held: Vec<LeaseId> = p
@@ -561,6 +568,27 @@ fn replay(journal: &[(u64, u64, Option<PoolId>, Event)], mut state: State) -> St
 /// An action, the time step before it, and the entropy for its decision.
 type Step = ((u8, usize, u64, ExitReason), u64, u64);
 
+/// Every start path obeys the breaker: no start (preload, restart, half-open trial, reload,
+/// rollback) is requested while the pool's breaker is open, as the facts before it in its
+/// batch left it (a trial follows its `CircuitHalfOpened`, a reset's restart its
+/// `CircuitReset`).
+fn assert_breaker_obeyed(state: &State, fact: &Fact) {
+    let starts = matches!(
+        fact.event,
+        Event::PreloadRequested { .. } | Event::EngineStartRequested { .. }
+    );
+    let pool = fact.pool_id.as_ref().and_then(|id| state.pool(id.as_str()));
+    if let (true, Some(pool)) = (starts, pool) {
+        assert_ne!(
+            pool.supervision.breaker.state,
+            BreakerState::Open,
+            "{:?} while the breaker of pool '{}' is open",
+            fact.event,
+            pool.id
+        );
+    }
+}
+
 fn drive(actions: &[Step]) -> (Journal, Vec<State>) {
     let policy = Policy::default();
     let mut state = State::default();
@@ -581,6 +609,7 @@ fn drive(actions: &[Step]) -> (Journal, Vec<State>) {
                     !matches!(fact.event, Event::JournalLossAccepted { .. }),
                     "decide produced a loss marker: only `journal repair` writes one"
                 );
+                assert_breaker_obeyed(&state, &fact);
                 let seq = state.last_seq() + 1;
                 let stamp = Stamp {
                     seq,
@@ -800,4 +829,21 @@ fn scripted_drive_reaches_reload_staging() {
             "EngineStopRequested"
         ]
     );
+}
+
+#[test]
+fn a_crash_loop_starts_nothing_while_its_breaker_is_open() {
+    // Spawn, crash, then every way to start again (preload, reload, a timer: the restart in
+    // backoff, else the half-open one when x % 5 == 0): `drive` checks each start against
+    // the breaker.
+    let a = |k: u8, x: u64| ((k, 0usize, x, ExitReason::Crash), 1_000u64, x);
+    let mut actions = vec![a(0, 0)];
+    for i in 0..60 {
+        actions.extend([a(10, i), a(17, i), a(0, i), a(6, i), a(21, i)]);
+    }
+    let (journal, _) = drive(&actions);
+    let kinds: Vec<&str> = journal.iter().map(|j| j.3.kind()).collect();
+    for want in ["CircuitOpened", "CircuitHalfOpened", "EngineStartRequested"] {
+        assert!(kinds.contains(&want), "{want} never reached: {kinds:?}");
+    }
 }

@@ -282,11 +282,14 @@ fn breaker_opens_after_the_threshold_of_consecutive_failures() {
         (s.phase, s.breaker, s.crash_count, s.restart_count),
         (Phase::CircuitOpen, BreakerState::Open, 5, 4)
     );
+    // A CPU engine (no mask): the node of this history lists no GPU.
+    let mut cpu = engine("p1");
+    cpu.device_mask = None;
     let r = given_state(sim.state.clone())
         .at(sim.now_ms + 1_000)
         .when(cmd(Command::Preload {
             pool_id: id("p1"),
-            engine: engine("p1"),
+            engine: cpu,
             placement: Default::default(),
         }))
         .then_rejected("CIRCUIT_OPEN");

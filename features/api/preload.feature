@@ -22,7 +22,7 @@ Feature: Preloading a pool over the API
     And pool "p1" is live and ready
 
   Scenario: Every field of the prepared engine is taken
-    Given a running daemon
+    Given a running daemon on a node whose NVIDIA driver lists 1 GPU
     When pool "p1" is preloaded with the body:
       """
       {"prepared": {

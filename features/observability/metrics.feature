@@ -96,7 +96,7 @@ Feature: Metrics and logs
     And the daemon's log has an ERROR line for the "CircuitOpened" of pool "p1" with the fields "engine, model_id, restart_count, last_error"
 
   Scenario: A reload counts its outcome and its duration
-    Given a running daemon
+    Given a running daemon on a node whose NVIDIA driver lists 1 GPU
     And a model file "a.gguf" that loads
     And a model file "b.gguf" that loads
     And pool "p1" is ready serving the model "a.gguf"

@@ -54,7 +54,7 @@ Feature: The preload lifecycle of an engine
     And the engine of pool "p1" answers 200 on its health route
 
   Scenario: The handoff file describes the ready engine
-    Given a running daemon
+    Given a running daemon on a node whose NVIDIA driver lists 2 GPUs
     And pool "p1" is prepared as an engine-sim started with "--parallel 3"
     And the prepared engine of pool "p1" has "replica_id" set to "r7"
     And the prepared engine of pool "p1" has "device_mask" set to "GPU0,GPU1"

@@ -21,7 +21,7 @@ Feature: Engine processes
     Then the engine of pool "p1" sees only PATH, HOME and LANG of the daemon's environment
 
   Scenario: The prepared environment and the device mask reach the engine
-    Given a running daemon
+    Given a running daemon on a node whose NVIDIA driver lists 2 GPUs
     And pool "p1" is prepared as an engine-sim
     And the prepared engine of pool "p1" has "env.LLAMA_ARG_THREADS" set to "4"
     And the prepared engine of pool "p1" has "env.HF_HOME" set to "/var/cache/models"

@@ -79,6 +79,7 @@ Feature: Leases on a pool's slots
     Given pool "p3" is loading with an engine-sim started with "--load-ms 5000"
     When the orchestrator takes lease "A" on pool "p3"
     Then the answer is 503 with code "POOL_UNREADY"
+    And the answer has no Retry-After
     And pool "p3" has 0 active leases and 0 free slots
 
   Scenario: A draining pool lends no more slots

@@ -10,7 +10,7 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
   short, as in any drain, and the reload goes on.
 
   Background:
-    Given a running daemon
+    Given a running daemon on a node whose NVIDIA driver lists 1 GPU
     And a model file "a.gguf" that loads
     And a model file "b.gguf" that loads
     And pool "p1" is ready serving the model "a.gguf"

@@ -6,7 +6,9 @@ Feature: Restart backoff
   that pools that fail together do not restart together. GPU faults wait longer (a per-reason
   multiplier). The delay chosen is recorded in RestartScheduled, with the time before which no
   restart happens (not_before_ms = the failure's time + the delay), and the pool shows it as
-  backoff_ms. After a stable run the attempt count starts over.
+  backoff_ms. After a stable run the attempt count starts over. Meanwhile a lease is refused
+  with POOL_UNREADY (503) whose Retry-After gives the whole seconds left until the restart,
+  rounded up.
 
   A failed start (an engine that dies while loading) is a failure like a crash. The daemons
   here run on a manual clock: a delayed restart happens only when a step moves the clock to its
@@ -149,3 +151,26 @@ Feature: Restart backoff
     And pool "p1" waits out the restart delay it shows
     And pool "p1" shows "phase" "backoff"
     And pool "p1" shows "ready" false
+
+  # The pool has failed twice, so that its restart is a backed-off one whatever the delay of
+  # a first restart.
+  Scenario: A pool in backoff says when its restart is due (Retry-After)
+    Given a running daemon on a manual clock, configured with:
+      | backoff.initial_ms | 10000 |
+      | backoff.jitter     | 0     |
+    And pool "p1" is crash-looping with an engine-sim started with "--crash-after-ms 0 --exit-code 3"
+    When the restarts of pool "p1" are let through 1 time, each failing
+    Then pool "p1" reaches phase "backoff"
+    When the orchestrator takes lease "A" on pool "p1"
+    Then the answer is 503 with code "POOL_UNREADY"
+    And the answer's "error" mentions "its restart is due in"
+    And the answer says to retry after the seconds left until the restart of pool "p1"
+    When the clock reaches 1500 ms before the restart time of pool "p1"
+    And the orchestrator takes lease "A" on pool "p1"
+    Then the answer is 503 with code "POOL_UNREADY"
+    And the answer says to retry after 2 seconds
+    When the clock reaches 1 ms before the restart time of pool "p1"
+    And the orchestrator takes lease "A" on pool "p1"
+    Then the answer is 503 with code "POOL_UNREADY"
+    And the answer says to retry after 1 second
+    And pool "p1" shows "phase" "backoff"

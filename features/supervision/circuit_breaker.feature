@@ -1,6 +1,7 @@
 Feature: Circuit breaker
   After failure_threshold consecutive failures of one class the breaker opens: no restart is
-  attempted and preloads are refused with CIRCUIT_OPEN until open_ms has passed. Then it is
+  attempted and preloads, leases and reloads are refused with CIRCUIT_OPEN (503, with a
+  Retry-After of the whole seconds left, rounded up) until open_ms has passed. Then it is
   half-open and allows one trial start: a trial that runs stable for close_after_stable_ms
   closes it; a trial that fails opens it again for twice as long. An operator's reset closes
   it at once and starts the engine. GPU faults (CUDA errors, VRAM OOM, Xid) are counted apart
@@ -156,3 +157,20 @@ Feature: Circuit breaker
     And the last "CircuitOpened" of pool "p1" has "class" "gpu_fault"
     And the last "CircuitOpened" of pool "p1" has "failures" 3
     And pool "p1" shows "crash_count" 4
+
+  Scenario: While the breaker is open, refusals say when it half-opens (Retry-After)
+    Given a running daemon on a manual clock, configured with:
+      | breaker.failure_threshold | 1     |
+      | breaker.open_ms           | 60000 |
+    And pool "p1" is crash-looping with an engine-sim started with "--crash-after-ms 0 --exit-code 3"
+    Then pool "p1" shows "phase" "circuit_open"
+    And a preload of pool "p1" is refused with 503 "CIRCUIT_OPEN"
+    And the answer says to retry after 60 seconds
+    When 1500 ms pass
+    And the orchestrator takes lease "A" on pool "p1"
+    Then the answer is 503 with code "CIRCUIT_OPEN"
+    And the answer says to retry after 59 seconds
+    When the clock reaches 1 ms before the half-open time of pool "p1"
+    Then a preload of pool "p1" is refused with 503 "CIRCUIT_OPEN"
+    And the answer says to retry after 1 second
+    And pool "p1" stays in phase "circuit_open" with 1 engine spawned

@@ -81,7 +81,7 @@ pub(super) struct PreloadAccepted {
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`INVALID_DEVICE_MASK`, `MODEL_NOT_FOUND`", body = ApiErrorBody),
         (status = 500, description = "`SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`, `CPU_SPILLOVER`, `PORT_IN_USE`; `INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN` (with `Retry-After`); `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody, headers(("Retry-After" = u64, description = "With `CIRCUIT_OPEN`: whole seconds (rounded up, at least 1) until the breaker half-opens; with `POOL_UNREADY` while the pool is in backoff: until its restart is due"))),
         (status = 504, description = "`INTERNAL`: the wait gave up (the preload goes on)", body = ApiErrorBody),
     )
 )]
@@ -169,7 +169,7 @@ pub(super) struct LeaseReleased {
         (status = 409, description = "`POOL_DRAINING`, `POOL_BUSY`", body = ApiErrorBody),
         (status = 429, description = "`SLOTS_EXHAUSTED`", body = ApiErrorBody),
         (status = 500, description = "`INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY` (with `Retry-After` while the pool is in backoff), `CIRCUIT_OPEN` (with `Retry-After`); `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody, headers(("Retry-After" = u64, description = "With `CIRCUIT_OPEN`: whole seconds (rounded up, at least 1) until the breaker half-opens; with `POOL_UNREADY` while the pool is in backoff: until its restart is due"))),
     )
 )]
 pub(super) async fn acquire_lease(
@@ -338,7 +338,7 @@ pub(super) struct ReloadDone {
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`MODEL_NOT_FOUND`: staging failed; the running engine is untouched", body = ApiErrorBody),
         (status = 500, description = "`RELOAD_FAILED` (with `rolled_back`), `SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`; `INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`POOL_UNREADY`, `CIRCUIT_OPEN`, `GPU_REQUIRED`, `INSUFFICIENT_VRAM`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody),
+        (status = 503, description = "`POOL_UNREADY` (with `Retry-After` while the pool is in backoff), `CIRCUIT_OPEN` (with `Retry-After`), `GPU_REQUIRED`, `INSUFFICIENT_VRAM`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody, headers(("Retry-After" = u64, description = "With `CIRCUIT_OPEN`: whole seconds (rounded up, at least 1) until the breaker half-opens; with `POOL_UNREADY` while the pool is in backoff: until its restart is due"))),
         (status = 504, description = "`INTERNAL`: the wait gave up (the reload goes on)", body = ApiErrorBody),
     )
 )]

@@ -7,7 +7,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pool_core::{ErrorCode, PoolId, Rejection};
@@ -30,6 +30,9 @@ pub struct ApiError {
     pub message: String,
     /// Fields beside `code` and `error` (`rolled_back` of a failed reload).
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `Retry-After` in whole seconds: when the core said how long until asking again may
+    /// succeed (`CIRCUIT_OPEN`, `POOL_UNREADY` in backoff).
+    pub retry_after_s: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +87,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_after_s: None,
         }
     }
 
@@ -120,13 +124,24 @@ impl From<NodeError> for ApiError {
             }
             _ => None,
         };
+        let retry_after_s = match &error {
+            NodeError::Rejected(rejection) => rejection.retry_after_ms().map(retry_after_seconds),
+            _ => None,
+        };
         ApiError {
             status,
             code,
             message: error.to_string(),
             extra,
+            retry_after_s,
         }
     }
+}
+
+/// `Retry-After` of a wait of `ms`: whole seconds, rounded up, at least 1 (0 would invite an
+/// immediate retry that the daemon is about to answer the same way).
+pub fn retry_after_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1_000).max(1)
 }
 
 impl From<Rejection> for ApiError {
@@ -142,7 +157,13 @@ impl IntoResponse for ApiError {
             error: &self.message,
             extra: self.extra.as_ref(),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -270,6 +291,48 @@ mod tests {
         ] {
             assert_eq!(status_of(failure.code()), StatusCode::INTERNAL_SERVER_ERROR);
         }
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (999, 1),
+            (1_000, 1),
+            (1_001, 2),
+            (59_999, 60),
+            (60_000, 60),
+        ];
+        for (ms, seconds) in cases {
+            assert_eq!(retry_after_seconds(ms), seconds, "{ms} ms");
+        }
+        let open = ApiError::from(Rejection::CircuitOpen {
+            pool_id: "p1".into(),
+            retry_after_ms: 1_500,
+        });
+        let response = open.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let unready = |retry_after_ms| {
+            ApiError::from(Rejection::PoolUnready {
+                pool_id: "p1".into(),
+                phase: "backoff".into(),
+                retry_after_ms,
+            })
+            .into_response()
+        };
+        assert_eq!(unready(Some(0)).headers()[header::RETRY_AFTER], "1");
+        assert!(unready(None).headers().get(header::RETRY_AFTER).is_none());
+        let busy = ApiError::from(Rejection::PoolBusy {
+            pool_id: "p1".into(),
+            operation: "x".into(),
+        });
+        assert!(busy
+            .into_response()
+            .headers()
+            .get(header::RETRY_AFTER)
+            .is_none());
     }
 
     #[test]

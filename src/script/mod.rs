@@ -282,7 +282,17 @@ fn lease_id(lease: &str) -> Result<LeaseId, ScriptError> {
     LeaseId::new(lease).map_err(|e| ScriptError::InvalidId(e.to_string()))
 }
 
-/// A prepared engine for scripts: llama.cpp's server on loopback, serving `model_path`.
+/// [`sample_engine`] without a device mask: the engine of a script whose node lists no GPU
+/// (a mask there names a GPU the node lacks, and the preload is refused).
+pub fn cpu_engine(pool: &str, port: u16, model_path: &str, slots: Option<u32>) -> PreparedEngine {
+    PreparedEngine {
+        device_mask: None,
+        ..sample_engine(pool, port, model_path, slots)
+    }
+}
+
+/// A prepared engine for scripts: llama.cpp's server on loopback, serving `model_path`, on
+/// GPU 0 (the node must list one: see [`cpu_engine`]).
 pub fn sample_engine(
     pool: &str,
     port: u16,

@@ -143,6 +143,19 @@ fn preloaded(engine: &PreparedEngine) -> State {
         placement: Default::default(),
     });
     let mut state = State::default();
+    if engine.device_mask.is_some() {
+        // A mask must name GPUs of the node: the node lists simulated ones.
+        let gpus = crate::gpu::simulated_gpus(2)
+            .into_iter()
+            .map(|g| g.info)
+            .collect();
+        let stamp = Stamp {
+            seq: 1,
+            ts_ms: 0,
+            pool_id: None,
+        };
+        state.apply_mut(stamp, &pool_core::Event::GpuInventoryObserved { gpus });
+    }
     for fact in pool_core::decide(&state, &input, &ctx).unwrap() {
         let pool = fact.pool_id.map(|id| id.to_string());
         let seq = state.last_seq() + 1;

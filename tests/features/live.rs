@@ -163,6 +163,8 @@ pub struct Answer {
     pub status: u16,
     /// The body: JSON when it parses, else the text as a JSON string.
     pub body: Value,
+    /// Its `Retry-After` header, if any.
+    pub retry_after: Option<String>,
     /// How long the request took.
     pub elapsed: Duration,
 }
@@ -375,6 +377,10 @@ impl LiveDaemon {
             .await
             .unwrap_or_else(|e| panic!("{request_text}: {e}"));
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
         let text = response
             .text()
             .await
@@ -385,6 +391,7 @@ impl LiveDaemon {
             request: request_text,
             status,
             body,
+            retry_after,
             elapsed,
         }
     }

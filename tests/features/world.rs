@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cucumber::World;
 use pool_managerd::core::{PoolStatus, State};
-use pool_managerd::script::{sample_engine, Scripted};
+use pool_managerd::script::{cpu_engine, Scripted};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -410,7 +410,7 @@ impl PoolWorld {
     /// Preloads a scripted `pool` with `slots` slots and takes it all the way to ready:
     /// preload, spawn, health check passed, handoff written.
     pub fn script_ready_pool(&mut self, pool: &str, slots: u32) {
-        let engine = sample_engine(
+        let engine = cpu_engine(
             pool,
             self.script_port(pool),
             &format!("/models/{pool}.gguf"),

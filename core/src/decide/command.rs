@@ -94,7 +94,7 @@ fn on_acquire_lease(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), R
         });
     }
     if !pool.serving() {
-        return Err(circuit_open(pool, now).unwrap_or_else(|| unready(pool)));
+        return Err(circuit_open(pool, now).unwrap_or_else(|| unready(pool, now)));
     }
     if pool.leases.contains(lease_id) {
         return Err(invalid(format!("lease id '{lease_id}' is already granted")));
@@ -219,7 +219,7 @@ fn on_reload(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejectio
         return Err(rejection);
     }
     if !pool.serving() {
-        return Err(unready(pool));
+        return Err(unready(pool, now));
     }
     let Some(engine) = &pool.engine else {
         return Err(invalid(format!(

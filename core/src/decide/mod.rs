@@ -209,10 +209,16 @@ pub(super) fn busy(pool: &Pool) -> Rejection {
     }
 }
 
-pub(super) fn unready(pool: &Pool) -> Rejection {
+/// `POOL_UNREADY`; in backoff, with the time left until the restart is due.
+pub(super) fn unready(pool: &Pool, now: u64) -> Rejection {
+    let retry_after_ms = match pool.activity {
+        Activity::Backoff { not_before_ms, .. } => Some(not_before_ms.saturating_sub(now)),
+        _ => None,
+    };
     Rejection::PoolUnready {
         pool_id: pool.id.to_string(),
         phase: phase(pool).as_str().to_string(),
+        retry_after_ms,
     }
 }
 

@@ -5,8 +5,9 @@
 //!
 //! Owns: the order and wording of these checks for `Command::Preload`.
 //! Never: runs for restarts, reloads or rollbacks (they reuse the recorded engine and its
-//! frozen plan, whatever the VRAM is now), nor checks anything GPU-related when the node has
-//! no GPU inventory (CPU / dev nodes behave as before). The arithmetic lives in `crate::gpu`.
+//! frozen plan, whatever the VRAM is now). On a node with no GPU inventory (CPU / dev nodes)
+//! only the mask is checked: a pool without one runs on the CPU, a mask naming any device is
+//! refused (the node has 0 GPUs). The arithmetic lives in `crate::gpu`.
 
 use super::*;
 use crate::engine::{PreparedEngine, TensorSplit};
@@ -19,14 +20,26 @@ use crate::gpu::{
 const DEVICES_NAMED_MAX: usize = 8;
 
 /// The devices a preload asks for: its mask resolved strictly (`INVALID_DEVICE_MASK` naming
-/// the entry), or every GPU when it has no mask. `None` when the node has no GPU inventory.
+/// the entry), or every GPU when it has no mask. `None` when the node has no GPU inventory
+/// and the engine no mask (a CPU engine); a mask on such a node names devices the node lacks
+/// (`INVALID_DEVICE_MASK`: the node has 0 GPUs).
 pub(super) fn devices(
     pool_id: &PoolId,
     engine: &PreparedEngine,
     inventory: Inventory<'_>,
 ) -> Result<Option<Vec<ResolvedDevice>>, Rejection> {
     if inventory.is_empty() {
-        return Ok(None);
+        return match &engine.device_mask {
+            None => Ok(None),
+            Some(mask) => Err(Rejection::InvalidDeviceMask {
+                pool_id: pool_id.to_string(),
+                mask: tail(mask, 200),
+                reason: "this node has 0 GPUs (no NVIDIA driver or GPU was found, or the \
+                         daemon runs with --dev on a machine without one); remove \
+                         prepared.device_mask to run the engine on the CPU"
+                    .to_string(),
+            }),
+        };
     }
     match &engine.device_mask {
         None => Ok(Some(crate::gpu::all_gpus(inventory))),

@@ -67,6 +67,16 @@ pub fn gpu(index: u32, uuid: &str) -> GpuInfo {
 
 pub type Given = (&'static str, Event);
 
+/// The node's GPU inventory: one GPU, index 0 (the GPU of [`engine`]'s mask).
+pub fn one_gpu() -> Vec<Given> {
+    vec![(
+        "",
+        Event::GpuInventoryObserved {
+            gpus: vec![gpu(0, "GPU-a")],
+        },
+    )]
+}
+
 /// A pool whose preload was requested (start token = the seq of this event in the history).
 pub fn preloaded(pool: &'static str) -> Vec<Given> {
     vec![(

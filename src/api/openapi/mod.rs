@@ -270,7 +270,9 @@ impl PartialSchema for ErrorCodeSchema {
                  journal cannot take writes now, nothing was recorded; `HISTORY_EXPIRED` (410): \
                  a seq before the earliest one retention keeps; `OVERLOADED` (503, with \
                  `Retry-After`): every API connection is busy, answered by the HTTP layer to \
-                 any route; `ORIGIN_NOT_ALLOWED` (403): a browser `Origin` (or a `Host`) the \
+                 any route; `CIRCUIT_OPEN` (503) carries `Retry-After`: the whole seconds, \
+                 rounded up and at least 1, until the breaker half-opens; `POOL_UNREADY` \
+                 (503) carries it while the pool is in backoff: until its restart is due; `ORIGIN_NOT_ALLOWED` (403): a browser `Origin` (or a `Host`) the \
                  daemon does not serve; `PORT_IN_USE` (500): a start failed because the \
                  engine's port is held by another process (named by pid and command line) or \
                  someone else answered on it.",

@@ -192,3 +192,23 @@ fn error_codes_have_the_statuses_the_document_names() {
 
 mod mirrors;
 mod wire;
+
+#[test]
+fn the_503_answers_that_say_when_to_come_back_document_retry_after() {
+    let doc = document();
+    for (path, method) in [
+        ("/v2/pools/{id}/preload", "post"),
+        ("/v2/pools/{id}/leases", "post"),
+        ("/v2/pools/{id}/reload", "post"),
+    ] {
+        let answer = &doc["paths"][path][method]["responses"]["503"];
+        let header = &answer["headers"]["Retry-After"];
+        assert_eq!(
+            header["schema"]["type"], "integer",
+            "{method} {path}: {answer}"
+        );
+        let text = header["description"].as_str().unwrap_or_default();
+        assert!(text.contains("CIRCUIT_OPEN"), "{method} {path}: {text}");
+        assert!(text.contains("backoff"), "{method} {path}: {text}");
+    }
+}

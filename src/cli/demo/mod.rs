@@ -3,10 +3,10 @@
 //! two engine-sim pools preloaded over HTTP, leases taken and returned (one refused with
 //! `SLOTS_EXHAUSTED`), one preload failing (`ENGINE_EXITED`, with the engine's log tail), a
 //! pool crash-looping (a first restart at once, then backoff delays growing, the breaker
-//! opening, a manual reset, a healthy restart), a drain, a reload that succeeds and one that
-//! rolls back, and a daemon restart that adopts its running engines, then the registry table
-//! and the journal's timeline. Its supervision policy is fast (backoff from 200 ms, breaker
-//! after 4 failures) so that the story fits in seconds.
+//! opening and a preload refused with its `Retry-After`, a manual reset, a healthy restart), a
+//! drain, a reload that succeeds and one that rolls back, and a daemon restart that adopts its
+//! running engines, then the registry table and the journal's timeline. Its supervision policy
+//! is fast (backoff from 200 ms, breaker after 4 failures) so that the story fits in seconds.
 //!
 //! The engines are this very binary run as its hidden `engine-sim` subcommand, so the demo
 //! needs nothing but itself.
@@ -83,6 +83,17 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Value)> {
+        let (status, value, _) = self.call_with_retry_after(method, path, body).await?;
+        Ok((status, value))
+    }
+
+    /// [`Client::call`], with the answer's `Retry-After` header when it has one.
+    async fn call_with_retry_after(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value, Option<String>)> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
@@ -96,9 +107,14 @@ impl Client {
             .await
             .with_context(|| format!("{method} {path}"))?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
         let text = response.text().await.unwrap_or_default();
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, value))
+        Ok((status, value, retry_after))
     }
 }
 

@@ -305,12 +305,13 @@ async fn crash_loop(client: &Client, dir: &std::path::Path) -> anyhow::Result<()
         open["crash_count"], open["phase"], open["breaker"]
     ));
     let again = json!({"prepared": client.prepared("flaky", free_port()?, &[])?});
-    let (status, answer) = client
-        .call(Method::POST, "/v2/pools/flaky/preload", Some(again))
+    let (status, answer, retry_after) = client
+        .call_with_retry_after(Method::POST, "/v2/pools/flaky/preload", Some(again))
         .await?;
     step(&format!(
-        "POST /v2/pools/flaky/preload while open -> {status} {}",
-        answer["code"].as_str().unwrap_or("?")
+        "POST /v2/pools/flaky/preload while open -> {status} {} (Retry-After: {} s, until the breaker half-opens)",
+        answer["code"].as_str().unwrap_or("?"),
+        retry_after.as_deref().unwrap_or("none")
     ));
     std::fs::remove_file(&marker)?;
     step("the operator fixes the model (removes the marker file) and resets the breaker:");

@@ -147,3 +147,27 @@ fn answer_not_before(world: &mut PoolWorld, ms: u64) {
         answer.elapsed
     );
 }
+
+/// `Retry-After` of the last answer, in whole seconds.
+#[then(expr = "the answer says to retry after {int} second(s)")]
+fn answer_retry_after(world: &mut PoolWorld, seconds: u64) {
+    let answer = world.answer();
+    assert_eq!(
+        answer.retry_after.as_deref(),
+        Some(seconds.to_string().as_str()),
+        "Retry-After of {} ({}): {}",
+        answer.request,
+        answer.status,
+        answer.body
+    );
+}
+
+#[then("the answer has no Retry-After")]
+fn answer_no_retry_after(world: &mut PoolWorld) {
+    let answer = world.answer();
+    assert_eq!(
+        answer.retry_after, None,
+        "Retry-After of {} ({}): {}",
+        answer.request, answer.status, answer.body
+    );
+}

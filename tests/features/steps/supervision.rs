@@ -453,6 +453,24 @@ async fn clock_before_restart(world: &mut PoolWorld, ms: u64, pool: String) {
     clock_to(world, at_ms, "the time before the restart");
 }
 
+/// The `Retry-After` of the last answer is the time from the daemon's clock to the restart
+/// the pool last scheduled, in whole seconds rounded up (at least 1).
+#[then(expr = "the answer says to retry after the seconds left until the restart of pool {string}")]
+async fn retry_after_restart(world: &mut PoolWorld, pool: String) {
+    let restart = last_restart(world, &pool).await;
+    let left_ms = number(&restart, "event.not_before_ms").saturating_sub(now_ms(world));
+    let seconds = left_ms.div_ceil(1_000).max(1);
+    let answer = world.answer();
+    assert_eq!(
+        answer.retry_after.as_deref(),
+        Some(seconds.to_string().as_str()),
+        "Retry-After of {} ({} ms to the restart {restart}): {}",
+        answer.request,
+        left_ms,
+        answer.body
+    );
+}
+
 #[when(expr = "the clock reaches the restart time of pool {string}")]
 async fn clock_at_restart(world: &mut PoolWorld, pool: String) {
     let restart = last_restart(world, &pool).await;
