@@ -375,6 +375,12 @@ fn node_settings(
                 config.gpu.placement_timeout_ms,
             )
         }),
+        release_check: Some(gpu::release::ReleaseCheck {
+            inventory: shared_inventory.clone(),
+            timeout_ms: config.gpu.release_timeout_ms,
+            slack_bytes: config.gpu.release_slack_bytes,
+            poll_ms: gpu::release::RELEASE_POLL_MS,
+        }),
         allow_gpu_sharing: config.gpu.allow_sharing,
         admission,
         cgroups: engine_cgroups(config)?,

@@ -118,8 +118,8 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
     /// Appended by version 3: the loss marker of `journal repair --accept-loss`.
     const V3_NEW: [&str; 2] = ["JournalLossAccepted", "UntrackedEngineStopped"];
     /// Appended by version 4 (which also reshaped `EngineSpawned` and `HealthCheckPassed` and
-    /// appended the start failure `PortInUse` and the exit reason `Stalled`): none yet.
-    const V4_NEW: [&str; 0] = [];
+    /// appended the start failure `PortInUse` and the exit reason `Stalled`).
+    const V4_NEW: [&str; 2] = ["GpuMemoryReleased", "GpuMemoryStuck"];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
@@ -512,6 +512,42 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         detail: "slot 0 processing, n_decoded 17 unchanged for 120000 ms".into(),
     })?;
     s.finish_stop(theta, false)?;
+
+    // iota: killed from outside; its restart, at once, waits for the GPU memory of the killed
+    // engine (`GpuMemoryReleased`, format version 4). Killed again, the next restart finds that
+    // memory still held at the bound: `GpuMemoryStuck` and a failed start.
+    let iota = "iota";
+    s.preload(
+        iota,
+        sample_engine(iota, 8109, "/models/iota.gguf", Some(1)),
+    )?;
+    s.spawn_engine(iota)?;
+    s.pass_health(iota, 2_000, None)?;
+    s.exit_engine(iota, None, Some(9), ExitReason::OomKilled, "")?;
+    s.fire_timer(iota, Timer::Restart)?;
+    let token = s.state().pool(iota).map_or(0, |p| p.start_token);
+    s.advance(1_250);
+    s.submit(Observation::GpuMemoryReleased {
+        pool_id: id(iota)?,
+        token,
+        after_ms: 1_250,
+    })?;
+    s.spawn_engine(iota)?;
+    s.pass_health(iota, 2_000, None)?;
+    let killed = pid_of(&s, iota);
+    s.exit_engine(iota, None, Some(9), ExitReason::OomKilled, "")?;
+    s.advance(10_000);
+    s.fire_timer(iota, Timer::Restart)?;
+    let token = s.state().pool(iota).map_or(0, |p| p.start_token);
+    s.advance(30_000);
+    s.submit(Observation::GpuMemoryStuck {
+        pool_id: id(iota)?,
+        token,
+        gpu_uuid: gpus()[0].uuid.clone(),
+        pids: vec![killed],
+        bytes: 6 * GIB,
+        after_ms: 30_000,
+    })?;
 
     // A daemon restart: alpha's engine is still ours (adopted), beta's is gone (lost); the
     // node drains alpha with no leases.

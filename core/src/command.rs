@@ -156,6 +156,32 @@ pub enum Observation {
         /// `/proc/sys/kernel/random/boot_id`, when readable.
         boot_id: Option<String>,
     },
+    /// Before `Effect::Spawn` on the GPUs of the pool's last engine: its session's
+    /// processes and memory are gone from them. Appended variant.
+    GpuMemoryReleased {
+        /// The pool.
+        pool_id: PoolId,
+        /// The spawn's token.
+        token: u64,
+        /// How long the wait took.
+        after_ms: u64,
+    },
+    /// Before `Effect::Spawn`: at `[gpu] release_timeout_ms` the last engine still held memory
+    /// of a GPU of the mask; nothing was spawned. Appended variant.
+    GpuMemoryStuck {
+        /// The pool.
+        pool_id: PoolId,
+        /// The spawn's token.
+        token: u64,
+        /// The GPU.
+        gpu_uuid: String,
+        /// The last engine's processes still listed on it.
+        pids: Vec<u32>,
+        /// The memory not back, in bytes.
+        bytes: u64,
+        /// How long the wait took.
+        after_ms: u64,
+    },
     /// `Effect::Spawn` failed.
     SpawnFailed {
         /// The pool.

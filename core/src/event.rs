@@ -20,8 +20,8 @@ use crate::ids::{LeaseId, PoolId};
 ///   `UntrackedEngineStopped` (start-up's reconciliation of the runtime directory).
 /// - 4: the engine's identity survives launchers and upgrades: `EngineSpawned` gains
 ///   `boot_id`, `HealthCheckPassed` gains `exe` (both reshaped: older records are upcast with
-///   `None`); the start failure `PortInUse`
-///   and the exit reason `ExitReason::Stalled` are appended.
+///   `None`); the start failure `PortInUse`, the exit reason `ExitReason::Stalled` and the
+///   events `GpuMemoryReleased` and `GpuMemoryStuck` are appended.
 ///
 /// Versions 2 and 3 only appended variants; version 4 reshaped two, so a record of an older
 /// version decodes through the frozen shapes of the schema's upcaster in `src/schema.rs`.
@@ -648,6 +648,25 @@ pub enum Event {
         /// What was found and done.
         reason: String,
     },
+    /// Before a restart, trial or reload on the GPUs of the pool's last engine, NVML listed
+    /// none of that engine's session's processes on them and their memory was free again.
+    /// Appended (format version 4).
+    GpuMemoryReleased {
+        /// How long the wait took from the start's request (0: nothing was held).
+        after_ms: u64,
+    },
+    /// At `[gpu] release_timeout_ms` the pool's last engine still held memory of a GPU of
+    /// the mask: the start fails naming it (not an out-of-memory of the new engine).
+    /// Appended (format version 4).
+    GpuMemoryStuck {
+        /// The GPU.
+        gpu_uuid: String,
+        /// The processes of the last engine's session NVML still lists on it (may be empty:
+        /// the memory is not back although no process is listed).
+        pids: Vec<u32>,
+        /// The memory not back, in bytes.
+        bytes: u64,
+    },
 }
 
 /// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
@@ -707,6 +726,8 @@ impl Event {
             Event::MigInventoryObserved { .. } => "MigInventoryObserved",
             Event::JournalLossAccepted { .. } => "JournalLossAccepted",
             Event::UntrackedEngineStopped { .. } => "UntrackedEngineStopped",
+            Event::GpuMemoryReleased { .. } => "GpuMemoryReleased",
+            Event::GpuMemoryStuck { .. } => "GpuMemoryStuck",
         }
     }
 

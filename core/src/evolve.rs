@@ -143,7 +143,10 @@ fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
         } => node.last_handoff_rejection = Some((file.clone(), field.clone(), reason.clone())),
         // A record of the journal's repair, not of the node: only `last_seq` (set above) moves.
         // The events it stands for are gone; the fold goes on from what was kept.
-        Event::JournalLossAccepted { .. } | Event::UntrackedEngineStopped { .. } => {}
+        Event::JournalLossAccepted { .. }
+        | Event::UntrackedEngineStopped { .. }
+        | Event::GpuMemoryReleased { .. }
+        | Event::GpuMemoryStuck { .. } => {}
         _ => {}
     }
 }

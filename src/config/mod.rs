@@ -94,6 +94,12 @@ pub const GPU_POLL_INTERVAL_MS_MAX: u64 = 3_600_000;
 pub const DEFAULT_GPU_PLACEMENT_TIMEOUT_MS: u64 = 10_000;
 /// Largest `gpu.placement_timeout_ms` (ten minutes).
 pub const GPU_PLACEMENT_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Default of `gpu.release_timeout_ms`.
+pub const DEFAULT_GPU_RELEASE_TIMEOUT_MS: u64 = 30_000;
+/// Largest `gpu.release_timeout_ms` (ten minutes).
+pub const GPU_RELEASE_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Default of `gpu.release_slack_bytes` (256 MiB).
+pub const DEFAULT_GPU_RELEASE_SLACK_BYTES: u64 = 256 << 20;
 /// How `addr` is written.
 const ADDR_FORM: &str =
     "give IP:PORT such as 127.0.0.1:9200 or [::1]:9200 (host names are not resolved)";
@@ -324,6 +330,8 @@ impl Config {
                 placement_timeout_ms: self.gpu.placement_timeout_ms,
                 fixture: lossy(&self.gpu.fixture),
                 allow_sharing: self.gpu.allow_sharing,
+                release_timeout_ms: self.gpu.release_timeout_ms,
+                release_slack_bytes: self.gpu.release_slack_bytes,
             },
             engines: self.engines.clone(),
             cluster: self.cluster.clone(),

@@ -4,9 +4,11 @@
 //! Never: reads a file or the environment (the layering does).
 
 use super::{
-    DEFAULT_GPU_PLACEMENT_TIMEOUT_MS, DEFAULT_GPU_POLL_INTERVAL_MS, DEFAULT_RETAIN_BYTES,
+    DEFAULT_GPU_PLACEMENT_TIMEOUT_MS, DEFAULT_GPU_POLL_INTERVAL_MS,
+    DEFAULT_GPU_RELEASE_SLACK_BYTES, DEFAULT_GPU_RELEASE_TIMEOUT_MS, DEFAULT_RETAIN_BYTES,
     DEFAULT_RETAIN_MS, DEFAULT_SEGMENT_RECORDS, DEFAULT_SNAPSHOT_EVERY,
-    GPU_PLACEMENT_TIMEOUT_MS_MAX, GPU_POLL_INTERVAL_MS_MAX, SEGMENT_RECORDS_MAX,
+    GPU_PLACEMENT_TIMEOUT_MS_MAX, GPU_POLL_INTERVAL_MS_MAX, GPU_RELEASE_TIMEOUT_MS_MAX,
+    SEGMENT_RECORDS_MAX,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -151,6 +153,13 @@ pub struct GpuSettings {
     /// preload whose device mask overlaps that of a pool holding its GPUs is refused with
     /// `INVALID_DEVICE_MASK` naming the other pool (OC-POOL-3020).
     pub allow_sharing: bool,
+    /// Before a restart, trial or reload starts on the GPUs of the last engine: how long (ms,
+    /// 1..=600000) NVML may take to list none of that engine's session's processes on them
+    /// and to show their memory free again; past it the start fails, naming what is held.
+    pub release_timeout_ms: u64,
+    /// How much of the last engine's memory may still show as used when it counts as freed
+    /// (bytes per GPU; the driver's own bookkeeping moves a little).
+    pub release_slack_bytes: u64,
 }
 
 impl GpuSettings {
@@ -176,6 +185,15 @@ impl GpuSettings {
                 ),
             ));
         }
+        if self.release_timeout_ms == 0 || self.release_timeout_ms > GPU_RELEASE_TIMEOUT_MS_MAX {
+            return Err((
+                "gpu.release_timeout_ms",
+                format!(
+                    "{} is outside 1..={GPU_RELEASE_TIMEOUT_MS_MAX}",
+                    self.release_timeout_ms
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -187,6 +205,8 @@ impl Default for GpuSettings {
             placement_timeout_ms: DEFAULT_GPU_PLACEMENT_TIMEOUT_MS,
             fixture: PathBuf::new(),
             allow_sharing: false,
+            release_timeout_ms: DEFAULT_GPU_RELEASE_TIMEOUT_MS,
+            release_slack_bytes: DEFAULT_GPU_RELEASE_SLACK_BYTES,
         }
     }
 }

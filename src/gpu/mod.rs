@@ -16,6 +16,8 @@
 //! - [`placement`]: the proof, with `require_gpu`, that a starting engine is on the GPUs of
 //!   its mask before it is ready (OC-POOL-3012, `CPU_SPILLOVER`), and the one shared reader of
 //!   the inventory that the loop and the proofs use.
+//! - [`release`]: whether a pool's last engine's GPU memory is free again, the verdict a
+//!   restart or reload on those GPUs waits on (`[gpu] release_timeout_ms`).
 //!
 //! Never:
 //! - decides: what an observation means (a crash of the pools on a GPU with an Xid, a refused
@@ -30,6 +32,7 @@
 mod fixture;
 mod nvml;
 pub mod placement;
+pub mod release;
 
 use std::sync::Arc;
 

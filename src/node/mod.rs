@@ -111,6 +111,9 @@ pub struct NodeSettings {
     /// With `require_gpu`: the proof that a starting engine is on its GPUs before it is ready
     /// (`CPU_SPILLOVER` otherwise); `None` on a `--dev` node.
     pub placement_check: Option<crate::gpu::placement::PlacementCheck>,
+    /// Where the node has a GPU inventory: before a restart, trial or reload on the GPUs of a
+    /// pool's last engine, the wait for its memory (`[gpu] release_timeout_ms`).
+    pub release_check: Option<crate::gpu::release::ReleaseCheck>,
     /// `[gpu] allow_sharing`: two pools may claim the same GPU.
     pub allow_gpu_sharing: bool,
     /// What may be started (`allowed_binaries`, `[engines] env_allow`), checked again before

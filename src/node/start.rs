@@ -168,6 +168,7 @@ pub(super) fn supervisor_of(
     supervisor_settings.run_engines_as(settings.run_as);
     supervisor_settings.admission = settings.admission.clone();
     supervisor_settings.placement = settings.placement_check.clone();
+    supervisor_settings.release = settings.release_check.clone();
     supervisor_settings.cgroups = settings.cgroups.clone();
     Supervisor::new(supervisor_settings, reporter, registry.clone())
 }

@@ -34,6 +34,7 @@ fn settings(dir: &std::path::Path, clock: &ManualClock) -> NodeSettings {
         version: "test".into(),
         run_as: None,
         placement_check: None,
+        release_check: None,
         allow_gpu_sharing: false,
         admission: Arc::new(crate::supervisor::admission::Admission::permissive()),
         cgroups: None,

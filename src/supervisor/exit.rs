@@ -44,9 +44,16 @@ pub(super) struct Coordination {
     /// The first "no usable GPU" line its log showed while a GPU is required: the health
     /// wait then leaves the report to the log watcher.
     spilled: Mutex<Option<String>>,
+    /// The processes of its session killed after it ended (written by the exit watcher).
+    swept: Mutex<Vec<u32>>,
 }
 
 impl Coordination {
+    /// The processes of the session killed after the engine ended.
+    pub(super) fn swept(&self) -> Vec<u32> {
+        self.swept.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// A stop is under way: the stop reports the end.
     pub(super) fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -234,7 +241,10 @@ impl Watched {
         let info = exit.await;
         if self.leads_session {
             // Before the end is published: nothing of this engine runs when the next starts.
-            session::end_session(self.pool_id.as_str(), self.pid).await;
+            let swept = session::end_session(self.pool_id.as_str(), self.pid).await;
+            if let Ok(mut slot) = self.watch.swept.lock() {
+                *slot = swept;
+            }
         }
         let _ = tx.send(Some(info));
         // An error means the start was given up (its sender dropped): the stop flag says.

@@ -31,7 +31,8 @@
 //! at start-up). The rooms of the worker: `worker.rs` (a pool's queue of effects), `start.rs`
 //! (spawn, health wait, ready probes), `leftover.rs` (an unrecorded engine of an earlier
 //! start), `exit.rs` (the exit and log watchers), `session.rs` (what an engine leaves of its
-//! session, killed before its end is published), `stop.rs`.
+//! session, killed before its end is published), `release.rs` (the wait for the last
+//! engine's GPU memory before the next start on its GPUs), `stop.rs`.
 
 pub mod admission;
 pub mod cgroup;
@@ -47,6 +48,7 @@ pub mod reconcile;
 
 mod exit;
 mod leftover;
+mod release;
 mod session;
 mod start;
 mod stop;
@@ -66,6 +68,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::SharedClock;
 use crate::gpu::placement::PlacementCheck;
+use crate::gpu::release::ReleaseCheck;
 use crate::port::{Registry, Reporter};
 use files::RuntimeDirs;
 use probe::Prober;
@@ -90,6 +93,9 @@ pub struct SupervisorSettings {
     /// is reported healthy, and watch its log for "no usable GPU" lines (`CPU_SPILLOVER`).
     /// `None` (the default, and a `--dev` node): readiness is the health check alone.
     pub placement: Option<PlacementCheck>,
+    /// Where the node has a GPU inventory: before a restart, trial or reload, the wait for the
+    /// last engine's GPU memory (`release.rs`). `None`: no wait (the session sweep alone).
+    pub release: Option<ReleaseCheck>,
     /// What may be started, checked again before every spawn (default: any binary, the
     /// default environment allow-list).
     pub admission: Arc<admission::Admission>,
@@ -111,6 +117,7 @@ impl SupervisorSettings {
             passed_env,
             run_as: None,
             placement: None,
+            release: None,
             admission: Arc::new(admission::Admission::permissive()),
             cgroups: None,
         }

@@ -61,8 +61,9 @@ fn describe(pids: &[u32]) -> String {
 }
 
 /// Once the engine `sid` (the session's leader) has ended: SIGKILLs what is left of its
-/// session and waits, up to [`KILL_WAIT_MS`], until none of it runs. Returns the processes
-/// still running at the bound (in uninterruptible sleep, say), for the caller to log.
+/// session and waits, up to [`KILL_WAIT_MS`], until none of it runs (what still runs then,
+/// in uninterruptible sleep say, is logged). Returns the processes it killed: the GPU memory
+/// they held is the engine's (see `release.rs`).
 pub(super) async fn end_session(pool_id: &str, sid: u32) -> Vec<u32> {
     let left = signal_session(sid, Signal::SIGKILL);
     if left.is_empty() {
@@ -78,7 +79,7 @@ pub(super) async fn end_session(pool_id: &str, sid: u32) -> Vec<u32> {
     loop {
         let running = procfs::session_members(sid);
         if running.is_empty() {
-            return running;
+            return left;
         }
         if Instant::now() >= deadline {
             tracing::error!(
@@ -88,7 +89,7 @@ pub(super) async fn end_session(pool_id: &str, sid: u32) -> Vec<u32> {
                  (uninterruptible sleep?): {}; the next start goes ahead",
                 describe(&running)
             );
-            return running;
+            return left;
         }
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
@@ -137,7 +138,7 @@ mod tests {
             procfs::stat(child).is_some_and(|s| !s.ended()),
             "the child of another group survives a kill of the leader's group"
         );
-        assert_eq!(end_session("p1", sid).await, Vec::<u32>::new());
+        assert_eq!(end_session("p1", sid).await, vec![child]);
         assert!(procfs::stat(child).is_none_or(|s| s.ended()));
         assert!(procfs::session_members(sid).is_empty());
     }

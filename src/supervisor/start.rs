@@ -34,6 +34,9 @@ impl PoolWorker {
         self.health = None;
         self.probe = None;
         self.kill_leftover(engine).await;
+        if !self.await_gpu_release(cause, engine, token).await {
+            return; // reported: the last engine's GPU memory is still held
+        }
         if let Err(detail) = port::check_free(engine.port) {
             return self.port_in_use(cause, token, None, detail).await;
         }

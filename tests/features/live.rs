@@ -121,6 +121,8 @@ impl DaemonSetup {
             "require_gpu" => config.require_gpu = flag(),
             "gpu.poll_interval_ms" => config.gpu.poll_interval_ms = number(),
             "gpu.allow_sharing" => config.gpu.allow_sharing = flag(),
+            "gpu.release_timeout_ms" => config.gpu.release_timeout_ms = number(),
+            "gpu.release_slack_bytes" => config.gpu.release_slack_bytes = number(),
             "health.preload_interval_ms" => config.health.preload_interval_ms = number(),
             "health.preload_timeout_ms" => config.health.preload_timeout_ms = number(),
             "health.ready_interval_ms" => config.health.ready_interval_ms = number(),

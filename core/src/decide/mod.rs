@@ -17,6 +17,7 @@ mod command;
 mod lifecycle;
 mod observation;
 mod placement;
+mod release;
 
 use self::command::decide_command;
 use self::observation::decide_observation;

@@ -47,6 +47,8 @@ pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observa
         Observation::UntrackedEngineStopped { .. } => untracked_engine_stopped(d, observation),
         Observation::EngineStalled { .. } => engine_stalled(d, observation),
         Observation::PortInUse { .. } => port_in_use(d, observation),
+        Observation::GpuMemoryReleased { .. } => release::gpu_memory_released(d, observation),
+        Observation::GpuMemoryStuck { .. } => release::gpu_memory_stuck(d, observation),
     }
 }
 

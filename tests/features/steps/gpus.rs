@@ -302,6 +302,22 @@ async fn engine_on_gpu(world: &mut PoolWorld, pool: String, index: u32, mib: u64
     });
 }
 
+/// The driver has given back the memory of the engines of `pool` on GPU `index`: none of
+/// them is listed any more, and the GPU shows `gib` GiB free.
+#[when(expr = "GPU {int} lists no engine of pool {string} any more and has {int} GiB free")]
+async fn engine_memory_back(world: &mut PoolWorld, index: u32, pool: String, gib: u64) {
+    let pids: Vec<u32> = world
+        .engines_of(&pool)
+        .await
+        .iter()
+        .map(|e| e.pid)
+        .collect();
+    change_gpu(world, index, |gpu| {
+        gpu.processes.retain(|p| !pids.contains(&p.pid));
+        gpu.info.vram_free_bytes = gib << 30;
+    });
+}
+
 /// Lowers the free VRAM of GPU `index` and waits until the daemon has recorded it (so that
 /// the next preload is decided against it).
 #[when(expr = "the free VRAM of GPU {int} drops to {int} GiB")]
