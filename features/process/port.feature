@@ -30,6 +30,7 @@ Feature: The engine's port belongs to its engine
     When a foreign HTTP server starts answering 200 on /health at the port of pool "p1"
     Then pool "p1" has a last error naming the pid and command line of its foreign server
     And the events of pool "p1" record "PreloadFailed" with "failure" "port_in_use"
+    And pool "p1" settles in backoff
     And the events of pool "p1" include, in this order, "EngineSpawned, PreloadFailed, EngineStopped"
     And the events of pool "p1" include no "HealthCheckPassed"
     And the events of pool "p1" include no "PoolReady"
