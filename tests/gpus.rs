@@ -314,6 +314,26 @@ async fn the_observation_loop_follows_the_fixture() {
     .await;
     assert_eq!(registry.load().state.node.xid_total, 1);
 
+    // The restart (at once) waits for the failed engine's memory: the driver gives it back
+    // (its process gone, GPU 0's free VRAM up by its 2 GiB), and the new engine starts.
+    gpus[0]["processes"] = json!([{"pid": 1, "used_bytes": GIB}]);
+    gpus[0]["vram_free_bytes"] = json!(71 * GIB);
+    write_fixture(&fixture, &gpus);
+    let ready = h
+        .wait_pool("p1", "ready on a new engine", |s| {
+            s["ready"] == true && s["pid"].as_u64().is_some_and(|p| p != pid)
+        })
+        .await;
+    assert_eq!(ready["restart_count"], 1, "{ready}");
+    let (_, events) = h.get("/v2/pools/p1/events").await;
+    assert!(
+        events.to_string().contains("GpuMemoryReleased"),
+        "the restart waited for the memory: {events}"
+    );
+
+    assert_eq!(h.post("/v2/pools/p1/stop", json!({})).await.0, 202);
+    h.wait_pool("p1", "stopped", |s| s["phase"] == "stopped")
+        .await;
     let (status, answer) = h.call(reqwest::Method::DELETE, "/v2/pools/p1", None).await;
     assert_eq!(status, 200, "{answer}");
     h.stop().await;
