@@ -3,9 +3,9 @@
 //! The real daemon (`Daemon::start`, what `serve` runs) in this process, one engine-sim pool.
 //! Each round: the pool is ready; the benchmark sends SIGKILL to the engine and at once polls
 //! `GET /v2/pools/{id}` (keep-alive, back to back) until it says `ready: false`; the time from
-//! the kill to that answer is one sample. Then the pool is preloaded again (a preload replaces
-//! the scheduled restart) and the next round starts. The breaker is set to need more failures
-//! than rounds, so it never refuses the preload.
+//! the kill to that answer is one sample. Then the restart policy brings the pool back (the
+//! first restart at once, then after a backoff set to a few ms) and the next round kills the
+//! new engine. The breaker and the storm bound are set to need more failures than rounds.
 //!
 //! The path measured: SIGCHLD -> tokio reaps the child -> the exit watcher reads the log tail ->
 //! `EngineExited` through the actor's inbox -> durable append (fdatasync) -> publish -> the
@@ -46,6 +46,31 @@ fn main() {
     runtime.block_on(run(rounds));
 }
 
+/// Waits until the pool is ready on an engine other than `killed`; its pid.
+async fn ready_again(http: &reqwest::Client, base: &str, killed: u64, round: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = http
+            .get(format!("{base}/v2/pools/crashy"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status answer");
+        if let Some(pid) = status["pid"].as_u64().filter(|p| *p != killed) {
+            if status["ready"] == true {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: not ready again 30 s after the kill: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn run(rounds: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config {
@@ -61,6 +86,10 @@ async fn run(rounds: u64) {
     config.health.preload_interval_ms = 10;
     config.health.ready_interval_ms = 600_000;
     config.breaker.failure_threshold = u32::try_from(rounds * 2 + 10).unwrap_or(u32::MAX);
+    config.storm.max_restarts = u32::try_from(rounds * 2 + 10).unwrap_or(u32::MAX);
+    config.backoff.initial_ms = 5;
+    config.backoff.min_ms = 1;
+    config.backoff.max_ms = 20;
     let (daemon, _) = Daemon::start(&config, Arc::new(SystemClock))
         .await
         .expect("daemon");
@@ -79,21 +108,24 @@ async fn run(rounds: u64) {
         "replica_id": "r0",
     }})
     .to_string();
+    let answer: Value = http
+        .post(format!("{base}/v2/pools/crashy/preload"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("preload")
+        .json()
+        .await
+        .expect("preload answer");
+    let mut pid = answer["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("preload failed: {answer}"));
     let mut samples_ms = Vec::with_capacity(rounds as usize);
     for round in 0..rounds {
-        let answer: Value = http
-            .post(format!("{base}/v2/pools/crashy/preload"))
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .expect("preload")
-            .json()
-            .await
-            .expect("preload answer");
-        let pid = answer["pid"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("round {round}: preload failed: {answer}"));
+        if round > 0 {
+            pid = ready_again(&http, &base, pid, round).await;
+        }
         let killed_at = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),

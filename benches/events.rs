@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use pool_journal::{Draft, JournalConfig};
 use pool_managerd::projection;
 use pool_managerd::schema::PoolJournal;
-use pool_managerd::script::{sample_engine, Scripted};
+use pool_managerd::script::{cpu_engine, Scripted};
 use serde_json::{json, Value};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
@@ -324,7 +324,7 @@ fn grow_history(journal_dir: &std::path::Path, events: u64) -> (u64, Vec<u64>) {
     let mut script = Scripted::new(now_ms - 3_600_000, 7);
     let pools: Vec<String> = (0..HISTORY_POOLS).map(|i| format!("pool-{i:02}")).collect();
     for (i, pool) in pools.iter().enumerate() {
-        let engine = sample_engine(pool, 8_000 + i as u16, "/models/m.gguf", Some(8));
+        let engine = cpu_engine(pool, 8_000 + i as u16, "/models/m.gguf", Some(8));
         script.preload(pool, engine).expect("preload");
         script.spawn_engine(pool).expect("spawn");
         script.advance(150);

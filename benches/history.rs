@@ -79,7 +79,7 @@ use pool_journal::{Draft, JournalClock, JournalConfig};
 use pool_managerd::core::{Event, State};
 use pool_managerd::projection;
 use pool_managerd::schema::{PoolEnvelope, PoolJournal};
-use pool_managerd::script::{sample_engine, Scripted};
+use pool_managerd::script::{cpu_engine, Scripted};
 use serde_json::{json, Value};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
@@ -210,7 +210,7 @@ fn generate(events: u64, start_ms: u64, tx: mpsc::SyncSender<Batch>) -> u64 {
     };
     for (i, pool) in pools.iter().enumerate() {
         let port = 8_000 + u16::try_from(i).expect("port");
-        let engine = sample_engine(
+        let engine = cpu_engine(
             pool,
             port,
             "/models/llama-3.1-8b-instruct-q4_k_m.gguf",
