@@ -21,7 +21,8 @@ use crate::ids::{LeaseId, PoolId};
 /// - 4: the engine's identity survives launchers and upgrades: `EngineSpawned` gains
 ///   `boot_id`, `HealthCheckPassed` gains `exe` (both reshaped: older records are upcast with
 ///   `None`); the start failure `PortInUse`
-///   and the exit reason `ExitReason::Stalled` are appended.
+///   and the exit reason `ExitReason::Stalled` are appended; GPU quarantine appends
+///   `GpuQuarantined`, `GpuUnquarantined` and `RestartHeld`.
 ///
 /// Versions 2 and 3 only appended variants; version 4 reshaped two, so a record of an older
 /// version decodes through the frozen shapes of the schema's upcaster in `src/schema.rs`.
@@ -648,6 +649,31 @@ pub enum Event {
         /// What was found and done.
         reason: String,
     },
+    /// *extra*, node: hardware-class faults of a GPU (see `gpu::is_hardware_xid`, driver
+    /// resets) reached `[gpu] quarantine_after` within `[gpu] quarantine_window_ms`: no pool
+    /// whose mask covers it starts until `GpuUnquarantined`. Appended (format version 4).
+    GpuQuarantined {
+        /// The GPU.
+        gpu_uuid: String,
+        /// Its hardware faults within the window.
+        faults: u32,
+    },
+    /// *extra*, node: an operator ended a GPU's quarantine (`POST
+    /// /v2/gpus/{uuid}/unquarantine`); its fault count starts again from zero. Appended
+    /// (format version 4).
+    GpuUnquarantined {
+        /// The GPU.
+        gpu_uuid: String,
+        /// Who (from the API).
+        by: String,
+    },
+    /// *extra*: the pool's failure is not restarted (nor a breaker trial started) because its
+    /// mask covers a quarantined GPU; the pool is failed, `last_error` says why, until a
+    /// preload after the GPU's `GpuUnquarantined`. Appended (format version 4).
+    RestartHeld {
+        /// The quarantined GPU.
+        gpu_uuid: String,
+    },
 }
 
 /// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
@@ -707,6 +733,9 @@ impl Event {
             Event::MigInventoryObserved { .. } => "MigInventoryObserved",
             Event::JournalLossAccepted { .. } => "JournalLossAccepted",
             Event::UntrackedEngineStopped { .. } => "UntrackedEngineStopped",
+            Event::GpuQuarantined { .. } => "GpuQuarantined",
+            Event::GpuUnquarantined { .. } => "GpuUnquarantined",
+            Event::RestartHeld { .. } => "RestartHeld",
         }
     }
 
@@ -719,6 +748,8 @@ impl Event {
             | Event::MigInventoryObserved { .. }
             | Event::JournalLossAccepted { .. }
             | Event::UntrackedEngineStopped { .. }
+            | Event::GpuQuarantined { .. }
+            | Event::GpuUnquarantined { .. }
             | Event::PreflightFailed { .. }
             | Event::GpuXidObserved { .. }
             | Event::DriverResetObserved { .. }

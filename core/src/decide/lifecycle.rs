@@ -107,6 +107,12 @@ pub(super) fn supervise(d: &mut Decision<'_, '_>, pool_id: &PoolId, reason: Exit
     if pool.engine.is_none() {
         return;
     }
+    if let Some(gpu_uuid) = d.node().quarantined_gpu(pool.device_mask()) {
+        // Not restarted onto a quarantined GPU, and the breaker is left as it is.
+        let gpu_uuid = gpu_uuid.to_string();
+        d.push(Some(pool_id), Event::RestartHeld { gpu_uuid });
+        return;
+    }
     let sup = &pool.supervision;
     let class = reason.class();
     let failures = sup.failures(class);
