@@ -295,6 +295,7 @@ impl Config {
             backoff: self.backoff.clone(),
             breaker: self.breaker.clone(),
             storm: self.storm.clone(),
+            quarantine: self.gpu.quarantine(),
         }
     }
 
@@ -324,6 +325,8 @@ impl Config {
                 placement_timeout_ms: self.gpu.placement_timeout_ms,
                 fixture: lossy(&self.gpu.fixture),
                 allow_sharing: self.gpu.allow_sharing,
+                quarantine_after: self.gpu.quarantine_after,
+                quarantine_window_ms: self.gpu.quarantine_window_ms,
             },
             engines: self.engines.clone(),
             cluster: self.cluster.clone(),

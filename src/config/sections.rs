@@ -8,6 +8,7 @@ use super::{
     DEFAULT_RETAIN_MS, DEFAULT_SEGMENT_RECORDS, DEFAULT_SNAPSHOT_EVERY,
     GPU_PLACEMENT_TIMEOUT_MS_MAX, GPU_POLL_INTERVAL_MS_MAX, SEGMENT_RECORDS_MAX,
 };
+use pool_core::QuarantinePolicy;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -151,9 +152,23 @@ pub struct GpuSettings {
     /// preload whose device mask overlaps that of a pool holding its GPUs is refused with
     /// `INVALID_DEVICE_MASK` naming the other pool (OC-POOL-3020).
     pub allow_sharing: bool,
+    /// Hardware-class faults of one GPU (hardware Xids, uncorrectable ECC, driver resets)
+    /// within `quarantine_window_ms` that quarantine it: no engine starts on it until
+    /// `POST /v2/gpus/{uuid}/unquarantine`. 1..=64.
+    pub quarantine_after: u32,
+    /// The sliding window of `quarantine_after`, in ms (>= 1).
+    pub quarantine_window_ms: u64,
 }
 
 impl GpuSettings {
+    /// The quarantine policy of these settings (for the core).
+    pub fn quarantine(&self) -> QuarantinePolicy {
+        QuarantinePolicy {
+            after: self.quarantine_after,
+            window_ms: self.quarantine_window_ms,
+        }
+    }
+
     /// `Err((key, message))` for a value out of bounds.
     pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.poll_interval_ms == 0 || self.poll_interval_ms > GPU_POLL_INTERVAL_MS_MAX {
@@ -187,6 +202,8 @@ impl Default for GpuSettings {
             placement_timeout_ms: DEFAULT_GPU_PLACEMENT_TIMEOUT_MS,
             fixture: PathBuf::new(),
             allow_sharing: false,
+            quarantine_after: QuarantinePolicy::default().after,
+            quarantine_window_ms: QuarantinePolicy::default().window_ms,
         }
     }
 }
