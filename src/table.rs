@@ -162,7 +162,10 @@ fn processes_cell(processes: &[crate::gpu::GpuProcess]) -> String {
 }
 
 /// A fixed-width table of GPUs, one row each, then one row per MIG device under its GPU.
-pub fn gpus_table(gpus: &[crate::gpu::Gpu]) -> String {
+pub fn gpus_table(
+    gpus: &[crate::gpu::Gpu],
+    quarantined: Option<&std::collections::BTreeSet<String>>,
+) -> String {
     let headers = [
         "INDEX",
         "UUID",
@@ -171,7 +174,13 @@ pub fn gpus_table(gpus: &[crate::gpu::Gpu]) -> String {
         "VRAM_TOTAL",
         "VRAM_FREE",
         "PROCESSES",
+        "QUARANTINED",
     ];
+    let quarantine_cell = |uuid: &str| match quarantined {
+        Some(set) if set.contains(uuid) => "yes".to_string(),
+        Some(_) => "no".to_string(),
+        None => "-".to_string(),
+    };
     let mut rows = Vec::new();
     for gpu in gpus {
         let info = &gpu.info;
@@ -183,6 +192,7 @@ pub fn gpus_table(gpus: &[crate::gpu::Gpu]) -> String {
             format_bytes(info.vram_total_bytes),
             format_bytes(info.vram_free_bytes),
             processes_cell(&gpu.processes),
+            quarantine_cell(&info.uuid),
         ]);
         for mig in &gpu.mig_devices {
             let m = &mig.info;
@@ -194,6 +204,7 @@ pub fn gpus_table(gpus: &[crate::gpu::Gpu]) -> String {
                 format_bytes(m.vram_total_bytes),
                 format_bytes(m.vram_free_bytes),
                 processes_cell(&mig.processes),
+                "-".to_string(),
             ]);
         }
     }

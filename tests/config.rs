@@ -430,6 +430,16 @@ fn invalid_values_are_named_with_their_table() {
             &["within 0.0..=100.0"],
         ),
         (
+            "[gpu]\nquarantine_after = 0\n",
+            "gpu.quarantine_after",
+            &["must be within 1..=64", "default (3)"],
+        ),
+        (
+            "[gpu]\nquarantine_window_ms = 0\n",
+            "gpu.quarantine_window_ms",
+            &["must be > 0", "default (3600000)"],
+        ),
+        (
             "[journal]\nsnapshot_every = 0\n",
             "journal.snapshot_every",
             &["must be >= 1", "default (10000)"],

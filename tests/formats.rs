@@ -118,8 +118,15 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
     /// Appended by version 3: the loss marker of `journal repair --accept-loss`.
     const V3_NEW: [&str; 2] = ["JournalLossAccepted", "UntrackedEngineStopped"];
     /// Appended by version 4 (which also reshaped `EngineSpawned` and `HealthCheckPassed` and
-    /// appended the start failure `PortInUse` and the exit reason `Stalled`).
-    const V4_NEW: [&str; 2] = ["GpuMemoryReleased", "GpuMemoryStuck"];
+    /// appended the start failure `PortInUse` and the exit reason `Stalled`): the GPU memory
+    /// release wait and GPU quarantine.
+    const V4_NEW: [&str; 5] = [
+        "GpuMemoryReleased",
+        "GpuMemoryStuck",
+        "GpuQuarantined",
+        "GpuUnquarantined",
+        "RestartHeld",
+    ];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
@@ -570,6 +577,23 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
     })?;
     s.drain(alpha, 15_000)?;
     s.finish_stop(alpha, true)?;
+
+    // GPU 1 throws Xid 79 again and again (format version 4): it is quarantined; beta, in
+    // backoff after its lost engine, is held, and gamma's engine is stopped and not restarted
+    // onto it, until an operator ends the quarantine.
+    s.advance(60_000);
+    for _ in 0..3 {
+        s.submit(Observation::GpuXid {
+            gpu_uuid: gpus()[1].uuid.clone(),
+            xid: 79,
+        })?;
+    }
+    s.finish_stop(gamma, false)?;
+    s.advance(600_000);
+    s.submit(Command::UnquarantineGpu {
+        gpu_uuid: gpus()[1].uuid.clone(),
+        by: "ops:jun".into(),
+    })?;
     Ok(s)
 }
 

@@ -1,7 +1,8 @@
 //! GPUs end to end (SPEC section 10): `serve` without `--dev` on a machine without a GPU (a
 //! child process over a real socket), `pool-managerd gpus` (table, JSON, the no-GPU reason),
 //! and the observation loop driven by a fixture file that the tests rewrite (a process on a
-//! GPU, less free VRAM, an engine outside its mask, an Xid, GPUs appearing and vanishing).
+//! GPU, less free VRAM, an engine outside its mask, an Xid, GPUs appearing and vanishing, a GPU
+//! quarantined by its hardware Xids).
 //!
 //! Waits poll the API (or the published registry) with a bounded deadline; nothing sleeps
 //! hoping that something happened.
@@ -336,6 +337,68 @@ async fn the_observation_loop_follows_the_fixture() {
         .await;
     let (status, answer) = h.call(reqwest::Method::DELETE, "/v2/pools/p1", None).await;
     assert_eq!(status, 200, "{answer}");
+    h.stop().await;
+}
+
+/// A GPU's hardware Xids quarantine it (`[gpu] quarantine_after`, 3): `GET /v2/gpus` and the
+/// gauge say so, `pool-managerd gpus --addr` shows it in its QUARANTINED column, and
+/// `POST /v2/gpus/{uuid}/unquarantine` ends it.
+#[tokio::test]
+async fn a_quarantined_gpu_is_shown_by_the_api_the_metrics_and_the_gpus_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("gpus.json");
+    let mut gpus = serde_json::to_value(simulated_gpus(2)).unwrap();
+    write_fixture(&fixture, &gpus);
+    let h = start_with_fixture(&fixture, false).await;
+    let uuid0 = gpus[0]["uuid"].as_str().unwrap().to_string();
+    // Three hardware Xids (the default quarantine_after); 13 is an application's.
+    gpus[0]["xids"] = json!([13, 79, 94, 48]);
+    write_fixture(&fixture, &gpus);
+    let listed = until("GPU 0 quarantined in GET /v2/gpus", async || {
+        let (_, listed) = h.get("/v2/gpus").await;
+        (listed[0]["quarantined"] == true).then_some(listed)
+    })
+    .await;
+    assert!(listed[0]["quarantined_since_ms"].is_u64(), "{listed}");
+    assert_eq!(listed[1]["quarantined"], false, "{listed}");
+    let (_, metrics) = h.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains(&format!("gpu_quarantined{{gpu=\"{uuid0}\",index=\"0\"}} 1")),
+        "{metrics}"
+    );
+
+    let args = [
+        "--gpu-fixture".to_string(),
+        fixture.to_str().unwrap().to_string(),
+        "--addr".to_string(),
+        h.base.clone(),
+    ];
+    let (code, table) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        gpus_command(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains(&uuid0))
+        .unwrap_or_default();
+    assert!(
+        table.contains("QUARANTINED") && row.ends_with("yes"),
+        "{table}"
+    );
+
+    let path = format!("/v2/gpus/{uuid0}/unquarantine");
+    let (status, answer) = h.post(&path, json!({})).await;
+    assert_eq!(
+        (status, &answer["quarantined"]),
+        (200, &json!(false)),
+        "{answer}"
+    );
+    let (_, listed) = h.get("/v2/gpus").await;
+    assert_eq!(listed[0]["quarantined"], false, "{listed}");
     h.stop().await;
 }
 

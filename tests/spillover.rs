@@ -43,6 +43,9 @@ async fn start_gpu_node(placement_timeout_ms: u64) -> Harness {
     config.require_gpu = true;
     config.gpu.placement_timeout_ms = placement_timeout_ms;
     config.gpu.poll_interval_ms = 100;
+    // A failed engine the fixture still lists holds its memory: the restart's wait for it
+    // (tests/gpus.rs, features/gpu/release.feature) is cut short here.
+    config.gpu.release_timeout_ms = 300;
     let inventory: Arc<dyn GpuInventory> = Arc::new(FixtureInventory::new(&fixture));
     Harness::start_in(dir, &config, inventory).await
 }

@@ -79,6 +79,8 @@ error_codes! {
     InsufficientVram => "INSUFFICIENT_VRAM",
     /// The pool's circuit breaker is open.
     CircuitOpen => "CIRCUIT_OPEN",
+    /// A GPU of the pool's device mask is quarantined after repeated hardware faults.
+    GpuQuarantined => "GPU_QUARANTINED",
     /// The journal cannot take writes now; nothing was recorded.
     JournalUnavailable => "JOURNAL_UNAVAILABLE",
     /// A seq before the earliest one retention keeps.

@@ -98,6 +98,13 @@ pub enum Command {
         /// Who asked (recorded).
         by: String,
     },
+    /// End a GPU's quarantine (`POST /v2/gpus/{uuid}/unquarantine`).
+    UnquarantineGpu {
+        /// The GPU.
+        gpu_uuid: String,
+        /// Who asked (recorded).
+        by: String,
+    },
     /// Stop the engine and forget the pool.
     Remove {
         /// The pool.

@@ -20,8 +20,9 @@ use crate::ids::{LeaseId, PoolId};
 ///   `UntrackedEngineStopped` (start-up's reconciliation of the runtime directory).
 /// - 4: the engine's identity survives launchers and upgrades: `EngineSpawned` gains
 ///   `boot_id`, `HealthCheckPassed` gains `exe` (both reshaped: older records are upcast with
-///   `None`); the start failure `PortInUse`, the exit reason `ExitReason::Stalled` and the
-///   events `GpuMemoryReleased` and `GpuMemoryStuck` are appended.
+///   `None`); the start failure `PortInUse`, the exit reason `ExitReason::Stalled`, the
+///   events `GpuMemoryReleased` and `GpuMemoryStuck`, and GPU quarantine's `GpuQuarantined`,
+///   `GpuUnquarantined` and `RestartHeld` are appended.
 ///
 /// Versions 2 and 3 only appended variants; version 4 reshaped two, so a record of an older
 /// version decodes through the frozen shapes of the schema's upcaster in `src/schema.rs`.
@@ -667,6 +668,31 @@ pub enum Event {
         /// The memory not back, in bytes.
         bytes: u64,
     },
+    /// *extra*, node: hardware-class faults of a GPU (see `gpu::is_hardware_xid`, driver
+    /// resets) reached `[gpu] quarantine_after` within `[gpu] quarantine_window_ms`: no pool
+    /// whose mask covers it starts until `GpuUnquarantined`. Appended (format version 4).
+    GpuQuarantined {
+        /// The GPU.
+        gpu_uuid: String,
+        /// Its hardware faults within the window.
+        faults: u32,
+    },
+    /// *extra*, node: an operator ended a GPU's quarantine (`POST
+    /// /v2/gpus/{uuid}/unquarantine`); its fault count starts again from zero. Appended
+    /// (format version 4).
+    GpuUnquarantined {
+        /// The GPU.
+        gpu_uuid: String,
+        /// Who (from the API).
+        by: String,
+    },
+    /// *extra*: the pool's failure is not restarted (nor a breaker trial started) because its
+    /// mask covers a quarantined GPU; the pool is failed, `last_error` says why, until a
+    /// preload after the GPU's `GpuUnquarantined`. Appended (format version 4).
+    RestartHeld {
+        /// The quarantined GPU.
+        gpu_uuid: String,
+    },
 }
 
 /// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
@@ -728,6 +754,9 @@ impl Event {
             Event::UntrackedEngineStopped { .. } => "UntrackedEngineStopped",
             Event::GpuMemoryReleased { .. } => "GpuMemoryReleased",
             Event::GpuMemoryStuck { .. } => "GpuMemoryStuck",
+            Event::GpuQuarantined { .. } => "GpuQuarantined",
+            Event::GpuUnquarantined { .. } => "GpuUnquarantined",
+            Event::RestartHeld { .. } => "RestartHeld",
         }
     }
 
@@ -740,6 +769,8 @@ impl Event {
             | Event::MigInventoryObserved { .. }
             | Event::JournalLossAccepted { .. }
             | Event::UntrackedEngineStopped { .. }
+            | Event::GpuQuarantined { .. }
+            | Event::GpuUnquarantined { .. }
             | Event::PreflightFailed { .. }
             | Event::GpuXidObserved { .. }
             | Event::DriverResetObserved { .. }

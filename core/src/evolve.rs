@@ -10,11 +10,12 @@ use crate::engine::SLOTS_MAX;
 use crate::event::{
     Event, ExitReason, FailureClass, ReloadStage, Scope, Stamp, StartPurpose, StopReason,
 };
-use crate::gpu::MIG_DEVICES_MAX;
+use crate::gpu::{is_hardware_xid, GPU_FAULTS_MAX, MIG_DEVICES_MAX};
 use crate::ids::PoolId;
 use crate::policy::RESTART_WINDOW_CAP;
 use crate::state::{
-    Activity, Breaker, Drain, EngineProcess, Pool, Reload, RestartMark, StartKind, State,
+    Activity, Breaker, Drain, EngineProcess, Node, Pool, Quarantine, Reload, RestartMark,
+    StartKind, State,
 };
 use crate::status::BreakerState;
 
@@ -132,9 +133,30 @@ fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
             node.mig_devices = devices.iter().take(MIG_DEVICES_MAX).cloned().collect();
         }
         Event::PreflightFailed { reason } => node.preflight_error = Some(reason.clone()),
-        Event::GpuXidObserved { .. } => node.xid_total = node.xid_total.saturating_add(1),
-        Event::DriverResetObserved { .. } => {
-            node.driver_reset_total = node.driver_reset_total.saturating_add(1)
+        Event::GpuXidObserved { gpu_uuid, xid } => {
+            node.xid_total = node.xid_total.saturating_add(1);
+            if is_hardware_xid(*xid) {
+                note_gpu_fault(node, gpu_uuid, stamp.ts_ms);
+            }
+        }
+        Event::DriverResetObserved { gpu_uuid } => {
+            node.driver_reset_total = node.driver_reset_total.saturating_add(1);
+            note_gpu_fault(node, gpu_uuid, stamp.ts_ms);
+        }
+        Event::GpuQuarantined { gpu_uuid, faults } => {
+            // At most `GPUS_MAX` GPUs are quarantined (a bound, not a rule: the node has no more).
+            let room = node.quarantined.len() < GPUS_MAX;
+            if room || node.quarantined.contains_key(gpu_uuid) {
+                let quarantine = Quarantine {
+                    since_ms: stamp.ts_ms,
+                    faults: *faults,
+                };
+                node.quarantined.insert(gpu_uuid.clone(), quarantine);
+            }
+        }
+        Event::GpuUnquarantined { gpu_uuid, .. } => {
+            node.quarantined.remove(gpu_uuid);
+            node.gpu_faults.remove(gpu_uuid);
         }
         Event::HandoffRejected {
             file,
@@ -148,6 +170,29 @@ fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
         | Event::GpuMemoryReleased { .. }
         | Event::GpuMemoryStuck { .. } => {}
         _ => {}
+    }
+}
+
+/// A pool's `last_error` while its restarts are held by a quarantined GPU.
+pub fn restart_held_message(gpu_uuid: &str) -> String {
+    format!(
+        "GPU_QUARANTINED: GPU {gpu_uuid} is quarantined after repeated hardware faults, so the \
+         pool is not restarted on it; preload it with a device mask without that GPU, or end \
+         the quarantine (POST /v2/gpus/{gpu_uuid}/unquarantine) and preload it again"
+    )
+}
+
+/// Records a hardware fault of a GPU at `at_ms` (the newest `GPU_FAULTS_MAX` are kept, for
+/// at most `GPUS_MAX` GPUs).
+fn note_gpu_fault(node: &mut Node, gpu_uuid: &str, at_ms: u64) {
+    if !node.gpu_faults.contains_key(gpu_uuid) && node.gpu_faults.len() >= GPUS_MAX {
+        return;
+    }
+    let times = node.gpu_faults.entry(gpu_uuid.to_string()).or_default();
+    times.push(at_ms);
+    if times.len() > GPU_FAULTS_MAX {
+        let excess = times.len() - GPU_FAULTS_MAX;
+        times.drain(..excess);
     }
 }
 
@@ -243,6 +288,13 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         }
         Event::BackoffReset { .. } => return on_backoff_reset(pool, event),
         Event::VramUsageObserved { used_bytes, .. } => pool.vram_used_bytes = Some(*used_bytes),
+        Event::RestartHeld { gpu_uuid } => {
+            if pool.process.is_none() {
+                pool.activity = Activity::Failed;
+            }
+            pool.backoff_reset_at_ms = None;
+            pool.last_error = Some(restart_held_message(gpu_uuid));
+        }
         // Node events and PoolRemoved never reach here.
         _ => return false,
     }

@@ -25,6 +25,20 @@ pub const SPLIT_UNITS: u32 = 10_000;
 /// How far from 1 the sum of explicit `tensor_split` ratios may be.
 pub const SPLIT_SUM_TOLERANCE: f64 = 1e-3;
 
+/// The Xids of a failing GPU rather than of a failing application (NVIDIA's Xid catalog):
+/// 48 double-bit ECC, 63/64 ECC page retirement or row remapping (recorded, failed), 74 NVLink,
+/// 79 fallen off the bus, 92 high single-bit ECC rate, 94/95 contained/uncontained ECC,
+/// 119/120 GSP. Application Xids (13, 31, 43, ...) are not among them.
+pub const HARDWARE_XIDS: [u32; 10] = [48, 63, 64, 74, 79, 92, 94, 95, 119, 120];
+
+/// The most hardware fault times kept per GPU (`[gpu] quarantine_after` is capped to it).
+pub const GPU_FAULTS_MAX: usize = 64;
+
+/// Whether `xid` is a hardware-class fault of the GPU (counted towards its quarantine).
+pub fn is_hardware_xid(xid: u32) -> bool {
+    HARDWARE_XIDS.contains(&xid)
+}
+
 /// The longest mask entry quoted in a message, in bytes.
 const ENTRY_QUOTE_MAX: usize = 80;
 

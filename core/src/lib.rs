@@ -71,8 +71,8 @@ pub use gpu::{
 pub use ids::{InvalidLeaseId, InvalidPoolId, LeaseId, PoolId};
 pub use policy::{
     backoff_delay_ms, restart_delay_ms, BackoffPolicy, BreakerPolicy, HealthPolicy, Policy,
-    ReasonMultiplier, StopPolicy, StormPolicy,
+    QuarantinePolicy, ReasonMultiplier, StopPolicy, StormPolicy,
 };
 pub use rejection::Rejection;
-pub use state::{Activity, Pool, State, STATE_SNAPSHOT_VERSION};
+pub use state::{Activity, Pool, Quarantine, State, STATE_SNAPSHOT_VERSION};
 pub use status::{BreakerState, Phase, PoolStatus};

@@ -37,6 +37,27 @@ pub struct Policy {
     pub breaker: BreakerPolicy,
     /// Restart storms.
     pub storm: StormPolicy,
+    /// GPU quarantine (`[gpu] quarantine_after`, `quarantine_window_ms`).
+    pub quarantine: QuarantinePolicy,
+}
+
+/// When a GPU is quarantined: `after` hardware-class faults within `window_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantinePolicy {
+    /// Hardware faults that quarantine a GPU (1..=`gpu::GPU_FAULTS_MAX`).
+    pub after: u32,
+    /// The sliding window they are counted in, in ms (>= 1).
+    pub window_ms: u64,
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        QuarantinePolicy {
+            after: 3,
+            window_ms: 3_600_000,
+        }
+    }
 }
 
 /// `[health]`.
@@ -286,6 +307,15 @@ impl Policy {
             return Err("health.failures_to_crash must be >= 1".into());
         }
         self.health.validate_progress()?;
+        let faults_max = crate::gpu::GPU_FAULTS_MAX;
+        if self.quarantine.after == 0 || self.quarantine.after as usize > faults_max {
+            return Err(format!(
+                "gpu.quarantine_after must be within 1..={faults_max}"
+            ));
+        }
+        if self.quarantine.window_ms == 0 {
+            return Err("gpu.quarantine_window_ms must be > 0".into());
+        }
         if !(b.factor.is_finite() && b.factor >= 1.0 && b.factor <= 100.0) {
             return Err("backoff.factor must be within 1.0..=100.0".into());
         }

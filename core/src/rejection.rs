@@ -87,6 +87,14 @@ pub enum Rejection {
         /// Until it half-opens.
         retry_after_ms: u64,
     },
+    /// The device mask covers a quarantined GPU (`GPU_QUARANTINED`); no mask covers every GPU.
+    #[error("pool '{pool_id}': GPU {gpu_uuid} is quarantined after repeated hardware faults (Xid, ECC, driver resets) and no engine starts on it; choose other GPUs with prepared.device_mask, or end the quarantine once the GPU is repaired (POST /v2/gpus/{gpu_uuid}/unquarantine)")]
+    GpuQuarantined {
+        /// The pool.
+        pool_id: String,
+        /// The quarantined GPU.
+        gpu_uuid: String,
+    },
     /// The engine needs more VRAM than the devices of its mask have free (`INSUFFICIENT_VRAM`,
     /// OC-POOL-3002); decided before anything is spawned.
     #[error("pool '{pool_id}' needs {} of VRAM{note} but {devices} {} {} free; free VRAM there (stop or remove a pool using it), choose other GPUs with prepared.device_mask, or lower prepared.vram_required_bytes", crate::gpu::format_bytes(*.required_bytes), if .devices.contains(", ") { "have" } else { "has" }, crate::gpu::format_bytes(*.available_bytes))]
@@ -142,6 +150,7 @@ impl Rejection {
             Rejection::PoolUnready { .. } => ErrorCode::PoolUnready,
             Rejection::GpuRequired { .. } => ErrorCode::GpuRequired,
             Rejection::CircuitOpen { .. } => ErrorCode::CircuitOpen,
+            Rejection::GpuQuarantined { .. } => ErrorCode::GpuQuarantined,
             Rejection::InsufficientVram { .. } | Rejection::InsufficientRam { .. } => {
                 ErrorCode::InsufficientVram
             }

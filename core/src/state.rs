@@ -20,8 +20,9 @@ use crate::status::{BreakerState, PoolStatus};
 
 /// The format version of [`State`] snapshots; bump it when `State` changes shape (an old
 /// snapshot is then ignored and the journal replayed in full).
-/// 2: `Node::mig_devices`. 3: `EngineProcess::boot_id` and `exe`.
-pub const STATE_SNAPSHOT_VERSION: u8 = 3;
+/// 2: `Node::mig_devices`. 3: `EngineProcess::boot_id` and `exe`. 4: `Node::gpu_faults` and
+/// `quarantined`.
+pub const STATE_SNAPSHOT_VERSION: u8 = 4;
 
 /// The registry: all pools plus node-level facts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -62,6 +63,20 @@ pub struct Node {
     pub driver_reset_total: u64,
     /// The last invalid handoff: (file, field, reason).
     pub last_handoff_rejection: Option<(String, String, String)>,
+    /// Per GPU UUID: when its recent hardware-class faults (hardware Xids, driver resets) were
+    /// recorded, oldest first, at most `gpu::GPU_FAULTS_MAX`; emptied by `GpuUnquarantined`.
+    pub gpu_faults: BTreeMap<String, Vec<u64>>,
+    /// Quarantined GPUs, by UUID.
+    pub quarantined: BTreeMap<String, Quarantine>,
+}
+
+/// A GPU taken out of service (`GpuQuarantined`) until an operator ends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// When.
+    pub since_ms: u64,
+    /// The hardware faults within the window that caused it.
+    pub faults: u32,
 }
 
 impl Node {
@@ -71,6 +86,22 @@ impl Node {
             gpus: &self.gpus,
             mig_devices: &self.mig_devices,
         }
+    }
+
+    /// Hardware faults of `gpu_uuid` recorded at or after `since_ms`.
+    pub fn gpu_faults_since(&self, gpu_uuid: &str, since_ms: u64) -> u32 {
+        let count = self.gpu_faults.get(gpu_uuid).map_or(0, |times| {
+            times.iter().filter(|&&at| at >= since_ms).count()
+        });
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
+    /// The first quarantined GPU that a pool with `mask` may be using (no mask: every GPU).
+    pub fn quarantined_gpu(&self, mask: Option<&str>) -> Option<&str> {
+        self.quarantined
+            .keys()
+            .find(|uuid| crate::gpu::mask_covers_in(mask, uuid, self.inventory()))
+            .map(String::as_str)
     }
 }
 

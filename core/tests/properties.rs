@@ -278,6 +278,14 @@ fn arb_event() -> impl Strategy<Value = Event> {
         (pid, any::<u64>())
             .prop_map(|(pid, used_bytes)| Event::VramUsageObserved { pid, used_bytes }),
         arb_loss_marker(),
+        ("GPU-[ab]", any::<u32>())
+            .prop_map(|(gpu_uuid, faults)| Event::GpuQuarantined { gpu_uuid, faults }),
+        "GPU-[ab]".prop_map(|gpu_uuid| Event::GpuUnquarantined {
+            gpu_uuid,
+            by: "ops".into()
+        }),
+        "GPU-[ab]".prop_map(|gpu_uuid| Event::DriverResetObserved { gpu_uuid }),
+        "GPU-[ab]".prop_map(|gpu_uuid| Event::RestartHeld { gpu_uuid }),
     ]
 }
 
@@ -325,7 +333,7 @@ fn arb_journal(max: usize) -> impl Strategy<Value = Vec<(u64, u64, Option<&'stat
 /// An abstract action resolved against the current state, so that random drives reach deep
 /// states (spawn results carry the right token, exits the right pid, timers the right token).
 fn arb_action() -> impl Strategy<Value = (u8, usize, u64, ExitReason)> {
-    (0u8..55, 0usize..3, any::<u64>(), arb_reason())
+    (0u8..57, 0usize..3, any::<u64>(), arb_reason())
 }
 
 fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason)) -> Input {
@@ -535,6 +543,13 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             pid: if x % 4 == 0 { (x % 3) as u32 } else { pid },
             detail: "slot 0 processing, nothing moved".into(),
         }),
+        55 => obs(Observation::DriverReset {
+            gpu_uuid: ["GPU-a", "GPU-b"][(x % 2) as usize].into(),
+        }),
+        56 => cmd(Command::UnquarantineGpu {
+            gpu_uuid: ["GPU-a", "GPU-b"][(x % 2) as usize].into(),
+            by: "ops".into(),
+        }),
         28 => obs(Observation::DaemonStarted {
             version: "v".into(),
             pid: 1,
@@ -589,6 +604,22 @@ fn assert_breaker_obeyed(state: &State, fact: &Fact) {
     }
 }
 
+/// Nothing starts on a quarantined GPU: no preload or start of any purpose is requested for
+/// an engine whose mask covers one, as the facts before it in its batch left the node.
+fn assert_quarantine_obeyed(state: &State, fact: &Fact) {
+    let engine = match &fact.event {
+        Event::PreloadRequested { engine } | Event::EngineStartRequested { engine, .. } => engine,
+        _ => return,
+    };
+    assert_eq!(
+        state.node.quarantined_gpu(engine.device_mask.as_deref()),
+        None,
+        "{:?} of pool {:?} on a quarantined GPU",
+        fact.event.kind(),
+        fact.pool_id
+    );
+}
+
 fn drive(actions: &[Step]) -> (Journal, Vec<State>) {
     let policy = Policy::default();
     let mut state = State::default();
@@ -610,6 +641,7 @@ fn drive(actions: &[Step]) -> (Journal, Vec<State>) {
                     "decide produced a loss marker: only `journal repair` writes one"
                 );
                 assert_breaker_obeyed(&state, &fact);
+                assert_quarantine_obeyed(&state, &fact);
                 let seq = state.last_seq() + 1;
                 let stamp = Stamp {
                     seq,
@@ -846,4 +878,44 @@ fn a_crash_loop_starts_nothing_while_its_breaker_is_open() {
     for want in ["CircuitOpened", "CircuitHalfOpened", "EngineStartRequested"] {
         assert!(kinds.contains(&want), "{want} never reached: {kinds:?}");
     }
+}
+
+#[test]
+fn a_drive_with_failing_gpus_starts_nothing_on_a_quarantined_one() {
+    // Lifecycle actions mixed with driver resets, Xids and unquarantines, seconds apart: GPUs
+    // are quarantined and released again while pools start, fail and restart on them; every
+    // step checks that no start is requested on a quarantined GPU.
+    let mut x: u64 = 0x0bad_6e00;
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let kinds = [
+        48, 50, 51, 52, 0, 10, 13, 15, 17, 18, 21, 22, 8, 6, 23, 26, 55, 55, 55, 56,
+    ];
+    let actions: Vec<_> = (0..4000)
+        .map(|_| {
+            let kind = kinds[(next() % kinds.len() as u64) as usize];
+            let pool = (next() % 3) as usize;
+            (
+                (kind, pool, next(), ExitReason::Crash),
+                next() % 20_000,
+                next(),
+            )
+        })
+        .collect();
+    let (journal, states) = drive(&actions);
+    let reached: Vec<&str> = journal.iter().map(|j| j.3.kind()).collect();
+    for want in [
+        "GpuQuarantined",
+        "RestartHeld",
+        "GpuUnquarantined",
+        "PoolReady",
+    ] {
+        assert!(reached.contains(&want), "{want} never reached");
+    }
+    assert_eq!(replay(&journal, State::default()), *states.last().unwrap());
 }

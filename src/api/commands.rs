@@ -81,7 +81,7 @@ pub(super) struct PreloadAccepted {
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`INVALID_DEVICE_MASK`, `MODEL_NOT_FOUND`", body = ApiErrorBody),
         (status = 500, description = "`SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`, `CPU_SPILLOVER`, `PORT_IN_USE`; `INTERNAL` (journal failure)", body = ApiErrorBody),
-        (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN` (with `Retry-After`); `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody, headers(("Retry-After" = u64, description = "With `CIRCUIT_OPEN`: whole seconds (rounded up, at least 1) until the breaker half-opens; with `POOL_UNREADY` while the pool is in backoff: until its restart is due"))),
+        (status = 503, description = "`GPU_REQUIRED`, `INSUFFICIENT_VRAM`, `CIRCUIT_OPEN` (with `Retry-After`), `GPU_QUARANTINED` (a GPU of the mask, or any GPU for a pool without one, is quarantined: no `Retry-After`, it lasts until `POST /v2/gpus/{uuid}/unquarantine`); `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody, headers(("Retry-After" = u64, description = "With `CIRCUIT_OPEN`: whole seconds (rounded up, at least 1) until the breaker half-opens; with `POOL_UNREADY` while the pool is in backoff: until its restart is due"))),
         (status = 504, description = "`INTERNAL`: the wait gave up (the preload goes on)", body = ApiErrorBody),
     )
 )]

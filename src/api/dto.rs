@@ -264,6 +264,21 @@ pub struct Gpu {
     pub mig_devices: Vec<MigDevice>,
     /// Compute processes on the whole GPU.
     pub processes: Vec<GpuProcess>,
+    /// Quarantined after repeated hardware faults (`GpuQuarantined`): no engine starts on it
+    /// until `POST /v2/gpus/{uuid}/unquarantine`.
+    pub quarantined: bool,
+    /// Since when (ms since the epoch), while quarantined.
+    pub quarantined_since_ms: Option<u64>,
+}
+
+impl Gpu {
+    /// With the quarantine the registry records for it.
+    pub fn with_quarantine(mut self, node: &pool_core::state::Node) -> Gpu {
+        let quarantine = node.quarantined.get(&self.uuid);
+        self.quarantined = quarantine.is_some();
+        self.quarantined_since_ms = quarantine.map(|q| q.since_ms);
+        self
+    }
 }
 
 impl From<crate::gpu::Gpu> for Gpu {
@@ -290,6 +305,8 @@ impl From<crate::gpu::Gpu> for Gpu {
             vram_free_bytes,
             mig_devices: mig_devices.into_iter().map(MigDevice::from).collect(),
             processes: processes.into_iter().map(GpuProcess::from).collect(),
+            quarantined: false,
+            quarantined_since_ms: None,
         }
     }
 }

@@ -57,7 +57,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PoolUnready
         | ErrorCode::GpuRequired
         | ErrorCode::InsufficientVram
-        | ErrorCode::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+        | ErrorCode::CircuitOpen
+        | ErrorCode::GpuQuarantined => StatusCode::SERVICE_UNAVAILABLE,
         // The journal cannot take writes (a full, read-only or failing disk): nothing was
         // recorded; the daemon retries by itself.
         ErrorCode::JournalUnavailable => StatusCode::SERVICE_UNAVAILABLE,

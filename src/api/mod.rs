@@ -13,7 +13,8 @@
 //!   `DELETE .../leases/{lease_id}`, `POST .../drain`, `POST .../reload` (waits),
 //!   `POST .../stop`,
 //!   `POST .../breaker/reset`, `DELETE /v2/pools/{id}`, `GET .../events`
-//! - `GET /v2/gpus` (`gpus.rs`: the last GPU reading, with each process's pool)
+//! - `GET /v2/gpus` (`gpus.rs`: the last GPU reading, with each process's pool and each GPU's
+//!   quarantine), `POST /v2/gpus/{uuid}/unquarantine`
 //! - compatibility: `POST /pools/{id}/preload`, `GET|POST /pools/{id}/status`
 //! - `GET /openapi.json` (`openapi.rs`: the OpenAPI document, generated from the handlers'
 //!   `#[utoipa::path]` attributes; a test fails when a route here is not documented)
@@ -148,6 +149,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/pools/{id}/handoff", post(commands::register_handoff)) // handoff route
         .route("/v2/events", get(events::events))
         .route("/v2/gpus", get(gpus::list))
+        .route("/v2/gpus/{uuid}/unquarantine", post(gpus::unquarantine))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics::scrape))
         .route("/pools/{id}/preload", post(commands::preload))

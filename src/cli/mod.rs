@@ -13,7 +13,7 @@
 mod cluster;
 mod demo;
 mod fleet;
-mod gpus;
+pub(crate) mod gpus;
 mod journal;
 mod nats;
 mod replay;

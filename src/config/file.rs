@@ -341,6 +341,7 @@ pub(super) fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result
         backoff: file.backoff.clone(),
         breaker: file.breaker.clone(),
         storm: file.storm.clone(),
+        quarantine: file.gpu.quarantine(),
     };
     if let Err(message) = policy.validate() {
         // pool-core's messages start with the dotted key: "health.preload_interval_ms must be > 0".

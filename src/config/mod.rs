@@ -301,6 +301,7 @@ impl Config {
             backoff: self.backoff.clone(),
             breaker: self.breaker.clone(),
             storm: self.storm.clone(),
+            quarantine: self.gpu.quarantine(),
         }
     }
 
@@ -332,6 +333,8 @@ impl Config {
                 allow_sharing: self.gpu.allow_sharing,
                 release_timeout_ms: self.gpu.release_timeout_ms,
                 release_slack_bytes: self.gpu.release_slack_bytes,
+                quarantine_after: self.gpu.quarantine_after,
+                quarantine_window_ms: self.gpu.quarantine_window_ms,
             },
             engines: self.engines.clone(),
             cluster: self.cluster.clone(),

@@ -10,6 +10,7 @@ use super::{
     GPU_PLACEMENT_TIMEOUT_MS_MAX, GPU_POLL_INTERVAL_MS_MAX, GPU_RELEASE_TIMEOUT_MS_MAX,
     SEGMENT_RECORDS_MAX,
 };
+use pool_core::QuarantinePolicy;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -160,9 +161,23 @@ pub struct GpuSettings {
     /// How much of the last engine's memory may still show as used when it counts as freed
     /// (bytes per GPU; the driver's own bookkeeping moves a little).
     pub release_slack_bytes: u64,
+    /// Hardware-class faults of one GPU (hardware Xids, uncorrectable ECC, driver resets)
+    /// within `quarantine_window_ms` that quarantine it: no engine starts on it until
+    /// `POST /v2/gpus/{uuid}/unquarantine`. 1..=64.
+    pub quarantine_after: u32,
+    /// The sliding window of `quarantine_after`, in ms (>= 1).
+    pub quarantine_window_ms: u64,
 }
 
 impl GpuSettings {
+    /// The quarantine policy of these settings (for the core).
+    pub fn quarantine(&self) -> QuarantinePolicy {
+        QuarantinePolicy {
+            after: self.quarantine_after,
+            window_ms: self.quarantine_window_ms,
+        }
+    }
+
     /// `Err((key, message))` for a value out of bounds.
     pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.poll_interval_ms == 0 || self.poll_interval_ms > GPU_POLL_INTERVAL_MS_MAX {
@@ -207,6 +222,8 @@ impl Default for GpuSettings {
             allow_sharing: false,
             release_timeout_ms: DEFAULT_GPU_RELEASE_TIMEOUT_MS,
             release_slack_bytes: DEFAULT_GPU_RELEASE_SLACK_BYTES,
+            quarantine_after: QuarantinePolicy::default().after,
+            quarantine_window_ms: QuarantinePolicy::default().window_ms,
         }
     }
 }

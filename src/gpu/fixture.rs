@@ -21,7 +21,8 @@
 //!
 //! `mig_devices`, `processes`, `xids` and `driver_resets` are optional; unknown fields are
 //! refused. The shape is that of `GET /v2/gpus` (whose answer can be saved as a fixture: a
-//! MIG device's `parent_index` and a process's `pool_id` are accepted, the latter ignored). Indexes and UUIDs must be unique. Each listed Xid is reported once (append to the
+//! MIG device's `parent_index`, a process's `pool_id` and a GPU's `quarantined` and
+//! `quarantined_since_ms` are accepted, all but the first ignored). Indexes and UUIDs must be unique. Each listed Xid is reported once (append to the
 //! list to report another); `driver_resets` is a count, each increment reported once.
 //!
 //! Owns: reading and validating the file, and remembering which faults it has reported.
@@ -60,6 +61,13 @@ struct FixtureGpu {
     xids: Vec<u32>,
     #[serde(default)]
     driver_resets: u32,
+    /// Accepted so that a `GET /v2/gpus` answer can be saved as a fixture; ignored (the
+    /// quarantine is the registry's, from the journal).
+    #[serde(default, rename = "quarantined")]
+    _quarantined: Option<bool>,
+    /// As `quarantined`.
+    #[serde(default, rename = "quarantined_since_ms")]
+    _quarantined_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,7 +80,7 @@ pub fn render_gauges(state: &State, gpus: &[GpuInfo], replay_seconds: f64) -> St
     let families = pool_families(state)
         .into_iter()
         .chain(gpu_families(gpus))
-        .chain([last_seq, replay]);
+        .chain([quarantine_family(state, gpus), last_seq, replay]);
     for family in families {
         if !family.samples.is_empty() {
             family.write(&mut out);
@@ -149,6 +149,37 @@ fn gpu_families(gpus: &[GpuInfo]) -> [Family; 2] {
         vram_free.samples.push((labels, gpu.vram_free_bytes as f64));
     }
     [vram_total, vram_free]
+}
+
+/// `gpu_quarantined`: 1 for a quarantined GPU, 0 for the others of the reading (a
+/// quarantined GPU missing from the reading is listed without its index).
+fn quarantine_family(state: &State, gpus: &[GpuInfo]) -> Family {
+    let mut family = Family::new(
+        "gpu_quarantined",
+        "Whether a GPU is quarantined after repeated hardware faults (1) or not (0).",
+    );
+    let quarantined = &state.node.quarantined;
+    let mut by_index: BTreeMap<(u32, &str), &GpuInfo> = BTreeMap::new();
+    for gpu in gpus {
+        by_index.insert((gpu.index, gpu.uuid.as_str()), gpu);
+    }
+    for gpu in by_index.values() {
+        let labels = format!("gpu=\"{}\",index=\"{}\"", escape(&gpu.uuid), gpu.index);
+        let value = if quarantined.contains_key(&gpu.uuid) {
+            1.0
+        } else {
+            0.0
+        };
+        family.samples.push((labels, value));
+    }
+    for uuid in quarantined.keys() {
+        if !gpus.iter().any(|gpu| gpu.uuid == *uuid) {
+            family
+                .samples
+                .push((format!("gpu=\"{}\"", escape(uuid)), 1.0));
+        }
+    }
+    family
 }
 
 /// The journal's own series, from its health and usage (read at each scrape). Pure.

@@ -374,3 +374,31 @@ fn gpu_labels_and_escaping() {
         "{text}"
     );
 }
+
+#[test]
+fn a_quarantined_gpu_is_1_the_others_0() {
+    let gpu = |index: u32, uuid: &str| GpuInfo {
+        index,
+        uuid: uuid.into(),
+        name: "n".into(),
+        compute_capability: "9.0".into(),
+        vram_total_bytes: 100,
+        vram_free_bytes: 40,
+    };
+    let mut state = State::default();
+    for uuid in ["GPU-a", "GPU-gone"] {
+        let quarantine = pool_core::Quarantine {
+            since_ms: 1,
+            faults: 3,
+        };
+        state.node.quarantined.insert(uuid.into(), quarantine);
+    }
+    let text = render_gauges(&state, &[gpu(0, "GPU-a"), gpu(1, "GPU-b")], 0.0);
+    for line in [
+        "gpu_quarantined{gpu=\"GPU-a\",index=\"0\"} 1\n",
+        "gpu_quarantined{gpu=\"GPU-b\",index=\"1\"} 0\n",
+        "gpu_quarantined{gpu=\"GPU-gone\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}

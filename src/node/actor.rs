@@ -564,6 +564,6 @@ pub(super) fn input_pool(input: &Input) -> Option<PoolId> {
             | Command::ResetBreaker { pool_id, .. }
             | Command::RegisterHandoff { pool_id, .. },
         ) => Some(pool_id.clone()),
-        Input::Observation(_) => None,
+        Input::Command(Command::UnquarantineGpu { .. }) | Input::Observation(_) => None,
     }
 }

@@ -19,6 +19,7 @@ pub(super) fn decide_command(d: &mut Decision<'_, '_>, command: &Command) -> Res
         Command::Stop { .. } => on_stop(d, command)?,
         Command::Remove { .. } => on_remove(d, command)?,
         Command::ResetBreaker { .. } => on_reset_breaker(d, command)?,
+        Command::UnquarantineGpu { .. } => on_unquarantine_gpu(d, command)?,
         Command::RegisterHandoff { .. } => on_register_handoff(d, command)?,
     }
     Ok(())
@@ -48,6 +49,12 @@ fn on_preload(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejecti
     }
     let devices = placement::devices(pool_id, engine, d.node().inventory())?;
     placement::check_split_syntax(engine, devices.as_deref())?;
+    if let Some(gpu_uuid) = d.node().quarantined_gpu(engine.device_mask.as_deref()) {
+        return Err(Rejection::GpuQuarantined {
+            pool_id: pool_id.to_string(),
+            gpu_uuid: gpu_uuid.to_string(),
+        });
+    }
     if let Some(pool) = d.pool(pool_id) {
         if pool.busy() {
             return Err(busy(pool));
@@ -302,6 +309,14 @@ fn on_reset_breaker(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), R
             (Activity::Failed, Some(engine)) => Some(engine.clone()),
             _ => None,
         });
+    let held = restart
+        .as_ref()
+        .and_then(|engine| d.node().quarantined_gpu(engine.device_mask.as_deref()))
+        .map(str::to_string);
+    if let Some(gpu_uuid) = held {
+        d.push(Some(pool_id), Event::RestartHeld { gpu_uuid });
+        return Ok(());
+    }
     if let Some(engine) = restart {
         d.push(
             Some(pool_id),
@@ -312,6 +327,43 @@ fn on_reset_breaker(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), R
             },
         );
     }
+
+    Ok(())
+}
+
+fn on_unquarantine_gpu(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejection> {
+    let Command::UnquarantineGpu { gpu_uuid, by } = command else {
+        return Ok(());
+    };
+    if by.len() > 256 {
+        return Err(invalid("by must be at most 256 bytes"));
+    }
+    let node = d.node();
+    let Some(quarantined) = node
+        .quarantined
+        .keys()
+        .find(|uuid| uuid.eq_ignore_ascii_case(gpu_uuid))
+        .cloned()
+    else {
+        if node
+            .gpus
+            .iter()
+            .any(|gpu| gpu.uuid.eq_ignore_ascii_case(gpu_uuid))
+        {
+            return Ok(()); // not quarantined: nothing to end
+        }
+        return Err(invalid(format!(
+            "no GPU '{}' on this node; GET /v2/gpus lists the GPUs and their UUIDs",
+            tail(gpu_uuid, 80)
+        )));
+    };
+    d.push(
+        None,
+        Event::GpuUnquarantined {
+            gpu_uuid: quarantined,
+            by: by.clone(),
+        },
+    );
 
     Ok(())
 }

@@ -54,6 +54,13 @@ pub(super) fn after_stop(d: &mut Decision<'_, '_>, pool_id: &PoolId, reason: &St
                 },
             );
             if let Some(engine) = next {
+                if let Some(gpu_uuid) = held_by_quarantine(d, &engine) {
+                    let why =
+                        format!("GPU {gpu_uuid} is quarantined; the new engine is not started");
+                    cancel_reload(d, pool_id, &why);
+                    d.push(Some(pool_id), Event::RestartHeld { gpu_uuid });
+                    return;
+                }
                 d.push(
                     Some(pool_id),
                     Event::EngineStartRequested {
@@ -105,6 +112,12 @@ pub(super) fn supervise(d: &mut Decision<'_, '_>, pool_id: &PoolId, reason: Exit
     let policy = d.ctx.policy;
     let Some(pool) = d.pool(pool_id) else { return };
     if pool.engine.is_none() {
+        return;
+    }
+    if let Some(gpu_uuid) = d.node().quarantined_gpu(pool.device_mask()) {
+        // Not restarted onto a quarantined GPU, and the breaker is left as it is.
+        let gpu_uuid = gpu_uuid.to_string();
+        d.push(Some(pool_id), Event::RestartHeld { gpu_uuid });
         return;
     }
     let sup = &pool.supervision;
@@ -284,12 +297,36 @@ pub(super) fn exit_text(
     }
 }
 
-/// Starts the old engine again after a failed reload.
+/// The quarantined GPU that `engine`'s mask covers, if any: it must not be started.
+fn held_by_quarantine(
+    d: &Decision<'_, '_>,
+    engine: &crate::engine::PreparedEngine,
+) -> Option<String> {
+    d.node()
+        .quarantined_gpu(engine.device_mask.as_deref())
+        .map(str::to_string)
+}
+
+/// Starts the old engine again after a failed reload (unless its GPU is quarantined: then
+/// the reload ends and the pool is held).
 fn start_rollback(
     d: &mut Decision<'_, '_>,
     pool_id: &PoolId,
     engine: crate::engine::PreparedEngine,
 ) {
+    if let Some(gpu_uuid) = held_by_quarantine(d, &engine) {
+        d.push(
+            Some(pool_id),
+            Event::ReloadFailed {
+                reason: format!("no rollback: GPU {gpu_uuid} is quarantined"),
+                stage: ReloadStage::RollingBack,
+                rolling_back: false,
+                pid: None,
+            },
+        );
+        d.push(Some(pool_id), Event::RestartHeld { gpu_uuid });
+        return;
+    }
     d.push(
         Some(pool_id),
         Event::EngineStartRequested {

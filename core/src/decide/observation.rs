@@ -190,6 +190,20 @@ fn health_passed(d: &mut Decision<'_, '_>, observation: &Observation) {
     let Some(pool) = d.starting_engine(pool_id, *pid, false) else {
         return;
     };
+    if let Some(gpu_uuid) = d.node().quarantined_gpu(pool.device_mask()) {
+        // The GPU was quarantined while this engine was being spawned.
+        let detail = format!("GPU {gpu_uuid} was quarantined while the engine started");
+        let failure = StartFailure::GpuFault;
+        start_failed(
+            d,
+            pool_id,
+            failure,
+            ExitReason::DriverError,
+            detail,
+            Some(*pid),
+        );
+        return;
+    }
     let prepared = pool.engine.as_ref();
     let slots = prepared
         .and_then(|e| e.slots_total)
@@ -699,11 +713,17 @@ fn gpu_xid(d: &mut Decision<'_, '_>, observation: &Observation) {
             xid: *xid,
         },
     );
+    quarantine_if_due(d, &gpu_uuid);
+    fail_pools_on(d, &gpu_uuid, &format!("NVML Xid {xid} on GPU {gpu_uuid}"));
+}
+
+/// Fails the engines (starting or ready) of every pool whose mask covers `gpu_uuid`.
+fn fail_pools_on(d: &mut Decision<'_, '_>, gpu_uuid: &str, detail: &str) {
     let inventory = d.node().inventory();
     let hit: Vec<(PoolId, bool)> = d
         .pools()
         .into_iter()
-        .filter(|p| p.process.is_some() && mask_covers_in(p.device_mask(), &gpu_uuid, inventory))
+        .filter(|p| p.process.is_some() && mask_covers_in(p.device_mask(), gpu_uuid, inventory))
         .filter_map(|p| match p.activity {
             Activity::Starting { .. } => Some((p.id.clone(), true)),
             Activity::Running => Some((p.id.clone(), false)),
@@ -711,7 +731,7 @@ fn gpu_xid(d: &mut Decision<'_, '_>, observation: &Observation) {
         })
         .collect();
     for (pool_id, starting) in hit {
-        let detail = format!("NVML Xid {xid} on GPU {gpu_uuid}");
+        let detail = detail.to_string();
         if starting {
             let pid = d.pool(&pool_id).and_then(Pool::pid);
             start_failed(
@@ -728,16 +748,64 @@ fn gpu_xid(d: &mut Decision<'_, '_>, observation: &Observation) {
     }
 }
 
+/// Quarantines `gpu_uuid` when its hardware faults within `[gpu] quarantine_window_ms` (the
+/// fault just recorded included) reach `[gpu] quarantine_after`, and holds the restarts of
+/// the pools on it that wait for one (backoff, open breaker, failed). Returns whether it was
+/// quarantined now. Their running engines are the caller's to fail.
+fn quarantine_if_due(d: &mut Decision<'_, '_>, gpu_uuid: &str) -> bool {
+    let policy = &d.ctx.policy.quarantine;
+    let since = d.now().saturating_sub(policy.window_ms);
+    let node = d.node();
+    let faults = node.gpu_faults_since(gpu_uuid, since);
+    if faults < policy.after || node.quarantined.contains_key(gpu_uuid) {
+        return false;
+    }
+    let gpu_uuid = gpu_uuid.to_string();
+    d.push(
+        None,
+        Event::GpuQuarantined {
+            gpu_uuid: gpu_uuid.clone(),
+            faults,
+        },
+    );
+    let inventory = d.node().inventory();
+    let waiting: Vec<PoolId> = d
+        .pools()
+        .into_iter()
+        .filter(|p| p.engine.is_some() && p.process.is_none())
+        .filter(|p| {
+            matches!(
+                p.activity,
+                Activity::Backoff { .. } | Activity::CircuitOpen | Activity::Failed
+            )
+        })
+        .filter(|p| mask_covers_in(p.device_mask(), &gpu_uuid, inventory))
+        .map(|p| p.id.clone())
+        .collect();
+    for pool_id in waiting {
+        let held = Event::RestartHeld {
+            gpu_uuid: gpu_uuid.clone(),
+        };
+        d.push(Some(&pool_id), held);
+    }
+    true
+}
+
 fn driver_reset(d: &mut Decision<'_, '_>, observation: &Observation) {
     let Observation::DriverReset { gpu_uuid } = observation else {
         return;
     };
+    let gpu_uuid = tail(gpu_uuid, 256);
     d.push(
         None,
         Event::DriverResetObserved {
-            gpu_uuid: tail(gpu_uuid, 256),
+            gpu_uuid: gpu_uuid.clone(),
         },
     );
+    if quarantine_if_due(d, &gpu_uuid) {
+        let detail = format!("driver reset of GPU {gpu_uuid}, now quarantined");
+        fail_pools_on(d, &gpu_uuid, &detail);
+    }
 }
 
 fn device_mask_violation(d: &mut Decision<'_, '_>, observation: &Observation) {
@@ -909,6 +977,11 @@ fn restart_due(d: &mut Decision<'_, '_>, pool_id: &PoolId, token: u64) {
     let Some(engine) = pool.engine.clone() else {
         return;
     };
+    if let Some(gpu_uuid) = d.node().quarantined_gpu(pool.device_mask()) {
+        let gpu_uuid = gpu_uuid.to_string();
+        d.push(Some(pool_id), Event::RestartHeld { gpu_uuid });
+        return;
+    }
     d.push(
         Some(pool_id),
         Event::EngineStartRequested {
@@ -932,7 +1005,16 @@ fn half_open_due(d: &mut Decision<'_, '_>, pool_id: &PoolId, token: u64) {
         _ => None,
     };
     let attempt = pool.supervision.backoff_attempt.saturating_add(1);
+    let held = trial
+        .as_ref()
+        .and_then(|_| d.node().quarantined_gpu(pool.device_mask()))
+        .map(str::to_string);
     d.push(Some(pool_id), Event::CircuitHalfOpened);
+    if let Some(gpu_uuid) = held {
+        // No trial on a quarantined GPU: half-open, the pool waits for a preload.
+        d.push(Some(pool_id), Event::RestartHeld { gpu_uuid });
+        return;
+    }
     if let Some(engine) = trial {
         d.push(
             Some(pool_id),

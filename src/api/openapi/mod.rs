@@ -61,6 +61,7 @@ use super::{commands, events, gpus, pools};
         commands::register_handoff,
         events::events,
         gpus::list,
+        gpus::unquarantine,
         metrics,
         openapi_json,
     ),

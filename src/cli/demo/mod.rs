@@ -231,9 +231,10 @@ fn demo_config(dir: &std::path::Path, args: &DemoArgs) -> Config {
 /// The fixture's GPUs (`GET /v2/gpus`), which the pools' masks then name in turn.
 async fn show_gpus(client: &mut Client) -> anyhow::Result<()> {
     let (_, gpus) = client.call(reqwest::Method::GET, "/v2/gpus", None).await?;
+    let quarantined = crate::cli::gpus::quarantined_uuids(&gpus);
     let gpus: Vec<crate::gpu::Gpu> = serde_json::from_value(gpus).unwrap_or_default();
     println!("GPUs from the fixture (GET /v2/gpus):");
-    print!("{}", table::gpus_table(&gpus));
+    print!("{}", table::gpus_table(&gpus, Some(&quarantined)));
     client.gpus = gpus.iter().map(|g| g.info.index).collect();
     if !client.gpus.is_empty() {
         println!(

@@ -665,3 +665,99 @@ async fn last_event_has_list(
         "{path} of the last {kind} of pool '{pool}': {event}"
     );
 }
+
+/// The UUID of GPU `index` as the scenario described it.
+fn uuid_of(world: &PoolWorld, index: u32) -> String {
+    described(world)
+        .into_iter()
+        .find(|gpu| gpu.info.index == index)
+        .map(|gpu| gpu.info.uuid)
+        .unwrap_or_else(|| panic!("the node has no GPU {index}"))
+}
+
+/// Waits until the daemon has recorded `count` Xids in all.
+#[then(expr = "the daemon records {int} Xid(s)")]
+async fn records_xids(world: &mut PoolWorld, count: u64) {
+    registry_becomes(world, &format!("{count} Xids"), |state| {
+        state.node.xid_total == count
+    })
+    .await;
+}
+
+/// Waits until GPU `index` is quarantined in the registry, then checks that `GET /v2/gpus`
+/// says so.
+#[then(expr = "GPU {int} is quarantined")]
+async fn quarantined(world: &mut PoolWorld, index: u32) {
+    let uuid = uuid_of(world, index);
+    registry_becomes(world, &format!("the quarantine of GPU {index}"), |state| {
+        state.node.quarantined.contains_key(&uuid)
+    })
+    .await;
+    let answer = world.request(Method::GET, "/v2/gpus", Body::Empty).await;
+    let gpu = answer.body.as_array().and_then(|gpus| {
+        gpus.iter()
+            .find(|gpu| gpu["uuid"].as_str() == Some(uuid.as_str()))
+    });
+    assert_eq!(
+        gpu.map(|gpu| gpu["quarantined"].clone()),
+        Some(json!(true)),
+        "GPU {index} in GET /v2/gpus: {}",
+        answer.body
+    );
+}
+
+/// GPU `index` is not quarantined now, in the registry and in `GET /v2/gpus` (asked after
+/// the faults it would be quarantined by were recorded: the decision is in their batch).
+#[then(expr = "GPU {int} is not quarantined")]
+async fn not_quarantined(world: &mut PoolWorld, index: u32) {
+    let uuid = uuid_of(world, index);
+    let state = world.daemon().state();
+    assert!(
+        !state.node.quarantined.contains_key(&uuid),
+        "GPU {index} is quarantined: {:?}",
+        state.node.quarantined
+    );
+    let answer = world.request(Method::GET, "/v2/gpus", Body::Empty).await;
+    let gpu = answer.body.as_array().and_then(|gpus| {
+        gpus.iter()
+            .find(|gpu| gpu["uuid"].as_str() == Some(uuid.as_str()))
+    });
+    assert_eq!(
+        gpu.map(|gpu| gpu["quarantined"].clone()),
+        Some(json!(false)),
+        "GPU {index} in GET /v2/gpus: {}",
+        answer.body
+    );
+}
+
+/// `POST /v2/gpus/{uuid}/unquarantine` for GPU `index` (*the answer*).
+#[when(expr = "GPU {int} is unquarantined over the API")]
+async fn unquarantined(world: &mut PoolWorld, index: u32) {
+    let uuid = uuid_of(world, index);
+    let path = format!("/v2/gpus/{uuid}/unquarantine");
+    world.request(Method::POST, &path, Body::Empty).await;
+}
+
+/// The node's last `kind` event about GPU `index` (among the newest of the journal) has
+/// `field` = `value`.
+#[then(expr = "the node's events record {string} of GPU {int} with {string} {json}")]
+async fn node_event_records(
+    world: &mut PoolWorld,
+    kind: String,
+    index: u32,
+    field: String,
+    value: crate::steps::params::Json,
+) {
+    let uuid = uuid_of(world, index);
+    let answer = world.request(Method::GET, "/v2/events", Body::Empty).await;
+    let text = answer.body.to_string();
+    let event = answer
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|e| e["event"]["kind"] == kind.as_str() && e["event"]["gpu_uuid"] == uuid.as_str())
+        .unwrap_or_else(|| panic!("no {kind} of GPU {index} among the node's events: {text}"));
+    assert_eq!(event["event"][&field], value.0, "{field} of {event}");
+}

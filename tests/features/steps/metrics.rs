@@ -83,6 +83,11 @@ async fn metric_of_pool(world: &mut PoolWorld, name: String, pool: String, wante
     expect(world, &name, &[("pool_id", &pool)], wanted);
 }
 
+#[then(expr = "the metric {string} of GPU {string} is {float}")]
+async fn metric_of_gpu(world: &mut PoolWorld, name: String, uuid: String, wanted: f64) {
+    expect(world, &name, &[("gpu", &uuid)], wanted);
+}
+
 #[then(expr = "the metric {string} of pool {string} with {word} {string} is {float}")]
 async fn metric_of_pool_with(
     world: &mut PoolWorld,
