@@ -46,18 +46,22 @@ fn main() {
     runtime.block_on(run(rounds));
 }
 
+/// `GET /v2/pools/crashy`.
+async fn pool_status(http: &reqwest::Client, base: &str) -> Value {
+    http.get(format!("{base}/v2/pools/crashy"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("status answer")
+}
+
 /// Waits until the pool is ready on an engine other than `killed`; its pid.
 async fn ready_again(http: &reqwest::Client, base: &str, killed: u64, round: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status: Value = http
-            .get(format!("{base}/v2/pools/crashy"))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("status answer");
+        let status = pool_status(http, base).await;
         if let Some(pid) = status["pid"].as_u64().filter(|p| *p != killed) {
             if status["ready"] == true {
                 return pid;
@@ -133,14 +137,7 @@ async fn run(rounds: u64) {
         )
         .expect("kill");
         loop {
-            let status: Value = http
-                .get(format!("{base}/v2/pools/crashy"))
-                .send()
-                .await
-                .expect("status")
-                .json()
-                .await
-                .expect("status answer");
+            let status = pool_status(&http, &base).await;
             if status["ready"] == false {
                 break;
             }

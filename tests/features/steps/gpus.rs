@@ -693,14 +693,19 @@ async fn quarantined(world: &mut PoolWorld, index: u32) {
         state.node.quarantined.contains_key(&uuid)
     })
     .await;
+    quarantined_in_api(world, &uuid, index, true).await;
+}
+
+/// `GET /v2/gpus` shows GPU `index` (`uuid`) with `quarantined` = `expected`.
+async fn quarantined_in_api(world: &mut PoolWorld, uuid: &str, index: u32, expected: bool) {
     let answer = world.request(Method::GET, "/v2/gpus", Body::Empty).await;
-    let gpu = answer.body.as_array().and_then(|gpus| {
-        gpus.iter()
-            .find(|gpu| gpu["uuid"].as_str() == Some(uuid.as_str()))
-    });
+    let gpu = answer
+        .body
+        .as_array()
+        .and_then(|gpus| gpus.iter().find(|gpu| gpu["uuid"].as_str() == Some(uuid)));
     assert_eq!(
         gpu.map(|gpu| gpu["quarantined"].clone()),
-        Some(json!(true)),
+        Some(json!(expected)),
         "GPU {index} in GET /v2/gpus: {}",
         answer.body
     );
@@ -717,17 +722,7 @@ async fn not_quarantined(world: &mut PoolWorld, index: u32) {
         "GPU {index} is quarantined: {:?}",
         state.node.quarantined
     );
-    let answer = world.request(Method::GET, "/v2/gpus", Body::Empty).await;
-    let gpu = answer.body.as_array().and_then(|gpus| {
-        gpus.iter()
-            .find(|gpu| gpu["uuid"].as_str() == Some(uuid.as_str()))
-    });
-    assert_eq!(
-        gpu.map(|gpu| gpu["quarantined"].clone()),
-        Some(json!(false)),
-        "GPU {index} in GET /v2/gpus: {}",
-        answer.body
-    );
+    quarantined_in_api(world, &uuid, index, false).await;
 }
 
 /// `POST /v2/gpus/{uuid}/unquarantine` for GPU `index` (*the answer*).
