@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -54,9 +55,13 @@ def free_port():
 
 
 def health(port, timeout=1.0):
-    """The status of GET /health on 127.0.0.1:port, or None (refused, reset, timeout)."""
+    """The status of GET /health on 127.0.0.1:port, or None (refused, reset, timeout).
+    The connection ends with a reset (SO_LINGER 0), not a close: thousands of probes would
+    otherwise leave as many TIME_WAIT sockets, which lengthen /proc/net/tcp for every reader
+    of it (pool-managerd's port checks among them)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.settimeout(timeout)
             s.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             head = s.recv(64)
@@ -75,8 +80,9 @@ def alive(pid):
         return False
 
 
-def engines_by_port(engine):
-    """{port: pid} of every live engine-sim (by path) started with one of our ports."""
+def engines_by_port(engine, every=False):
+    """{port: pid} of the live engine-sim processes (by path) started with one of our ports
+    (with `every`, {port: [pids]}: a second copy may run beside the first)."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -93,7 +99,43 @@ def engines_by_port(engine):
         except (ValueError, IndexError):
             continue
         if port in PORTS and alive(int(entry)):
-            found[port] = int(entry)
+            if every:
+                found.setdefault(port, []).append(int(entry))
+            else:
+                found[port] = int(entry)
+    return found
+
+
+def listeners(engine):
+    """{port: pid} of the engine processes holding a listening socket on one of our ports
+    (/proc/net/tcp* inode to /proc/<pid>/fd): the process that answers, even while a second
+    copy started on the same port has not yet exited."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if fields[3] == "0A" and port in PORTS:
+                        inodes[f"socket:[{fields[9]}]"] = port
+        except OSError:
+            continue
+    found = {}
+    for pids in engines_by_port(engine, every=True).values():
+        for pid in pids:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    port = inodes.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                except OSError:
+                    continue
+                if port is not None:
+                    found[port] = pid
     return found
 
 
@@ -192,9 +234,12 @@ class PoolManagerd(Manager):
 
     def settings(self):
         if self.profile == "defaults":
-            return "(every key at its default: backoff initial 1 s, x2, breaker after 5 failures)"
+            return ("(every key at its default: [backoff] initial_ms = 1000, factor = 2, "
+                    "reset_after_ms = 300000; [breaker] failure_threshold = 5; [storm] "
+                    "max_restarts = 10 in window_ms = 60000; [health] preload_interval_ms = 500)")
         return ("[health] preload_interval_ms = 5; [backoff] initial_ms = 1, min_ms = 0, "
-                "factor = 1.0, jitter = 0, reset_after_ms = 500")
+                "factor = 1.0, jitter = 0, reset_after_ms = 500; [storm] max_restarts = 127, "
+                "window_ms = 1000 (breaker: defaults)")
 
     def config(self):
         path = os.path.join(self.dir, "pool-managerd.toml")
@@ -202,7 +247,8 @@ class PoolManagerd(Manager):
             if self.profile == "fastest":
                 f.write("[health]\npreload_interval_ms = 5\n"
                         "[backoff]\ninitial_ms = 1\nmin_ms = 0\nfactor = 1.0\njitter = 0.0\n"
-                        "reset_after_ms = 500\n")
+                        "reset_after_ms = 500\n"
+                        "[storm]\nmax_restarts = 127\nwindow_ms = 1000\n")
         return path
 
     def exec(self):
@@ -408,13 +454,19 @@ def engine_argv(args, port, extra=()):
 def serving(m, names_ports):
     """The engines (name -> pid) serving /health 200 from a process the manager runs."""
     managed = m.managed()
-    by_port = engines_by_port(m.engine)
+    by_port = listeners(m.engine)
     out = {}
     for name, port in names_ports:
         pid = by_port.get(port)
         if pid and managed.get(name) == pid and health(port) == 200:
             out[name] = pid
     return out
+
+
+def given_up(states):
+    """Whether the manager stopped restarting an engine: supervisord's FATAL, pool-managerd's
+    open breaker (circus has no such state)."""
+    return any(s == "FATAL" or str(s).startswith("circuit_open") for s in states.values())
 
 
 def percentile(values, q):
@@ -441,16 +493,23 @@ def kill_series(args, manager, profile, workdir):
             t0 = time.monotonic()
             sigkill(pid)
             deadline = t0 + args.timeout
-            took = None
+            took, gave_up, next_look = None, None, t0 + 0.25
             while time.monotonic() < deadline:
                 if not alive(pid) and health(port, timeout=0.5) == 200:
-                    new = engines_by_port(args.engine).get(port)
+                    new = listeners(args.engine).get(port)
                     if new and new != pid:
                         took = time.monotonic() - t0
                         break
+                if time.monotonic() >= next_look:  # a manager that gave up ends the series
+                    next_look += 0.25
+                    gave_up = given_up(m.states())
+                    if gave_up:
+                        break
                 time.sleep(0.002)
             if took is None:
-                note = (f"kill {i + 1}: not serving again within {args.timeout} s; "
+                waited = time.monotonic() - t0
+                note = (f"kill {i + 1}: not serving again after {waited:.1f} s "
+                        f"({'the manager gave up' if gave_up else 'timeout'}); "
                         f"state {m.states()}")
                 log(note)
                 break
@@ -494,11 +553,11 @@ def manager_kill(args, manager, profile, workdir, mode):
             if len(now_serving) == len(engines):
                 took = time.monotonic() - t0
                 break
-            if set(m.states().values()) == {"FATAL"}:
-                break  # supervisord gave up on every engine: nothing more will change
+            states = m.states()
+            if states and all(given_up({n: s}) for n, s in states.items()):
+                break  # the manager gave up on every engine: nothing more will change
             time.sleep(0.01)
-        by_port = engines_by_port(args.engine)
-        restarted = sum(1 for n, p in names_ports if by_port.get(p) != before.get(n))
+        restarted = sum(1 for pid in before.values() if not alive(pid))
         answering = sum(1 for _, p in names_ports if health(p) == 200)
         states = m.states()
         summary = {}
@@ -641,6 +700,7 @@ def main():
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
     results = {}
+    load_before = open("/proc/loadavg").read().split()[:3]
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     try:
         for scenario in scenarios:
@@ -667,7 +727,9 @@ def main():
     cleanup(args.engine)
     print(f"peers bench, {started}, {os.cpu_count()} cores, kernel {os.uname().release}; "
           f"{args.kills} kills, {args.engines} engines, loop window {args.loop_secs:g} s; "
-          f"ratios against pool-managerd at the same profile\n")
+          f"ratios against pool-managerd at the same profile; load average "
+          f"{' '.join(load_before)} at the start, "
+          f"{' '.join(open('/proc/loadavg').read().split()[:3])} at the end\n")
     print(table(results, managers, profiles))
     print("\nsettings:")
     for k, v in settings.items():
