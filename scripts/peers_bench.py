@@ -4,8 +4,9 @@ circus, each at its documented restart settings' defaults and at their fastest.
 Run by scripts/peers-bench.sh (which builds the binaries and installs the peers); it measures:
 
 - kill: SIGKILL of the engine to the engine serving GET /health 200 again from a new process
-  (p50, p99, max over N kills; each kill once the manager counts the engine as running and
-  at least --spacing seconds after it served);
+  (p50, p99, max over N kills; each kill once the manager counts the engine as running, then
+  --spacing seconds and a random extra of up to one period of the manager's polling tick, so
+  that the kills do not all fall at the same phase of it);
 - manager: SIGKILL of the manager with E engines serving, then the manager started again: the
   time from the new exec to every engine serving from a process the manager supervises, and
   how many engines were restarted (a new pid on the port), in two modes: "kept" (the engines
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import random
 import signal
 import socket
 import statistics
@@ -198,6 +200,10 @@ class Manager:
 
     def settings(self):
         raise NotImplementedError
+
+    def tick_s(self):
+        """The period of the manager's polling loop, if it has one (else 1 s)."""
+        return 1.0
 
     def start(self, engines):
         raise NotImplementedError
@@ -381,6 +387,9 @@ class Circus(Manager):
             return "(defaults: check_delay=5, respawn=true, max_retry=5, no flapping plugin)"
         return "check_delay=0.01 (respawn=true)"
 
+    def tick_s(self):
+        return 5.0 if self.profile == "defaults" else 0.01
+
     def write_config(self):
         lines = ["[circus]", f"endpoint={self.endpoint}", f"pubsub_endpoint={self.pubsub}",
                  "statsd=false", f"logoutput={self.dir}/circusd.log"]
@@ -482,6 +491,7 @@ def kill_series(args, manager, profile, workdir):
     port = free_port()
     m.start([("e0", port, engine_argv(args, port))])
     samples, note = [], ""
+    rng = random.Random(args.seed)
     try:
         for i in range(args.kills):
             pid = wait_for(f"{manager} to run e0 (kill {i + 1})",
@@ -489,7 +499,9 @@ def kill_series(args, manager, profile, workdir):
             if not pid:
                 note = f"e0 not running again after kill {i}: {m.states()}"
                 break
-            time.sleep(args.spacing)
+            # A random extra wait over one period of the manager's tick: a fixed spacing would
+            # kill at the same phase of a polling loop every time.
+            time.sleep(args.spacing + rng.uniform(0.0, m.tick_s()))
             t0 = time.monotonic()
             sigkill(pid)
             deadline = t0 + args.timeout
@@ -684,7 +696,9 @@ def main():
     ap.add_argument("--engines", type=int, default=20)
     ap.add_argument("--loop-secs", type=float, default=60.0)
     ap.add_argument("--spacing", type=float, default=1.0,
-                    help="seconds an engine serves before it is killed")
+                    help="seconds an engine serves before it is killed, plus a random extra "
+                         "of up to one period of the manager's tick (1 s; circus: check_delay)")
+    ap.add_argument("--seed", type=int, default=42, help="of the random extra waits")
     ap.add_argument("--timeout", type=float, default=30.0,
                     help="seconds a killed engine may take to serve again")
     ap.add_argument("--manager-timeout", type=float, default=30.0)
