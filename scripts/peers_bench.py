@@ -239,6 +239,9 @@ class PoolManagerd(Manager):
         self.base = f"http://127.0.0.1:{self.port}"
 
     def settings(self):
+        if self.profile == "oneoff":
+            return ("defaults but [backoff] reset_after_ms = 500: each kill, 1 s or more after "
+                    "the last, is a one-off failure")
         if self.profile == "defaults":
             return ("(every key at its default: [backoff] initial_ms = 1000, factor = 2, "
                     "reset_after_ms = 300000; [breaker] failure_threshold = 5; [storm] "
@@ -250,6 +253,8 @@ class PoolManagerd(Manager):
     def config(self):
         path = os.path.join(self.dir, "pool-managerd.toml")
         with open(path, "w") as f:
+            if self.profile == "oneoff":
+                f.write("[backoff]\nreset_after_ms = 500\n")
             if self.profile == "fastest":
                 f.write("[health]\npreload_interval_ms = 5\n"
                         "[backoff]\ninitial_ms = 1\nmin_ms = 0\nfactor = 1.0\njitter = 0.0\n"
@@ -690,7 +695,9 @@ def main():
     ap.add_argument("--daemon", default=os.path.join(ROOT, "target/release/pool-managerd"))
     ap.add_argument("--engine", default=os.path.join(ROOT, "target/release/engine-sim"))
     ap.add_argument("--managers", default="pool-managerd,supervisord,circus")
-    ap.add_argument("--profiles", default="defaults,fastest")
+    ap.add_argument("--profiles", default="defaults,fastest",
+                    help="defaults, fastest; and for pool-managerd alone, oneoff (the defaults "
+                         "with reset_after_ms = 500, so that every kill is a one-off failure)")
     ap.add_argument("--scenarios", default="kill,manager,loop")
     ap.add_argument("--kills", type=int, default=50)
     ap.add_argument("--engines", type=int, default=20)
