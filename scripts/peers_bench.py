@@ -690,7 +690,7 @@ def table(results, managers, profiles):
     return "\n".join(lines)
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--daemon", default=os.path.join(ROOT, "target/release/pool-managerd"))
     ap.add_argument("--engine", default=os.path.join(ROOT, "target/release/engine-sim"))
@@ -714,6 +714,11 @@ def main():
     args = ap.parse_args()
     args.engine = os.path.abspath(args.engine)
     args.daemon = os.path.abspath(args.daemon)
+    return args
+
+
+def main():
+    args = parse_args()
     workdir = args.workdir or os.path.join(ROOT, "target/peers-bench")
     managers = args.managers.split(",")
     profiles = args.profiles.split(",")
