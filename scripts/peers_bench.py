@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -720,6 +721,7 @@ def parse_args():
 def main():
     args = parse_args()
     workdir = args.workdir or os.path.join(ROOT, "target/peers-bench")
+    shutil.rmtree(workdir, ignore_errors=True)  # a journal left by an earlier run would answer 409
     managers = args.managers.split(",")
     profiles = args.profiles.split(",")
     scenarios = args.scenarios.split(",")
