@@ -47,7 +47,7 @@ Feature: A GPU that keeps failing is quarantined, and nothing starts on it until
     And the driver reports Xid 43 on GPU 0
     Then the daemon records 4 Xids
     And GPU 0 is not quarantined
-    And pool "p1" becomes ready
+    And the events of pool "p1" include 0 "RestartHeld"
 
   Scenario: A preload naming a quarantined GPU is refused with GPU_QUARANTINED
     Given pool "p1" is ready with an engine-sim on the device mask "0"
