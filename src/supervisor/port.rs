@@ -24,20 +24,20 @@ fn listeners(port: u16) -> (bool, Vec<u32>) {
     (!inodes.is_empty(), procfs::socket_holders(&inodes))
 }
 
-/// `pid 123 (python3 -m http.server 8080)` for each of `pids` (the first
-/// [`HOLDERS_NAMED_MAX`]).
-fn describe(pids: &[u32]) -> String {
+/// `pid 123 (python3 -m http.server 8080)` for each of `pids` (the first `named_max`, then
+/// how many more): how a message names processes (the port's holders, a session's leftovers).
+pub(super) fn describe(pids: &[u32], named_max: usize) -> String {
     let mut named: Vec<String> = pids
         .iter()
-        .take(HOLDERS_NAMED_MAX)
+        .take(named_max)
         .map(|pid| {
             let cmdline = procfs::cmdline_text(*pid, CMDLINE_QUOTE_MAX)
                 .unwrap_or_else(|| "command line unreadable".to_string());
             format!("pid {pid} ({cmdline})")
         })
         .collect();
-    if pids.len() > HOLDERS_NAMED_MAX {
-        named.push(format!("{} more", pids.len() - HOLDERS_NAMED_MAX));
+    if pids.len() > named_max {
+        named.push(format!("{} more", pids.len() - named_max));
     }
     named.join(", ")
 }
@@ -54,7 +54,7 @@ pub fn check_free(port: u16) -> Result<(), String> {
         (true, holders) => Err(format!(
             "port {port} is already held by {}: stop that process or give the engine another \
              port",
-            describe(&holders)
+            describe(&holders, HOLDERS_NAMED_MAX)
         )),
     }
 }
@@ -76,7 +76,7 @@ pub fn check_owned(port: u16, engine_pid: u32) -> Result<(), String> {
             "no socket of this network namespace (someone else answered for it)".to_string()
         }
     } else {
-        describe(&others)
+        describe(&others, HOLDERS_NAMED_MAX)
     };
     Err(format!(
         "the engine (pid {engine_pid}) answered healthy on port {port}, but port {port} is \

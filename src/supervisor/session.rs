@@ -9,7 +9,7 @@
 //! Never: signals a session that is not an engine's (pid 1, this daemon's own session), or a
 //! process outside the session; never waits without a bound.
 
-use super::{procfs, KILL_WAIT_MS};
+use super::{port, procfs, KILL_WAIT_MS};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
@@ -44,22 +44,6 @@ pub(super) fn signal_session(sid: u32, signal: Signal) -> Vec<u32> {
         .collect()
 }
 
-/// `pid 123 (sleep 86400)` for the first [`NAMED_MAX`] of `pids`.
-fn describe(pids: &[u32]) -> String {
-    let mut named: Vec<String> = pids
-        .iter()
-        .take(NAMED_MAX)
-        .map(|pid| {
-            let cmdline = procfs::cmdline_text(*pid, 80).unwrap_or_else(|| "?".to_string());
-            format!("pid {pid} ({cmdline})")
-        })
-        .collect();
-    if pids.len() > NAMED_MAX {
-        named.push(format!("{} more", pids.len() - NAMED_MAX));
-    }
-    named.join(", ")
-}
-
 /// Once the engine `sid` (the session's leader) has ended: SIGKILLs what is left of its
 /// session and waits, up to [`KILL_WAIT_MS`], until none of it runs (what still runs then,
 /// in uninterruptible sleep say, is logged). Returns the processes it killed: the GPU memory
@@ -73,7 +57,7 @@ pub(super) async fn end_session(pool_id: &str, sid: u32) -> Vec<u32> {
         pool_id,
         pid = sid,
         "the engine ended but left processes of its session: SIGKILL to {}",
-        describe(&left)
+        port::describe(&left, NAMED_MAX)
     );
     let deadline = Instant::now() + Duration::from_millis(KILL_WAIT_MS);
     loop {
@@ -87,7 +71,7 @@ pub(super) async fn end_session(pool_id: &str, sid: u32) -> Vec<u32> {
                 pid = sid,
                 "processes of the engine's session still run {KILL_WAIT_MS} ms after SIGKILL \
                  (uninterruptible sleep?): {}; the next start goes ahead",
-                describe(&running)
+                port::describe(&running, NAMED_MAX)
             );
             return left;
         }
