@@ -158,11 +158,7 @@ fn spawn_failed(d: &mut Decision<'_, '_>, observation: &Observation) {
     else {
         return;
     };
-    let Some(pool) = d.pool(pool_id) else { return };
-    if !matches!(pool.activity, Activity::Starting { .. })
-        || pool.process.is_some()
-        || pool.start_token != *token
-    {
+    if !release::awaiting_spawn(d, pool_id, *token) {
         return;
     }
     start_failed(

@@ -14,7 +14,7 @@ use crate::command::Observation;
 const PIDS_NAMED_MAX: usize = 16;
 
 /// Whether `token` is the pool's current start, nothing spawned for it yet.
-fn awaiting_spawn(d: &Decision<'_, '_>, pool_id: &PoolId, token: u64) -> bool {
+pub(super) fn awaiting_spawn(d: &Decision<'_, '_>, pool_id: &PoolId, token: u64) -> bool {
     d.pool(pool_id).is_some_and(|pool| {
         matches!(pool.activity, Activity::Starting { .. })
             && pool.process.is_none()
