@@ -131,7 +131,9 @@ pub fn server_with(dir: &Path, extra: &[&str]) -> Option<Server> {
 
 /// A JetStream cluster of `n` servers on loopback (routes between all of them), each with its
 /// store and log under `dir/nats-<i>`; `None` when skipped. Returns once every server accepts
-/// clients (the caller waits for the meta leader, see [`wait_jetstream`]).
+/// clients (the caller waits for the meta leader, see [`wait_jetstream`]). The cluster's name
+/// carries its first client port, so that no server left over from an earlier cluster on
+/// these ports can join it through a route.
 pub fn cluster(dir: &Path, n: usize) -> Option<Vec<Server>> {
     if !require() {
         return None;
@@ -151,9 +153,10 @@ pub fn cluster(dir: &Path, n: usize) -> Option<Vec<Server>> {
             &config,
             format!(
                 "server_name: s{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n\
-                 cluster {{\n  name: fleet\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                 cluster {{\n  name: fleet-{}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
                 clients[i],
                 home.join("store").display(),
+                clients[0],
                 routes[i],
                 route_urls.join(", ")
             ),

@@ -10,25 +10,74 @@ use std::time::{Duration, Instant};
 /// How long a guarded child has to end after SIGTERM before it gets SIGKILL.
 pub const TERM_WAIT: Duration = Duration::from_secs(5);
 
-/// A port that was free a moment ago (the kernel picks it; someone else may take it before
-/// the caller binds, which the tests accept).
+/// A port that was free a moment ago, for a child to bind (an engine, a daemon, a server).
+///
+/// Picked below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), never from it:
+/// the tests' own outgoing connections draw their local ports from that range, and one of
+/// them could take a port between this pick and the child's bind ("Address already in
+/// use"). The walk starts at a random place in the range so that two test processes, or a
+/// process and the leftovers of an earlier one, do not walk the same ports in the same order;
+/// within a process no port is handed out twice until the whole range went round. Each
+/// candidate must bind on `127.0.0.1` and on `0.0.0.0` (nothing listens on it in any form).
+/// Falls back to a kernel pick (`127.0.0.1:0`) when the range below the ephemeral one is too
+/// small to be worth it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let Some((low, high)) = below_ephemeral() else {
+        return kernel_pick();
+    };
+    let span = u32::from(high - low) + 1;
+    let start = *START.get_or_init(random_start);
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((start.wrapping_add(step)) % span) as u16;
+        if bindable(port) {
+            return port;
+        }
+    }
+    kernel_pick()
+}
+
+/// `n` distinct ports that were free a moment ago (see [`free_port`]).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    (0..n).map(|_| free_port()).collect()
+}
+
+/// The ports [`free_port`] walks: from 10000 up to just below the ephemeral range, when that
+/// leaves at least 2000 of them.
+fn below_ephemeral() -> Option<(u16, u16)> {
+    const LOW: u16 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let first: u16 = range.split_whitespace().next()?.parse().ok()?;
+    let high = first.checked_sub(1)?;
+    (high >= LOW + 2_000).then_some((LOW, high))
+}
+
+/// A start for the walk that differs between processes and runs (pid and the clock's
+/// nanoseconds, mixed).
+fn random_start() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (std::process::id().wrapping_mul(2_654_435_761)) ^ nanos.wrapping_mul(40_503)
+}
+
+/// Whether `port` binds on loopback and on every address (and is let go at once).
+fn bindable(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// A port the kernel picks from its ephemeral range (the fallback of [`free_port`]).
+fn kernel_pick() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port on 127.0.0.1")
         .local_addr()
         .expect("the bound port")
         .port()
-}
-
-/// `n` distinct ports that were free a moment ago (all bound together while they are picked).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("the bound port").port())
-        .collect()
 }
 
 /// Ends the child on drop: SIGTERM (a daemon journals its stop), then SIGKILL if it is still
