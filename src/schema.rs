@@ -17,7 +17,7 @@
 //! - 3: appends the event `JournalLossAccepted`, the loss marker that `journal repair
 //!   --accept-loss` writes at the last seq of each lost range ([`EventSchema::loss_accepted`],
 //!   [`EventSchema::loss_range`]), and `UntrackedEngineStopped`. Again only appended.
-//! - 4 (current): an engine's identity that survives launchers and upgrades. Reshaped:
+//! - 4: an engine's identity that survives launchers and upgrades. Reshaped:
 //!   `EngineSpawned` gains `boot_id` and `HealthCheckPassed` gains `exe` (each a last
 //!   `Option` field); appended: the start failure `PortInUse`, the exit reason
 //!   `Stalled` (an engine that reports work in progress and makes none). Records of versions 1 to 3
@@ -25,6 +25,11 @@
 //!   (unknown): such an engine is adopted after a restart by its pid and start time alone,
 //!   with a warning that its boot was not recorded. Later additions of version 4 (appended
 //!   variants only) are listed here too.
+//! - 5 (current): the prepared engine gains its declared progress probe, `progress` (a last
+//!   `Option` field), which reshapes `PreloadRequested` and `EngineStartRequested`. Records of
+//!   version 4 are read through the frozen shapes of [`v4`] (and those of versions 1 to 3
+//!   through [`v3`], which reads these two variants by [`v4`]'s shapes), upcast with
+//!   `progress: None`: no declared probe, the engine's progress is read by its kind as before.
 //!
 //! To change an event's shape, add a variant or field under a new `EVENT_FORMAT_VERSION`, keep
 //! the old shape as a frozen type here when it differs, and upcast from it in
@@ -36,6 +41,7 @@ use pool_core::Event;
 use pool_journal::{decode_payload, Envelope, EventSchema, Journal, UpcastError};
 
 pub mod v3;
+pub mod v4;
 
 /// The schema of pool-managerd's journal: core events at `pool_core::EVENT_FORMAT_VERSION`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,8 +58,8 @@ impl EventSchema for PoolSchema {
     fn upcast(version: u8, payload: &[u8]) -> Result<Envelope<Event>, UpcastError> {
         match version {
             // Versions 2 and 3 only appended variants; version 4 reshaped `EngineSpawned` and
-            // `HealthCheckPassed`: a payload of versions 1 to 3 reads through their frozen
-            // shapes.
+            // `HealthCheckPassed`, version 5 `PreloadRequested` and `EngineStartRequested`: a
+            // payload of an older version reads through their frozen shapes.
             1..=3 => {
                 decode_payload::<Envelope<v3::EventV3>>(version, payload).map(|old| Envelope {
                     seq: old.seq,
@@ -63,6 +69,13 @@ impl EventSchema for PoolSchema {
                     event: old.event.0,
                 })
             }
+            4 => decode_payload::<Envelope<v4::EventV4>>(version, payload).map(|old| Envelope {
+                seq: old.seq,
+                ts_ms: old.ts_ms,
+                pool_id: old.pool_id,
+                cause: old.cause,
+                event: old.event.0,
+            }),
             other => Err(UpcastError::new(
                 other,
                 "no upcaster for this format version",

@@ -131,7 +131,9 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
         3 => V1.into_iter().chain(V2_NEW).chain(V3_NEW).collect(),
-        4 => V1
+        // Version 5 reshaped `PreloadRequested` and `EngineStartRequested` (the prepared
+        // engine's `progress`) and appended nothing.
+        4 | 5 => V1
             .into_iter()
             .chain(V2_NEW)
             .chain(V3_NEW)
@@ -368,13 +370,20 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
     s.pass_health(alpha, 5_000, None)?;
 
     // beta: five spaced-out failures open the breaker; it half-opens, the trial runs stable
-    // and the breaker closes. Its engine asks for an automatic tensor split over both GPUs.
+    // and the breaker closes. Its engine asks for an automatic tensor split over both GPUs
+    // and declares its progress probe (format version 5).
     let beta = "beta";
     let mut beta_engine = sample_engine(beta, 8102, "/models/beta.gguf", None);
     beta_engine.device_mask = Some("0,1".into());
     beta_engine.tensor_split = Some(TensorSplit::Auto);
     beta_engine.vram_required_bytes = Some(40 * GIB);
     beta_engine.ram_required_bytes = Some(8 * GIB);
+    beta_engine.progress = Some(Box::new(pool_core::ProgressRequest {
+        path: "/completion".into(),
+        method: "POST".into(),
+        body: Some(r#"{"prompt":"a","n_predict":1}"#.into()),
+        expect_status: 200,
+    }));
     beta_engine
         .env
         .insert("GGML_CUDA_NO_PINNED".into(), "1".into());

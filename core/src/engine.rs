@@ -12,6 +12,8 @@ use std::fmt;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::progress::ProgressRequest;
+
 // The mask helpers moved to `crate::gpu`; re-exported here so older paths still compile.
 pub use crate::gpu::{mask_covers, mask_tokens, token_matches, validate_mask};
 
@@ -73,6 +75,10 @@ pub struct PreparedEngine {
     /// `"auto"` split already planned (as `Ratios`), so restarts and replays reuse the plan.
     #[serde(default)]
     pub tensor_split: Option<TensorSplit>,
+    /// The engine's own progress probe; `None`: read `/slots` or `/metrics` as its kind
+    /// offers (see [`crate::progress`]).
+    #[serde(default)]
+    pub progress: Option<Box<ProgressRequest>>,
 }
 
 fn default_health_path() -> String {
@@ -101,6 +107,9 @@ impl PreparedEngine {
             .is_some_and(|e| e.len() > FIELD_LEN_MAX)
         {
             return Err("prepared.engine is too long".to_string());
+        }
+        if let Some(progress) = &self.progress {
+            progress.validate()?;
         }
         self.validate_placement()
     }

@@ -23,10 +23,13 @@ use crate::ids::{LeaseId, PoolId};
 ///   `None`); the start failure `PortInUse`, the exit reason `ExitReason::Stalled`, the
 ///   events `GpuMemoryReleased` and `GpuMemoryStuck`, and GPU quarantine's `GpuQuarantined`,
 ///   `GpuUnquarantined` and `RestartHeld` are appended.
+/// - 5: the prepared engine gains `progress` (its declared progress probe, a last `Option`
+///   field), which reshapes `PreloadRequested` and `EngineStartRequested`: older records are
+///   upcast with `None`.
 ///
-/// Versions 2 and 3 only appended variants; version 4 reshaped two, so a record of an older
-/// version decodes through the frozen shapes of the schema's upcaster in `src/schema.rs`.
-pub const EVENT_FORMAT_VERSION: u8 = 4;
+/// Versions 2 and 3 only appended variants; versions 4 and 5 reshaped some, so a record of an
+/// older version decodes through the frozen shapes of the schema's upcaster in `src/schema.rs`.
+pub const EVENT_FORMAT_VERSION: u8 = 5;
 
 /// Why an engine process ended (SPEC section 7). The reason is kept apart from the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

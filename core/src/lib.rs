@@ -73,6 +73,7 @@ pub use policy::{
     backoff_delay_ms, restart_delay_ms, BackoffPolicy, BreakerPolicy, HealthPolicy, Policy,
     QuarantinePolicy, ReasonMultiplier, StopPolicy, StormPolicy,
 };
+pub use progress::ProgressRequest;
 pub use rejection::Rejection;
 pub use state::{Activity, Pool, Quarantine, State, STATE_SNAPSHOT_VERSION};
 pub use status::{BreakerState, Phase, PoolStatus};

@@ -7,9 +7,85 @@
 //! clock), and answers a [`Verdict`]: idle, advancing, waiting, or stalled once work has been
 //! in progress with the mark standing still for `stall_after_ms`.
 //!
-//! Owns: what "stalled" means. Never: reads a clock, talks to an engine or keeps more than
+//! An engine may instead declare its own progress probe ([`ProgressRequest`]: a request, for
+//! example a one-token completion, that must answer with the expected status within the
+//! stall bound); the shell turns each answer into a reading of its own (see
+//! [`ProgressRequest`]).
+//!
+//! Owns: what "stalled" means, and the shape and checks of a declared progress request. Never: reads a clock, talks to an engine or keeps more than
 //! one reading; the shell holds one watch per engine (a new engine starts a new watch) and
 //! reports a stall as an observation, which `decide` turns into a `stalled` failure.
+
+use serde::{Deserialize, Serialize};
+
+/// The longest path of a declared progress request, in bytes.
+pub const PROGRESS_PATH_MAX: usize = 1024;
+/// The largest body of a declared progress request, in bytes.
+pub const PROGRESS_BODY_MAX: usize = 64 * 1024;
+/// The methods a declared progress request may use.
+pub const PROGRESS_METHODS: [&str; 3] = ["GET", "POST", "PUT"];
+
+/// The progress probe an engine declares (`prepared.progress`): while its pool holds leases,
+/// the shell sends `method path` (with `body` as JSON, when given) every
+/// `[health] progress_interval_ms`. An answer with `expect_status` within the stall bound is
+/// progress; any other answer, or none, is none. Work counts as in progress from the first
+/// read on, so an engine that never answers it correctly is stalled after
+/// `[health] stall_after_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressRequest {
+    /// The route, starting with `/` (for example `/completion`).
+    pub path: String,
+    /// `GET`, `POST` or `PUT`; `GET` unless told.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// The request's body, sent as `application/json` (`POST` and `PUT` only).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The status a working engine answers; 200 unless told.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+fn default_expect_status() -> u16 {
+    200
+}
+
+impl ProgressRequest {
+    /// Checks the request; the error names the field (`prepared.progress.*`).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') || self.path.len() > PROGRESS_PATH_MAX {
+            return Err(format!(
+                "prepared.progress.path must start with '/' and be at most {PROGRESS_PATH_MAX} bytes"
+            ));
+        }
+        if !PROGRESS_METHODS.contains(&self.method.as_str()) {
+            return Err(format!(
+                "prepared.progress.method must be one of {}",
+                PROGRESS_METHODS.join(", ")
+            ));
+        }
+        match &self.body {
+            Some(_) if self.method == "GET" => {
+                return Err("prepared.progress.body needs method POST or PUT".to_string())
+            }
+            Some(body) if body.len() > PROGRESS_BODY_MAX => {
+                return Err(format!(
+                    "prepared.progress.body is longer than {PROGRESS_BODY_MAX} bytes"
+                ))
+            }
+            _ => {}
+        }
+        if !(100..=599).contains(&self.expect_status) {
+            return Err("prepared.progress.expect_status must be 100..=599".to_string());
+        }
+        Ok(())
+    }
+}
 
 /// What an engine said it was doing, parsed from its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,5 +268,43 @@ mod tests {
             watch.observe(working(1), 1_000, BOUND),
             Verdict::Waiting { for_ms: 0 }
         );
+    }
+
+    #[test]
+    fn a_declared_request_is_checked_field_by_field() {
+        let ok = ProgressRequest {
+            path: "/completion".into(),
+            method: "POST".into(),
+            body: Some("{}".into()),
+            expect_status: 200,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = |edit: fn(&mut ProgressRequest), field: &str| {
+            let mut request = ok.clone();
+            edit(&mut request);
+            let error = request.validate().unwrap_err();
+            assert!(error.contains(field), "{field}: {error}");
+        };
+        bad(|r| r.path = "completion".into(), "progress.path");
+        bad(
+            |r| r.path = format!("/{}", "a".repeat(PROGRESS_PATH_MAX)),
+            "progress.path",
+        );
+        bad(|r| r.method = "DELETE".into(), "progress.method");
+        bad(|r| r.method = "GET".into(), "progress.body");
+        bad(
+            |r| r.body = Some("x".repeat(PROGRESS_BODY_MAX + 1)),
+            "progress.body",
+        );
+        bad(|r| r.expect_status = 99, "progress.expect_status");
+        bad(|r| r.expect_status = 600, "progress.expect_status");
+        // The defaults: GET, no body, 200.
+        let minimal: ProgressRequest = serde_json::from_str(r#"{"path": "/health"}"#).unwrap();
+        assert_eq!(
+            (minimal.method.as_str(), minimal.expect_status),
+            ("GET", 200)
+        );
+        assert_eq!(minimal.validate(), Ok(()));
+        assert!(serde_json::from_str::<ProgressRequest>(r#"{"path": "/", "x": 1}"#).is_err());
     }
 }

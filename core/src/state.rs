@@ -21,8 +21,8 @@ use crate::status::{BreakerState, PoolStatus};
 /// The format version of [`State`] snapshots; bump it when `State` changes shape (an old
 /// snapshot is then ignored and the journal replayed in full).
 /// 2: `Node::mig_devices`. 3: `EngineProcess::boot_id` and `exe`. 4: `Node::gpu_faults` and
-/// `quarantined`.
-pub const STATE_SNAPSHOT_VERSION: u8 = 4;
+/// `quarantined`. 5: `PreparedEngine::progress`.
+pub const STATE_SNAPSHOT_VERSION: u8 = 5;
 
 /// The registry: all pools plus node-level facts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -289,7 +289,7 @@ fn the_loss_marker_is_the_last_variant_and_a_node_event() {
 /// `PortInUse` is appended (index 6, after `CpuSpillover`) and answers `PORT_IN_USE`.
 #[test]
 fn version_4_appends_the_engine_identity_fields_and_port_in_use() {
-    assert_eq!(EVENT_FORMAT_VERSION, 4);
+    const { assert!(EVENT_FORMAT_VERSION >= 4) };
     let spawned = |boot_id: Option<String>| Event::EngineSpawned {
         pid: 1,
         start_time: 2,
@@ -323,6 +323,30 @@ fn version_4_appends_the_engine_identity_fields_and_port_in_use() {
         serde_json::to_value(StartFailure::PortInUse).unwrap(),
         "port_in_use"
     );
+}
+
+/// Format version 5: the prepared engine gains its last field, `progress` (an `Option`, one
+/// byte `0` when absent), so `PreloadRequested`, which holds only the engine, ends with it.
+#[test]
+fn version_5_gives_the_prepared_engine_its_declared_progress_request() {
+    assert_eq!(EVENT_FORMAT_VERSION, 5);
+    let mut engine = support::engine("p1");
+    engine.progress = None;
+    let preload = |engine: &pool_core::PreparedEngine| Event::PreloadRequested {
+        engine: Box::new(engine.clone()),
+    };
+    let without = bincode::serialize(&preload(&engine)).unwrap();
+    assert_eq!(without[..4], 6u32.to_le_bytes());
+    assert_eq!(without.last(), Some(&0u8), "None is the last byte");
+    engine.progress = Some(Box::new(pool_core::ProgressRequest {
+        path: "/completion".into(),
+        method: "POST".into(),
+        body: None,
+        expect_status: 200,
+    }));
+    let with = bincode::serialize(&preload(&engine)).unwrap();
+    assert_eq!(with[..without.len() - 1], without[..without.len() - 1]);
+    assert_eq!(with[without.len() - 1], 1, "Some");
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! Version 4 reshaped two variants (each gained a last field): `EngineSpawned` (`boot_id`)
 //! and `HealthCheckPassed` (`exe`). A record of versions 1 to 3 is read as [`EventV3`]: the
 //! variant index first (bincode encodes it as a `u32`), then that variant's old fields for
-//! the two reshaped ones (upcast with the new field `None`: unknown), or today's variant for
-//! every other index (unchanged since: versions 2 and 3 only appended variants).
+//! the two reshaped ones (upcast with the new field `None`: unknown), the shapes of `v4.rs` for
+//! the two variants version 5 reshaped, or today's variant for every other index (unchanged
+//! since: versions 2 and 3 only appended variants).
 //!
 //! Owns: the frozen shapes. Never: changes (they stand for records already on disk).
 
@@ -85,17 +86,21 @@ impl<'de> Visitor<'de> for V3Visitor {
                     exe: None,
                 }
             }
-            // Unchanged since: today's type reads the rest of the record.
-            _ => Event::deserialize(ReadIndex { index, variant })?,
+            // Reshaped by version 5 (the prepared engine's `progress`), or unchanged since:
+            // today's type reads the rest of the record.
+            _ => match super::v4::engine_variant(index, variant)? {
+                Ok(event) => event,
+                Err(variant) => Event::deserialize(ReadIndex { index, variant })?,
+            },
         };
         Ok(EventV3(event))
     }
 }
 
 /// A deserializer that hands today's [`Event`] an enum whose index was already read.
-struct ReadIndex<V> {
-    index: u32,
-    variant: V,
+pub(super) struct ReadIndex<V> {
+    pub(super) index: u32,
+    pub(super) variant: V,
 }
 
 impl<'de, A: de::VariantAccess<'de>> Deserializer<'de> for ReadIndex<A> {

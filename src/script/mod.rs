@@ -325,6 +325,7 @@ pub fn sample_engine(
         vram_required_bytes: None,
         ram_required_bytes: None,
         tensor_split: None,
+        progress: None,
     }
 }
 

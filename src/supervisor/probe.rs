@@ -1,5 +1,5 @@
 //! Health probes of engines over HTTP: `GET {health_path}` and llama-server's `/props`, and
-//! the bounded `GET` of the progress reads (`progress.rs` says what those answers mean).
+//! the bounded requests of the progress reads (`progress.rs` says what those answers mean).
 //!
 //! Owns: what an answer means (200 healthy; 503 loading, with llama-server's body or the older
 //! `{"status":"loading model"}`; refused connection: not listening yet; anything else
@@ -164,15 +164,36 @@ impl Prober {
         timeout_ms: u64,
         max: usize,
     ) -> Result<Answer, String> {
-        let request = self
+        self.send_bounded("GET", url, None, timeout_ms, max).await
+    }
+
+    /// `method url` with `body` as JSON (when given), answered (body included) within
+    /// `timeout_ms`, reading at most `max` bytes of the answer's body. `Err`: no answer, or a
+    /// method this client cannot send, said with the method and url.
+    pub async fn send_bounded(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&str>,
+        timeout_ms: u64,
+        max: usize,
+    ) -> Result<Answer, String> {
+        let verb = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| format!("{method} {url}: not a method: {e}"))?;
+        let mut request = self
             .client
-            .get(url)
+            .request(verb, url)
             .timeout(Duration::from_millis(timeout_ms.max(1)));
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
-                format!("GET {url} timed out after {timeout_ms} ms")
+                format!("{method} {url} timed out after {timeout_ms} ms")
             } else {
-                format!("GET {url} failed: {e}")
+                format!("{method} {url} failed: {e}")
             }
         })?;
         let status = response.status().as_u16();

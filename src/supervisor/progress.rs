@@ -4,8 +4,13 @@
 //! advances; a stall (work in progress, nothing moving for `[health] stall_after_ms`) is
 //! reported as `EngineStalled`, and the core stops the engine as a failure `stalled`.
 //!
-//! What is read depends on the engine kind of the prepared engine (`engine`, else the binary's
-//! name): vLLM's `/metrics` (`vllm:num_requests_running` > 0 is work; the mark moves with
+//! What is read depends on the prepared engine. One that declares its own probe
+//! (`prepared.progress`: a request and the status it answers when the engine works, for
+//! example a one-token completion) is asked that, with the stall bound as the request's time
+//! limit: each answer with the expected status is progress, anything else (another status, no
+//! answer within the bound) is none, and work counts as in progress from the first read on, so
+//! an engine that stops answering it correctly is stalled after `[health] stall_after_ms`.
+//! Otherwise the engine kind (`engine`, else the binary's name) says: vLLM's `/metrics` (`vllm:num_requests_running` > 0 is work; the mark moves with
 //! `vllm:generation_tokens_total` and `vllm:prompt_tokens_total`); anything else is read as
 //! llama-server: `/slots` (a slot `is_processing` is work; the mark moves with each processing
 //! slot's task, `n_decoded` and prompt tokens processed), else, when it runs with `--metrics`,
@@ -27,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::progress::{ProgressWatch, Reading, Verdict};
-use pool_core::{Observation, PoolId, PreparedEngine};
+use pool_core::{Observation, PoolId, PreparedEngine, ProgressRequest};
 use serde_json::Value;
 
 use super::probe::Prober;
@@ -37,6 +42,9 @@ use super::Shared;
 pub const SLOTS_BODY_MAX: usize = 8 * 1024 * 1024;
 /// The most bytes read from a `/metrics` answer.
 pub const METRICS_BODY_MAX: usize = 1024 * 1024;
+/// The most bytes read from the answer to a declared progress request (only its status
+/// counts).
+pub const DECLARED_BODY_MAX: usize = 64 * 1024;
 /// A progress read's time limit, whatever the interval.
 pub const READ_TIMEOUT_MAX_MS: u64 = 5_000;
 /// A progress read's least time limit.
@@ -51,6 +59,8 @@ pub enum Source {
     LlamaMetrics,
     /// vLLM's `GET /metrics`.
     VllmMetrics,
+    /// The request the prepared engine declares (`prepared.progress`).
+    Declared,
 }
 
 impl Source {
@@ -59,6 +69,7 @@ impl Source {
         match self {
             Source::LlamaSlots => "/slots",
             Source::LlamaMetrics | Source::VllmMetrics => "/metrics",
+            Source::Declared => "the declared progress request",
         }
     }
 
@@ -66,6 +77,7 @@ impl Source {
         match self {
             Source::LlamaSlots => SLOTS_BODY_MAX,
             Source::LlamaMetrics | Source::VllmMetrics => METRICS_BODY_MAX,
+            Source::Declared => DECLARED_BODY_MAX,
         }
     }
 
@@ -87,12 +99,17 @@ impl Source {
                 "vllm:num_requests_running",
                 &["vllm:generation_tokens_total", "vllm:prompt_tokens_total"],
             ),
+            // Its answer is judged by its status alone (`read_declared`).
+            Source::Declared => None,
         }
     }
 }
 
 /// Where the progress of `engine` is read, in order of preference.
 pub fn sources(engine: &PreparedEngine) -> Vec<Source> {
+    if engine.progress.is_some() {
+        return vec![Source::Declared];
+    }
     if engine.engine_name().to_ascii_lowercase().contains("vllm") {
         return vec![Source::VllmMetrics];
     }
@@ -149,6 +166,45 @@ pub async fn read(
     source.parse(&answer.body).ok_or_else(|| {
         ReadFailure::Unsupported(format!("GET {url} answered something else than expected"))
     })
+}
+
+/// The declared progress request `request` sent to `base_url` within `timeout_ms` (the stall
+/// bound): an answer with its expected status moves the mark (`answered` counts them), any
+/// other answer or none leaves it standing. Always work in progress: the engine was asked to
+/// do something and either did it or did not.
+pub async fn read_declared(
+    prober: &Prober,
+    base_url: &str,
+    request: &ProgressRequest,
+    timeout_ms: u64,
+    answered: &mut u64,
+) -> Seen {
+    let url = format!("{}{}", base_url.trim_end_matches('/'), request.path);
+    let what = format!("{} {url}", request.method);
+    let answer = prober
+        .send_bounded(
+            &request.method,
+            &url,
+            request.body.as_deref(),
+            timeout_ms,
+            DECLARED_BODY_MAX,
+        )
+        .await;
+    let said = match answer {
+        Ok(answer) if answer.status == request.expect_status => {
+            *answered = answered.wrapping_add(1);
+            format!("{what} answered {}", answer.status)
+        }
+        Ok(answer) => format!(
+            "{what} answered {} (expected {})",
+            answer.status, request.expect_status
+        ),
+        Err(why) => why,
+    };
+    Seen {
+        reading: Reading::Working { mark: *answered },
+        said,
+    }
 }
 
 /// llama-server's `/slots`: a list of slots, each with `is_processing` and, once it had a
@@ -243,13 +299,16 @@ pub(super) async fn watch(shared: Arc<Shared>, pool_id: PoolId, cause: u64, pid:
     let Some(pid) = pid else { return };
     let health = shared.settings.policy.health.clone();
     let interval_ms = health.progress_interval_ms.max(1);
-    let timeout_ms = interval_ms.clamp(READ_TIMEOUT_MIN_MS, READ_TIMEOUT_MAX_MS);
     let interval = Duration::from_millis(interval_ms);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut progress = ProgressWatch::new();
-    let mut sources: Option<(Vec<Source>, usize)> = None;
-    let mut last_said = String::new();
+    let mut reader = Reader {
+        timeout_ms: interval_ms.clamp(READ_TIMEOUT_MIN_MS, READ_TIMEOUT_MAX_MS),
+        // A declared request must answer within the stall bound.
+        declared_timeout_ms: health.stall_after_ms.max(1),
+        ..Reader::default()
+    };
     loop {
         ticker.tick().await;
         let Some((engine, leases)) = serving(&shared, &pool_id, pid) else {
@@ -259,33 +318,21 @@ pub(super) async fn watch(shared: Arc<Shared>, pool_id: PoolId, cause: u64, pid:
             progress.reset();
             continue;
         }
-        let (list, at) = sources.get_or_insert_with(|| (self::sources(&engine), 0));
-        let Some(source) = list.get(*at).copied() else {
-            return;
-        };
-        let reading = match read(&shared.prober, &engine.url(), source, timeout_ms).await {
-            Ok(seen) => {
-                last_said = seen.said;
-                seen.reading
-            }
-            Err(ReadFailure::Unanswered(why)) => {
-                last_said = format!("{why} (earlier: {last_said})");
-                Reading::Unanswered
-            }
-            Err(ReadFailure::Unsupported(why)) => {
-                *at += 1;
-                let next = list.get(*at).map_or("nothing else to read", |s| s.path());
-                tracing::info!(pool_id = %pool_id, pid, "progress not read at {}: {why}; next: {next}", source.path());
+        let reading = match reader.read(&shared.prober, &engine).await {
+            Step::Read(reading) => reading,
+            Step::Skip(why) => {
+                tracing::info!(pool_id = %pool_id, pid, "{why}");
                 progress.reset();
                 continue;
             }
+            Step::End => return,
         };
         let verdict = progress.observe(reading, shared.now_ms(), health.stall_after_ms);
         if let Verdict::Stalled { for_ms } = verdict {
             let detail = format!(
                 "engine pid {pid} reports work in progress and made none for {for_ms} ms \
-                 (health.stall_after_ms = {}): {last_said}",
-                health.stall_after_ms
+                 (health.stall_after_ms = {}): {}",
+                health.stall_after_ms, reader.last_said
             );
             tracing::warn!(pool_id = %pool_id, pid, "{detail}");
             let observation = Observation::EngineStalled {
@@ -297,6 +344,64 @@ pub(super) async fn watch(shared: Arc<Shared>, pool_id: PoolId, cause: u64, pid:
             // Stale to the core if the leases were returned meanwhile: then the engine is
             // watched again from scratch (the loop ends once the pool stops serving).
             progress.reset();
+        }
+    }
+}
+
+/// One engine's progress reads: where they go, and what it said last.
+#[derive(Debug, Default)]
+struct Reader {
+    /// The sources of this engine (found at the first read) and the one read now.
+    sources: Option<(Vec<Source>, usize)>,
+    /// What the engine said at the last read (for the stall's detail).
+    last_said: String,
+    /// The declared request's expected answers so far (its mark).
+    answered: u64,
+    /// A read's time limit.
+    timeout_ms: u64,
+    /// A declared request's time limit.
+    declared_timeout_ms: u64,
+}
+
+/// What one read gave.
+enum Step {
+    /// A reading for the watch.
+    Read(Reading),
+    /// This source cannot be read (said why); the next one is read at the next tick.
+    Skip(String),
+    /// Nothing is left to read: the engine is not watched.
+    End,
+}
+
+impl Reader {
+    async fn read(&mut self, prober: &Prober, engine: &PreparedEngine) -> Step {
+        let (list, at) = self.sources.get_or_insert_with(|| (sources(engine), 0));
+        let Some(source) = list.get(*at).copied() else {
+            return Step::End;
+        };
+        if let (Source::Declared, Some(request)) = (source, &engine.progress) {
+            let (url, timeout) = (engine.url(), self.declared_timeout_ms);
+            let seen = read_declared(prober, &url, request, timeout, &mut self.answered).await;
+            self.last_said = seen.said;
+            return Step::Read(seen.reading);
+        }
+        match read(prober, &engine.url(), source, self.timeout_ms).await {
+            Ok(seen) => {
+                self.last_said = seen.said;
+                Step::Read(seen.reading)
+            }
+            Err(ReadFailure::Unanswered(why)) => {
+                self.last_said = format!("{why} (earlier: {})", self.last_said);
+                Step::Read(Reading::Unanswered)
+            }
+            Err(ReadFailure::Unsupported(why)) => {
+                *at += 1;
+                let next = list.get(*at).map_or("nothing else to read", |s| s.path());
+                Step::Skip(format!(
+                    "progress not read at {}: {why}; next: {next}",
+                    source.path()
+                ))
+            }
         }
     }
 }

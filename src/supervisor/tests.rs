@@ -39,6 +39,7 @@ pub(crate) fn sh_engine(pool: &str, port: u16, script: &str, tag: &str) -> Prepa
         vram_required_bytes: None,
         ram_required_bytes: None,
         tensor_split: None,
+        progress: None,
     }
 }
 

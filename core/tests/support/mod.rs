@@ -51,6 +51,7 @@ pub fn engine(pool: &str) -> PreparedEngine {
         vram_required_bytes: None,
         ram_required_bytes: None,
         tensor_split: None,
+        progress: None,
     }
 }
 

@@ -93,6 +93,36 @@ pub(in crate::api) struct PreparedEngineSchema {
     /// Multi-GPU split.
     #[serde(default)]
     pub(in crate::api) tensor_split: Option<TensorSplitSchema>,
+    /// The engine's own progress probe; when absent its progress is read from `/slots` or
+    /// `/metrics` as its kind offers.
+    #[serde(default)]
+    pub(in crate::api) progress: Option<ProgressRequestSchema>,
+}
+
+/// A progress probe the engine declares: while its pool holds leases, this request is sent
+/// every `[health] progress_interval_ms`; an answer with `expect_status` within
+/// `[health] stall_after_ms` is progress, anything else is none, and an engine that makes
+/// none for `stall_after_ms` is restarted as `stalled`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ProgressRequest)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read by the documentation only
+pub(in crate::api) struct ProgressRequestSchema {
+    /// The route, starting with `/`.
+    #[schema(max_length = 1024, pattern = "^/")]
+    pub(in crate::api) path: String,
+    /// `GET`, `POST` or `PUT`.
+    #[serde(default)]
+    #[schema(default = "GET", pattern = "^(GET|POST|PUT)$")]
+    pub(in crate::api) method: String,
+    /// The body, sent as `application/json` (`POST` and `PUT` only).
+    #[serde(default)]
+    #[schema(max_length = 65536)]
+    pub(in crate::api) body: Option<String>,
+    /// The status a working engine answers.
+    #[serde(default)]
+    #[schema(default = 200, minimum = 100, maximum = 599)]
+    pub(in crate::api) expect_status: u16,
 }
 
 /// The model of a handoff.

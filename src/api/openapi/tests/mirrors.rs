@@ -43,6 +43,7 @@ fn prepared_engine_equals_the_core() {
         "vram_required_bytes": 1,
         "ram_required_bytes": 2,
         "tensor_split": "auto",
+        "progress": {"path": "/completion", "method": "POST", "body": "{}", "expect_status": 200},
     }))
     .unwrap();
     let pool_core::PreparedEngine {
@@ -62,7 +63,15 @@ fn prepared_engine_equals_the_core() {
         vram_required_bytes,
         ram_required_bytes,
         tensor_split,
+        progress,
     } = full.clone();
+    let pool_core::ProgressRequest {
+        path,
+        method,
+        body,
+        expect_status,
+    } = *progress.clone().unwrap();
+    let _ = (path, method, body, expect_status);
     let _ = (
         binary_path,
         flags,
@@ -80,9 +89,16 @@ fn prepared_engine_equals_the_core() {
         vram_required_bytes,
         ram_required_bytes,
         tensor_split,
+        progress,
     );
     let real = serde_json::to_value(&full).unwrap();
     assert_eq!(keys(&real), properties("PreparedEngine"));
+    assert_eq!(keys(&real["progress"]), properties("ProgressRequest"));
+    assert_eq!(
+        required("ProgressRequest"),
+        vec!["path".to_string()],
+        "only the path is needed"
+    );
     // Exactly the schema's required fields are needed.
     let required = required("PreparedEngine");
     let minimal: serde_json::Map<String, Value> = required
