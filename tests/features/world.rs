@@ -134,6 +134,12 @@ impl PoolWorld {
         &mut self.setup
     }
 
+    /// The NVML error returns of the fake library's scenario, which a step may change while
+    /// the daemon runs (the GPU steps write them with the next rewrite of the GPUs).
+    pub fn nvml_errors_mut(&mut self) -> &mut Vec<String> {
+        &mut self.setup.nvml_errors
+    }
+
     /// The daemon's setup (what it was started with, once it runs).
     pub fn setup(&self) -> &DaemonSetup {
         &self.setup
