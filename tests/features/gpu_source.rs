@@ -13,9 +13,12 @@
 //! The translation: a GPU is a `gpu` line (its name with `_` for spaces, the library gives
 //! them back), its processes `proc` lines, its MIG devices `mig` lines and their processes
 //! `migproc` lines, each listed Xid an `xid` line and each driver reset a `lost` line (the
-//! library delivers each once, in order, as the fixture reports each once); then the NVML
-//! error returns a step asked for (`error <function> <code>`), which only this source has.
+//! library delivers each once, in order, as the fixture reports each once; an Xid that a
+//! step marked as a double-bit ECC error, which the fixture lists as the Xid 48 the daemon
+//! reports, is an `ecc` line); then the NVML error returns a step asked for (`error
+//! <function> <code>`), which only this source has.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -55,17 +58,23 @@ pub fn install(library: &Path, dir: &Path) -> PathBuf {
 }
 
 /// Replaces the scenario file of the scenario directory `dir` at once (written aside, then
-/// renamed over it) with the translation of `fixture` (the fixture's JSON list) and `errors`.
-pub fn write_scenario(dir: &Path, fixture: &Value, errors: &[String]) {
+/// renamed over it) with the translation of `fixture` (the fixture's JSON list), the Xids of
+/// it that are ECC errors (GPU index, position in its `xids`) and `errors` lines.
+pub fn write_scenario(
+    dir: &Path,
+    fixture: &Value,
+    ecc: &BTreeSet<(u64, usize)>,
+    errors: &[String],
+) {
     let file = dir.join(DIR).join(SCENARIO_FILE);
     let aside = file.with_extension("new");
-    let text = scenario(fixture, errors);
+    let text = scenario(fixture, ecc, errors);
     std::fs::write(&aside, text).unwrap_or_else(|e| panic!("{}: {e}", aside.display()));
     std::fs::rename(&aside, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
 }
 
-/// The scenario file of `fixture` and `errors` (see the module doc).
-fn scenario(fixture: &Value, errors: &[String]) -> String {
+/// The scenario file of `fixture`, its ECC Xids and `errors` (see the module doc).
+fn scenario(fixture: &Value, ecc: &BTreeSet<(u64, usize)>, errors: &[String]) -> String {
     let gpus = fixture
         .as_array()
         .unwrap_or_else(|| panic!("the fixture is a list of GPUs: {fixture}"));
@@ -100,8 +109,12 @@ fn scenario(fixture: &Value, errors: &[String]) -> String {
                 lines.push(format!("migproc {index} {slot} {pid} {used}"));
             }
         }
-        for xid in list(gpu, "xids") {
-            lines.push(format!("xid {index} {xid}"));
+        for (position, xid) in list(gpu, "xids").iter().enumerate() {
+            if ecc.contains(&(index, position)) {
+                lines.push(format!("ecc {index}"));
+            } else {
+                lines.push(format!("xid {index} {xid}"));
+            }
         }
         let resets = gpu
             .get("driver_resets")

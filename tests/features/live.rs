@@ -8,6 +8,7 @@
 //! (`EngineSpawned` carries the pid and its start time): one still running is killed and
 //! reported (which fails the run), so that no engine outlives the run.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,8 +65,12 @@ pub struct DaemonSetup {
     /// `None`: through the fixture.
     pub fake_nvml: Option<PathBuf>,
     /// NVML error returns a step asked for (`error <function> <code>` lines of the fake
-    /// library's scenario).
-    pub nvml_errors: Vec<String>,
+    /// library's scenario), which the fixture has no field for.
+    pub nvml_lines: Vec<String>,
+    /// The Xids of the fixture that are double-bit ECC errors (GPU index, position in its
+    /// `xids`): the fixture lists them as the Xid 48 the daemon reports, the fake NVML
+    /// library delivers them as ECC events.
+    pub ecc_xids: BTreeSet<(u64, usize)>,
 }
 
 impl DaemonSetup {
@@ -97,7 +102,8 @@ impl DaemonSetup {
             manual_clock_at_ms: None,
             own_process: false,
             fake_nvml: crate::gpu_source::selected(),
-            nvml_errors: Vec::new(),
+            nvml_lines: Vec::new(),
+            ecc_xids: BTreeSet::new(),
         }
     }
 
@@ -235,7 +241,7 @@ impl LiveDaemon {
         let gpus: Arc<dyn GpuInventory> = match &setup.fake_nvml {
             Some(library) => {
                 setup.config.gpu.nvml_library = crate::gpu_source::install(library, dir);
-                crate::gpu_source::write_scenario(dir, &json, &setup.nvml_errors);
+                crate::gpu_source::write_scenario(dir, &json, &setup.ecc_xids, &setup.nvml_lines);
                 gpu::open_inventory(&setup.config.gpu)
             }
             None => Arc::new(FixtureInventory::new(&file)),

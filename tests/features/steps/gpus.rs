@@ -32,6 +32,8 @@ use crate::live::{Body, GPU_FIXTURE_FILE};
 use crate::steps::params::list;
 use crate::world::{PoolWorld, EVENTUALLY, POLL};
 
+/// The Xid NVIDIA documents for a double-bit ECC error (as the daemon reports one).
+const XID_DOUBLE_BIT_ECC: u32 = 48;
 /// Ratios of an `"auto"` split are planned in steps of `1 / SPLIT_UNITS`.
 const SPLIT_UNITS: u64 = pool_managerd::core::gpu::SPLIT_UNITS as u64;
 
@@ -120,8 +122,9 @@ fn publish(world: &mut PoolWorld, fixture: &Value) {
     std::fs::write(&aside, text).unwrap_or_else(|e| panic!("{}: {e}", aside.display()));
     std::fs::rename(&aside, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     if world.setup().fake_nvml.is_some() {
-        let errors = world.setup().nvml_errors.clone();
-        gpu_source::write_scenario(world.dir(), fixture, &errors);
+        let setup = world.setup();
+        let (ecc, errors) = (setup.ecc_xids.clone(), setup.nvml_lines.clone());
+        gpu_source::write_scenario(world.dir(), fixture, &ecc, &errors);
     }
 }
 
@@ -401,7 +404,7 @@ fn nvml_answers(world: &mut PoolWorld, words: String, function: String) {
     );
     let code = gpu_source::return_code(&words);
     world
-        .nvml_errors_mut()
+        .nvml_lines_mut()
         .push(format!("error {function} {code}"));
     republish(world);
 }
@@ -409,8 +412,20 @@ fn nvml_answers(world: &mut PoolWorld, words: String, function: String) {
 /// The fake NVML library answers every call normally again.
 #[when("NVML answers normally again")]
 fn nvml_normal(world: &mut PoolWorld) {
-    world.nvml_errors_mut().clear();
+    world.nvml_lines_mut().clear();
     republish(world);
+}
+
+/// A double-bit ECC error on GPU `index`: the fixture has no ECC events and lists the Xid 48
+/// the daemon reports one as; over NVML, an ECC event of the GPU's event set.
+#[when(expr = "the driver reports a double-bit ECC error on GPU {int}")]
+fn ecc_reported(world: &mut PoolWorld, index: u32) {
+    let listed = read_fixture_value(world)
+        .as_array()
+        .and_then(|gpus| gpus.iter().find(|g| g["index"] == index).cloned())
+        .map_or(0, |gpu| gpu["xids"].as_array().map_or(0, Vec::len));
+    world.ecc_xids_mut().insert((u64::from(index), listed));
+    xid_reported(world, XID_DOUBLE_BIT_ECC, index);
 }
 
 /// Writes the GPUs again (with the NVML error returns asked for) once the daemon runs; before
