@@ -146,6 +146,7 @@ Feature: GPU preflight: no engine is silently given the CPU
     And the GPUs show the engine of pool "p1" on GPU 0 using 1024 MiB
     When the driver reports Xid 79 on GPU 0
     And the free VRAM of GPU 0 drops to 60 GiB
+    And the free VRAM of GPU 0 drops to 50 GiB
     Then the daemon records 0 Xids
     And pool "p1" is live and ready
 

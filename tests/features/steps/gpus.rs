@@ -814,8 +814,8 @@ async fn unquarantined(world: &mut PoolWorld, index: u32) {
     world.request(Method::POST, &path, Body::Empty).await;
 }
 
-/// The node's last `kind` event about GPU `index` (among the newest of the journal) has
-/// `field` = `value`.
+/// The node's last `kind` event about GPU `index` (among the newest of the journal), once
+/// recorded, has `field` = `value`.
 #[then(expr = "the node's events record {string} of GPU {int} with {string} {json}")]
 async fn node_event_records(
     world: &mut PoolWorld,
@@ -825,15 +825,29 @@ async fn node_event_records(
     value: crate::steps::params::Json,
 ) {
     let uuid = uuid_of(world, index);
-    let answer = world.request(Method::GET, "/v2/events", Body::Empty).await;
-    let text = answer.body.to_string();
-    let event = answer
-        .body
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-        .find(|e| e["event"]["kind"] == kind.as_str() && e["event"]["gpu_uuid"] == uuid.as_str())
-        .unwrap_or_else(|| panic!("no {kind} of GPU {index} among the node's events: {text}"));
+    // Awaited: a reading's faults are submitted after its inventory, which the step before
+    // may have waited for.
+    let deadline = Instant::now() + EVENTUALLY;
+    let event = loop {
+        let answer = world.request(Method::GET, "/v2/events", Body::Empty).await;
+        let found = answer
+            .body
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .find(|e| {
+                e["event"]["kind"] == kind.as_str() && e["event"]["gpu_uuid"] == uuid.as_str()
+            });
+        if let Some(event) = found {
+            break event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} of GPU {index} among the node's events within {EVENTUALLY:?}: {}",
+            answer.body
+        );
+        tokio::time::sleep(POLL).await;
+    };
     assert_eq!(event["event"][&field], value.0, "{field} of {event}");
 }
