@@ -11,6 +11,8 @@
 //! Building the library needs a C compiler (`cc`): without one the tests fail under
 //! `CI=true` and are skipped with the reason elsewhere.
 
+#[path = "support/fake_nvml.rs"]
+mod fake_nvml;
 #[path = "support/daemon_harness.rs"]
 mod harness;
 
@@ -26,32 +28,11 @@ const GPU0: &str = "GPU-aaaaaaaa-0000-4000-8000-000000000000";
 const GPU1: &str = "GPU-bbbbbbbb-0000-4000-8000-000000000001";
 const MIG: &str = "MIG-cccccccc-0000-4000-8000-000000000002";
 
-/// The fake library built into `dir` (`dir/lib/libnvidia-ml.so.1`), or `None` (skipped, with
-/// the reason) where no C compiler runs, which `CI=true` refuses.
+/// The directory of the fake library built under `dir`, or `None` (skipped, with the reason)
+/// where no C compiler runs, which `CI=true` refuses.
 fn build_library(dir: &Path) -> Option<PathBuf> {
-    let lib = dir.join("lib");
-    std::fs::create_dir_all(&lib).unwrap();
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake-nvml/fake_nvml.c");
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(lib.join("libnvidia-ml.so.1"))
-        .arg(source)
-        .output();
-    match built {
-        Ok(out) if out.status.success() => Some(lib),
-        other => {
-            let why = match other {
-                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "cannot build the fake NVML library with cc: {why} (CI=true: it must run)"
-            );
-            eprintln!("skipped: cannot build the fake NVML library with cc: {why}");
-            None
-        }
-    }
+    let library = fake_nvml::build_library(dir)?;
+    library.parent().map(Path::to_path_buf)
 }
 
 /// Two GPUs (the second with a MIG device), and `extra` lines.
@@ -195,6 +176,38 @@ fn the_inventory_is_read_through_the_nvml_library() {
     assert!(ok, "{text}");
     let answer: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(answer["gpus"][0]["processes"], json!([]), "{answer}");
+
+    // `--nvml-library` (as `[gpu] nvml_library`) loads the file it names, without the
+    // loader's path; one that cannot be loaded is a "no GPU" state naming it.
+    write_scenario(&file, &[]);
+    let by_path = |library: &Path| -> Value {
+        let out = std::process::Command::new(DAEMON)
+            .args(["gpus", "--json", "--nvml-library"])
+            .arg(library)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("POOL_MANAGERD_FAKE_NVML", &file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let library = lib.join("libnvidia-ml.so.1");
+    let answer = by_path(&library);
+    assert_eq!(
+        answer["source"],
+        format!("NVML ({})", library.display()),
+        "{answer}"
+    );
+    assert_eq!(answer["gpus"][1]["uuid"], GPU1, "{answer}");
+    let missing = dir.path().join("elsewhere/libnvidia-ml.so.1");
+    let answer = by_path(&missing);
+    assert_eq!(answer["available"], false, "{answer}");
+    let reason = answer["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&missing.display().to_string()) && reason.contains("[gpu] nvml_library"),
+        "{answer}"
+    );
 
     let (ok, text) = gpus(&["error nvmlInit_v2 9".to_string()]);
     assert!(ok, "{text}");

@@ -133,10 +133,11 @@ Feature: Device masks: engines run on the GPUs they are given, and only there
         | gpu.poll_interval_ms | 50 |
       And pool "p1" is ready with an engine-sim on the device mask "0"
       And pool "p2" is ready with an engine-sim on the device mask "1"
+      And the engine of pool "p1" is noted
       And the engine of pool "p2" is noted
       When the driver reports Xid 79 on GPU 0
       Then pool "p1" becomes unready with a last error containing "Xid 79"
-      And the engine of pool "p1" is gone
+      And the noted engine of pool "p1" is gone
       And pool "p2" is live and ready
       And pool "p2" has no last error
       And the engine of pool "p2" is the noted one, still running

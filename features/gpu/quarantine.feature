@@ -7,7 +7,9 @@ Feature: A GPU that keeps failing is quarantined, and nothing starts on it until
   preload naming it answers 503 GPU_QUARANTINED. Application Xids (13, 31, 43: a faulty kernel,
   not a faulty GPU) never count. GET /v2/gpus and the metric gpu_quarantined show it;
   POST /v2/gpus/{uuid}/unquarantine ends it (GpuUnquarantined) and its fault count starts
-  again. It is in the journal, so it survives a daemon restart.
+  again. It is in the journal, so it survives a daemon restart. Over NVML, an Xid is an event
+  of the GPU's NVML event set (a double-bit ECC error another, reported as Xid 48), and a
+  driver reset the event wait answering "GPU is lost".
 
   Background:
     Given the node's GPUs are:
@@ -38,6 +40,26 @@ Feature: A GPU that keeps failing is quarantined, and nothing starts on it until
     When the metrics are scraped
     Then the metric "gpu_quarantined" of GPU "GPU-6a1f0c2e-0000-4000-8000-000000000000" is 1
     And the metric "gpu_quarantined" of GPU "GPU-7b2e1d3f-0000-4000-8000-000000000001" is 0
+
+  Scenario: Driver resets are hardware faults: three quarantine the GPU
+    Given pool "p1" is ready with an engine-sim on the device mask "0"
+    When the driver reports a reset of GPU 0
+    And the driver reports a reset of GPU 0
+    And the driver reports a reset of GPU 0
+    Then GPU 0 is quarantined
+    And the node's events record "GpuQuarantined" of GPU 0 with "faults" 3
+    And the node's events record "DriverResetObserved" of GPU 0 with "gpu_uuid" "GPU-6a1f0c2e-0000-4000-8000-000000000000"
+    And GPU 1 is not quarantined
+
+  Scenario: A double-bit ECC error is reported as Xid 48, a hardware fault
+    Given pool "p1" is ready with an engine-sim on the device mask "0"
+    When the driver reports a double-bit ECC error on GPU 0
+    Then the daemon records 1 Xid
+    And the node's events record "GpuXidObserved" of GPU 0 with "xid" 48
+    When the driver reports a double-bit ECC error on GPU 0
+    And the driver reports a double-bit ECC error on GPU 0
+    Then GPU 0 is quarantined
+    And the node's events record "GpuQuarantined" of GPU 0 with "faults" 3
 
   Scenario: Application Xids never quarantine a GPU
     Given pool "p1" is ready with an engine-sim on the device mask "0"

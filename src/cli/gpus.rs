@@ -28,6 +28,10 @@ pub struct GpusArgs {
     /// Testing aid: read the GPUs from this JSON file instead of NVML.
     #[arg(long, value_name = "FILE")]
     pub gpu_fixture: Option<PathBuf>,
+    /// Load the NVIDIA management library from this file instead of the `libnvidia-ml.so.1`
+    /// the dynamic loader finds (as `[gpu] nvml_library` does for the daemon).
+    #[arg(long, value_name = "FILE")]
+    pub nvml_library: Option<PathBuf>,
     /// Print JSON: `{"source", "available", "reason"?, "gpus": [Gpu], "quarantined"}` (the
     /// `gpus` as in `GET /v2/gpus`; `quarantined`: the UUIDs, with `--addr`, else null).
     #[arg(long)]
@@ -93,6 +97,7 @@ fn ask_daemon(addr: &str) -> anyhow::Result<BTreeSet<String>> {
 pub fn run(args: GpusArgs) -> anyhow::Result<ExitCode> {
     let settings = GpuSettings {
         fixture: args.gpu_fixture.unwrap_or_default(),
+        nvml_library: args.nvml_library.unwrap_or_default(),
         ..GpuSettings::default()
     };
     let inventory = gpu::open_inventory(&settings);

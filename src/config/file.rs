@@ -304,6 +304,10 @@ pub(super) fn value_hint(key: &str) -> String {
         "allowed_binaries" => "give a list of absolute paths or directory prefixes",
         "engine_user" => "give a user name, or \"\" for none",
         "gpu.fixture" => "give the path of a JSON file of GPUs (a testing aid), or \"\" for NVML",
+        "gpu.nvml_library" => {
+            "give the path of the driver's libnvidia-ml.so.1, or \"\" for the one the dynamic \
+             loader finds"
+        }
         "gpu.allow_sharing" => "give true or false",
         "engines.cgroup" => "give \"auto\", \"required\" or \"off\"",
         "engines.logs_group" => "give a group name, or \"\" for none",

@@ -330,6 +330,7 @@ impl Config {
                 poll_interval_ms: self.gpu.poll_interval_ms,
                 placement_timeout_ms: self.gpu.placement_timeout_ms,
                 fixture: lossy(&self.gpu.fixture),
+                nvml_library: lossy(&self.gpu.nvml_library),
                 allow_sharing: self.gpu.allow_sharing,
                 release_timeout_ms: self.gpu.release_timeout_ms,
                 release_slack_bytes: self.gpu.release_slack_bytes,

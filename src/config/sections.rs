@@ -150,6 +150,11 @@ pub struct GpuSettings {
     /// A testing aid: read the GPUs from this JSON file instead of NVML (empty: NVML). See
     /// `gpu::FixtureInventory` for its format. `--gpu-fixture FILE` sets it.
     pub fixture: PathBuf,
+    /// The NVIDIA management library to load (a path to `libnvidia-ml.so.1`), for a driver
+    /// installed outside the dynamic loader's path; empty (the default): the
+    /// `libnvidia-ml.so.1` that the dynamic loader finds. A file that cannot be loaded is a
+    /// "no GPU" state naming it.
+    pub nvml_library: PathBuf,
     /// Whether two pools may claim the same GPU (or MIG device). False (the default): a
     /// preload whose device mask overlaps that of a pool holding its GPUs is refused with
     /// `INVALID_DEVICE_MASK` naming the other pool (OC-POOL-3020).
@@ -219,6 +224,7 @@ impl Default for GpuSettings {
             poll_interval_ms: DEFAULT_GPU_POLL_INTERVAL_MS,
             placement_timeout_ms: DEFAULT_GPU_PLACEMENT_TIMEOUT_MS,
             fixture: PathBuf::new(),
+            nvml_library: PathBuf::new(),
             allow_sharing: false,
             release_timeout_ms: DEFAULT_GPU_RELEASE_TIMEOUT_MS,
             release_slack_bytes: DEFAULT_GPU_RELEASE_SLACK_BYTES,

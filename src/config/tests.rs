@@ -20,6 +20,7 @@ fn schema_knows_every_key() {
         "gpu.poll_interval_ms",
         "gpu.placement_timeout_ms",
         "gpu.fixture",
+        "gpu.nvml_library",
         "gpu.allow_sharing",
         "api.max_connections",
         "api.header_read_timeout_ms",

@@ -5,7 +5,7 @@
 //! Owns:
 //! - [`GpuInventory`], the one way to look at GPUs, and its three implementations:
 //!   [`NvmlInventory`] (real GPUs through `nvml-wrapper`, which loads `libnvidia-ml` at run
-//!   time, so nothing NVIDIA is needed to build or test), [`NoGpu`] (a clear state with its
+//!   time, so nothing NVIDIA is needed to build or test; `[gpu] nvml_library` names the file), [`NoGpu`] (a clear state with its
 //!   reason) and [`FixtureInventory`] (a JSON file, a testing aid for machines without a GPU).
 //!   [`open_inventory`] picks one: the fixture if configured, else NVML, else "no GPU".
 //! - [`GpuMonitor`], the live view of the last reading, read by `GET /v2/gpus` and the `gpu`
@@ -171,13 +171,16 @@ impl GpuInventory for NoGpu {
 }
 
 /// The inventory of `settings`: the fixture when one is configured (`--gpu-fixture`,
-/// `[gpu] fixture`), else NVML (which itself reads as "no GPU" with the reason when the
+/// `[gpu] fixture`), else NVML from `[gpu] nvml_library` when set, else from the dynamic
+/// loader's `libnvidia-ml.so.1` (NVML itself reads as "no GPU" with the reason when the
 /// library, the driver or any device is missing).
 pub fn open_inventory(settings: &GpuSettings) -> Arc<dyn GpuInventory> {
-    if settings.fixture.as_os_str().is_empty() {
+    if !settings.fixture.as_os_str().is_empty() {
+        Arc::new(FixtureInventory::new(&settings.fixture))
+    } else if settings.nvml_library.as_os_str().is_empty() {
         Arc::new(NvmlInventory::new())
     } else {
-        Arc::new(FixtureInventory::new(&settings.fixture))
+        Arc::new(NvmlInventory::with_library(&settings.nvml_library))
     }
 }
 

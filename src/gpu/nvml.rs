@@ -9,15 +9,21 @@
 //! devices (UUID, VRAM, processes). Faults: per GPU an NVML event set registered for the
 //! critical Xid and double-bit ECC events the device supports (polled without waiting at
 //! each reading; a double-bit ECC error is reported as Xid 48), and a GPU that NVML reports
-//! lost (fallen off the bus) is a driver reset, once until it is seen again.
+//! lost (fallen off the bus) is a driver reset, once until it is seen again. Faults seen while
+//! no GPU can be read (every GPU lost) are reported with the next reading that has a GPU.
 //!
-//! NVML is initialised once per process, on the first reading that succeeds (and retried at
-//! each reading until then, so a driver loaded after the daemon started is found).
+//! The library is the dynamic loader's `libnvidia-ml.so.1` (the driver's, found through
+//! `ld.so.conf` or `LD_LIBRARY_PATH`), or the file `[gpu] nvml_library` names (a driver
+//! installed outside the loader's path, a container that mounts it elsewhere; the feature
+//! suite points each scenario at its own copy of a fake library). NVML is initialised once
+//! per process and library, on the first reading that succeeds (and retried at each reading
+//! until then, so a driver loaded after the daemon started is found).
 //!
 //! Owns: every call into NVML.
 //! Never: panics on an NVML error, or runs on an async thread (every call blocks).
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use nvml_wrapper::bitmasks::event::EventTypes;
@@ -38,57 +44,74 @@ const GPUS_MAX: u32 = pool_core::evolve::GPUS_MAX as u32;
 const MIG_DEVICES_MAX: u32 = 16;
 /// The most fault events taken from one GPU's event set per reading.
 const EVENTS_PER_GPU_MAX: usize = 64;
+/// Faults kept for a later reading while no GPU can be read, at most (the oldest are kept).
+const UNREPORTED_MAX: usize = 4096;
 /// Xid NVIDIA documents for a double-bit ECC error.
 const XID_DOUBLE_BIT_ECC: u32 = 48;
 /// `nvmlDeviceGetMigMode`'s "enabled".
 const MIG_ENABLED: u32 = 1;
 
-/// NVML, initialised once per process and kept (never shut down: the daemon reads it until
-/// it exits).
-static NVML: Mutex<Option<&'static Nvml>> = Mutex::new(None);
+/// NVML, initialised once per process and library (`None`: the loader's
+/// [`NVML_LIBRARY`]), and kept (never shut down: the daemon reads it until it exits).
+type Loaded = Vec<(Option<PathBuf>, &'static Nvml)>;
+static NVML: Mutex<Loaded> = Mutex::new(Vec::new());
 
-fn nvml() -> Result<&'static Nvml, NvmlError> {
-    let mut slot = match NVML.lock() {
-        Ok(slot) => slot,
+fn nvml(library: Option<&Path>) -> Result<&'static Nvml, NvmlError> {
+    let mut loaded = match NVML.lock() {
+        Ok(loaded) => loaded,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if let Some(nvml) = *slot {
+    if let Some((_, nvml)) = loaded.iter().find(|(path, _)| path.as_deref() == library) {
         return Ok(nvml);
     }
-    let nvml: &'static Nvml = Box::leak(Box::new(Nvml::init()?));
-    *slot = Some(nvml);
+    let mut builder = Nvml::builder();
+    if let Some(path) = library {
+        builder.lib_path(path.as_os_str());
+    }
+    let nvml: &'static Nvml = Box::leak(Box::new(builder.init()?));
+    loaded.push((library.map(Path::to_path_buf), nvml));
     Ok(nvml)
 }
 
-/// Why NVML could not start, with what to do.
-fn init_reason(error: &NvmlError) -> String {
-    let (what, todo) = match error {
-        NvmlError::LibloadingError(e) => (
+/// Why NVML could not start from `library` (`None`: the loader's), with what to do.
+fn init_reason(error: &NvmlError, library: Option<&Path>) -> String {
+    let name = library.map_or_else(|| NVML_LIBRARY.to_string(), |p| p.display().to_string());
+    let (what, todo) = match (error, library) {
+        (NvmlError::LibloadingError(e), None) => (
             format!(
-                "the NVIDIA management library {NVML_LIBRARY} cannot be loaded ({e}), so no \
-                 NVIDIA driver is installed"
+                "the NVIDIA management library {name} cannot be loaded ({e}), so no NVIDIA \
+                 driver is installed"
             ),
             "install the NVIDIA driver".to_string(),
         ),
-        NvmlError::FailedToLoadSymbol(e) => (
-            format!("the NVIDIA management library {NVML_LIBRARY} is too old or damaged ({e})"),
+        (NvmlError::LibloadingError(e), Some(_)) => (
+            format!(
+                "the NVIDIA management library {name} ([gpu] nvml_library) cannot be loaded ({e})"
+            ),
+            format!(
+                "give [gpu] nvml_library the path of the driver's {NVML_LIBRARY}, or \"\" for \
+                 the one the dynamic loader finds"
+            ),
+        ),
+        (NvmlError::FailedToLoadSymbol(e), _) => (
+            format!("the NVIDIA management library {name} is too old or damaged ({e})"),
             "update the NVIDIA driver".to_string(),
         ),
-        NvmlError::DriverNotLoaded => (
+        (NvmlError::DriverNotLoaded, _) => (
             "the NVIDIA kernel driver is not loaded (NVML: driver not loaded)".to_string(),
             "load it (nvidia-smi should list the GPUs)".to_string(),
         ),
-        NvmlError::NoPermission => (
+        (NvmlError::NoPermission, _) => (
             "NVML may not talk to the NVIDIA driver (no permission)".to_string(),
             "run the daemon as a user with access to /dev/nvidia*".to_string(),
         ),
-        NvmlError::LibRmVersionMismatch => (
+        (NvmlError::LibRmVersionMismatch, _) => (
             "the NVIDIA management library and the kernel driver have different versions"
                 .to_string(),
             "reboot or reload the driver".to_string(),
         ),
-        other => (
-            format!("NVML cannot start ({other})"),
+        (other, _) => (
+            format!("NVML cannot start from {name} ({other})"),
             "check nvidia-smi".to_string(),
         ),
     };
@@ -107,16 +130,23 @@ struct Memory {
     lost: BTreeSet<String>,
     /// The last problem logged (each distinct problem is logged once).
     last_problem: Option<String>,
+    /// Faults seen by a reading that found no readable GPU (a reading without GPUs carries
+    /// none): reported with the next reading that has GPUs.
+    unreported: Vec<GpuEvent>,
 }
 
 /// Real GPUs through NVML (see the module doc).
 pub struct NvmlInventory {
+    /// The library to load; `None`: the dynamic loader's [`NVML_LIBRARY`].
+    library: Option<PathBuf>,
     memory: Mutex<Memory>,
 }
 
 impl std::fmt::Debug for NvmlInventory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NvmlInventory").finish_non_exhaustive()
+        f.debug_struct("NvmlInventory")
+            .field("library", &self.library)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,9 +157,20 @@ impl Default for NvmlInventory {
 }
 
 impl NvmlInventory {
-    /// An NVML inventory; NVML is loaded at the first reading, not now.
+    /// An NVML inventory of the dynamic loader's [`NVML_LIBRARY`]; NVML is loaded at the
+    /// first reading, not now.
     pub fn new() -> NvmlInventory {
         NvmlInventory {
+            library: None,
+            memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    /// An NVML inventory of the library file at `path` (`[gpu] nvml_library`); loaded at
+    /// the first reading, not now.
+    pub fn with_library(path: &Path) -> NvmlInventory {
+        NvmlInventory {
+            library: Some(path.to_path_buf()),
             memory: Mutex::new(Memory::default()),
         }
     }
@@ -293,11 +334,15 @@ impl Memory {
 
 impl GpuInventory for NvmlInventory {
     fn source(&self) -> String {
-        format!("NVML ({NVML_LIBRARY})")
+        match &self.library {
+            Some(path) => format!("NVML ({})", path.display()),
+            None => format!("NVML ({NVML_LIBRARY})"),
+        }
     }
 
     fn observe(&self) -> GpuReading {
-        let nvml = nvml().map_err(|e| NoGpu::new(init_reason(&e)))?;
+        let library = self.library.as_deref();
+        let nvml = nvml(library).map_err(|e| NoGpu::new(init_reason(&e, library)))?;
         let mut memory = match self.memory.lock() {
             Ok(memory) => memory,
             Err(poisoned) => poisoned.into_inner(),
@@ -305,7 +350,7 @@ impl GpuInventory for NvmlInventory {
         let count = match nvml.device_count() {
             Ok(0) => {
                 return Err(NoGpu::new(
-                    "NVML found no GPU (the NVIDIA driver is loaded but lists no device); \
+                    "NVML lists no GPU (the NVIDIA driver is loaded but reports no device); \
                      check nvidia-smi, or run with --dev (require_gpu = false) for CPU-only \
                      engines",
                 ))
@@ -322,7 +367,7 @@ impl GpuInventory for NvmlInventory {
             memory.make_sets(nvml, count);
         }
         let mut gpus = Vec::with_capacity(count as usize);
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut memory.unreported);
         let mut last_error = None;
         for index in 0..count {
             let read = nvml
@@ -351,6 +396,8 @@ impl GpuInventory for NvmlInventory {
         memory.drain_events(&mut events);
         gpus.sort_by_key(|g| g.info.index);
         if gpus.is_empty() {
+            events.truncate(UNREPORTED_MAX);
+            memory.unreported = events;
             return Err(NoGpu::new(format!(
                 "NVML lists {count} GPU(s) but none can be read ({}); check nvidia-smi, or run \
                  with --dev (require_gpu = false) for CPU-only engines",
@@ -367,11 +414,23 @@ mod tests {
 
     #[test]
     fn init_reasons_say_what_is_missing_and_dev() {
-        let reason = init_reason(&NvmlError::DriverNotLoaded);
+        let reason = init_reason(&NvmlError::DriverNotLoaded, None);
         assert!(reason.contains("kernel driver"), "{reason}");
         assert!(reason.contains("--dev"), "{reason}");
-        let reason = init_reason(&NvmlError::FailedToLoadSymbol("nvmlInit_v2".into()));
+        let reason = init_reason(&NvmlError::FailedToLoadSymbol("nvmlInit_v2".into()), None);
         assert!(reason.contains(NVML_LIBRARY), "{reason}");
+    }
+
+    /// A configured library that cannot be loaded is named, with the key that set it.
+    #[test]
+    fn a_configured_library_that_cannot_be_loaded_is_named() {
+        let path = Path::new("/nonexistent/lib/libnvidia-ml.so.1");
+        let inventory = NvmlInventory::with_library(path);
+        assert_eq!(inventory.source(), format!("NVML ({})", path.display()));
+        let reason = inventory.observe().unwrap_err().reason;
+        assert!(reason.contains(&path.display().to_string()), "{reason}");
+        assert!(reason.contains("[gpu] nvml_library"), "{reason}");
+        assert!(reason.contains("--dev"), "{reason}");
     }
 
     /// On a machine without NVIDIA software (CI) the reading is "no GPU" naming the library;

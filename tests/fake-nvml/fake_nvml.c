@@ -4,21 +4,29 @@
  * It lets CI run the daemon's real NVML code path (src/gpu/nvml.rs) without a GPU; a machine
  * with a GPU remains the final word.
  *
- * The scenario file is named by the environment variable POOL_MANAGERD_FAKE_NVML and read
- * again at every call (so a rewrite is seen at the next reading). One item per line, fields
- * separated by spaces, sizes in bytes:
+ * The scenario file is named by the environment variable POOL_MANAGERD_FAKE_NVML, or, where
+ * it is not set, is the file fake-nvml.scenario next to the library itself (so that copies of
+ * the library loaded by path into one process, as the feature suite's daemons do through
+ * [gpu] nvml_library, each read their own). It is read again at every call (so a rewrite is
+ * seen at the next reading). One item per line, fields separated by spaces, sizes in bytes:
  *
  *   gpu <index> <uuid> <name-without-spaces> <cc-major> <cc-minor> <total> <free>
  *   proc <gpu-index> <pid> <used-bytes>            a compute process on that GPU
  *   mig <gpu-index> <uuid> <name> <total> <free>   a MIG device (turns MIG mode on for the GPU)
  *   migproc <gpu-index> <mig-slot> <pid> <used>    a compute process on a MIG device
  *   xid <gpu-index> <xid>                          an Xid event, delivered once, in file order
+ *                                                  (the lines of a GPU's events are counted:
+ *                                                  append to deliver another)
  *   ecc <gpu-index>                                a double-bit ECC event, delivered once
+ *   lost <gpu-index>                               the GPU's event wait answers "GPU is lost"
+ *                                                  (NVML_ERROR_GPU_IS_LOST) once, in file order
  *   error <function> <nvml-return-code>            that function fails with that code
  *
  * Lines starting with '#' and unknown lines are ignored. Device handles are opaque small
  * integers: GPU i is (i + 1), MIG slot m of GPU i is ((i + 1) << 8 | (m + 1)).
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,10 +44,13 @@ enum {
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_TIMEOUT = 10,
+    NVML_ERROR_GPU_IS_LOST = 15,
 };
 
 #define EVENT_DOUBLE_BIT_ECC 0x2ULL
 #define EVENT_XID_CRITICAL 0x8ULL
+/* Not an NVML event type: a queued "GPU is lost" answer of the event wait. */
+#define QUEUED_GPU_LOST (1ULL << 63)
 #define MAX_GPUS 16
 #define MAX_MIGS 7
 #define MAX_PROCS 64
@@ -91,11 +102,25 @@ static int nerrors;
 /* Events delivered so far, per GPU (the file lists them all; each is delivered once). */
 static int delivered[MAX_GPUS];
 
+/* The scenario file: $POOL_MANAGERD_FAKE_NVML, else fake-nvml.scenario next to this library. */
+static const char *scenario_path(void) {
+    static char beside[4096];
+    const char *path = getenv("POOL_MANAGERD_FAKE_NVML");
+    if (path && *path) return path;
+    Dl_info info;
+    if (!dladdr((void *)&scenario_path, &info) || !info.dli_fname) return NULL;
+    snprintf(beside, sizeof beside, "%s", info.dli_fname);
+    char *slash = strrchr(beside, '/');
+    size_t dir = slash ? (size_t)(slash - beside) + 1 : 0;
+    snprintf(beside + dir, sizeof beside - dir, "fake-nvml.scenario");
+    return beside;
+}
+
 static void load(void) {
     memset(gpus, 0, sizeof gpus);
     ngpus = 0;
     nerrors = 0;
-    const char *path = getenv("POOL_MANAGERD_FAKE_NVML");
+    const char *path = scenario_path();
     FILE *f = path ? fopen(path, "r") : NULL;
     if (!f) return;
     char line[512];
@@ -143,6 +168,10 @@ static void load(void) {
         } else if (!strcmp(kind, "ecc") && sscanf(line, "ecc %u", &i) == 1 && i < MAX_GPUS &&
                    gpus[i].nevents < MAX_EVENTS) {
             gpus[i].event_type[gpus[i].nevents] = EVENT_DOUBLE_BIT_ECC;
+            gpus[i].event_data[gpus[i].nevents++] = 0;
+        } else if (!strcmp(kind, "lost") && sscanf(line, "lost %u", &i) == 1 && i < MAX_GPUS &&
+                   gpus[i].nevents < MAX_EVENTS) {
+            gpus[i].event_type[gpus[i].nevents] = QUEUED_GPU_LOST;
             gpus[i].event_data[gpus[i].nevents++] = 0;
         } else if (!strcmp(kind, "error") && sscanf(line, "error %95s %95s", a, b) == 2 &&
                    nerrors < 32) {
@@ -328,8 +357,11 @@ nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, event_data_t *data, unsigne
     uintptr_t g1 = set ? *(uintptr_t *)set : 0;
     if (!g1 || (int)g1 > ngpus) return NVML_ERROR_TIMEOUT;
     int g = (int)g1 - 1;
+    /* A list cut short: what is appended next is delivered (as the JSON fixture does). */
+    if (delivered[g] > gpus[g].nevents) delivered[g] = gpus[g].nevents;
     if (delivered[g] >= gpus[g].nevents) return NVML_ERROR_TIMEOUT;
     int e = delivered[g]++;
+    if (gpus[g].event_type[e] == QUEUED_GPU_LOST) return NVML_ERROR_GPU_IS_LOST;
     memset(data, 0, sizeof *data);
     data->device = (nvmlDevice_t)g1;
     data->type = gpus[g].event_type[e];

@@ -8,7 +8,8 @@
 //! (`EngineSpawned` carries the pid and its start time): one still running is killed and
 //! reported (which fails the run), so that no engine outlives the run.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use pool_managerd::clock::{ManualClock, SharedClock, SystemClock};
 use pool_managerd::config::Config;
 use pool_managerd::core::Event;
 use pool_managerd::daemon::Daemon;
-use pool_managerd::gpu::{simulated_gpus, FixtureInventory, Gpu, GpuInventory};
+use pool_managerd::gpu::{self, simulated_gpus, FixtureInventory, Gpu, GpuInventory};
 use pool_managerd::schema::PoolJournal;
 use reqwest::Method;
 use serde_json::Value;
@@ -60,6 +61,16 @@ pub struct DaemonSetup {
     /// Run the daemon as its own process (`pool-managerd serve`), which a step can kill with
     /// SIGKILL, instead of in this process (see `daemon_process.rs`).
     pub own_process: bool,
+    /// The fake NVML library when the run reads the GPUs through NVML (`gpu_source.rs`);
+    /// `None`: through the fixture.
+    pub fake_nvml: Option<PathBuf>,
+    /// NVML error returns a step asked for (`error <function> <code>` lines of the fake
+    /// library's scenario), which the fixture has no field for.
+    pub nvml_lines: Vec<String>,
+    /// The Xids of the fixture that are double-bit ECC errors (GPU index, position in its
+    /// `xids`): the fixture lists them as the Xid 48 the daemon reports, the fake NVML
+    /// library delivers them as ECC events.
+    pub ecc_xids: BTreeSet<(u64, usize)>,
 }
 
 impl DaemonSetup {
@@ -90,6 +101,9 @@ impl DaemonSetup {
             gpu_fixture: None,
             manual_clock_at_ms: None,
             own_process: false,
+            fake_nvml: crate::gpu_source::selected(),
+            nvml_lines: Vec::new(),
+            ecc_xids: BTreeSet::new(),
         }
     }
 
@@ -120,6 +134,7 @@ impl DaemonSetup {
         match key {
             "require_gpu" => config.require_gpu = flag(),
             "gpu.poll_interval_ms" => config.gpu.poll_interval_ms = number(),
+            "gpu.placement_timeout_ms" => config.gpu.placement_timeout_ms = number(),
             "gpu.allow_sharing" => config.gpu.allow_sharing = flag(),
             "gpu.release_timeout_ms" => config.gpu.release_timeout_ms = number(),
             "gpu.release_slack_bytes" => config.gpu.release_slack_bytes = number(),
@@ -219,10 +234,18 @@ impl LiveDaemon {
             (None, None) => Vec::new(),
         };
         let file = dir.join(GPU_FIXTURE_FILE);
-        let json = serde_json::to_vec(&listed).unwrap_or_else(|e| panic!("GPU fixture: {e}"));
-        std::fs::write(&file, json)
+        let json = serde_json::to_value(&listed).unwrap_or_else(|e| panic!("GPU fixture: {e}"));
+        std::fs::write(&file, json.to_string())
             .unwrap_or_else(|e| panic!("GPU fixture {}: {e}", file.display()));
-        let gpus: Arc<dyn GpuInventory> = Arc::new(FixtureInventory::new(&file));
+        // Over NVML: the scenario's copy of the fake library, told the same GPUs.
+        let gpus: Arc<dyn GpuInventory> = match &setup.fake_nvml {
+            Some(library) => {
+                setup.config.gpu.nvml_library = crate::gpu_source::install(library, dir);
+                crate::gpu_source::write_scenario(dir, &json, &setup.ecc_xids, &setup.nvml_lines);
+                gpu::open_inventory(&setup.config.gpu)
+            }
+            None => Arc::new(FixtureInventory::new(&file)),
+        };
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)

@@ -134,6 +134,17 @@ impl PoolWorld {
         &mut self.setup
     }
 
+    /// The NVML error returns of the fake library's scenario, which a step may change while
+    /// the daemon runs (the GPU steps write them with the next rewrite of the GPUs).
+    pub fn nvml_lines_mut(&mut self) -> &mut Vec<String> {
+        &mut self.setup.nvml_lines
+    }
+
+    /// The Xids of the fixture that are ECC errors (see `DaemonSetup::ecc_xids`).
+    pub fn ecc_xids_mut(&mut self) -> &mut std::collections::BTreeSet<(u64, usize)> {
+        &mut self.setup.ecc_xids
+    }
+
     /// The daemon's setup (what it was started with, once it runs).
     pub fn setup(&self) -> &DaemonSetup {
         &self.setup

@@ -1,7 +1,10 @@
 //! The node's GPUs (SPEC section 10) as the scenarios describe them, and what placement did.
 //!
 //! A node with GPUs reads them from a JSON fixture (`pool_managerd::gpu::FixtureInventory`, a
-//! testing aid) in the scenario's directory ([`GPU_FIXTURE_FILE`]). `Given the node's GPUs
+//! testing aid) in the scenario's directory ([`GPU_FIXTURE_FILE`]), or, in the run over NVML,
+//! through the fake NVML library, whose scenario file every rewrite of the fixture also
+//! writes (the translation is `gpu_source.rs`'s); steps that make NVML calls fail run only
+//! there (`@nvml`). `Given the node's GPUs
 //! are:` describes them (names, total and free VRAM, MIG devices) before the daemon starts;
 //! the `When` steps rewrite the file while it runs (the daemon reads it again every
 //! `[gpu] poll_interval_ms`): an engine listed on a GPU, less free VRAM, an Xid, the GPUs gone
@@ -24,10 +27,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::engines::EngineProcess;
+use crate::gpu_source;
 use crate::live::{Body, GPU_FIXTURE_FILE};
 use crate::steps::params::list;
 use crate::world::{PoolWorld, EVENTUALLY, POLL};
 
+/// The Xid NVIDIA documents for a double-bit ECC error (as the daemon reports one).
+const XID_DOUBLE_BIT_ECC: u32 = 48;
 /// Ratios of an `"auto"` split are planned in steps of `1 / SPLIT_UNITS`.
 const SPLIT_UNITS: u64 = pool_managerd::core::gpu::SPLIT_UNITS as u64;
 
@@ -93,8 +99,8 @@ fn described(world: &PoolWorld) -> Vec<Gpu> {
     }
 }
 
-/// The fixture as it is now.
-fn read_fixture(world: &mut PoolWorld) -> Vec<Gpu> {
+/// The fixture as it is now, as JSON (with the Xids and driver resets it lists).
+fn read_fixture_value(world: &mut PoolWorld) -> Value {
     let file = fixture_file(world);
     let text = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
@@ -102,22 +108,52 @@ fn read_fixture(world: &mut PoolWorld) -> Vec<Gpu> {
 
 /// Replaces the fixture at once (written aside, then renamed over it).
 fn write_fixture(world: &mut PoolWorld, gpus: &[Gpu]) {
-    let file = fixture_file(world);
-    let aside = file.with_extension("json.new");
-    let text = serde_json::to_vec_pretty(gpus).unwrap_or_else(|e| panic!("fixture: {e}"));
-    std::fs::write(&aside, text).unwrap_or_else(|e| panic!("{}: {e}", aside.display()));
-    std::fs::rename(&aside, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let value = serde_json::to_value(gpus).unwrap_or_else(|e| panic!("fixture: {e}"));
+    publish(world, &value);
 }
 
-/// Rewrites GPU `index` of the fixture with `change`.
-fn change_gpu(world: &mut PoolWorld, index: u32, change: impl FnOnce(&mut Gpu)) {
-    let mut gpus = read_fixture(world);
-    let gpu = gpus
-        .iter_mut()
-        .find(|g| g.info.index == index)
+/// Replaces the fixture with `fixture` at once (written aside, then renamed over it), and,
+/// when the daemon reads its GPUs through the fake NVML library, the library's scenario with
+/// its translation (`gpu_source.rs`).
+fn publish(world: &mut PoolWorld, fixture: &Value) {
+    let file = fixture_file(world);
+    let aside = file.with_extension("json.new");
+    let text = serde_json::to_vec_pretty(fixture).unwrap_or_else(|e| panic!("fixture: {e}"));
+    std::fs::write(&aside, text).unwrap_or_else(|e| panic!("{}: {e}", aside.display()));
+    std::fs::rename(&aside, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    if world.setup().fake_nvml.is_some() {
+        let setup = world.setup();
+        let (ecc, errors) = (setup.ecc_xids.clone(), setup.nvml_lines.clone());
+        gpu_source::write_scenario(world.dir(), fixture, &ecc, &errors);
+    }
+}
+
+/// Changes GPU `index` of the fixture as JSON (its Xids and driver resets) and publishes it.
+fn change_gpu_value(world: &mut PoolWorld, index: u32, change: impl FnOnce(&mut Value)) {
+    let mut value = read_fixture_value(world);
+    let gpu = value
+        .as_array_mut()
+        .and_then(|list| list.iter_mut().find(|g| g["index"] == index))
         .unwrap_or_else(|| panic!("the fixture has no GPU {index}"));
     change(gpu);
-    write_fixture(world, &gpus);
+    publish(world, &value);
+}
+
+/// Rewrites GPU `index` of the fixture with `change` (the Xids and driver resets it lists
+/// stay).
+fn change_gpu(world: &mut PoolWorld, index: u32, change: impl FnOnce(&mut Gpu)) {
+    change_gpu_value(world, index, |value| {
+        let mut gpu: Gpu = serde_json::from_value(value.clone())
+            .unwrap_or_else(|e| panic!("GPU {index} of the fixture: {e}: {value}"));
+        change(&mut gpu);
+        let mut changed = serde_json::to_value(&gpu).unwrap_or_else(|e| panic!("fixture: {e}"));
+        for faults in ["xids", "driver_resets"] {
+            if let Some(kept) = value.get(faults) {
+                changed[faults] = kept.clone();
+            }
+        }
+        *value = changed;
+    });
 }
 
 /// Polls the daemon's published registry until `holds`; fails after [`EVENTUALLY`].
@@ -335,25 +371,70 @@ async fn free_vram_drops(world: &mut PoolWorld, index: u32, gib: u64) {
 }
 
 /// Appends Xid `xid` to GPU `index`'s list in the fixture (each appended Xid is reported
-/// once).
+/// once; over NVML, an Xid event of the GPU's event set).
 #[when(expr = "the driver reports Xid {int} on GPU {int}")]
 fn xid_reported(world: &mut PoolWorld, xid: u32, index: u32) {
-    let file = fixture_file(world);
-    let text = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let mut value: Value =
-        serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let gpu = value
-        .as_array_mut()
-        .and_then(|list| list.iter_mut().find(|g| g["index"] == index))
-        .unwrap_or_else(|| panic!("the fixture has no GPU {index}"));
-    match gpu.get_mut("xids").and_then(Value::as_array_mut) {
-        Some(xids) => xids.push(json!(xid)),
-        None => gpu["xids"] = json!([xid]),
+    change_gpu_value(world, index, |gpu| {
+        match gpu.get_mut("xids").and_then(Value::as_array_mut) {
+            Some(xids) => xids.push(json!(xid)),
+            None => gpu["xids"] = json!([xid]),
+        }
+    });
+}
+
+/// Counts one more driver reset of GPU `index` in the fixture (each reported once; over
+/// NVML, the GPU's event wait answers "GPU is lost" once).
+#[when(expr = "the driver reports a reset of GPU {int}")]
+fn reset_reported(world: &mut PoolWorld, index: u32) {
+    change_gpu_value(world, index, |gpu| {
+        let resets = gpu["driver_resets"].as_u64().unwrap_or(0);
+        gpu["driver_resets"] = json!(resets + 1);
+    });
+}
+
+/// The fake NVML library's `function` fails with the error return `words` (`not supported`,
+/// `insufficient permissions`, `GPU is lost`...) from now on. Only over NVML (scenarios tagged
+/// `@nvml`): the fixture makes no NVML call to fail.
+#[given(expr = "NVML answers {string} to {word}")]
+#[when(expr = "NVML answers {string} to {word}")]
+fn nvml_answers(world: &mut PoolWorld, words: String, function: String) {
+    assert!(
+        world.setup().fake_nvml.is_some(),
+        "NVML error returns need the fake NVML library: tag the scenario @nvml"
+    );
+    let code = gpu_source::return_code(&words);
+    world
+        .nvml_lines_mut()
+        .push(format!("error {function} {code}"));
+    republish(world);
+}
+
+/// The fake NVML library answers every call normally again.
+#[when("NVML answers normally again")]
+fn nvml_normal(world: &mut PoolWorld) {
+    world.nvml_lines_mut().clear();
+    republish(world);
+}
+
+/// A double-bit ECC error on GPU `index`: the fixture has no ECC events and lists the Xid 48
+/// the daemon reports one as; over NVML, an ECC event of the GPU's event set.
+#[when(expr = "the driver reports a double-bit ECC error on GPU {int}")]
+fn ecc_reported(world: &mut PoolWorld, index: u32) {
+    let listed = read_fixture_value(world)
+        .as_array()
+        .and_then(|gpus| gpus.iter().find(|g| g["index"] == index).cloned())
+        .map_or(0, |gpu| gpu["xids"].as_array().map_or(0, Vec::len));
+    world.ecc_xids_mut().insert((u64::from(index), listed));
+    xid_reported(world, XID_DOUBLE_BIT_ECC, index);
+}
+
+/// Writes the GPUs again (with the NVML error returns asked for) once the daemon runs; before
+/// it starts, the start writes them.
+fn republish(world: &mut PoolWorld) {
+    if world.has_daemon() {
+        let value = read_fixture_value(world);
+        publish(world, &value);
     }
-    let aside = file.with_extension("json.new");
-    std::fs::write(&aside, value.to_string())
-        .unwrap_or_else(|e| panic!("{}: {e}", aside.display()));
-    std::fs::rename(&aside, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
 }
 
 /// Waits until the daemon records that no GPU is usable (and, when one is required, the
@@ -733,8 +814,8 @@ async fn unquarantined(world: &mut PoolWorld, index: u32) {
     world.request(Method::POST, &path, Body::Empty).await;
 }
 
-/// The node's last `kind` event about GPU `index` (among the newest of the journal) has
-/// `field` = `value`.
+/// The node's last `kind` event about GPU `index` (among the newest of the journal), once
+/// recorded, has `field` = `value`.
 #[then(expr = "the node's events record {string} of GPU {int} with {string} {json}")]
 async fn node_event_records(
     world: &mut PoolWorld,
@@ -744,15 +825,29 @@ async fn node_event_records(
     value: crate::steps::params::Json,
 ) {
     let uuid = uuid_of(world, index);
-    let answer = world.request(Method::GET, "/v2/events", Body::Empty).await;
-    let text = answer.body.to_string();
-    let event = answer
-        .body
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-        .find(|e| e["event"]["kind"] == kind.as_str() && e["event"]["gpu_uuid"] == uuid.as_str())
-        .unwrap_or_else(|| panic!("no {kind} of GPU {index} among the node's events: {text}"));
+    // Awaited: a reading's faults are submitted after its inventory, which the step before
+    // may have waited for.
+    let deadline = Instant::now() + EVENTUALLY;
+    let event = loop {
+        let answer = world.request(Method::GET, "/v2/events", Body::Empty).await;
+        let found = answer
+            .body
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .find(|e| {
+                e["event"]["kind"] == kind.as_str() && e["event"]["gpu_uuid"] == uuid.as_str()
+            });
+        if let Some(event) = found {
+            break event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} of GPU {index} among the node's events within {EVENTUALLY:?}: {}",
+            answer.body
+        );
+        tokio::time::sleep(POLL).await;
+    };
     assert_eq!(event["event"][&field], value.0, "{field} of {event}");
 }
