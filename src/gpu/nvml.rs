@@ -157,7 +157,7 @@ impl Default for NvmlInventory {
 }
 
 impl NvmlInventory {
-    /// An NVML inventory of the dynamic loader's [`NVML_LIBRARY`]; NVML is loaded at the
+    /// An NVML inventory of the dynamic loader's `NVML_LIBRARY`; NVML is loaded at the
     /// first reading, not now.
     pub fn new() -> NvmlInventory {
         NvmlInventory {
