@@ -33,7 +33,10 @@ impl PoolWorker {
     ) {
         self.health = None;
         self.probe = None;
-        self.kill_leftover(engine).await;
+        if self.leftover_possible {
+            self.kill_leftover(engine).await;
+            self.leftover_possible = false;
+        }
         if !self.await_gpu_release(cause, engine, token).await {
             return; // reported: the last engine's GPU memory is still held
         }
@@ -81,6 +84,8 @@ impl PoolWorker {
         };
         let engine_watch = self.watch_child(cause, spawned, at, gate, now_ms);
         if let Err(reason) = self.keep_pid_file(engine_watch, &pid_path).await {
+            // Killed, but not recorded: the next start looks for a leftover again.
+            self.leftover_possible = true;
             return self.spawn_failed(cause, token, reason).await;
         }
         tracing::info!(pool_id = %self.pool_id, pid, attempt, binary = %engine.binary_path, "engine spawned");
