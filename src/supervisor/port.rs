@@ -4,8 +4,9 @@
 //! else someone else answered for it (an orphaned engine of an earlier life, a stray server)
 //! and the start fails. Both answers name the holder's pid and command line.
 //!
-//! The sockets are found in `/proc/net/tcp{,6}` (state listening, on any address of the
-//! daemon's network namespace) and their holders by `/proc/<pid>/fd` (`procfs`). Before a
+//! The sockets (state listening, on any address of the daemon's network namespace) are asked
+//! of the kernel over `NETLINK_SOCK_DIAG` (`sockdiag`), else found in `/proc/net/tcp{,6}`
+//! (which costs a walk of all the kernel's connections), and their holders by `/proc/<pid>/fd` (`procfs`). Before a
 //! spawn a bind is tried first ([`binds_free`]): when it succeeds nothing listens on the port
 //! and the tables are not read; the tables decide (and name the holder) only when it fails.
 //! After the health check the engine's own descriptors are looked at first, and all of
@@ -22,9 +23,15 @@ pub const CMDLINE_QUOTE_MAX: usize = 512;
 /// The most holders an answer names (a forking server may have many).
 const HOLDERS_NAMED_MAX: usize = 4;
 
+/// The inodes of the sockets listening on `port`: asked of the kernel for the listening
+/// state alone (`sockdiag`), else read from `/proc/net/tcp{,6}`.
+fn listening_inodes(port: u16) -> std::collections::HashSet<u64> {
+    super::sockdiag::listening_inodes(port).unwrap_or_else(|| procfs::listening_inodes(port))
+}
+
 /// The processes holding a socket listening on `port`, and whether any listens at all.
 fn listeners(port: u16) -> (bool, Vec<u32>) {
-    let inodes = procfs::listening_inodes(port);
+    let inodes = listening_inodes(port);
     (!inodes.is_empty(), procfs::socket_holders(&inodes))
 }
 
@@ -98,7 +105,7 @@ pub fn check_free(port: u16) -> Result<(), String> {
 /// `engine_pid` (our engines lead their own session, so the engine or a process it started);
 /// `Err` names who holds it instead.
 pub fn check_owned(port: u16, engine_pid: u32) -> Result<(), String> {
-    let inodes = procfs::listening_inodes(port);
+    let inodes = listening_inodes(port);
     // Most often the engine itself holds the socket: its own descriptors first, then all of
     // `/proc` (a process it started may hold it, or someone else).
     let leads = procfs::stat(engine_pid).is_some_and(|stat| stat.session == engine_pid);
