@@ -25,7 +25,7 @@ const HOLDERS_NAMED_MAX: usize = 4;
 
 /// The inodes of the sockets listening on `port`: asked of the kernel for the listening
 /// state alone (`sockdiag`), else read from `/proc/net/tcp{,6}`.
-fn listening_inodes(port: u16) -> std::collections::HashSet<u64> {
+pub(super) fn listening_inodes(port: u16) -> std::collections::HashSet<u64> {
     super::sockdiag::listening_inodes(port).unwrap_or_else(|| procfs::listening_inodes(port))
 }
 
