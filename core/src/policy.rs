@@ -64,7 +64,8 @@ impl Default for QuarantinePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthPolicy {
-    /// Poll interval while preloading.
+    /// Poll interval while preloading (the supervisor's first retries come sooner: 2 ms after
+    /// the first probe, each wait doubling up to this).
     pub preload_interval_ms: u64,
     /// Give up a preload after this long.
     pub preload_timeout_ms: u64,

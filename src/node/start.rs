@@ -215,11 +215,38 @@ pub(super) async fn record_start(
     let (verify, rest): (Vec<_>, Vec<_>) = resume
         .into_iter()
         .partition(|e| matches!(e, Effect::VerifyEngine { .. }));
-    for effect in verify {
-        if let Some((pool_id, recorded)) = crate::supervisor::Recorded::of(effect) {
-            let observation = crate::supervisor::verify_engine(&pool_id, &recorded);
-            record(handle, observation, "the engines found at start-up").await?;
-        }
-    }
+    let findings = verify_all(verify);
+    record_all(handle, findings, "the engines found at start-up").await?;
     Ok(rest)
+}
+
+/// Every recorded engine verified (adopted or lost), all of them before any finding is
+/// recorded: a restart started by the first finding never delays the verification of the
+/// others (`/proc` reads only).
+fn verify_all(verify: Vec<Effect>) -> Vec<Observation> {
+    verify
+        .into_iter()
+        .filter_map(crate::supervisor::Recorded::of)
+        .map(|(pool_id, recorded)| crate::supervisor::verify_engine(&pool_id, &recorded))
+        .collect()
+}
+
+/// Journals start-up observations, all submitted at once and in order, so that the actor
+/// takes them in as few batches (durable appends) as it can; the first failure is returned
+/// (one refused because the journal cannot take writes now is kept by the actor, as with
+/// [`record`]).
+pub(super) async fn record_all(
+    handle: &NodeHandle,
+    observations: Vec<Observation>,
+    what: &'static str,
+) -> Result<(), StartError> {
+    let submits = observations
+        .into_iter()
+        .map(|observation| handle.submit(observation));
+    for outcome in futures_util::future::join_all(submits).await {
+        outcome
+            .or_else(queued_while_unavailable)
+            .map_err(|source| StartError::Record { what, source })?;
+    }
+    Ok(())
 }

@@ -2,6 +2,11 @@
 //! between its spawn and `EngineSpawned`), killed before the next start of its pool so that a
 //! pool never has two engines.
 //!
+//! Looked for before the first spawn of a worker's life, and again only after a spawn whose
+//! `EngineSpawned` was not reported: the engines a worker spawned and reported it tracks
+//! itself, and their sessions are ended with them (`session.rs`), so no later spawn of its
+//! life can leave one.
+//!
 //! Never: kills a process that is not a session leader running the pool's exact command
 //! line or named by its pid file with the same binary, nor another pool's engine, nor anything
 //! [`super::proof::never_signalled`] refuses.

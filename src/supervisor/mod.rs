@@ -45,6 +45,7 @@ pub mod procfs;
 pub mod progress;
 pub mod proof;
 pub mod reconcile;
+pub mod sockdiag;
 
 mod exit;
 mod leftover;

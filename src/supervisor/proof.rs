@@ -117,7 +117,7 @@ pub fn same_engine(pid: u32, start_time: u64, boot_id: Option<&str>) -> Result<P
 
 /// Whether `pid` holds a TCP socket listening on `port` (IPv4 or IPv6).
 pub fn listens_on(pid: u32, port: u16) -> bool {
-    let inodes = super::procfs::listening_inodes(port);
+    let inodes = super::port::listening_inodes(port);
     if inodes.is_empty() {
         return false;
     }

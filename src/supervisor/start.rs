@@ -20,6 +20,22 @@ use tokio::sync::watch;
 /// closed its socket on the way out is an exit, not an impostor on its port.
 const EXIT_SETTLE_MS: u64 = 250;
 
+/// The wait before the first retry of a starting engine's health probe; each next one waits
+/// twice as long, up to `[health] preload_interval_ms` ([`next_retry_ms`]).
+pub(super) const HEALTH_RAMP_FIRST_MS: u64 = 2;
+
+/// The wait after a failed health probe of a starting engine that waited `last_ms` before it:
+/// twice that, at most `interval_ms` (the first retry waits [`HEALTH_RAMP_FIRST_MS`], or
+/// `interval_ms` if less). An engine that listens a few ms after its spawn is found then, not
+/// a whole interval later; one that loads for minutes is probed every interval after a few
+/// retries.
+pub(super) fn next_retry_ms(last_ms: Option<u64>, interval_ms: u64) -> u64 {
+    let interval_ms = interval_ms.max(1);
+    last_ms
+        .map_or(HEALTH_RAMP_FIRST_MS, |last| last.saturating_mul(2))
+        .clamp(1, interval_ms)
+}
+
 use super::exit::{Coordination, Engine, LogFrom};
 use super::worker::write_blocking;
 
@@ -33,7 +49,10 @@ impl PoolWorker {
     ) {
         self.health = None;
         self.probe = None;
-        self.kill_leftover(engine).await;
+        if self.leftover_possible {
+            self.kill_leftover(engine).await;
+            self.leftover_possible = false;
+        }
         if !self.await_gpu_release(cause, engine, token).await {
             return; // reported: the last engine's GPU memory is still held
         }
@@ -81,6 +100,8 @@ impl PoolWorker {
         };
         let engine_watch = self.watch_child(cause, spawned, at, gate, now_ms);
         if let Err(reason) = self.keep_pid_file(engine_watch, &pid_path).await {
+            // Killed, but not recorded: the next start looks for a leftover again.
+            self.leftover_possible = true;
             return self.spawn_failed(cause, token, reason).await;
         }
         tracing::info!(pool_id = %self.pool_id, pid, attempt, binary = %engine.binary_path, "engine spawned");
@@ -323,8 +344,8 @@ impl HealthWait {
         let Some(engine) = self.shared.engine_of(&self.pool_id) else {
             return;
         };
-        let policy = &self.shared.settings.policy.health;
-        let interval = Duration::from_millis(policy.preload_interval_ms.max(1));
+        let interval_ms = self.shared.settings.policy.health.preload_interval_ms;
+        let mut retry_ms = None;
         let mut last_probe = String::new();
         loop {
             if self.exited.borrow().is_some() {
@@ -342,8 +363,10 @@ impl HealthWait {
                 return self.healthy(&engine).await;
             }
             last_probe = health.describe();
+            let wait_ms = next_retry_ms(retry_ms, interval_ms);
+            retry_ms = Some(wait_ms);
             tokio::select! {
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
                 () = self.shared.settings.clock.sleep_until(self.deadline_at_ms) => break,
                 _ = self.exited.changed() => return,
             }

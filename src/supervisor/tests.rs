@@ -109,10 +109,20 @@ fn supervisor_reporting(
     state: State,
     placement: Option<PlacementCheck>,
 ) -> (Supervisor, mpsc::Receiver<NodeInput>) {
-    let dirs = RuntimeDirs::create(dir).unwrap();
-    let clock: SharedClock = Arc::new(crate::clock::ManualClock::new(0));
     let mut policy = Policy::default();
     policy.health.preload_interval_ms = 50;
+    supervisor_with_policy(dir, state, placement, policy)
+}
+
+/// [`supervisor_reporting`] with `policy`.
+fn supervisor_with_policy(
+    dir: &std::path::Path,
+    state: State,
+    placement: Option<PlacementCheck>,
+    policy: Policy,
+) -> (Supervisor, mpsc::Receiver<NodeInput>) {
+    let dirs = RuntimeDirs::create(dir).unwrap();
+    let clock: SharedClock = Arc::new(crate::clock::ManualClock::new(0));
     let mut settings = SupervisorSettings::new(dirs, policy, clock);
     settings.placement = placement;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -434,4 +444,121 @@ async fn a_no_gpu_line_during_the_health_wait_is_reported_once_by_the_log_watche
     // It ended after an answer 200 (not before probing), in silence: the log watcher reported.
     assert!(health.asked.load(std::sync::atomic::Ordering::SeqCst) > 0);
     no_more_reports(&mut reports);
+}
+
+/// A session leader running `/bin/sh -c script tag`, as an engine of an earlier daemon life
+/// left unrecorded would (the script must not `exec`: the command line is the shell's).
+fn session_leader(script: &str, tag: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    let mut leader = std::process::Command::new("/bin/sh");
+    leader.args(["-c", script, tag]);
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        leader.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+    }
+    leader.spawn().unwrap()
+}
+
+/// Waits until `/proc/<pid>/cmdline` is `/bin/sh -c script tag` (the fork has `exec`ed).
+fn runs_command_line(pid: u32, script: &str, tag: &str) {
+    let wanted: Vec<u8> = ["/bin/sh", "-c", script, tag]
+        .iter()
+        .flat_map(|arg| arg.bytes().chain([0]))
+        .collect();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while procfs::cmdline(pid).as_deref() != Some(wanted.as_slice()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} never ran the script"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Would catch: a worker that does not look for a leftover engine before its first spawn (an
+/// unrecorded engine of an earlier life would run beside the new one), or one that scans
+/// `/proc` for it again before every later spawn of its life, whose engines it spawned,
+/// tracked and whose sessions it ended itself (the cost of each restart).
+#[tokio::test]
+async fn a_worker_kills_a_leftover_before_the_first_spawn_of_its_life_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = dir.path().display().to_string();
+    let script = "sleep 120; :";
+    let engine = sh_engine("a", free_port(), script, &tag);
+    let mut leftover = session_leader(script, &tag);
+    runs_command_line(leftover.id(), script, &tag);
+    let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
+    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    assert!(worker.leftover_possible);
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine.clone()).await;
+    // Killed and awaited before the spawn.
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(process::is_gone(leftover.id()), "the leftover still runs");
+    assert_eq!(leftover.wait().unwrap().signal(), Some(9));
+    assert!(!worker.leftover_possible);
+    stop(&mut worker, pid, 10_000).await;
+    assert!(matches!(
+        next_report(&mut reports).await,
+        Observation::EngineStopped { .. }
+    ));
+    // The same command line started meanwhile by someone else is none of this worker's
+    // engines: the next spawn of its life does not look for it (a port it held would fail
+    // the start with PORT_IN_USE).
+    let mut stranger = session_leader(script, &tag);
+    runs_command_line(stranger.id(), script, &tag);
+    let (second, _reaper) = spawn(&mut worker, &mut reports, engine).await;
+    assert_ne!(second, stranger.id());
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger was killed"
+    );
+    let _ = process::signal_group(stranger.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = stranger.wait();
+    stop(&mut worker, second, 10_000).await;
+}
+
+#[test]
+fn the_health_retries_of_a_starting_engine_double_up_to_the_interval() {
+    let mut waits = Vec::new();
+    let mut last = None;
+    for _ in 0..10 {
+        let wait = start::next_retry_ms(last, 500);
+        waits.push(wait);
+        last = Some(wait);
+    }
+    assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 500, 500]);
+    assert_eq!(start::next_retry_ms(None, 1), 1);
+    assert_eq!(start::next_retry_ms(Some(4), 5), 5);
+    assert_eq!(start::next_retry_ms(None, 0), 1);
+    assert_eq!(start::next_retry_ms(Some(u64::MAX), 500), 500);
+}
+
+/// Would catch: a health wait that, after a first probe made before the engine listens,
+/// waits a whole `preload_interval_ms` (here 60 s, beyond the test's patience) for the next.
+#[tokio::test]
+async fn an_engine_listening_soon_after_its_spawn_is_found_healthy_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut engine = serving_engine("a", port, dir.path());
+    let served = engine.flags[1].clone();
+    engine.flags[1] = format!("sleep 0.3; {served}");
+    let mut policy = Policy::default();
+    policy.health.preload_interval_ms = 60_000;
+    let (supervisor, mut reports) =
+        supervisor_with_policy(dir.path(), preloaded(&engine), None, policy);
+    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
+    let pool_id = worker.pool_id.clone();
+    let wait = Effect::StartHealthWait {
+        pool_id,
+        pid,
+        token: 7,
+        deadline_at_ms: u64::MAX,
+    };
+    worker.run_effect(3, wait).await;
+    match next_report(&mut reports).await {
+        Observation::HealthPassed { pid: passed, .. } => assert_eq!(passed, pid),
+        other => panic!("expected HealthPassed, got {other:?}"),
+    }
+    stop(&mut worker, pid, 10_000).await;
 }

@@ -23,6 +23,10 @@ pub(super) struct PoolWorker {
     pub(super) timers: HashMap<Timer, Owned>,
     pub(super) staging: Option<Owned>,
     pub(super) handoff_path: Option<PathBuf>,
+    /// Whether a leftover engine may run unknown to this worker (see `leftover.rs`): true
+    /// until the first scan of its life, and again after a spawn whose `EngineSpawned` was
+    /// not reported.
+    pub(super) leftover_possible: bool,
 }
 
 impl PoolWorker {
@@ -36,6 +40,7 @@ impl PoolWorker {
             timers: HashMap::new(),
             staging: None,
             handoff_path: None,
+            leftover_possible: true,
         }
     }
 
