@@ -7,7 +7,7 @@
 //! The sockets (state listening, on any address of the daemon's network namespace) are asked
 //! of the kernel over `NETLINK_SOCK_DIAG` (`sockdiag`), else found in `/proc/net/tcp{,6}`
 //! (which costs a walk of all the kernel's connections), and their holders by `/proc/<pid>/fd` (`procfs`). Before a
-//! spawn a bind is tried first ([`binds_free`]): when it succeeds nothing listens on the port
+//! spawn a bind is tried first (`binds_free`): when it succeeds nothing listens on the port
 //! and the tables are not read; the tables decide (and name the holder) only when it fails.
 //! After the health check the engine's own descriptors are looked at first, and all of
 //! `/proc` only when the engine itself does not hold the socket.
@@ -190,15 +190,16 @@ mod tests {
     #[test]
     fn a_port_listened_on_any_address_never_binds_free() {
         let me = std::process::id();
-        for address in ["127.0.0.1:0", "0.0.0.0:0", "[::]:0", "[::1]:0"] {
-            let listener = match std::net::TcpListener::bind(address) {
+        for host in ["127.0.0.1", "0.0.0.0", "[::]", "[::1]"] {
+            let listener = match listen_below_ephemeral(host) {
                 Ok(listener) => listener,
                 Err(e) => {
-                    assert!(address.starts_with('['), "cannot listen on {address}: {e}");
-                    eprintln!("no IPv6 on this host ({e}): {address} not checked");
+                    assert!(host.starts_with('['), "cannot listen on {host}: {e}");
+                    eprintln!("no IPv6 on this host ({e}): {host} not checked");
                     continue;
                 }
             };
+            let address = host;
             let port = listener.local_addr().unwrap().port();
             assert!(!binds_free(port), "{address}: a listener binds free");
             let refused = check_free(port).unwrap_err();
@@ -207,9 +208,35 @@ mod tests {
                 "{address}: {refused}"
             );
             drop(listener);
-            assert!(binds_free(port), "{address}: not free once closed");
+            // A child that a test beside this one forks holds a copy of every descriptor of
+            // this process until its exec closes them (they are close-on-exec): the port is
+            // free once that copy is gone too.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !binds_free(port) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{address}: not free 10 s after it was closed"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             assert_eq!(check_free(port), Ok(()));
         }
+    }
+
+    /// A listener on `host` at a port below the kernel's ephemeral range (from 20000 on, from
+    /// a place that depends on the pid): once it is closed, no outgoing connection of a test
+    /// running beside this one can take its port, as one could take a port of that range.
+    fn listen_below_ephemeral(host: &str) -> std::io::Result<std::net::TcpListener> {
+        let start = 20_000 + std::process::id() % 8_000;
+        let mut last = None;
+        for port in (start..32_000).chain(20_000..start) {
+            match std::net::TcpListener::bind(format!("{host}:{port}")) {
+                Ok(listener) => return Ok(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no port below 32000 binds")))
     }
 
     /// Would catch: the fast path taken beside a listener that set `SO_REUSEADDR` and

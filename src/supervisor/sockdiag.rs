@@ -5,14 +5,14 @@
 //! whatever the number of connections).
 //!
 //! Owns: the request and the parsing of its answer. Never: blocks longer than
-//! [`RECV_TIMEOUT_MS`] per answer, or answers anything but `None` when the kernel does not
+//! `RECV_TIMEOUT_MS` per answer, or answers anything but `None` when the kernel does not
 //! answer as expected (the caller then reads `/proc/net/tcp{,6}` through `procfs`).
 
 use std::collections::HashSet;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 
 /// The longest wait for one answer of the kernel.
-const RECV_TIMEOUT_MS: i64 = 1_000;
+const RECV_TIMEOUT_MS: libc::time_t = 1_000;
 /// `NETLINK_SOCK_DIAG`'s request for a family's sockets (`linux/sock_diag.h`).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `TCP_LISTEN` in the kernel's TCP states (`net/tcp_states.h`).
@@ -40,34 +40,23 @@ pub fn listening_inodes(port: u16) -> Option<HashSet<u64>> {
 
 /// A `NETLINK_SOCK_DIAG` socket with a receive timeout.
 fn open() -> Option<OwnedFd> {
-    // SAFETY: plain syscalls on values of ours; the descriptor is owned at once.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        );
-        if fd < 0 {
-            return None;
-        }
-        let socket = OwnedFd::from_raw_fd(fd);
-        let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_MS / 1_000,
-            tv_usec: (RECV_TIMEOUT_MS % 1_000) * 1_000,
-        };
-        let set = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::addr_of!(timeout).cast(),
-            libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).ok()?,
-        );
-        (set == 0).then_some(socket)
-    }
+    use nix::sys::socket::{socket, sockopt, AddressFamily, SockFlag, SockProtocol, SockType};
+    let socket = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .ok()?;
+    let timeout =
+        nix::sys::time::TimeVal::new(RECV_TIMEOUT_MS / 1_000, (RECV_TIMEOUT_MS % 1_000) * 1_000);
+    nix::sys::socket::setsockopt(&socket, sockopt::ReceiveTimeout, &timeout).ok()?;
+    Some(socket)
 }
 
 /// Sends the dump request of `family`'s TCP sockets in the listening state.
 fn request(socket: &OwnedFd, family: u8) -> Option<()> {
+    use nix::sys::socket::{sendto, MsgFlags, NetlinkAddr};
     let mut message = [0u8; NLMSG_HDR_LEN + REQ_LEN];
     let len = u32::try_from(message.len()).ok()?;
     message[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -79,38 +68,22 @@ fn request(socket: &OwnedFd, family: u8) -> Option<()> {
     req[0] = family;
     req[1] = u8::try_from(libc::IPPROTO_TCP).ok()?;
     req[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    // SAFETY: `sockaddr_nl` is plain data; all zero but the family is the kernel's address.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = u16::try_from(libc::AF_NETLINK).ok()?;
-    // SAFETY: the buffer and the address outlive the call; their lengths are theirs.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-            std::ptr::addr_of!(kernel).cast(),
-            libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_nl>()).ok()?,
-        )
-    };
-    (usize::try_from(sent).ok()? == message.len()).then_some(())
+    // Port id 0: the kernel.
+    let kernel = NetlinkAddr::new(0, 0);
+    let sent = sendto(socket.as_raw_fd(), &message, &kernel, MsgFlags::empty()).ok()?;
+    (sent == message.len()).then_some(())
 }
 
 /// Reads the dump's answers up to its end: the inodes of the sockets on `port`.
 fn answers(socket: &OwnedFd, port: u16) -> Option<Vec<u64>> {
+    use nix::sys::socket::{recv, MsgFlags};
     let mut buffer = vec![0u8; 32 * 1024];
     let mut inodes = Vec::new();
     loop {
-        // SAFETY: the buffer outlives the call and its length is its own.
-        let got = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        let got = usize::try_from(got).ok().filter(|n| *n > 0)?;
+        let got = recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty()).ok()?;
+        if got == 0 {
+            return None;
+        }
         match parse(&buffer[..got], port, &mut inodes)? {
             Parsed::Done => return Some(inodes),
             Parsed::More => {}

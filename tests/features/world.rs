@@ -77,7 +77,7 @@ pub struct PoolWorld {
     /// Engines noted by a step, by pool.
     pub noted_engines: BTreeMap<String, EngineProcess>,
     /// When a step saw an engine end, by pool.
-    pub exits_seen: BTreeMap<String, Instant>,
+    pub exits_seen: BTreeMap<String, (Instant, u32)>,
     /// Engines started outside the daemon (handoff scenarios), by pool; killed with the world.
     pub external: crate::steps::handoff::ExternalEngines,
     /// The scenario's client of the live event stream (`GET /v2/events`).

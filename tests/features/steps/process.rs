@@ -236,23 +236,39 @@ async fn exits_by_itself(world: &mut PoolWorld, pool: String) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    world.exits_seen.insert(pool, Instant::now());
+    world.exits_seen.insert(pool, (Instant::now(), engine.pid));
 }
 
+/// The pool is unready in the decision that records its engine's `EngineExited`: awaiting
+/// that event (of the exited pid) tells when the daemon saw the exit, also when a restart,
+/// the first of which is immediate, made the pool ready again before a poll of its status
+/// could see it unready.
 #[then(expr = "pool {string} was not ready any more {int} ms after its engine exited")]
 async fn unready_soon_after_exit(world: &mut PoolWorld, pool: String, ms: u64) {
-    let exited = world
+    let (exited, pid) = world
         .exits_seen
         .get(&pool)
         .copied()
         .unwrap_or_else(|| panic!("no exit of the engine of pool '{pool}' was seen"));
-    let status = world
-        .status_becomes(&pool, "not ready", |s| s.is_some_and(|s| !s.ready))
-        .await;
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let events = world.events(&pool).await;
+        let recorded = events
+            .iter()
+            .any(|e| e["event"]["kind"] == "EngineExited" && e["event"]["pid"] == pid);
+        if recorded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool '{pool}' recorded no EngineExited of pid {pid} within {EVENTUALLY:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let after = exited.elapsed();
     assert!(
         after.as_millis() < u128::from(ms),
-        "pool '{pool}' was still ready {after:?} after its engine exited (polled every {POLL:?}): {status:?}"
+        "pool '{pool}' recorded the exit of pid {pid} only {after:?} after it was seen gone"
     );
 }
 
