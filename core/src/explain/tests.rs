@@ -1,0 +1,321 @@
+//! Unit tests of the explanations over small recorded histories.
+
+use super::*;
+use crate::engine::PreparedEngine;
+use crate::event::{ExitReason, StartFailure, StartPurpose};
+
+const T0: u64 = 1_772_503_200_000;
+
+/// seq, ts, pool, cause, event.
+type Entry = (u64, u64, Option<&'static str>, Option<u64>, Event);
+
+struct History {
+    events: Vec<Entry>,
+}
+
+impl History {
+    fn new() -> History {
+        History { events: Vec::new() }
+    }
+
+    fn pool(&mut self, ts: u64, cause: Option<u64>, event: Event) -> u64 {
+        let seq = self.events.len() as u64 + 1;
+        self.events.push((seq, T0 + ts, Some("p1"), cause, event));
+        seq
+    }
+
+    fn node(&mut self, ts: u64, event: Event) -> u64 {
+        let seq = self.events.len() as u64 + 1;
+        self.events.push((seq, T0 + ts, None, None, event));
+        seq
+    }
+
+    fn explain(&self, at: Option<u64>) -> Explanation {
+        let recs = self
+            .events
+            .iter()
+            .map(|(seq, ts, pool, cause, event)| Recorded {
+                seq: *seq,
+                ts_ms: *ts,
+                pool_id: *pool,
+                cause: *cause,
+                event,
+            });
+        explain(recs, "p1", at).expect("the pool exists")
+    }
+}
+
+fn engine() -> PreparedEngine {
+    PreparedEngine {
+        pool_id: "p1".into(),
+        replica_id: "r0".into(),
+        engine: Some("llamacpp".into()),
+        engine_version: "b1".into(),
+        binary_path: "/bin/llama-server".into(),
+        flags: vec![],
+        env: Default::default(),
+        host: "127.0.0.1".into(),
+        port: 8080,
+        health_path: "/health".into(),
+        model_path: "/m.gguf".into(),
+        slots_total: Some(2),
+        device_mask: Some("0".into()),
+        tensor_split: None,
+        vram_required_bytes: None,
+        ram_required_bytes: None,
+        progress: None,
+    }
+}
+
+fn spawned(pid: u32) -> Event {
+    Event::EngineSpawned {
+        pid,
+        start_time: 1,
+        log_path: "l".into(),
+        pid_path: "p".into(),
+        attempt: 0,
+        health_deadline_at_ms: T0 + 120_000,
+        boot_id: None,
+    }
+}
+
+fn ready() -> Event {
+    Event::PoolReady {
+        handoff_path: "h".into(),
+        backoff_reset_at_ms: T0 + 400_000,
+        breaker_close_at_ms: None,
+    }
+}
+
+fn exited(pid: u32, reason: ExitReason) -> Event {
+    Event::EngineExited {
+        pid,
+        exit_code: Some(1),
+        signal: None,
+        reason,
+        detail: "CUDA error: an illegal memory access".into(),
+    }
+}
+
+fn crash_loop_to_open_breaker() -> History {
+    let mut h = History::new();
+    h.pool(
+        0,
+        None,
+        Event::PreloadRequested {
+            engine: Box::new(engine()),
+        },
+    );
+    h.pool(10, Some(1), spawned(100));
+    h.pool(20, Some(2), ready());
+    for i in 0..5u64 {
+        let ts = 1_000 + i * 1_000;
+        h.pool(ts, None, exited(100, ExitReason::CudaError));
+        if i < 4 {
+            h.pool(
+                ts,
+                None,
+                Event::RestartScheduled {
+                    attempt: i as u32 + 1,
+                    delay_ms: 100,
+                    not_before_ms: T0 + ts + 100,
+                    reason: ExitReason::CudaError,
+                },
+            );
+            h.pool(
+                ts + 100,
+                None,
+                Event::EngineStartRequested {
+                    engine: Box::new(engine()),
+                    attempt: i as u32 + 1,
+                    purpose: StartPurpose::Restart,
+                },
+            );
+            h.pool(ts + 110, None, spawned(100));
+            h.pool(ts + 200, None, ready());
+        }
+    }
+    h.pool(
+        5_000,
+        None,
+        Event::CircuitOpened {
+            failures: 5,
+            open_ms: 300_000,
+            class: FailureClass::GpuFault,
+            half_open_at_ms: T0 + 305_000,
+        },
+    );
+    h
+}
+
+#[test]
+fn an_open_breaker_names_its_failures_and_the_trial_time() {
+    let h = crash_loop_to_open_breaker();
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::CircuitOpen);
+    assert!(
+        e.why.contains("5 consecutive `cuda_error` failures"),
+        "{}",
+        e.why
+    );
+    assert!(e.why.contains("seqs 4, 9, 14, 19, 24"), "{}", e.why);
+    assert!(
+        e.why.contains("CUDA error: an illegal memory access"),
+        "{}",
+        e.why
+    );
+    assert_eq!(e.next.first().and_then(|n| n.at_ms), Some(T0 + 305_000));
+    assert!(e
+        .actions
+        .iter()
+        .any(|a| a.request.as_deref() == Some("POST /v2/pools/p1/breaker/reset")));
+    assert!(e.chain.len() <= STEPS_MAX);
+    assert!(e.chain_omitted > 0);
+    let text = render_text(&e);
+    assert!(text.contains("half-open trial at"), "{text}");
+    assert!(text.contains("POST /v2/pools/p1/breaker/reset"), "{text}");
+}
+
+#[test]
+fn backoff_names_the_attempt_and_its_time() {
+    let h = crash_loop_to_open_breaker();
+    let e = h.explain(Some(5));
+    assert_eq!(e.phase, Phase::Backoff);
+    assert_eq!(e.since.as_ref().map(|m| m.seq), Some(5));
+    assert!(e.why.contains("restart attempt 1"), "{}", e.why);
+    assert_eq!(e.next.first().and_then(|n| n.at_ms), Some(T0 + 1_100));
+}
+
+#[test]
+fn a_held_restart_points_at_the_quarantine() {
+    let mut h = History::new();
+    h.pool(
+        0,
+        None,
+        Event::PreloadRequested {
+            engine: Box::new(engine()),
+        },
+    );
+    h.pool(
+        5,
+        None,
+        Event::PreloadFailed {
+            reason: "spawn failed".into(),
+            failure: StartFailure::GpuFault,
+            cause: ExitReason::DriverError,
+            pid: None,
+        },
+    );
+    h.node(
+        6,
+        Event::GpuQuarantined {
+            gpu_uuid: "GPU-a".into(),
+            faults: 3,
+        },
+    );
+    h.pool(
+        7,
+        None,
+        Event::RestartHeld {
+            gpu_uuid: "GPU-a".into(),
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Failed);
+    assert!(e.why.contains("GPU GPU-a is quarantined"), "{}", e.why);
+    assert!(e
+        .actions
+        .iter()
+        .any(|a| a.request.as_deref() == Some("POST /v2/gpus/GPU-a/unquarantine")));
+    assert!(e.chain.iter().any(|s| s.kind == "GpuQuarantined"));
+}
+
+#[test]
+fn a_forced_drain_names_the_leases() {
+    let mut h = History::new();
+    h.pool(
+        0,
+        None,
+        Event::PreloadRequested {
+            engine: Box::new(engine()),
+        },
+    );
+    h.pool(10, None, spawned(100));
+    h.pool(20, None, ready());
+    h.pool(
+        30,
+        None,
+        Event::LeaseGranted {
+            lease_id: crate::ids::LeaseId::new("l-1").unwrap(),
+        },
+    );
+    h.pool(
+        40,
+        None,
+        Event::DrainRequested {
+            deadline_ms: 1_000,
+            deadline_at_ms: T0 + 1_040,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Draining);
+    assert!(e.why.contains("l-1"), "{}", e.why);
+    assert_eq!(e.next.get(1).and_then(|n| n.at_ms), Some(T0 + 1_040));
+    h.pool(
+        1_040,
+        None,
+        Event::EngineStopRequested {
+            reason: crate::event::StopReason::DrainDeadline,
+            pid: Some(100),
+            grace_ms: 5_000,
+        },
+    );
+    h.pool(
+        6_040,
+        None,
+        Event::EngineStopped {
+            pid: 100,
+            graceful: false,
+        },
+    );
+    h.pool(
+        6_040,
+        None,
+        Event::DrainCompleted {
+            outcome: crate::event::DrainOutcome::ForceStopped,
+            duration_ms: 6_000,
+            leases_at_stop: 1,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Stopped);
+    assert!(e.why.contains("force-stopped"), "{}", e.why);
+    assert!(e.why.contains("leases dropped: l-1"), "{}", e.why);
+}
+
+#[test]
+fn an_unknown_or_removed_pool_has_no_explanation() {
+    let mut h = History::new();
+    assert!(explain(std::iter::empty(), "p1", None).is_none());
+    h.pool(
+        0,
+        None,
+        Event::PreloadRequested {
+            engine: Box::new(engine()),
+        },
+    );
+    h.pool(1, None, Event::PoolRemoved);
+    let recs: Vec<_> = h
+        .events
+        .iter()
+        .map(|(seq, ts, pool, cause, event)| Recorded {
+            seq: *seq,
+            ts_ms: *ts,
+            pool_id: *pool,
+            cause: *cause,
+            event,
+        })
+        .collect();
+    assert!(explain(recs.clone(), "p1", None).is_none());
+    assert!(explain(recs, "p1", Some(1)).is_some());
+}
