@@ -698,7 +698,7 @@ proptest! {
                 if let (Some(e), Some(status)) = (explained, state.status(id)) {
                     prop_assert_eq!(e.phase, status.phase);
                     prop_assert!(e.chain.len() <= explain::STEPS_MAX);
-                    prop_assert!(e.why.chars().count() <= explain::TEXT_MAX + 3);
+                    prop_assert!(e.why.chars().count() <= explain::WHY_MAX + 3);
                     prop_assert!(!render_text(&e).is_empty());
                     let json = serde_json::to_string(&e).expect("an explanation serializes");
                     prop_assert!(json.len() < 64 * 1024);

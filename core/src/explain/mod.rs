@@ -34,6 +34,12 @@ pub const STEPS_KEPT: usize = 128;
 pub const FAILURES_KEPT: usize = 16;
 /// The most quarantined GPUs remembered.
 const QUARANTINES_KEPT: usize = 64;
+/// The most `cause` links remembered (of the pool's newest events, steps or not).
+const CAUSES_KEPT: usize = 256;
+/// The most `cause` links followed back from the event that began the phase.
+const CAUSE_HOPS_MAX: usize = 16;
+/// The longest `why`, in chars.
+pub const WHY_MAX: usize = 3 * TEXT_MAX;
 
 /// One recorded event, as the journal's envelope carries it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,6 +190,14 @@ pub struct Explainer {
     last_seq: u64,
     since: Option<Mark>,
     steps: VecDeque<Step>,
+    /// `(seq, cause, batch_from)` of the pool's newest events.
+    links: VecDeque<(u64, Option<u64>, u64)>,
+    /// The pool's last event: (seq, ts), and the first seq of the run of contiguous events
+    /// recorded at the same time as it (one decision's facts: they share their input).
+    last_pool_event: Option<(u64, u64)>,
+    batch_from: u64,
+    /// `batch_from` when the phase began.
+    since_batch: Option<u64>,
     story: Story,
 }
 
@@ -197,6 +211,10 @@ impl Explainer {
             last_seq: 0,
             since: None,
             steps: VecDeque::new(),
+            links: VecDeque::new(),
+            last_pool_event: None,
+            batch_from: 0,
+            since_batch: None,
             story: Story::default(),
         }
     }
@@ -204,6 +222,12 @@ impl Explainer {
     /// The seq of the last event fed.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// Marks the history as read through `seq` (events of other pools up to it were skipped by
+    /// the reader): the explanation is then as of `seq`.
+    pub fn seen_through(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
     }
 
     /// Folds one recorded event. Events of other pools are ignored; node events are kept
@@ -250,6 +274,17 @@ impl Explainer {
             self.push_step(&rec, text);
         }
         self.note(&rec);
+        let same_batch = self
+            .last_pool_event
+            .is_some_and(|(seq, ts)| ts == rec.ts_ms && seq.saturating_add(1) == rec.seq);
+        if !same_batch {
+            self.batch_from = rec.seq;
+        }
+        self.last_pool_event = Some((rec.seq, rec.ts_ms));
+        self.links.push_back((rec.seq, rec.cause, self.batch_from));
+        while self.links.len() > CAUSES_KEPT {
+            self.links.pop_front();
+        }
         let stamp = Stamp {
             seq: rec.seq,
             ts_ms: rec.ts_ms,
@@ -261,6 +296,7 @@ impl Explainer {
         let after = self.pool.as_ref().map(crate::status::phase);
         if after != before {
             self.since = after.map(|_| Mark::new(rec.seq, rec.ts_ms));
+            self.since_batch = after.map(|_| self.batch_from);
         }
         if let Some(pool) = &self.pool {
             // The breaker's counts were cleared (backoff reset, breaker closed or reset).
@@ -274,6 +310,7 @@ impl Explainer {
         } else {
             self.story = Story::default();
             self.steps.clear();
+            self.links.clear();
         }
     }
 
@@ -393,23 +430,42 @@ impl Explainer {
             pool,
             story: &self.story,
             since: self.since.as_ref(),
+            since_batch: self.since_batch,
             quarantined: &quarantined,
             steps: &steps,
         };
         let told = phase::tell(&ctx);
-        let (chain, chain_omitted) = self.chain(told.story_from);
+        let from = self.since.as_ref().map_or(told.story_from, |m| {
+            told.story_from.min(self.first_cause(m.seq))
+        });
+        let (chain, chain_omitted) = self.chain(from);
         Some(Explanation {
             pool_id: self.pool_id.clone(),
             as_of_seq: self.last_seq,
             phase: crate::status::phase(pool),
             since: self.since.clone(),
-            why: cut(&told.why),
+            why: text::cut_to(&told.why, WHY_MAX),
             chain,
             chain_omitted,
             next: told.next,
             actions: told.actions,
             last_error: pool.last_error.as_deref().map(cut),
         })
+    }
+
+    /// The earliest event reached from `seq` by recorded `cause` links, or else by the facts
+    /// of the same decision before it (`seq` itself when neither leads back): what set off
+    /// the phase.
+    fn first_cause(&self, seq: u64) -> u64 {
+        let mut at = seq;
+        for _ in 0..CAUSE_HOPS_MAX {
+            match self.links.iter().rev().find(|(s, _, _)| *s == at) {
+                Some((_, Some(cause), _)) if *cause < at => at = *cause,
+                Some((_, _, batch)) if *batch < at => at = *batch,
+                _ => break,
+            }
+        }
+        at
     }
 
     /// The steps from seq `from` on: the first of them and the newest, at most
@@ -447,6 +503,9 @@ pub fn explain<'a>(
             break;
         }
         explainer.feed(rec);
+    }
+    if let Some(at) = at_seq {
+        explainer.seen_through(at);
     }
     explainer.explain(None)
 }

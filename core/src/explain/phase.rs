@@ -12,7 +12,10 @@ use crate::state::{Activity, Pool, StartKind};
 use crate::status::{phase, BreakerState, Phase};
 
 use super::describe::{class_name, stage_name, storm};
-use super::text::{cut, duration, rfc3339, seqs};
+use super::text::{cut, cut_to, duration, rfc3339, seqs};
+
+/// The longest recorded detail (an engine log tail) quoted in a `why`, in chars.
+const DETAIL_MAX: usize = 160;
 use super::{Action, Failure, Mark, Next, Noted, Step, Story};
 
 /// What a phase's narrative reads.
@@ -20,6 +23,8 @@ pub(super) struct Ctx<'a> {
     pub pool: &'a Pool,
     pub story: &'a Story,
     pub since: Option<&'a Mark>,
+    /// The first seq of the decision whose facts began the phase.
+    pub since_batch: Option<u64>,
     pub quarantined: &'a BTreeMap<String, Noted<u32>>,
     pub steps: &'a [&'a Step],
 }
@@ -141,14 +146,15 @@ fn failures_of(story: &Story, class: FailureClass, counted: u32) -> String {
     let name = if reasons.iter().all(|r| *r == last.reason) {
         format!("`{}`", last.reason.as_str())
     } else {
-        format!("{} (last `{}`)", class_name(class), last.reason.as_str())
+        class_name(class).to_string()
     };
     let seq_list: Vec<u64> = list.iter().map(|f| f.seq).collect();
     format!(
-        "{} consecutive {name} failures ({}), the last one \"{}\"",
+        "{} consecutive {name} failures ({}), the last one `{}`: \"{}\"",
         counted.max(u32::try_from(list.len()).unwrap_or(u32::MAX)),
         seqs(&seq_list),
-        last.detail
+        last.reason.as_str(),
+        cut_to(&last.detail, DETAIL_MAX)
     )
 }
 
@@ -184,8 +190,23 @@ fn starting(ctx: &Ctx<'_>, told: &mut Told) {
             None => format!("restart attempt {attempt}"),
         },
     };
+    // What set the start off: its recorded cause, or a fact of the same decision before it.
+    let cause = ctx
+        .steps
+        .iter()
+        .find(|s| s.seq == pool.start_token)
+        .and_then(|start| start.cause);
+    let batch = ctx.since_batch.unwrap_or(pool.start_token);
+    let after = ctx
+        .steps
+        .iter()
+        .rev()
+        .find(|s| Some(s.seq) == cause || (s.seq >= batch && s.seq < pool.start_token))
+        .map_or(String::new(), |s| {
+            format!(", after seq {}: {}", s.seq, s.text)
+        });
     told.why = format!(
-        "starting{}: {what} (requested at seq {})",
+        "starting{}: {what} (requested at seq {}{after})",
         since_words(ctx),
         pool.start_token
     );
@@ -390,7 +411,7 @@ fn backoff(ctx: &Ctx<'_>, told: &mut Told) {
         return;
     };
     let last = last_failure(ctx.story).map_or(String::new(), |f| {
-        format!(" at seq {}: \"{}\"", f.seq, f.detail)
+        format!(" at seq {}: \"{}\"", f.seq, cut_to(&f.detail, DETAIL_MAX))
     });
     told.why = format!(
         "backing off{}: restart attempt {attempt} not before {} (delay {}, seq {token}) after \
@@ -547,7 +568,7 @@ fn failed(ctx: &Ctx<'_>, told: &mut Told) {
             ": `{}` at seq {}: \"{}\"",
             f.reason.as_str(),
             f.seq,
-            f.detail
+            cut_to(&f.detail, DETAIL_MAX)
         )
     });
     told.why = if pool.engine.is_none() {

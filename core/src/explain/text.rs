@@ -13,11 +13,16 @@ pub const TEXT_MAX: usize = 240;
 
 /// `text` cut to [`TEXT_MAX`] chars (with `...` when cut), on one line.
 pub fn cut(text: &str) -> String {
+    cut_to(text, TEXT_MAX)
+}
+
+/// `text` cut to `max` chars (with `...` when cut), on one line.
+pub fn cut_to(text: &str, max: usize) -> String {
     let one_line = text.replace(['\n', '\r'], " ");
-    if one_line.chars().count() <= TEXT_MAX {
+    if one_line.chars().count() <= max {
         return one_line;
     }
-    let mut out: String = one_line.chars().take(TEXT_MAX).collect();
+    let mut out: String = one_line.chars().take(max).collect();
     out.push_str("...");
     out
 }
@@ -109,10 +114,7 @@ pub fn render(e: &Explanation) -> String {
     }
     if !e.chain.is_empty() {
         let _ = writeln!(out, "chain (as of seq {}):", e.as_of_seq);
-        if e.chain_omitted > 0 {
-            let _ = writeln!(out, "  ... {} earlier step(s) not shown", e.chain_omitted);
-        }
-        for step in &e.chain {
+        for (i, step) in e.chain.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "  {} seq {:>6}  {}",
@@ -120,6 +122,9 @@ pub fn render(e: &Explanation) -> String {
                 step.seq,
                 step.text
             );
+            if i == 0 && e.chain_omitted > 0 {
+                let _ = writeln!(out, "  ... {} more step(s) not shown", e.chain_omitted);
+            }
         }
     }
     section(&mut out, "next:", e.next.iter().map(|n| n.text.as_str()));
