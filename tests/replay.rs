@@ -16,6 +16,10 @@
 //!   state. Accept new or changed snapshots with `INSTA_UPDATE=always cargo test --test replay`
 //!   (or `cargo insta review`), read them, and check them in. Under `CI=true` insta writes
 //!   nothing and a missing or different snapshot fails.
+//! - `every_recorded_journal_explains_every_pool_at_every_seq`: the explanation (its text
+//!   form, `pool-managerd explain`'s) of every pool of every journal at every seq, read from
+//!   the imported journal as the daemon and the command line read it, must equal the insta
+//!   snapshot `replay-tests/snapshots/<name>.explain.snap` (accepted as above).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ use pool_core::{
     Event, ExitReason, GpuInfo, Observation, Phase, PoolId, PoolStatus, Rejection, Timer,
 };
 use pool_journal::{Draft, JournalConfig};
-use pool_managerd::projection::{replay, ReplayLimit, Replayed};
+use pool_managerd::projection::{explain_pool, replay, ReplayLimit, Replayed};
 use pool_managerd::schema::{PoolEnvelope, PoolJournal};
 use pool_managerd::script::{cpu_engine, sample_engine, ScriptError, Scripted};
 use pool_managerd::table::format_ts_ms;
@@ -379,6 +383,73 @@ fn check_journal(path: &Path) {
     });
 }
 
+/// The text form of the explanation of every pool of the journal at `path`, at every seq
+/// (after each event, each pool whose explanation changed, `as_of_seq` aside).
+fn explanations_at_every_seq(path: &Path) -> String {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let journal = open_journal(tmp.path());
+    let file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    journal
+        .import(&mut std::io::BufReader::new(file))
+        .unwrap_or_else(|e| panic!("import of {}: {e}", path.display()));
+    let envelopes: Vec<PoolEnvelope> = journal
+        .read_from(1)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("read of {}: {e}", path.display()));
+    let mut pools: Vec<&str> = envelopes
+        .iter()
+        .filter_map(|e| e.pool_id.as_deref())
+        .collect();
+    pools.sort_unstable();
+    pools.dedup();
+    let mut out = String::new();
+    let mut last: std::collections::BTreeMap<&str, pool_core::Explanation> = Default::default();
+    for envelope in &envelopes {
+        let seq = envelope.seq;
+        let limit = ReplayLimit {
+            until_seq: Some(seq),
+            until_ts_ms: None,
+        };
+        let state = replay(&journal, limit).expect("replay").state;
+        for pool in &pools {
+            let explained = explain_pool(&journal, pool, Some(seq), Some(&state.node))
+                .unwrap_or_else(|e| panic!("explain {pool} at seq {seq}: {e}"));
+            let Some(explanation) = explained else {
+                if last.remove(pool).is_some() {
+                    out.push_str(&format!(
+                        "=== seq {seq} ({}) ===\npool {pool}: gone\n",
+                        envelope.event.kind()
+                    ));
+                }
+                continue;
+            };
+            assert_eq!(
+                explanation.phase,
+                state.status(pool).expect("the pool exists").phase,
+                "{}: {pool} at seq {seq}",
+                path.display()
+            );
+            let json = serde_json::to_string(&explanation).expect("serialize");
+            let back: pool_core::Explanation = serde_json::from_str(&json).expect("read back");
+            assert_eq!(back, explanation);
+            let unchanged = last.get(pool).is_some_and(|before| {
+                pool_core::Explanation {
+                    as_of_seq: seq,
+                    ..before.clone()
+                } == explanation
+            });
+            if !unchanged {
+                out.push_str(&format!("=== seq {seq} ({}) ===\n", envelope.event.kind()));
+                out.push_str(&pool_core::render_text(&explanation));
+            }
+            last.insert(pool, explanation);
+        }
+    }
+    journal.close().expect("close");
+    out
+}
+
 fn recorded_journals() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(JOURNALS_DIR)
         .unwrap_or_else(|e| panic!("cannot list {JOURNALS_DIR}: {e}"))
@@ -443,6 +514,39 @@ fn every_recorded_journal_replays_to_its_snapshot() {
     assert!(
         failed.is_empty(),
         "these journals do not replay to their snapshots (see above):\n{}",
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn every_recorded_journal_explains_every_pool_at_every_seq() {
+    let mut failed = Vec::new();
+    for path in recorded_journals() {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_else(|| panic!("journal file name {} is not UTF-8", path.display()))
+            .to_string();
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            let text = explanations_at_every_seq(&path);
+            insta::with_settings!({
+                snapshot_path => "../replay-tests/snapshots",
+                prepend_module_to_snapshot => false,
+                omit_expression => true,
+                description => format!(
+                    "every pool explained at every seq of replay-tests/journals/{name}.ndjson"
+                ),
+            }, {
+                insta::assert_snapshot!(format!("{name}.explain"), text);
+            });
+        }));
+        if checked.is_err() {
+            failed.push(path.display().to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "these journals' explanations differ from their snapshots (see above):\n{}",
         failed.join("\n")
     );
 }

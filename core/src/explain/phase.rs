@@ -305,27 +305,34 @@ fn draining(ctx: &Ctx<'_>, told: &mut Told) {
             format!(" ({})", leases.join(", "))
         }
     );
-    if matches!(pool.activity, Activity::Stopping { .. }) {
-        told.next
-            .push(when(String::from("the engine's stop is under way")));
-    } else {
-        told.next.push(when(String::from(
-            "stop the engine as soon as the last lease is returned",
-        )));
-        told.next.push(at(
-            drain.deadline_at_ms,
-            format!(
-                "drain deadline at {}: the engine is stopped with the leases still held",
-                rfc3339(drain.deadline_at_ms)
-            ),
-        ));
-        if let Some(l) = leases.first() {
-            told.actions.push(request(
-                "have the clients return their leases (each lease returned brings the stop \
-                 nearer)",
-                Some(format!("DELETE /v2/pools/{}/leases/{l}", pool.id)),
-            ));
+    match pool.activity {
+        Activity::Running => {}
+        Activity::Stopping { .. } => {
+            let next = String::from("the engine's stop is under way; the drain then completes");
+            told.next.push(when(next));
+            return;
         }
+        _ => {
+            let next = String::from("the engine is gone: the drain completes");
+            told.next.push(when(next));
+            return;
+        }
+    }
+    told.next.push(when(String::from(
+        "stop the engine as soon as the last lease is returned",
+    )));
+    told.next.push(at(
+        drain.deadline_at_ms,
+        format!(
+            "drain deadline at {}: the engine is stopped with the leases still held",
+            rfc3339(drain.deadline_at_ms)
+        ),
+    ));
+    if let Some(l) = leases.first() {
+        told.actions.push(request(
+            "have the clients return their leases (each lease returned brings the stop nearer)",
+            Some(format!("DELETE /v2/pools/{}/leases/{l}", pool.id)),
+        ));
     }
 }
 
