@@ -163,6 +163,8 @@ struct Story {
     other_failures: VecDeque<Failure>,
     /// The last breaker opening: (failures, class).
     opened: Option<Noted<(u32, FailureClass)>>,
+    /// The last half-open trial that failed (the breaker opens again for longer).
+    trial_failed: Option<Noted<ExitReason>>,
     /// The last storm: (restarts, window, class, hint).
     storm: Option<Noted<(u32, u64, StormClass, String)>>,
     /// The last held restart: the GPU.
@@ -359,6 +361,7 @@ impl Explainer {
             Event::CircuitClosed | Event::CircuitReset { .. } => {
                 story.opened = None;
                 story.storm = None;
+                story.trial_failed = None;
             }
             Event::RestartHeld { gpu_uuid } => story.held = Some(noted(rec, gpu_uuid.clone())),
             Event::GpuMemoryStuck {
@@ -384,6 +387,13 @@ impl Explainer {
     }
 
     fn failure(&mut self, rec: &Recorded<'_>, reason: ExitReason, detail: &str) {
+        let half_open = self
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.supervision.breaker.state == crate::status::BreakerState::HalfOpen);
+        if half_open {
+            self.story.trial_failed = Some(noted(rec, reason));
+        }
         let list = match reason.class() {
             FailureClass::GpuFault => &mut self.story.gpu_failures,
             FailureClass::Other => &mut self.story.other_failures,

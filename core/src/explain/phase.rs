@@ -229,6 +229,12 @@ fn starting(ctx: &Ctx<'_>, told: &mut Told) {
 fn ready(ctx: &Ctx<'_>, told: &mut Told) {
     let pool = ctx.pool;
     let mut why = format!("serving{}", since_words(ctx));
+    if pool.engine.is_none() {
+        why.push_str(
+            "; its engine was handed off (started elsewhere): this daemon watches it but \
+             cannot restart it",
+        );
+    }
     if let Some(adoption) = ctx.story.adoption.as_ref().filter(|a| a.what.1) {
         if pool.process.as_ref().is_some_and(|p| p.adopted) {
             why.push_str(&format!(
@@ -454,10 +460,20 @@ fn circuit_open(ctx: &Ctx<'_>, told: &mut Told) {
     let since = opened.map_or(since_words(ctx), |o| {
         format!(" since {} (seq {})", super::text::clock(o.ts_ms), o.seq)
     });
-    told.why = format!(
-        "circuit open{since} because {}",
-        failures_of(ctx.story, class, counted)
-    );
+    told.why = match &ctx.story.trial_failed {
+        Some(trial) => format!(
+            "circuit open again{since}: the half-open trial failed (`{}` at seq {}), so it \
+             stays open {} this time; {}",
+            trial.what.as_str(),
+            trial.seq,
+            duration(breaker.open_ms),
+            failures_of(ctx.story, class, counted)
+        ),
+        None => format!(
+            "circuit open{since} because {}",
+            failures_of(ctx.story, class, counted)
+        ),
+    };
     let mut hint = None;
     if let Some(storm_noted) = &ctx.story.storm {
         let (restarts, window, class, text) = &storm_noted.what;

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::engine::PreparedEngine;
-use crate::event::{ExitReason, StartFailure, StartPurpose};
+use crate::event::{ExitReason, StartFailure, StartPurpose, StormClass};
 
 const T0: u64 = 1_772_503_200_000;
 
@@ -318,4 +318,336 @@ fn an_unknown_or_removed_pool_has_no_explanation() {
         .collect();
     assert!(explain(recs.clone(), "p1", None).is_none());
     assert!(explain(recs, "p1", Some(1)).is_some());
+}
+
+fn ready_pool() -> History {
+    let mut h = History::new();
+    h.pool(
+        0,
+        None,
+        Event::PreloadRequested {
+            engine: Box::new(engine()),
+        },
+    );
+    h.pool(10, Some(1), spawned(100));
+    h.pool(20, Some(2), ready());
+    h
+}
+
+fn reload_requested(h: &mut History, ts: u64) {
+    h.pool(
+        ts,
+        None,
+        Event::ReloadRequested {
+            new_model_ref: "/m2.gguf".into(),
+            digest: None,
+            drain_deadline_ms: 60_000,
+        },
+    );
+}
+
+#[test]
+fn reloads_succeeded_refused_and_rolled_back() {
+    let mut h = ready_pool();
+    reload_requested(&mut h, 100);
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Reloading);
+    assert!(e.why.contains("reloading to /m2.gguf"), "{}", e.why);
+    assert!(e.why.contains("staging the new model"), "{}", e.why);
+    h.pool(
+        200,
+        None,
+        Event::ReloadFailed {
+            reason: "model not found".into(),
+            stage: crate::event::ReloadStage::Staging,
+            rolling_back: false,
+            pid: None,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Ready);
+    assert!(
+        e.chain.iter().any(|s| s.text.contains("refused")),
+        "{:?}",
+        e.chain
+    );
+    reload_requested(&mut h, 300);
+    h.pool(
+        400,
+        None,
+        Event::ReloadFailed {
+            reason: "new engine exited".into(),
+            stage: crate::event::ReloadStage::Starting,
+            rolling_back: true,
+            pid: None,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Reloading);
+    assert!(e.why.contains("rolling back"), "{}", e.why);
+    h.pool(
+        500,
+        None,
+        Event::ReloadRolledBack {
+            model_ref: "/m.gguf".into(),
+            duration_ms: 400,
+        },
+    );
+    let e = h.explain(None);
+    assert!(e
+        .chain
+        .iter()
+        .any(|s| s.text.contains("rolled back: serving /m.gguf")));
+    reload_requested(&mut h, 600);
+    h.pool(
+        700,
+        None,
+        Event::ReloadSucceeded {
+            old: "/m.gguf".into(),
+            new: "/m2.gguf".into(),
+            duration_ms: 100,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Ready);
+    assert!(e.chain.iter().any(|s| s.text.contains("reload succeeded")));
+}
+
+#[test]
+fn a_storm_names_its_class_and_hint_and_a_failed_trial_reopens() {
+    let mut h = crash_loop_to_open_breaker();
+    h.pool(
+        5_000,
+        None,
+        Event::RestartStormDetected {
+            restarts: 11,
+            window_ms: 60_000,
+            classification: StormClass::CudaStorm,
+            hint: StormClass::CudaStorm.hint().into(),
+        },
+    );
+    let e = h.explain(None);
+    assert!(e.why.contains("restart storm (cuda_storm"), "{}", e.why);
+    assert!(
+        e.actions.iter().any(|a| a.text.contains("engine build")),
+        "{:?}",
+        e.actions
+    );
+    h.pool(305_000, None, Event::CircuitHalfOpened);
+    h.pool(
+        305_000,
+        None,
+        Event::EngineStartRequested {
+            engine: Box::new(engine()),
+            attempt: 5,
+            purpose: StartPurpose::Trial,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Starting);
+    assert!(e.why.contains("trial start"), "{}", e.why);
+    h.pool(305_010, None, spawned(101));
+    h.pool(305_100, None, exited(101, ExitReason::CudaError));
+    h.pool(
+        305_100,
+        None,
+        Event::CircuitOpened {
+            failures: 6,
+            open_ms: 600_000,
+            class: FailureClass::GpuFault,
+            half_open_at_ms: T0 + 905_100,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::CircuitOpen);
+    assert!(e.why.contains("open again"), "{}", e.why);
+    assert!(e.why.contains("the half-open trial failed"), "{}", e.why);
+    assert_eq!(e.next.first().and_then(|n| n.at_ms), Some(T0 + 905_100));
+}
+
+#[test]
+fn a_stall_and_a_hang_are_named_as_the_faults_they_are() {
+    let mut h = ready_pool();
+    h.pool(
+        100,
+        None,
+        Event::EngineStopRequested {
+            reason: crate::event::StopReason::Failure {
+                reason: ExitReason::Stalled,
+                detail: "no progress for 120 s with 2 slots processing".into(),
+            },
+            pid: Some(100),
+            grace_ms: 0,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Stopping);
+    assert!(
+        e.chain.iter().any(|s| s.text.contains("`stalled`")),
+        "{:?}",
+        e.chain
+    );
+    h.pool(
+        200,
+        None,
+        Event::EngineStopped {
+            pid: 100,
+            graceful: false,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Failed);
+    assert!(e.why.contains("`stalled`"), "{}", e.why);
+    let mut h = ready_pool();
+    h.pool(100, None, Event::HealthCheckFailed { consecutive: 2 });
+    let e = h.explain(None);
+    assert!(e.why.contains("probe failed 2 time(s)"), "{}", e.why);
+}
+
+#[test]
+fn stopping_names_the_sigkill_time() {
+    let mut h = ready_pool();
+    h.pool(
+        100,
+        None,
+        Event::EngineStopRequested {
+            reason: crate::event::StopReason::Requested,
+            pid: Some(100),
+            grace_ms: 5_000,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Stopping);
+    assert_eq!(e.next.first().and_then(|n| n.at_ms), Some(T0 + 5_100));
+}
+
+#[test]
+fn adoption_loss_and_handoff_are_told() {
+    let mut h = ready_pool();
+    h.node(
+        100,
+        Event::DaemonStarted {
+            version: "1".into(),
+            pid: 7,
+        },
+    );
+    h.pool(110, None, Event::EngineAdopted { pid: 100 });
+    let e = h.explain(None);
+    assert!(
+        e.why.contains("adopted after the daemon's restart"),
+        "{}",
+        e.why
+    );
+    h.node(
+        200,
+        Event::DaemonStarted {
+            version: "1".into(),
+            pid: 8,
+        },
+    );
+    h.pool(210, None, Event::EngineLost { pid: 100 });
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Failed);
+    assert!(
+        e.why.contains("lost while the daemon was down"),
+        "{}",
+        e.why
+    );
+    assert!(
+        e.chain.iter().any(|s| s.kind == "DaemonStarted"),
+        "{:?}",
+        e.chain
+    );
+
+    let mut h = History::new();
+    let handoff = crate::engine::Handoff {
+        engine: "llamacpp".into(),
+        engine_version: "b1".into(),
+        url: "http://127.0.0.1:8080".into(),
+        pool_id: "p1".into(),
+        replica_id: "r0".into(),
+        model: crate::engine::HandoffModel {
+            path: "/m.gguf".into(),
+        },
+        flags: vec![],
+        device_mask: None,
+        slots_total: 1,
+        pid: Some(9),
+    };
+    h.pool(
+        0,
+        None,
+        Event::HandoffRegistered {
+            handoff: Box::new(handoff),
+            path: "api".into(),
+        },
+    );
+    let e = h.explain(None);
+    assert!(e.why.contains("handed off"), "{}", e.why);
+}
+
+#[test]
+fn mask_violations_stuck_memory_spillover_and_loss_are_told() {
+    let mut h = ready_pool();
+    h.pool(
+        100,
+        None,
+        Event::DeviceMaskViolation {
+            pid: 100,
+            gpu_uuid: "GPU-b".into(),
+        },
+    );
+    let e = h.explain(None);
+    assert!(e.why.contains("outside its mask"), "{}", e.why);
+    assert!(!e.actions.is_empty());
+
+    let mut h = ready_pool();
+    h.pool(100, None, exited(100, ExitReason::VramOom));
+    h.pool(
+        200,
+        None,
+        Event::GpuMemoryStuck {
+            gpu_uuid: "GPU-a".into(),
+            pids: vec![100],
+            bytes: 2 << 30,
+        },
+    );
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Failed);
+    assert!(e.why.contains("still holds 2048 MiB"), "{}", e.why);
+    assert!(e.actions.iter().any(|a| a.text.contains("free the GPU")));
+
+    let mut h = History::new();
+    h.pool(
+        0,
+        None,
+        Event::PreloadRequested {
+            engine: Box::new(engine()),
+        },
+    );
+    h.pool(
+        10,
+        None,
+        Event::PreloadFailed {
+            reason: "not on GPU 0".into(),
+            failure: StartFailure::CpuSpillover,
+            cause: ExitReason::CudaError,
+            pid: None,
+        },
+    );
+    h.node(
+        20,
+        Event::JournalLossAccepted {
+            from_seq: 3,
+            to_seq: 3,
+            reason: "disk".into(),
+        },
+    );
+    let e = h.explain(None);
+    assert!(
+        e.chain.iter().any(|s| s.text.contains("CPU_SPILLOVER")),
+        "{:?}",
+        e.chain
+    );
+    assert!(e.why.contains("were lost"), "{}", e.why);
 }
