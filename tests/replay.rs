@@ -51,6 +51,10 @@ const SCENARIOS: &[Scenario] = &[
     ("preload-failed", preload_failed),
     ("crash-loop", crash_loop),
     ("drain-with-leases", drain_with_leases),
+    ("reloads", reloads),
+    ("storm-and-trial", storm_and_trial),
+    ("quarantine-held", quarantine_held),
+    ("hang-adoption-loss", hang_adoption_loss),
 ];
 
 /// 2026-03-02T09:00:00Z and later: fixed clocks, so that the journals never change by
@@ -59,6 +63,7 @@ const MONDAY_9AM_MS: u64 = 1_772_442_000_000;
 const MONDAY_2PM_MS: u64 = 1_772_460_000_000;
 const TUESDAY_2AM_MS: u64 = 1_772_503_200_000;
 const WEDNESDAY_4PM_MS: u64 = 1_772_641_800_000;
+const THURSDAY_10AM_MS: u64 = 1_772_791_200_000;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -256,6 +261,192 @@ fn drain_with_leases() -> Result<Scripted, ScriptError> {
     s.finish_stop("chat-a", true)?;
     s.fire_timer("chat-b", Timer::DrainDeadline)?;
     s.finish_stop("chat-b", false)?;
+    Ok(s)
+}
+
+/// Three reloads of a ready pool: the first succeeds (staged, drained, the new engine ready);
+/// the second is refused (its model is missing: the engine untouched); the third's new engine
+/// dies while loading, and the old model is started again (rolled back). Ends ready on the
+/// first reload's model.
+fn reloads() -> Result<Scripted, ScriptError> {
+    let pool = "chat-r";
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 17);
+    s.preload(
+        pool,
+        cpu_engine(pool, 8085, "/models/qwen2.5-7b-q4.gguf", Some(2)),
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 6_000, None)?;
+    s.advance(60_000);
+    s.reload(pool, "/models/qwen2.5-7b-q5.gguf", None, Some(30_000))?;
+    s.advance(900);
+    s.stage_model(pool, "/models/qwen2.5-7b-q5.gguf")?;
+    s.finish_stop(pool, true)?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 7_100, None)?;
+    s.advance(120_000);
+    s.reload(pool, "/models/qwen2.5-7b-q8.gguf", None, Some(30_000))?;
+    s.advance(15);
+    s.fail_staging(
+        pool,
+        "/models/qwen2.5-7b-q8.gguf: No such file or directory",
+    )?;
+    s.advance(300_000);
+    s.reload(pool, "/models/qwen2.5-14b-q4.gguf", None, Some(30_000))?;
+    s.advance(1_200);
+    s.stage_model(pool, "/models/qwen2.5-14b-q4.gguf")?;
+    s.finish_stop(pool, true)?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.advance(9_000);
+    s.exit_engine(
+        pool,
+        Some(1),
+        None,
+        ExitReason::Crash,
+        "llama_model_load: error loading model: unknown model architecture: 'qwen3'",
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 7_300, None)?;
+    Ok(s)
+}
+
+/// A crash loop faster than the storm window allows (at most 3 restarts a minute): the storm
+/// opens the breaker (a `crash_storm` with its hint). At the half-open time the trial start
+/// crashes too: the breaker opens again, for twice as long. Ends in `circuit_open`.
+fn storm_and_trial() -> Result<Scripted, ScriptError> {
+    let pool = "chat-s";
+    let mut policy = pool_core::Policy::default();
+    policy.storm.max_restarts = 3;
+    policy.backoff.initial_ms = 500;
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 23).with_policy(policy);
+    s.preload(
+        pool,
+        cpu_engine(pool, 8086, "/models/mistral-7b-q4.gguf", Some(1)),
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 4_000, None)?;
+    for _ in 0..8 {
+        s.advance(2_000);
+        s.exit_engine(
+            pool,
+            Some(134),
+            None,
+            ExitReason::Crash,
+            "terminate called after throwing an instance of 'std::bad_alloc'",
+        )?;
+        if s.state()
+            .status(pool)
+            .is_some_and(|st| st.phase == Phase::CircuitOpen)
+        {
+            break;
+        }
+        s.fire_timer(pool, Timer::Restart)?;
+        s.advance(20);
+        s.spawn_engine(pool)?;
+        s.pass_health(pool, 3_000, None)?;
+    }
+    s.fire_timer(pool, Timer::HalfOpen)?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.advance(1_500);
+    s.exit_engine(
+        pool,
+        Some(134),
+        None,
+        ExitReason::Crash,
+        "terminate called after throwing an instance of 'std::bad_alloc'",
+    )?;
+    Ok(s)
+}
+
+/// A GPU with repeated hardware faults (Xid 79, fallen off the bus) is quarantined; the pool
+/// whose mask covers it loses its engine to a driver error and is not restarted on it
+/// (`RestartHeld`). Ends `failed`, waiting for an unquarantine.
+fn quarantine_held() -> Result<Scripted, ScriptError> {
+    let pool = "chat-q";
+    let mut policy = pool_core::Policy::default();
+    policy.quarantine.after = 2;
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 29).with_policy(policy);
+    s.submit(Observation::GpuInventory {
+        gpus: vec![l4_gpu()],
+    })?;
+    s.preload(
+        pool,
+        sample_engine(pool, 8087, "/models/llama-3.1-8b-q4.gguf", Some(2)),
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 5_000, None)?;
+    for _ in 0..2 {
+        s.advance(30_000);
+        s.submit(Observation::GpuXid {
+            gpu_uuid: l4_gpu().uuid,
+            xid: 79,
+        })?;
+    }
+    if s.state().pool(pool).and_then(|p| p.pid()).is_some() {
+        s.exit_engine(
+            pool,
+            None,
+            Some(9),
+            ExitReason::DriverError,
+            "CUDA error: unspecified launch failure (Xid 79)",
+        )?;
+    }
+    Ok(s)
+}
+
+/// A hung engine: three failed health probes stop it as `health_timeout`; its restart is
+/// ready. The daemon then restarts: the engine of `chat-h` is found alive and adopted; the
+/// engine of `chat-l` is gone (lost while the daemon was down) and restarted. Ends with both
+/// ready.
+fn hang_adoption_loss() -> Result<Scripted, ScriptError> {
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 31);
+    for (pool, port) in [("chat-h", 8088), ("chat-l", 8089)] {
+        s.preload(
+            pool,
+            cpu_engine(pool, port, "/models/gemma-2-9b-q4.gguf", Some(2)),
+        )?;
+        s.advance(20);
+        s.spawn_engine(pool)?;
+        s.pass_health(pool, 5_000, None)?;
+    }
+    for _ in 0..3 {
+        s.advance(5_000);
+        s.fail_probe("chat-h", "GET /health: timed out after 2 s")?;
+    }
+    s.finish_stop("chat-h", false)?;
+    s.fire_timer("chat-h", Timer::Restart)?;
+    s.advance(20);
+    s.spawn_engine("chat-h")?;
+    s.pass_health("chat-h", 5_000, None)?;
+    s.advance(600_000);
+    s.submit(Observation::DaemonStopping {
+        reason: "SIGTERM".into(),
+    })?;
+    s.advance(4_000);
+    s.submit(Observation::DaemonStarted {
+        version: "0.1.0".into(),
+        pid: 913,
+    })?;
+    for (pool, alive) in [("chat-h", true), ("chat-l", false)] {
+        let pid = s.state().pool(pool).and_then(|p| p.pid()).unwrap_or(0);
+        let pool_id = PoolId::new(pool).map_err(|e| ScriptError::InvalidId(e.to_string()))?;
+        if alive {
+            s.submit(Observation::EngineAdopted { pool_id, pid })?;
+        } else {
+            s.submit(Observation::EngineLost { pool_id, pid })?;
+        }
+    }
+    s.fire_timer("chat-l", Timer::Restart)?;
+    s.advance(20);
+    s.spawn_engine("chat-l")?;
+    s.pass_health("chat-l", 5_000, None)?;
     Ok(s)
 }
 

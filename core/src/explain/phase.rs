@@ -201,6 +201,7 @@ fn starting(ctx: &Ctx<'_>, told: &mut Told) {
         .steps
         .iter()
         .rev()
+        .filter(|s| s.kind != "RestartScheduled")
         .find(|s| Some(s.seq) == cause || (s.seq >= batch && s.seq < pool.start_token))
         .map_or(String::new(), |s| {
             format!(", after seq {}: {}", s.seq, s.text)
@@ -229,6 +230,12 @@ fn starting(ctx: &Ctx<'_>, told: &mut Told) {
 fn ready(ctx: &Ctx<'_>, told: &mut Told) {
     let pool = ctx.pool;
     let mut why = format!("serving{}", since_words(ctx));
+    let began = ctx
+        .since
+        .and_then(|m| ctx.steps.iter().find(|s| s.seq == m.seq));
+    if let Some(step) = began.filter(|s| s.kind != "PoolReady") {
+        why.push_str(&format!(": {}", step.text));
+    }
     if pool.engine.is_none() {
         why.push_str(
             "; its engine was handed off (started elsewhere): this daemon watches it but \
@@ -428,7 +435,7 @@ fn backoff(ctx: &Ctx<'_>, told: &mut Told) {
     });
     told.why = format!(
         "backing off{}: restart attempt {attempt} not before {} (delay {}, seq {token}) after \
-         a `{}` failure{last}",
+         the `{}` failure{last}",
         since_words(ctx),
         super::text::clock(*not_before_ms),
         duration(pool.supervision.last_delay_ms),
@@ -460,31 +467,33 @@ fn circuit_open(ctx: &Ctx<'_>, told: &mut Told) {
     let since = opened.map_or(since_words(ctx), |o| {
         format!(" since {} (seq {})", super::text::clock(o.ts_ms), o.seq)
     });
-    told.why = match &ctx.story.trial_failed {
-        Some(trial) => format!(
+    let failures = failures_of(ctx.story, class, counted);
+    let storm_words = ctx.story.storm.as_ref().map(|noted| {
+        let (restarts, window, class, _) = &noted.what;
+        format!(
+            "a restart storm ({}, seq {}): {restarts} restarts in {}",
+            storm(*class),
+            noted.seq,
+            duration(*window)
+        )
+    });
+    told.why = match (&ctx.story.trial_failed, &storm_words) {
+        (Some(trial), _) => format!(
             "circuit open again{since}: the half-open trial failed (`{}` at seq {}), so it \
-             stays open {} this time; {}",
+             stays open {} this time; {failures}{}",
             trial.what.as_str(),
             trial.seq,
             duration(breaker.open_ms),
-            failures_of(ctx.story, class, counted)
+            storm_words
+                .as_ref()
+                .map_or(String::new(), |s| format!("; it first opened on {s}"))
         ),
-        None => format!(
-            "circuit open{since} because {}",
-            failures_of(ctx.story, class, counted)
-        ),
+        (None, Some(storm_text)) => {
+            format!("circuit open{since} because of {storm_text}; {failures}")
+        }
+        (None, None) => format!("circuit open{since} because {failures}"),
     };
-    let mut hint = None;
-    if let Some(storm_noted) = &ctx.story.storm {
-        let (restarts, window, class, text) = &storm_noted.what;
-        told.why.push_str(&format!(
-            "; restart storm ({}, seq {}): {restarts} restarts in {}",
-            storm(*class),
-            storm_noted.seq,
-            duration(*window)
-        ));
-        hint = Some(text.clone());
-    }
+    let hint = ctx.story.storm.as_ref().map(|noted| noted.what.3.clone());
     match (breaker.state, breaker.half_open_at_ms) {
         (BreakerState::Open, Some(half)) => told.next.push(at(
             half,
