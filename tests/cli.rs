@@ -1,5 +1,5 @@
-//! The binary, end to end: `pool-managerd journal {import,export,verify,stats,show,repair}`
-//! and `replay` on the recorded journals of `replay-tests/journals/`, in temp dirs, and every
+//! The binary, end to end: `pool-managerd journal {import,export,verify,stats,show,repair}`,
+//! `replay` and `explain --journal-dir` on the recorded journals of `replay-tests/journals/`, in temp dirs, and every
 //! error an operator can meet (missing or foreign directory, bad import, corruption, a torn
 //! tail, a journal in use), each with its exit code and a message that names the path or the
 //! seq and what to do.
@@ -425,6 +425,56 @@ fn replay_until_a_time_stops_at_the_last_event_at_or_before_it() {
     let bad = run(&["replay", "--journal-dir", d, "--until", "yesterday"]).failed();
     assert!(bad.stderr.contains("--until 'yesterday'"), "{bad:#?}");
     assert!(bad.stderr.contains("RFC 3339"), "{bad:#?}");
+}
+
+/// The README's post-mortem: the crash loop explained offline at seq 27, where its breaker had
+/// just opened; the same as JSON; errors that name the pool, the seq and the directory.
+#[test]
+fn explain_tells_the_crash_loop_at_its_breaker_offline() {
+    let (_tmp, dir) = journal_dir();
+    let d = path_str(&dir);
+    import(&recorded("crash-loop"), &dir).ok();
+    let at_27 = run(&["explain", "chat-13b", "--journal-dir", d, "--at-seq", "27"]).ok();
+    let text = &at_27.stdout;
+    assert!(
+        text.starts_with("pool chat-13b: circuit open since"),
+        "{text}"
+    );
+    assert!(text.contains("5 consecutive"), "{text}");
+    assert!(text.contains("seqs 2, 8, 14, 20, 26"), "{text}");
+    assert!(
+        text.contains("half-open trial at 2026-03-03T02:07:16.843Z"),
+        "{text}"
+    );
+    assert!(
+        text.contains("POST /v2/pools/chat-13b/breaker/reset"),
+        "{text}"
+    );
+    let json = run(&[
+        "explain",
+        "chat-13b",
+        "--journal-dir",
+        d,
+        "--at-seq",
+        "27",
+        "--json",
+    ])
+    .ok();
+    let body: Value = serde_json::from_str(&json.stdout).expect("explain --json prints JSON");
+    assert_eq!(body["phase"], "circuit_open", "{body}");
+    assert_eq!(body["as_of_seq"], 27, "{body}");
+    assert_eq!(body["since"]["seq"], 27, "{body}");
+    let now = run(&["explain", "chat-13b", "--journal-dir", d]).ok();
+    assert!(now.stdout.starts_with("pool chat-13b: ready"), "{now:#?}");
+    let past = run(&["explain", "chat-13b", "--journal-dir", d, "--at-seq", "99"]).failed();
+    assert!(past.stderr.contains("--at-seq 99"), "{past:#?}");
+    assert!(past.stderr.contains("(seq 32)"), "{past:#?}");
+    let unknown = run(&["explain", "ghost", "--journal-dir", d]).failed();
+    assert!(
+        unknown.stderr.contains("pool ghost does not exist"),
+        "{unknown:#?}"
+    );
+    assert!(unknown.stderr.contains(d), "{unknown:#?}");
 }
 
 #[test]
