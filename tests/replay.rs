@@ -55,6 +55,7 @@ const SCENARIOS: &[Scenario] = &[
     ("storm-and-trial", storm_and_trial),
     ("quarantine-held", quarantine_held),
     ("hang-adoption-loss", hang_adoption_loss),
+    ("placement-faults", placement_faults),
 ];
 
 /// 2026-03-02T09:00:00Z and later: fixed clocks, so that the journals never change by
@@ -448,6 +449,80 @@ fn hang_adoption_loss() -> Result<Scripted, ScriptError> {
     s.spawn_engine("chat-l")?;
     s.pass_health("chat-l", 5_000, None)?;
     Ok(s)
+}
+
+/// GPU placement going wrong. `chat-g`'s engine serves on the CPU although its mask names GPU
+/// 0 (a CUDA build that found no device): the start fails with `CPU_SPILLOVER`; before its
+/// restart, the last engine's memory is still held on the GPU past the release timeout: the
+/// start fails naming it (and backs off). `chat-m` (on GPU 1) is ready, then seen on GPU 0,
+/// outside its mask, then, with a
+/// lease held, reports work in progress while making none: stopped as `stalled`. Ends with
+/// both in backoff.
+fn placement_faults() -> Result<Scripted, ScriptError> {
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 37);
+    let second = GpuInfo {
+        index: 1,
+        uuid: "GPU-9c1d2e3f-0a1b-4c2d-8e3f-4a5b6c7d8e9f".into(),
+        ..l4_gpu()
+    };
+    s.submit(Observation::GpuInventory {
+        gpus: vec![l4_gpu(), second],
+    })?;
+    let g = "chat-g";
+    s.preload(
+        g,
+        sample_engine(g, 8090, "/models/phi-3.5-mini-q4.gguf", Some(1)),
+    )?;
+    s.advance(20);
+    let pid = s.spawn_engine(g)?;
+    s.advance(3_000);
+    let token = s.state().pool(g).map_or(0, |p| p.start_token);
+    s.submit(Observation::EngineNotOnGpu {
+        pool_id: id(g)?,
+        token,
+        pid,
+        detail: "the engine's log says \"no CUDA-capable device is detected\": it would \
+                 serve on the CPU; check CUDA_VISIBLE_DEVICES and the engine build"
+            .into(),
+    })?;
+    s.finish_stop(g, false)?;
+    s.fire_timer(g, Timer::Restart)?;
+    s.advance(10_000);
+    let token = s.state().pool(g).map_or(0, |p| p.start_token);
+    s.submit(Observation::GpuMemoryStuck {
+        pool_id: id(g)?,
+        token,
+        gpu_uuid: l4_gpu().uuid,
+        pids: vec![pid + 7],
+        bytes: 3 * GIB,
+        after_ms: 10_000,
+    })?;
+    let m = "chat-m";
+    let mut engine = sample_engine(m, 8091, "/models/llama-3.2-3b-q4.gguf", Some(2));
+    engine.device_mask = Some("1".into());
+    s.preload(m, engine)?;
+    s.advance(20);
+    let pid = s.spawn_engine(m)?;
+    s.pass_health(m, 4_000, None)?;
+    s.advance(2_000);
+    s.submit(Observation::DeviceMaskViolation {
+        pool_id: id(m)?,
+        pid,
+        gpu_uuid: l4_gpu().uuid,
+    })?;
+    s.acquire_lease(m, "m-1")?;
+    s.advance(120_000);
+    s.submit(Observation::EngineStalled {
+        pool_id: id(m)?,
+        pid,
+        detail: "1 slot processing, n_decoded stuck at 412 for 120 s".into(),
+    })?;
+    s.finish_stop(m, false)?;
+    Ok(s)
+}
+
+fn id(pool: &str) -> Result<PoolId, ScriptError> {
+    PoolId::new(pool).map_err(|e| ScriptError::InvalidId(e.to_string()))
 }
 
 // ---- helpers --------------------------------------------------------------------------------

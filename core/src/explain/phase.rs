@@ -372,7 +372,13 @@ fn stopping(ctx: &Ctx<'_>, told: &mut Told) {
         ),
     };
     let pid = pool.pid().map_or(String::new(), |p| format!(" pid {p}"));
-    told.why = format!("stopping engine{pid}{}: {why}", since_words(ctx));
+    let fault = match reason {
+        StopReason::Failure { reason, detail } => {
+            format!(" (`{}`: {})", reason.as_str(), cut_to(detail, DETAIL_MAX))
+        }
+        _ => String::new(),
+    };
+    told.why = format!("stopping engine{pid}{}: {why}{fault}", since_words(ctx));
     match ctx.since {
         Some(m) if *grace_ms > 0 => told.next.push(at(
             m.ts_ms.saturating_add(*grace_ms),
