@@ -905,6 +905,11 @@ fn the_demo_runs_its_story_and_cleans_up() {
         "RestartScheduled",
         "CircuitOpened",
         "CircuitReset",
+        // ... and explained: the failures by seq, the half-open trial's time, the reset.
+        "GET /v2/pools/flaky/explain -> 200",
+        "4 consecutive",
+        "half-open trial at ",
+        "POST /v2/pools/flaky/breaker/reset",
         "the restart is healthy: phase \"ready\"",
         // Drain, reload (success, rollback), a daemon restart that adopts its engines.
         "409 POOL_DRAINING",
