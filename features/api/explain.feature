@@ -5,7 +5,8 @@ Feature: Why a pool is in its phase
   a drain's deadline), and what an operator can do. `?at_seq=N` explains the pool as it was
   after event N. `pool-managerd explain ID` prints the same, asking the daemon (`--addr`) or
   reading its journal offline (`--journal-dir`, read-only): both are the core's explanation
-  of the same history, so they agree. An unknown pool is POOL_NOT_FOUND.
+  of the same history, so they agree. `pool-managerd status` shows one line of it, in its
+  `WHY` column, for each pool that is not ready. An unknown pool is POOL_NOT_FOUND.
 
   The daemons here run on a manual clock, which only the steps move.
 
@@ -28,6 +29,7 @@ Feature: Why a pool is in its phase
     And the explanation's chain ends with the "CircuitOpened" of pool "p1"
     And `pool-managerd explain p1` against the daemon prints the half-open time of pool "p1"
     And `pool-managerd explain p1 --json` on the daemon's journal answers what the daemon answered
+    And `pool-managerd status` shows why pool "p1" is not ready: "circuit open since"
 
   Scenario: A pool in backoff: which restart, and when
     Given a running daemon on a manual clock, configured with:
@@ -41,6 +43,7 @@ Feature: Why a pool is in its phase
     And the answer's "why" mentions "restart attempt 2"
     And the explanation's next step is at the restart time of pool "p1"
     And the explanation offers "POST /v2/pools/p1/stop"
+    And `pool-managerd status` shows why pool "p1" is not ready: "backing off"
 
   Scenario: An earlier seq explains the pool as it was then
     Given a running daemon

@@ -35,6 +35,45 @@ async fn last_number(world: &PoolWorld, pool: &str, kind: &str, field: &str) -> 
         .unwrap_or_else(|| panic!("{field} of {last} is not a number"))
 }
 
+/// Runs `pool-managerd status --addr` against the daemon; its standard output.
+async fn run_status(base: String) -> String {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(DAEMON)
+            .args(["status", "--addr", &base])
+            .env_remove("LLORCH_API_TOKEN")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {DAEMON} status: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the status command's thread failed: {e}"));
+    assert!(
+        output.status.success(),
+        "pool-managerd status failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[then(expr = "`pool-managerd status` shows why pool {string} is not ready: {string}")]
+async fn status_shows_why(world: &mut PoolWorld, pool: String, words: String) {
+    let table = run_status(world.daemon().base().to_string()).await;
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let column = header
+        .find("WHY")
+        .map(|at| header[..at].chars().count())
+        .unwrap_or_else(|| panic!("no WHY column in:\n{table}"));
+    let row = lines
+        .find(|l| l.starts_with(&format!("{pool} ")))
+        .unwrap_or_else(|| panic!("no row of pool {pool} in:\n{table}"));
+    let why: String = row.chars().skip(column).collect();
+    assert!(
+        why.contains(&words),
+        "the WHY of {pool} lacks {words:?}: {row}"
+    );
+}
+
 /// Runs `pool-managerd explain` with `args`; its standard output, or the step fails with
 /// what it said.
 async fn run_explain(args: Vec<String>) -> String {
