@@ -113,13 +113,17 @@ pub fn save_snapshot(journal: &PoolJournal, state: &State) -> Result<(), Journal
 
 /// A page of a pool's history read at once for its explanation.
 const EXPLAIN_PAGE: usize = 10_000;
+/// How many of the journal's last events (up to the seq explained) are read for the node
+/// events an explanation names (daemon restarts, quarantines, accepted journal loss): node
+/// events are not indexed by pool, so this bounds the read.
+pub const EXPLAIN_NODE_WINDOW: u64 = 20_000;
 
 /// The explanation of `pool_id` after event `at_seq` (the journal's last when `None`); `None`
 /// when the pool does not exist then. Reads the pool's own events (from the start, or from the
-/// oldest snapshot retention left, which seeds the pool) and takes the node's quarantines from
-/// `node` (the registry at `at_seq`, when the caller has it). An `at_seq` beyond the journal's
-/// last event explains the pool as it is now; one before the retained history is
-/// `HistoryExpired`.
+/// oldest snapshot retention left, which seeds the pool), the node events among the last
+/// [`EXPLAIN_NODE_WINDOW`] events, and takes the node's quarantines from `node` (the registry
+/// at `at_seq`, when the caller has it). An `at_seq` beyond the journal's last event explains
+/// the pool as it is now; one before the retained history is `HistoryExpired`.
 pub fn explain_pool(
     journal: &PoolJournal,
     pool_id: &str,
@@ -143,6 +147,8 @@ pub fn explain_pool(
         };
         replay(journal, limit)?.state.pools.remove(pool_id)
     };
+    let node_events = node_events_before(journal, from, at)?;
+    let mut node_events = node_events.iter().peekable();
     let mut explainer = Explainer::new(pool_id, seed);
     let mut since = from.saturating_add(1);
     'pages: loop {
@@ -151,6 +157,9 @@ pub fn explain_pool(
             if envelope.seq > at {
                 break 'pages;
             }
+            while let Some(node_event) = node_events.next_if(|e| e.seq < envelope.seq) {
+                explainer.feed(recorded(node_event));
+            }
             explainer.feed(recorded(envelope));
         }
         match page.last() {
@@ -158,8 +167,38 @@ pub fn explain_pool(
             _ => break,
         }
     }
+    for node_event in node_events {
+        explainer.feed(recorded(node_event));
+    }
     explainer.seen_through(at);
     Ok(explainer.explain(node))
+}
+
+/// The node events among the journal's last [`EXPLAIN_NODE_WINDOW`] events up to `at` (and
+/// after `from`), oldest first.
+fn node_events_before(
+    journal: &PoolJournal,
+    from: u64,
+    at: u64,
+) -> Result<Vec<PoolEnvelope>, JournalError> {
+    let start = at
+        .saturating_sub(EXPLAIN_NODE_WINDOW.saturating_sub(1))
+        .max(from.saturating_add(1))
+        .max(journal.first_seq());
+    let mut out = Vec::new();
+    if start > at {
+        return Ok(out);
+    }
+    for envelope in journal.read_from(start) {
+        let envelope = envelope?;
+        if envelope.seq > at {
+            break;
+        }
+        if envelope.event.is_node_event() {
+            out.push(envelope);
+        }
+    }
+    Ok(out)
 }
 
 /// An envelope as the core's explanation reads it.

@@ -807,6 +807,18 @@ fn a_damaged_acknowledged_record_is_refused_and_repair_accept_loss_keeps_the_res
             assert_eq!(got, want, "line {}", i + 1);
         }
     }
+    // The explanation of a pool whose story the loss cut into says so.
+    let explained = run(&["explain", "chat-a", "--journal-dir", d, "--at-seq", "3"]).ok();
+    assert!(
+        explained
+            .stdout
+            .contains("journal events 2..=2 were lost (accepted at seq 2)"),
+        "{explained:#?}"
+    );
+    assert!(
+        explained.stdout.contains("the loss accepted (") && explained.stdout.contains("seq      2"),
+        "{explained:#?}"
+    );
 }
 
 #[test]
