@@ -191,7 +191,9 @@ pub struct Explainer {
     pool: Option<Pool>,
     last_seq: u64,
     since: Option<Mark>,
-    steps: VecDeque<Step>,
+    /// The steps, each with the GPU it is about (quarantines: shown to the pools whose mask
+    /// covers it).
+    steps: VecDeque<(Step, Option<String>)>,
     /// `(seq, cause, batch_from)` of the pool's newest events.
     links: VecDeque<(u64, Option<u64>, u64)>,
     /// The pool's last event: (seq, ts), and the first seq of the run of contiguous events
@@ -410,13 +412,20 @@ impl Explainer {
     }
 
     fn push_step(&mut self, rec: &Recorded<'_>, text: String) {
-        self.steps.push_back(Step {
+        let gpu = match rec.event {
+            Event::GpuQuarantined { gpu_uuid, .. } | Event::GpuUnquarantined { gpu_uuid, .. } => {
+                Some(gpu_uuid.clone())
+            }
+            _ => None,
+        };
+        let step = Step {
             seq: rec.seq,
             ts_ms: rec.ts_ms,
             kind: rec.event.kind().to_string(),
             cause: rec.cause,
             text,
-        });
+        };
+        self.steps.push_back((step, gpu));
         while self.steps.len() > STEPS_KEPT {
             self.steps.pop_front();
         }
@@ -435,7 +444,17 @@ impl Explainer {
                 what: q.faults,
             });
         }
-        let steps: Vec<&Step> = self.steps.iter().collect();
+        // A quarantine is a step of the pools whose mask covers its GPU (every pool, when the
+        // node's inventory is not at hand).
+        let covers = |gpu: &str| {
+            node.is_none_or(|n| crate::gpu::mask_covers_in(pool.device_mask(), gpu, n.inventory()))
+        };
+        let steps: Vec<&Step> = self
+            .steps
+            .iter()
+            .filter(|(_, gpu)| gpu.as_deref().is_none_or(covers))
+            .map(|(step, _)| step)
+            .collect();
         let ctx = phase::Ctx {
             pool,
             story: &self.story,
@@ -448,7 +467,7 @@ impl Explainer {
         let from = self.since.as_ref().map_or(told.story_from, |m| {
             told.story_from.min(self.first_cause(m.seq))
         });
-        let (chain, chain_omitted) = self.chain(from);
+        let (chain, chain_omitted) = chain(&steps, from);
         Some(Explanation {
             pool_id: self.pool_id.clone(),
             as_of_seq: self.last_seq,
@@ -477,19 +496,19 @@ impl Explainer {
         }
         at
     }
+}
 
-    /// The steps from seq `from` on: the first of them and the newest, at most
-    /// [`STEPS_MAX`] in all, and how many were left out.
-    fn chain(&self, from: u64) -> (Vec<Step>, u32) {
-        let story: Vec<&Step> = self.steps.iter().filter(|s| s.seq >= from).collect();
-        if story.len() <= STEPS_MAX {
-            return (story.into_iter().cloned().collect(), 0);
-        }
-        let omitted = story.len() - STEPS_MAX;
-        let mut chain: Vec<Step> = story.iter().take(1).map(|s| (*s).clone()).collect();
-        chain.extend(story.iter().skip(omitted + 1).map(|s| (*s).clone()));
-        (chain, u32::try_from(omitted).unwrap_or(u32::MAX))
+/// The steps from seq `from` on: the first of them and the newest, at most [`STEPS_MAX`] in
+/// all, and how many were left out.
+fn chain(steps: &[&Step], from: u64) -> (Vec<Step>, u32) {
+    let story: Vec<&Step> = steps.iter().copied().filter(|s| s.seq >= from).collect();
+    if story.len() <= STEPS_MAX {
+        return (story.into_iter().cloned().collect(), 0);
     }
+    let omitted = story.len() - STEPS_MAX;
+    let mut chain: Vec<Step> = story.iter().take(1).map(|s| (*s).clone()).collect();
+    chain.extend(story.iter().skip(omitted + 1).map(|s| (*s).clone()));
+    (chain, u32::try_from(omitted).unwrap_or(u32::MAX))
 }
 
 fn noted<T>(rec: &Recorded<'_>, what: T) -> Noted<T> {

@@ -651,3 +651,61 @@ fn mask_violations_stuck_memory_spillover_and_loss_are_told() {
     );
     assert!(e.why.contains("were lost"), "{}", e.why);
 }
+
+#[test]
+fn a_quarantine_is_a_step_of_the_pools_on_that_gpu_only() {
+    let mut h = ready_pool();
+    h.node(
+        100,
+        Event::GpuQuarantined {
+            gpu_uuid: "GPU-b".into(),
+            faults: 3,
+        },
+    );
+    h.node(
+        200,
+        Event::GpuQuarantined {
+            gpu_uuid: "GPU-a".into(),
+            faults: 3,
+        },
+    );
+    let mut explainer = Explainer::new("p1", None);
+    for (seq, ts, pool, cause, event) in &h.events {
+        explainer.feed(Recorded {
+            seq: *seq,
+            ts_ms: *ts,
+            pool_id: *pool,
+            cause: *cause,
+            event,
+        });
+    }
+    let gpu = |index: u32, uuid: &str| crate::engine::GpuInfo {
+        index,
+        uuid: uuid.into(),
+        name: "L4".into(),
+        compute_capability: "8.9".into(),
+        vram_total_bytes: 1,
+        vram_free_bytes: 1,
+    };
+    let node = Node {
+        gpus: vec![gpu(0, "GPU-a"), gpu(1, "GPU-b")],
+        ..Node::default()
+    };
+    let e = explainer.explain(Some(&node)).expect("the pool exists");
+    let quarantines: Vec<&str> = e
+        .chain
+        .iter()
+        .filter(|s| s.kind == "GpuQuarantined")
+        .map(|s| s.text.as_str())
+        .collect();
+    assert_eq!(quarantines.len(), 1, "{quarantines:?}");
+    assert!(quarantines[0].contains("GPU-a"), "{quarantines:?}");
+    let e = explainer.explain(None).expect("the pool exists");
+    assert_eq!(
+        e.chain
+            .iter()
+            .filter(|s| s.kind == "GpuQuarantined")
+            .count(),
+        2
+    );
+}
