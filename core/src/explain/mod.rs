@@ -374,7 +374,7 @@ impl Explainer {
                 let pids = pids.iter().take(8).copied().collect();
                 story.stuck = Some(noted(rec, (gpu_uuid.clone(), pids, *bytes)));
             }
-            Event::GpuMemoryReleased { .. } => story.stuck = None,
+            Event::GpuMemoryReleased { .. } | Event::PoolReady { .. } => story.stuck = None,
             Event::DeviceMaskViolation { pid, gpu_uuid } => {
                 story.violation = Some(noted(rec, (*pid, gpu_uuid.clone())));
             }

@@ -13,10 +13,10 @@ use crate::status::{phase, BreakerState, Phase};
 
 use super::describe::{class_name, stage_name, storm};
 use super::text::{cut, cut_to, duration, rfc3339, seqs};
+use super::{Action, Failure, Mark, Next, Noted, Step, Story};
 
 /// The longest recorded detail (an engine log tail) quoted in a `why`, in chars.
 const DETAIL_MAX: usize = 160;
-use super::{Action, Failure, Mark, Next, Noted, Step, Story};
 
 /// What a phase's narrative reads.
 pub(super) struct Ctx<'a> {
@@ -143,17 +143,17 @@ fn failures_of(story: &Story, class: FailureClass, counted: u32) -> String {
         return format!("{counted} consecutive {} failures", class_name(class));
     };
     let reasons: Vec<ExitReason> = list.iter().map(|f| f.reason).collect();
-    let name = if reasons.iter().all(|r| *r == last.reason) {
-        format!("`{}`", last.reason.as_str())
+    let (name, last_reason) = if reasons.iter().all(|r| *r == last.reason) {
+        (format!("`{}`", last.reason.as_str()), String::new())
     } else {
-        class_name(class).to_string()
+        let name = class_name(class).to_string();
+        (name, format!(" `{}`", last.reason.as_str()))
     };
     let seq_list: Vec<u64> = list.iter().map(|f| f.seq).collect();
     format!(
-        "{} consecutive {name} failures ({}), the last one `{}`: \"{}\"",
+        "{} consecutive {name} failures ({}), the last one{last_reason}: \"{}\"",
         counted.max(u32::try_from(list.len()).unwrap_or(u32::MAX)),
         seqs(&seq_list),
-        last.reason.as_str(),
         cut_to(&last.detail, DETAIL_MAX)
     )
 }
