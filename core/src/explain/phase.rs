@@ -264,7 +264,8 @@ fn ready(ctx: &Ctx<'_>, told: &mut Told) {
         }
     }
     if let Some(f) = last_failure(ctx.story) {
-        let counted = pool.supervision.gpu_failures + pool.supervision.other_failures;
+        let sup = &pool.supervision;
+        let counted = sup.gpu_failures.saturating_add(sup.other_failures);
         why.push_str(&format!(
             "; {counted} failure(s) still counted, the last `{}` at seq {}",
             f.reason.as_str(),
