@@ -709,3 +709,68 @@ fn a_quarantine_is_a_step_of_the_pools_on_that_gpu_only() {
         2
     );
 }
+
+#[test]
+fn every_start_failure_and_exit_reason_is_named() {
+    let failures = [
+        StartFailure::SpawnFailed,
+        StartFailure::HealthTimeout,
+        StartFailure::EngineExited,
+        StartFailure::GpuFault,
+        StartFailure::HandoffFailed,
+        StartFailure::CpuSpillover,
+        StartFailure::PortInUse,
+    ];
+    for failure in failures {
+        let mut h = History::new();
+        h.pool(
+            0,
+            None,
+            Event::PreloadRequested {
+                engine: Box::new(engine()),
+            },
+        );
+        h.pool(
+            10,
+            None,
+            Event::PreloadFailed {
+                reason: "why it failed".into(),
+                failure,
+                cause: ExitReason::Crash,
+                pid: None,
+            },
+        );
+        let e = h.explain(None);
+        let step = e.chain.last().expect("a step");
+        assert!(
+            step.text.contains(failure.code().as_str()),
+            "{failure:?}: {}",
+            step.text
+        );
+        assert!(e.why.contains("why it failed"), "{failure:?}: {}", e.why);
+    }
+    let reasons = [
+        ExitReason::Crash,
+        ExitReason::Signal,
+        ExitReason::OomKilled,
+        ExitReason::CudaError,
+        ExitReason::VramOom,
+        ExitReason::DriverError,
+        ExitReason::HealthTimeout,
+        ExitReason::Unknown,
+        ExitReason::Stalled,
+    ];
+    for reason in reasons {
+        let mut h = ready_pool();
+        h.pool(100, None, exited(100, reason));
+        let e = h.explain(None);
+        assert_eq!(e.phase, Phase::Failed, "{reason:?}");
+        let named = format!("`{}`", reason.as_str());
+        assert!(e.why.contains(&named), "{reason:?}: {}", e.why);
+    }
+    let mut h = ready_pool();
+    h.pool(100, None, exited(100, ExitReason::Graceful));
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Stopped);
+    assert!(e.why.contains("exited by itself with code 0"), "{}", e.why);
+}
