@@ -1,7 +1,8 @@
 //! `pool-managerd status`: a client of a running daemon. Prints its pools as a table (`GET
 //! /v2/pools`, with a `WHY` column for each pool that is not ready: its explanation's one
-//! line, `GET /v2/pools/{id}/explain`), or the raw list with `--json`; `--watch` then follows the live event stream
-//! (`GET /v2/events`): one line per event, and the table again once the events settle.
+//! line, `GET /v2/pools/{id}/explain`), or the raw list with `--json`; `--watch` then follows
+//! the live event stream (`GET /v2/events`): one line per event, and the table again once the
+//! events settle.
 //!
 //! Owns: the command's arguments, the HTTP calls, the printout and its error messages (an
 //! unreachable daemon names the address and how to start one; a 401 names
