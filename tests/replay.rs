@@ -18,8 +18,9 @@
 //!   nothing and a missing or different snapshot fails.
 //! - `every_recorded_journal_explains_every_pool_at_every_seq`: the explanation (its text
 //!   form, `pool-managerd explain`'s) of every pool of every journal at every seq, read from
-//!   the imported journal as the daemon and the command line read it, must equal the insta
-//!   snapshot `replay-tests/snapshots/<name>.explain.snap` (accepted as above).
+//!   the imported journal as the daemon and the command line read it, must equal the core's
+//!   explanation of the whole history up to that seq, and the insta snapshot
+//!   `replay-tests/snapshots/<name>.explain.snap` (accepted as above).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -693,6 +694,18 @@ fn explanations_at_every_seq(path: &Path) -> String {
             assert_eq!(
                 explanation.phase,
                 state.status(pool).expect("the pool exists").phase,
+                "{}: {pool} at seq {seq}",
+                path.display()
+            );
+            // The shell's read (the pool's index and the node events) is the core's function
+            // of the whole history.
+            let mut whole = pool_core::Explainer::new(pool, None);
+            for envelope in envelopes.iter().take_while(|e| e.seq <= seq) {
+                whole.feed(pool_managerd::projection::recorded(envelope));
+            }
+            assert_eq!(
+                whole.explain(Some(&state.node)).as_ref(),
+                Some(&explanation),
                 "{}: {pool} at seq {seq}",
                 path.display()
             );
