@@ -409,8 +409,14 @@ fn stopped(ctx: &Ctx<'_>, told: &mut Told) {
         "EngineExited",
         "ReloadFailed",
     ];
-    let cause =
-        cause_step(ctx, &kinds).map_or(String::new(), |s| format!(": {} (seq {})", s.text, s.seq));
+    let since_seq = ctx.since.map(|m| m.seq);
+    let cause = cause_step(ctx, &kinds).map_or(String::new(), |s| {
+        if Some(s.seq) == since_seq {
+            format!(": {}", s.text)
+        } else {
+            format!(": {} (seq {})", s.text, s.seq)
+        }
+    });
     let mut why = format!("stopped{}{cause}", since_words(ctx));
     let forced = &ctx.story.forced_leases;
     if !forced.is_empty() && cause.contains("force-stopped") {
