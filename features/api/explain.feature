@@ -45,6 +45,19 @@ Feature: Why a pool is in its phase
     And the explanation offers "POST /v2/pools/p1/stop"
     And `pool-managerd status` shows why pool "p1" is not ready: "backing off"
 
+  Scenario: A drain forced at its deadline names the leases it dropped
+    Given a running daemon
+    And a ready pool "p1" with 2 slots
+    And the orchestrator took lease "A" on pool "p1"
+    And pool "p1" is asked to drain within 300 ms
+    Then pool "p1" reaches phase "stopped"
+    When a client sends GET "/v2/pools/p1/explain"
+    Then the answer is 200
+    And the answer's "phase" is "stopped"
+    And the answer's "why" mentions "force-stopped"
+    And the explanation's why names lease "A" of pool "p1"
+    And the explanation offers "POST /v2/pools/p1/preload"
+
   Scenario: An earlier seq explains the pool as it was then
     Given a running daemon
     And a ready pool "p1" with 2 slots

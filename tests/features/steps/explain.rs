@@ -136,6 +136,19 @@ async fn names_every_failure(world: &mut PoolWorld, pool: String) {
     }
 }
 
+#[then(expr = "the explanation's why names lease {string} of pool {string}")]
+fn why_names_lease(world: &mut PoolWorld, alias: String, pool: String) {
+    let lease = world.lease_id(&pool, &alias);
+    let why = world.answer().body["why"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        why.contains(&lease),
+        "the why does not name lease {lease}: {why}"
+    );
+}
+
 #[then(expr = "the explanation's next step is at the half-open time of pool {string}")]
 async fn next_at_half_open(world: &mut PoolWorld, pool: String) {
     let half_open = last_number(world, &pool, "CircuitOpened", "half_open_at_ms").await;
