@@ -70,6 +70,48 @@ pub fn registry_table(statuses: &[PoolStatus]) -> String {
     out
 }
 
+/// The longest `WHY` cell of [`registry_table_why`].
+const WHY_CHARS_MAX: usize = 120;
+
+/// [`registry_table`] with a last `WHY` column: `why(pool_id)` for each pool that is not
+/// ready (one line of its explanation), `-` for the others.
+pub fn registry_table_why(statuses: &[PoolStatus], why: impl Fn(&str) -> Option<String>) -> String {
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|status| {
+            let json = serde_json::to_value(status).unwrap_or(Value::Null);
+            let mut row: Vec<String> = REGISTRY_COLUMNS
+                .iter()
+                .map(|(_, field)| cell(json.get(field)))
+                .collect();
+            let text = if status.ready {
+                None
+            } else {
+                why(status.pool_id.as_str())
+            };
+            row.push(text.map_or_else(|| "-".to_string(), |t| cut_to(&t, WHY_CHARS_MAX)));
+            row
+        })
+        .collect();
+    let mut headers: Vec<&str> = REGISTRY_COLUMNS.iter().map(|(h, _)| *h).collect();
+    headers.push("WHY");
+    let mut out = fixed_width(&headers, &rows);
+    if statuses.is_empty() {
+        out.push_str("(no pools)\n");
+    }
+    out
+}
+
+fn cut_to(text: &str, max: usize) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() > max {
+        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        one_line
+    }
+}
+
 /// One row of the fleet table: a node, whether it heartbeats, and one of its pools (`None`: a
 /// node with no pool).
 pub struct FleetRow<'a> {

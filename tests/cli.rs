@@ -1,5 +1,5 @@
-//! The binary, end to end: `pool-managerd journal {import,export,verify,stats,show,repair}`
-//! and `replay` on the recorded journals of `replay-tests/journals/`, in temp dirs, and every
+//! The binary, end to end: `pool-managerd journal {import,export,verify,stats,show,repair}`,
+//! `replay` and `explain --journal-dir` on the recorded journals of `replay-tests/journals/`, in temp dirs, and every
 //! error an operator can meet (missing or foreign directory, bad import, corruption, a torn
 //! tail, a journal in use), each with its exit code and a message that names the path or the
 //! seq and what to do.
@@ -427,6 +427,56 @@ fn replay_until_a_time_stops_at_the_last_event_at_or_before_it() {
     assert!(bad.stderr.contains("RFC 3339"), "{bad:#?}");
 }
 
+/// The README's post-mortem: the crash loop explained offline at seq 27, where its breaker had
+/// just opened; the same as JSON; errors that name the pool, the seq and the directory.
+#[test]
+fn explain_tells_the_crash_loop_at_its_breaker_offline() {
+    let (_tmp, dir) = journal_dir();
+    let d = path_str(&dir);
+    import(&recorded("crash-loop"), &dir).ok();
+    let at_27 = run(&["explain", "chat-13b", "--journal-dir", d, "--at-seq", "27"]).ok();
+    let text = &at_27.stdout;
+    assert!(
+        text.starts_with("pool chat-13b: circuit open since"),
+        "{text}"
+    );
+    assert!(text.contains("5 consecutive"), "{text}");
+    assert!(text.contains("seqs 2, 8, 14, 20, 26"), "{text}");
+    assert!(
+        text.contains("half-open trial at 2026-03-03T02:07:16.843Z"),
+        "{text}"
+    );
+    assert!(
+        text.contains("POST /v2/pools/chat-13b/breaker/reset"),
+        "{text}"
+    );
+    let json = run(&[
+        "explain",
+        "chat-13b",
+        "--journal-dir",
+        d,
+        "--at-seq",
+        "27",
+        "--json",
+    ])
+    .ok();
+    let body: Value = serde_json::from_str(&json.stdout).expect("explain --json prints JSON");
+    assert_eq!(body["phase"], "circuit_open", "{body}");
+    assert_eq!(body["as_of_seq"], 27, "{body}");
+    assert_eq!(body["since"]["seq"], 27, "{body}");
+    let now = run(&["explain", "chat-13b", "--journal-dir", d]).ok();
+    assert!(now.stdout.starts_with("pool chat-13b: ready"), "{now:#?}");
+    let past = run(&["explain", "chat-13b", "--journal-dir", d, "--at-seq", "99"]).failed();
+    assert!(past.stderr.contains("--at-seq 99"), "{past:#?}");
+    assert!(past.stderr.contains("(seq 32)"), "{past:#?}");
+    let unknown = run(&["explain", "ghost", "--journal-dir", d]).failed();
+    assert!(
+        unknown.stderr.contains("pool ghost does not exist"),
+        "{unknown:#?}"
+    );
+    assert!(unknown.stderr.contains(d), "{unknown:#?}");
+}
+
 #[test]
 fn replay_past_the_end_or_of_an_unknown_pool_is_an_error() {
     let (_tmp, dir) = journal_dir();
@@ -757,6 +807,18 @@ fn a_damaged_acknowledged_record_is_refused_and_repair_accept_loss_keeps_the_res
             assert_eq!(got, want, "line {}", i + 1);
         }
     }
+    // The explanation of a pool whose story the loss cut into says so.
+    let explained = run(&["explain", "chat-a", "--journal-dir", d, "--at-seq", "3"]).ok();
+    assert!(
+        explained
+            .stdout
+            .contains("journal events 2..=2 were lost (accepted at seq 2)"),
+        "{explained:#?}"
+    );
+    assert!(
+        explained.stdout.contains("the loss accepted (") && explained.stdout.contains("seq      2"),
+        "{explained:#?}"
+    );
 }
 
 #[test]
@@ -855,6 +917,11 @@ fn the_demo_runs_its_story_and_cleans_up() {
         "RestartScheduled",
         "CircuitOpened",
         "CircuitReset",
+        // ... and explained: the failures by seq, the half-open trial's time, the reset.
+        "GET /v2/pools/flaky/explain -> 200",
+        "4 consecutive",
+        "half-open trial at ",
+        "POST /v2/pools/flaky/breaker/reset",
         "the restart is healthy: phase \"ready\"",
         // Drain, reload (success, rollback), a daemon restart that adopts its engines.
         "409 POOL_DRAINING",

@@ -625,11 +625,14 @@ async fn status_prints_the_table_the_json_and_follows_events() {
         "RESTARTS",
         "BREAKER",
         "LAST_ERROR",
+        "WHY",
     ] {
         assert!(table.contains(column), "{column} missing:\n{table}");
     }
     let row = table.lines().find(|l| l.starts_with("p1 ")).expect(&table);
     assert!(row.contains("ready") && row.contains("true"), "{row}");
+    // A ready pool needs no why.
+    assert!(row.trim_end().ends_with(" -"), "{row}");
 
     let out = cli(
         vec![

@@ -16,6 +16,11 @@
 //!   state. Accept new or changed snapshots with `INSTA_UPDATE=always cargo test --test replay`
 //!   (or `cargo insta review`), read them, and check them in. Under `CI=true` insta writes
 //!   nothing and a missing or different snapshot fails.
+//! - `every_recorded_journal_explains_every_pool_at_every_seq`: the explanation (its text
+//!   form, `pool-managerd explain`'s) of every pool of every journal at every seq, read from
+//!   the imported journal as the daemon and the command line read it, must equal the core's
+//!   explanation of the whole history up to that seq, and the insta snapshot
+//!   `replay-tests/snapshots/<name>.explain.snap` (accepted as above).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -24,7 +29,7 @@ use pool_core::{
     Event, ExitReason, GpuInfo, Observation, Phase, PoolId, PoolStatus, Rejection, Timer,
 };
 use pool_journal::{Draft, JournalConfig};
-use pool_managerd::projection::{replay, ReplayLimit, Replayed};
+use pool_managerd::projection::{explain_pool, replay, ReplayLimit, Replayed};
 use pool_managerd::schema::{PoolEnvelope, PoolJournal};
 use pool_managerd::script::{cpu_engine, sample_engine, ScriptError, Scripted};
 use pool_managerd::table::format_ts_ms;
@@ -47,6 +52,11 @@ const SCENARIOS: &[Scenario] = &[
     ("preload-failed", preload_failed),
     ("crash-loop", crash_loop),
     ("drain-with-leases", drain_with_leases),
+    ("reloads", reloads),
+    ("storm-and-trial", storm_and_trial),
+    ("quarantine-held", quarantine_held),
+    ("hang-adoption-loss", hang_adoption_loss),
+    ("placement-faults", placement_faults),
 ];
 
 /// 2026-03-02T09:00:00Z and later: fixed clocks, so that the journals never change by
@@ -55,6 +65,7 @@ const MONDAY_9AM_MS: u64 = 1_772_442_000_000;
 const MONDAY_2PM_MS: u64 = 1_772_460_000_000;
 const TUESDAY_2AM_MS: u64 = 1_772_503_200_000;
 const WEDNESDAY_4PM_MS: u64 = 1_772_641_800_000;
+const THURSDAY_10AM_MS: u64 = 1_772_791_200_000;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -255,6 +266,266 @@ fn drain_with_leases() -> Result<Scripted, ScriptError> {
     Ok(s)
 }
 
+/// Three reloads of a ready pool: the first succeeds (staged, drained, the new engine ready);
+/// the second is refused (its model is missing: the engine untouched); the third's new engine
+/// dies while loading, and the old model is started again (rolled back). Ends ready on the
+/// first reload's model.
+fn reloads() -> Result<Scripted, ScriptError> {
+    let pool = "chat-r";
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 17);
+    s.preload(
+        pool,
+        cpu_engine(pool, 8085, "/models/qwen2.5-7b-q4.gguf", Some(2)),
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 6_000, None)?;
+    s.advance(60_000);
+    s.reload(pool, "/models/qwen2.5-7b-q5.gguf", None, Some(30_000))?;
+    s.advance(900);
+    s.stage_model(pool, "/models/qwen2.5-7b-q5.gguf")?;
+    s.finish_stop(pool, true)?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 7_100, None)?;
+    s.advance(120_000);
+    s.reload(pool, "/models/qwen2.5-7b-q8.gguf", None, Some(30_000))?;
+    s.advance(15);
+    s.fail_staging(
+        pool,
+        "/models/qwen2.5-7b-q8.gguf: No such file or directory",
+    )?;
+    s.advance(300_000);
+    s.reload(pool, "/models/qwen2.5-14b-q4.gguf", None, Some(30_000))?;
+    s.advance(1_200);
+    s.stage_model(pool, "/models/qwen2.5-14b-q4.gguf")?;
+    s.finish_stop(pool, true)?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.advance(9_000);
+    s.exit_engine(
+        pool,
+        Some(1),
+        None,
+        ExitReason::Crash,
+        "llama_model_load: error loading model: unknown model architecture: 'qwen3'",
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 7_300, None)?;
+    Ok(s)
+}
+
+/// A crash loop faster than the storm window allows (at most 3 restarts a minute): the storm
+/// opens the breaker (a `crash_storm` with its hint). At the half-open time the trial start
+/// crashes too: the breaker opens again, for twice as long. Ends in `circuit_open`.
+fn storm_and_trial() -> Result<Scripted, ScriptError> {
+    let pool = "chat-s";
+    let mut policy = pool_core::Policy::default();
+    policy.storm.max_restarts = 3;
+    policy.backoff.initial_ms = 500;
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 23).with_policy(policy);
+    s.preload(
+        pool,
+        cpu_engine(pool, 8086, "/models/mistral-7b-q4.gguf", Some(1)),
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 4_000, None)?;
+    for _ in 0..8 {
+        s.advance(2_000);
+        s.exit_engine(
+            pool,
+            Some(134),
+            None,
+            ExitReason::Crash,
+            "terminate called after throwing an instance of 'std::bad_alloc'",
+        )?;
+        if s.state()
+            .status(pool)
+            .is_some_and(|st| st.phase == Phase::CircuitOpen)
+        {
+            break;
+        }
+        s.fire_timer(pool, Timer::Restart)?;
+        s.advance(20);
+        s.spawn_engine(pool)?;
+        s.pass_health(pool, 3_000, None)?;
+    }
+    s.fire_timer(pool, Timer::HalfOpen)?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.advance(1_500);
+    s.exit_engine(
+        pool,
+        Some(134),
+        None,
+        ExitReason::Crash,
+        "terminate called after throwing an instance of 'std::bad_alloc'",
+    )?;
+    Ok(s)
+}
+
+/// A GPU with repeated hardware faults (Xid 79, fallen off the bus) is quarantined; the pool
+/// whose mask covers it loses its engine to a driver error and is not restarted on it
+/// (`RestartHeld`). Ends `failed`, waiting for an unquarantine.
+fn quarantine_held() -> Result<Scripted, ScriptError> {
+    let pool = "chat-q";
+    let mut policy = pool_core::Policy::default();
+    policy.quarantine.after = 2;
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 29).with_policy(policy);
+    s.submit(Observation::GpuInventory {
+        gpus: vec![l4_gpu()],
+    })?;
+    s.preload(
+        pool,
+        sample_engine(pool, 8087, "/models/llama-3.1-8b-q4.gguf", Some(2)),
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 5_000, None)?;
+    for _ in 0..2 {
+        s.advance(30_000);
+        s.submit(Observation::GpuXid {
+            gpu_uuid: l4_gpu().uuid,
+            xid: 79,
+        })?;
+    }
+    if s.state().pool(pool).and_then(|p| p.pid()).is_some() {
+        s.exit_engine(
+            pool,
+            None,
+            Some(9),
+            ExitReason::DriverError,
+            "CUDA error: unspecified launch failure (Xid 79)",
+        )?;
+    }
+    Ok(s)
+}
+
+/// A hung engine: three failed health probes stop it as `health_timeout`; its restart is
+/// ready. The daemon then restarts: the engine of `chat-h` is found alive and adopted; the
+/// engine of `chat-l` is gone (lost while the daemon was down) and restarted. Ends with both
+/// ready.
+fn hang_adoption_loss() -> Result<Scripted, ScriptError> {
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 31);
+    for (pool, port) in [("chat-h", 8088), ("chat-l", 8089)] {
+        s.preload(
+            pool,
+            cpu_engine(pool, port, "/models/gemma-2-9b-q4.gguf", Some(2)),
+        )?;
+        s.advance(20);
+        s.spawn_engine(pool)?;
+        s.pass_health(pool, 5_000, None)?;
+    }
+    for _ in 0..3 {
+        s.advance(5_000);
+        s.fail_probe("chat-h", "GET /health: timed out after 2 s")?;
+    }
+    s.finish_stop("chat-h", false)?;
+    s.fire_timer("chat-h", Timer::Restart)?;
+    s.advance(20);
+    s.spawn_engine("chat-h")?;
+    s.pass_health("chat-h", 5_000, None)?;
+    s.advance(600_000);
+    s.submit(Observation::DaemonStopping {
+        reason: "SIGTERM".into(),
+    })?;
+    s.advance(4_000);
+    s.submit(Observation::DaemonStarted {
+        version: "0.1.0".into(),
+        pid: 913,
+    })?;
+    for (pool, alive) in [("chat-h", true), ("chat-l", false)] {
+        let pid = s.state().pool(pool).and_then(|p| p.pid()).unwrap_or(0);
+        let pool_id = PoolId::new(pool).map_err(|e| ScriptError::InvalidId(e.to_string()))?;
+        if alive {
+            s.submit(Observation::EngineAdopted { pool_id, pid })?;
+        } else {
+            s.submit(Observation::EngineLost { pool_id, pid })?;
+        }
+    }
+    s.fire_timer("chat-l", Timer::Restart)?;
+    s.advance(20);
+    s.spawn_engine("chat-l")?;
+    s.pass_health("chat-l", 5_000, None)?;
+    Ok(s)
+}
+
+/// GPU placement going wrong. `chat-g`'s engine serves on the CPU although its mask names GPU
+/// 0 (a CUDA build that found no device): the start fails with `CPU_SPILLOVER`; before its
+/// restart, the last engine's memory is still held on the GPU past the release timeout: the
+/// start fails naming it (and backs off). `chat-m` (on GPU 1) is ready, then seen on GPU 0,
+/// outside its mask, then, with a
+/// lease held, reports work in progress while making none: stopped as `stalled`. Ends with
+/// both in backoff.
+fn placement_faults() -> Result<Scripted, ScriptError> {
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 37);
+    let second = GpuInfo {
+        index: 1,
+        uuid: "GPU-9c1d2e3f-0a1b-4c2d-8e3f-4a5b6c7d8e9f".into(),
+        ..l4_gpu()
+    };
+    s.submit(Observation::GpuInventory {
+        gpus: vec![l4_gpu(), second],
+    })?;
+    let g = "chat-g";
+    s.preload(
+        g,
+        sample_engine(g, 8090, "/models/phi-3.5-mini-q4.gguf", Some(1)),
+    )?;
+    s.advance(20);
+    let pid = s.spawn_engine(g)?;
+    s.advance(3_000);
+    let token = s.state().pool(g).map_or(0, |p| p.start_token);
+    s.submit(Observation::EngineNotOnGpu {
+        pool_id: id(g)?,
+        token,
+        pid,
+        detail: "the engine's log says \"no CUDA-capable device is detected\": it would \
+                 serve on the CPU; check CUDA_VISIBLE_DEVICES and the engine build"
+            .into(),
+    })?;
+    s.finish_stop(g, false)?;
+    s.fire_timer(g, Timer::Restart)?;
+    s.advance(10_000);
+    let token = s.state().pool(g).map_or(0, |p| p.start_token);
+    s.submit(Observation::GpuMemoryStuck {
+        pool_id: id(g)?,
+        token,
+        gpu_uuid: l4_gpu().uuid,
+        pids: vec![pid + 7],
+        bytes: 3 * GIB,
+        after_ms: 10_000,
+    })?;
+    let m = "chat-m";
+    let mut engine = sample_engine(m, 8091, "/models/llama-3.2-3b-q4.gguf", Some(2));
+    engine.device_mask = Some("1".into());
+    s.preload(m, engine)?;
+    s.advance(20);
+    let pid = s.spawn_engine(m)?;
+    s.pass_health(m, 4_000, None)?;
+    s.advance(2_000);
+    s.submit(Observation::DeviceMaskViolation {
+        pool_id: id(m)?,
+        pid,
+        gpu_uuid: l4_gpu().uuid,
+    })?;
+    s.acquire_lease(m, "m-1")?;
+    s.advance(120_000);
+    s.submit(Observation::EngineStalled {
+        pool_id: id(m)?,
+        pid,
+        detail: "1 slot processing, n_decoded stuck at 412 for 120 s".into(),
+    })?;
+    s.finish_stop(m, false)?;
+    Ok(s)
+}
+
+fn id(pool: &str) -> Result<PoolId, ScriptError> {
+    PoolId::new(pool).map_err(|e| ScriptError::InvalidId(e.to_string()))
+}
+
 // ---- helpers --------------------------------------------------------------------------------
 
 fn run_scenario(name: &str, script: fn() -> Result<Scripted, ScriptError>) -> Scripted {
@@ -379,6 +650,85 @@ fn check_journal(path: &Path) {
     });
 }
 
+/// The text form of the explanation of every pool of the journal at `path`, at every seq
+/// (after each event, each pool whose explanation changed, `as_of_seq` aside).
+fn explanations_at_every_seq(path: &Path) -> String {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let journal = open_journal(tmp.path());
+    let file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    journal
+        .import(&mut std::io::BufReader::new(file))
+        .unwrap_or_else(|e| panic!("import of {}: {e}", path.display()));
+    let envelopes: Vec<PoolEnvelope> = journal
+        .read_from(1)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("read of {}: {e}", path.display()));
+    let mut pools: Vec<&str> = envelopes
+        .iter()
+        .filter_map(|e| e.pool_id.as_deref())
+        .collect();
+    pools.sort_unstable();
+    pools.dedup();
+    let mut out = String::new();
+    let mut last: std::collections::BTreeMap<&str, pool_core::Explanation> = Default::default();
+    for envelope in &envelopes {
+        let seq = envelope.seq;
+        let limit = ReplayLimit {
+            until_seq: Some(seq),
+            until_ts_ms: None,
+        };
+        let state = replay(&journal, limit).expect("replay").state;
+        for pool in &pools {
+            let explained = explain_pool(&journal, pool, Some(seq), Some(&state.node))
+                .unwrap_or_else(|e| panic!("explain {pool} at seq {seq}: {e}"));
+            let Some(explanation) = explained else {
+                if last.remove(pool).is_some() {
+                    out.push_str(&format!(
+                        "=== seq {seq} ({}) ===\npool {pool}: gone\n",
+                        envelope.event.kind()
+                    ));
+                }
+                continue;
+            };
+            assert_eq!(
+                explanation.phase,
+                state.status(pool).expect("the pool exists").phase,
+                "{}: {pool} at seq {seq}",
+                path.display()
+            );
+            // The shell's read (the pool's index and the node events) is the core's function
+            // of the whole history.
+            let mut whole = pool_core::Explainer::new(pool, None);
+            for envelope in envelopes.iter().take_while(|e| e.seq <= seq) {
+                whole.feed(pool_managerd::projection::recorded(envelope));
+            }
+            assert_eq!(
+                whole.explain(Some(&state.node)).as_ref(),
+                Some(&explanation),
+                "{}: {pool} at seq {seq}",
+                path.display()
+            );
+            let json = serde_json::to_string(&explanation).expect("serialize");
+            let back: pool_core::Explanation = serde_json::from_str(&json).expect("read back");
+            assert_eq!(back, explanation);
+            let unchanged = last.get(pool).is_some_and(|before| {
+                pool_core::Explanation {
+                    as_of_seq: seq,
+                    ..before.clone()
+                } == explanation
+            });
+            if !unchanged {
+                out.push_str(&format!("=== seq {seq} ({}) ===\n", envelope.event.kind()));
+                out.push_str(&pool_core::render_text(&explanation));
+            }
+            last.insert(pool, explanation);
+        }
+    }
+    journal.close().expect("close");
+    out
+}
+
 fn recorded_journals() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(JOURNALS_DIR)
         .unwrap_or_else(|e| panic!("cannot list {JOURNALS_DIR}: {e}"))
@@ -443,6 +793,39 @@ fn every_recorded_journal_replays_to_its_snapshot() {
     assert!(
         failed.is_empty(),
         "these journals do not replay to their snapshots (see above):\n{}",
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn every_recorded_journal_explains_every_pool_at_every_seq() {
+    let mut failed = Vec::new();
+    for path in recorded_journals() {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_else(|| panic!("journal file name {} is not UTF-8", path.display()))
+            .to_string();
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            let text = explanations_at_every_seq(&path);
+            insta::with_settings!({
+                snapshot_path => "../replay-tests/snapshots",
+                prepend_module_to_snapshot => false,
+                omit_expression => true,
+                description => format!(
+                    "every pool explained at every seq of replay-tests/journals/{name}.ndjson"
+                ),
+            }, {
+                insta::assert_snapshot!(format!("{name}.explain"), text);
+            });
+        }));
+        if checked.is_err() {
+            failed.push(path.display().to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "these journals' explanations differ from their snapshots (see above):\n{}",
         failed.join("\n")
     );
 }

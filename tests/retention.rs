@@ -2,8 +2,9 @@
 //! with 64 concurrent callers: the group commit batches them as an orchestrator's traffic
 //! would). Retention keeps the journal directory within `retain_bytes` plus the live store
 //! (and the newest segment and the snapshots), the history stays readable from the earliest
-//! retained seq, older seqs answer `HISTORY_EXPIRED`, and the process's resident memory stays
-//! flat (within 10 % between the first quarter and the end).
+//! retained seq, older seqs answer `HISTORY_EXPIRED`, a pool whose preload was dropped is still
+//! explained (from the oldest snapshot), and the process's resident memory stays flat (within
+//! 10 % between the first quarter and the end).
 //!
 //! `POOL_TEST_LEASE_EVENTS` overrides the number of events (default 1,000,000).
 
@@ -212,6 +213,21 @@ async fn retention_bounds_the_journal_and_memory_stays_flat_over_a_million_lease
         last as f64 <= first as f64 * 1.10,
         "RSS grew from {first} KiB (first quarter) to {last} KiB: {samples:?}"
     );
+    // The pool's explanation, although retention dropped its preload: the oldest snapshot
+    // seeds it; a seq before what is kept answers HISTORY_EXPIRED; offline the same.
+    let (status, body) = h.get("/v2/pools/p1/explain").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phase"], "ready", "{body}");
+    let (status, body) = h.get("/v2/pools/p1/explain?at_seq=5").await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["code"], "HISTORY_EXPIRED", "{body}");
+    let explain = std::process::Command::new(bin)
+        .args(["explain", "p1", "--journal-dir", dir])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&explain.stdout);
+    assert!(explain.status.success(), "{stdout}");
+    assert!(stdout.starts_with("pool p1: ready"), "{stdout}");
     let (status, _) = h.call(reqwest::Method::DELETE, "/v2/pools/p1", None).await;
     assert_eq!(status, 200);
     h.stop().await;

@@ -13,7 +13,8 @@
 //! (the journal's vocabulary), [`command`] (inputs, context), [`state`] (the registry),
 //! [`status`] (public projection), [`policy`] (supervision knobs and pure functions),
 //! [`progress`] (whether a working engine makes progress), [`rejection`] (error codes), [`decide`](mod@decide), [`evolve`](mod@evolve),
-//! [`effect`] (effects and timers).
+//! [`effect`] (effects and timers), [`explain`](mod@explain) (why a pool is in its phase, from
+//! the history).
 //!
 //! **Architecture Invariant:** no I/O, no clock, no randomness, no panics on any input; the
 //! only dependencies are serde and thiserror (`tests/boundary.rs` checks this).
@@ -43,6 +44,7 @@ pub mod effect;
 pub mod engine;
 pub mod event;
 pub mod evolve;
+pub mod explain;
 pub mod gpu;
 pub mod ids;
 pub mod policy;
@@ -64,6 +66,7 @@ pub use event::{
     StartPurpose, StopReason, StormClass, EVENT_FORMAT_VERSION,
 };
 pub use evolve::{evolve, evolve_in_place};
+pub use explain::{explain, render_text, Explainer, Explanation, Recorded};
 pub use gpu::{
     engine_for_spawn, resolve_mask, DeviceKind, Inventory, MaskError, MigDeviceInfo,
     PlacementInputs, ResolvedDevice,

@@ -683,6 +683,57 @@ proptest! {
     }
 
     #[test]
+    fn explain_never_panics_and_agrees_with_the_fold(events in arb_journal(60)) {
+        let mut state = State::default();
+        let mut explainers: Vec<Explainer> =
+            POOLS.iter().map(|p| Explainer::new(p, None)).collect();
+        for (i, (seq, ts, pool, event)) in events.iter().enumerate() {
+            state = evolve(state, Stamp { seq: *seq, ts_ms: *ts, pool_id: *pool }, event);
+            let cause = (i % 3 == 0).then(|| seq.saturating_sub(1));
+            let rec = Recorded { seq: *seq, ts_ms: *ts, pool_id: *pool, cause, event };
+            for (explainer, id) in explainers.iter_mut().zip(POOLS) {
+                explainer.feed(rec);
+                let explained = explainer.explain(Some(&state.node));
+                prop_assert_eq!(explained.is_some(), state.pool(id).is_some());
+                if let (Some(e), Some(status)) = (explained, state.status(id)) {
+                    prop_assert_eq!(e.phase, status.phase);
+                    prop_assert!(e.chain.len() <= explain::STEPS_MAX);
+                    prop_assert!(e.why.chars().count() <= explain::WHY_MAX + 3);
+                    prop_assert!(!render_text(&e).is_empty());
+                    let json = serde_json::to_string(&e).expect("an explanation serializes");
+                    prop_assert!(json.len() < 64 * 1024);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn explain_of_driven_histories_agrees_with_the_fold(
+        actions in prop::collection::vec((arb_action(), 0u64..70_000, any::<u64>()), 0..120),
+    ) {
+        let (journal, states) = drive(&actions);
+        let mut explainers: Vec<Explainer> =
+            POOLS.iter().map(|p| Explainer::new(p, None)).collect();
+        for ((seq, ts, pool, event), state) in journal.iter().zip(states.iter().skip(1)) {
+            let pool_id = pool.as_ref().map(PoolId::as_str);
+            let rec = Recorded { seq: *seq, ts_ms: *ts, pool_id, cause: None, event };
+            for (explainer, id) in explainers.iter_mut().zip(POOLS) {
+                explainer.feed(rec);
+                let explained = explainer.explain(Some(&state.node));
+                prop_assert_eq!(explained.is_some(), state.pool(id).is_some());
+                if let (Some(e), Some(status)) = (explained, state.status(id)) {
+                    prop_assert_eq!(e.phase, status.phase);
+                    prop_assert!(!e.why.is_empty(), "no why for {:?}", e.phase);
+                    prop_assert!(e.chain.len() <= explain::STEPS_MAX);
+                    for next in &e.next {
+                        prop_assert!(next.at_ms.is_none() || next.at.is_some());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn decide_never_panics_on_arbitrary_states(
         events in arb_journal(40),
         actions in prop::collection::vec((arb_action(), any::<u64>(), any::<u64>()), 1..10),

@@ -4,8 +4,8 @@
 //! monitor holds by an exhaustive destructuring or `match`, so a field or variant added there
 //! does not build until its wire form is decided here.
 //!
-//! Owns: the JSON shapes of SPEC section 5's `PoolStatus`, `Phase`, `BreakerState` and of
-//! `GET /v2/gpus`. Never: decides anything; the request bodies (`PreparedEngine`, `Handoff`)
+//! Owns: the JSON shapes of SPEC section 5's `PoolStatus`, `Phase`, `BreakerState`, of
+//! `GET /v2/gpus` and of `GET /v2/pools/{id}/explain` (`Explanation`). Never: decides anything; the request bodies (`PreparedEngine`, `Handoff`)
 //! are the core's own types (see `openapi/mirrors.rs`).
 
 use serde::Serialize;
@@ -309,4 +309,138 @@ impl From<crate::gpu::Gpu> for Gpu {
             quarantined_since_ms: None,
         }
     }
+}
+
+/// A point of a pool's history: a seq and its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct HistoryMark {
+    /// The event's seq.
+    pub seq: u64,
+    /// Its time (ms since the epoch).
+    pub ts_ms: u64,
+    /// The same as RFC 3339 UTC.
+    pub at: String,
+}
+
+impl From<pool_core::explain::Mark> for HistoryMark {
+    fn from(mark: pool_core::explain::Mark) -> HistoryMark {
+        let pool_core::explain::Mark { seq, ts_ms, at } = mark;
+        HistoryMark { seq, ts_ms, at }
+    }
+}
+
+/// One step of an explanation's causal chain: a recorded event in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ExplainStep {
+    /// The event's seq.
+    pub seq: u64,
+    /// Its time (ms since the epoch).
+    pub ts_ms: u64,
+    /// The event's kind (`EngineExited`).
+    pub kind: String,
+    /// The seq of the event that caused it, when recorded.
+    pub cause: Option<u64>,
+    /// What happened, in words.
+    pub text: String,
+}
+
+/// What the daemon does next, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ExplainNext {
+    /// When (ms since the epoch, a recorded time); `null` when it waits for something else.
+    pub at_ms: Option<u64>,
+    /// The same as RFC 3339 UTC.
+    pub at: Option<String>,
+    /// What, in words.
+    pub text: String,
+}
+
+/// What an operator can do now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ExplainAction {
+    /// What and why, in words.
+    pub text: String,
+    /// The API request that does it, when there is one (`POST /v2/pools/p1/breaker/reset`).
+    pub request: Option<String>,
+}
+
+/// `GET /v2/pools/{id}/explain`: why the pool is in its phase, from the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Explanation {
+    /// The pool.
+    pub pool_id: String,
+    /// The seq the explanation is as of (`at_seq`, or the journal's last).
+    pub as_of_seq: u64,
+    /// The public phase then.
+    pub phase: Phase,
+    /// When the pool entered that phase, when the history shows it.
+    pub since: Option<HistoryMark>,
+    /// One line: why it is in that phase.
+    pub why: String,
+    /// The steps that led there, oldest first (at most 12).
+    pub chain: Vec<ExplainStep>,
+    /// Earlier steps of the same story left out of `chain`.
+    pub chain_omitted: u32,
+    /// What the daemon does next, and when.
+    pub next: Vec<ExplainNext>,
+    /// What an operator can do now.
+    pub actions: Vec<ExplainAction>,
+    /// The pool's last error (cut to 240 chars).
+    pub last_error: Option<String>,
+}
+
+impl From<pool_core::Explanation> for Explanation {
+    fn from(explanation: pool_core::Explanation) -> Explanation {
+        let pool_core::Explanation {
+            pool_id,
+            as_of_seq,
+            phase,
+            since,
+            why,
+            chain,
+            chain_omitted,
+            next,
+            actions,
+            last_error,
+        } = explanation;
+        Explanation {
+            pool_id,
+            as_of_seq,
+            phase: phase.into(),
+            since: since.map(Into::into),
+            why,
+            chain: chain.into_iter().map(explain_step).collect(),
+            chain_omitted,
+            next: next.into_iter().map(explain_next).collect(),
+            actions: actions.into_iter().map(explain_action).collect(),
+            last_error,
+        }
+    }
+}
+
+fn explain_step(step: pool_core::explain::Step) -> ExplainStep {
+    let pool_core::explain::Step {
+        seq,
+        ts_ms,
+        kind,
+        cause,
+        text,
+    } = step;
+    ExplainStep {
+        seq,
+        ts_ms,
+        kind,
+        cause,
+        text,
+    }
+}
+
+fn explain_next(next: pool_core::explain::Next) -> ExplainNext {
+    let pool_core::explain::Next { at_ms, at, text } = next;
+    ExplainNext { at_ms, at, text }
+}
+
+fn explain_action(action: pool_core::explain::Action) -> ExplainAction {
+    let pool_core::explain::Action { text, request } = action;
+    ExplainAction { text, request }
 }

@@ -8,7 +8,8 @@
 //!
 //! Route map (`pools.rs` holds the handlers):
 //! - `GET /health`
-//! - `GET /v2/pools`, `GET /v2/pools/{id}` (= `/status`, `?at_seq=N`), `GET .../health`
+//! - `GET /v2/pools`, `GET /v2/pools/{id}` (= `/status`, `?at_seq=N`), `GET .../health`,
+//!   `GET .../explain` (`?at_seq=N`: why the pool is in its phase, from the journal)
 //! - `POST .../preload` (`?wait=false` answers 202), `POST .../leases`,
 //!   `DELETE .../leases/{lease_id}`, `POST .../drain`, `POST .../reload` (waits),
 //!   `POST .../stop`,
@@ -132,6 +133,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v2/pools/{id}/status", get(pools::get_one))
         .route("/v2/pools/{id}/health", get(pools::pool_health))
+        .route("/v2/pools/{id}/explain", get(pools::explain))
         .route("/v2/pools/{id}/preload", post(commands::preload))
         .route("/v2/pools/{id}/leases", post(commands::acquire_lease))
         .route(

@@ -243,6 +243,42 @@ pub(super) async fn get_one(
     Ok(Json(dto::PoolStatus::from(status)).into_response())
 }
 
+/// `GET /v2/pools/{id}/explain[?at_seq=N]`: why the pool is in its phase.
+#[utoipa::path(
+    get,
+    path = "/v2/pools/{id}/explain",
+    tag = "pools",
+    operation_id = "explain_pool",
+    params(super::openapi::PoolIdParam, AtSeq),
+    responses(
+        (status = 200, description = "Why the pool is in its phase (as it was after event \
+            `at_seq`, when given): since when, the causal chain with each step's seq and time, \
+            what the daemon does next and when, what an operator can do", body = dto::Explanation),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or query (`at_seq` beyond the journal's last event)", body = ApiErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
+        (status = 404, description = "`POOL_NOT_FOUND`: no such pool (then)", body = ApiErrorBody),
+        (status = 410, description = "`HISTORY_EXPIRED`: `at_seq` is before the earliest seq retention keeps", body = ApiErrorBody),
+        (status = 500, description = "`INTERNAL`: the journal could not be read", body = ApiErrorBody),
+    )
+)]
+pub(super) async fn explain(
+    State(state): State<ApiState>,
+    PoolPath(pool_id): PoolPath,
+    query: Result<Query<AtSeq>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let explanation = state
+        .node()
+        .explain(pool_id.clone(), query.at_seq)
+        .await?
+        .ok_or_else(|| {
+            ApiError::from(pool_core::Rejection::PoolNotFound {
+                pool_id: pool_id.to_string(),
+            })
+        })?;
+    Ok(Json(dto::Explanation::from(explanation)).into_response())
+}
+
 /// `GET /v2/pools/{id}/health`: the orchestrator's view of a pool.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct PoolHealth {

@@ -1,5 +1,6 @@
 //! The command line (clap): `serve`, `demo`, `gpus`, `journal {show,export,import,verify,stats,
-//! repair,restore}`, `replay` and `status` (a client of a running daemon); `cluster events`,
+//! repair,restore}`, `replay`, `status` (a client of a running daemon) and `explain` (a client,
+//! or offline on a journal); `cluster events`,
 //! `replay --nats` and `journal restore` read the journals published to NATS.
 //!
 //! Owns: argument parsing, opening journals for commands, exit codes, logging set-up.
@@ -12,6 +13,7 @@
 
 mod cluster;
 mod demo;
+mod explain;
 mod fleet;
 pub(crate) mod gpus;
 mod journal;
@@ -32,6 +34,7 @@ use crate::schema::PoolJournal;
 
 pub use cluster::ClusterCommand;
 pub use demo::DemoArgs;
+pub use explain::ExplainArgs;
 pub use gpus::GpusArgs;
 pub use journal::JournalCommand;
 pub use replay::ReplayArgs;
@@ -74,6 +77,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Print the pools of a running daemon as a table (or --json); --watch follows its events.
     Status(StatusArgs),
+    /// Why a pool is in its phase, what happens next and what to do: from a running daemon
+    /// (--addr) or offline from a journal directory (--journal-dir).
+    Explain(ExplainArgs),
     /// The fleet from NATS (`[cluster]`): `cluster events`, every node's published history.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -109,7 +115,7 @@ impl Cli {
             Command::Demo(_) => "off",
             Command::EngineSim { .. } => "warn",
             Command::Gpus(_) => "error",
-            Command::Status(_) | Command::Cluster(_) => "warn",
+            Command::Status(_) | Command::Cluster(_) | Command::Explain(_) => "warn",
             // The NATS client's connection events are no news to a command.
             Command::Journal(JournalCommand::Restore { .. }) => "info,async_nats=warn",
             Command::Replay(ref args) if args.reads_nats() => "info,async_nats=warn",
@@ -141,6 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Gpus(args) => gpus::run(args),
         Command::Status(args) => status::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Cluster(command) => cluster::run(command),
         Command::EngineSim { args } => {
             crate::engine_sim::main(std::iter::once("engine-sim".to_string()).chain(args))

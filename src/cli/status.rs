@@ -1,6 +1,8 @@
 //! `pool-managerd status`: a client of a running daemon. Prints its pools as a table (`GET
-//! /v2/pools`), or the raw list with `--json`; `--watch` then follows the live event stream
-//! (`GET /v2/events`): one line per event, and the table again once the events settle.
+//! /v2/pools`, with a `WHY` column for each pool that is not ready: its explanation's one
+//! line, `GET /v2/pools/{id}/explain`), or the raw list with `--json`; `--watch` then follows
+//! the live event stream (`GET /v2/events`): one line per event, and the table again once the
+//! events settle.
 //!
 //! Owns: the command's arguments, the HTTP calls, the printout and its error messages (an
 //! unreachable daemon names the address and how to start one; a 401 names
@@ -16,7 +18,7 @@ use pool_core::{Event, PoolStatus};
 use pool_journal::Envelope;
 use serde_json::Value;
 
-use crate::table::{registry_table, timeline_line};
+use crate::table::{registry_table_why, timeline_line};
 
 /// The longest line printed per event with `--watch` (longer ones are cut).
 pub const WATCH_LINE_CHARS_MAX: usize = 200;
@@ -61,7 +63,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A client of one daemon.
-struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     addr: String,
@@ -69,7 +71,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(addr: &str) -> anyhow::Result<Client> {
+    pub(super) fn new(addr: &str) -> anyhow::Result<Client> {
         let addr = addr.trim().trim_end_matches('/').to_string();
         let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.clone()
@@ -184,6 +186,41 @@ impl Client {
         Ok((statuses, raw))
     }
 
+    /// `GET path` as JSON (an answer other than 2xx is an error that says what to do).
+    pub(super) async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let request = self
+            .get(path)
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        let body = self
+            .send(request)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "pool-managerd at {} sent an answer that is not JSON",
+                self.addr
+            )
+        })
+    }
+
+    /// One line of the explanation of each pool that is not ready (`GET
+    /// /v2/pools/{id}/explain`'s `why`); a pool whose explanation cannot be had (a daemon
+    /// without the route, a pool removed meanwhile) has none.
+    async fn whys(&self, statuses: &[PoolStatus]) -> std::collections::BTreeMap<String, String> {
+        let mut whys = std::collections::BTreeMap::new();
+        for status in statuses.iter().filter(|s| !s.ready) {
+            let id = status.pool_id.as_str();
+            if let Ok(explanation) = self.get_json(&format!("/v2/pools/{id}/explain")).await {
+                if let Some(why) = explanation["why"].as_str() {
+                    whys.insert(id.to_string(), why.to_string());
+                }
+            }
+        }
+        whys
+    }
+
     async fn journal_seq(&self) -> anyhow::Result<u64> {
         let request = self
             .get("/health")
@@ -207,7 +244,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&raw)?)?;
         } else {
-            write!(out, "{}", registry_table(&statuses))?;
+            let whys = client.whys(&statuses).await;
+            write!(
+                out,
+                "{}",
+                registry_table_why(&statuses, |id| whys.get(id).cloned())
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -345,7 +387,11 @@ impl Watch<'_> {
 async fn print_table(client: &Client, seq: u64) -> anyhow::Result<()> {
     let (statuses, _) = client.pools().await?;
     println!("pools at {} (journal seq {seq}):", client.addr);
-    print!("{}", registry_table(&statuses));
+    let whys = client.whys(&statuses).await;
+    print!(
+        "{}",
+        registry_table_why(&statuses, |id| whys.get(id).cloned())
+    );
     std::io::stdout().flush()?;
     Ok(())
 }

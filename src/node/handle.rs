@@ -261,6 +261,31 @@ impl NodeHandle {
         Ok(Arc::new(replayed.state))
     }
 
+    /// Why `pool_id` is in its phase, as of event `at_seq` (now when `None`): the core's
+    /// explanation of its recorded history (`projection::explain_pool`), with the node's
+    /// quarantines from the registry then. `None`: no such pool then.
+    pub async fn explain(
+        &self,
+        pool_id: PoolId,
+        at_seq: Option<u64>,
+    ) -> Result<Option<pool_core::Explanation>, NodeError> {
+        let state = match at_seq {
+            None => self.registry().load().state.clone(),
+            Some(seq) => self.state_at(seq).await?,
+        };
+        if state.pool(pool_id.as_str()).is_none() {
+            return Ok(None);
+        }
+        let at = state.last_seq();
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            projection::explain_pool(&journal, pool_id.as_str(), Some(at), Some(&state.node))
+        })
+        .await
+        .map_err(|e| NodeError::Journal(e.to_string()))?
+        .map_err(NodeError::of_read)
+    }
+
     /// The journal's events, oldest first, from `from` (seq, inclusive; 0 reads as 1), at most
     /// `limit`, up to the last durable event (`GET /v2/events`, its live stream).
     pub async fn journal_events(

@@ -49,6 +49,7 @@ use super::{commands, events, gpus, pools};
         pools::list,
         pools::get_one,
         pools::pool_health,
+        pools::explain,
         commands::preload,
         commands::acquire_lease,
         commands::release_lease,

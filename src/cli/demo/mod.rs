@@ -3,7 +3,8 @@
 //! two engine-sim pools preloaded over HTTP, leases taken and returned (one refused with
 //! `SLOTS_EXHAUSTED`), one preload failing (`ENGINE_EXITED`, with the engine's log tail), a
 //! pool crash-looping (a first restart at once, then backoff delays growing, the breaker
-//! opening and a preload refused with its `Retry-After`, a manual reset, a healthy restart), a
+//! opening, explained (`GET /v2/pools/{id}/explain`: the failures by seq, the half-open
+//! trial's time), a preload refused with its `Retry-After`, a manual reset, a healthy restart), a
 //! drain, a reload that succeeds and one that rolls back, and a daemon restart that adopts its
 //! running engines, then the registry table and the journal's timeline. Its supervision policy
 //! is fast (backoff from 200 ms, breaker after 4 failures) so that the story fits in seconds.

@@ -265,6 +265,29 @@ async fn wait_pool(
     }
 }
 
+/// Why the crash-looping pool is where it is: `GET /v2/pools/flaky/explain` (what
+/// `pool-managerd explain flaky` prints): the failures by seq, the half-open trial's time.
+async fn explain_flaky(client: &Client) -> anyhow::Result<()> {
+    let (status, answer) = client
+        .call(reqwest::Method::GET, "/v2/pools/flaky/explain", None)
+        .await?;
+    step(&format!(
+        "GET /v2/pools/flaky/explain -> {status} (what `pool-managerd explain flaky` prints):"
+    ));
+    step(&format!("  why: {}", answer["why"].as_str().unwrap_or("?")));
+    if let Some(next) = answer["next"][0]["text"].as_str() {
+        step(&format!("  next: {next}"));
+    }
+    if let Some(action) = answer["actions"][0].as_object() {
+        step(&format!(
+            "  you can: {}: {}",
+            action["text"].as_str().unwrap_or("?"),
+            action["request"].as_str().unwrap_or("-")
+        ));
+    }
+    Ok(())
+}
+
 async fn crash_loop(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
     use reqwest::Method;
     println!("\n5. A crash loop: the model fails to load until an operator fixes it");
@@ -304,6 +327,7 @@ async fn crash_loop(client: &Client, dir: &std::path::Path) -> anyhow::Result<()
         "after {} failures the breaker opened: phase {}, breaker {}",
         open["crash_count"], open["phase"], open["breaker"]
     ));
+    explain_flaky(client).await?;
     let again = json!({"prepared": client.prepared("flaky", free_port()?, &[])?});
     let (status, answer, retry_after) = client
         .call_with_retry_after(Method::POST, "/v2/pools/flaky/preload", Some(again))

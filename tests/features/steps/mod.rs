@@ -27,12 +27,15 @@
 //! - `gpus`: the node's GPUs as a fixture the scenario describes (names, VRAM, MIG devices)
 //!   and rewrites while the daemon runs (engines on GPUs, free VRAM, Xids, GPUs gone), and what
 //!   placement did to an engine (`CUDA_VISIBLE_DEVICES`, `--tensor-split`).
+//! - `explain`: a pool's explanation (`GET /v2/pools/{id}/explain`) checked against its
+//!   history, and `pool-managerd explain` against the daemon and on its journal.
 //! - `events`: a client of the live event stream (`GET /v2/events`: what it received, its
 //!   disconnects and resumptions) and the list of pools at an earlier seq (`?at_seq=N`).
 
 pub mod api;
 pub mod daemon;
 pub mod events;
+pub mod explain;
 pub mod files;
 pub mod gpus;
 pub mod handoff;

@@ -1,6 +1,7 @@
 //! The wire types of `api/dto.rs` as readers see them: the JSON of each equals the JSON of the
 //! type the node or the GPU monitor holds (`pool-managerd status` and the demo read the API's
-//! answers back into those types), and the document lists exactly their fields.
+//! answers back into those types; `pool-managerd explain` reads an explanation back into the
+//! core's), and the document lists exactly their fields.
 
 use super::document;
 use crate::api::dto;
@@ -137,4 +138,51 @@ fn the_wire_gpu_reads_back_as_the_monitors_gpu() {
     assert_eq!(keys(&wire), properties("Gpu"));
     assert_eq!(keys(&wire["mig_devices"][0]), properties("MigDevice"));
     assert_eq!(keys(&wire["processes"][0]), properties("GpuProcess"));
+}
+
+fn sample_explanation() -> pool_core::Explanation {
+    use pool_core::explain::{Action, Mark, Next, Step};
+    pool_core::Explanation {
+        pool_id: "p1".into(),
+        as_of_seq: 41,
+        phase: pool_core::Phase::CircuitOpen,
+        since: Some(Mark {
+            seq: 41,
+            ts_ms: 1_000,
+            at: "1970-01-01T00:00:01.000Z".into(),
+        }),
+        why: "circuit open since 00:00:01 (seq 41) because 5 consecutive failures".into(),
+        chain: vec![Step {
+            seq: 41,
+            ts_ms: 1_000,
+            kind: "CircuitOpened".into(),
+            cause: Some(40),
+            text: "breaker opened".into(),
+        }],
+        chain_omitted: 3,
+        next: vec![Next {
+            at_ms: Some(301_000),
+            at: Some("1970-01-01T00:05:01.000Z".into()),
+            text: "half-open trial".into(),
+        }],
+        actions: vec![Action {
+            text: "reset the breaker".into(),
+            request: Some("POST /v2/pools/p1/breaker/reset".into()),
+        }],
+        last_error: Some("exit code 3".into()),
+    }
+}
+
+#[test]
+fn the_wire_explanation_reads_back_as_the_cores_explanation() {
+    let explanation = sample_explanation();
+    let wire = serde_json::to_value(dto::Explanation::from(explanation.clone())).unwrap();
+    assert_eq!(wire, serde_json::to_value(&explanation).unwrap());
+    let read: pool_core::Explanation = serde_json::from_value(wire.clone()).unwrap();
+    assert_eq!(read, explanation);
+    assert_eq!(keys(&wire), properties("Explanation"));
+    assert_eq!(keys(&wire["since"]), properties("HistoryMark"));
+    assert_eq!(keys(&wire["chain"][0]), properties("ExplainStep"));
+    assert_eq!(keys(&wire["next"][0]), properties("ExplainNext"));
+    assert_eq!(keys(&wire["actions"][0]), properties("ExplainAction"));
 }
