@@ -49,15 +49,8 @@ impl PoolWorker {
     ) {
         self.health = None;
         self.probe = None;
-        if self.leftover_possible {
-            self.kill_leftover(engine).await;
-            self.leftover_possible = false;
-        }
-        if !self.await_gpu_release(cause, engine, token).await {
-            return; // reported: the last engine's GPU memory is still held
-        }
-        if let Err(detail) = port::check_free(engine.port) {
-            return self.port_in_use(cause, token, None, detail).await;
+        if !self.clear_to_spawn(cause, engine, token).await {
+            return; // reported
         }
         let pool = self.pool_id.as_str();
         let log_path = self.dirs().log_path(pool);
@@ -120,6 +113,23 @@ impl PoolWorker {
             )
             .await;
         let _ = announced.send(true);
+    }
+
+    /// What must hold before a spawn: no leftover of an earlier life runs, the last engine's
+    /// GPU memory is back, nothing listens on the port. `false`: the start failed (reported).
+    async fn clear_to_spawn(&mut self, cause: u64, engine: &PreparedEngine, token: u64) -> bool {
+        if self.leftover_possible {
+            self.kill_leftover(engine).await;
+            self.leftover_possible = false;
+        }
+        if !self.await_gpu_release(cause, engine, token).await {
+            return false; // reported: the last engine's GPU memory is still held
+        }
+        if let Err(detail) = port::check_free(engine.port) {
+            self.port_in_use(cause, token, None, detail).await;
+            return false;
+        }
+        true
     }
 
     /// The engine's environment: its own `env`, and the variables of the daemon's that are
