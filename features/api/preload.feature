@@ -82,7 +82,7 @@ Feature: Preloading a pool over the API
     And the answer came within 3000 ms
     And the answer's "error" mentions "exit code 3"
     And the answer's "error" mentions "crashing after 200 ms"
-    And pool "p1" is not live and not ready
+    And the events of pool "p1" record "PreloadFailed" with "failure" "engine_exited"
     And pool "p1" has a last error containing "crashing after 200 ms"
 
   Scenario: Without waiting, the preload is accepted at once
