@@ -105,9 +105,8 @@ Feature: The preload lifecycle of an engine
     When pool "p1" is preloaded with an engine-sim started with "--load-ms 8000 --crash-after-ms 100 --exit-code 3"
     Then the answer is 500 with code "ENGINE_EXITED"
     And the engine of pool "p1" is gone
-    And the pid file of pool "p1" is gone
     And pool "p1" has no handoff file
-    And pool "p1" is not live and not ready
+    And the events of pool "p1" record "PreloadFailed" with "failure" "engine_exited"
     And pool "p1" has a last error containing "exit code 3"
     And pool "p1" has a last error containing "engine-sim: crashing after 100 ms"
 
