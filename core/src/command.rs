@@ -85,6 +85,18 @@ pub enum Command {
         digest: Option<String>,
         /// Drain deadline for the old engine (default `DEFAULT_RELOAD_DRAIN_DEADLINE_MS`).
         drain_deadline_ms: Option<u64>,
+        /// How to replace the engine (default `auto`).
+        #[serde(default)]
+        strategy: ReloadStrategyAsked,
+        /// A port of `[reload] surge_ports` that the shell found free and used by no pool,
+        /// for a surge's new engine; `None` when no range is configured or every port of it
+        /// is taken.
+        #[serde(default)]
+        surge_port: Option<u16>,
+        /// What the shell knows for the new engine's placement checks (the new model file's
+        /// size, host RAM available now), as for a preload.
+        #[serde(default)]
+        placement: PlacementInputs,
     },
     /// Stop the engine, keep the pool.
     Stop {
@@ -119,6 +131,20 @@ pub enum Command {
         /// Its file (or `"api"`).
         path: String,
     },
+}
+
+/// The strategy a reload asks for (`strategy` of `POST /v2/pools/{id}/reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadStrategyAsked {
+    /// `surge` when the new engine fits beside the old one (the placement checks of a
+    /// preload) and a surge port is free; `drain_first` otherwise.
+    #[default]
+    Auto,
+    /// Drain, stop, start (the pool serves nothing in between).
+    DrainFirst,
+    /// A new engine beside the old one, then an atomic switch; refused when it cannot be.
+    Surge,
 }
 
 /// Reports from the shell.

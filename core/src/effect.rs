@@ -17,7 +17,7 @@ use crate::engine::{Handoff, HandoffModel, PreparedEngine};
 use crate::event::{Event, ReloadStage, Stamp, StopReason};
 use crate::gpu::engine_for_spawn;
 use crate::ids::PoolId;
-use crate::state::{Activity, Pool, State};
+use crate::state::{Activity, Lane, Pool, State};
 use crate::status::BreakerState;
 
 /// The timers a pool arms. Each fires `Observation::TimerFired{timer, token}` with the token
@@ -35,6 +35,9 @@ pub enum Timer {
     BackoffReset,
     /// Trial stable: close the breaker (token = seq of `PoolReady`).
     BreakerClose,
+    /// The old engine after a surge's switch: its drain deadline (token = seq of
+    /// `SurgeSwitched`).
+    RetireDeadline,
 }
 
 /// A side effect for the shell.
@@ -52,6 +55,11 @@ pub enum Effect {
         attempt: u32,
         /// The start's token.
         token: u64,
+        /// The lane it runs in.
+        lane: Lane,
+        /// A surge's new engine, beside the pool's running one: no wait for the last
+        /// engine's GPU memory (it still serves).
+        surge: bool,
     },
     /// Poll health until healthy (`HealthPassed`), exit, or the deadline (`PreloadTimedOut`).
     StartHealthWait {
@@ -63,6 +71,8 @@ pub enum Effect {
         token: u64,
         /// Give up at.
         deadline_at_ms: u64,
+        /// The engine's lane.
+        lane: Lane,
     },
     /// Probe a ready engine every `health.ready_interval_ms` (report failures, and the first
     /// success after failures) until the pool is no longer ready with this pid.
@@ -71,6 +81,8 @@ pub enum Effect {
         pool_id: PoolId,
         /// The engine, when known.
         pid: Option<u32>,
+        /// The engine's lane.
+        lane: Lane,
     },
     /// Watch a process we did not spawn in this daemon's life (adopted, handoff) via a pidfd.
     WatchProcess {
@@ -78,6 +90,8 @@ pub enum Effect {
         pool_id: PoolId,
         /// The engine.
         pid: u32,
+        /// The engine's lane.
+        lane: Lane,
     },
     /// After a replay: check that `pid` is still our engine (same start time, same boot) and
     /// report `EngineAdopted` or `EngineLost`; an executable other than the one recorded is
@@ -95,6 +109,8 @@ pub enum Effect {
         boot_id: Option<String>,
         /// The executable it ran once it served, if recorded.
         exe: Option<String>,
+        /// The engine's lane.
+        lane: Lane,
     },
     /// SIGTERM the process group, wait `grace_ms`, SIGKILL; report `EngineStopped`.
     StopEngine {
@@ -106,6 +122,8 @@ pub enum Effect {
         grace_ms: u64,
         /// Why (for logs).
         reason: StopReason,
+        /// The engine's lane.
+        lane: Lane,
     },
     /// Write the handoff file; report `HandoffWritten` or `HandoffWriteFailed`.
     WriteHandoff {
@@ -115,11 +133,15 @@ pub enum Effect {
         pid: u32,
         /// The document.
         handoff: Handoff,
+        /// The engine's lane.
+        lane: Lane,
     },
-    /// Remove the pool's pid file.
+    /// Remove the pid file of the pool's lane.
     RemovePidFile {
         /// The pool.
         pool_id: PoolId,
+        /// The lane.
+        lane: Lane,
     },
     /// The pool is gone: remove its pid file and our handoff file, drop its probes and timers.
     RemovePoolFiles {
@@ -161,22 +183,57 @@ impl Effect {
             | Effect::VerifyEngine { pool_id, .. }
             | Effect::StopEngine { pool_id, .. }
             | Effect::WriteHandoff { pool_id, .. }
-            | Effect::RemovePidFile { pool_id }
+            | Effect::RemovePidFile { pool_id, .. }
             | Effect::RemovePoolFiles { pool_id }
             | Effect::ArmTimer { pool_id, .. }
             | Effect::StageModel { pool_id, .. } => pool_id,
+        }
+    }
+
+    /// The lane whose worker runs it: the engine's for effects about an engine, `A` for the
+    /// pool's timers, staging and files (`RemovePoolFiles` is for every lane: the shell gives
+    /// it to each lane's worker).
+    pub fn lane(&self) -> Lane {
+        match self {
+            Effect::Spawn { lane, .. }
+            | Effect::StartHealthWait { lane, .. }
+            | Effect::StartProbing { lane, .. }
+            | Effect::WatchProcess { lane, .. }
+            | Effect::VerifyEngine { lane, .. }
+            | Effect::StopEngine { lane, .. }
+            | Effect::WriteHandoff { lane, .. }
+            | Effect::RemovePidFile { lane, .. } => *lane,
+            Effect::RemovePoolFiles { .. } | Effect::ArmTimer { .. } | Effect::StageModel { .. } => {
+                Lane::A
+            }
         }
     }
 }
 
 /// The handoff document of a pool whose engine passed health.
 pub fn handoff_of(pool: &Pool, engine: &PreparedEngine, pid: Option<u32>) -> Handoff {
+    handoff_of_engine(
+        pool,
+        engine,
+        pool.engine_version.as_deref(),
+        pool.slots_total,
+        pid,
+    )
+}
+
+/// The handoff document of `engine` of `pool` (the pool's engine, or a surge's new one), with
+/// the version and slots its health check reported.
+pub fn handoff_of_engine(
+    pool: &Pool,
+    engine: &PreparedEngine,
+    engine_version: Option<&str>,
+    slots_total: u32,
+    pid: Option<u32>,
+) -> Handoff {
     Handoff {
         engine: engine.engine_name(),
-        engine_version: pool
-            .engine_version
-            .clone()
-            .unwrap_or_else(|| engine.engine_version.clone()),
+        engine_version: engine_version
+            .map_or_else(|| engine.engine_version.clone(), str::to_string),
         url: engine.url(),
         pool_id: pool.id.to_string(),
         replica_id: engine.replica_id.clone(),
@@ -185,7 +242,7 @@ pub fn handoff_of(pool: &Pool, engine: &PreparedEngine, pid: Option<u32>) -> Han
         },
         flags: engine_for_spawn(engine).flags,
         device_mask: engine.device_mask.clone(),
-        slots_total: pool.slots_total,
+        slots_total,
         pid,
     }
 }
@@ -206,6 +263,7 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
     let mut out = Vec::new();
     start_effects(pool, &pool_id, seq, event, &mut out);
     control_effects(pool, &pool_id, seq, event, &mut out);
+    crate::surge::surge_effects(pool, seq, event, &mut out);
     out
 }
 
@@ -213,12 +271,15 @@ pub fn effects(state: &State, stamp: Stamp<'_>, event: &Event) -> Vec<Effect> {
 /// kill of an engine whose start or reload failed, pid file removal.
 fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &mut Vec<Effect>) {
     let pool_id = pool_id.clone();
+    let lane = pool.lane;
     match event {
         Event::PreloadRequested { engine } => out.push(Effect::Spawn {
             pool_id,
             engine: engine_for_spawn(engine),
             attempt: 0,
             token: seq,
+            lane,
+            surge: false,
         }),
         Event::EngineStartRequested {
             engine, attempt, ..
@@ -227,6 +288,8 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
             engine: engine_for_spawn(engine),
             attempt: *attempt,
             token: seq,
+            lane,
+            surge: false,
         }),
         Event::EngineSpawned {
             pid,
@@ -237,6 +300,7 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
             pid: *pid,
             token: pool.start_token,
             deadline_at_ms: *health_deadline_at_ms,
+            lane,
         }),
         Event::HealthCheckPassed { .. } => {
             if let (Some(engine), Some(pid)) = (&pool.engine, pool.pid()) {
@@ -244,6 +308,7 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
                     handoff: handoff_of(pool, engine, Some(pid)),
                     pool_id,
                     pid,
+                    lane,
                 });
             }
         }
@@ -261,8 +326,9 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
                         reason: *cause,
                         detail: reason.clone(),
                     },
+                    lane,
                 }),
-                None => out.push(Effect::RemovePidFile { pool_id }),
+                None => out.push(Effect::RemovePidFile { pool_id, lane }),
             }
         }
         Event::ReloadFailed {
@@ -278,10 +344,11 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
                 reason: StopReason::ReloadFailed {
                     detail: reason.clone(),
                 },
+                lane,
             });
         }
         Event::EngineExited { .. } | Event::EngineLost { .. } | Event::EngineStopped { .. } => {
-            out.push(Effect::RemovePidFile { pool_id })
+            out.push(Effect::RemovePidFile { pool_id, lane })
         }
         _ => {}
     }
@@ -291,6 +358,7 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
 /// adopted engine.
 fn control_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &mut Vec<Effect>) {
     let pool_id = pool_id.clone();
+    let lane = pool.lane;
     match event {
         Event::RestartScheduled { not_before_ms, .. } => out.push(Effect::ArmTimer {
             pool_id,
@@ -321,6 +389,7 @@ fn control_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: 
             pid: *pid,
             grace_ms: *grace_ms,
             reason: reason.clone(),
+            lane,
         }),
         Event::ReloadRequested {
             new_model_ref,
@@ -337,17 +406,28 @@ fn control_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: 
                 out.push(Effect::WatchProcess {
                     pool_id: pool_id.clone(),
                     pid,
+                    lane,
                 });
             }
             out.push(Effect::StartProbing {
                 pool_id,
                 pid: handoff.pid,
+                lane,
             });
+        }
+        Event::EngineAdopted { pid } if pool.is_second(*pid) => {
+            out.push(Effect::WatchProcess {
+                pool_id: pool_id.clone(),
+                pid: *pid,
+                lane: lane.other(),
+            });
+            crate::surge::second_continue_effects(pool, out);
         }
         Event::EngineAdopted { pid } => {
             out.push(Effect::WatchProcess {
                 pool_id: pool_id.clone(),
                 pid: *pid,
+                lane,
             });
             continue_effects(pool, out);
         }
@@ -356,11 +436,12 @@ fn control_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: 
 }
 
 /// Effects of a ready pool: probe it, arm its stability timers and its drain deadline.
-fn running_effects(pool: &Pool, out: &mut Vec<Effect>) {
+pub(crate) fn running_effects(pool: &Pool, out: &mut Vec<Effect>) {
     let pool_id = pool.id.clone();
     out.push(Effect::StartProbing {
         pool_id: pool_id.clone(),
         pid: pool.pid(),
+        lane: pool.lane,
     });
     if let Some(at_ms) = pool.backoff_reset_at_ms {
         out.push(Effect::ArmTimer {
@@ -416,6 +497,7 @@ fn continue_effects(pool: &Pool, out: &mut Vec<Effect>) {
             pid,
             token: pool.start_token,
             deadline_at_ms: health_deadline_at_ms.unwrap_or(0),
+            lane: pool.lane,
         }),
         Activity::Starting {
             health_passed: true,
@@ -426,6 +508,7 @@ fn continue_effects(pool: &Pool, out: &mut Vec<Effect>) {
                     pool_id: pool.id.clone(),
                     pid,
                     handoff: handoff_of(pool, engine, Some(pid)),
+                    lane: pool.lane,
                 });
             }
         }
@@ -434,6 +517,7 @@ fn continue_effects(pool: &Pool, out: &mut Vec<Effect>) {
             pid,
             grace_ms: *grace_ms,
             reason: reason.clone(),
+            lane: pool.lane,
         }),
         _ => {}
     }
@@ -447,6 +531,11 @@ pub fn resume_effects(state: &State) -> Vec<Effect> {
     let mut out = Vec::new();
     for pool in state.pools.values() {
         let pool_id = pool.id.clone();
+        if let Some(second) = &pool.second {
+            if let Some(process) = &second.process {
+                out.push(verify(pool, process, &second.engine, pool.lane.other()));
+            }
+        }
         if let Some(process) = &pool.process {
             out.push(Effect::VerifyEngine {
                 pool_id: pool_id.clone(),
@@ -459,6 +548,7 @@ pub fn resume_effects(state: &State) -> Vec<Effect> {
                 },
                 boot_id: process.boot_id.clone(),
                 exe: process.exe.clone(),
+                lane: pool.lane,
             });
             continue;
         }
@@ -470,6 +560,8 @@ pub fn resume_effects(state: &State) -> Vec<Effect> {
                         engine: engine_for_spawn(engine),
                         attempt: *attempt,
                         token: pool.start_token,
+                        lane: pool.lane,
+                        surge: false,
                     });
                 }
             }
@@ -486,6 +578,7 @@ pub fn resume_effects(state: &State) -> Vec<Effect> {
             Activity::Running => out.push(Effect::StartProbing {
                 pool_id: pool_id.clone(),
                 pid: None,
+                lane: pool.lane,
             }),
             _ => {}
         }
@@ -500,4 +593,22 @@ pub fn resume_effects(state: &State) -> Vec<Effect> {
         }
     }
     out
+}
+
+/// The check of a recorded second engine after a start-up replay.
+fn verify(
+    pool: &Pool,
+    process: &crate::state::EngineProcess,
+    engine: &PreparedEngine,
+    lane: Lane,
+) -> Effect {
+    Effect::VerifyEngine {
+        pool_id: pool.id.clone(),
+        pid: process.pid,
+        start_time: process.start_time,
+        binary_path: Some(engine.binary_path.clone()),
+        boot_id: process.boot_id.clone(),
+        exe: process.exe.clone(),
+        lane,
+    }
 }

@@ -215,6 +215,25 @@ impl PreparedEngine {
         next
     }
 
+    /// The engine a surge starts beside this one: the same with `port` and every flag equal
+    /// to the old port (`"8080"`, or the value of `--port=8080`) replaced by `new_port`.
+    pub fn with_port(&self, new_port: u16) -> PreparedEngine {
+        let mut next = self.clone();
+        let old = self.port.to_string();
+        let new = new_port.to_string();
+        for flag in &mut next.flags {
+            if *flag == old {
+                *flag = new.clone();
+            } else if let Some((name, value)) = flag.split_once('=') {
+                if value == old && name.starts_with('-') {
+                    *flag = format!("{name}={new}");
+                }
+            }
+        }
+        next.port = new_port;
+        next
+    }
+
     /// The URL the engine serves (for the handoff file).
     pub fn url(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {

@@ -27,9 +27,13 @@ use crate::ids::{LeaseId, PoolId};
 ///   field), which reshapes `PreloadRequested` and `EngineStartRequested`: older records are
 ///   upcast with `None`.
 ///
-/// Versions 2 and 3 only appended variants; versions 4 and 5 reshaped some, so a record of an
+/// - 6: reload without a gap: `ReloadStrategyChosen`, `SurgeStartRequested`, `SurgeSpawned`,
+///   `SurgeHealthPassed`, `SurgeSwitched`, `SecondStopRequested` and `SecondEngineEnded` are
+///   appended, and so are the reload stage `ReloadStage::Surging` and the types they use.
+///
+/// Versions 2, 3 and 6 only appended variants; versions 4 and 5 reshaped some, so a record of an
 /// older version decodes through the frozen shapes of the schema's upcaster in `src/schema.rs`.
-pub const EVENT_FORMAT_VERSION: u8 = 5;
+pub const EVENT_FORMAT_VERSION: u8 = 6;
 
 /// Why an engine process ended (SPEC section 7). The reason is kept apart from the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -215,6 +219,66 @@ pub enum ReloadStage {
     Starting,
     /// Starting the old engine again.
     RollingBack,
+    /// Starting the new engine beside the old one, which still serves (a surge). Appended
+    /// (format version 6).
+    Surging,
+}
+
+/// How a reload replaces the engine (format version 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadStrategy {
+    /// Drain the old engine, stop it, start the new one: the pool serves nothing in between.
+    DrainFirst,
+    /// Start the new engine beside the old one on a port of `[reload] surge_ports`, switch to
+    /// it once it is healthy and proven, then let the old one finish its leases.
+    Surge,
+}
+
+impl ReloadStrategy {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadStrategy::DrainFirst => "drain_first",
+            ReloadStrategy::Surge => "surge",
+        }
+    }
+}
+
+/// Why a pool's second engine is being stopped (`SecondStopRequested`, format version 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondStop {
+    /// The old engine after a surge's switch: its last lease was returned.
+    Drained,
+    /// The old engine after a surge's switch: the drain deadline passed with leases held.
+    DrainDeadline,
+    /// A surge's new engine that failed, or whose reload ended before the switch: killed.
+    SurgeEnded,
+}
+
+/// How a pool's second engine ended (`SecondEngineEnded`, format version 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondEnd {
+    /// Stopped after our request.
+    Stopped {
+        /// Exited within the grace period.
+        graceful: bool,
+    },
+    /// Exited without a stop request.
+    Exited {
+        /// Exit code, if it exited.
+        exit_code: Option<i32>,
+        /// Signal, if killed.
+        signal: Option<i32>,
+        /// Classified reason.
+        reason: ExitReason,
+        /// Log tail or other detail.
+        detail: String,
+    },
+    /// Gone after a daemon restart (not found, or not ours any more).
+    Lost,
 }
 
 /// A restart storm's dominant cause.
@@ -696,6 +760,91 @@ pub enum Event {
         /// The quarantined GPU.
         gpu_uuid: String,
     },
+    /// Follows `ReloadRequested`: how the reload replaces the engine, and why (an `auto`
+    /// request says which one it chose). Without it (journals before format version 6) a
+    /// reload is `drain_first`. Appended (format version 6).
+    ReloadStrategyChosen {
+        /// The strategy.
+        strategy: ReloadStrategy,
+        /// Why, in words (the answer's `strategy_reason`).
+        reason: String,
+        /// A surge's port (from `[reload] surge_ports`).
+        surge_port: Option<u16>,
+    },
+    /// A surge's new engine is to start beside the old one, in the pool's other lane (its
+    /// own pid file, log and cgroup leaf). Effect: spawn. Appended (format version 6).
+    SurgeStartRequested {
+        /// The new engine (the staged model, the surge port), recorded whole.
+        engine: Box<PreparedEngine>,
+    },
+    /// The surge's new engine process exists. Effect: wait for its health. Appended (format
+    /// version 6).
+    SurgeSpawned {
+        /// Its pid.
+        pid: u32,
+        /// Its `/proc` start time ticks.
+        start_time: u64,
+        /// Its log file.
+        log_path: String,
+        /// Its pid file.
+        pid_path: String,
+        /// When its health wait gives up.
+        health_deadline_at_ms: u64,
+        /// The boot it was spawned in.
+        boot_id: Option<String>,
+    },
+    /// The surge's new engine answered healthy, its port's owner and placement proven.
+    /// Effect: write the pool's handoff file with its address. Appended (format version 6).
+    SurgeHealthPassed {
+        /// Time from spawn to healthy.
+        after_ms: u64,
+        /// Version the engine reports.
+        engine_version: String,
+        /// Its slots.
+        slots_total: u32,
+        /// Its executable once it serves, when readable.
+        exe: Option<String>,
+    },
+    /// The atomic switch of a surge: the new engine is the pool's engine (new leases go to
+    /// it, the status and the handoff file carry its address); the old one becomes the second
+    /// engine and finishes the leases it held, until they are returned or the drain deadline.
+    /// The pool never stops being ready. Appended (format version 6).
+    SurgeSwitched {
+        /// The new engine.
+        new_pid: u32,
+        /// The old engine (`None`: it was no process of ours).
+        old_pid: Option<u32>,
+        /// The handoff file, now naming the new engine.
+        handoff_path: String,
+        /// Leases the old engine still serves.
+        leases_on_old: u32,
+        /// When the old engine is stopped even with leases held.
+        drain_deadline_at_ms: u64,
+        /// When the new engine's backoff attempt resets if still running.
+        backoff_reset_at_ms: u64,
+    },
+    /// The second engine (a surge's new one, or the old one after the switch) is asked to
+    /// stop. Effect: SIGTERM, wait `grace_ms`, SIGKILL (0: SIGKILL at once). Appended (format
+    /// version 6).
+    SecondStopRequested {
+        /// The engine; `None` when no process runs (the second engine ends at once).
+        pid: Option<u32>,
+        /// SIGTERM grace.
+        grace_ms: u64,
+        /// Why.
+        why: SecondStop,
+        /// Leases it still held (dropped).
+        leases_at_stop: u32,
+    },
+    /// The second engine is gone. Appended (format version 6).
+    SecondEngineEnded {
+        /// The engine.
+        pid: u32,
+        /// How.
+        how: SecondEnd,
+        /// Leases it still held, dropped with it.
+        leases_dropped: u32,
+    },
 }
 
 /// Whether an event belongs to the node (no pool id in its envelope) or to a pool.
@@ -760,6 +909,13 @@ impl Event {
             Event::GpuQuarantined { .. } => "GpuQuarantined",
             Event::GpuUnquarantined { .. } => "GpuUnquarantined",
             Event::RestartHeld { .. } => "RestartHeld",
+            Event::ReloadStrategyChosen { .. } => "ReloadStrategyChosen",
+            Event::SurgeStartRequested { .. } => "SurgeStartRequested",
+            Event::SurgeSpawned { .. } => "SurgeSpawned",
+            Event::SurgeHealthPassed { .. } => "SurgeHealthPassed",
+            Event::SurgeSwitched { .. } => "SurgeSwitched",
+            Event::SecondStopRequested { .. } => "SecondStopRequested",
+            Event::SecondEngineEnded { .. } => "SecondEngineEnded",
         }
     }
 

@@ -8,7 +8,8 @@
 
 use crate::engine::SLOTS_MAX;
 use crate::event::{
-    Event, ExitReason, FailureClass, ReloadStage, Scope, Stamp, StartPurpose, StopReason,
+    Event, ExitReason, FailureClass, ReloadStage, ReloadStrategy, Scope, Stamp, StartPurpose,
+    StopReason,
 };
 use crate::gpu::{is_hardware_xid, GPU_FAULTS_MAX, MIG_DEVICES_MAX};
 use crate::ids::PoolId;
@@ -115,6 +116,9 @@ fn apply_node(state: &mut State, stamp: Stamp<'_>, event: &Event) {
             // Every recorded engine must be confirmed again (EngineAdopted / EngineLost).
             for pool in state.pools.values_mut() {
                 if let Some(process) = pool.process.as_mut() {
+                    process.adopted = false;
+                }
+                if let Some(process) = pool.second.as_mut().and_then(|s| s.process.as_mut()) {
                     process.adopted = false;
                 }
             }
@@ -241,7 +245,12 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
             }
         }
         Event::LeaseReleased { lease_id } => {
-            pool.leases.remove(lease_id);
+            if !pool.leases.remove(lease_id) {
+                // A lease the old engine serves after a surge's switch.
+                if let Some(second) = pool.second.as_mut() {
+                    second.leases.remove(lease_id);
+                }
+            }
         }
         Event::HealthCheckFailed { consecutive } => pool.probe_failures = *consecutive,
         Event::EngineExited { .. } => return on_engine_exited(pool, event),
@@ -255,10 +264,14 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         Event::CircuitClosed => close_breaker(pool),
         Event::CircuitReset { .. } => return on_circuit_reset(pool, event),
         Event::RestartStormDetected { .. } => return on_restart_storm_detected(pool, event),
-        Event::EngineAdopted { pid } => match pool.process.as_mut() {
-            Some(process) if process.pid == *pid => process.adopted = true,
-            _ => return false,
-        },
+        Event::EngineAdopted { pid } => {
+            let second = pool.second.as_mut().and_then(|s| s.process.as_mut());
+            match (pool.process.as_mut(), second) {
+                (Some(process), _) if process.pid == *pid => process.adopted = true,
+                (_, Some(process)) if process.pid == *pid => process.adopted = true,
+                _ => return false,
+            }
+        }
         Event::EngineLost { .. } => return on_engine_lost(pool, event),
         Event::DrainRequested { .. } => return on_drain_requested(pool, stamp, event),
         Event::DrainCompleted { .. } => {
@@ -295,6 +308,13 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
             pool.backoff_reset_at_ms = None;
             pool.last_error = Some(restart_held_message(gpu_uuid));
         }
+        Event::ReloadStrategyChosen { .. }
+        | Event::SurgeStartRequested { .. }
+        | Event::SurgeSpawned { .. }
+        | Event::SurgeHealthPassed { .. }
+        | Event::SurgeSwitched { .. }
+        | Event::SecondStopRequested { .. }
+        | Event::SecondEngineEnded { .. } => return crate::surge::apply_surge(pool, stamp, event),
         // Node events and PoolRemoved never reach here.
         _ => return false,
     }
@@ -654,6 +674,8 @@ fn on_reload_requested(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool
             .unwrap_or_else(|| old_engine.model_path.clone()),
         old_digest: pool.model_digest.clone(),
         old_engine,
+        strategy: ReloadStrategy::DrainFirst,
+        surge_port: None,
     });
 
     true
@@ -688,6 +710,15 @@ fn on_reload_failed(pool: &mut Pool, event: &Event) -> bool {
         "reload failed while {}: {reason}",
         serde_name(stage)
     ));
+    if *stage == ReloadStage::Surging {
+        // The old engine never stopped; the new one is killed (`SecondStopRequested`), or
+        // once its spawn is known.
+        if let Some(second) = pool.second.as_mut() {
+            second.cancelled = true;
+        }
+        pool.reload = None;
+        return true;
+    }
     let still_running = pid.is_some() && pool.pid() == *pid;
     if *rolling_back && still_running {
         // The failed new engine is killed first; the rollback starts on its

@@ -52,9 +52,10 @@ pub mod progress;
 pub mod rejection;
 pub mod state;
 pub mod status;
+mod surge;
 
 pub use code::ErrorCode;
-pub use command::{Command, Context, Input, Observation};
+pub use command::{Command, Context, Input, Observation, ReloadStrategyAsked};
 pub use decide::{decide, tail as tail_text};
 pub use effect::{effects, resume_effects, Effect, Timer};
 pub use engine::{
@@ -62,8 +63,9 @@ pub use engine::{
     TensorSplit, SLOTS_MAX,
 };
 pub use event::{
-    DrainOutcome, Event, ExitReason, Fact, FailureClass, ReloadStage, Scope, Stamp, StartFailure,
-    StartPurpose, StopReason, StormClass, EVENT_FORMAT_VERSION,
+    DrainOutcome, Event, ExitReason, Fact, FailureClass, ReloadStage, ReloadStrategy, Scope,
+    SecondEnd, SecondStop, Stamp, StartFailure, StartPurpose, StopReason, StormClass,
+    EVENT_FORMAT_VERSION,
 };
 pub use evolve::{evolve, evolve_in_place};
 pub use explain::{explain, render_text, Explainer, Explanation, Recorded};
@@ -78,5 +80,7 @@ pub use policy::{
 };
 pub use progress::ProgressRequest;
 pub use rejection::Rejection;
-pub use state::{Activity, Pool, Quarantine, State, STATE_SNAPSHOT_VERSION};
+pub use state::{
+    Activity, Lane, Pool, Quarantine, Second, SecondRole, State, STATE_SNAPSHOT_VERSION,
+};
 pub use status::{BreakerState, Phase, PoolStatus};

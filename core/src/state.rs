@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{GpuInfo, Handoff, PreparedEngine};
-use crate::event::{ExitReason, FailureClass, ReloadStage, StartPurpose, StopReason};
+use crate::event::{
+    ExitReason, FailureClass, ReloadStage, ReloadStrategy, StartPurpose, StopReason,
+};
 use crate::gpu::{Inventory, MigDeviceInfo};
 use crate::ids::{LeaseId, PoolId};
 use crate::status::{BreakerState, PoolStatus};
@@ -21,8 +23,8 @@ use crate::status::{BreakerState, PoolStatus};
 /// The format version of [`State`] snapshots; bump it when `State` changes shape (an old
 /// snapshot is then ignored and the journal replayed in full).
 /// 2: `Node::mig_devices`. 3: `EngineProcess::boot_id` and `exe`. 4: `Node::gpu_faults` and
-/// `quarantined`. 5: `PreparedEngine::progress`.
-pub const STATE_SNAPSHOT_VERSION: u8 = 5;
+/// `quarantined`. 5: `PreparedEngine::progress`. 6: `Pool::lane` and `second`, `Reload::strategy`.
+pub const STATE_SNAPSHOT_VERSION: u8 = 6;
 
 /// The registry: all pools plus node-level facts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -224,6 +226,98 @@ pub struct Reload {
     pub old_model_ref: String,
     /// Its digest.
     pub old_digest: Option<String>,
+    /// How the engine is replaced (`ReloadStrategyChosen`; `drain_first` without one).
+    pub strategy: ReloadStrategy,
+    /// A surge's port.
+    pub surge_port: Option<u16>,
+}
+
+/// Which set of files an engine of a pool uses: its pid file, log and cgroup leaf, and the
+/// shell's worker that spawns, watches and stops it. A pool's engine runs in its lane
+/// (`Pool::lane`, `A` until a surge switches); a surge's new engine starts in the other one,
+/// so the two never share a file, a leaf or a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// The pool's original files (`<pool>.pid`, `<pool>.log`).
+    #[default]
+    A,
+    /// The other files (`<pool>@b.pid`, `<pool>@b.log`).
+    B,
+}
+
+impl Lane {
+    /// The other lane.
+    pub fn other(self) -> Lane {
+        match self {
+            Lane::A => Lane::B,
+            Lane::B => Lane::A,
+        }
+    }
+
+    /// The suffix of its file names after the pool id: `""` or `"@b"`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Lane::A => "",
+            Lane::B => "@b",
+        }
+    }
+}
+
+/// What a pool's second engine is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecondRole {
+    /// A surge's new engine, starting beside the pool's engine (before the switch).
+    Surge,
+    /// The old engine after a surge's switch, finishing the leases it held.
+    Retiring,
+}
+
+/// A pool's second engine: a surge's new one before the switch, the old one after it. It
+/// always runs in the lane other than the pool's (`Pool::lane.other()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    /// What it is for.
+    pub role: SecondRole,
+    /// The engine it runs.
+    pub engine: PreparedEngine,
+    /// Surge: the seq of `SurgeStartRequested` (the spawn token). Retiring: the seq of
+    /// `SurgeSwitched` (the drain deadline timer's token).
+    pub token: u64,
+    /// Its process, once spawned (surge) or as it was (retiring).
+    pub process: Option<EngineProcess>,
+    /// Surge: when its health wait gives up.
+    pub health_deadline_at_ms: Option<u64>,
+    /// Surge: health passed, waiting for the handoff file.
+    pub health_passed: bool,
+    /// Its slots (0 until known).
+    pub slots_total: u32,
+    /// Its version, once reported.
+    pub engine_version: Option<String>,
+    /// A stop was requested (`SecondStopRequested`); waiting for `SecondEngineEnded`.
+    pub stopping: bool,
+    /// The stop's SIGTERM grace (to issue it again after a daemon restart).
+    pub stop_grace_ms: u64,
+    /// Surge: its reload ended while its spawn was in flight: killed once it is spawned.
+    pub cancelled: bool,
+    /// Retiring: the leases it serves until they are returned.
+    pub leases: BTreeSet<LeaseId>,
+    /// Retiring: when it is stopped even with leases held.
+    pub deadline_at_ms: Option<u64>,
+    /// When it was requested (surge) or retired (retiring).
+    pub since_ms: u64,
+}
+
+impl Second {
+    /// Its pid, while a process is known.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+
+    /// Leases it holds.
+    pub fn active_leases(&self) -> u32 {
+        u32::try_from(self.leases.len()).unwrap_or(u32::MAX)
+    }
 }
 
 /// One restart in the storm window.
@@ -356,6 +450,11 @@ pub struct Pool {
     pub mask_violations: u32,
     /// Seq of the last event that touched it.
     pub last_seq: u64,
+    /// The lane its engine runs in (see [`Lane`]).
+    pub lane: Lane,
+    /// A second engine: a surge's new one before the switch, or the old one finishing its
+    /// leases after it.
+    pub second: Option<Second>,
 }
 
 impl Pool {
@@ -389,6 +488,27 @@ impl Pool {
             vram_used_bytes: None,
             mask_violations: 0,
             last_seq: 0,
+            lane: Lane::A,
+            second: None,
+        }
+    }
+
+    /// The second engine's pid, while one is known.
+    pub fn second_pid(&self) -> Option<u32> {
+        self.second.as_ref().and_then(Second::pid)
+    }
+
+    /// Whether `pid` is the second engine's.
+    pub fn is_second(&self, pid: u32) -> bool {
+        self.second_pid() == Some(pid)
+    }
+
+    /// The address new leases are served at: the engine's URL, or the handed-off one.
+    pub fn url(&self) -> Option<String> {
+        match (&self.engine, &self.handoff) {
+            (Some(engine), _) => Some(engine.url()),
+            (None, Some(handoff)) => Some(handoff.url.clone()),
+            _ => None,
         }
     }
 
@@ -427,6 +547,7 @@ impl Pool {
             Activity::Starting { .. } | Activity::Stopping { .. }
         ) || self.drain.is_some()
             || self.reload.is_some()
+            || self.second.is_some()
     }
 
     /// Whether it accepts leases now.

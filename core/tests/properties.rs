@@ -387,6 +387,13 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
             new_model_ref: format!("/m/{}", x % 3),
             digest: None,
             drain_deadline_ms: Some(x % 5000),
+            strategy: match x % 3 {
+                0 => pool_core::ReloadStrategyAsked::Auto,
+                1 => pool_core::ReloadStrategyAsked::DrainFirst,
+                _ => pool_core::ReloadStrategyAsked::Surge,
+            },
+            surge_port: (x % 2 == 0).then_some(9000),
+            placement: Default::default(),
         }),
         7 => cmd(Command::Stop { pool_id }),
         8 => cmd(Command::ResetBreaker {

@@ -172,6 +172,9 @@ impl NodeHandle {
                 new_model_ref,
                 digest,
                 drain_deadline_ms,
+                strategy: pool_core::ReloadStrategyAsked::Auto,
+                surge_port: None,
+                placement: pool_core::PlacementInputs::default(),
             }),
             Some(Waiter::Reload {
                 reply,

@@ -360,6 +360,9 @@ impl Scripted {
             new_model_ref: new_model_ref.to_string(),
             digest: digest.map(str::to_string),
             drain_deadline_ms,
+            strategy: pool_core::ReloadStrategyAsked::DrainFirst,
+            surge_port: None,
+            placement: pool_core::PlacementInputs::default(),
         })
     }
 }

@@ -151,6 +151,7 @@ impl Recorded {
             binary_path,
             boot_id,
             exe,
+            ..
         } = effect
         else {
             return None;

@@ -7,7 +7,7 @@
 use super::*;
 use std::time::Duration;
 
-use pool_core::{Command, Input, Stamp, State, StopReason};
+use pool_core::{Command, Input, Lane, Stamp, State, StopReason};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc::error::TryRecvError;
 
@@ -232,6 +232,8 @@ async fn spawn(
         engine,
         attempt: 0,
         token: 7,
+        lane: Lane::A,
+        surge: false,
     };
     worker.run_effect(1, effect).await;
     let exited = worker.engine.as_ref().unwrap().exited.clone();
@@ -271,6 +273,7 @@ async fn stop(worker: &mut PoolWorker, pid: u32, grace_ms: u64) {
         pid,
         grace_ms,
         reason: StopReason::Requested,
+        lane: Lane::A,
     };
     worker.run_effect(2, effect).await;
 }
@@ -293,8 +296,14 @@ async fn a_pools_worker_ends_with_its_files_and_a_new_one_serves_the_same_id() {
     let supervisor = supervisor(dir.path());
     let a = PoolId::new("a").unwrap();
     let b = PoolId::new("b").unwrap();
-    supervisor.dispatch(1, Effect::RemovePidFile { pool_id: a.clone() });
-    supervisor.dispatch(2, Effect::RemovePidFile { pool_id: b.clone() });
+    supervisor.dispatch(1, Effect::RemovePidFile {
+            pool_id: a.clone(),
+            lane: Lane::A,
+        });
+    supervisor.dispatch(2, Effect::RemovePidFile {
+            pool_id: b.clone(),
+            lane: Lane::A,
+        });
     assert_eq!(supervisor.workers(), 2);
     supervisor.dispatch(3, Effect::RemovePoolFiles { pool_id: a.clone() });
     workers_become(&supervisor, 1).await;
@@ -305,7 +314,10 @@ async fn a_pools_worker_ends_with_its_files_and_a_new_one_serves_the_same_id() {
     let done: Done = Box::new(move || {
         let _ = done.send(());
     });
-    supervisor.dispatch_then(4, Effect::RemovePidFile { pool_id: a }, vec![done]);
+    supervisor.dispatch_then(4, Effect::RemovePidFile {
+            pool_id: a,
+            lane: Lane::A,
+        }, vec![done]);
     ran.await.unwrap();
     assert!(!pid_file.exists());
     supervisor.dispatch(5, Effect::RemovePoolFiles { pool_id: b });
@@ -412,6 +424,7 @@ async fn a_no_gpu_line_during_the_health_wait_is_reported_once_by_the_log_watche
     fixture_listing(&fixture, pid);
     let pool_id = worker.pool_id.clone();
     let wait = Effect::StartHealthWait {
+        lane: Lane::A,
         pool_id,
         pid,
         token: 7,
@@ -550,6 +563,7 @@ async fn an_engine_listening_soon_after_its_spawn_is_found_healthy_before_the_in
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     let pool_id = worker.pool_id.clone();
     let wait = Effect::StartHealthWait {
+        lane: Lane::A,
         pool_id,
         pid,
         token: 7,

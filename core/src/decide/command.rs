@@ -139,6 +139,7 @@ fn on_release_lease(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), R
             lease_id: lease_id.clone(),
         },
     );
+    super::surge::after_release(d, pool_id);
     let drained = d.pool(pool_id).is_some_and(|p| {
         p.drain.is_some() && matches!(p.activity, Activity::Running) && p.leases.is_empty()
     });
@@ -195,6 +196,9 @@ fn on_reload(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejectio
         new_model_ref,
         digest,
         drain_deadline_ms,
+        strategy,
+        surge_port,
+        placement,
     } = command
     else {
         return Ok(());
@@ -210,6 +214,7 @@ fn on_reload(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejectio
     }
     let pool = d.pool(pool_id).ok_or_else(|| not_found(pool_id))?;
     if pool.reload.is_some()
+        || pool.second.is_some()
         || matches!(
             pool.activity,
             Activity::Starting { .. } | Activity::Stopping { .. }
@@ -239,12 +244,27 @@ fn on_reload(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejectio
     if same_model && same_digest {
         return Ok(()); // no-op: already serving this model
     }
+    let ask = super::surge::Ask {
+        strategy: *strategy,
+        surge_port: *surge_port,
+        placement,
+        new_model_ref,
+    };
+    let (strategy, reason, surge_port) = super::surge::choose(d, pool, engine, &ask)?;
     d.push(
         Some(pool_id),
         Event::ReloadRequested {
             new_model_ref: new_model_ref.clone(),
             digest: digest.clone(),
             drain_deadline_ms: drain_deadline_ms.unwrap_or(DEFAULT_RELOAD_DRAIN_DEADLINE_MS),
+        },
+    );
+    d.push(
+        Some(pool_id),
+        Event::ReloadStrategyChosen {
+            strategy,
+            reason,
+            surge_port,
         },
     );
 
@@ -262,6 +282,7 @@ fn on_stop(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejection>
         _ => {}
     }
     cancel_reload(d, pool_id, "cancelled: the pool was stopped");
+    super::surge::stop_any_second(d, pool_id);
     stop(d, pool_id, StopReason::Requested);
 
     Ok(())
@@ -281,7 +302,9 @@ fn on_remove(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejectio
         Activity::Stopping { .. } => return Err(busy(pool)),
         _ => {}
     }
-    if pool.process.is_some() {
+    let live = pool.process.is_some();
+    super::surge::stop_any_second(d, pool_id);
+    if live {
         cancel_reload(d, pool_id, "cancelled: the pool was removed");
         stop(d, pool_id, StopReason::Remove);
     } else {

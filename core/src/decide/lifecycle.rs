@@ -85,23 +85,10 @@ pub(super) fn after_stop(d: &mut Decision<'_, '_>, pool_id: &PoolId, reason: &St
     }
 }
 
-/// Ends a reload in progress (the old engine is being stopped, or failed).
+/// Ends a reload in progress (the old engine is being stopped, or failed); a surge's new
+/// engine is killed with it.
 pub(super) fn cancel_reload(d: &mut Decision<'_, '_>, pool_id: &PoolId, why: &str) {
-    let stage = d
-        .pool(pool_id)
-        .and_then(|p| p.reload.as_ref())
-        .map(|r| r.stage);
-    if let Some(stage) = stage {
-        d.push(
-            Some(pool_id),
-            Event::ReloadFailed {
-                reason: why.to_string(),
-                stage,
-                rolling_back: false,
-                pid: None,
-            },
-        );
-    }
+    super::surge::cancel_reload(d, pool_id, why);
 }
 
 /// The restart policy's answer to a failure already recorded in the (scratch) state:

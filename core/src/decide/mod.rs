@@ -18,6 +18,7 @@ mod lifecycle;
 mod observation;
 mod placement;
 mod release;
+mod surge;
 
 use self::command::decide_command;
 use self::observation::decide_observation;

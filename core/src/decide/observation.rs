@@ -11,6 +11,9 @@ use super::*;
 use crate::command::Observation;
 
 pub(super) fn decide_observation(d: &mut Decision<'_, '_>, observation: &Observation) {
+    if super::surge::observe(d, observation) {
+        return; // about a pool's second engine
+    }
     match observation {
         Observation::DaemonStarted { .. } => daemon_started(d, observation),
         Observation::DaemonStopping { .. } => daemon_stopping(d, observation),
@@ -63,6 +66,7 @@ fn daemon_started(d: &mut Decision<'_, '_>, observation: &Observation) {
             pid: *pid,
         },
     );
+    super::surge::after_daemon_started(d);
 }
 
 fn daemon_stopping(d: &mut Decision<'_, '_>, observation: &Observation) {
@@ -610,6 +614,7 @@ fn model_staged(d: &mut Decision<'_, '_>, observation: &Observation) {
     }
     let deadline_ms = reload.drain_deadline_ms;
     let idle = pool.leases.is_empty();
+    let surge = reload.strategy == crate::event::ReloadStrategy::Surge;
     d.push(
         Some(pool_id),
         Event::ModelStaged {
@@ -617,6 +622,10 @@ fn model_staged(d: &mut Decision<'_, '_>, observation: &Observation) {
             digest: digest.clone(),
         },
     );
+    if surge {
+        super::surge::start(d, pool_id, path);
+        return;
+    }
     d.push(
         Some(pool_id),
         Event::DrainRequested {
@@ -943,6 +952,7 @@ pub(super) fn timer_fired(
             let previous_attempt = sup.backoff_attempt;
             d.push(Some(pool_id), Event::BackoffReset { previous_attempt });
         }
+        Timer::RetireDeadline => {} // decided with the second engine (`surge.rs`)
         Timer::BreakerClose => {
             if pool.ready_token != token
                 || !pool.serving()

@@ -327,6 +327,7 @@ pub(super) fn stage_name(stage: ReloadStage) -> &'static str {
         ReloadStage::Draining => "draining the old engine",
         ReloadStage::Starting => "starting the new engine",
         ReloadStage::RollingBack => "rolling back",
+        ReloadStage::Surging => "starting the new engine beside the old one, which serves on",
     }
 }
 

@@ -555,6 +555,10 @@ fn reloading(ctx: &Ctx<'_>, told: &mut Told) {
             "start the old engine ({}) again",
             cut(&reload.old_model_ref)
         )),
+        ReloadStage::Surging => when(String::from(
+            "wait for the new engine to answer healthy, then switch new leases to it; if it \
+             fails, it is stopped and the old engine serves on",
+        )),
     };
     told.next.push(next);
 }
