@@ -754,6 +754,9 @@ fn reload_cmd(model: &str) -> Input {
         new_model_ref: model.into(),
         digest: None,
         drain_deadline_ms: Some(30_000),
+        strategy: ReloadStrategyAsked::Auto,
+        surge_port: None,
+        placement: PlacementInputs::default(),
     })
 }
 
@@ -781,6 +784,9 @@ fn reload_rejections() {
             new_model_ref: "/m/b".into(),
             digest: Some("md5:x".into()),
             drain_deadline_ms: None,
+            strategy: ReloadStrategyAsked::Auto,
+            surge_port: None,
+            placement: PlacementInputs::default(),
         }))
         .then_rejected("INVALID_REQUEST");
 }
@@ -796,6 +802,17 @@ fn reload_stages_drains_swaps_and_succeeds() {
             digest: None,
             drain_deadline_ms: 30_000
         }
+    );
+    assert!(
+        matches!(
+            &facts[1].event,
+            Event::ReloadStrategyChosen {
+                strategy: ReloadStrategy::DrainFirst,
+                surge_port: None,
+                ..
+            }
+        ),
+        "auto without a surge port drains first: {facts:?}"
     );
     assert_eq!(sim.status("p1").phase, Phase::Reloading);
     assert!(

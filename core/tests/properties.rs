@@ -286,6 +286,65 @@ fn arb_event() -> impl Strategy<Value = Event> {
         }),
         "GPU-[ab]".prop_map(|gpu_uuid| Event::DriverResetObserved { gpu_uuid }),
         "GPU-[ab]".prop_map(|gpu_uuid| Event::RestartHeld { gpu_uuid }),
+        arb_surge_event(),
+    ]
+}
+
+/// The events of a surge (format version 6), with any values.
+fn arb_surge_event() -> impl Strategy<Value = Event> {
+    let pid = 0u32..4;
+    prop_oneof![
+        (any::<bool>(), arb_text(), any::<Option<u16>>()).prop_map(|(surge, reason, surge_port)| {
+            Event::ReloadStrategyChosen {
+                strategy: if surge {
+                    ReloadStrategy::Surge
+                } else {
+                    ReloadStrategy::DrainFirst
+                },
+                reason,
+                surge_port,
+            }
+        }),
+        arb_engine().prop_map(|engine| Event::SurgeStartRequested {
+            engine: Box::new(engine)
+        }),
+        (pid.clone(), any::<u64>()).prop_map(|(pid, at)| Event::SurgeSpawned {
+            pid,
+            start_time: 1,
+            log_path: "l".into(),
+            pid_path: "p".into(),
+            health_deadline_at_ms: at,
+            boot_id: None,
+        }),
+        any::<u32>().prop_map(|slots_total| Event::SurgeHealthPassed {
+            after_ms: 1,
+            engine_version: "v".into(),
+            slots_total,
+            exe: None,
+        }),
+        (pid.clone(), any::<Option<u32>>(), any::<u32>(), any::<u64>()).prop_map(
+            |(new_pid, old_pid, leases_on_old, at)| Event::SurgeSwitched {
+                new_pid,
+                old_pid,
+                handoff_path: "h".into(),
+                leases_on_old,
+                drain_deadline_at_ms: at,
+                backoff_reset_at_ms: at,
+            }
+        ),
+        (any::<Option<u32>>(), any::<u32>()).prop_map(|(pid, leases_at_stop)| {
+            Event::SecondStopRequested {
+                pid,
+                grace_ms: 10,
+                why: SecondStop::Drained,
+                leases_at_stop,
+            }
+        }),
+        (pid, any::<u32>()).prop_map(|(pid, leases_dropped)| Event::SecondEngineEnded {
+            pid,
+            how: SecondEnd::Lost,
+            leases_dropped,
+        }),
     ]
 }
 
@@ -340,8 +399,16 @@ fn resolve(state: &State, (kind, pool, x, reason): (u8, usize, u64, ExitReason))
     let name = POOLS.get(pool).copied().unwrap_or("p1");
     let pool_id = id(name);
     let p = state.pool(name);
-    let pid = p.and_then(Pool::pid).unwrap_or((x % 3) as u32);
-    let token = p.map_or(x % 8, |p| p.start_token);
+    // Half the time, about the pool's second engine (a surge's new one, or the old one after
+    // the switch) when it has one.
+    let second = p.and_then(|p| p.second.as_ref()).filter(|_| x % 4 < 2);
+    let pid = second
+        .and_then(Second::pid)
+        .or_else(|| p.and_then(Pool::pid))
+        .unwrap_or((x % 3) as u32);
+    let token = second
+        .map(|s| s.token)
+        .unwrap_or_else(|| p.map_or(x % 8, |p| p.start_token));
     let lease_id = lease(["a", "b", "c"][(x % 3) as usize]);
     // 30..45: extra weight on progress (spawn, health, handoff, acquire, release).
     let kind = match kind {
@@ -892,6 +959,7 @@ fn long_random_drive_covers_the_lifecycle() {
         "PreloadFailed",
         "CircuitOpened",
         "PoolRemoved",
+        "ReloadStrategyChosen",
     ] {
         assert!(
             kinds.contains(&want),
@@ -899,6 +967,37 @@ fn long_random_drive_covers_the_lifecycle() {
         );
     }
     assert_eq!(replay(&journal, State::default()), *states.last().unwrap());
+}
+
+#[test]
+fn scripted_drive_reaches_a_surge_switch_and_the_old_engine_stop() {
+    let a = |k: u8, x: u64| ((k, 0usize, x, ExitReason::Crash), 10u64, 1u64);
+    let (journal, _) = drive(&[
+        a(0, 0),
+        a(10, 0),
+        a(13, 0),
+        a(15, 0),
+        a(6, 2),
+        a(23, 1),
+        a(10, 0),
+        a(13, 0),
+        a(15, 0),
+    ]);
+    let kinds: Vec<_> = journal.iter().map(|j| j.3.kind()).collect();
+    assert_eq!(
+        kinds[4..],
+        [
+            "ReloadRequested",
+            "ReloadStrategyChosen",
+            "ModelStaged",
+            "SurgeStartRequested",
+            "SurgeSpawned",
+            "SurgeHealthPassed",
+            "SurgeSwitched",
+            "ReloadSucceeded",
+            "SecondStopRequested",
+        ]
+    );
 }
 
 #[test]
@@ -914,6 +1013,7 @@ fn scripted_drive_reaches_reload_staging() {
             "HealthCheckPassed",
             "PoolReady",
             "ReloadRequested",
+            "ReloadStrategyChosen",
             "ModelStaged",
             "DrainRequested",
             "EngineStopRequested"

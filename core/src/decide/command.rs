@@ -103,7 +103,11 @@ fn on_acquire_lease(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), R
     if !pool.serving() {
         return Err(circuit_open(pool, now).unwrap_or_else(|| unready(pool, now)));
     }
-    if pool.leases.contains(lease_id) {
+    let on_old_engine = pool
+        .second
+        .as_ref()
+        .is_some_and(|second| second.leases.contains(lease_id));
+    if pool.leases.contains(lease_id) || on_old_engine {
         return Err(invalid(format!("lease id '{lease_id}' is already granted")));
     }
     if pool.slots_free() == 0 {
@@ -127,7 +131,11 @@ fn on_release_lease(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), R
         return Ok(());
     };
     let pool = d.pool(pool_id).ok_or_else(|| not_found(pool_id))?;
-    if !pool.leases.contains(lease_id) {
+    let on_old_engine = pool
+        .second
+        .as_ref()
+        .is_some_and(|second| second.leases.contains(lease_id));
+    if !pool.leases.contains(lease_id) && !on_old_engine {
         return Err(Rejection::LeaseNotFound {
             pool_id: pool_id.to_string(),
             lease_id: lease_id.to_string(),
