@@ -57,9 +57,9 @@ impl EventSchema for PoolSchema {
 
     fn upcast(version: u8, payload: &[u8]) -> Result<Envelope<Event>, UpcastError> {
         match version {
-            // Versions 2 and 3 only appended variants; version 4 reshaped `EngineSpawned` and
-            // `HealthCheckPassed`, version 5 `PreloadRequested` and `EngineStartRequested`: a
-            // payload of an older version reads through their frozen shapes.
+            // Versions 2, 3 and 6 only appended variants; version 4 reshaped `EngineSpawned`
+            // and `HealthCheckPassed`, version 5 `PreloadRequested` and `EngineStartRequested`:
+            // a payload of an older version reads through their frozen shapes.
             1..=3 => {
                 decode_payload::<Envelope<v3::EventV3>>(version, payload).map(|old| Envelope {
                     seq: old.seq,
@@ -76,6 +76,9 @@ impl EventSchema for PoolSchema {
                 cause: old.cause,
                 event: old.event.0,
             }),
+            // Version 6 only appended variants (and the reload stage `Surging`): a version 5
+            // payload is a current one.
+            5 => decode_payload::<Envelope<Event>>(version, payload),
             other => Err(UpcastError::new(
                 other,
                 "no upcaster for this format version",

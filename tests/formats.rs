@@ -45,7 +45,8 @@ use std::process::Command as Process;
 
 use pool_core::{
     Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, MigDeviceInfo, Observation,
-    PlacementInputs, Policy, PoolId, StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
+    PlacementInputs, Policy, PoolId, ReloadStrategyAsked, StormPolicy, TensorSplit, Timer,
+    EVENT_FORMAT_VERSION,
 };
 use pool_journal::{Draft, EventSchema, JournalConfig, SledStore, Store};
 use pool_managerd::projection::{replay, ReplayLimit};
@@ -127,6 +128,16 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
         "GpuUnquarantined",
         "RestartHeld",
     ];
+    /// Appended by version 6 (with the reload stage `Surging`): reload without a gap.
+    const V6_NEW: [&str; 7] = [
+        "ReloadStrategyChosen",
+        "SurgeStartRequested",
+        "SurgeSpawned",
+        "SurgeHealthPassed",
+        "SurgeSwitched",
+        "SecondStopRequested",
+        "SecondEngineEnded",
+    ];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
@@ -138,6 +149,13 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
             .chain(V2_NEW)
             .chain(V3_NEW)
             .chain(V4_NEW)
+            .collect(),
+        6 => V1
+            .into_iter()
+            .chain(V2_NEW)
+            .chain(V3_NEW)
+            .chain(V4_NEW)
+            .chain(V6_NEW)
             .collect(),
         other => panic!(
             "kinds_of_version({other}): list the kinds of format version {other} here \
@@ -565,6 +583,8 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         after_ms: 30_000,
     })?;
 
+    surges(&mut s)?;
+
     // A daemon restart: alpha's engine is still ours (adopted), beta's is gone (lost); the
     // node drains alpha with no leases.
     s.advance(5_000);
@@ -604,6 +624,45 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         by: "ops:jun".into(),
     })?;
     Ok(s)
+}
+
+/// kappa (format version 6): a reload without a gap. Its new engine starts beside the old one
+/// on a surge port, the pool switches to it while the old engine finishes its lease and is
+/// stopped once the lease is back; a second surge's new engine never answers and is killed
+/// while the old one serves on.
+fn surges(s: &mut Scripted) -> Result<(), ScriptError> {
+    let kappa = "kappa";
+    s.preload(
+        kappa,
+        sample_engine(kappa, 8110, "/models/kappa-v1.gguf", Some(2)),
+    )?;
+    s.spawn_engine(kappa)?;
+    s.pass_health(kappa, 2_000, None)?;
+    s.acquire_lease(kappa, "lease-kappa")?;
+    let surge = |model: &str, port: u16| Command::Reload {
+        pool_id: PoolId::new(kappa).expect("a valid pool id"),
+        new_model_ref: model.into(),
+        digest: None,
+        drain_deadline_ms: Some(20_000),
+        strategy: ReloadStrategyAsked::Auto,
+        surge_port: Some(port),
+        placement: PlacementInputs::default(),
+    };
+    s.submit(surge("/models/kappa-v2.gguf", 9110))?;
+    s.stage_model(kappa, "/models/kappa-v2.gguf")?;
+    s.spawn_engine(kappa)?;
+    s.health_passed(kappa, 3_000, None)?;
+    s.write_handoff(kappa)?;
+    s.advance(4_000);
+    s.release_lease(kappa, "lease-kappa")?;
+    s.finish_stop(kappa, true)?;
+    s.advance(60_000);
+    s.submit(surge("/models/kappa-v3.gguf", 9111))?;
+    s.stage_model(kappa, "/models/kappa-v3.gguf")?;
+    s.spawn_engine(kappa)?;
+    s.time_out_health(kappa)?;
+    s.finish_stop(kappa, false)?;
+    Ok(())
 }
 
 fn scenario() -> Scripted {

@@ -294,17 +294,19 @@ fn arb_event() -> impl Strategy<Value = Event> {
 fn arb_surge_event() -> impl Strategy<Value = Event> {
     let pid = 0u32..4;
     prop_oneof![
-        (any::<bool>(), arb_text(), any::<Option<u16>>()).prop_map(|(surge, reason, surge_port)| {
-            Event::ReloadStrategyChosen {
-                strategy: if surge {
-                    ReloadStrategy::Surge
-                } else {
-                    ReloadStrategy::DrainFirst
-                },
-                reason,
-                surge_port,
+        (any::<bool>(), arb_text(), any::<Option<u16>>()).prop_map(
+            |(surge, reason, surge_port)| {
+                Event::ReloadStrategyChosen {
+                    strategy: if surge {
+                        ReloadStrategy::Surge
+                    } else {
+                        ReloadStrategy::DrainFirst
+                    },
+                    reason,
+                    surge_port,
+                }
             }
-        }),
+        ),
         arb_engine().prop_map(|engine| Event::SurgeStartRequested {
             engine: Box::new(engine)
         }),
@@ -322,16 +324,22 @@ fn arb_surge_event() -> impl Strategy<Value = Event> {
             slots_total,
             exe: None,
         }),
-        (pid.clone(), any::<Option<u32>>(), any::<u32>(), any::<u64>()).prop_map(
-            |(new_pid, old_pid, leases_on_old, at)| Event::SurgeSwitched {
-                new_pid,
-                old_pid,
-                handoff_path: "h".into(),
-                leases_on_old,
-                drain_deadline_at_ms: at,
-                backoff_reset_at_ms: at,
-            }
-        ),
+        (
+            pid.clone(),
+            any::<Option<u32>>(),
+            any::<u32>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(new_pid, old_pid, leases_on_old, at)| Event::SurgeSwitched {
+                    new_pid,
+                    old_pid,
+                    handoff_path: "h".into(),
+                    leases_on_old,
+                    drain_deadline_at_ms: at,
+                    backoff_reset_at_ms: at,
+                }
+            ),
         (any::<Option<u32>>(), any::<u32>()).prop_map(|(pid, leases_at_stop)| {
             Event::SecondStopRequested {
                 pid,

@@ -57,7 +57,10 @@ fn surging() -> Sim {
     let Event::SurgeStartRequested { engine: new } = &facts[1].event else {
         unreachable!()
     };
-    assert_eq!((new.port, new.model_path.as_str()), (SURGE_PORT, "/models/b.gguf"));
+    assert_eq!(
+        (new.port, new.model_path.as_str()),
+        (SURGE_PORT, "/models/b.gguf")
+    );
     assert_eq!(new.flags[1], "/models/b.gguf");
     spawn_surge(&mut sim, 200);
     sim
@@ -178,16 +181,27 @@ fn surge_switches_atomically_and_the_old_engine_finishes_its_lease() {
     assert_eq!(kinds, ["SurgeSwitched", "ReloadSucceeded"]);
     assert!(matches!(
         facts[0].event,
-        Event::SurgeSwitched { new_pid: 200, old_pid: Some(100), leases_on_old: 2, .. }
+        Event::SurgeSwitched {
+            new_pid: 200,
+            old_pid: Some(100),
+            leases_on_old: 2,
+            ..
+        }
     ));
     let s = sim.status("p1");
     assert_eq!((s.ready, s.pid, s.active_leases), (true, Some(200), 0));
     assert_eq!(s.model_ref.as_deref(), Some("/models/b.gguf"));
-    assert_eq!(sim.pool("p1").url().as_deref(), Some("http://127.0.0.1:9100"));
+    assert_eq!(
+        sim.pool("p1").url().as_deref(),
+        Some("http://127.0.0.1:9100")
+    );
     let pool = sim.pool("p1");
     assert_eq!(pool.lane, Lane::B);
     let old = pool.second.as_ref().unwrap();
-    assert_eq!((old.role, old.pid(), old.active_leases()), (SecondRole::Retiring, Some(100), 2));
+    assert_eq!(
+        (old.role, old.pid(), old.active_leases()),
+        (SecondRole::Retiring, Some(100), 2)
+    );
     // New leases go to the new engine; the old one stops once its last lease is back.
     sim.step(cmd(Command::AcquireLease {
         pool_id: id("p1"),
@@ -204,7 +218,11 @@ fn surge_switches_atomically_and_the_old_engine_finishes_its_lease() {
     }));
     assert!(matches!(
         facts[1].event,
-        Event::SecondStopRequested { pid: Some(100), why: SecondStop::Drained, .. }
+        Event::SecondStopRequested {
+            pid: Some(100),
+            why: SecondStop::Drained,
+            ..
+        }
     ));
     let facts = sim.step(obs(Observation::EngineStopped {
         pool_id: id("p1"),
@@ -255,7 +273,12 @@ fn a_new_engine_that_never_answers_is_killed_and_the_old_one_serves_on() {
     assert_eq!(kinds, ["ReloadFailed", "SecondStopRequested"]);
     assert!(matches!(
         facts[0].event,
-        Event::ReloadFailed { stage: ReloadStage::Surging, rolling_back: false, pid: None, .. }
+        Event::ReloadFailed {
+            stage: ReloadStage::Surging,
+            rolling_back: false,
+            pid: None,
+            ..
+        }
     ));
     assert_serving_old(&sim);
     assert_eq!(sim.status("p1").phase, Phase::Ready);
@@ -315,7 +338,12 @@ fn the_old_engine_failing_during_the_surge_ends_it() {
     let kinds = sim.exit("p1", 100, ExitReason::Crash);
     assert_eq!(
         kinds,
-        ["ReloadFailed", "SecondStopRequested", "EngineExited", "RestartScheduled"]
+        [
+            "ReloadFailed",
+            "SecondStopRequested",
+            "EngineExited",
+            "RestartScheduled"
+        ]
     );
     assert!(sim.pool("p1").second.as_ref().unwrap().stopping);
 }
@@ -348,13 +376,30 @@ fn after_a_daemon_restart_a_starting_surge_is_undone_and_a_switch_finished() {
         pid: 1,
     }));
     let resume = resume_effects(&sim.state);
-    assert!(resume.iter().any(|e| matches!(e, Effect::VerifyEngine { pid: 200, lane: Lane::B, .. })));
-    assert!(resume.iter().any(|e| matches!(e, Effect::VerifyEngine { pid: 100, lane: Lane::A, .. })));
+    assert!(resume.iter().any(|e| matches!(
+        e,
+        Effect::VerifyEngine {
+            pid: 200,
+            lane: Lane::B,
+            ..
+        }
+    )));
+    assert!(resume.iter().any(|e| matches!(
+        e,
+        Effect::VerifyEngine {
+            pid: 100,
+            lane: Lane::A,
+            ..
+        }
+    )));
     let kinds = sim.kinds(obs(Observation::EngineAdopted {
         pool_id: id("p1"),
         pid: 200,
     }));
-    assert_eq!(kinds, ["EngineAdopted", "ReloadFailed", "SecondStopRequested"]);
+    assert_eq!(
+        kinds,
+        ["EngineAdopted", "ReloadFailed", "SecondStopRequested"]
+    );
 
     // After the switch: the old engine goes on with its lease, its deadline armed again.
     let mut sim = surging();
@@ -369,8 +414,21 @@ fn after_a_daemon_restart_a_starting_surge_is_undone_and_a_switch_finished() {
             pid: 100,
         }))
         .then_kinds(&["EngineAdopted"]);
-    assert!(out.has_effect(|e| matches!(e, Effect::ArmTimer { timer: Timer::RetireDeadline, .. })));
-    assert!(out.has_effect(|e| matches!(e, Effect::WatchProcess { pid: 100, lane: Lane::A, .. })));
+    assert!(out.has_effect(|e| matches!(
+        e,
+        Effect::ArmTimer {
+            timer: Timer::RetireDeadline,
+            ..
+        }
+    )));
+    assert!(out.has_effect(|e| matches!(
+        e,
+        Effect::WatchProcess {
+            pid: 100,
+            lane: Lane::A,
+            ..
+        }
+    )));
     let kinds = sim.kinds(obs(Observation::EngineLost {
         pool_id: id("p1"),
         pid: 100,
@@ -394,7 +452,10 @@ fn a_surge_whose_spawn_was_never_recorded_ends_at_the_daemon_start() {
         version: "x".into(),
         pid: 1,
     }));
-    assert_eq!(kinds, ["DaemonStarted", "ReloadFailed", "SecondStopRequested"]);
+    assert_eq!(
+        kinds,
+        ["DaemonStarted", "ReloadFailed", "SecondStopRequested"]
+    );
     assert!(sim.pool("p1").second.is_none());
     assert_serving_old(&sim);
 }
