@@ -1174,3 +1174,196 @@ async fn sigkill_in_the_middle_of_a_reload_ends_ready_on_one_model_with_one_engi
     );
     h.finish(&spawned_pids(&events));
 }
+
+// ---- reload without a gap (a surge) ----------------------------------------------------------
+
+/// A harness whose daemon has one surge port; the port is cleaned up with the engines.
+async fn surge_harness(extra_policy: &str) -> (Harness, u16, String, String) {
+    let surge_port = free_port();
+    let policy = format!(
+        "{FAST_POLICY}{extra_policy}\n[reload]\nsurge_ports = \"{surge_port}-{surge_port}\"\n"
+    );
+    let mut h = Harness::start(&policy).await;
+    h.engine_ports.push(surge_port);
+    let models = h.dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let (a, b) = (models.join("a.gguf"), models.join("b.gguf"));
+    std::fs::write(&a, "model a\n").unwrap();
+    std::fs::write(&b, "model b\n").unwrap();
+    (
+        h,
+        surge_port,
+        a.display().to_string(),
+        b.display().to_string(),
+    )
+}
+
+fn pid_file(h: &Harness, name: &str) -> Option<u64> {
+    let path = h.dir.path().join("runtime").join("pids").join(name);
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+}
+
+/// Waits (5 s at most) for `pid` to be gone (zombies count as gone).
+fn wait_gone(pid: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!pid_alive(pid), "{what} (pid {pid}) still runs");
+}
+
+/// No event of the journal stopped, lost or failed the engine `pid`.
+fn assert_never_stopped(events: &[Value], pid: u64) {
+    for e in events {
+        let stops = matches!(
+            kind(e),
+            "EngineStopRequested" | "EngineStopped" | "EngineExited" | "EngineLost"
+        ) && e["event"]["pid"].as_u64() == Some(pid);
+        assert!(
+            !stops && kind(e) != "DrainRequested" && kind(e) != "PreloadFailed",
+            "the old engine {pid} was touched at seq {}:\n{}",
+            e["seq"],
+            timeline(events)
+        );
+    }
+}
+
+/// The daemon is SIGKILLed while a surge's new engine loads: the next start undoes the surge
+/// from the journal (the new engine is killed, the reload fails), and the old engine, which
+/// never stopped, serves on with no engine left unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_surge_undoes_it_and_the_old_engine_serves_on() {
+    let (mut h, surge_port, a, b) = surge_harness("").await;
+    let port = h
+        .preload_model("s", &a, &["-m", &a, "--check-model", "--load-ms", "1500"])
+        .await;
+    let before = h.wait_pool("s", "ready", 10, |s| s["ready"] == true).await;
+    let old_pid = u64_of(&before["pid"], "pid");
+    let base = h.base.clone();
+    let body = json!({"new_model_ref": b, "strategy": "surge", "drain_deadline_ms": 5000});
+    tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(format!("{base}/v2/pools/s/reload"))
+            .json(&body)
+            .send()
+            .await;
+    });
+    let events = h
+        .wait_events("s", "the new engine spawned", 10, |events| {
+            last_of(events, "SurgeSpawned").is_some()
+        })
+        .await;
+    let new_pid = u64_of(
+        &last_of(&events, "SurgeSpawned").unwrap()["event"]["pid"],
+        "SurgeSpawned.pid",
+    );
+    assert_eq!(
+        engine_pids(surge_port),
+        vec![new_pid],
+        "the new engine on the surge port"
+    );
+    h.restart_after_sigkill().await;
+
+    let events = h
+        .wait_events("s", "the surge undone", 15, |events| {
+            events.iter().any(|e| {
+                kind(e) == "SecondEngineEnded" && e["event"]["pid"].as_u64() == Some(new_pid)
+            })
+        })
+        .await;
+    eprintln!("journal of the pool:\n{}", timeline(&events));
+    let failed = last_of(&events, "ReloadFailed").expect("the reload failed");
+    assert_eq!(failed["event"]["stage"], "surging", "{failed}");
+    wait_gone(new_pid, "the surge's new engine");
+    assert!(engine_pids(surge_port).is_empty());
+    assert_never_stopped(&events, old_pid);
+    assert!(pid_alive(old_pid), "the old engine serves on");
+    assert_eq!(engine_pids(port), vec![old_pid]);
+    let status = h.pool("s").await;
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["pid"].as_u64(), Some(old_pid), "{status}");
+    assert_eq!(status["model_ref"].as_str(), Some(a.as_str()), "{status}");
+    assert_eq!(pid_file(&h, "s.pid"), Some(old_pid));
+    assert_eq!(
+        pid_file(&h, "s@b.pid"),
+        None,
+        "the new engine's pid file is gone"
+    );
+    h.finish(&[old_pid, new_pid]);
+}
+
+/// The daemon is SIGKILLed after a surge's switch while the old engine still serves a lease:
+/// the next start adopts both engines, new leases go to the new one, and the old one is
+/// stopped once its lease is returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_a_surge_switch_lets_the_old_engine_finish_its_lease() {
+    let (mut h, surge_port, a, b) = surge_harness("").await;
+    let port = h.preload_model("s", &a, &["-m", &a, "--check-model"]).await;
+    let before = h.wait_pool("s", "ready", 10, |s| s["ready"] == true).await;
+    let old_pid = u64_of(&before["pid"], "pid");
+    let (status, lease) = h
+        .call(reqwest::Method::POST, "/v2/pools/s/leases", Some(json!({})))
+        .await;
+    assert_eq!(status, 201, "{lease}");
+    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+    let body = json!({"new_model_ref": b, "strategy": "surge", "drain_deadline_ms": 60000});
+    let (status, answer) = h
+        .call(reqwest::Method::POST, "/v2/pools/s/reload", Some(body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["strategy"], "surge", "{answer}");
+    let switched = h.pool("s").await;
+    let new_pid = u64_of(&switched["pid"], "pid");
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        switched["url"].as_str(),
+        Some(format!("http://127.0.0.1:{surge_port}").as_str()),
+        "{switched}"
+    );
+    assert!(pid_alive(old_pid), "the old engine finishes its lease");
+    h.restart_after_sigkill().await;
+
+    h.wait_events("s", "both engines adopted", 15, |events| {
+        [old_pid, new_pid].iter().all(|pid| {
+            events
+                .iter()
+                .rev()
+                .take_while(|e| kind(e) != "DaemonStarted")
+                .any(|e| kind(e) == "EngineAdopted" && e["event"]["pid"].as_u64() == Some(*pid))
+        })
+    })
+    .await;
+    assert!(pid_alive(old_pid), "the old engine still serves its lease");
+    let status = h.pool("s").await;
+    assert_eq!(status["pid"].as_u64(), Some(new_pid), "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["model_ref"].as_str(), Some(b.as_str()), "{status}");
+    let (code, _) = h
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v2/pools/s/leases/{lease_id}"),
+            None,
+        )
+        .await;
+    assert!(code == 200 || code == 204, "lease returned: {code}");
+    let events = h
+        .wait_events("s", "the old engine stopped", 15, |events| {
+            events.iter().any(|e| {
+                kind(e) == "SecondEngineEnded" && e["event"]["pid"].as_u64() == Some(old_pid)
+            })
+        })
+        .await;
+    eprintln!("journal of the pool:\n{}", timeline(&events));
+    wait_gone(old_pid, "the old engine");
+    assert!(engine_pids(port).is_empty());
+    assert_eq!(engine_pids(surge_port), vec![new_pid]);
+    assert_eq!(
+        pid_file(&h, "s.pid"),
+        None,
+        "the old engine's pid file is gone"
+    );
+    assert_eq!(pid_file(&h, "s@b.pid"), Some(new_pid));
+    h.finish(&[old_pid, new_pid]);
+}
