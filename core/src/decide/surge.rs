@@ -433,7 +433,13 @@ fn switch(d: &mut Decision<'_, '_>, pool_id: &PoolId, pid: u32, path: &str) {
     let Some(reload) = pool.reload.clone() else {
         return;
     };
-    if !starting(d, pool_id, pid) || !ready || !pool.serving() {
+    if !starting(d, pool_id, pid) || !ready {
+        return;
+    }
+    if !pool.serving() {
+        // Not reached while the old engine fails (that ends the surge first); kept so that a
+        // surge can never switch to a pool that does not serve.
+        failed(d, pool_id, "the old engine stopped serving during the surge", false);
         return;
     }
     let old_pid = pool.pid();
