@@ -84,6 +84,8 @@ pub struct PoolWorld {
     pub stream: crate::steps::events::StreamClient,
     /// Foreign servers the scenario started on engines' ports; ended with the world.
     pub foreign: crate::steps::identity::ForeignServers,
+    /// The daemon's surge port (`[reload] surge_ports`), when a step gave it one.
+    pub surge_port: Option<u16>,
 }
 
 impl PoolWorld {
@@ -104,6 +106,7 @@ impl PoolWorld {
             noted_pools: None,
             noted_seq: None,
             noted_engines: BTreeMap::new(),
+            surge_port: None,
             exits_seen: BTreeMap::new(),
             external: Default::default(),
             stream: Default::default(),

@@ -19,6 +19,8 @@
 //!   events that show an idle engine was not stopped.
 //! - `supervision`: crashes, backoff, the circuit breaker and restart storms on a manual clock.
 //! - `reload`: model files, engines that load them, reloads.
+//! - `surge`: reloads without a gap: a daemon with a surge port, the strategy, where the pool
+//!   serves after the switch, and whether it stayed ready throughout.
 //! - `session`: the worker an engine forks into a group of its own, and whether it outlived
 //!   the engine.
 //! - `journal`: a real journal of the scripted core: reopen, replay, damage.
@@ -52,3 +54,4 @@ pub mod progress;
 pub mod reload;
 pub mod session;
 pub mod supervision;
+pub mod surge;
