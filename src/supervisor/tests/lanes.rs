@@ -201,3 +201,57 @@ async fn start_up_knows_a_lane_b_pid_file_by_its_pool_and_stops_an_unknown_one()
     );
     stop(&mut lane_b, pid, 0).await;
 }
+
+/// Would catch: a stop of the pool's second engine (adopted after a restart: not spawned in
+/// this life) proven against the pool's engine's record instead of the second's (its start
+/// time would not match: the engine forgotten and left running), or refused as "another
+/// engine the registry records".
+#[tokio::test]
+async fn a_second_engine_not_spawned_in_this_life_is_proven_by_its_own_record_and_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = dir.path().display().to_string();
+    let old = sh_engine("a", free_port(), "exec sleep 120", &tag);
+    let new = sh_engine("a", free_port(), "exec sleep 122", &tag);
+    let mut leader = super::session_leader("exec sleep 122", &tag);
+    let pid = leader.id();
+    let state = with_second(preloaded(&old), &new, Some(pid));
+    let (supervisor, mut reports) = supervisor_reporting(dir.path(), state, None);
+    let (_, mut lane_b) = workers_of(&supervisor);
+    stop(&mut lane_b, pid, 10_000).await;
+    match next_report(&mut reports).await {
+        Observation::EngineStopped { pid: stopped, .. } => assert_eq!(stopped, pid),
+        other => panic!("expected EngineStopped, got {other:?}"),
+    }
+    let status = leader.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "the second engine was not signalled"
+    );
+}
+
+/// Would catch: a spawn's leftover scan that kills the pool's own second engine (the old
+/// engine finishing its leases runs the same command line a restart of the pool would): only
+/// engines the registry records for no pool are leftovers.
+#[tokio::test]
+async fn the_leftover_scan_spares_the_pools_second_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = dir.path().display().to_string();
+    let script = "sleep 123";
+    let engine = sh_engine("a", free_port(), script, &tag);
+    let mut leader = super::session_leader(script, &tag);
+    let second = leader.id();
+    super::runs_command_line(second, script, &tag);
+    let state = with_second(preloaded(&engine), &engine, Some(second));
+    let (supervisor, mut reports) = supervisor_reporting(dir.path(), state, None);
+    let (mut lane_a, _) = workers_of(&supervisor);
+    let (pid, _reaper) = spawn(&mut lane_a, &mut reports, engine).await;
+    assert!(
+        leader.try_wait().unwrap().is_none(),
+        "the second engine was killed"
+    );
+    stop(&mut lane_a, pid, 0).await;
+    let _ = process::signal_group(second, nix::sys::signal::Signal::SIGKILL);
+    let _ = leader.wait();
+}
