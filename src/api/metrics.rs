@@ -24,11 +24,12 @@ pub async fn scrape(AxumState(state): AxumState<ApiState>) -> Response {
         let samples: Vec<(String, u64)> = published
             .state
             .pools
-            .keys()
-            .filter_map(|id| {
+            .values()
+            .filter_map(|pool| {
+                // The pool's engine's leaf (its lane's, after a surge's switch).
                 Some((
-                    id.as_str().to_string(),
-                    cgroups.memory_current(id.as_str())?,
+                    pool.id.as_str().to_string(),
+                    cgroups.memory_current(pool.id.as_str(), pool.lane)?,
                 ))
             })
             .collect();

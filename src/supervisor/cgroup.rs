@@ -4,7 +4,8 @@
 //!
 //! Layout, under the daemon's unit cgroup `<unit>` (its own cgroup, or the parent of it when
 //! the daemon already sits in a `daemon` leaf, as `DelegateSubgroup=daemon` places it):
-//! `<unit>/pool-managerd-<id>/pool-<pool_id>` for each engine, where `<id>` names this
+//! `<unit>/pool-managerd-<id>/pool-<pool_id>` for each engine (`pool-<pool_id>@b` for the engine
+//! of a pool's lane B: a surge's second engine has a leaf of its own), where `<id>` names this
 //! daemon's runtime directory (two daemons on one host never share a leaf). cgroup v2 lets a
 //! cgroup hand controllers down only while it holds no process (the root excepted): a daemon
 //! in `<unit>` itself moves into `<unit>/daemon` first, unless it runs as a systemd service
@@ -22,6 +23,8 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use pool_core::Lane;
 
 /// The controllers a leaf uses.
 pub const CONTROLLERS: [&str; 2] = ["memory", "pids"];
@@ -199,16 +202,18 @@ impl EngineCgroups {
         self.memory
     }
 
-    /// The leaf of `pool_id` (`pool-<pool_id>`; pool ids are safe file names).
-    pub fn leaf(&self, pool_id: &str) -> PathBuf {
-        self.base.join(format!("pool-{pool_id}"))
+    /// The leaf of `pool_id`'s engine in `lane`: `pool-<pool_id>` (A) or `pool-<pool_id>@b`
+    /// (B), so that two engines of one pool never share a leaf (each leaf's `memory.max` is
+    /// one engine's). Pool ids are safe file names and never hold '@'.
+    pub fn leaf(&self, pool_id: &str, lane: Lane) -> PathBuf {
+        self.base.join(format!("pool-{pool_id}{}", lane.suffix()))
     }
 
-    /// Creates the leaf of `pool_id` (an existing one is reused: an adopted engine may be in
+    /// Creates the leaf of `pool_id`'s engine in `lane` (an existing one is reused: an adopted engine may be in
     /// it), writes its limits (`memory.max` = `memory_max` or `max`, `pids.max`), and opens
     /// its `cgroup.procs` for a child to join before exec ([`join_in_child`]).
-    pub fn prepare(&self, pool_id: &str, memory_max: Option<u64>) -> io::Result<Leaf> {
-        let dir = self.leaf(pool_id);
+    pub fn prepare(&self, pool_id: &str, lane: Lane, memory_max: Option<u64>) -> io::Result<Leaf> {
+        let dir = self.leaf(pool_id, lane);
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -232,24 +237,24 @@ impl EngineCgroups {
         })
     }
 
-    /// The memory the engine of `pool_id` uses now (`memory.current` of its leaf: its
+    /// The memory the engine of `pool_id` in `lane` uses now (`memory.current` of its leaf: its
     /// resident memory and page cache, charged to it alone). `None` without the memory
     /// controller or a leaf.
-    pub fn memory_current(&self, pool_id: &str) -> Option<u64> {
+    pub fn memory_current(&self, pool_id: &str, lane: Lane) -> Option<u64> {
         if !self.memory {
             return None;
         }
-        fs::read_to_string(self.leaf(pool_id).join("memory.current"))
+        fs::read_to_string(self.leaf(pool_id, lane).join("memory.current"))
             .ok()?
             .trim()
             .parse()
             .ok()
     }
 
-    /// Removes the leaf of `pool_id` (a missing one is fine). Fails while a process is still
-    /// in it; the error names the leaf.
-    pub fn remove(&self, pool_id: &str) -> io::Result<()> {
-        let dir = self.leaf(pool_id);
+    /// Removes the leaf of `pool_id`'s engine in `lane` (a missing one is fine). Fails while a
+    /// process is still in it; the error names the leaf.
+    pub fn remove(&self, pool_id: &str, lane: Lane) -> io::Result<()> {
+        let dir = self.leaf(pool_id, lane);
         match fs::remove_dir(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(named(e, &dir, "remove")),
             _ => Ok(()),
@@ -502,11 +507,14 @@ mod tests {
             read("pool-managerd-1/cgroup.subtree_control"),
             "+memory +pids"
         );
-        let leaf = set_up.cgroups.prepare("p1", Some(500_000_000)).unwrap();
+        let leaf = set_up
+            .cgroups
+            .prepare("p1", Lane::A, Some(500_000_000))
+            .unwrap();
         assert_eq!(leaf.dir, unit.join("pool-managerd-1/pool-p1"));
         assert_eq!(read("pool-managerd-1/pool-p1/memory.max"), "500000000");
         assert_eq!(read("pool-managerd-1/pool-p1/pids.max"), "512");
-        set_up.cgroups.prepare("p1", None).unwrap();
+        set_up.cgroups.prepare("p1", Lane::A, None).unwrap();
         assert_eq!(read("pool-managerd-1/pool-p1/memory.max"), "max");
     }
 
@@ -525,11 +533,11 @@ mod tests {
             fs::read_to_string(unit.join("cgroup.subtree_control")).unwrap(),
             ""
         );
-        set_up.cgroups.prepare("p2", Some(1)).unwrap();
+        set_up.cgroups.prepare("p2", Lane::A, Some(1)).unwrap();
         let leaf = unit.join("pool-managerd-2/pool-p2");
         assert_eq!(fs::read_to_string(leaf.join("memory.max")).unwrap(), "");
         assert!(!set_up.cgroups.has_memory());
-        assert_eq!(set_up.cgroups.memory_current("p2"), None);
+        assert_eq!(set_up.cgroups.memory_current("p2", Lane::A), None);
     }
 
     #[test]

@@ -6,14 +6,14 @@
 use super::process::ExitInfo;
 use super::worker::PoolWorker;
 use super::{files, logwatch, process, session, Shared};
-use pool_core::{ExitReason, Observation, PoolId};
+use pool_core::{ExitReason, Lane, Observation, PoolId};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::start::report_spillover;
+use super::health::report_spillover;
 
 /// The engine process a worker watches.
 pub(super) struct Engine {
@@ -115,6 +115,7 @@ pub(super) struct LogFrom {
 struct Watched {
     shared: Arc<Shared>,
     pool_id: PoolId,
+    lane: Lane,
     pid: u32,
     cause: u64,
     watch: Arc<Coordination>,
@@ -163,16 +164,19 @@ impl PoolWorker {
         if self.engine.as_ref().is_some_and(|e| e.pid == pid) {
             return;
         }
-        let log_path = self.dirs().log_path(self.pool_id.as_str());
+        let log_path = self.log_path();
         // Only what it writes from now on: its earlier lines were read by the daemon before.
         let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
-        // An adopted engine may still be starting: its start's token, for "no usable GPU".
+        // An adopted engine may still be starting: its start's token, for "no usable GPU"
+        // (a surge's new engine's is its second's).
         let spill_token = self.shared.settings.placement.as_ref().and_then(|_| {
             let published = self.shared.registry.load();
-            published
-                .state
-                .pool(self.pool_id.as_str())
-                .map(|pool| pool.start_token)
+            let pool = published.state.pool(self.pool_id.as_str())?;
+            if pool.lane == self.lane {
+                Some(pool.start_token)
+            } else {
+                pool.second.as_ref().map(|second| second.token)
+            }
         });
         let at = LogFrom {
             path: log_path,
@@ -207,6 +211,7 @@ impl PoolWorker {
         let watched = Watched {
             shared: self.shared.clone(),
             pool_id: self.pool_id.clone(),
+            lane: self.lane,
             pid,
             cause,
             watch: Arc::new(Coordination::default()),
@@ -282,7 +287,8 @@ impl Watched {
                         continue;
                     }
                     let at = (self.pid, token);
-                    report_spillover(&self.shared, self.cause, &self.pool_id, at, &line).await;
+                    let pool = (&self.pool_id, self.lane);
+                    report_spillover(&self.shared, self.cause, pool, at, &line).await;
                 }
             }
         };

@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use pool_core::Handoff;
+use pool_core::{Handoff, Lane};
 use sha2::{Digest as _, Sha256};
 
 /// The most bytes of an engine log kept in `last_error` and exit details.
@@ -107,14 +107,26 @@ impl RuntimeDirs {
         }
     }
 
-    /// `logs/<pool_id>.log`.
+    /// `logs/<pool_id>.log`: the log of lane A ([`Self::log_path_in`]).
     pub fn log_path(&self, pool_id: &str) -> PathBuf {
-        self.logs.join(format!("{pool_id}.log"))
+        self.log_path_in(pool_id, Lane::A)
     }
 
-    /// `pids/<pool_id>.pid`.
+    /// `pids/<pool_id>.pid`: the pid file of lane A ([`Self::pid_path_in`]).
     pub fn pid_path(&self, pool_id: &str) -> PathBuf {
-        self.pids.join(format!("{pool_id}.pid"))
+        self.pid_path_in(pool_id, Lane::A)
+    }
+
+    /// The log of `pool_id`'s engine in `lane`: `logs/<pool_id>.log` (A) or
+    /// `logs/<pool_id>@b.log` (B).
+    pub fn log_path_in(&self, pool_id: &str, lane: Lane) -> PathBuf {
+        self.logs.join(format!("{pool_id}{}.log", lane.suffix()))
+    }
+
+    /// The pid file of `pool_id`'s engine in `lane`: `pids/<pool_id>.pid` (A) or
+    /// `pids/<pool_id>@b.pid` (B).
+    pub fn pid_path_in(&self, pool_id: &str, lane: Lane) -> PathBuf {
+        self.pids.join(format!("{pool_id}{}.pid", lane.suffix()))
     }
 
     /// `engines/<pool_id>-<replica_id>.json`; `None` when the replica id is not a safe file

@@ -7,9 +7,12 @@
 //! itself, and their sessions are ended with them (`session.rs`), so no later spawn of its
 //! life can leave one.
 //!
+//! A worker looks in its own lane only: its lane's pid file (`<pool>.pid` or `<pool>@b.pid`).
+//!
 //! Never: kills a process that is not a session leader running the pool's exact command
-//! line or named by its pid file with the same binary, nor another pool's engine, nor anything
-//! [`super::proof::never_signalled`] refuses.
+//! line or named by its lane's pid file with the same binary, nor any engine the registry
+//! records (another pool's, or this pool's engine or second engine: a surge's new engine
+//! starts while the old one serves), nor anything [`super::proof::never_signalled`] refuses.
 
 use std::time::Duration;
 
@@ -28,7 +31,7 @@ impl PoolWorker {
     /// so is another pool's engine (the same command line may serve two pools in turn: its
     /// port then fails this start with `PORT_IN_USE`).
     pub(super) async fn kill_leftover(&self, engine: &PreparedEngine) {
-        let pid_path = self.dirs().pid_path(self.pool_id.as_str());
+        let pid_path = self.pid_path();
         let argv: Vec<String> = std::iter::once(engine.binary_path.clone())
             .chain(engine.flags.iter().cloned())
             .collect();
@@ -50,16 +53,8 @@ impl PoolWorker {
         }
         suspects.sort_unstable();
         suspects.dedup();
-        let published = self.shared.registry.load();
-        let other_pools: Vec<u32> = published
-            .state
-            .pools
-            .values()
-            .filter(|p| p.id != self.pool_id)
-            .filter_map(|p| p.pid())
-            .collect();
-        drop(published);
-        suspects.retain(|pid| super::proof::never_signalled(*pid, &other_pools).is_ok());
+        let recorded = super::proof::recorded_pids(&self.shared.registry.load().state, None);
+        suspects.retain(|pid| super::proof::never_signalled(*pid, &recorded).is_ok());
         let tracked = self
             .engine
             .as_ref()

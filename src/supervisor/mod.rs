@@ -1,9 +1,14 @@
 //! The supervisor: runs the core's [`Effect`]s against the world and reports what happened as
 //! [`Observation`]s to the node actor.
 //!
-//! Each pool has one worker task that takes its effects in order (the core's contract: a
-//! `StopEngine` is finished, process reaped, before the next effect of that pool starts, so a
-//! restart never races the old engine for its port). Long waits (health wait, ready probes,
+//! Each pool has one worker task per [`Lane`] in use that takes that lane's effects in order
+//! (the core's contract: a `StopEngine` is finished, process reaped, before the next effect of
+//! that pool's lane starts, so a restart never races the old engine for its port). A pool runs
+//! its engine in lane A (its files: `pids/<pool>.pid`, `logs/<pool>.log`, the cgroup leaf
+//! `pool-<pool>`) until a surge (reload without a gap) starts the new engine beside it in the
+//! other lane (`<pool>@b`): the two engines never share a pid file, a log, a cgroup leaf or a
+//! worker, and one's stop never waits behind the other's effects. The pool's timers and
+//! staging run on lane A's worker; its removal reaches every lane's worker, and each ends. Long waits (health wait, ready probes,
 //! timers, process exits, staging) run as tasks owned by the worker, replaced or aborted when a
 //! newer effect supersedes them. The exit of a child is seen at once (tokio reaps on SIGCHLD;
 //! engines we did not spawn are watched through a pidfd), never by polling.
@@ -28,8 +33,8 @@
 //! started, checked before every spawn), [`cgroup`] (an engine's cgroup leaf), [`proof`]
 //! (whether a pid may be signalled), [`port`] (the engine's port is free before a spawn and
 //! held by the engine's session before it is ready), [`reconcile`] (the runtime directory against `/proc`
-//! at start-up). The rooms of the worker: `worker.rs` (a pool's queue of effects), `start.rs`
-//! (spawn, health wait, ready probes), `leftover.rs` (an unrecorded engine of an earlier
+//! at start-up). The rooms of the worker: `worker.rs` (a pool's lane's queue of effects), `start.rs`
+//! (spawn, ready probes), `health.rs` (a starting engine's health wait and proofs), `leftover.rs` (an unrecorded engine of an earlier
 //! start), `exit.rs` (the exit and log watchers), `session.rs` (what an engine leaves of its
 //! session, killed before its end is published), `release.rs` (the wait for the last
 //! engine's GPU memory before the next start on its GPUs), `stop.rs`.
@@ -48,6 +53,7 @@ pub mod reconcile;
 pub mod sockdiag;
 
 mod exit;
+mod health;
 mod leftover;
 mod release;
 mod session;
@@ -63,7 +69,7 @@ use worker::PoolWorker;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use pool_core::{Effect, Observation, Policy, PoolId, PreparedEngine};
+use pool_core::{Effect, Lane, Observation, Policy, PoolId, PreparedEngine};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -152,14 +158,17 @@ impl Shared {
         self.settings.clock.now_ms()
     }
 
-    /// The prepared engine the registry holds for `pool_id`.
-    fn engine_of(&self, pool_id: &PoolId) -> Option<PreparedEngine> {
-        self.registry
-            .load()
-            .state
-            .pool(pool_id.as_str())?
-            .engine
-            .clone()
+    /// The prepared engine the registry holds for `pool_id`'s `lane`: the pool's engine in the
+    /// pool's lane, its second engine (a surge's new one, or the old one retiring) in the
+    /// other.
+    fn engine_in(&self, pool_id: &PoolId, lane: Lane) -> Option<PreparedEngine> {
+        let published = self.registry.load();
+        let pool = published.state.pool(pool_id.as_str())?;
+        if lane == pool.lane {
+            pool.engine.clone()
+        } else {
+            pool.second.as_ref().map(|second| second.engine.clone())
+        }
     }
 }
 
@@ -181,10 +190,10 @@ pub struct Supervisor {
     next_worker: std::sync::atomic::AtomicU64,
 }
 
-/// The per-pool workers.
-type Workers = Arc<Mutex<HashMap<PoolId, WorkerEntry>>>;
+/// The workers, one per pool and lane.
+type Workers = Arc<Mutex<HashMap<(PoolId, Lane), WorkerEntry>>>;
 
-/// A pool's worker in the map: its number and its queue.
+/// A pool's lane's worker in the map: its number and its queue.
 struct WorkerEntry {
     /// Distinguishes it from a later worker of the same pool id.
     number: u64,
@@ -194,7 +203,9 @@ struct WorkerEntry {
 
 /// Locks the workers' map. A panic while it was held (a bug) leaves the map itself whole
 /// (inserts and removals only), so the lock is taken back and the effect still runs.
-fn lock_workers(workers: &Workers) -> std::sync::MutexGuard<'_, HashMap<PoolId, WorkerEntry>> {
+fn lock_workers(
+    workers: &Workers,
+) -> std::sync::MutexGuard<'_, HashMap<(PoolId, Lane), WorkerEntry>> {
     workers.lock().unwrap_or_else(|poisoned| {
         tracing::error!("the supervisor's worker map was poisoned by a panic; going on with it");
         poisoned.into_inner()
@@ -216,7 +227,9 @@ impl Supervisor {
         }
     }
 
-    /// Queues `effect` (asked for by the event `cause`) on its pool's worker. Never blocks: the
+    /// Queues `effect` (asked for by the event `cause`) on the worker of its pool and lane
+    /// ([`Effect::lane`]; `RemovePoolFiles` on every lane's worker there is, and lane A's at
+    /// least, so that each ends with the pool). Never blocks: the
     /// actor must never wait on the shell, which may itself be waiting to report to the actor.
     /// The queue is unbounded by type but bounded in practice by the actor's bounded inbox
     /// (each input yields a handful of effects).
@@ -224,16 +237,48 @@ impl Supervisor {
         self.dispatch_then(cause, effect, Vec::new());
     }
 
-    /// [`dispatch`](Self::dispatch), calling each of `done` once the effect is carried out.
+    /// [`dispatch`](Self::dispatch), calling each of `done` once the effect is carried out (by
+    /// every worker it went to).
     pub fn dispatch_then(&self, cause: u64, effect: Effect, done: Vec<Done>) {
         let pool_id = effect.pool_id().clone();
         let mut workers = lock_workers(&self.workers);
-        let job = Job {
-            cause,
-            effect,
-            done,
-        };
-        let job = match workers.get(&pool_id) {
+        if !matches!(effect, Effect::RemovePoolFiles { .. }) {
+            let key = (pool_id, effect.lane());
+            let job = Job {
+                cause,
+                effect,
+                done,
+            };
+            return self.queue(&mut workers, key, job);
+        }
+        // The pool is gone: every lane's worker removes its lane's files and ends.
+        let mut lanes: Vec<Lane> = workers
+            .keys()
+            .filter(|(id, _)| *id == pool_id)
+            .map(|(_, lane)| *lane)
+            .chain(std::iter::once(Lane::A))
+            .collect();
+        lanes.sort_unstable();
+        lanes.dedup();
+        let mut dones = split_done(done, lanes.len()).into_iter();
+        for lane in lanes {
+            let job = Job {
+                cause,
+                effect: effect.clone(),
+                done: dones.next().unwrap_or_default(),
+            };
+            self.queue(&mut workers, (pool_id.clone(), lane), job);
+        }
+    }
+
+    /// Queues `job` on the worker of `key`, started if there is none (or it has ended).
+    fn queue(
+        &self,
+        workers: &mut HashMap<(PoolId, Lane), WorkerEntry>,
+        key: (PoolId, Lane),
+        job: Job,
+    ) {
+        let job = match workers.get(&key) {
             Some(entry) => match entry.queue.send(job) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(job)) => job,
@@ -247,15 +292,49 @@ impl Supervisor {
         // A fresh channel's receiver is alive: this send cannot fail.
         let sent = tx.send(job);
         debug_assert!(sent.is_ok(), "a new worker's queue refused its first job");
-        workers.insert(pool_id.clone(), WorkerEntry { number, queue: tx });
-        let worker = PoolWorker::new(self.shared.clone(), pool_id);
+        let (pool_id, lane) = key.clone();
+        workers.insert(key, WorkerEntry { number, queue: tx });
+        let worker = PoolWorker::new(self.shared.clone(), pool_id, lane);
         tokio::spawn(worker.run(rx, self.workers.clone(), number));
     }
 
-    /// How many pools have a worker now (a removed pool's worker ends with it).
+    /// How many workers there are now, one per pool and lane in use (a removed pool's workers
+    /// end with it).
     pub fn workers(&self) -> usize {
         lock_workers(&self.workers).len()
     }
+}
+
+/// `done` split for `parts` jobs: each part's call counts down, and the last one calls every
+/// one of `done` (each is called once, after all parts ran). No parts are empty callbacks
+/// when `done` is.
+fn split_done(done: Vec<Done>, parts: usize) -> Vec<Vec<Done>> {
+    if done.is_empty() || parts <= 1 {
+        let mut out: Vec<Vec<Done>> = (1..parts).map(|_| Vec::new()).collect();
+        out.insert(0, done);
+        return out;
+    }
+    let left = Arc::new(Mutex::new((parts, done)));
+    (0..parts)
+        .map(|_| {
+            let left = left.clone();
+            let part: Done = Box::new(move || {
+                let ready = {
+                    let mut guard = left.lock().unwrap_or_else(|p| p.into_inner());
+                    guard.0 -= 1;
+                    if guard.0 == 0 {
+                        std::mem::take(&mut guard.1)
+                    } else {
+                        Vec::new()
+                    }
+                };
+                for done in ready {
+                    done();
+                }
+            });
+            vec![part]
+        })
+        .collect()
 }
 
 /// A task aborted when its handle is dropped or replaced.

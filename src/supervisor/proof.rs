@@ -4,7 +4,8 @@
 //! runs there (another pool's engine, a root daemon, the pool manager itself).
 //!
 //! Owns: the checks, on `/proc` only: not pid 0 or 1, not this daemon or its process group,
-//! not another pool's engine; then the identity recorded when this pool manager spawned it
+//! not another engine the registry records (another pool's, or this pool's other lane's:
+//! [`recorded_pids`]); then the identity recorded when this pool manager spawned it
 //! (its pid, its start time and the boot it started in: [`same_engine`]), or, for a
 //! handed-off engine (no start time recorded), a listening TCP socket on the engine's port
 //! held by the process (`/proc/net/tcp{,6}` inodes against `/proc/<pid>/fd`). Its executable
@@ -21,12 +22,28 @@ pub struct Claim {
     pub start_time: Option<u64>,
     /// The boot it was recorded in (`EngineSpawned::boot_id`), when known.
     pub boot_id: Option<String>,
-    /// The pids of the other pools' engines.
+    /// The pids of every other engine the registry records: the other pools' (their engines
+    /// and second engines), and this pool's other one ([`recorded_pids`]).
     pub other_pools: Vec<u32>,
 }
 
+/// Every engine pid the registry `state` records, each pool's engine and its second engine
+/// (a surge's new one, or the old one retiring), but `except` (the engine a proof is about,
+/// when `pool_id` records it).
+pub fn recorded_pids(state: &pool_core::State, except: Option<(&str, u32)>) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for pool in state.pools.values() {
+        for pid in [pool.pid(), pool.second_pid()].into_iter().flatten() {
+            if except != Some((pool.id.as_str(), pid)) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
 /// `Err` for the pids no claim can make signallable: 0 and 1, this daemon and its process
-/// group, and `other_pools` (the other pools' engines).
+/// group, and `other_pools` (the other engines the registry records).
 pub fn never_signalled(pid: u32, other_pools: &[u32]) -> Result<(), String> {
     if pid <= 1 {
         return Err(format!("pid {pid} is never signalled"));
@@ -39,7 +56,10 @@ pub fn never_signalled(pid: u32, other_pools: &[u32]) -> Result<(), String> {
         ));
     }
     if other_pools.contains(&pid) {
-        return Err(format!("pid {pid} is another pool's engine"));
+        return Err(format!(
+            "pid {pid} is another engine the registry records (another pool's, or this pool's \
+             other lane's)"
+        ));
     }
     Ok(())
 }

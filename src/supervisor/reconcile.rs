@@ -1,15 +1,18 @@
 //! Engines of ours that the registry does not know, found at start-up.
 //!
-//! A pid file in `<runtime>/pids/` can name a running engine that the registry does not know:
+//! A pid file in `<runtime>/pids/` (`<pool>.pid` for a pool's lane A, `<pool>@b.pid` for its
+//! lane B) can name a running engine that the registry does not know:
 //! its events were lost (a journal loss accepted with `journal repair --accept-loss`), or the
 //! daemon died between starting it and recording it. Start-up reconciles the pid files with
 //! `/proc` so that no engine is left running unknown:
 //!
+//! - a pid file is **known** when its pid is its pool's engine or second engine in the
+//!   registry (either lane's file may name either: a surge's switch swaps the lanes' roles);
 //! - a pid file is **trusted** only when the daemon's own user owns it and no one else may
 //!   write it (`trusted_file`); any other is removed unread (whoever wrote it could name any
 //!   process), and its process is left alone;
 //! - the engine is **ours** when it is not pid 0 or 1, not the daemon or its process group,
-//!   not another pool's engine, leads its own session (our engines do) and started at
+//!   not an engine the registry records, leads its own session (our engines do) and started at
 //!   most [`PID_FILE_LAG_MAX_MS`] before its pid file was written, and not after it;
 //! - ours, of a pool the registry does not know at all, and named by a valid handoff file of
 //!   its pool (`<runtime>/engines/`, with its pid): **adopted**, registered like any handoff;
@@ -28,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
-use pool_core::{Handoff, State};
+use pool_core::{Handoff, Lane, State};
 
 use super::files::{self, RuntimeDirs};
 use super::process;
@@ -77,11 +80,10 @@ pub fn scan(state: &State, dirs: &RuntimeDirs) -> Vec<Found> {
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(pool_id) = path
+        let Some((pool_id, _lane)) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".pid"))
-            .map(str::to_string)
+            .and_then(pool_and_lane)
         else {
             continue;
         };
@@ -97,19 +99,13 @@ pub fn scan(state: &State, dirs: &RuntimeDirs) -> Vec<Found> {
         };
         let known = state
             .pool(&pool_id)
-            .and_then(|pool| pool.pid())
-            .is_some_and(|known| known == pid);
+            .is_some_and(|pool| pool.pid() == Some(pid) || pool.is_second(pid));
         if known {
             continue;
         }
         let pool_known = state.pool(&pool_id).is_some();
-        let others: Vec<u32> = state
-            .pools
-            .values()
-            .filter(|pool| pool.id.as_str() != pool_id)
-            .filter_map(|pool| pool.pid())
-            .collect();
-        if let Err(why) = super::proof::never_signalled(pid, &others) {
+        let recorded = super::proof::recorded_pids(state, None);
+        if let Err(why) = super::proof::never_signalled(pid, &recorded) {
             found.push(Found::Stale {
                 pid_file: path,
                 why: format!("{why}: never an engine to stop"),
@@ -119,6 +115,17 @@ pub fn scan(state: &State, dirs: &RuntimeDirs) -> Vec<Found> {
         found.push(judge(&pool_id, pid, &path, dirs, pool_known));
     }
     found
+}
+
+/// The pool and lane of a pid file's name: `<pool>.pid` is lane A, `<pool>@b.pid` lane B
+/// (pool ids never hold '@'); `None` for any other name.
+pub fn pool_and_lane(file_name: &str) -> Option<(String, Lane)> {
+    let stem = file_name.strip_suffix(".pid")?;
+    let (pool, lane) = match stem.strip_suffix(Lane::B.suffix()) {
+        Some(pool) => (pool, Lane::B),
+        None => (stem, Lane::A),
+    };
+    (!pool.is_empty() && !pool.contains('@')).then(|| (pool.to_string(), lane))
 }
 
 fn judge(pool_id: &str, pid: u32, pid_file: &Path, dirs: &RuntimeDirs, pool_known: bool) -> Found {

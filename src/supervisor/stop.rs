@@ -56,30 +56,34 @@ impl PoolWorker {
         self.report_stopped(cause, pid, graceful).await;
     }
 
-    /// [`proof::prove`] for this pool's engine `pid`, with what the registry knows of it.
+    /// [`proof::prove`] for this pool's engine `pid`, with what the registry knows of it: the
+    /// pool's engine, or its second engine (a surge's new one, or the old one retiring) when
+    /// `pid` is the second's.
     pub(super) fn prove(&self, pid: u32) -> Result<(), String> {
         let published = self.shared.registry.load();
         let state = &published.state;
         let pool = state.pool(self.pool_id.as_str());
+        let second = pool
+            .and_then(|p| p.second.as_ref())
+            .filter(|second| second.pid() == Some(pid));
+        let (engine, process) = match second {
+            Some(second) => (Some(&second.engine), second.process.as_ref()),
+            None => (
+                pool.and_then(|p| p.engine.as_ref()),
+                pool.and_then(|p| p.process.as_ref()),
+            ),
+        };
+        let handoff_port = || {
+            let handoff = pool?.handoff.as_ref()?;
+            pool_core::handoff_url_host_port(&handoff.url)
+                .ok()
+                .map(|(_, port)| port)
+        };
         let claim = proof::Claim {
-            port: pool.and_then(|p| {
-                p.engine.as_ref().map(|e| e.port).or_else(|| {
-                    let handoff = p.handoff.as_ref()?;
-                    pool_core::handoff_url_host_port(&handoff.url)
-                        .ok()
-                        .map(|(_, port)| port)
-                })
-            }),
-            start_time: pool.and_then(|p| p.process.as_ref()).map(|p| p.start_time),
-            boot_id: pool
-                .and_then(|p| p.process.as_ref())
-                .and_then(|p| p.boot_id.clone()),
-            other_pools: state
-                .pools
-                .values()
-                .filter(|p| p.id != self.pool_id)
-                .filter_map(|p| p.process.as_ref().map(|process| process.pid))
-                .collect(),
+            port: engine.map(|e| e.port).or_else(handoff_port),
+            start_time: process.map(|p| p.start_time),
+            boot_id: process.and_then(|p| p.boot_id.clone()),
+            other_pools: proof::recorded_pids(state, Some((self.pool_id.as_str(), pid))),
         };
         proof::prove(pid, &claim)
     }

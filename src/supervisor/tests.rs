@@ -15,6 +15,9 @@ use crate::gpu::placement::SharedInventory;
 use crate::gpu::{simulated_gpus, FixtureInventory, GpuProcess};
 use crate::port::{GpuSummary, NodeInput, Published, Submission};
 
+mod lanes;
+mod stops;
+
 /// How long a test waits for a condition of the world (a report, an exit) before it fails.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -219,12 +222,22 @@ impl Drop for Reaper {
     }
 }
 
-/// Spawns `engine` on `worker` (token 7): its pid, from the `EngineSpawned` report, and its
-/// reaper.
+/// Spawns `engine` on `worker` (token 7, in the worker's lane): its pid, from the
+/// `EngineSpawned` report, and its reaper.
 async fn spawn(
     worker: &mut PoolWorker,
     reports: &mut mpsc::Receiver<NodeInput>,
     engine: PreparedEngine,
+) -> (u32, Reaper) {
+    spawn_as(worker, reports, engine, false).await
+}
+
+/// [`spawn`], a surge's new engine when `surge`.
+async fn spawn_as(
+    worker: &mut PoolWorker,
+    reports: &mut mpsc::Receiver<NodeInput>,
+    engine: PreparedEngine,
+    surge: bool,
 ) -> (u32, Reaper) {
     let pool_id = worker.pool_id.clone();
     let effect = Effect::Spawn {
@@ -232,8 +245,8 @@ async fn spawn(
         engine,
         attempt: 0,
         token: 7,
-        lane: Lane::A,
-        surge: false,
+        lane: worker.lane,
+        surge,
     };
     worker.run_effect(1, effect).await;
     let exited = worker.engine.as_ref().unwrap().exited.clone();
@@ -265,7 +278,8 @@ fn log_shows(path: &std::path::Path, line: &str) {
     }
 }
 
-/// The worker's effect `StopEngine` of `pid` with `grace_ms`, run to its end.
+/// The worker's effect `StopEngine` of `pid` with `grace_ms` (in the worker's lane), run to
+/// its end.
 async fn stop(worker: &mut PoolWorker, pid: u32, grace_ms: u64) {
     let pool_id = worker.pool_id.clone();
     let effect = Effect::StopEngine {
@@ -273,7 +287,7 @@ async fn stop(worker: &mut PoolWorker, pid: u32, grace_ms: u64) {
         pid,
         grace_ms,
         reason: StopReason::Requested,
-        lane: Lane::A,
+        lane: worker.lane,
     };
     worker.run_effect(2, effect).await;
 }
@@ -334,74 +348,6 @@ async fn a_pools_worker_ends_with_its_files_and_a_new_one_serves_the_same_id() {
     workers_become(&supervisor, 1).await;
 }
 
-/// Would catch: the exit watcher reporting the end of an engine that a stop under way reports
-/// itself (`EngineExited` besides `EngineStopped`: the core would take a stop it asked for for
-/// a crash), or a stop that does not wait for the exit it caused.
-#[tokio::test]
-async fn an_exit_during_a_stop_is_reported_once_by_the_stop_as_engine_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let tag = dir.path().display().to_string();
-    let engine = sh_engine("a", free_port(), "exec sleep 120", &tag);
-    let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
-    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
-    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
-    let mut exited = worker.engine.as_ref().unwrap().exited.clone();
-    // SIGTERM ends it at once: its exit watcher sees the exit while the stop waits for it.
-    stop(&mut worker, pid, 10_000).await;
-    match next_report(&mut reports).await {
-        Observation::EngineStopped {
-            pid: stopped,
-            graceful,
-            ..
-        } => assert!(
-            stopped == pid && graceful,
-            "pid {stopped}, graceful {graceful}"
-        ),
-        other => panic!("expected EngineStopped, got {other:?}"),
-    }
-    exit_watcher_ended(&mut exited).await;
-    assert_eq!(exited.borrow().and_then(|info| info.signal), Some(15));
-    no_more_reports(&mut reports);
-}
-
-/// Would catch: a stop that never escalates to SIGKILL (the engine lives on and its exit is
-/// never seen), one that calls such a stop graceful, or an exit reported twice. The grace
-/// period passes on paused time; the engine's death is then awaited in real time.
-#[tokio::test(start_paused = true)]
-async fn an_engine_deaf_to_sigterm_is_killed_after_its_grace_and_reported_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let tag = dir.path().display().to_string();
-    let script = "trap '' TERM; echo deaf; exec sleep 120";
-    let engine = sh_engine("a", free_port(), script, &tag);
-    let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
-    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
-    let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
-    let mut exited = worker.engine.as_ref().unwrap().exited.clone();
-    // Its trap must be set before the stop: a SIGTERM before it would end the shell.
-    log_shows(&worker.dirs().log_path("a"), "deaf");
-    let started = tokio::time::Instant::now();
-    stop(&mut worker, pid, 60_000).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(60_000),
-        "SIGKILL before the grace"
-    );
-    match next_report(&mut reports).await {
-        Observation::EngineStopped {
-            pid: stopped,
-            graceful,
-            ..
-        } => assert!(
-            stopped == pid && !graceful,
-            "pid {stopped}, graceful {graceful}"
-        ),
-        other => panic!("expected EngineStopped, got {other:?}"),
-    }
-    tokio::time::resume();
-    exit_watcher_ended(&mut exited).await;
-    assert_eq!(exited.borrow().and_then(|info| info.signal), Some(9));
-    no_more_reports(&mut reports);
-}
-
 /// A GPU fixture listing `pid` on GPU 0.
 fn fixture_listing(path: &std::path::Path, pid: u32) {
     let mut gpus = simulated_gpus(1);
@@ -429,7 +375,11 @@ async fn a_no_gpu_line_during_the_health_wait_is_reported_once_by_the_log_watche
     let check = PlacementCheck::new(inventory, 5_000);
     let (supervisor, mut reports) =
         supervisor_reporting(dir.path(), preloaded(&engine), Some(check));
-    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    let mut worker = PoolWorker::new(
+        supervisor.shared.clone(),
+        PoolId::new("a").unwrap(),
+        Lane::A,
+    );
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     fixture_listing(&fixture, pid);
     let pool_id = worker.pool_id.clone();
@@ -511,7 +461,11 @@ async fn a_worker_kills_a_leftover_before_the_first_spawn_of_its_life_only() {
     let mut leftover = session_leader(script, &tag);
     runs_command_line(leftover.id(), script, &tag);
     let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
-    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    let mut worker = PoolWorker::new(
+        supervisor.shared.clone(),
+        PoolId::new("a").unwrap(),
+        Lane::A,
+    );
     assert!(worker.leftover_possible);
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine.clone()).await;
     // Killed and awaited before the spawn.
@@ -569,7 +523,11 @@ async fn an_engine_listening_soon_after_its_spawn_is_found_healthy_before_the_in
     policy.health.preload_interval_ms = 60_000;
     let (supervisor, mut reports) =
         supervisor_with_policy(dir.path(), preloaded(&engine), None, policy);
-    let mut worker = PoolWorker::new(supervisor.shared.clone(), PoolId::new("a").unwrap());
+    let mut worker = PoolWorker::new(
+        supervisor.shared.clone(),
+        PoolId::new("a").unwrap(),
+        Lane::A,
+    );
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     let pool_id = worker.pool_id.clone();
     let wait = Effect::StartHealthWait {

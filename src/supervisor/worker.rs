@@ -1,12 +1,13 @@
-//! A pool's worker: takes the pool's effects in order and runs each one (files, timers,
-//! staging), handing starts, exits and stops to their rooms.
+//! A pool's worker in one [`Lane`]: takes the effects of that pool and lane in order and runs
+//! each one (files, timers, staging), handing starts, exits and stops to their rooms.
 //!
-//! Owns: the pool's engine watch, its health and probe tasks, its timers. Never: runs two
-//! effects of one pool at once.
+//! Owns: the lane's engine watch, its health and probe tasks, its files (pid file, log, cgroup
+//! leaf: [`Lane::suffix`]), and on lane A the pool's timers and staging. Never: runs two
+//! effects of one pool and lane at once, or touches another lane's files.
 
 use super::files::RuntimeDirs;
 use super::{files, lock_workers, own, verify_engine, Job, Owned, Shared, Workers};
-use pool_core::{Effect, Observation, PoolId, Timer};
+use pool_core::{Effect, Lane, Observation, PoolId, Timer};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use super::exit::Engine;
 pub(super) struct PoolWorker {
     pub(super) shared: Arc<Shared>,
     pub(super) pool_id: PoolId,
+    /// The lane whose files and engine this worker has (`Effect::lane`).
+    pub(super) lane: Lane,
     pub(super) engine: Option<Engine>,
     pub(super) health: Option<Owned>,
     pub(super) probe: Option<Owned>,
@@ -30,10 +33,11 @@ pub(super) struct PoolWorker {
 }
 
 impl PoolWorker {
-    pub(super) fn new(shared: Arc<Shared>, pool_id: PoolId) -> PoolWorker {
+    pub(super) fn new(shared: Arc<Shared>, pool_id: PoolId, lane: Lane) -> PoolWorker {
         PoolWorker {
             shared,
             pool_id,
+            lane,
             engine: None,
             health: None,
             probe: None,
@@ -44,9 +48,9 @@ impl PoolWorker {
         }
     }
 
-    /// Runs the pool's jobs in order. Once the pool's files are removed (its last effect) and
+    /// Runs the lane's jobs in order. Once the pool's files are removed (its last effect) and
     /// nothing else is queued, the worker leaves the map and ends; a later effect of the same
-    /// pool id starts a new one. The map's lock is held while the queue is found empty, so no
+    /// pool id and lane starts a new one. The map's lock is held while the queue is found empty, so no
     /// job can arrive between that check and the removal.
     pub(super) async fn run(
         mut self,
@@ -62,8 +66,9 @@ impl PoolWorker {
             }
             if last {
                 let mut map = lock_workers(&workers);
-                if rx.is_empty() && map.get(&self.pool_id).is_some_and(|w| w.number == number) {
-                    map.remove(&self.pool_id);
+                let key = (self.pool_id.clone(), self.lane);
+                if rx.is_empty() && map.get(&key).is_some_and(|w| w.number == number) {
+                    map.remove(&key);
                     return;
                 }
             }
@@ -72,6 +77,16 @@ impl PoolWorker {
 
     pub(super) fn dirs(&self) -> &RuntimeDirs {
         &self.shared.settings.dirs
+    }
+
+    /// The pid file of this worker's lane.
+    pub(super) fn pid_path(&self) -> PathBuf {
+        self.dirs().pid_path_in(self.pool_id.as_str(), self.lane)
+    }
+
+    /// The engine log of this worker's lane.
+    pub(super) fn log_path(&self) -> PathBuf {
+        self.dirs().log_path_in(self.pool_id.as_str(), self.lane)
     }
 
     pub(super) async fn run_effect(&mut self, cause: u64, effect: Effect) {
@@ -87,14 +102,15 @@ impl PoolWorker {
         {
             self.handoff_path = Some(PathBuf::from(path));
         }
-        tracing::debug!(pool_id = %self.pool_id, ?effect, cause, "effect");
+        tracing::debug!(pool_id = %self.pool_id, lane = ?self.lane, ?effect, cause, "effect");
         match effect {
             Effect::Spawn {
                 engine,
                 attempt,
                 token,
+                surge,
                 ..
-            } => self.spawn(cause, &engine, attempt, token).await,
+            } => self.spawn(cause, &engine, (attempt, token), surge).await,
             Effect::StartHealthWait {
                 pid,
                 token,
@@ -118,7 +134,7 @@ impl PoolWorker {
                 self.write_handoff(cause, pid, handoff).await
             }
             Effect::RemovePidFile { .. } => {
-                let path = self.dirs().pid_path(self.pool_id.as_str());
+                let path = self.pid_path();
                 if let Err(e) = files::remove_if_exists(&path) {
                     tracing::warn!(pool_id = %self.pool_id, "{e}");
                 }
@@ -178,16 +194,15 @@ impl PoolWorker {
         self.shared.report(cause, observation).await;
     }
 
-    /// The pool is gone: its probes, timers and staging stop; its pid file, our handoff file
-    /// and its cgroup leaf go.
+    /// The pool is gone: this lane's probes, timers and staging stop; its pid file, our
+    /// handoff file and its cgroup leaf go.
     pub(super) fn remove_pool_files(&mut self) {
         self.health = None;
         self.probe = None;
         self.timers.clear();
         self.staging = None;
         self.shared.registry.forget_heartbeat(self.pool_id.as_str());
-        let pid_path = self.dirs().pid_path(self.pool_id.as_str());
-        let mut paths = vec![pid_path];
+        let mut paths = vec![self.pid_path()];
         // Only a file in our engines folder: a handoff registered through the API
         // records the path "api", which is no file of ours.
         let engines = self.dirs().engines.clone();
@@ -198,7 +213,7 @@ impl PoolWorker {
             }
         }
         if let Some(cgroups) = &self.shared.settings.cgroups {
-            if let Err(e) = cgroups.remove(self.pool_id.as_str()) {
+            if let Err(e) = cgroups.remove(self.pool_id.as_str(), self.lane) {
                 tracing::warn!(pool_id = %self.pool_id, "the engine's cgroup stays: {e}; remove it once it is empty");
             }
         }
