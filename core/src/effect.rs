@@ -191,7 +191,7 @@ impl Effect {
     }
 
     /// The lane whose worker runs it: the engine's for effects about an engine, `A` for the
-    /// pool's timers, staging and files (`RemovePoolFiles` is for every lane: the shell gives
+    /// pool's timers, staging, handoff file and files (`RemovePoolFiles` is for every lane: the shell gives
     /// it to each lane's worker).
     pub fn lane(&self) -> Lane {
         match self {
@@ -313,6 +313,22 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
             }
         }
         Event::PoolReady { .. } => running_effects(pool, out),
+        Event::PreloadFailed { .. } | Event::ReloadFailed { pid: Some(_), .. } => {
+            failure_effects(pool, event, out)
+        }
+        Event::EngineExited { .. } | Event::EngineLost { .. } | Event::EngineStopped { .. } => {
+            out.push(Effect::RemovePidFile { pool_id, lane })
+        }
+        _ => {}
+    }
+}
+
+/// Effects of a failed start or reload: the kill of an engine still alive (its pid file goes
+/// with its `EngineStopped`), or the pid file's removal.
+fn failure_effects(pool: &Pool, event: &Event, out: &mut Vec<Effect>) {
+    let pool_id = pool.id.clone();
+    let lane = pool.lane;
+    match event {
         Event::PreloadFailed {
             pid, reason, cause, ..
         } => {
@@ -346,9 +362,6 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
                 },
                 lane,
             });
-        }
-        Event::EngineExited { .. } | Event::EngineLost { .. } | Event::EngineStopped { .. } => {
-            out.push(Effect::RemovePidFile { pool_id, lane })
         }
         _ => {}
     }

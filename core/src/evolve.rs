@@ -244,14 +244,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
                 pool.leases.insert(lease_id.clone());
             }
         }
-        Event::LeaseReleased { lease_id } => {
-            if !pool.leases.remove(lease_id) {
-                // A lease the old engine serves after a surge's switch.
-                if let Some(second) = pool.second.as_mut() {
-                    second.leases.remove(lease_id);
-                }
-            }
-        }
+        Event::LeaseReleased { lease_id } => on_lease_released(pool, lease_id),
         Event::HealthCheckFailed { consecutive } => pool.probe_failures = *consecutive,
         Event::EngineExited { .. } => return on_engine_exited(pool, event),
         Event::RestartScheduled { .. } => return on_restart_scheduled(pool, stamp, event),
@@ -264,14 +257,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         Event::CircuitClosed => close_breaker(pool),
         Event::CircuitReset { .. } => return on_circuit_reset(pool, event),
         Event::RestartStormDetected { .. } => return on_restart_storm_detected(pool, event),
-        Event::EngineAdopted { pid } => {
-            let second = pool.second.as_mut().and_then(|s| s.process.as_mut());
-            match (pool.process.as_mut(), second) {
-                (Some(process), _) if process.pid == *pid => process.adopted = true,
-                (_, Some(process)) if process.pid == *pid => process.adopted = true,
-                _ => return false,
-            }
-        }
+        Event::EngineAdopted { pid } => return on_engine_adopted(pool, *pid),
         Event::EngineLost { .. } => return on_engine_lost(pool, event),
         Event::DrainRequested { .. } => return on_drain_requested(pool, stamp, event),
         Event::DrainCompleted { .. } => {
@@ -316,6 +302,26 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         | Event::SecondStopRequested { .. }
         | Event::SecondEngineEnded { .. } => return crate::surge::apply_surge(pool, stamp, event),
         // Node events and PoolRemoved never reach here.
+        _ => return false,
+    }
+    true
+}
+
+fn on_lease_released(pool: &mut Pool, lease_id: &crate::ids::LeaseId) {
+    if !pool.leases.remove(lease_id) {
+        // A lease the old engine serves after a surge's switch.
+        if let Some(second) = pool.second.as_mut() {
+            second.leases.remove(lease_id);
+        }
+    }
+}
+
+/// The pool's engine, or its second engine, is confirmed alive after a daemon restart.
+fn on_engine_adopted(pool: &mut Pool, pid: u32) -> bool {
+    let second = pool.second.as_mut().and_then(|s| s.process.as_mut());
+    match (pool.process.as_mut(), second) {
+        (Some(process), _) if process.pid == pid => process.adopted = true,
+        (_, Some(process)) if process.pid == pid => process.adopted = true,
         _ => return false,
     }
     true

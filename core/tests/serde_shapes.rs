@@ -329,7 +329,7 @@ fn version_4_appends_the_engine_identity_fields_and_port_in_use() {
 /// byte `0` when absent), so `PreloadRequested`, which holds only the engine, ends with it.
 #[test]
 fn version_5_gives_the_prepared_engine_its_declared_progress_request() {
-    assert_eq!(EVENT_FORMAT_VERSION, 5);
+    assert!(EVENT_FORMAT_VERSION >= 5);
     let mut engine = support::engine("p1");
     engine.progress = None;
     let preload = |engine: &pool_core::PreparedEngine| Event::PreloadRequested {
@@ -465,5 +465,37 @@ fn the_stalled_reason_is_appended() {
     assert_eq!(
         serde_json::to_value(ExitReason::Stalled).unwrap(),
         "stalled"
+    );
+}
+
+/// Format version 6 appends the surge's events after `RestartHeld` (index 48), and the reload
+/// stage `Surging` after `RollingBack`: the indices bincode writes.
+#[test]
+fn version_6_appends_the_surge_events_and_stage() {
+    assert_eq!(EVENT_FORMAT_VERSION, 6);
+    let index = |event: &Event| {
+        u32::from_le_bytes(bincode::serialize(event).unwrap()[..4].try_into().unwrap())
+    };
+    assert_eq!(
+        index(&Event::RestartHeld {
+            gpu_uuid: "g".into()
+        }),
+        48
+    );
+    let chosen = Event::ReloadStrategyChosen {
+        strategy: ReloadStrategy::Surge,
+        reason: String::new(),
+        surge_port: None,
+    };
+    assert_eq!(index(&chosen), 49);
+    let ended = Event::SecondEngineEnded {
+        pid: 1,
+        how: SecondEnd::Lost,
+        leases_dropped: 0,
+    };
+    assert_eq!(index(&ended), 55);
+    assert_eq!(
+        bincode::serialize(&ReloadStage::Surging).unwrap(),
+        4u32.to_le_bytes()
     );
 }

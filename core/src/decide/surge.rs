@@ -439,7 +439,12 @@ fn switch(d: &mut Decision<'_, '_>, pool_id: &PoolId, pid: u32, path: &str) {
     if !pool.serving() {
         // Not reached while the old engine fails (that ends the surge first); kept so that a
         // surge can never switch to a pool that does not serve.
-        failed(d, pool_id, "the old engine stopped serving during the surge", false);
+        failed(
+            d,
+            pool_id,
+            "the old engine stopped serving during the surge",
+            false,
+        );
         return;
     }
     let old_pid = pool.pid();

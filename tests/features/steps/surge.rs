@@ -10,7 +10,9 @@ use serde_json::{json, Map, Value};
 use crate::live::Body;
 use crate::world::PoolWorld;
 
-#[given(expr = "a running daemon with a surge port on a node whose NVIDIA driver lists {int} GPU(s)")]
+#[given(
+    expr = "a running daemon with a surge port on a node whose NVIDIA driver lists {int} GPU(s)"
+)]
 async fn daemon_with_surge_port(world: &mut PoolWorld, gpus: u32) {
     let port = crate::engines::free_port();
     world.surge_port = Some(port);
