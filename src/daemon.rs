@@ -300,7 +300,7 @@ pub async fn stop_all(node: &NodeHandle, wait_ms: u64) {
         .state
         .pools
         .values()
-        .filter(|p| p.pid().is_some())
+        .filter(|p| p.pid().is_some() || p.second_pid().is_some())
         .map(|p| p.id.clone())
         .collect();
     for pool_id in pools {
@@ -322,7 +322,7 @@ pub async fn stop_all(node: &NodeHandle, wait_ms: u64) {
                 .state
                 .pools
                 .values()
-                .any(|p| p.pid().is_some());
+                .any(|p| p.pid().is_some() || p.second_pid().is_some());
             if !running || changes.changed().await.is_err() {
                 return;
             }

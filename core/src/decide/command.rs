@@ -286,7 +286,12 @@ fn on_stop(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), Rejection>
     let pool = d.pool(pool_id).ok_or_else(|| not_found(pool_id))?;
     match pool.activity {
         Activity::Starting { .. } if pool.process.is_none() => return Err(busy(pool)),
-        Activity::Stopping { .. } | Activity::Registered | Activity::Stopped => return Ok(()),
+        Activity::Stopping { .. } | Activity::Registered | Activity::Stopped => {
+            // The engine is stopped or stopping; an old engine finishing its leases after a
+            // surge is stopped with the pool.
+            super::surge::stop_any_second(d, pool_id);
+            return Ok(());
+        }
         _ => {}
     }
     cancel_reload(d, pool_id, "cancelled: the pool was stopped");
