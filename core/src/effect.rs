@@ -203,9 +203,9 @@ impl Effect {
             | Effect::StopEngine { lane, .. }
             | Effect::WriteHandoff { lane, .. }
             | Effect::RemovePidFile { lane, .. } => *lane,
-            Effect::RemovePoolFiles { .. } | Effect::ArmTimer { .. } | Effect::StageModel { .. } => {
-                Lane::A
-            }
+            Effect::RemovePoolFiles { .. }
+            | Effect::ArmTimer { .. }
+            | Effect::StageModel { .. } => Lane::A,
         }
     }
 }

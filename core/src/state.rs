@@ -236,7 +236,9 @@ pub struct Reload {
 /// shell's worker that spawns, watches and stops it. A pool's engine runs in its lane
 /// (`Pool::lane`, `A` until a surge switches); a surge's new engine starts in the other one,
 /// so the two never share a file, a leaf or a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Lane {
     /// The pool's original files (`<pool>.pid`, `<pool>.log`).

@@ -109,6 +109,9 @@ pub struct PoolStatus {
     pub vram_used_bytes: Option<u64>,
     /// Handoff file.
     pub handoff_path: Option<String>,
+    /// The address new leases are served at (`http://host:port`): the engine's, or the
+    /// handed-off one; after a surge's switch, the new engine's.
+    pub url: Option<String>,
     /// Seq of the last event that touched the pool.
     pub last_seq: u64,
 }
@@ -166,6 +169,7 @@ pub fn project(pool: &Pool) -> PoolStatus {
         breaker: pool.supervision.breaker.state,
         vram_used_bytes: pool.vram_used_bytes,
         handoff_path: pool.handoff_path.clone(),
+        url: pool.url(),
         last_seq: pool.last_seq,
     }
 }

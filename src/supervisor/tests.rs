@@ -296,14 +296,20 @@ async fn a_pools_worker_ends_with_its_files_and_a_new_one_serves_the_same_id() {
     let supervisor = supervisor(dir.path());
     let a = PoolId::new("a").unwrap();
     let b = PoolId::new("b").unwrap();
-    supervisor.dispatch(1, Effect::RemovePidFile {
+    supervisor.dispatch(
+        1,
+        Effect::RemovePidFile {
             pool_id: a.clone(),
             lane: Lane::A,
-        });
-    supervisor.dispatch(2, Effect::RemovePidFile {
+        },
+    );
+    supervisor.dispatch(
+        2,
+        Effect::RemovePidFile {
             pool_id: b.clone(),
             lane: Lane::A,
-        });
+        },
+    );
     assert_eq!(supervisor.workers(), 2);
     supervisor.dispatch(3, Effect::RemovePoolFiles { pool_id: a.clone() });
     workers_become(&supervisor, 1).await;
@@ -314,10 +320,14 @@ async fn a_pools_worker_ends_with_its_files_and_a_new_one_serves_the_same_id() {
     let done: Done = Box::new(move || {
         let _ = done.send(());
     });
-    supervisor.dispatch_then(4, Effect::RemovePidFile {
+    supervisor.dispatch_then(
+        4,
+        Effect::RemovePidFile {
             pool_id: a,
             lane: Lane::A,
-        }, vec![done]);
+        },
+        vec![done],
+    );
     ran.await.unwrap();
     assert!(!pid_file.exists());
     supervisor.dispatch(5, Effect::RemovePoolFiles { pool_id: b });

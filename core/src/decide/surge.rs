@@ -70,7 +70,9 @@ fn fits_beside(
     ask: &Ask<'_>,
     port: u16,
 ) -> Result<(), Rejection> {
-    let next = engine.with_model(model_key(ask.new_model_ref)).with_port(port);
+    let next = engine
+        .with_model(model_key(ask.new_model_ref))
+        .with_port(port);
     let devices = placement::devices(&pool.id, &next, d.node().inventory())?;
     if let Some(gpu_uuid) = d.node().quarantined_gpu(next.device_mask.as_deref()) {
         return Err(Rejection::GpuQuarantined {
@@ -85,7 +87,9 @@ fn fits_beside(
 pub(super) fn start(d: &mut Decision<'_, '_>, pool_id: &PoolId, path: &str) {
     let Some(pool) = d.pool(pool_id) else { return };
     let Some(reload) = &pool.reload else { return };
-    let Some(port) = reload.surge_port else { return };
+    let Some(port) = reload.surge_port else {
+        return;
+    };
     let engine = reload.old_engine.with_model(path).with_port(port);
     if let Some(gpu_uuid) = d.node().quarantined_gpu(engine.device_mask.as_deref()) {
         let why = format!("GPU {gpu_uuid} is quarantined; the new engine is not started");
@@ -170,9 +174,10 @@ pub(super) fn stop_any_second(d: &mut Decision<'_, '_>, pool_id: &PoolId) {
 
 /// After a lease was returned: the old engine of a switch whose last lease it was stops.
 pub(super) fn after_release(d: &mut Decision<'_, '_>, pool_id: &PoolId) {
-    let drained = d.pool(pool_id).and_then(|p| p.second.as_ref()).is_some_and(|s| {
-        s.role == SecondRole::Retiring && !s.stopping && s.leases.is_empty()
-    });
+    let drained = d
+        .pool(pool_id)
+        .and_then(|p| p.second.as_ref())
+        .is_some_and(|s| s.role == SecondRole::Retiring && !s.stopping && s.leases.is_empty());
     if drained {
         stop_second(d, pool_id, SecondStop::Drained);
     }
@@ -265,7 +270,9 @@ fn spawned(d: &mut Decision<'_, '_>, observation: &Observation) -> bool {
         return false;
     };
     let cancelled = second.cancelled;
-    let deadline = d.now().saturating_add(d.ctx.policy.health.preload_timeout_ms);
+    let deadline = d
+        .now()
+        .saturating_add(d.ctx.policy.health.preload_timeout_ms);
     d.push(
         Some(pool_id),
         Event::SurgeSpawned {
@@ -342,7 +349,12 @@ fn observe_engine(d: &mut Decision<'_, '_>, observation: &Observation) -> bool {
                 return false;
             }
             if starting(d, pool_id, *pid) {
-                failed(d, pool_id, &format!("writing the handoff file failed: {reason}"), false);
+                failed(
+                    d,
+                    pool_id,
+                    &format!("writing the handoff file failed: {reason}"),
+                    false,
+                );
             }
             true
         }
@@ -353,7 +365,12 @@ fn observe_engine(d: &mut Decision<'_, '_>, observation: &Observation) -> bool {
                 return false;
             }
             if starting(d, pool_id, *pid) {
-                failed(d, pool_id, &format!("engine log: {}", tail(line.trim(), 512)), false);
+                failed(
+                    d,
+                    pool_id,
+                    &format!("engine log: {}", tail(line.trim(), 512)),
+                    false,
+                );
             }
             true
         }
@@ -413,7 +430,9 @@ fn switch(d: &mut Decision<'_, '_>, pool_id: &PoolId, pid: u32, path: &str) {
     let policy = d.ctx.policy;
     let Some(pool) = d.pool(pool_id) else { return };
     let ready = pool.second.as_ref().is_some_and(|s| s.health_passed);
-    let Some(reload) = pool.reload.clone() else { return };
+    let Some(reload) = pool.reload.clone() else {
+        return;
+    };
     if !starting(d, pool_id, pid) || !ready || !pool.serving() {
         return;
     }
@@ -467,7 +486,13 @@ fn observe_end(d: &mut Decision<'_, '_>, observation: &Observation) -> bool {
                 }
             };
             let text = exit_text(*exit_code, *signal, *reason, detail);
-            ended(d, pool_id, *pid, how, &format!("the new engine exited: {text}"));
+            ended(
+                d,
+                pool_id,
+                *pid,
+                how,
+                &format!("the new engine exited: {text}"),
+            );
             true
         }
         Observation::EngineStopped {
@@ -498,9 +523,12 @@ fn observe_end(d: &mut Decision<'_, '_>, observation: &Observation) -> bool {
             timer: crate::effect::Timer::RetireDeadline,
             token,
         } => {
-            let due = d.pool(pool_id).and_then(|p| p.second.as_ref()).is_some_and(|s| {
-                s.role == SecondRole::Retiring && s.token == *token && !s.stopping
-            });
+            let due = d
+                .pool(pool_id)
+                .and_then(|p| p.second.as_ref())
+                .is_some_and(|s| {
+                    s.role == SecondRole::Retiring && s.token == *token && !s.stopping
+                });
             if due {
                 stop_second(d, pool_id, SecondStop::DrainDeadline);
             }

@@ -45,7 +45,9 @@ pub(crate) fn surge_effects(pool: &Pool, seq: u64, event: &Event, out: &mut Vec<
                 retire_deadline(pool, second, out);
             }
         }
-        Event::SecondStopRequested { pid, grace_ms, why, .. } => match (pid, second) {
+        Event::SecondStopRequested {
+            pid, grace_ms, why, ..
+        } => match (pid, second) {
             (Some(pid), Some(_)) => out.push(Effect::StopEngine {
                 pool_id,
                 pid: *pid,
