@@ -754,6 +754,9 @@ fn reload_cmd(model: &str) -> Input {
         new_model_ref: model.into(),
         digest: None,
         drain_deadline_ms: Some(30_000),
+        strategy: pool_core::ReloadStrategyAsked::DrainFirst,
+        surge_port: None,
+        placement: Default::default(),
     })
 }
 
@@ -781,6 +784,9 @@ fn reload_rejections() {
             new_model_ref: "/m/b".into(),
             digest: Some("md5:x".into()),
             drain_deadline_ms: None,
+            strategy: pool_core::ReloadStrategyAsked::DrainFirst,
+            surge_port: None,
+            placement: Default::default(),
         }))
         .then_rejected("INVALID_REQUEST");
 }

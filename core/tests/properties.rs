@@ -914,6 +914,7 @@ fn scripted_drive_reaches_reload_staging() {
             "HealthCheckPassed",
             "PoolReady",
             "ReloadRequested",
+            "ReloadStrategyChosen",
             "ModelStaged",
             "DrainRequested",
             "EngineStopRequested"

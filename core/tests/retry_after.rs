@@ -32,6 +32,9 @@ fn reload(pool: &str) -> Input {
         new_model_ref: "/models/b.gguf".into(),
         digest: None,
         drain_deadline_ms: None,
+        strategy: pool_core::ReloadStrategyAsked::DrainFirst,
+        surge_port: None,
+        placement: Default::default(),
     })
 }
 
@@ -159,6 +162,9 @@ fn an_unready_pool_with_no_restart_scheduled_says_no_time() {
             new_model_ref: "x".repeat(5_000),
             digest: None,
             drain_deadline_ms: None,
+            strategy: pool_core::ReloadStrategyAsked::DrainFirst,
+            surge_port: None,
+            placement: Default::default(),
         }))
         .then_rejected("INVALID_REQUEST");
     assert_eq!(retry_after(&r), None);

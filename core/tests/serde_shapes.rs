@@ -329,7 +329,7 @@ fn version_4_appends_the_engine_identity_fields_and_port_in_use() {
 /// byte `0` when absent), so `PreloadRequested`, which holds only the engine, ends with it.
 #[test]
 fn version_5_gives_the_prepared_engine_its_declared_progress_request() {
-    assert_eq!(EVENT_FORMAT_VERSION, 5);
+    assert!(EVENT_FORMAT_VERSION >= 5);
     let mut engine = support::engine("p1");
     engine.progress = None;
     let preload = |engine: &pool_core::PreparedEngine| Event::PreloadRequested {
@@ -376,6 +376,7 @@ fn pool_status_json_has_the_spec_fields_in_order() {
         "breaker",
         "vram_used_bytes",
         "handoff_path",
+        "url",
         "last_seq",
     ];
     let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
@@ -391,6 +392,7 @@ fn pool_status_json_has_the_spec_fields_in_order() {
     assert_eq!(value["phase"], "ready");
     assert_eq!(value["breaker"], "closed");
     assert_eq!(value["pool_id"], "p1");
+    assert_eq!(value["url"], "http://127.0.0.1:8081", "{json}");
 }
 
 #[test]

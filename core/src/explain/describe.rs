@@ -18,6 +18,7 @@ pub(super) fn pool_step(before: Option<&Pool>, event: &Event) -> Option<String> 
         .or_else(|| supervision_step(event))
         .or_else(|| operation_step(before, event))
         .or_else(|| placement_step(event))
+        .or_else(|| super::surge::surge_step(before, event))
 }
 
 /// The step of a node event that bears on pools, or `None`.
@@ -278,6 +279,8 @@ fn operation_step(before: Option<&Pool>, event: &Event) -> Option<String> {
             cut(reason),
             if *rolling_back {
                 "; rolling back to the old model"
+            } else if *stage == ReloadStage::Surging {
+                "; the old engine never stopped and serves on"
             } else {
                 "; the reload is over (refused)"
             }
