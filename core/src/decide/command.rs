@@ -127,7 +127,12 @@ fn on_release_lease(d: &mut Decision<'_, '_>, command: &Command) -> Result<(), R
         return Ok(());
     };
     let pool = d.pool(pool_id).ok_or_else(|| not_found(pool_id))?;
-    if !pool.leases.contains(lease_id) {
+    // A lease the old engine still serves after a surge's switch is returned like any other.
+    let on_old = pool
+        .second
+        .as_ref()
+        .is_some_and(|s| s.leases.contains(lease_id));
+    if !pool.leases.contains(lease_id) && !on_old {
         return Err(Rejection::LeaseNotFound {
             pool_id: pool_id.to_string(),
             lease_id: lease_id.to_string(),

@@ -270,6 +270,19 @@ fn operation_step(before: Option<&Pool>, event: &Event) -> Option<String> {
         ),
         Event::ReloadFailed {
             reason,
+            stage: ReloadStage::Surging,
+            ..
+        } => format!(
+            "reload failed while starting the new engine beside the old one: {}{}",
+            cut(reason),
+            if reason.contains("serves on") {
+                ""
+            } else {
+                "; the old engine never stopped and serves on"
+            }
+        ),
+        Event::ReloadFailed {
+            reason,
             stage,
             rolling_back,
             ..
@@ -279,8 +292,6 @@ fn operation_step(before: Option<&Pool>, event: &Event) -> Option<String> {
             cut(reason),
             if *rolling_back {
                 "; rolling back to the old model"
-            } else if *stage == ReloadStage::Surging {
-                "; the old engine never stopped and serves on"
             } else {
                 "; the reload is over (refused)"
             }

@@ -98,7 +98,7 @@ fn ended(before: Option<&Pool>, pid: u32, how: &SecondEnd, leases: u32) -> Strin
             format!("{role} (pid {pid}) stopped on SIGTERM{dropped}")
         }
         SecondEnd::Stopped { graceful: false } => {
-            format!("{role} (pid {pid}) killed (SIGKILL) after the grace period{dropped}")
+            format!("{role} (pid {pid}) killed (SIGKILL){dropped}")
         }
         SecondEnd::Exited { reason, detail, .. } => format!(
             "{role} (pid {pid}) exited by itself ({}): {}{dropped}",
@@ -130,6 +130,10 @@ pub(super) fn retiring_next(pool: &Pool) -> Option<Next> {
         return Some(next(None, format!("wait for {engine} to exit")));
     }
     let leases = second.active_leases();
+    if leases == 0 {
+        let text = format!("stop {engine}: no lease from before the switch is left");
+        return Some(next(None, text));
+    }
     Some(match second.deadline_at_ms {
         Some(deadline) => next(
             Some(deadline),

@@ -924,7 +924,7 @@ fn a_failed_surge_says_the_old_engine_serves_on() {
     let chain: Vec<&str> = e.chain.iter().map(|s| s.text.as_str()).collect();
     for words in [
         "reload failed while starting the new engine beside the old one",
-        "the old engine never stopped and serves on",
+        "the old one serves on: exit code 1",
         "stopping the surge's new engine (pid 200)",
         "the surge's new engine (pid 200) killed (SIGKILL)",
     ] {
