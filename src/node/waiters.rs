@@ -324,3 +324,53 @@ fn surge_failed(pool_id: &str, reason: &str) -> String {
         format!("pool '{pool_id}': {reason}; the old engine never stopped and serves on")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_core::{ReloadStage, ReloadStrategy};
+
+    #[test]
+    fn a_failed_surge_is_answered_rolled_back_and_names_the_old_engine() {
+        let failed = Event::ReloadFailed {
+            reason: "spawn failed: no such file".into(),
+            stage: ReloadStage::Surging,
+            rolling_back: false,
+            pid: None,
+        };
+        let ReloadStep::Done(Err(NodeError::ReloadFailed {
+            reason,
+            rolled_back,
+        })) = reload_step("p1", &failed, None)
+        else {
+            panic!("a failed surge ends the wait with RELOAD_FAILED");
+        };
+        assert!(rolled_back);
+        assert!(reason.contains("pool 'p1'"), "{reason}");
+        assert!(
+            reason.contains("the old engine never stopped and serves on"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn the_chosen_strategy_is_read_from_its_event() {
+        let chosen = Event::ReloadStrategyChosen {
+            strategy: ReloadStrategy::Surge,
+            reason: "fits".into(),
+            surge_port: Some(9301),
+        };
+        assert_eq!(
+            chosen_of(&chosen),
+            Some(ChosenStrategy {
+                strategy: ReloadStrategy::Surge,
+                reason: "fits".into(),
+            })
+        );
+        assert!(matches!(
+            reload_step("p1", &chosen, None),
+            ReloadStep::Wait(None)
+        ));
+        assert_eq!(chosen_of(&Event::PoolRemoved), None);
+    }
+}
