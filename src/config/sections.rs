@@ -471,7 +471,7 @@ pub struct ReloadSettings {
 
 impl ReloadSettings {
     /// The range of `surge_ports`; `None` when it is empty (or invalid, which
-    /// [`ReloadSettings::validate`] refuses at start).
+    /// the configuration refuses at start).
     pub fn surge_range(&self) -> Option<std::ops::RangeInclusive<u16>> {
         parse_port_range(&self.surge_ports).ok().flatten()
     }
