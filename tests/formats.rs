@@ -45,7 +45,8 @@ use std::process::Command as Process;
 
 use pool_core::{
     Command, Event, ExitReason, GpuInfo, Handoff, HandoffModel, MigDeviceInfo, Observation,
-    PlacementInputs, Policy, PoolId, StormPolicy, TensorSplit, Timer, EVENT_FORMAT_VERSION,
+    PlacementInputs, Policy, PoolId, ReloadStrategyAsked, StormPolicy, TensorSplit, Timer,
+    EVENT_FORMAT_VERSION,
 };
 use pool_journal::{Draft, EventSchema, JournalConfig, SledStore, Store};
 use pool_managerd::projection::{replay, ReplayLimit};
@@ -127,6 +128,16 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
         "GpuUnquarantined",
         "RestartHeld",
     ];
+    /// Appended by version 6 (besides the reload stage `Surging`): reload without a gap.
+    const V6_NEW: [&str; 7] = [
+        "ReloadStrategyChosen",
+        "SurgeStartRequested",
+        "SurgeSpawned",
+        "SurgeHealthPassed",
+        "SurgeSwitched",
+        "SecondStopRequested",
+        "SecondEngineEnded",
+    ];
     match version {
         1 => V1.into_iter().collect(),
         2 => V1.into_iter().chain(V2_NEW).collect(),
@@ -138,6 +149,13 @@ fn kinds_of_version(version: u8) -> BTreeSet<&'static str> {
             .chain(V2_NEW)
             .chain(V3_NEW)
             .chain(V4_NEW)
+            .collect(),
+        6 => V1
+            .into_iter()
+            .chain(V2_NEW)
+            .chain(V3_NEW)
+            .chain(V4_NEW)
+            .chain(V6_NEW)
             .collect(),
         other => panic!(
             "kinds_of_version({other}): list the kinds of format version {other} here \
@@ -603,6 +621,29 @@ fn all_event_kinds() -> Result<Scripted, ScriptError> {
         gpu_uuid: gpus()[1].uuid.clone(),
         by: "ops:jun".into(),
     })?;
+
+    // kappa: ready with a lease, reloaded without a gap (format version 6): the new engine
+    // starts beside the old one on a surge port, answers healthy, new leases switch to it,
+    // and the old one stops once the lease it held is returned.
+    let kappa = "kappa";
+    s.preload(
+        kappa,
+        sample_engine(kappa, 8110, "/models/kappa.gguf", Some(2)),
+    )?;
+    s.spawn_engine(kappa)?;
+    s.pass_health(kappa, 2_000, None)?;
+    s.acquire_lease(kappa, "lease-kappa")?;
+    s.reload_with(
+        kappa,
+        "/models/kappa-v2.gguf",
+        ReloadStrategyAsked::Surge,
+        Some(9310),
+    )?;
+    s.stage_model(kappa, "/models/kappa-v2.gguf")?;
+    s.spawn_engine(kappa)?;
+    s.pass_health(kappa, 2_500, None)?;
+    s.release_lease(kappa, "lease-kappa")?;
+    s.finish_stop(kappa, true)?;
     Ok(s)
 }
 
