@@ -335,22 +335,24 @@ fn start_effects(pool: &Pool, pool_id: &PoolId, seq: u64, event: &Event, out: &m
             pid: Some(pid),
             reason,
             ..
-        } => {
-            // The pid file goes with its `EngineStopped`.
-            out.push(Effect::StopEngine {
-                pool_id,
-                pid: *pid,
-                grace_ms: 0,
-                reason: StopReason::ReloadFailed {
-                    detail: reason.clone(),
-                },
-                lane,
-            });
-        }
+        } => out.push(kill_after_failed_reload(pool_id, *pid, reason, lane)),
         Event::EngineExited { .. } | Event::EngineLost { .. } | Event::EngineStopped { .. } => {
             out.push(Effect::RemovePidFile { pool_id, lane })
         }
         _ => {}
+    }
+}
+
+/// Kills the new engine of a reload that failed (its pid file goes with its `EngineStopped`).
+fn kill_after_failed_reload(pool_id: PoolId, pid: u32, reason: &str, lane: Lane) -> Effect {
+    Effect::StopEngine {
+        pool_id,
+        pid,
+        grace_ms: 0,
+        reason: StopReason::ReloadFailed {
+            detail: reason.to_string(),
+        },
+        lane,
     }
 }
 

@@ -12,7 +12,7 @@ use crate::event::{
     StopReason,
 };
 use crate::gpu::{is_hardware_xid, GPU_FAULTS_MAX, MIG_DEVICES_MAX};
-use crate::ids::PoolId;
+use crate::ids::{LeaseId, PoolId};
 use crate::policy::RESTART_WINDOW_CAP;
 use crate::state::{
     Activity, Breaker, Drain, EngineProcess, Node, Pool, Quarantine, Reload, RestartMark,
@@ -244,14 +244,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
                 pool.leases.insert(lease_id.clone());
             }
         }
-        Event::LeaseReleased { lease_id } => {
-            if !pool.leases.remove(lease_id) {
-                // A lease the old engine serves after a surge's switch.
-                if let Some(second) = pool.second.as_mut() {
-                    second.leases.remove(lease_id);
-                }
-            }
-        }
+        Event::LeaseReleased { lease_id } => on_lease_released(pool, lease_id),
         Event::HealthCheckFailed { consecutive } => pool.probe_failures = *consecutive,
         Event::EngineExited { .. } => return on_engine_exited(pool, event),
         Event::RestartScheduled { .. } => return on_restart_scheduled(pool, stamp, event),
@@ -264,14 +257,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         Event::CircuitClosed => close_breaker(pool),
         Event::CircuitReset { .. } => return on_circuit_reset(pool, event),
         Event::RestartStormDetected { .. } => return on_restart_storm_detected(pool, event),
-        Event::EngineAdopted { pid } => {
-            let second = pool.second.as_mut().and_then(|s| s.process.as_mut());
-            match (pool.process.as_mut(), second) {
-                (Some(process), _) if process.pid == *pid => process.adopted = true,
-                (_, Some(process)) if process.pid == *pid => process.adopted = true,
-                _ => return false,
-            }
-        }
+        Event::EngineAdopted { pid } => return on_engine_adopted(pool, *pid),
         Event::EngineLost { .. } => return on_engine_lost(pool, event),
         Event::DrainRequested { .. } => return on_drain_requested(pool, stamp, event),
         Event::DrainCompleted { .. } => {
@@ -301,13 +287,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         }
         Event::BackoffReset { .. } => return on_backoff_reset(pool, event),
         Event::VramUsageObserved { used_bytes, .. } => pool.vram_used_bytes = Some(*used_bytes),
-        Event::RestartHeld { gpu_uuid } => {
-            if pool.process.is_none() {
-                pool.activity = Activity::Failed;
-            }
-            pool.backoff_reset_at_ms = None;
-            pool.last_error = Some(restart_held_message(gpu_uuid));
-        }
+        Event::RestartHeld { gpu_uuid } => on_restart_held(pool, gpu_uuid),
         Event::ReloadStrategyChosen { .. }
         | Event::SurgeStartRequested { .. }
         | Event::SurgeSpawned { .. }
@@ -319,6 +299,34 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         _ => return false,
     }
     true
+}
+
+fn on_lease_released(pool: &mut Pool, lease_id: &LeaseId) {
+    if !pool.leases.remove(lease_id) {
+        // A lease the old engine serves after a surge's switch.
+        if let Some(second) = pool.second.as_mut() {
+            second.leases.remove(lease_id);
+        }
+    }
+}
+
+/// The pool's engine, or its second engine, was found alive and ours after a restart.
+fn on_engine_adopted(pool: &mut Pool, pid: u32) -> bool {
+    let second = pool.second.as_mut().and_then(|s| s.process.as_mut());
+    match (pool.process.as_mut(), second) {
+        (Some(process), _) if process.pid == pid => process.adopted = true,
+        (_, Some(process)) if process.pid == pid => process.adopted = true,
+        _ => return false,
+    }
+    true
+}
+
+fn on_restart_held(pool: &mut Pool, gpu_uuid: &str) {
+    if pool.process.is_none() {
+        pool.activity = Activity::Failed;
+    }
+    pool.backoff_reset_at_ms = None;
+    pool.last_error = Some(restart_held_message(gpu_uuid));
 }
 
 fn on_preload_requested(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
