@@ -126,6 +126,8 @@ pub struct PoolStatus {
     /// The address new leases are served at (`http://host:port`): the engine's, or the
     /// handed-off one; after a surge's switch, the new engine's.
     pub url: Option<String>,
+    /// After a surge's switch, the old engine still finishing the leases it held.
+    pub retiring: Option<RetiringEngine>,
     /// Seq of the last event that touched the pool.
     pub last_seq: u64,
 }
@@ -155,6 +157,7 @@ impl From<pool_core::PoolStatus> for PoolStatus {
             vram_used_bytes,
             handoff_path,
             url,
+            retiring,
             last_seq,
         } = status;
         PoolStatus {
@@ -180,7 +183,34 @@ impl From<pool_core::PoolStatus> for PoolStatus {
             vram_used_bytes,
             handoff_path,
             url,
+            retiring: retiring.map(RetiringEngine::from),
             last_seq,
+        }
+    }
+}
+
+/// The old engine of a surge's switch, finishing the leases it held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RetiringEngine {
+    /// Its pid.
+    pub pid: u32,
+    /// Leases it still serves.
+    pub leases: u32,
+    /// When it is stopped even with leases held (ms since the Unix epoch).
+    pub deadline_at_ms: Option<u64>,
+}
+
+impl From<pool_core::RetiringEngine> for RetiringEngine {
+    fn from(engine: pool_core::RetiringEngine) -> RetiringEngine {
+        let pool_core::RetiringEngine {
+            pid,
+            leases,
+            deadline_at_ms,
+        } = engine;
+        RetiringEngine {
+            pid,
+            leases,
+            deadline_at_ms,
         }
     }
 }

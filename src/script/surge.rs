@@ -32,3 +32,32 @@ impl Scripted {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::cpu_engine;
+
+    #[test]
+    fn a_surge_switches_and_shows_the_old_engine_retiring_until_its_lease_returns() {
+        let mut s = Scripted::new(1_772_791_200_000, 5);
+        s.preload("p", cpu_engine("p", 8090, "/m/a.gguf", Some(2)))
+            .unwrap();
+        let old = s.spawn_engine("p").unwrap();
+        s.pass_health("p", 1_000, None).unwrap();
+        s.acquire_lease("p", "lease-1").unwrap();
+        s.reload_with("p", "/m/b.gguf", ReloadStrategyAsked::Auto, Some(9301))
+            .unwrap();
+        s.stage_model("p", "/m/b.gguf").unwrap();
+        let new = s.spawn_engine("p").unwrap();
+        s.pass_health("p", 1_000, None).unwrap();
+        let status = s.state().status("p").unwrap();
+        assert_eq!(status.pid, Some(new));
+        assert_eq!(status.url.as_deref(), Some("http://127.0.0.1:9301"));
+        let retiring = status.retiring.expect("the old engine retires");
+        assert_eq!((retiring.pid, retiring.leases), (old, 1));
+        s.release_lease("p", "lease-1").unwrap();
+        s.finish_stop("p", true).unwrap();
+        assert_eq!(s.state().status("p").unwrap().retiring, None);
+    }
+}

@@ -50,6 +50,11 @@ fn sample_status() -> pool_core::PoolStatus {
         vram_used_bytes: Some(1 << 30),
         handoff_path: None,
         url: Some("http://127.0.0.1:9301".into()),
+        retiring: Some(pool_core::RetiringEngine {
+            pid: 41,
+            leases: 1,
+            deadline_at_ms: Some(8),
+        }),
         last_seq: 9,
     }
 }
