@@ -386,6 +386,7 @@ fn node_settings(
         cgroups: engine_cgroups(config)?,
         logs_gid,
         retention_hold: retention_hold_of(config),
+        surge_ports: config.reload.surge_range(),
     })
 }
 

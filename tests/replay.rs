@@ -26,7 +26,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use pool_core::{
-    Event, ExitReason, GpuInfo, Observation, Phase, PoolId, PoolStatus, Rejection, Timer,
+    Event, ExitReason, GpuInfo, Observation, Phase, PoolId, PoolStatus, Rejection,
+    ReloadStrategyAsked, Timer,
 };
 use pool_journal::{Draft, JournalConfig};
 use pool_managerd::projection::{explain_pool, replay, ReplayLimit, Replayed};
@@ -53,6 +54,8 @@ const SCENARIOS: &[Scenario] = &[
     ("crash-loop", crash_loop),
     ("drain-with-leases", drain_with_leases),
     ("reloads", reloads),
+    ("surge-ok", surge_ok),
+    ("surge-failed", surge_failed),
     ("storm-and-trial", storm_and_trial),
     ("quarantine-held", quarantine_held),
     ("hang-adoption-loss", hang_adoption_loss),
@@ -263,6 +266,67 @@ fn drain_with_leases() -> Result<Scripted, ScriptError> {
     s.finish_stop("chat-a", true)?;
     s.fire_timer("chat-b", Timer::DrainDeadline)?;
     s.finish_stop("chat-b", false)?;
+    Ok(s)
+}
+
+/// A ready pool holding a lease reloads without a gap (`auto`, a surge port free): the new
+/// engine starts beside the old one on port 9301, answers healthy, and new leases switch to
+/// it; the old engine finishes the lease it held, then stops, drained. Ends ready on the new
+/// model, one engine.
+fn surge_ok() -> Result<Scripted, ScriptError> {
+    let pool = "chat-s";
+    let mut s = surge_pool(pool)?;
+    s.reload_with(
+        pool,
+        "/models/qwen2.5-7b-q5.gguf",
+        ReloadStrategyAsked::Auto,
+        Some(9301),
+    )?;
+    s.advance(900);
+    s.stage_model(pool, "/models/qwen2.5-7b-q5.gguf")?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 7_100, None)?;
+    s.advance(45_000);
+    s.release_lease(pool, "lease-5e21")?;
+    s.finish_stop(pool, true)?;
+    Ok(s)
+}
+
+/// A surge asked for by name whose new engine never answers healthy: the reload fails while
+/// surging, the new engine is killed, and the old one, never stopped, serves on. Ends ready on
+/// the old model, its lease still held.
+fn surge_failed() -> Result<Scripted, ScriptError> {
+    let pool = "chat-s";
+    let mut s = surge_pool(pool)?;
+    s.reload_with(
+        pool,
+        "/models/qwen2.5-14b-q4.gguf",
+        ReloadStrategyAsked::Surge,
+        Some(9301),
+    )?;
+    s.advance(1_100);
+    s.stage_model(pool, "/models/qwen2.5-14b-q4.gguf")?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.time_out_health(pool)?;
+    s.finish_stop(pool, false)?;
+    Ok(s)
+}
+
+/// A ready CPU pool on port 8086 holding one lease (the surges' start).
+fn surge_pool(pool: &str) -> Result<Scripted, ScriptError> {
+    let mut s = Scripted::new(THURSDAY_10AM_MS, 23);
+    s.preload(
+        pool,
+        cpu_engine(pool, 8086, "/models/qwen2.5-7b-q4.gguf", Some(2)),
+    )?;
+    s.advance(20);
+    s.spawn_engine(pool)?;
+    s.pass_health(pool, 6_000, None)?;
+    s.advance(30_000);
+    s.acquire_lease(pool, "lease-5e21")?;
+    s.advance(30_000);
     Ok(s)
 }
 

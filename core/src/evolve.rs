@@ -12,7 +12,7 @@ use crate::event::{
     StopReason,
 };
 use crate::gpu::{is_hardware_xid, GPU_FAULTS_MAX, MIG_DEVICES_MAX};
-use crate::ids::PoolId;
+use crate::ids::{LeaseId, PoolId};
 use crate::policy::RESTART_WINDOW_CAP;
 use crate::state::{
     Activity, Breaker, Drain, EngineProcess, Node, Pool, Quarantine, Reload, RestartMark,
@@ -287,13 +287,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
         }
         Event::BackoffReset { .. } => return on_backoff_reset(pool, event),
         Event::VramUsageObserved { used_bytes, .. } => pool.vram_used_bytes = Some(*used_bytes),
-        Event::RestartHeld { gpu_uuid } => {
-            if pool.process.is_none() {
-                pool.activity = Activity::Failed;
-            }
-            pool.backoff_reset_at_ms = None;
-            pool.last_error = Some(restart_held_message(gpu_uuid));
-        }
+        Event::RestartHeld { gpu_uuid } => on_restart_held(pool, gpu_uuid),
         Event::ReloadStrategyChosen { .. }
         | Event::SurgeStartRequested { .. }
         | Event::SurgeSpawned { .. }
@@ -307,7 +301,7 @@ fn apply_pool(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {
     true
 }
 
-fn on_lease_released(pool: &mut Pool, lease_id: &crate::ids::LeaseId) {
+fn on_lease_released(pool: &mut Pool, lease_id: &LeaseId) {
     if !pool.leases.remove(lease_id) {
         // A lease the old engine serves after a surge's switch.
         if let Some(second) = pool.second.as_mut() {
@@ -316,7 +310,7 @@ fn on_lease_released(pool: &mut Pool, lease_id: &crate::ids::LeaseId) {
     }
 }
 
-/// The pool's engine, or its second engine, is confirmed alive after a daemon restart.
+/// The pool's engine, or its second engine, was found alive and ours after a restart.
 fn on_engine_adopted(pool: &mut Pool, pid: u32) -> bool {
     let second = pool.second.as_mut().and_then(|s| s.process.as_mut());
     match (pool.process.as_mut(), second) {
@@ -325,6 +319,14 @@ fn on_engine_adopted(pool: &mut Pool, pid: u32) -> bool {
         _ => return false,
     }
     true
+}
+
+fn on_restart_held(pool: &mut Pool, gpu_uuid: &str) {
+    if pool.process.is_none() {
+        pool.activity = Activity::Failed;
+    }
+    pool.backoff_reset_at_ms = None;
+    pool.last_error = Some(restart_held_message(gpu_uuid));
 }
 
 fn on_preload_requested(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> bool {

@@ -83,4 +83,4 @@ pub use rejection::Rejection;
 pub use state::{
     Activity, Lane, Pool, Quarantine, Second, SecondRole, State, STATE_SNAPSHOT_VERSION,
 };
-pub use status::{BreakerState, Phase, PoolStatus};
+pub use status::{BreakerState, Phase, PoolStatus, RetiringEngine};

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::PoolId;
-use crate::state::{Activity, Pool};
+use crate::state::{Activity, Pool, SecondRole};
 
 /// The public phase of a pool (SPEC section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,8 +109,37 @@ pub struct PoolStatus {
     pub vram_used_bytes: Option<u64>,
     /// Handoff file.
     pub handoff_path: Option<String>,
+    /// The address new leases are served at (`http://host:port`): the engine's, or the
+    /// handed-off one; after a surge's switch, the new engine's.
+    pub url: Option<String>,
+    /// After a surge's switch, the old engine still finishing the leases it held.
+    pub retiring: Option<RetiringEngine>,
     /// Seq of the last event that touched the pool.
     pub last_seq: u64,
+}
+
+/// The old engine of a surge's switch, finishing the leases it held (`PoolStatus::retiring`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiringEngine {
+    /// Its pid.
+    pub pid: u32,
+    /// Leases it still serves.
+    pub leases: u32,
+    /// When it is stopped even with leases held.
+    pub deadline_at_ms: Option<u64>,
+}
+
+/// The retiring engine of `pool`, while one runs.
+fn retiring(pool: &Pool) -> Option<RetiringEngine> {
+    let second = pool
+        .second
+        .as_ref()
+        .filter(|s| s.role == SecondRole::Retiring)?;
+    Some(RetiringEngine {
+        pid: second.pid()?,
+        leases: second.active_leases(),
+        deadline_at_ms: second.deadline_at_ms,
+    })
 }
 
 /// The public phase of `pool`.
@@ -166,6 +195,8 @@ pub fn project(pool: &Pool) -> PoolStatus {
         breaker: pool.supervision.breaker.state,
         vram_used_bytes: pool.vram_used_bytes,
         handoff_path: pool.handoff_path.clone(),
+        url: pool.url(),
+        retiring: retiring(pool),
         last_seq: pool.last_seq,
     }
 }

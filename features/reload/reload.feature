@@ -7,7 +7,9 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
   fails, it is killed, the old model starts again, and the answer is RELOAD_FAILED with
   rolled_back true once it serves. A reload to the model already served changes nothing. The
   drain of a reload has its own deadline (drain_deadline_ms): leases still held then are cut
-  short, as in any drain, and the reload goes on.
+  short, as in any drain, and the reload goes on. This is the strategy drain_first; auto (the
+  default) takes it too when no port of [reload] surge_ports is free, and the answer says which
+  strategy was used and why.
 
   Background:
     Given a running daemon on a node whose NVIDIA driver lists 1 GPU
@@ -19,8 +21,9 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
   Scenario: The orchestrator's reload answers once the new model serves, from a new engine
     When pool "p1" is reloaded to the model "b.gguf"
     Then the answer is 200
-    And the answer has exactly the fields "pool_id, engine_version, model_ref, duration_ms, noop"
+    And the answer has exactly the fields "pool_id, engine_version, model_ref, duration_ms, noop, strategy, strategy_reason, url"
     And the answer's "noop" is false
+    And the answer's "strategy" is "drain_first"
     And the answer's "pool_id" is "p1"
     And the answer's "engine_version" is "b0-engine-sim"
     And the answer's duration is the time from the pool "p1"'s reload request to its success, at least 200 ms
@@ -30,6 +33,20 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     And pool "p1" serves the model "b.gguf"
     And pool "p1" shows "device_mask" "GPU0"
     And the events of pool "p1" include, in this order, "ReloadRequested, ModelStaged, DrainCompleted, ReloadSucceeded"
+
+  Scenario: Without [reload] surge_ports, auto drains first and says why; surge is refused
+    When pool "p1" is reloaded to the model "b.gguf" with the strategy "surge"
+    Then the answer is 400 with code "INVALID_REQUEST"
+    And the answer's "error" mentions "[reload] surge_ports"
+    And the noted engine of pool "p1" is still running
+    When pool "p1" is reloaded to the model "b.gguf" with the strategy "fast"
+    Then the answer is 400 with code "INVALID_REQUEST"
+    And the answer's "error" mentions "strategy"
+    When pool "p1" is reloaded to the model "b.gguf" with the strategy "auto"
+    Then the answer is 200
+    And the answer's "strategy" is "drain_first"
+    And the answer's "strategy_reason" mentions "[reload] surge_ports"
+    And the events of pool "p1" include, in this order, "ReloadRequested, ReloadStrategyChosen, ModelStaged, DrainCompleted, ReloadSucceeded"
 
   Scenario: A reload to a file URI with the right digest
     When pool "p1" is reloaded to the model "b.gguf" as a file URI with its true digest

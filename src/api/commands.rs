@@ -298,9 +298,13 @@ pub(super) struct ReloadBody {
     /// Its expected digest (`sha256:<hex>`), checked while staging.
     #[serde(default)]
     digest: Option<String>,
-    /// The drain before the switch.
+    /// The drain before the switch (`drain_first`), or the old engine's drain after it
+    /// (`surge`).
     #[serde(default)]
     drain_deadline_ms: Option<u64>,
+    /// How to replace the engine (default `auto`).
+    #[serde(default)]
+    strategy: dto::ReloadStrategyAsked,
 }
 
 /// `POST /v2/pools/{id}/reload`: the new model serves.
@@ -317,11 +321,19 @@ pub(super) struct ReloadDone {
     duration_ms: u64,
     /// The model was already served: nothing was done.
     noop: bool,
+    /// How the engine was replaced (absent for a no-op).
+    strategy: Option<dto::ReloadStrategy>,
+    /// Why that strategy, in words (absent for a no-op).
+    strategy_reason: Option<String>,
+    /// Where new leases are served now.
+    url: Option<String>,
 }
 
 /// `POST /v2/pools/{id}/reload`: waits until the new model serves (200), the staging failed
 /// (`MODEL_NOT_FOUND`, the running engine untouched), or the reload failed after staging
-/// (`RELOAD_FAILED` with `rolled_back`).
+/// (`RELOAD_FAILED` with `rolled_back`; a failed surge is rolled back: the old engine never
+/// stopped). `strategy` `surge` without a free port of `[reload] surge_ports`, or with a new
+/// engine that does not fit beside the old one, is refused.
 #[utoipa::path(
     post,
     path = "/v2/pools/{id}/reload",
@@ -331,13 +343,13 @@ pub(super) struct ReloadDone {
     request_body = ReloadBody,
     responses(
         (status = 200, description = "The new model serves", body = ReloadDone),
-        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or body", body = ApiErrorBody),
+        (status = 400, description = "`INVALID_REQUEST`: a bad pool id or body (an unknown `strategy`), or `strategy` `surge` with no free port of `[reload] surge_ports`", body = ApiErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ApiErrorBody),
         (status = 404, description = "`POOL_NOT_FOUND`", body = ApiErrorBody),
         (status = 409, description = "`POOL_BUSY`, `POOL_DRAINING`", body = ApiErrorBody),
         (status = 413, description = "`INVALID_REQUEST`: the body is over 1 MiB", body = ApiErrorBody),
         (status = 422, description = "`MODEL_NOT_FOUND`: staging failed; the running engine is untouched", body = ApiErrorBody),
-        (status = 500, description = "`RELOAD_FAILED` (with `rolled_back`), `SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`; `INTERNAL` (journal failure)", body = ApiErrorBody),
+        (status = 500, description = "`RELOAD_FAILED` (with `rolled_back`; `true` after a failed surge: the old engine never stopped), `SPAWN_FAILED`, `HEALTH_TIMEOUT`, `ENGINE_EXITED`; `INTERNAL` (journal failure)", body = ApiErrorBody),
         (status = 503, description = "`POOL_UNREADY` (with `Retry-After` while the pool is in backoff), `CIRCUIT_OPEN` (with `Retry-After`), `GPU_REQUIRED`, `INSUFFICIENT_VRAM`; `JOURNAL_UNAVAILABLE` (the journal cannot take writes: nothing was recorded); `INTERNAL` (shutting down)", body = ApiErrorBody, headers(("Retry-After" = u64, description = "With `CIRCUIT_OPEN`: whole seconds (rounded up, at least 1) until the breaker half-opens; with `POOL_UNREADY` while the pool is in backoff: until its restart is due"))),
         (status = 504, description = "`INTERNAL`: the wait gave up (the reload goes on)", body = ApiErrorBody),
     )
@@ -354,14 +366,22 @@ pub(super) async fn reload(
             body.new_model_ref,
             body.digest,
             body.drain_deadline_ms,
+            body.strategy.into(),
         )
         .await?;
+    let (strategy, strategy_reason) = outcome
+        .chosen
+        .map(|c| (c.strategy.into(), c.reason))
+        .unzip();
     Ok(Json(ReloadDone {
         pool_id,
         engine_version: outcome.status.engine_version,
         model_ref: outcome.status.model_ref,
         duration_ms: outcome.duration_ms,
         noop: outcome.noop,
+        strategy,
+        strategy_reason,
+        url: outcome.status.url,
     })
     .into_response())
 }

@@ -123,6 +123,11 @@ pub struct PoolStatus {
     pub vram_used_bytes: Option<u64>,
     /// Handoff file.
     pub handoff_path: Option<String>,
+    /// The address new leases are served at (`http://host:port`): the engine's, or the
+    /// handed-off one; after a surge's switch, the new engine's.
+    pub url: Option<String>,
+    /// After a surge's switch, the old engine still finishing the leases it held.
+    pub retiring: Option<RetiringEngine>,
     /// Seq of the last event that touched the pool.
     pub last_seq: u64,
 }
@@ -151,6 +156,8 @@ impl From<pool_core::PoolStatus> for PoolStatus {
             breaker,
             vram_used_bytes,
             handoff_path,
+            url,
+            retiring,
             last_seq,
         } = status;
         PoolStatus {
@@ -175,7 +182,80 @@ impl From<pool_core::PoolStatus> for PoolStatus {
             breaker: breaker.into(),
             vram_used_bytes,
             handoff_path,
+            url,
+            retiring: retiring.map(RetiringEngine::from),
             last_seq,
+        }
+    }
+}
+
+/// The old engine of a surge's switch, finishing the leases it held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RetiringEngine {
+    /// Its pid.
+    pub pid: u32,
+    /// Leases it still serves.
+    pub leases: u32,
+    /// When it is stopped even with leases held (ms since the Unix epoch).
+    pub deadline_at_ms: Option<u64>,
+}
+
+impl From<pool_core::RetiringEngine> for RetiringEngine {
+    fn from(engine: pool_core::RetiringEngine) -> RetiringEngine {
+        let pool_core::RetiringEngine {
+            pid,
+            leases,
+            deadline_at_ms,
+        } = engine;
+        RetiringEngine {
+            pid,
+            leases,
+            deadline_at_ms,
+        }
+    }
+}
+
+/// How a reload replaces the engine (`strategy` of `POST /v2/pools/{id}/reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadStrategyAsked {
+    /// `surge` when a port of `[reload] surge_ports` is free and the new engine fits beside
+    /// the old one (the VRAM and RAM placement of a preload); `drain_first` otherwise.
+    #[default]
+    Auto,
+    /// Drain the old engine, stop it, start the new one: no engine serves in between.
+    DrainFirst,
+    /// Start the new engine beside the old one, switch to it once healthy, then drain and
+    /// stop the old one; refused (`INVALID_REQUEST`) when it cannot be done.
+    Surge,
+}
+
+impl From<ReloadStrategyAsked> for pool_core::ReloadStrategyAsked {
+    fn from(asked: ReloadStrategyAsked) -> pool_core::ReloadStrategyAsked {
+        use pool_core::ReloadStrategyAsked as Core;
+        match asked {
+            ReloadStrategyAsked::Auto => Core::Auto,
+            ReloadStrategyAsked::DrainFirst => Core::DrainFirst,
+            ReloadStrategyAsked::Surge => Core::Surge,
+        }
+    }
+}
+
+/// How a reload replaced the engine (its answer's `strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadStrategy {
+    /// Drained, stopped, started.
+    DrainFirst,
+    /// Started beside the old one, then switched.
+    Surge,
+}
+
+impl From<pool_core::ReloadStrategy> for ReloadStrategy {
+    fn from(strategy: pool_core::ReloadStrategy) -> ReloadStrategy {
+        match strategy {
+            pool_core::ReloadStrategy::DrainFirst => ReloadStrategy::DrainFirst,
+            pool_core::ReloadStrategy::Surge => ReloadStrategy::Surge,
         }
     }
 }

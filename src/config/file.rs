@@ -5,8 +5,8 @@
 
 use super::{
     default_journal_dir, ApiConfig, ClusterSettings, ConfigError, EnginesSettings, GpuSettings,
-    JournalSettings, Origin, UnknownKey, ADDR_FORM, CONFIG_FILE_BYTES_MAX, DEFAULT_RUNTIME_DIR,
-    ENV_API_TOKEN, PIDS_MAX_MAX, SUGGEST_KEY_CHARS_MAX,
+    JournalSettings, Origin, ReloadSettings, UnknownKey, ADDR_FORM, CONFIG_FILE_BYTES_MAX,
+    DEFAULT_RUNTIME_DIR, ENV_API_TOKEN, PIDS_MAX_MAX, SUGGEST_KEY_CHARS_MAX,
 };
 use pool_core::{BackoffPolicy, BreakerPolicy, HealthPolicy, Policy, StopPolicy, StormPolicy};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,7 @@ pub(super) struct FileConfig {
     pub(super) engines: EnginesSettings,
     pub(super) api: ApiConfig,
     pub(super) cluster: ClusterSettings,
+    pub(super) reload: ReloadSettings,
 }
 
 impl Default for FileConfig {
@@ -63,6 +64,7 @@ impl Default for FileConfig {
             engines: EnginesSettings::default(),
             cluster: ClusterSettings::default(),
             api: ApiConfig::default(),
+            reload: ReloadSettings::default(),
         }
     }
 }
@@ -311,6 +313,7 @@ pub(super) fn value_hint(key: &str) -> String {
         "gpu.allow_sharing" => "give true or false",
         "engines.cgroup" => "give \"auto\", \"required\" or \"off\"",
         "engines.logs_group" => "give a group name, or \"\" for none",
+        "reload.surge_ports" => "give \"START-END\" (inclusive), or \"\" for none",
         _ => "fix it",
     };
     match default {
@@ -362,6 +365,7 @@ pub(super) fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result
         file.api.validate(),
         file.journal.validate(),
         file.cluster.validate(),
+        file.reload.validate(),
         validate_paths(file),
         validate_names(file),
     ] {

@@ -161,6 +161,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[cluster]`.
     pub cluster: ClusterSettings,
+    /// `[reload]`.
+    pub reload: ReloadSettings,
 }
 
 impl Default for Config {
@@ -192,6 +194,7 @@ impl fmt::Debug for Config {
             .field("engines", &self.engines)
             .field("cluster", &self.cluster)
             .field("api", &self.api)
+            .field("reload", &self.reload)
             .finish()
     }
 }
@@ -340,6 +343,7 @@ impl Config {
             engines: self.engines.clone(),
             cluster: self.cluster.clone(),
             api: self.api.clone(),
+            reload: self.reload.clone(),
         };
         let body = toml::to_string(&file)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n"));
@@ -379,6 +383,7 @@ impl Config {
             engines: file.engines,
             cluster: file.cluster,
             api: file.api,
+            reload: file.reload,
         }
     }
 }

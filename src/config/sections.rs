@@ -1,4 +1,5 @@
-//! The tables of the configuration that are ours (`[api]`, `[engines]`, `[gpu]`, `[journal]`):
+//! The tables of the configuration that are ours (`[api]`, `[engines]`, `[gpu]`, `[journal]`,
+//! `[cluster]`, `[reload]`):
 //! their shapes, defaults and bounds, each validated on its own.
 //!
 //! Never: reads a file or the environment (the layering does).
@@ -456,4 +457,52 @@ impl ClusterSettings {
         }
         Ok(())
     }
+}
+
+/// `[reload]`: how a reload may start the new engine beside the old one (a surge).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSettings {
+    /// The ports a surge's new engine may listen on, `"START-END"` (inclusive, both > 0,
+    /// START <= END); `""` (the default): none, so `auto` reloads drain first and `surge` is
+    /// refused.
+    pub surge_ports: String,
+}
+
+impl ReloadSettings {
+    /// The range of `surge_ports`; `None` when it is empty (or invalid, which
+    /// the configuration refuses at start).
+    pub fn surge_range(&self) -> Option<std::ops::RangeInclusive<u16>> {
+        parse_port_range(&self.surge_ports).ok().flatten()
+    }
+
+    /// `Err((key, message))` for a value that is no port range.
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        parse_port_range(&self.surge_ports)
+            .map(|_| ())
+            .map_err(|message| ("reload.surge_ports", message))
+    }
+}
+
+/// `"START-END"` as an inclusive range (`""`: none); `Err` says what is wrong.
+fn parse_port_range(text: &str) -> Result<Option<std::ops::RangeInclusive<u16>>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let port = |part: &str| match part.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!(
+            "{text:?}: {part:?} is not a port (1..=65535); give \"START-END\" such as \
+             \"9300-9309\""
+        )),
+        Ok(port) => Ok(port),
+    };
+    let (start, end) = text.split_once('-').ok_or_else(|| {
+        format!("{text:?} is not a range; give \"START-END\" such as \"9300-9309\"")
+    })?;
+    let (start, end) = (port(start)?, port(end)?);
+    if start > end {
+        return Err(format!("{text:?}: START {start} is above END {end}"));
+    }
+    Ok(Some(start..=end))
 }

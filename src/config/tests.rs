@@ -152,3 +152,30 @@ fn edit_distance_is_levenshtein() {
     assert!(is_near("preload_intervall_ms", "preload_interval_ms"));
     assert!(!is_near("bogus", "grace_ms"));
 }
+
+#[test]
+fn surge_ports_are_a_range_or_nothing() {
+    let settings = |text: &str| ReloadSettings {
+        surge_ports: text.to_string(),
+    };
+    assert_eq!(settings("").surge_range(), None);
+    assert_eq!(settings("9300-9309").surge_range(), Some(9300..=9309));
+    assert_eq!(settings("9300-9300").surge_range(), Some(9300..=9300));
+    for bad in ["9309-9300", "0-10", "9300", "a-b", "9300-70000"] {
+        let (key, message) = settings(bad).validate().unwrap_err();
+        assert_eq!(key, "reload.surge_ports");
+        assert!(message.contains(bad), "{message}");
+    }
+    let file = parse_file_text(
+        Path::new("c.toml"),
+        "[reload]\nsurge_ports = \"9400-9401\"\n",
+    )
+    .unwrap();
+    assert_eq!(file.reload.surge_range(), Some(9400..=9401));
+    let wrong = FileConfig {
+        reload: settings("2-1"),
+        ..FileConfig::default()
+    };
+    let error = validate_file_config(&wrong, &Origin::File("c.toml".into())).unwrap_err();
+    assert!(error.to_string().contains("reload.surge_ports"), "{error}");
+}

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::{
-    Command, Effect, Input, LeaseId, Policy, PoolId, PreparedEngine, Rejection, State,
+    Command, Effect, Input, LeaseId, PlacementInputs, Policy, PoolId, PreparedEngine, Rejection,
+    ReloadStrategyAsked, State,
 };
 use rand::Rng as _;
 use tokio::sync::oneshot;
@@ -153,32 +154,37 @@ impl NodeHandle {
         Ok((lease_id, committed.state))
     }
 
-    /// Reloads `pool_id` onto `new_model_ref`: answers once the new engine is ready, or the
-    /// reload failed (rolled back or not), bounded by the drain deadline, the health timeout
-    /// (twice: the new engine, then the old one again) and a margin.
+    /// Reloads `pool_id` onto `new_model_ref` with `strategy`: answers once the new engine is
+    /// ready, or the reload failed (rolled back or not), bounded by the drain deadline, the
+    /// health timeout (twice: the new engine, then the old one again) and a margin. Unless
+    /// `drain_first` was asked, a port of `[reload] surge_ports` and the new engine's placement
+    /// inputs are found first, off the actor, for the core's choice.
     pub async fn reload(
         &self,
         pool_id: PoolId,
         new_model_ref: String,
         digest: Option<String>,
         drain_deadline_ms: Option<u64>,
+        strategy: ReloadStrategyAsked,
     ) -> Result<ReloadOutcome, NodeError> {
         let (reply, outcome) = oneshot::channel();
         let drain_ms =
             drain_deadline_ms.unwrap_or(pool_core::policy::DEFAULT_RELOAD_DRAIN_DEADLINE_MS);
+        let (surge_port, placement) = self.surge_inputs(&pool_id, &new_model_ref, strategy).await;
         self.send(
             Input::Command(Command::Reload {
                 pool_id: pool_id.clone(),
                 new_model_ref,
                 digest,
                 drain_deadline_ms,
-                strategy: pool_core::ReloadStrategyAsked::Auto,
-                surge_port: None,
-                placement: pool_core::PlacementInputs::default(),
+                strategy,
+                surge_port,
+                placement,
             }),
             Some(Waiter::Reload {
                 reply,
                 failed: None,
+                chosen: None,
             }),
         )
         .await?;
@@ -194,6 +200,28 @@ impl NodeHandle {
                 "pool '{pool_id}': the reload has not ended after {limit_ms} ms; it goes on, see GET /v2/pools/{pool_id}"
             ))),
         }
+    }
+
+    /// What a reload's strategy choice needs from the world: a free port of `[reload]
+    /// surge_ports` and the placement inputs of the pool's engine on the new model (nothing
+    /// for `drain_first`, or for a pool with no engine recorded: the core answers that).
+    async fn surge_inputs(
+        &self,
+        pool_id: &PoolId,
+        new_model_ref: &str,
+        strategy: ReloadStrategyAsked,
+    ) -> (Option<u16>, PlacementInputs) {
+        if strategy == ReloadStrategyAsked::DrainFirst {
+            return (None, PlacementInputs::default());
+        }
+        let state = self.registry().load().state.clone();
+        let Some(engine) = state.pool(pool_id.as_str()).and_then(|p| p.engine.clone()) else {
+            return (None, PlacementInputs::default());
+        };
+        let next = engine.with_model(model_path_of(new_model_ref));
+        let placement = placement::inputs(&next, self.allow_gpu_sharing).await;
+        let port = super::surge_port::pick(self.surge_ports.clone(), &state).await;
+        (port, placement)
     }
 
     /// Stops and forgets `pool_id`; answers once it is gone (bounded by the stop grace plus a
@@ -350,4 +378,12 @@ pub(super) fn new_lease_id() -> LeaseId {
 pub(super) fn unreachable_lease() -> LeaseId {
     // `lease-<hex>` is always valid; keep a total function without panicking.
     LeaseId::new("lease-0").expect("constant lease id is valid")
+}
+
+/// The model path of a reference, as the core reads it: `file://` or `file:` stripped.
+fn model_path_of(model_ref: &str) -> &str {
+    model_ref
+        .strip_prefix("file://")
+        .or_else(|| model_ref.strip_prefix("file:"))
+        .unwrap_or(model_ref)
 }

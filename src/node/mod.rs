@@ -28,6 +28,7 @@ mod handle;
 mod log;
 mod placement;
 mod start;
+mod surge_port;
 #[cfg(test)]
 mod tests;
 mod waiters;
@@ -126,6 +127,8 @@ pub struct NodeSettings {
     /// What retention keeps for the cluster publisher (the events NATS has not acknowledged,
     /// up to `[cluster] unpublished_bytes_max`); `None` without `[cluster] nats_url`.
     pub retention_hold: Option<pool_journal::RetentionHold>,
+    /// `[reload] surge_ports`: the ports a surge's new engine may listen on; `None`: no surge.
+    pub surge_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 /// Why the node could not start; the message names the directory or what was being recorded.
@@ -182,6 +185,8 @@ pub struct NodeHandle {
     clock: SharedClock,
     policy: Arc<Policy>,
     allow_gpu_sharing: bool,
+    /// `[reload] surge_ports` (see [`surge_port`]).
+    surge_ports: Option<std::ops::RangeInclusive<u16>>,
     /// How long a start may wait after its health passed for the proof that the engine is on
     /// its GPUs (`[gpu] placement_timeout_ms` with `require_gpu`, else 0): added to the
     /// preload and reload waits.
@@ -233,6 +238,7 @@ impl Node {
             clock: settings.clock.clone(),
             policy: Arc::new(settings.policy.clone()),
             allow_gpu_sharing: settings.allow_gpu_sharing,
+            surge_ports: settings.surge_ports.clone(),
             placement_wait_ms: settings
                 .placement_check
                 .as_ref()

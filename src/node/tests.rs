@@ -40,6 +40,7 @@ fn settings(dir: &std::path::Path, clock: &ManualClock) -> NodeSettings {
         cgroups: None,
         logs_gid: None,
         retention_hold: None,
+        surge_ports: None,
     }
 }
 

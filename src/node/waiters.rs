@@ -11,7 +11,7 @@ use crate::schema::PoolEnvelope;
 
 use super::actor::Actor;
 use super::WAITERS_PER_POOL_MAX;
-use crate::port::{NodeError, PreloadOutcome, ReloadOutcome};
+use crate::port::{ChosenStrategy, NodeError, PreloadOutcome, ReloadOutcome};
 
 impl Actor {
     pub(super) fn register_waiter(&mut self, pool_id: &PoolId, waiter: Waiter, no_op: bool) {
@@ -45,6 +45,7 @@ impl Actor {
                             status,
                             duration_ms: 0,
                             noop: true,
+                            chosen: None,
                         })
                         .ok_or_else(|| {
                             NodeError::Rejected(Rejection::PoolNotFound {
@@ -142,21 +143,21 @@ impl Actor {
                 }
                 // Answered once the pool's files are gone too (see `process`).
                 Waiter::Removed { reply } => kept.push(Waiter::Removed { reply }),
-                Waiter::Reload { reply, failed } => {
+                Waiter::Reload {
+                    reply,
+                    failed,
+                    chosen,
+                } => {
+                    let chosen = chosen.or_else(|| chosen_of(&envelope.event));
                     match reload_step(pool_id, &envelope.event, failed) {
-                        ReloadStep::Wait(failed) => kept.push(Waiter::Reload { reply, failed }),
+                        ReloadStep::Wait(failed) => kept.push(Waiter::Reload {
+                            reply,
+                            failed,
+                            chosen,
+                        }),
                         ReloadStep::Done(result) => {
                             let result = result.and_then(|duration_ms| {
-                                pool.map(|p| ReloadOutcome {
-                                    status: p.status(),
-                                    duration_ms,
-                                    noop: false,
-                                })
-                                .ok_or_else(|| {
-                                    NodeError::Rejected(Rejection::PoolNotFound {
-                                        pool_id: pool_id.to_string(),
-                                    })
-                                })
+                                reload_done(pool, pool_id, duration_ms, chosen)
                             });
                             let _ = reply.send(result);
                         }
@@ -169,6 +170,39 @@ impl Actor {
         } else if let Some(list) = self.waiters.get_mut(pool_id) {
             *list = kept;
         }
+    }
+}
+
+/// The answer of a reload that ended with the new model serving.
+fn reload_done(
+    pool: Option<&pool_core::Pool>,
+    pool_id: &str,
+    duration_ms: u64,
+    chosen: Option<ChosenStrategy>,
+) -> Result<ReloadOutcome, NodeError> {
+    let pool = pool.ok_or_else(|| {
+        NodeError::Rejected(Rejection::PoolNotFound {
+            pool_id: pool_id.to_string(),
+        })
+    })?;
+    Ok(ReloadOutcome {
+        status: pool.status(),
+        duration_ms,
+        noop: false,
+        chosen,
+    })
+}
+
+/// The strategy a reload took, when `event` records it.
+fn chosen_of(event: &Event) -> Option<ChosenStrategy> {
+    match event {
+        Event::ReloadStrategyChosen {
+            strategy, reason, ..
+        } => Some(ChosenStrategy {
+            strategy: *strategy,
+            reason: reason.clone(),
+        }),
+        _ => None,
     }
 }
 
@@ -246,6 +280,14 @@ pub(super) fn reload_step(pool_id: &str, event: &Event, failed: Option<String>) 
         })),
         Event::ReloadFailed {
             reason,
+            stage: pool_core::ReloadStage::Surging,
+            ..
+        } => ReloadStep::Done(Err(NodeError::ReloadFailed {
+            reason: surge_failed(pool_id, reason),
+            rolled_back: true,
+        })),
+        Event::ReloadFailed {
+            reason,
             rolling_back: true,
             ..
         } => ReloadStep::Wait(Some(reason.clone())),
@@ -271,5 +313,64 @@ pub(super) fn reload_step(pool_id: &str, event: &Event, failed: Option<String>) 
             },
         ))),
         _ => ReloadStep::Wait(failed),
+    }
+}
+
+/// The reason of a surge that failed: the old engine never stopped, the pool stayed ready.
+fn surge_failed(pool_id: &str, reason: &str) -> String {
+    if reason.contains("serves on") {
+        format!("pool '{pool_id}': {reason}")
+    } else {
+        format!("pool '{pool_id}': {reason}; the old engine never stopped and serves on")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_core::{ReloadStage, ReloadStrategy};
+
+    #[test]
+    fn a_failed_surge_is_answered_rolled_back_and_names_the_old_engine() {
+        let failed = Event::ReloadFailed {
+            reason: "spawn failed: no such file".into(),
+            stage: ReloadStage::Surging,
+            rolling_back: false,
+            pid: None,
+        };
+        let ReloadStep::Done(Err(NodeError::ReloadFailed {
+            reason,
+            rolled_back,
+        })) = reload_step("p1", &failed, None)
+        else {
+            panic!("a failed surge ends the wait with RELOAD_FAILED");
+        };
+        assert!(rolled_back);
+        assert!(reason.contains("pool 'p1'"), "{reason}");
+        assert!(
+            reason.contains("the old engine never stopped and serves on"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn the_chosen_strategy_is_read_from_its_event() {
+        let chosen = Event::ReloadStrategyChosen {
+            strategy: ReloadStrategy::Surge,
+            reason: "fits".into(),
+            surge_port: Some(9301),
+        };
+        assert_eq!(
+            chosen_of(&chosen),
+            Some(ChosenStrategy {
+                strategy: ReloadStrategy::Surge,
+                reason: "fits".into(),
+            })
+        );
+        assert!(matches!(
+            reload_step("p1", &chosen, None),
+            ReloadStep::Wait(None)
+        ));
+        assert_eq!(chosen_of(&Event::PoolRemoved), None);
     }
 }

@@ -14,7 +14,8 @@ pub mod registry;
 
 pub use handoff::{HandoffCheck, HandoffRefused};
 pub use protocol::{
-    Committed, Inbox, JournalReport, NodeError, PreloadOutcome, ReloadOutcome, Reporter,
+    ChosenStrategy, Committed, Inbox, JournalReport, NodeError, PreloadOutcome, ReloadOutcome,
+    Reporter,
 };
 pub(crate) use protocol::{NodeInput, Submission, Waiter};
 pub use registry::{GpuSummary, JournalView, Published, Registry};

@@ -139,6 +139,8 @@ pub(crate) enum Waiter {
         /// The reload failed after staging and the old engine is starting again: answer
         /// once it is ready (or the rollback fails too).
         failed: Option<String>,
+        /// The strategy the core chose (`ReloadStrategyChosen`), once seen.
+        chosen: Option<ChosenStrategy>,
     },
 }
 
@@ -151,6 +153,17 @@ pub struct ReloadOutcome {
     pub duration_ms: u64,
     /// The pool already served that model: nothing was done.
     pub noop: bool,
+    /// How the engine was replaced, and why (`None` for a no-op).
+    pub chosen: Option<ChosenStrategy>,
+}
+
+/// The strategy a reload took (`ReloadStrategyChosen`), for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChosenStrategy {
+    /// `drain_first` or `surge`.
+    pub strategy: pool_core::ReloadStrategy,
+    /// Why, in words.
+    pub reason: String,
 }
 
 pub(crate) struct Submission {

@@ -17,6 +17,7 @@ use pool_core::{
 };
 use pool_journal::{Draft, Envelope};
 
+mod surge;
 mod world;
 
 use crate::schema::PoolEnvelope;

@@ -17,9 +17,10 @@ impl Scripted {
     pub fn spawn_engine(&mut self, pool: &str) -> Result<u32, ScriptError> {
         let (cause, effect) =
             self.take_pending(pool, "Spawn", |e| matches!(e, Effect::Spawn { .. }))?;
-        let Effect::Spawn { token, .. } = effect else {
+        let Effect::Spawn { token, lane, .. } = effect else {
             return Err(self.unexpected(pool, "Spawn"));
         };
+        let lane = lane.suffix();
         let pid = self.next_pid;
         self.next_pid = self.next_pid.saturating_add(1);
         self.submit_caused(
@@ -28,8 +29,8 @@ impl Scripted {
                 token,
                 pid,
                 start_time: u64::from(pid).saturating_mul(100),
-                log_path: format!(".runtime/logs/{pool}.log"),
-                pid_path: format!(".runtime/pids/{pool}.pid"),
+                log_path: format!(".runtime/logs/{pool}{lane}.log"),
+                pid_path: format!(".runtime/pids/{pool}{lane}.pid"),
                 boot_id: Some(SCRIPTED_BOOT_ID.to_string()),
             }
             .into(),

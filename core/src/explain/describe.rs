@@ -18,6 +18,7 @@ pub(super) fn pool_step(before: Option<&Pool>, event: &Event) -> Option<String> 
         .or_else(|| supervision_step(event))
         .or_else(|| operation_step(before, event))
         .or_else(|| placement_step(event))
+        .or_else(|| super::surge::surge_step(before, event))
 }
 
 /// The step of a node event that bears on pools, or `None`.
@@ -266,6 +267,19 @@ fn operation_step(before: Option<&Pool>, event: &Event) -> Option<String> {
             "reload succeeded in {}: serving {}",
             duration(*duration_ms),
             cut(new)
+        ),
+        Event::ReloadFailed {
+            reason,
+            stage: ReloadStage::Surging,
+            ..
+        } => format!(
+            "reload failed while starting the new engine beside the old one: {}{}",
+            cut(reason),
+            if reason.contains("serves on") {
+                ""
+            } else {
+                "; the old engine never stopped and serves on"
+            }
         ),
         Event::ReloadFailed {
             reason,

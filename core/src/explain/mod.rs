@@ -13,6 +13,7 @@
 
 mod describe;
 mod phase;
+mod surge;
 mod text;
 
 use std::collections::{BTreeMap, VecDeque};

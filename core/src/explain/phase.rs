@@ -283,6 +283,7 @@ fn ready(ctx: &Ctx<'_>, told: &mut Told) {
             ));
         }
     }
+    told.next.extend(super::surge::retiring_next(pool));
     if pool.probe_failures > 0 {
         why.push_str(&format!(
             "; its health probe failed {} time(s) in a row",

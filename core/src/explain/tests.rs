@@ -774,3 +774,163 @@ fn every_start_failure_and_exit_reason_is_named() {
     assert_eq!(e.phase, Phase::Stopped);
     assert!(e.why.contains("exited by itself with code 0"), "{}", e.why);
 }
+
+/// A ready pool with one lease, reloading by a surge up to its new engine's health.
+fn surge_to_health() -> History {
+    let mut h = ready_pool();
+    h.pool(
+        50,
+        None,
+        Event::LeaseGranted {
+            lease_id: crate::ids::LeaseId::new("l1").unwrap(),
+        },
+    );
+    reload_requested(&mut h, 100);
+    h.pool(
+        100,
+        None,
+        Event::ReloadStrategyChosen {
+            strategy: crate::event::ReloadStrategy::Surge,
+            reason: "the new engine fits beside the old one; it starts on port 9301".into(),
+            surge_port: Some(9301),
+        },
+    );
+    let staged = Event::ModelStaged {
+        path: "/m2.gguf".into(),
+        digest: None,
+    };
+    let cause = h.pool(150, None, staged);
+    let next = engine().with_model("/m2.gguf").with_port(9301);
+    let requested = Event::SurgeStartRequested {
+        engine: Box::new(next),
+    };
+    let cause = h.pool(150, Some(cause), requested);
+    let spawned = Event::SurgeSpawned {
+        pid: 200,
+        start_time: 2,
+        log_path: "l@b".into(),
+        pid_path: "p@b".into(),
+        health_deadline_at_ms: T0 + 120_000,
+        boot_id: None,
+    };
+    h.pool(160, Some(cause), spawned);
+    h
+}
+
+#[test]
+fn a_surge_is_told_from_its_choice_to_the_old_engines_stop() {
+    let mut h = surge_to_health();
+    let e = h.explain(None);
+    assert!(e.why.contains("beside the old one"), "{}", e.why);
+    let health = Event::SurgeHealthPassed {
+        after_ms: 40,
+        engine_version: "b2".into(),
+        slots_total: 2,
+        exe: None,
+    };
+    h.pool(200, None, health);
+    let switched = Event::SurgeSwitched {
+        new_pid: 200,
+        old_pid: Some(100),
+        handoff_path: "h".into(),
+        leases_on_old: 1,
+        drain_deadline_at_ms: T0 + 60_200,
+        backoff_reset_at_ms: T0 + 900_000,
+    };
+    h.pool(210, None, switched);
+    let done = Event::ReloadSucceeded {
+        old: "/m.gguf".into(),
+        new: "/m2.gguf".into(),
+        duration_ms: 110,
+    };
+    h.pool(210, None, done);
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Ready);
+    let chain: Vec<&str> = e.chain.iter().map(|s| s.text.as_str()).collect();
+    for words in [
+        "reload strategy surge: the new engine fits beside the old one",
+        "on port 9301",
+        "spawned beside the old one: pid 200",
+        "answered healthy after",
+        "switched new leases from pid 100 to pid 200; 1 lease(s) left on the old engine",
+    ] {
+        assert!(
+            chain.iter().any(|t| t.contains(words)),
+            "{words}: {chain:?}"
+        );
+    }
+    let next = e
+        .next
+        .iter()
+        .find(|n| n.text.contains("old engine (pid 100)"));
+    assert_eq!(
+        next.and_then(|n| n.at_ms),
+        Some(T0 + 60_200),
+        "{:?}",
+        e.next
+    );
+    let stop = Event::SecondStopRequested {
+        pid: Some(100),
+        grace_ms: 5_000,
+        why: crate::event::SecondStop::DrainDeadline,
+        leases_at_stop: 1,
+    };
+    h.pool(60_200, None, stop);
+    let ended = Event::SecondEngineEnded {
+        pid: 100,
+        how: crate::event::SecondEnd::Stopped { graceful: true },
+        leases_dropped: 1,
+    };
+    h.pool(60_300, None, ended);
+    let e = h.explain(None);
+    let chain: Vec<&str> = e.chain.iter().map(|s| s.text.as_str()).collect();
+    for words in [
+        "stopping the old engine (pid 100) at its deadline: 1 lease(s)",
+        "the old engine (pid 100) stopped on SIGTERM; 1 lease(s) dropped",
+    ] {
+        assert!(
+            chain.iter().any(|t| t.contains(words)),
+            "{words}: {chain:?}"
+        );
+    }
+    assert!(!e.next.iter().any(|n| n.text.contains("old engine")));
+}
+
+#[test]
+fn a_failed_surge_says_the_old_engine_serves_on() {
+    let mut h = surge_to_health();
+    let failed = Event::ReloadFailed {
+        reason: "the new engine failed; the old one serves on: exit code 1".into(),
+        stage: crate::event::ReloadStage::Surging,
+        rolling_back: false,
+        pid: None,
+    };
+    h.pool(300, None, failed);
+    let stop = Event::SecondStopRequested {
+        pid: Some(200),
+        grace_ms: 0,
+        why: crate::event::SecondStop::SurgeEnded,
+        leases_at_stop: 0,
+    };
+    h.pool(300, None, stop);
+    let ended = Event::SecondEngineEnded {
+        pid: 200,
+        how: crate::event::SecondEnd::Stopped { graceful: false },
+        leases_dropped: 0,
+    };
+    h.pool(310, None, ended);
+    let e = h.explain(None);
+    assert_eq!(e.phase, Phase::Ready);
+    let chain: Vec<&str> = e.chain.iter().map(|s| s.text.as_str()).collect();
+    for words in [
+        "reload failed while starting the new engine beside the old one",
+        "the old one serves on: exit code 1",
+        "stopping the surge's new engine (pid 200)",
+        "the surge's new engine (pid 200) killed (SIGKILL)",
+    ] {
+        assert!(
+            chain.iter().any(|t| t.contains(words)),
+            "{words}: {chain:?}"
+        );
+    }
+}

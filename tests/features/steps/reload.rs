@@ -63,6 +63,13 @@ async fn reload_to(world: &mut PoolWorld, pool: String, name: String) {
     .await;
 }
 
+#[when(expr = "pool {string} is reloaded to the model {string} with the strategy {string}")]
+async fn reload_with_strategy(world: &mut PoolWorld, pool: String, name: String, strategy: String) {
+    let path = model(world, &name);
+    let body = json!({"new_model_ref": path, "strategy": strategy, "drain_deadline_ms": 5000});
+    reload(world, &pool, body).await;
+}
+
 #[when(expr = "pool {string} is reloaded to the model {string} with the digest {string}")]
 async fn reload_with_digest(world: &mut PoolWorld, pool: String, name: String, digest: String) {
     let path = model(world, &name);

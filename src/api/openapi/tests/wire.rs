@@ -49,6 +49,12 @@ fn sample_status() -> pool_core::PoolStatus {
         breaker: pool_core::BreakerState::HalfOpen,
         vram_used_bytes: Some(1 << 30),
         handoff_path: None,
+        url: Some("http://127.0.0.1:9301".into()),
+        retiring: Some(pool_core::RetiringEngine {
+            pid: 41,
+            leases: 1,
+            deadline_at_ms: Some(8),
+        }),
         last_seq: 9,
     }
 }
@@ -185,4 +191,19 @@ fn the_wire_explanation_reads_back_as_the_cores_explanation() {
     assert_eq!(keys(&wire["chain"][0]), properties("ExplainStep"));
     assert_eq!(keys(&wire["next"][0]), properties("ExplainNext"));
     assert_eq!(keys(&wire["actions"][0]), properties("ExplainAction"));
+}
+
+#[test]
+fn reload_strategies_are_spelled_as_the_core_spells_them() {
+    use pool_core::{ReloadStrategy as Chosen, ReloadStrategyAsked as Asked};
+    for asked in [Asked::Auto, Asked::DrainFirst, Asked::Surge] {
+        let text = serde_json::to_value(asked).unwrap();
+        let wire: dto::ReloadStrategyAsked = serde_json::from_value(text).unwrap();
+        assert_eq!(pool_core::ReloadStrategyAsked::from(wire), asked);
+    }
+    for chosen in [Chosen::DrainFirst, Chosen::Surge] {
+        let wire = serde_json::to_value(dto::ReloadStrategy::from(chosen)).unwrap();
+        assert_eq!(wire, serde_json::json!(chosen.as_str()));
+    }
+    assert!(serde_json::from_value::<dto::ReloadStrategyAsked>(serde_json::json!("fast")).is_err());
 }
