@@ -329,7 +329,7 @@ fn version_4_appends_the_engine_identity_fields_and_port_in_use() {
 /// byte `0` when absent), so `PreloadRequested`, which holds only the engine, ends with it.
 #[test]
 fn version_5_gives_the_prepared_engine_its_declared_progress_request() {
-    assert!(EVENT_FORMAT_VERSION >= 5);
+    const { assert!(EVENT_FORMAT_VERSION >= 5) };
     let mut engine = support::engine("p1");
     engine.progress = None;
     let preload = |engine: &pool_core::PreparedEngine| Event::PreloadRequested {
