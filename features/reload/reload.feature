@@ -93,13 +93,3 @@ Feature: Reloading a pool onto another model (OC-CTRL-2003)
     And the last "DrainCompleted" of pool "p1" has "leases_at_stop" 1
     When the orchestrator returns lease "A" on pool "p1"
     Then the answer is 404 with code "LEASE_NOT_FOUND"
-
-  Scenario: Without surge ports, auto drains first and surge is refused
-    When pool "p1" is reloaded to the model "b.gguf" with the strategy "surge"
-    Then the answer is 400 with code "INVALID_REQUEST"
-    And the answer's "error" mentions "surge_ports"
-    And the engine of pool "p1" is the noted one, still running
-    When pool "p1" is reloaded to the model "b.gguf"
-    Then the answer is 200
-    And the answer's "strategy" is "drain_first"
-    And the answer's "strategy_reason" mentions "surge_ports"

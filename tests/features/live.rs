@@ -145,6 +145,7 @@ impl DaemonSetup {
             "health.progress_interval_ms" => config.health.progress_interval_ms = number(),
             "health.stall_after_ms" => config.health.stall_after_ms = number(),
             "stop.grace_ms" => config.stop.grace_ms = number(),
+            "reload.surge_ports" => config.reload.surge_ports = value.to_string(),
             "backoff.initial_ms" => config.backoff.initial_ms = number(),
             "backoff.min_ms" => config.backoff.min_ms = number(),
             "backoff.max_ms" => config.backoff.max_ms = number(),

@@ -263,12 +263,17 @@ impl PoolWorld {
             .unwrap_or_else(|| panic!("events of pool '{pool}' are not a list: {}", answer.body))
     }
 
-    /// The engines the daemon spawned for `pool`, oldest first (from `EngineSpawned`).
+    /// The engines the daemon spawned for `pool`, oldest first (from `EngineSpawned`, and
+    /// `SurgeSpawned` for a surge's new engine).
     pub async fn engines_of(&self, pool: &str) -> Vec<EngineProcess> {
         self.events(pool)
             .await
             .iter()
-            .filter(|envelope| envelope["event"]["kind"] == "EngineSpawned")
+            .filter(|envelope| {
+                // A surge's new engine is spawned for the pool too.
+                let kind = &envelope["event"]["kind"];
+                kind == "EngineSpawned" || kind == "SurgeSpawned"
+            })
             .map(|envelope| {
                 let event = &envelope["event"];
                 let number = |field: &str| {

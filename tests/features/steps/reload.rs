@@ -138,7 +138,13 @@ async fn serves_model(world: &mut PoolWorld, pool: String, name: String) {
         Some(path.as_str()),
         "{status:?}"
     );
-    let engine = world.engine_of(&pool).await;
+    // The engine the status names (after a failed surge, the last one spawned is not it).
+    let engine = world
+        .engines_of(&pool)
+        .await
+        .into_iter()
+        .rfind(|engine| Some(engine.pid) == status.pid)
+        .unwrap_or_else(|| panic!("pool '{pool}' names no engine it spawned: {status:?}"));
     assert!(
         engine.cmdline().contains(&path),
         "the engine's -m flag follows the model: {:?}",

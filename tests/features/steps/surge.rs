@@ -2,12 +2,10 @@
 //! the pool serves after the switch, and whether it stayed ready throughout (the pool's events
 //! folded by the core's own `evolve`, event by event: a poll could miss a short gap).
 
-use cucumber::{given, then, when};
+use cucumber::{given, then};
 use pool_core::{Event, Stamp, State};
-use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::live::Body;
 use crate::world::PoolWorld;
 
 #[given(
@@ -21,20 +19,6 @@ async fn daemon_with_surge_port(world: &mut PoolWorld, gpus: u32) {
         .setup_mut()
         .set("reload.surge_ports", &format!("{port}-{port}"));
     world.start_daemon().await;
-}
-
-#[when(expr = "pool {string} is reloaded to the model {string} with the strategy {string}")]
-async fn reload_with_strategy(world: &mut PoolWorld, pool: String, name: String, strategy: String) {
-    let dir = world.dir().join("models");
-    let path = dir.join(&name).display().to_string();
-    let body = json!({"new_model_ref": path, "strategy": strategy, "drain_deadline_ms": 5000});
-    world
-        .request(
-            Method::POST,
-            &format!("/v2/pools/{pool}/reload"),
-            Body::Json(body),
-        )
-        .await;
 }
 
 #[then(expr = "pool {string} serves at the surge port")]
