@@ -112,7 +112,7 @@ def wait_for(what, check, secs):
 
 def engine_spec(args, model, port):
     if args.engine == "sim":
-        flags = ["--port", str(port), "-m", model, "--check-model", "--slots", str(args.slots),
+        flags = ["--port", str(port), "-m", model, "--check-model", "--parallel", str(args.slots),
                  "--load-ms", str(args.load_ms)]
         binary = args.engine_sim
     else:
