@@ -927,6 +927,7 @@ fn the_demo_runs_its_story_and_cleans_up() {
         "409 POOL_DRAINING",
         "DrainCompleted, graceful",
         "(a good model) -> 200",
+        "strategy surge (the new engine fits beside the old one",
         "500 RELOAD_FAILED rolled_back true",
         "ReloadRolledBack",
         "(adopted, not restarted)",
@@ -984,6 +985,7 @@ fn the_demo_completes_on_a_fixture_of_two_gpus() {
         "-> 500 ENGINE_EXITED",
         "the restart is healthy: phase \"ready\"",
         "(a good model) -> 200",
+        "strategy surge (the new engine fits beside the old one",
         "(adopted, not restarted)",
         "every engine stopped, every pool removed",
     ] {

@@ -126,6 +126,16 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A port that is free, with the next one free too (a few tries).
+fn two_free_ports() -> Option<u16> {
+    (0..20).find_map(|_| {
+        let first = StdListener::bind("127.0.0.1:0").ok()?;
+        let low = first.local_addr().ok()?.port();
+        let next = low.checked_add(1)?;
+        StdListener::bind(("127.0.0.1", next)).ok().map(|_| low)
+    })
+}
+
 fn engine(pool: &str, port: u16, sim_flags: &[&str]) -> anyhow::Result<Value> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut flags = vec![
@@ -221,6 +231,11 @@ fn demo_config(dir: &std::path::Path, args: &DemoArgs) -> Config {
     config.backoff.max_ms = 3_200;
     config.breaker.failure_threshold = 4;
     config.breaker.open_ms = 60_000;
+    // Two ports for a reload's new engine beside the old one (step 7's surges): the first
+    // surge's engine keeps one, the next surge takes the other.
+    if let Some(low) = two_free_ports() {
+        config.reload.surge_ports = format!("{low}-{}", low + 1);
+    }
     if let Some(fixture) = &args.gpu_fixture {
         config.gpu.fixture = fixture.clone();
         // More pools than a small fixture has GPUs: they share them (see the module doc).

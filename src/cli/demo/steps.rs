@@ -181,7 +181,9 @@ async fn drain(client: &Client) -> anyhow::Result<()> {
 
 async fn reload(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
     use reqwest::Method;
-    println!("\n7. Reload chat-c onto another model, then onto one that fails to load");
+    println!(
+        "\n7. Reload chat-c onto another model without a gap (surge), then onto one that fails to\n   load, beside the old engine and then draining it first"
+    );
     let models = dir.join("models");
     std::fs::create_dir_all(&models)?;
     let (v1, v2, bad) = (
@@ -213,9 +215,17 @@ async fn reload(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
         "POST /v2/pools/chat-c/preload (model v1) -> {status}, pid {}",
         answer["pid"]
     ));
-    for (model, what) in [(&v2, "a good model"), (&bad, "a model that fails to load")] {
-        let body =
-            json!({"new_model_ref": model.display().to_string(), "drain_deadline_ms": 5_000});
+    let reloads = [
+        (&v2, "a good model", "auto"),
+        (&bad, "a model that fails to load", "surge"),
+        (&bad, "the same, draining first", "drain_first"),
+    ];
+    for (model, what, strategy) in reloads {
+        let body = json!({
+            "new_model_ref": model.display().to_string(),
+            "drain_deadline_ms": 5_000,
+            "strategy": strategy,
+        });
         let (status, answer) = client
             .call(Method::POST, "/v2/pools/chat-c/reload", Some(body))
             .await?;
@@ -229,8 +239,11 @@ async fn reload(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
             .to_string();
         match status {
             200 => step(&format!(
-                "POST .../reload ({what}) -> 200 in {} ms: serving {serving}, pid {}",
-                answer["duration_ms"], now["pid"]
+                "POST .../reload ({what}) -> 200 in {} ms, strategy {} ({}): serving {serving}, pid {}",
+                answer["duration_ms"],
+                answer["strategy"].as_str().unwrap_or("?"),
+                answer["strategy_reason"].as_str().unwrap_or("?"),
+                now["pid"]
             )),
             _ => step(&format!(
                 "POST .../reload ({what}) -> {status} {} rolled_back {}: serving {serving} again, pid {}",
