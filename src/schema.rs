@@ -25,11 +25,15 @@
 //!   (unknown): such an engine is adopted after a restart by its pid and start time alone,
 //!   with a warning that its boot was not recorded. Later additions of version 4 (appended
 //!   variants only) are listed here too.
-//! - 5 (current): the prepared engine gains its declared progress probe, `progress` (a last
+//! - 5: the prepared engine gains its declared progress probe, `progress` (a last
 //!   `Option` field), which reshapes `PreloadRequested` and `EngineStartRequested`. Records of
 //!   version 4 are read through the frozen shapes of [`v4`] (and those of versions 1 to 3
 //!   through [`v3`], which reads these two variants by [`v4`]'s shapes), upcast with
 //!   `progress: None`: no declared probe, the engine's progress is read by its kind as before.
+//! - 6 (current): reload without a gap. Appended only: the events `ReloadStrategyChosen`,
+//!   `SurgeStartRequested`, `SurgeSpawned`, `SurgeHealthPassed`, `SurgeSwitched`,
+//!   `SecondStopRequested`, `SecondEngineEnded` and the reload stage `Surging`, so a version-5
+//!   record decodes as today's type.
 //!
 //! To change an event's shape, add a variant or field under a new `EVENT_FORMAT_VERSION`, keep
 //! the old shape as a frozen type here when it differs, and upcast from it in

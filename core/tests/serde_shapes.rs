@@ -376,6 +376,8 @@ fn pool_status_json_has_the_spec_fields_in_order() {
         "breaker",
         "vram_used_bytes",
         "handoff_path",
+        "url",
+        "retiring",
         "last_seq",
     ];
     let keys: Vec<&String> = value.as_object().unwrap().keys().collect();

@@ -229,7 +229,12 @@ async fn reload(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
         let (status, answer) = client
             .call(Method::POST, "/v2/pools/chat-c/reload", Some(body))
             .await?;
-        let (_, now) = client.call(Method::GET, "/v2/pools/chat-c", None).await?;
+        // After a surge's switch the old engine ends on its own (it held no lease); the pool
+        // takes the next reload once it is gone.
+        let now = wait_pool(client, "chat-c", "the old engine gone", |s| {
+            s["retiring"].is_null()
+        })
+        .await?;
         let serving = now["model_ref"]
             .as_str()
             .unwrap_or("?")
