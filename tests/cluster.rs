@@ -381,7 +381,7 @@ async fn a_daemon_sigkilled_while_publishing_resumes_with_no_gap_and_no_duplicat
         .await
         .unwrap();
     assert_eq!(preload.status(), 200, "{}", preload.text().await.unwrap());
-    assert_eq!(node_up(&cluster_status(&url), "n1"), Some(true));
+    await_node_up(&url, "n1").await;
 
     // Lease traffic, and a SIGKILL once a few hundred events were published meanwhile.
     let traffic = {
@@ -463,5 +463,22 @@ async fn a_daemon_sigkilled_while_publishing_resumes_with_no_gap_and_no_duplicat
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(node_up(&cluster_status(&url), "n1"), Some(true));
+    await_node_up(&url, "n1").await;
+}
+
+/// Waits (bounded) until `node` is up in `cluster status`: its heartbeat is written by a task
+/// of its own, which a loaded machine may run a beat late.
+async fn await_node_up(url: &str, node: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = cluster_status(url);
+        if node_up(&status, node) == Some(true) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{node} is not up in cluster status: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
