@@ -235,30 +235,35 @@ async fn reload(client: &Client, dir: &std::path::Path) -> anyhow::Result<()> {
             s["retiring"].is_null()
         })
         .await?;
-        let serving = now["model_ref"]
-            .as_str()
-            .unwrap_or("?")
-            .rsplit('/')
-            .next()
-            .unwrap_or("?")
-            .to_string();
-        match status {
-            200 => step(&format!(
-                "POST .../reload ({what}) -> 200 in {} ms, strategy {} ({}): serving {serving}, pid {}",
-                answer["duration_ms"],
-                answer["strategy"].as_str().unwrap_or("?"),
-                answer["strategy_reason"].as_str().unwrap_or("?"),
-                now["pid"]
-            )),
-            _ => step(&format!(
-                "POST .../reload ({what}) -> {status} {} rolled_back {}: serving {serving} again, pid {}",
-                answer["code"].as_str().unwrap_or("?"),
-                answer["rolled_back"],
-                now["pid"]
-            )),
-        }
+        print_reload(what, status, &answer, &now);
     }
     Ok(())
+}
+
+/// One line of step 7: a reload's answer and what the pool serves after it.
+fn print_reload(what: &str, status: u16, answer: &Value, now: &Value) {
+    let serving = now["model_ref"]
+        .as_str()
+        .unwrap_or("?")
+        .rsplit('/')
+        .next()
+        .unwrap_or("?")
+        .to_string();
+    match status {
+        200 => step(&format!(
+            "POST .../reload ({what}) -> 200 in {} ms, strategy {} ({}): serving {serving}, pid {}",
+            answer["duration_ms"],
+            answer["strategy"].as_str().unwrap_or("?"),
+            answer["strategy_reason"].as_str().unwrap_or("?"),
+            now["pid"]
+        )),
+        _ => step(&format!(
+            "POST .../reload ({what}) -> {status} {} rolled_back {}: serving {serving} again, pid {}",
+            answer["code"].as_str().unwrap_or("?"),
+            answer["rolled_back"],
+            now["pid"]
+        )),
+    }
 }
 
 /// Polls `GET /v2/pools/{pool}` until `check` holds (bounded).
