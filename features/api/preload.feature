@@ -71,7 +71,7 @@ Feature: Preloading a pool over the API
     When pool "p1" is preloaded with an engine-sim started with "--never-healthy"
     Then the answer is 500 with code "HEALTH_TIMEOUT"
     And the answer came no sooner than 400 ms
-    And pool "p1" is not live and not ready
+    And the events of pool "p1" record "PreloadFailed" with "failure" "health_timeout"
     And the engine of pool "p1" is gone
 
   Scenario: An engine that exits while loading fails the preload at once

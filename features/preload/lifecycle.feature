@@ -95,7 +95,7 @@ Feature: The preload lifecycle of an engine
     And the engine of pool "p1" is gone
     And the pid file of pool "p1" is gone
     And pool "p1" has no handoff file
-    And pool "p1" is not live and not ready
+    And the events of pool "p1" record "PreloadFailed" with "failure" "health_timeout"
     And pool "p1" has a last error containing "500 ms"
     And the events of pool "p1" include, in this order, "PreloadRequested, EngineSpawned, PreloadFailed, EngineStopped"
     And the events of pool "p1" include no "PoolReady"

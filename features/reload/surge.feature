@@ -30,6 +30,7 @@ Feature: Reloading without a gap (surge)
     When the orchestrator returns lease "A" on pool "p1"
     Then the answer is 200
     And the noted engine of pool "p1" is gone
+    And the events of pool "p1" record "SecondEngineEnded" with "leases_dropped" 0
     And the events of pool "p1" include, in this order, "ReloadRequested, ReloadStrategyChosen, ModelStaged, SurgeStartRequested, SurgeSpawned, SurgeHealthPassed, SurgeSwitched, ReloadSucceeded, SecondStopRequested, SecondEngineEnded"
 
   Scenario: auto surges when the new engine fits beside the old one, and says why
