@@ -248,6 +248,27 @@ pub fn tail(text: &str, max: usize) -> String {
     text.get(start..).unwrap_or("").to_string()
 }
 
+/// What a healthy engine is recorded with: its slots (prepared, else reported by `/props`, else
+/// 1, at most `SLOTS_MAX`) and its version (reported, else prepared, else empty).
+pub(super) fn reported_slots_and_version(
+    prepared: Option<&crate::engine::PreparedEngine>,
+    slots_total: Option<u32>,
+    engine_version: Option<&String>,
+) -> (u32, String) {
+    let slots = prepared
+        .and_then(|e| e.slots_total)
+        .or(slots_total)
+        .unwrap_or(1)
+        .clamp(1, SLOTS_MAX);
+    let version = match engine_version {
+        Some(v) if !v.trim().is_empty() => tail(v, 256),
+        _ => prepared
+            .map(|e| e.engine_version.clone())
+            .unwrap_or_default(),
+    };
+    (slots, version)
+}
+
 pub(super) fn model_key(model_ref: &str) -> &str {
     model_ref
         .strip_prefix("file://")

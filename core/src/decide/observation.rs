@@ -205,17 +205,8 @@ fn health_passed(d: &mut Decision<'_, '_>, observation: &Observation) {
         return;
     }
     let prepared = pool.engine.as_ref();
-    let slots = prepared
-        .and_then(|e| e.slots_total)
-        .or(*slots_total)
-        .unwrap_or(1)
-        .clamp(1, SLOTS_MAX);
-    let version = match engine_version {
-        Some(v) if !v.trim().is_empty() => tail(v, 256),
-        _ => prepared
-            .map(|e| e.engine_version.clone())
-            .unwrap_or_default(),
-    };
+    let (slots, version) =
+        reported_slots_and_version(prepared, *slots_total, engine_version.as_ref());
     d.push(
         Some(pool_id),
         Event::HealthCheckPassed {

@@ -397,15 +397,8 @@ fn health_passed(d: &mut Decision<'_, '_>, observation: &Observation) -> bool {
         return true;
     }
     let prepared = &second.engine;
-    let slots = prepared
-        .slots_total
-        .or(*slots_total)
-        .unwrap_or(1)
-        .clamp(1, SLOTS_MAX);
-    let version = match engine_version {
-        Some(v) if !v.trim().is_empty() => tail(v, 256),
-        _ => prepared.engine_version.clone(),
-    };
+    let (slots, version) =
+        reported_slots_and_version(Some(prepared), *slots_total, engine_version.as_ref());
     if let Some(gpu_uuid) = d.node().quarantined_gpu(prepared.device_mask.as_deref()) {
         let why = format!("GPU {gpu_uuid} was quarantined while the new engine started");
         failed(d, pool_id, &why, false);
