@@ -66,6 +66,21 @@ fn surging() -> Sim {
     sim
 }
 
+/// A ready pool p1 (pid 100) whose surge to /models/b.gguf is staged: its new engine's spawn
+/// is asked for, not yet reported.
+fn staged_surge() -> Sim {
+    let mut sim = Sim::new(&ready_p1());
+    sim.step(reload(ReloadStrategyAsked::Surge, Some(SURGE_PORT)));
+    let token = sim.pool("p1").reload.as_ref().unwrap().token;
+    sim.step(obs(Observation::ModelStaged {
+        pool_id: id("p1"),
+        token,
+        path: "/models/b.gguf".into(),
+        digest: None,
+    }));
+    sim
+}
+
 fn spawn_surge(sim: &mut Sim, pid: u32) -> Vec<Fact> {
     let token = sim.pool("p1").second.as_ref().unwrap().token;
     sim.step(obs(Observation::EngineSpawned {
@@ -311,15 +326,7 @@ fn a_new_engine_that_exits_fails_the_surge() {
 
 #[test]
 fn a_surge_port_taken_before_the_spawn_fails_the_surge() {
-    let mut sim = Sim::new(&ready_p1());
-    sim.step(reload(ReloadStrategyAsked::Surge, Some(SURGE_PORT)));
-    let token = sim.pool("p1").reload.as_ref().unwrap().token;
-    sim.step(obs(Observation::ModelStaged {
-        pool_id: id("p1"),
-        token,
-        path: "/models/b.gguf".into(),
-        digest: None,
-    }));
+    let mut sim = staged_surge();
     let token = sim.pool("p1").second.as_ref().unwrap().token;
     let kinds = sim.kinds(obs(Observation::PortInUse {
         pool_id: id("p1"),
@@ -350,15 +357,7 @@ fn the_old_engine_failing_during_the_surge_ends_it() {
 
 #[test]
 fn a_surge_ended_before_its_spawn_is_known_kills_the_engine_once_spawned() {
-    let mut sim = Sim::new(&ready_p1());
-    sim.step(reload(ReloadStrategyAsked::Surge, Some(SURGE_PORT)));
-    let token = sim.pool("p1").reload.as_ref().unwrap().token;
-    sim.step(obs(Observation::ModelStaged {
-        pool_id: id("p1"),
-        token,
-        path: "/models/b.gguf".into(),
-        digest: None,
-    }));
+    let mut sim = staged_surge();
     let kinds = sim.exit("p1", 100, ExitReason::Crash);
     assert_eq!(kinds, ["ReloadFailed", "EngineExited", "RestartScheduled"]);
     assert!(sim.pool("p1").second.as_ref().unwrap().cancelled);
@@ -439,15 +438,7 @@ fn after_a_daemon_restart_a_starting_surge_is_undone_and_a_switch_finished() {
 
 #[test]
 fn a_surge_whose_spawn_was_never_recorded_ends_at_the_daemon_start() {
-    let mut sim = Sim::new(&ready_p1());
-    sim.step(reload(ReloadStrategyAsked::Surge, Some(SURGE_PORT)));
-    let token = sim.pool("p1").reload.as_ref().unwrap().token;
-    sim.step(obs(Observation::ModelStaged {
-        pool_id: id("p1"),
-        token,
-        path: "/models/b.gguf".into(),
-        digest: None,
-    }));
+    let mut sim = staged_surge();
     let kinds = sim.kinds(obs(Observation::DaemonStarted {
         version: "x".into(),
         pid: 1,
