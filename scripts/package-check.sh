@@ -7,7 +7,10 @@
 #
 # Needs root (dpkg) and cargo-deb (`cargo install cargo-deb --locked`); .ci/run provides both.
 # It refuses to run where pool-managerd is already installed (it would replace an operator's
-# install). Usage: scripts/package-check.sh [--no-build]
+# install). Usage: scripts/package-check.sh [--no-build | --profile NAME]. The default builds
+# the release package operators install; `--profile dev` packages the test build's binary
+# (already built by `cargo test`, so it costs seconds, not a second optimized build of every
+# dependency): the same files and maintainer scripts, an unoptimized daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +24,12 @@ if dpkg-query -W -f='${Status}' pool-managerd 2>/dev/null | grep -q "installed";
 fi
 [ -e /var/lib/pool-managerd ] && fail "/var/lib/pool-managerd exists: not touching an existing node's state"
 
-if [ "${1:-}" != "--no-build" ]; then
-  cargo deb --locked --quiet -o target/debian/ >/dev/null
-fi
+case "${1:-}" in
+  --no-build) ;;
+  --profile) cargo deb --locked --quiet --profile "${2:?--profile needs a name}" -o target/debian/ >/dev/null ;;
+  "") cargo deb --locked --quiet -o target/debian/ >/dev/null ;;
+  *) fail "unknown argument '$1' (--no-build, --profile NAME)" ;;
+esac
 deb=$(ls -t target/debian/pool-managerd_*.deb | head -n 1)
 echo "package: $deb"
 dpkg-deb --info "$deb" | sed -n 's/^ \(Package\|Version\|Depends\|Installed-Size\):/  \1:/p'
