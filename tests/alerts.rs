@@ -1,7 +1,9 @@
 //! The alerting rules (`packaging/prometheus/pool-managerd.rules.yml`): `promtool check rules`
 //! (every linter on, a finding fails), `promtool test rules` on
-//! `packaging/prometheus/pool-managerd.rules.test.yml`, and that test file covers every alert
-//! with at least one case where it fires and one where it stays silent (`exp_alerts: []`).
+//! `packaging/prometheus/pool-managerd.rules.test.yml`, that test file covers every alert
+//! with at least one case where it fires and one where it stays silent (`exp_alerts: []`), and
+//! every alert has a severity, a summary, a description that names its pool and points to
+//! `explain`, and a runbook hint.
 //!
 //! `promtool` comes from Debian's `prometheus` package (`.ci/run` installs it): without it the
 //! promtool checks fail under `CI=true` and are skipped with a printed reason elsewhere. The
@@ -91,6 +93,54 @@ fn alert_names() -> Vec<String> {
         .filter_map(|line| line.trim().strip_prefix("- alert:"))
         .map(|name| name.trim().to_string())
         .collect()
+}
+
+/// The rules file's alerts: name and the text of its rule (up to the next rule).
+fn alert_blocks() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(dir().join(RULES)).unwrap();
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let rule = line.trim_start().starts_with("- ");
+        if let Some(name) = line.trim().strip_prefix("- alert:") {
+            blocks.push((name.trim().to_string(), String::new()));
+        } else if rule && line.contains("record:") {
+            // A recording rule ends the alert before it (none follow the alerts today).
+            blocks.push((String::new(), String::new()));
+        } else if let Some((_, block)) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    blocks.retain(|(name, _)| !name.is_empty());
+    blocks
+}
+
+#[test]
+fn every_alert_has_a_severity_and_says_what_to_do() {
+    let blocks = alert_blocks();
+    assert_eq!(blocks.len(), alert_names().len());
+    let mut wrong = Vec::new();
+    for (name, block) in &blocks {
+        for wanted in [
+            "severity:",
+            "summary:",
+            "description:",
+            "runbook:",
+            "explain",
+        ] {
+            if !block.contains(wanted) {
+                wrong.push(format!("{name}: no `{wanted}`"));
+            }
+        }
+        // An alert about one pool (`Pool...`, not `PoolManagerd...`) names it.
+        let pool = name.starts_with("Pool") && !name.starts_with("PoolManagerd");
+        if pool && !block.contains("{{ $labels.pool_id }}") {
+            wrong.push(format!(
+                "{name}: its pool is not named ({{{{ $labels.pool_id }}}})"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{RULES}:\n{}", wrong.join("\n"));
 }
 
 /// The test file's cases: alert name to (firing cases, silent cases).
