@@ -37,7 +37,7 @@
 //! increment. A labelled counter (by pool, GPU, reason, Xid) appears with its first increment:
 //! its label values are not known before; the alerting rules
 //! (`packaging/prometheus/pool-managerd.rules.yml`) catch a series' first sample with
-//! `unless ... offset` where one increment matters (`gpu_xid_total`).
+//! `unless ... offset` where one increment matters (`gpu_xid_total`, `restart_storm_total`).
 //!
 //! `pool_phase{pool_id,phase}` is a state set: one series per pool, 1, labelled with its
 //! current public phase (`Phase::as_str`); the other phases of the pool have no series.
