@@ -435,13 +435,14 @@ async fn every_series_the_dashboard_names_is_in_a_real_scrape() {
     let (status, lease) = h.post("/v2/pools/steady/leases", json!({})).await;
     assert_eq!(status, 201, "{lease}");
 
-    // A crash loop (a storm opens the breaker), a hung engine, a drain.
-    let crash = ["--crash-after-ms", "1000", "--exit-code", "3"];
+    // A crash loop (a storm opens the breaker), a hung engine, a drain. The faulty engines
+    // are healthy for 2 s first, so that a loaded machine still sees their preloads ready.
+    let crash = ["--crash-after-ms", "2000", "--exit-code", "3"];
     preload(&h, "crashy", preload_body("crashy", &a, &crash)).await;
     preload(
         &h,
         "hung",
-        preload_body("hung", &a, &["--hang-after-ms", "500"]),
+        preload_body("hung", &a, &["--hang-after-ms", "2000"]),
     )
     .await;
     preload(&h, "brief", preload_body("brief", &a, &[])).await;
