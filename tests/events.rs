@@ -471,6 +471,20 @@ async fn a_client_that_never_reads_is_dropped_and_the_daemon_keeps_answering() {
     let reason = dropped.data["reason"].as_str().unwrap();
     assert!(reason.contains("slow client"), "{reason}");
     assert!(reason.contains("Last-Event-ID"), "{reason}");
+    // Counted (before its last message went out).
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nsse_clients_dropped_total 1\n"),
+        "{metrics}"
+    );
 
     // It resumes where it was dropped, with no gap.
     let mut stream = Stream::open(&h, "", Some(delivered)).await;

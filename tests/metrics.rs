@@ -146,6 +146,14 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
         1.0,
     );
     expect(&text, "pool_ready", &[("pool_id", "steady")], 1.0);
+    expect(
+        &text,
+        "pool_phase",
+        &[("pool_id", "steady"), ("phase", "ready")],
+        1.0,
+    );
+    // Label-less counters are there at 0 before anything happened.
+    expect(&text, "sse_clients_dropped_total", &[], 0.0);
     expect(&text, "pool_slots_total", &[("pool_id", "steady")], 4.0);
     expect(&text, "pool_slots_free", &[("pool_id", "steady")], 4.0);
     expect(&text, "pool_active_leases", &[("pool_id", "steady")], 0.0);
@@ -240,6 +248,21 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
     );
     expect(&text, "pool_ready", &[("pool_id", "steady")], 0.0);
     expect(&text, "pool_ready", &[("pool_id", "crashy")], 0.0);
+    // One phase series per pool: the drained pool is stopped (on purpose), the crashing one
+    // waits in backoff.
+    expect(
+        &text,
+        "pool_phase",
+        &[("pool_id", "steady"), ("phase", "stopped")],
+        1.0,
+    );
+    expect(
+        &text,
+        "pool_phase",
+        &[("pool_id", "crashy"), ("phase", "backoff")],
+        1.0,
+    );
+    assert_eq!(text.matches("pool_phase{").count(), 2, "{text}");
     expect(&text, "pool_slots_free", &[("pool_id", "crashy")], 0.0);
     expect(&text, "pool_active_leases", &[("pool_id", "steady")], 0.0);
     expect(
@@ -271,6 +294,13 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
     let text = scrape(&h).await;
     assert!(value(&text, "pool_preload_total", &[]).is_none(), "{text}");
     assert!(value(&text, "engine_crash_total", &[]).is_none(), "{text}");
+    expect(&text, "sse_clients_dropped_total", &[], 0.0);
+    expect(
+        &text,
+        "pool_phase",
+        &[("pool_id", "steady"), ("phase", "stopped")],
+        1.0,
+    );
     expect(&text, "pool_slots_total", &[("pool_id", "steady")], 4.0);
     expect(&text, "pool_ready", &[("pool_id", "steady")], 0.0);
     let (_, health) = h.get("/health").await;

@@ -23,8 +23,9 @@
 //! [`SSE_BUFFER_EVENTS`]; a client that leaves it full for [`SSE_SLOW_CLIENT_MS`] (it reads
 //! slower than events come, and the socket's buffers are full too) is dropped: the buffered
 //! events are discarded, the stream's last message is `event: dropped` with `data:
-//! {"reason", "last_event_id", "resume_from_seq"}`, and the stream ends. The daemon never waits
-//! on a client: nothing but that producer task ever waits on its buffer. A comment
+//! {"reason", "last_event_id", "resume_from_seq"}`, the stream ends, and the node counts it
+//! (`sse_clients_dropped_total`; a stream the shutdown ends is not counted). The daemon never
+//! waits on a client: nothing but that producer task ever waits on its buffer. A comment
 //! (`: keep-alive`) goes out every [`SSE_KEEP_ALIVE_MS`] when nothing else does. The daemon's
 //! shutdown ends every stream with `event: shutdown` (same data), so that the server's
 //! graceful stop does not wait on them.
@@ -369,6 +370,7 @@ async fn produce(
         }
     };
     if matches!(why, End::Dropped) {
+        node.metrics().sse_client_dropped();
         tracing::warn!(
             next_seq = next,
             "an event stream's client read too slowly and was dropped (it may resume)"

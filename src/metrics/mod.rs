@@ -31,6 +31,17 @@
 //! feature suite's concurrent scenarios) each see exactly their own series, whatever thread
 //! or task records or scrapes.
 //!
+//! **Counters at 0 from the first scrape.** The label-less counters (`journal_events_total`,
+//! `sse_clients_dropped_total`) are registered when the recorder is built, so they are
+//! exposed at 0 before anything happened and `rate()` / `increase()` see their first
+//! increment. A labelled counter (by pool, GPU, reason, Xid) appears with its first increment:
+//! its label values are not known before; the alerting rules
+//! (`packaging/prometheus/pool-managerd.rules.yml`) catch a series' first sample with
+//! `unless ... offset` where one increment matters (`gpu_xid_total`, `restart_storm_total`).
+//!
+//! `pool_phase{pool_id,phase}` is a state set: one series per pool, 1, labelled with its
+//! current public phase (`Phase::as_str`); the other phases of the pool have no series.
+//!
 //! `pool_slots_total` is a gauge by meaning, but a gauge whose name ends in `_total` is a
 //! `promtool check metrics` finding; SPEC names the series and requires a clean check, so it
 //! is exposed as `untyped` (which the linter accepts for any name).
@@ -89,6 +100,14 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     ("driver_reset_total", "GPU driver resets observed, by GPU."),
     (
+        "gpu_xid_total",
+        "Xid errors NVML reported, by GPU and Xid code.",
+    ),
+    (
+        "sse_clients_dropped_total",
+        "Clients of the live event stream (GET /v2/events) dropped for reading too slowly.",
+    ),
+    (
         "journal_events_total",
         "Events appended to the journal by this process.",
     ),
@@ -98,6 +117,9 @@ const COUNTERS: &[(&str, &str)] = &[
          (overloaded: answered 503; dropped: closed unanswered, no refusal slot free), by reason.",
     ),
 ];
+
+/// The label-less counters, registered at 0 when the recorder is built.
+const PRESET_COUNTERS: [&str; 2] = ["journal_events_total", "sse_clients_dropped_total"];
 
 /// Histograms: name, help, buckets (seconds).
 const HISTOGRAMS: &[(&str, &str, &[f64])] = &[
@@ -209,13 +231,21 @@ pub fn updates(
 ) -> Vec<Update> {
     let mut out = Vec::new();
     let Some(pool_id) = pool_id else {
-        if let Event::DriverResetObserved { gpu_uuid } = event {
-            out.push(Update::Count {
-                name: "driver_reset_total",
-                labels: vec![("gpu", gpu_uuid.clone())],
-                by: 1,
-            });
-        }
+        let (name, labels) = match event {
+            Event::DriverResetObserved { gpu_uuid } => {
+                ("driver_reset_total", vec![("gpu", gpu_uuid.clone())])
+            }
+            Event::GpuXidObserved { gpu_uuid, xid } => (
+                "gpu_xid_total",
+                vec![("gpu", gpu_uuid.clone()), ("xid", xid.to_string())],
+            ),
+            _ => return out,
+        };
+        out.push(Update::Count {
+            name,
+            labels,
+            by: 1,
+        });
         return out;
     };
     event_updates(pool_id, ts_ms, event, &before, &mut out);
@@ -418,6 +448,10 @@ impl NodeMetrics {
                 SharedString::const_str(help),
             );
         }
+        for name in PRESET_COUNTERS {
+            // The registry keeps the series (at 0); the handle is not needed.
+            let _ = recorder.register_counter(&Key::from_static_name(name), &Self::metadata());
+        }
         let handle = recorder.handle();
         NodeMetrics {
             recorder,
@@ -489,6 +523,17 @@ impl NodeMetrics {
                     "api_connections_refused_total",
                     vec![Label::new("reason", reason)],
                 ),
+                &Self::metadata(),
+            )
+            .increment(1);
+    }
+
+    /// A client of the live event stream was dropped for reading too slowly (not a stream
+    /// the daemon's shutdown ended).
+    pub fn sse_client_dropped(&self) {
+        self.recorder
+            .register_counter(
+                &Key::from_static_name("sse_clients_dropped_total"),
                 &Self::metadata(),
             )
             .increment(1);

@@ -90,9 +90,13 @@ pub fn render_gauges(state: &State, gpus: &[GpuInfo], replay_seconds: f64) -> St
     out
 }
 
-/// The per-pool gauges: ready, slots, leases, breaker, VRAM.
-fn pool_families(state: &State) -> [Family; 6] {
+/// The per-pool gauges: ready, phase, slots, leases, breaker, VRAM.
+fn pool_families(state: &State) -> [Family; 7] {
     let mut ready = Family::new("pool_ready", "Whether the pool serves (1) or not (0).");
+    let mut phase = Family::new(
+        "pool_phase",
+        "The pool's public phase: one series per pool, 1, labelled with its current phase.",
+    );
     let mut slots_total = Family::new(
         "pool_slots_total",
         "Slots of the pool's engine (a gauge; untyped because of its SPEC name).",
@@ -115,6 +119,11 @@ fn pool_families(state: &State) -> [Family; 6] {
         let labels = format!("pool_id=\"{}\"", escape(id.as_str()));
         let ready_value = if pool.ready { 1.0 } else { 0.0 };
         ready.samples.push((labels.clone(), ready_value));
+        let phase_labels = format!(
+            "{labels},phase=\"{}\"",
+            pool_core::status::phase(pool).as_str()
+        );
+        phase.samples.push((phase_labels, 1.0));
         let total = f64::from(pool.slots_total);
         slots_total.samples.push((labels.clone(), total));
         let free = f64::from(pool.slots_free());
@@ -127,7 +136,7 @@ fn pool_families(state: &State) -> [Family; 6] {
             vram.samples.push((labels, bytes as f64));
         }
     }
-    [ready, slots_total, slots_free, leases, breaker, vram]
+    [ready, phase, slots_total, slots_free, leases, breaker, vram]
 }
 
 /// The per-GPU gauges (total and free VRAM), by index then UUID.

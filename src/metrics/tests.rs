@@ -355,7 +355,67 @@ fn two_recorders_do_not_share_series_and_render_help_and_buckets() {
     );
     let other = b.render(&State::default(), None);
     assert!(!other.contains("pool_preload_total"), "{other}");
-    assert!(!other.contains("journal_events_total"), "{other}");
+    assert!(other.contains("journal_events_total 0\n"), "{other}");
+}
+
+#[test]
+fn label_less_counters_show_0_before_anything_and_dropped_clients_count() {
+    let metrics = NodeMetrics::new();
+    let text = metrics.render(&State::default(), None);
+    for line in [
+        "# TYPE sse_clients_dropped_total counter\n",
+        "sse_clients_dropped_total 0\n",
+        "journal_events_total 0\n",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    metrics.sse_client_dropped();
+    metrics.sse_client_dropped();
+    let text = metrics.render(&State::default(), None);
+    assert!(text.contains("sse_clients_dropped_total 2\n"), "{text}");
+}
+
+#[test]
+fn an_xid_counts_by_gpu_and_code() {
+    let event = Event::GpuXidObserved {
+        gpu_uuid: "GPU-1".into(),
+        xid: 79,
+    };
+    assert_eq!(
+        updates(None, 0, &event, Before::default(), None),
+        vec![Update::Count {
+            name: "gpu_xid_total",
+            labels: labels(&[("gpu", "GPU-1"), ("xid", "79")]),
+            by: 1
+        }]
+    );
+    let metrics = NodeMetrics::new();
+    metrics.record(&updates(None, 0, &event, Before::default(), None));
+    let text = metrics.render(&State::default(), None);
+    assert!(
+        text.contains("gpu_xid_total{gpu=\"GPU-1\",xid=\"79\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_phase_is_one_series_per_pool_at_1() {
+    let (state, _) = run(preload_events());
+    let text = render_gauges(&state, &[], 0.0);
+    assert!(text.contains("# TYPE pool_phase gauge\n"), "{text}");
+    assert!(
+        text.contains("pool_phase{pool_id=\"p1\",phase=\"ready\"} 1\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("pool_phase{").count(), 1, "{text}");
+    let mut events = preload_events();
+    events.truncate(2);
+    let (state, _) = run(events);
+    let text = render_gauges(&state, &[], 0.0);
+    assert!(
+        text.contains("pool_phase{pool_id=\"p1\",phase=\"starting\"} 1\n"),
+        "{text}"
+    );
 }
 
 #[test]
