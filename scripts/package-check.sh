@@ -80,6 +80,12 @@ say "$unit: ExecStart=/usr/bin/pool-managerd serve --config /etc/pool-managerd/c
 if command -v systemd-analyze >/dev/null 2>&1; then
   systemd-analyze verify "$unit" 2>&1 | sed 's/^/  systemd-analyze: /' || true
 fi
+for shipped in /usr/share/pool-managerd/prometheus/pool-managerd.rules.yml \
+               /usr/share/pool-managerd/grafana/pool-managerd.json \
+               /usr/share/doc/pool-managerd/README.md; do
+  [ -f "$shipped" ] || fail "$shipped was not installed"
+done
+say "alert rules, dashboard and packaging README under /usr/share"
 dpkg-query --control-show pool-managerd conffiles | grep -q '^ */etc/pool-managerd/config.toml' \
   || fail "/etc/pool-managerd/config.toml is not a conffile"
 say "conffiles: /etc/pool-managerd/config.toml"
