@@ -307,7 +307,7 @@ async fn the_console_shows_the_node_live() {
     let journal: Journal = Arc::default();
     let chromium = blocking(|| Chromium::launch(&chromium_path));
     let tab = blocking(|| open_tab(&chromium, &journal));
-    let pool_page = blocking(|| pools_view(&tab, &h.base, &shots));
+    let (pool_page, token_entered) = blocking(|| pools_view(&tab, &journal, &h.base, &shots));
 
     // A new event of the open pool: on its page within a second of being journaled.
     let (status, answer) = h.post("/v2/pools/crashy/breaker/reset", json!({})).await;
@@ -321,6 +321,15 @@ async fn the_console_shows_the_node_live() {
     assert_eq!(listed[0]["processes"][0]["pool_id"], "chat", "{listed}");
     blocking(|| gpus_view(&tab, pid, &shots));
 
+    // An event of another pool: the pools table follows it within a second.
+    blocking(|| eval(&tab, "location.hash = '#/'; return true;"));
+    let (status, answer) = h
+        .post("/v2/pools/chat/drain", json!({"deadline_ms": 5_000}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let (seq, ts_ms) = newest(&h, "chat", "DrainRequested").await;
+    blocking(|| drain_in_table(&tab, seq, ts_ms));
+
     // Without a token, no prompt.
     let open = Harness::start().await;
     let plain = blocking(|| open_tab(&chromium, &journal));
@@ -330,12 +339,14 @@ async fn the_console_shows_the_node_live() {
     drop(chromium);
     open.stop().await;
     h.stop().await;
-    check_quiet(&recorded);
+    check_quiet(&recorded, token_entered);
     eprintln!("screenshots in {}", shots.display());
 }
 
 /// The token form, the pools table, then the crash-looping pool's page.
-fn pools_view(tab: &Tab, base: &str, shots: &Path) -> PathBuf {
+/// Answers the first screenshot of the pool page, and how many entries the journal held once
+/// the token was in use.
+fn pools_view(tab: &Tab, journal: &Journal, base: &str, shots: &Path) -> (PathBuf, usize) {
     tab.navigate_to(&format!("{base}/ui")).unwrap();
     tab.wait_until_navigated().unwrap();
     until_page(
@@ -345,7 +356,7 @@ fn pools_view(tab: &Tab, base: &str, shots: &Path) -> PathBuf {
         "return !document.getElementById('token-panel').hidden;",
     );
     tab.find_element("#token-input").unwrap().click().unwrap();
-    tab.type_str(TOKEN).unwrap();
+    tab.send_character(TOKEN).unwrap();
     tab.press_key("Enter").unwrap();
     let rows = until_page(
         tab,
@@ -357,6 +368,7 @@ fn pools_view(tab: &Tab, base: &str, shots: &Path) -> PathBuf {
              ? rows.map((r) => [r.dataset.pool, r.dataset.phase]) : null;",
     );
     assert_eq!(rows, json!([["chat", "ready"], ["crashy", "circuit_open"]]));
+    let token_entered = journal.lock().unwrap().len();
     assert_eq!(
         eval(tab, "return document.getElementById('token-panel').hidden;"),
         json!(true)
@@ -401,7 +413,7 @@ fn pools_view(tab: &Tab, base: &str, shots: &Path) -> PathBuf {
         WAIT,
         "return document.querySelector('#pool-log pre.log, #pool-log .log-missing') !== null;",
     );
-    screenshot(tab, shots, "pool-before.png")
+    (screenshot(tab, shots, "pool-before.png"), token_entered)
 }
 
 /// The event `seq` (journaled at `ts_ms`) shows on the pool page within a second.
@@ -428,6 +440,35 @@ fn live_event(tab: &Tab, seq: u64, ts_ms: u64) {
     eprintln!(
         "event {seq} showed {} ms after it was journaled",
         shown.saturating_sub(ts_ms)
+    );
+}
+
+/// The drain `seq` of pool `chat` (journaled at `ts_ms`) shows in the pools table within a
+/// second.
+fn drain_in_table(tab: &Tab, seq: u64, ts_ms: u64) {
+    let left = (ts_ms + 1_000).saturating_sub(now_ms());
+    let shown = until_page(
+        tab,
+        &format!("pool chat leaving ready (event {seq}) in the pools table"),
+        Duration::from_millis(left + 250),
+        "const row = document.querySelector('#pools-table tr[data-pool=chat]');
+         return row && row.dataset.phase !== 'ready'
+             ? [row.dataset.phase, Number(row.dataset.phaseShownMs)] : null;",
+    );
+    let phase = shown[0].as_str().unwrap();
+    assert!(
+        ["draining", "stopping", "stopped"].contains(&phase),
+        "{shown}"
+    );
+    let at = shown[1].as_u64().unwrap();
+    assert!(
+        at <= ts_ms + 1_000,
+        "the drain journaled at {ts_ms} showed at {at} ({} ms later)",
+        at.saturating_sub(ts_ms)
+    );
+    eprintln!(
+        "the drain (event {seq}) showed in the pools table {} ms after it was journaled",
+        at.saturating_sub(ts_ms)
     );
 }
 
@@ -478,11 +519,12 @@ fn without_token(tab: &Tab, base: &str) {
 }
 
 /// No console error, exception or error log entry, but for the browser's own report of the
-/// answers the page expects: the 401 that asks for the token (before it is entered), and the
-/// 404 of the engine-log route on a daemon that does not have it.
-fn check_quiet(recorded: &[(String, Value)]) {
+/// answers the page expects: the 401s that ask for the token (before it was entered: the
+/// first `token_entered` entries), and the 404 of the engine-log route on a daemon that does
+/// not have it.
+fn check_quiet(recorded: &[(String, Value)], token_entered: usize) {
     let mut bad = Vec::new();
-    for (what, params) in recorded {
+    for (index, (what, params)) in recorded.iter().enumerate() {
         let failed = match what.as_str() {
             "Runtime.exceptionThrown" => true,
             "Runtime.consoleAPICalled" => matches!(
@@ -493,7 +535,8 @@ fn check_quiet(recorded: &[(String, Value)]) {
                 let entry = &params["entry"];
                 let level = entry["level"].as_str().unwrap_or("");
                 let expected = entry["source"] == "network"
-                    && (entry["text"].as_str().is_some_and(|t| t.contains("401"))
+                    && (index < token_entered
+                        && entry["text"].as_str().is_some_and(|t| t.contains("401"))
                         || entry["url"]
                             .as_str()
                             .is_some_and(|u| u.contains("/logs?tail=")));

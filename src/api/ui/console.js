@@ -26,6 +26,7 @@
     view: 'pools',
     page: null, // the open pool page: {id, events, shown, status, explanation}
     timers: new Map(), // debounced refreshes by key
+    shownPhase: new Map(), // id -> {phase, ms}: when the table first showed the pool's phase
   };
 
   // ---- DOM helpers ------------------------------------------------------------------------
@@ -308,7 +309,9 @@
   function poolRow(pool) {
     const why = state.why.get(pool.pool_id);
     const whyText = !pool.ready && why ? why.why : '';
-    return el('tr', { 'data-pool': pool.pool_id, 'data-phase': pool.phase },
+    const shown = state.shownPhase.get(pool.pool_id);
+    if (!shown || shown.phase !== pool.phase) state.shownPhase.set(pool.pool_id, { phase: pool.phase, ms: Date.now() });
+    return el('tr', { 'data-pool': pool.pool_id, 'data-phase': pool.phase, 'data-phase-shown-ms': state.shownPhase.get(pool.pool_id).ms },
       el('th', { scope: 'row' }, el('a', { href: `#/pool/${enc(pool.pool_id)}`, text: pool.pool_id })),
       el('td', {}, phaseBadge(pool.phase)),
       el('td', { text: pool.ready ? 'yes' : 'no' }),
@@ -528,9 +531,8 @@
       return;
     }
     const now = Math.max(Date.now(), events[events.length - 1].ts_ms);
-    const t0 = events[0].ts_ms;
-    const span = Math.max(now - t0, 1000);
-    const x = (ts) => LEFT + ((ts - t0) / span) * (WIDTH - LEFT - 8);
+    const scale = timeScale(events.map((e) => e.ts_ms).concat([now]));
+    const x = scale.x;
     const height = MARKS_H + LANES.length * LANE_H + 22;
     const chart = svg('svg', {
       id: 'timeline-svg', viewBox: `0 0 ${WIDTH} ${height}`, role: 'img',
@@ -549,7 +551,7 @@
       }, svg('title', { text: spanTitle(s) })));
     }
     drawMarkers(chart, events, x);
-    drawAxis(chart, t0, now, x, height);
+    drawAxis(chart, scale, height);
     replace(box, chart);
   }
 
@@ -568,11 +570,52 @@
     }
   }
 
-  function drawAxis(chart, t0, t1, x, height) {
+  /** Quiet gaps longer than this are drawn shorter (logarithmically), so that bursts show. */
+  const GAP_MS = 1000;
+
+  /** The x of a time over `times` (sorted): linear, but for quiet gaps over GAP_MS. */
+  function timeScale(times) {
+    const shown = [0];
+    const cuts = [];
+    for (let i = 1; i < times.length; i++) {
+      const gap = times[i] - times[i - 1];
+      const drawn = gap <= GAP_MS ? gap : GAP_MS * (1 + Math.log(gap / GAP_MS));
+      shown.push(shown[i - 1] + drawn);
+      if (drawn < gap) cuts.push({ from: times[i - 1], to: times[i], gap });
+    }
+    const total = Math.max(shown[shown.length - 1], 1);
+    const px = (d) => LEFT + (d / total) * (WIDTH - LEFT - 8);
+    const x = (ts) => {
+      if (ts <= times[0]) return px(0);
+      for (let i = 1; i < times.length; i++) {
+        if (ts <= times[i]) {
+          const gap = times[i] - times[i - 1];
+          return px(shown[i - 1] + (gap ? ((ts - times[i - 1]) / gap) * (shown[i] - shown[i - 1]) : 0));
+        }
+      }
+      return px(total);
+    };
+    return { x, cuts, from: times[0], to: times[times.length - 1] };
+  }
+
+  /** Time labels (at the ends and after each shortened gap) and the shortened gaps' marks. */
+  function drawAxis(chart, scale, height) {
     const y = height - 6;
-    for (let i = 0; i <= 4; i++) {
-      const ts = t0 + ((t1 - t0) * i) / 4;
-      chart.append(svg('text', { class: 'tick', x: x(ts), y, 'text-anchor': i === 0 ? 'start' : i === 4 ? 'end' : 'middle', text: time(ts) }));
+    const ticks = [scale.from, ...scale.cuts.map((c) => c.to), scale.to];
+    const right = scale.x(scale.to);
+    let last = -Infinity;
+    ticks.forEach((ts, i) => {
+      const at = scale.x(ts);
+      const end = i === ticks.length - 1;
+      if (i > 0 && !end && (at - last < 120 || right - at < 120)) return;
+      last = at;
+      chart.append(svg('text', { class: 'tick', x: at, y, 'text-anchor': i === 0 ? 'start' : end ? 'end' : 'middle', text: time(ts) }));
+    });
+    for (const cut of scale.cuts) {
+      const at = (scale.x(cut.from) + scale.x(cut.to)) / 2;
+      chart.append(svg('g', { class: 'cut' },
+        svg('title', { text: `${(cut.gap / 1000).toFixed(1)} s without events (drawn shorter)` }),
+        svg('path', { d: `M${at - 3} ${MARKS_H - 2} L${at + 1} ${height - 20} M${at + 1} ${MARKS_H - 2} L${at + 5} ${height - 20}` })));
     }
   }
 
@@ -609,7 +652,7 @@
   // ---- GPUs ---------------------------------------------------------------------------------
 
   function vramBar(label, total, free, processes) {
-    const bar = svg('svg', { class: 'vram', viewBox: '0 0 1000 24', role: 'img', 'aria-label': `${label}: ${bytes(total - free)} of ${bytes(total)} used` },
+    const bar = svg('svg', { class: 'vram', viewBox: '0 0 1000 24', preserveAspectRatio: 'none', role: 'img', 'aria-label': `${label}: ${bytes(total - free)} of ${bytes(total)} used` },
       svg('rect', { class: 'vram-free', x: 0, y: 0, width: 1000, height: 24 }));
     const scale = (n) => (total > 0 ? (n / total) * 1000 : 0);
     let at = 0;
@@ -649,11 +692,17 @@
       vramBar(`GPU ${gpu.index}`, gpu.vram_total_bytes, gpu.vram_free_bytes, gpu.processes), processTable(gpu.processes), migs);
   }
 
+  function vramLegend() {
+    const items = [['vram-pool', "a pool's engine"], ['vram-process', 'another process'], ['vram-other', 'other use'], ['vram-free', 'free']];
+    return el('ul', { class: 'legend', 'aria-label': 'VRAM legend' },
+      items.map(([type, text]) => el('li', {}, el('span', { class: `swatch ${type}`, 'aria-hidden': 'true' }), text)));
+  }
+
   async function showGpus() {
     const gpus = await getJson('/v2/gpus');
     if (state.view !== 'gpus') return;
     replace(view(), el('h2', { text: 'GPUs' }), noticeBox(),
-      gpus.length ? el('div', { id: 'gpus' }, gpus.map(gpuCard)) : el('p', { text: 'No GPU in the last reading (GET /health says why).' }));
+      gpus.length ? [vramLegend(), el('div', { id: 'gpus' }, gpus.map(gpuCard))] : el('p', { text: 'No GPU in the last reading (GET /health says why).' }));
   }
 
   // ---- routes -------------------------------------------------------------------------------
