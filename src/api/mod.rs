@@ -19,6 +19,9 @@
 //! - compatibility: `POST /pools/{id}/preload`, `GET|POST /pools/{id}/status`
 //! - `GET /openapi.json` (`openapi.rs`: the OpenAPI document, generated from the handlers'
 //!   `#[utoipa::path]` attributes; a test fails when a route here is not documented)
+//! - `GET /ui` (= `/ui/`), `GET /ui/console.js`, `GET /ui/console.css` (`ui.rs`: the console,
+//!   files built into the binary; outside the token check, the page sends the token on each
+//!   call it makes)
 
 mod bare_errors;
 mod commands;
@@ -31,6 +34,7 @@ mod metrics;
 mod openapi;
 mod pools;
 mod server;
+mod ui;
 
 use std::sync::Arc;
 
@@ -69,7 +73,8 @@ struct ApiInner {
 /// API settings.
 #[derive(Debug, Clone, Default)]
 pub struct ApiSettings {
-    /// `LLORCH_API_TOKEN`: when set, every route but `GET /health` needs it.
+    /// `LLORCH_API_TOKEN`: when set, every route but `GET /health` and the console's files
+    /// (`GET /ui...`) needs it.
     pub token: Option<String>,
     /// What may be started (`allowed_binaries`, `[engines] env_allow`).
     pub admission: Arc<Admission>,
@@ -162,6 +167,11 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(pools::daemon_health))
+        // The console's files hold no secret; the calls the page makes carry the token.
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/console.js", get(ui::script))
+        .route("/ui/console.css", get(ui::style))
         .merge(pools)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -32,7 +32,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema, Type};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{commands, events, gpus, pools};
+use super::{commands, events, gpus, pools, ui};
 
 /// The document: every documented handler and the schemas they name.
 #[derive(OpenApi)]
@@ -41,8 +41,8 @@ use super::{commands, events, gpus, pools};
         title = "pool-managerd",
         description = "Per-node daemon that supervises LLM inference engines (SPEC section 5). \
             Errors are `{\"code\", \"error\"}` with the status of their code. With \
-            `LLORCH_API_TOKEN` set, every route but `GET /health` needs \
-            `Authorization: Bearer <token>`."
+            `LLORCH_API_TOKEN` set, every route but `GET /health` and the console's files \
+            (`GET /ui...`) needs `Authorization: Bearer <token>`."
     ),
     paths(
         pools::daemon_health,
@@ -65,6 +65,9 @@ use super::{commands, events, gpus, pools};
         gpus::unquarantine,
         metrics,
         openapi_json,
+        ui::page,
+        ui::script,
+        ui::style,
     ),
     components(schemas(ErrorCodeSchema)),
     modifiers(&BearerScheme, &Aliases),
@@ -76,6 +79,7 @@ use super::{commands, events, gpus, pools};
         (name = "gpus", description = "The node's GPUs"),
         (name = "events", description = "The journal's events"),
         (name = "compatibility", description = "The original system's routes; they answer as their /v2 forms"),
+        (name = "console", description = "The console's page and files (no token: the page sends it on each call)"),
     )
 )]
 pub struct ApiDoc;
@@ -92,7 +96,7 @@ impl Modify for BearerScheme {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "`LLORCH_API_TOKEN`; required on every route but `GET /health` when the daemon has one",
+                        "`LLORCH_API_TOKEN`; required on every route but `GET /health` and the console's files (`GET /ui...`) when the daemon has one",
                     ))
                     .build(),
             ),
@@ -128,6 +132,7 @@ const ALIASES: &[(HttpMethod, &str, HttpMethod, &str)] = &[
         HttpMethod::Get,
         "/v2/pools/{id}",
     ),
+    (HttpMethod::Get, "/ui/", HttpMethod::Get, "/ui"),
 ];
 
 struct Aliases;
