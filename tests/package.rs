@@ -70,10 +70,12 @@ fn the_packaged_config_is_the_defaults_commented_out_under_the_package_settings(
         ..Sources::default()
     })
     .expect("the packaged config loads");
-    let mut expected = Config::default();
-    expected.engine_user = "pool-engine".into();
-    expected.runtime_dir = PathBuf::from("/var/lib/pool-managerd/runtime");
-    expected.journal_dir = PathBuf::from("/var/lib/pool-managerd/journal");
+    let expected = Config {
+        engine_user: "pool-engine".into(),
+        runtime_dir: PathBuf::from("/var/lib/pool-managerd/runtime"),
+        journal_dir: PathBuf::from("/var/lib/pool-managerd/journal"),
+        ..Config::default()
+    };
     assert_eq!(loaded, expected);
 }
 
