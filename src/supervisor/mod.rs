@@ -30,7 +30,7 @@
 //! (HTTP health and `/props`), [`progress`] (while leases are held, whether work in progress
 //! advances: `/slots`, `/metrics`), [`files`] (runtime directory, pid and handoff files, staging),
 //! [`logrotate`] (engine logs bounded by copy-truncate, before each spawn and every few
-//! seconds), [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`admission`] (what may be
+//! seconds), [`logtail`] (an engine log's last lines and new ones, for people), [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`admission`] (what may be
 //! started, checked before every spawn), [`cgroup`] (an engine's cgroup leaf), [`proof`]
 //! (whether a pid may be signalled), [`port`] (the engine's port is free before a spawn and
 //! held by the engine's session before it is ready), [`reconcile`] (the runtime directory against `/proc`
@@ -44,6 +44,7 @@ pub mod admission;
 pub mod cgroup;
 pub mod files;
 pub mod logrotate;
+pub mod logtail;
 pub mod logwatch;
 pub mod port;
 pub mod probe;
