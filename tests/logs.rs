@@ -252,7 +252,7 @@ async fn a_follower_receives_a_line_written_after_it_subscribed() {
     let data = seen
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .next_back()
         .unwrap();
     let line: Value = serde_json::from_str(data).unwrap();
     assert_eq!(
