@@ -16,7 +16,7 @@
 //!
 //! Rotated parts get the owner and mode of the live log (0600, or 0640 and the logs group:
 //! `files.rs`); where the group cannot be given, the part stays 0600. After a rotation the
-//! fresh log starts with one line of ours ([`LOG_HEADER_PREFIX`](super::process::LOG_HEADER_PREFIX)
+//! fresh log starts with one line of ours ([`LOG_HEADER_PREFIX`]
 //! `log rotated at <ts>, previous part in <name>.1 ====`).
 //!
 //! When: before each spawn's header line (in the pool's worker, so a start never races its

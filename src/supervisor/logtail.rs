@@ -6,7 +6,7 @@
 //! Lines are bounded: at most [`LINE_MAX_BYTES`] each (a longer one is cut and says so, the
 //! rest of it skipped), invalid UTF-8 replaced. A tail reads at most [`TAIL_READ_BYTES_MAX`]
 //! of a file. A line is the daemon's when it starts with
-//! [`LOG_HEADER_PREFIX`](super::process::LOG_HEADER_PREFIX): every line the daemon writes into
+//! [`LOG_HEADER_PREFIX`]: every line the daemon writes into
 //! an engine log does, and nothing else marks them. The mark is by prefix only: an engine that
 //! prints a line starting with the same prefix is shown as the daemon's; the daemon shares the
 //! file with the engine's own descriptor and cannot make its lines unforgeable.
