@@ -229,7 +229,7 @@ async fn read_until(stream: &mut reqwest::Response, what: &str, seen: &mut Strin
 }
 
 #[tokio::test]
-async fn a_follower_receives_a_line_written_after_it_subscribed() {
+async fn a_follower_receives_a_line_written_after_it_subscribed_and_after_a_rotation() {
     let h = Harness::start().await;
     let log = pool_with_lines(&h).await;
     let mut stream = h
@@ -259,6 +259,26 @@ async fn a_follower_receives_a_line_written_after_it_subscribed() {
         line,
         json!({"source": "engine", "text": "written after the subscription"})
     );
+    // A rotation (copy, truncate in place): the stream goes on from the file's new start,
+    // with the daemon's mark.
+    let filler: Vec<String> = (0..60)
+        .map(|i| format!("filler {i} {}", "f".repeat(90)))
+        .collect();
+    append(&log, &filler);
+    let limits = LogsSettings {
+        max_bytes: 4096,
+        keep: 1,
+    };
+    assert!(pool_managerd::supervisor::logrotate::rotate_if_over(&log, limits, 0).unwrap());
+    append(&log, &["written after the rotation".to_string()]);
+    read_until(&mut stream, "written after the rotation", &mut seen).await;
+    let mark = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .find(|line| line["text"].as_str().unwrap().contains("log rotated at"))
+        .expect("the rotation's mark is streamed");
+    assert_eq!(mark["source"], "daemon");
     drop(stream);
     h.stop().await;
 }
