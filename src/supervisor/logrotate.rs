@@ -12,7 +12,8 @@
 //!
 //! The window: bytes the engine writes between the last copy and the truncate are lost. It is
 //! kept small: the bulk is copied first, then what was appended meanwhile is copied again,
-//! and the truncate follows at once.
+//! and the truncate follows at once. A line the engine is writing then may be split between
+//! `<log>.1` and the fresh log, and its next line may come before the mark of ours.
 //!
 //! Rotated parts get the owner and mode of the live log (0600, or 0640 and the logs group:
 //! `files.rs`); where the group cannot be given, the part stays 0600. After a rotation the
