@@ -229,8 +229,8 @@ async fn read_until(stream: &mut reqwest::Response, what: &str, seen: &mut Strin
 }
 
 #[tokio::test]
-async fn a_follower_receives_a_line_written_after_it_subscribed_and_after_a_rotation() {
-    let h = Harness::start().await;
+async fn a_follower_gets_new_lines_across_a_rotation_until_the_daemon_stops() {
+    let mut h = Harness::start().await;
     let log = pool_with_lines(&h).await;
     let mut stream = h
         .http
@@ -279,8 +279,14 @@ async fn a_follower_receives_a_line_written_after_it_subscribed_and_after_a_rota
         .find(|line| line["text"].as_str().unwrap().contains("log rotated at"))
         .expect("the rotation's mark is streamed");
     assert_eq!(mark["source"], "daemon");
-    drop(stream);
-    h.stop().await;
+    // The daemon's stop ends the stream with its reason (its graceful stop does not wait).
+    let daemon = h.daemon.take().unwrap();
+    let stopping = tokio::spawn(daemon.shutdown("test finished"));
+    read_until(&mut stream, "event: shutdown", &mut seen).await;
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the daemon stops within 10 s with a stream open")
+        .unwrap();
 }
 
 #[tokio::test]
