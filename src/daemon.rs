@@ -387,6 +387,7 @@ fn node_settings(
         logs_gid,
         retention_hold: retention_hold_of(config),
         surge_ports: config.reload.surge_range(),
+        logs: config.logs,
     })
 }
 

@@ -9,12 +9,12 @@ fn main() -> ExitCode {
     use pool_managerd::cli::Command;
     if matches!(
         cli.command,
-        Command::Journal(_) | Command::Replay(_) | Command::Gpus(_)
+        Command::Journal(_) | Command::Replay(_) | Command::Gpus(_) | Command::Logs(_)
     ) {
-        // A reader that goes away (`journal show | head`) ends these printing commands quietly,
-        // as it does any Unix tool, instead of a panic on the next print. Commands that talk
-        // over sockets (serve, demo, status) keep Rust's default: a peer that disconnects is an
-        // error to handle, not a reason to exit.
+        // A reader that goes away (`journal show | head`, `logs -f | head`) ends these printing
+        // commands quietly, as it does any Unix tool, instead of a panic on the next print.
+        // Commands that talk over sockets (serve, demo, status) keep Rust's default: a peer
+        // that disconnects is an error to handle, not a reason to exit.
         // SAFETY: setting a signal's disposition to the default, before any thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

@@ -313,7 +313,7 @@ fn file_values_reach_the_policy() {
 #[test]
 fn unknown_keys_are_named_with_their_table() {
     let cases: &[(&str, &str, &[&str])] = &[
-        ("bogus = 1\n", "bogus", &["the top-level keys are"]),
+        ("frobnicate = 1\n", "frobnicate", &["the top-level keys are"]),
         (
             "[health]\nbogus = 1\n",
             "health.bogus",

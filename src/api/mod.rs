@@ -14,6 +14,8 @@
 //!   `DELETE .../leases/{lease_id}`, `POST .../drain`, `POST .../reload` (waits),
 //!   `POST .../stop`,
 //!   `POST .../breaker/reset`, `DELETE /v2/pools/{id}`, `GET .../events`
+//! - `GET /v2/pools/{id}/logs` (`logs.rs`: the last lines of the pool's current engine log,
+//!   `?tail=N`; `?follow=true` or `Accept: text/event-stream` streams new lines)
 //! - `GET /v2/gpus` (`gpus.rs`: the last GPU reading, with each process's pool and each GPU's
 //!   quarantine), `POST /v2/gpus/{uuid}/unquarantine`
 //! - compatibility: `POST /pools/{id}/preload`, `GET|POST /pools/{id}/status`
@@ -30,6 +32,7 @@ mod error;
 mod events;
 mod gpus;
 pub mod guard;
+mod logs;
 mod metrics;
 mod openapi;
 mod pools;
@@ -153,6 +156,7 @@ pub fn router(state: ApiState) -> Router {
             post(commands::reset_breaker),
         )
         .route("/v2/pools/{id}/events", get(pools::events))
+        .route("/v2/pools/{id}/logs", get(logs::logs))
         .route("/v2/pools/{id}/handoff", post(commands::register_handoff)) // handoff route
         .route("/v2/events", get(events::events))
         .route("/v2/gpus", get(gpus::list))

@@ -1,6 +1,6 @@
 //! The command line (clap): `serve`, `demo`, `gpus`, `journal {show,export,import,verify,stats,
-//! repair,restore}`, `replay`, `status` (a client of a running daemon) and `explain` (a client,
-//! or offline on a journal); `cluster events`,
+//! repair,restore}`, `replay`, `status` and `logs` (clients of a running daemon) and `explain` (a
+//! client, or offline on a journal); `cluster events`,
 //! `replay --nats` and `journal restore` read the journals published to NATS.
 //!
 //! Owns: argument parsing, opening journals for commands, exit codes, logging set-up.
@@ -17,6 +17,7 @@ mod explain;
 mod fleet;
 pub(crate) mod gpus;
 mod journal;
+mod logs;
 mod nats;
 mod replay;
 mod restore;
@@ -37,6 +38,7 @@ pub use demo::DemoArgs;
 pub use explain::ExplainArgs;
 pub use gpus::GpusArgs;
 pub use journal::JournalCommand;
+pub use logs::LogsArgs;
 pub use replay::ReplayArgs;
 pub use serve::{load_config, wait_for_signal, ServeArgs, StopSignals};
 pub use status::StatusArgs;
@@ -80,6 +82,9 @@ pub enum Command {
     /// Why a pool is in its phase, what happens next and what to do: from a running daemon
     /// (--addr) or offline from a journal directory (--journal-dir).
     Explain(ExplainArgs),
+    /// The last lines of a pool's current engine log from a running daemon; --follow prints
+    /// each new one as the engine writes it.
+    Logs(LogsArgs),
     /// The fleet from NATS (`[cluster]`): `cluster events`, every node's published history.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -115,7 +120,9 @@ impl Cli {
             Command::Demo(_) => "off",
             Command::EngineSim { .. } => "warn",
             Command::Gpus(_) => "error",
-            Command::Status(_) | Command::Cluster(_) | Command::Explain(_) => "warn",
+            Command::Status(_) | Command::Cluster(_) | Command::Explain(_) | Command::Logs(_) => {
+                "warn"
+            }
             // The NATS client's connection events are no news to a command.
             Command::Journal(JournalCommand::Restore { .. }) => "info,async_nats=warn",
             Command::Replay(ref args) if args.reads_nats() => "info,async_nats=warn",
@@ -148,6 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gpus(args) => gpus::run(args),
         Command::Status(args) => status::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Logs(args) => logs::run(args),
         Command::Cluster(command) => cluster::run(command),
         Command::EngineSim { args } => {
             crate::engine_sim::main(std::iter::once("engine-sim".to_string()).chain(args))

@@ -5,8 +5,8 @@
 
 use super::{
     default_journal_dir, ApiConfig, ClusterSettings, ConfigError, EnginesSettings, GpuSettings,
-    JournalSettings, Origin, ReloadSettings, UnknownKey, ADDR_FORM, CONFIG_FILE_BYTES_MAX,
-    DEFAULT_RUNTIME_DIR, ENV_API_TOKEN, PIDS_MAX_MAX, SUGGEST_KEY_CHARS_MAX,
+    JournalSettings, LogsSettings, Origin, ReloadSettings, UnknownKey, ADDR_FORM,
+    CONFIG_FILE_BYTES_MAX, DEFAULT_RUNTIME_DIR, ENV_API_TOKEN, PIDS_MAX_MAX, SUGGEST_KEY_CHARS_MAX,
 };
 use pool_core::{BackoffPolicy, BreakerPolicy, HealthPolicy, Policy, StopPolicy, StormPolicy};
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,7 @@ pub(super) struct FileConfig {
     pub(super) api: ApiConfig,
     pub(super) cluster: ClusterSettings,
     pub(super) reload: ReloadSettings,
+    pub(super) logs: LogsSettings,
 }
 
 impl Default for FileConfig {
@@ -65,6 +66,7 @@ impl Default for FileConfig {
             cluster: ClusterSettings::default(),
             api: ApiConfig::default(),
             reload: ReloadSettings::default(),
+            logs: LogsSettings::default(),
         }
     }
 }
@@ -314,6 +316,8 @@ pub(super) fn value_hint(key: &str) -> String {
         "engines.cgroup" => "give \"auto\", \"required\" or \"off\"",
         "engines.logs_group" => "give a group name, or \"\" for none",
         "reload.surge_ports" => "give \"START-END\" (inclusive), or \"\" for none",
+        "logs.max_bytes" => "give a size in bytes, at least 4096",
+        "logs.keep" => "give how many rotated parts to keep, 1..=100",
         _ => "fix it",
     };
     match default {
@@ -366,6 +370,7 @@ pub(super) fn validate_file_config(file: &FileConfig, origin: &Origin) -> Result
         file.journal.validate(),
         file.cluster.validate(),
         file.reload.validate(),
+        file.logs.validate(),
         validate_paths(file),
         validate_names(file),
     ] {

@@ -163,6 +163,8 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// `[reload]`.
     pub reload: ReloadSettings,
+    /// `[logs]`.
+    pub logs: LogsSettings,
 }
 
 impl Default for Config {
@@ -195,6 +197,7 @@ impl fmt::Debug for Config {
             .field("cluster", &self.cluster)
             .field("api", &self.api)
             .field("reload", &self.reload)
+            .field("logs", &self.logs)
             .finish()
     }
 }
@@ -344,6 +347,7 @@ impl Config {
             cluster: self.cluster.clone(),
             api: self.api.clone(),
             reload: self.reload.clone(),
+            logs: self.logs,
         };
         let body = toml::to_string(&file)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n"));
@@ -384,6 +388,7 @@ impl Config {
             cluster: file.cluster,
             api: file.api,
             reload: file.reload,
+            logs: file.logs,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The tables of the configuration that are ours (`[api]`, `[engines]`, `[gpu]`, `[journal]`,
-//! `[cluster]`, `[reload]`):
+//! `[cluster]`, `[reload]`, `[logs]`):
 //! their shapes, defaults and bounds, each validated on its own.
 //!
 //! Never: reads a file or the environment (the layering does).
@@ -481,6 +481,61 @@ impl ReloadSettings {
         parse_port_range(&self.surge_ports)
             .map(|_| ())
             .map_err(|message| ("reload.surge_ports", message))
+    }
+}
+
+/// `[logs]`: how large an engine's log may grow before it is rotated (copy-truncate, see
+/// `supervisor::logrotate`), and how many rotated parts are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsSettings {
+    /// A live engine log over this many bytes is rotated (before each start, and while the
+    /// engine runs: checked every few seconds), at least [`LOGS_MAX_BYTES_MIN`].
+    pub max_bytes: u64,
+    /// Rotated parts kept: `<log>.1` (newest) to `<log>.<keep>`, 1..=[`LOGS_KEEP_MAX`].
+    pub keep: u32,
+}
+
+/// `logs.max_bytes` by default (64 MiB).
+pub const DEFAULT_LOGS_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// `logs.keep` by default.
+pub const DEFAULT_LOGS_KEEP: u32 = 3;
+/// Smallest `logs.max_bytes`: a log smaller than a page would rotate at every look.
+pub const LOGS_MAX_BYTES_MIN: u64 = 4_096;
+/// Largest `logs.keep`.
+pub const LOGS_KEEP_MAX: u32 = 100;
+
+impl Default for LogsSettings {
+    fn default() -> Self {
+        LogsSettings {
+            max_bytes: DEFAULT_LOGS_MAX_BYTES,
+            keep: DEFAULT_LOGS_KEEP,
+        }
+    }
+}
+
+impl LogsSettings {
+    /// `Err((key, message))` for a value out of bounds.
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_bytes < LOGS_MAX_BYTES_MIN {
+            return Err((
+                "logs.max_bytes",
+                format!(
+                    "{} is below {LOGS_MAX_BYTES_MIN}; give at least {LOGS_MAX_BYTES_MIN} bytes",
+                    self.max_bytes
+                ),
+            ));
+        }
+        if self.keep == 0 || self.keep > LOGS_KEEP_MAX {
+            return Err((
+                "logs.keep",
+                format!(
+                    "{} is outside 1..={LOGS_KEEP_MAX}; keep at least one rotated part",
+                    self.keep
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -179,3 +179,47 @@ fn surge_ports_are_a_range_or_nothing() {
     let error = validate_file_config(&wrong, &Origin::File("c.toml".into())).unwrap_err();
     assert!(error.to_string().contains("reload.surge_ports"), "{error}");
 }
+
+#[test]
+fn logs_rotation_has_defaults_and_bounds() {
+    let defaults = LogsSettings::default();
+    assert_eq!(defaults.max_bytes, 67_108_864);
+    assert_eq!(defaults.keep, 3);
+    assert!(defaults.validate().is_ok());
+    let file =
+        parse_file_text(Path::new("c.toml"), "[logs]\nmax_bytes = 65536\nkeep = 2\n").unwrap();
+    assert_eq!(file.logs.max_bytes, 65_536);
+    assert_eq!(file.logs.keep, 2);
+    for (bad, key) in [
+        (
+            LogsSettings {
+                keep: 0,
+                ..defaults
+            },
+            "logs.keep",
+        ),
+        (
+            LogsSettings {
+                keep: 101,
+                ..defaults
+            },
+            "logs.keep",
+        ),
+        (
+            LogsSettings {
+                max_bytes: 100,
+                ..defaults
+            },
+            "logs.max_bytes",
+        ),
+    ] {
+        let wrong = FileConfig {
+            logs: bad,
+            ..FileConfig::default()
+        };
+        let error = validate_file_config(&wrong, &Origin::File("c.toml".into())).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(key), "{text}");
+        assert!(text.contains("c.toml"), "{text}");
+    }
+}

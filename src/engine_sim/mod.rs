@@ -159,6 +159,12 @@ struct Args {
     )]
     log_line: String,
 
+    /// Write about this many bytes per second of log lines to stdout (`engine-sim: log line N
+    /// xxx...`, 100 bytes each), in bursts every 10 ms, for as long as it runs (a chatty
+    /// engine, for log rotation).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    log_spam_bytes_per_sec: u64,
+
     /// Allocate this many MiB of host memory at start, touch every page so it is resident, and
     /// keep it for the life of the process.
     #[arg(long, value_name = "N", default_value_t = 0)]

@@ -183,6 +183,9 @@ fn schedule_crashes(args: &Args, start: Instant) {
 /// `--log-line-after-ms` (a line on stderr), and `--stall-after-ms` and `--hang-after-ms` (the
 /// lines that say so).
 fn schedule_log_lines(args: &Args, start: Instant) {
+    if args.log_spam_bytes_per_sec > 0 {
+        tokio::spawn(spam(args.log_spam_bytes_per_sec));
+    }
     if let Some(ms) = args.log_line_after_ms {
         let text = args.log_line.clone();
         tokio::spawn(async move {
@@ -209,6 +212,28 @@ fn schedule_log_lines(args: &Args, start: Instant) {
 }
 
 /// One line on stderr, flushed.
+/// `--log-spam-bytes-per-sec`: 100-byte lines on stdout, `rate` bytes a second (at least one
+/// line per burst), forever.
+async fn spam(rate: u64) {
+    let per_burst = (rate / 100 / 100).max(1);
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(10));
+    let mut n: u64 = 0;
+    loop {
+        every.tick().await;
+        let mut out = std::io::stdout().lock();
+        for _ in 0..per_burst {
+            let head = format!("engine-sim: log line {n} ");
+            let _ = writeln!(
+                out,
+                "{head}{}",
+                "x".repeat(99usize.saturating_sub(head.len()))
+            );
+            n += 1;
+        }
+        let _ = out.flush();
+    }
+}
+
 fn write_stderr(text: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{text}");

@@ -129,6 +129,8 @@ pub struct NodeSettings {
     pub retention_hold: Option<pool_journal::RetentionHold>,
     /// `[reload] surge_ports`: the ports a surge's new engine may listen on; `None`: no surge.
     pub surge_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// `[logs]`: engine log rotation.
+    pub logs: crate::config::LogsSettings,
 }
 
 /// Why the node could not start; the message names the directory or what was being recorded.

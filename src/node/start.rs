@@ -170,6 +170,7 @@ pub(super) fn supervisor_of(
     supervisor_settings.placement = settings.placement_check.clone();
     supervisor_settings.release = settings.release_check.clone();
     supervisor_settings.cgroups = settings.cgroups.clone();
+    supervisor_settings.logs = settings.logs;
     Supervisor::new(supervisor_settings, reporter, registry.clone())
 }
 

@@ -38,6 +38,7 @@ fn settings(dir: &std::path::Path, clock: &ManualClock) -> NodeSettings {
         allow_gpu_sharing: false,
         admission: Arc::new(crate::supervisor::admission::Admission::permissive()),
         cgroups: None,
+        logs: Default::default(),
         logs_gid: None,
         retention_hold: None,
         surge_ports: None,

@@ -8,6 +8,9 @@
 //! Owns: the read position, a partial line, and the fault found. Bounded: it reads at most
 //! [`READ_CHUNK_BYTES`] per look and keeps at most [`LINE_MAX_BYTES`] of an unfinished line
 //! (the rest of an over-long line is skipped), whatever the engine writes.
+//! A log truncated by a rotation (`logrotate.rs`: smaller than the read position) is read
+//! again from its start.
+//!
 //! Never: writes the log or decides what a fault means (the core does).
 
 use std::collections::VecDeque;
@@ -270,6 +273,34 @@ mod tests {
         let (reason, line) = first_fault(path, 0, rx).await.unwrap();
         assert_eq!(reason, ExitReason::CudaError);
         assert!(line.contains("no CUDA-capable"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_fault_after_a_rotation_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.log");
+        let mut log = pool_journal::private::file_options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        log.write_all("loading a long model\n".repeat(300).as_bytes())
+            .unwrap();
+        let (_tx, rx) = watch::channel(None);
+        let watcher = tokio::spawn(first_fault(path.clone(), 0, rx));
+        // Read up to the end, then the log is rotated (copied, truncated in place).
+        let limits = crate::config::LogsSettings {
+            max_bytes: 4096,
+            keep: 1,
+        };
+        tokio::time::sleep(Duration::from_millis(LOG_POLL_MS * 2)).await;
+        assert!(crate::supervisor::logrotate::rotate_if_over(&path, limits, 0).unwrap());
+        writeln!(log, "CUDA error: an illegal memory access was encountered").unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the fault after the rotation is found within 5 s")
+            .unwrap();
+        assert_eq!(found.unwrap().0, ExitReason::CudaError);
     }
 
     #[tokio::test]

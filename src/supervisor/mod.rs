@@ -29,7 +29,8 @@
 //! Submodules: [`process`] (spawn, signals, `/proc`, pidfd, exit classification), [`probe`]
 //! (HTTP health and `/props`), [`progress`] (while leases are held, whether work in progress
 //! advances: `/slots`, `/metrics`), [`files`] (runtime directory, pid and handoff files, staging),
-//! [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`admission`] (what may be
+//! [`logrotate`] (engine logs bounded by copy-truncate, before each spawn and every few
+//! seconds), [`logtail`] (an engine log's last lines and new ones, for people), [`logwatch`] (GPU fault and no-GPU lines of the engine log), [`admission`] (what may be
 //! started, checked before every spawn), [`cgroup`] (an engine's cgroup leaf), [`proof`]
 //! (whether a pid may be signalled), [`port`] (the engine's port is free before a spawn and
 //! held by the engine's session before it is ready), [`reconcile`] (the runtime directory against `/proc`
@@ -42,6 +43,8 @@
 pub mod admission;
 pub mod cgroup;
 pub mod files;
+pub mod logrotate;
+pub mod logtail;
 pub mod logwatch;
 pub mod port;
 pub mod probe;
@@ -108,6 +111,9 @@ pub struct SupervisorSettings {
     pub admission: Arc<admission::Admission>,
     /// A cgroup v2 leaf per engine (`engines.cgroup`), where one could be set up.
     pub cgroups: Option<Arc<cgroup::EngineCgroups>>,
+    /// `[logs]`: when an engine log is rotated, and how many parts are kept
+    /// ([`logrotate`]).
+    pub logs: crate::config::LogsSettings,
 }
 
 impl SupervisorSettings {
@@ -127,6 +133,7 @@ impl SupervisorSettings {
             release: None,
             admission: Arc::new(admission::Admission::permissive()),
             cgroups: None,
+            logs: crate::config::LogsSettings::default(),
         }
     }
 
@@ -188,6 +195,9 @@ pub struct Supervisor {
     workers: Workers,
     /// Numbers the workers, so that an ending one removes its own entry only.
     next_worker: std::sync::atomic::AtomicU64,
+    /// The runtime directory's log rotation task ([`logrotate::spawn_rotation_task`]), ended
+    /// with the supervisor; `None` outside a runtime.
+    _rotation: Option<(Owned, Arc<()>)>,
 }
 
 /// The workers, one per pool and lane.
@@ -215,6 +225,17 @@ fn lock_workers(
 impl Supervisor {
     /// A supervisor reporting to `reporter` and reading `registry`.
     pub fn new(settings: SupervisorSettings, reporter: Reporter, registry: Registry) -> Supervisor {
+        let _rotation = tokio::runtime::Handle::try_current().ok().map(|_| {
+            let alive = Arc::new(());
+            let clock = settings.clock.clone();
+            let task = logrotate::spawn_rotation_task(
+                settings.dirs.logs.clone(),
+                settings.logs,
+                move || clock.now_ms(),
+                Arc::downgrade(&alive),
+            );
+            (Owned(task), alive)
+        });
         Supervisor {
             shared: Arc::new(Shared {
                 settings,
@@ -224,6 +245,7 @@ impl Supervisor {
             }),
             workers: Arc::new(Mutex::new(HashMap::new())),
             next_worker: std::sync::atomic::AtomicU64::new(0),
+            _rotation,
         }
     }
 

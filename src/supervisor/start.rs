@@ -52,6 +52,7 @@ impl PoolWorker {
             Ok(leaf) => leaf,
             Err(reason) => return self.spawn_failed(cause, token, reason).await,
         };
+        self.rotate_log(&log_path).await;
         // The log watcher starts where this start's header will be written.
         let log_offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let pid_path = self.pid_path();
@@ -183,6 +184,28 @@ impl PoolWorker {
             .prepare_log(log_path)
             .map_err(|e| format!("cannot prepare the engine log: {e}"))?;
         self.leaf(engine)
+    }
+
+    /// Rotates the engine log before a start's header when it is over `[logs] max_bytes`
+    /// (`logrotate.rs`); a failure is logged and the start goes on (its log only grows).
+    async fn rotate_log(&self, log_path: &std::path::Path) {
+        let (path, limits, now_ms) = (
+            log_path.to_path_buf(),
+            self.shared.settings.logs,
+            self.shared.now_ms(),
+        );
+        let rotated = tokio::task::spawn_blocking(move || {
+            super::logrotate::rotate_if_over(&path, limits, now_ms)
+        })
+        .await;
+        match rotated {
+            Ok(Ok(true)) => {
+                tracing::info!(pool_id = %self.pool_id, path = %log_path.display(), "engine log rotated before a start");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(pool_id = %self.pool_id, "{e}"),
+            Err(e) => tracing::warn!(pool_id = %self.pool_id, "log rotation failed: {e}"),
+        }
     }
 
     /// Logs when a spawned engine is not in its cgroup leaf (it then runs without limits).

@@ -32,7 +32,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema, Type};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{commands, events, gpus, pools, ui};
+use super::{commands, events, gpus, logs, pools, ui};
 
 /// The document: every documented handler and the schemas they name.
 #[derive(OpenApi)]
@@ -59,6 +59,7 @@ use super::{commands, events, gpus, pools, ui};
         commands::reset_breaker,
         commands::remove,
         pools::events,
+        logs::logs,
         commands::register_handoff,
         events::events,
         gpus::list,
