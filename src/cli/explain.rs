@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use pool_core::Explanation;
 
+use super::client::{Client, DaemonAddr};
 use super::open_existing;
-use super::status::Client;
 use crate::projection::{explain_pool, replay, ReplayLimit};
 
 /// Arguments of `explain`.
@@ -26,14 +26,8 @@ pub struct ExplainArgs {
     /// Explain the pool as it was right after this event (default: the last).
     #[arg(long, value_name = "N")]
     pub at_seq: Option<u64>,
-    /// The daemon's address (`host:port`, or an `http://` URL).
-    #[arg(
-        long,
-        env = "POOL_MANAGERD_ADDR",
-        default_value = "127.0.0.1:9200",
-        value_name = "ADDR"
-    )]
-    pub addr: String,
+    #[command(flatten)]
+    pub daemon: DaemonAddr,
     /// Read this journal directory instead of asking a daemon (read-only; a copy works).
     #[arg(long, value_name = "DIR")]
     pub journal_dir: Option<PathBuf>,
@@ -62,7 +56,7 @@ fn online(args: &ExplainArgs) -> anyhow::Result<Explanation> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let client = Client::new(&args.addr)?;
+    let client = Client::new(&args.daemon)?;
     let mut path = format!("/v2/pools/{}/explain", args.pool_id);
     if let Some(seq) = args.at_seq {
         path.push_str(&format!("?at_seq={seq}"));
@@ -72,7 +66,7 @@ fn online(args: &ExplainArgs) -> anyhow::Result<Explanation> {
         format!(
             "pool-managerd at {} sent an explanation this client does not understand (another \
              version?); --json prints it as it is",
-            args.addr
+            args.daemon.addr
         )
     })
 }

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use super::status::{Client, SseMessage};
+use super::client::{Client, DaemonAddr, SseFrames};
 
 /// Arguments of `logs`.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,14 +29,8 @@ pub struct LogsArgs {
     /// stops.
     #[arg(short = 'f', long)]
     pub follow: bool,
-    /// The daemon's address (`host:port`, or an `http://` URL).
-    #[arg(
-        long,
-        env = "POOL_MANAGERD_ADDR",
-        default_value = "127.0.0.1:9200",
-        value_name = "ADDR"
-    )]
-    pub addr: String,
+    #[command(flatten)]
+    pub daemon: DaemonAddr,
 }
 
 /// Runs `logs`.
@@ -45,11 +39,11 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let client = Client::new(&args.addr)?;
+    let client = Client::new(&args.daemon)?;
     let what = || {
         format!(
             "cannot read the log of pool {} from pool-managerd at {}",
-            args.pool_id, args.addr
+            args.pool_id, args.daemon.addr
         )
     };
     if args.follow {
@@ -80,19 +74,14 @@ async fn follow(client: &Client, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     );
     let request = client.get(&path).header("accept", "text/event-stream");
     let mut response = client.send(request).await?;
-    let mut buffer = String::new();
+    let mut frames = SseFrames::default();
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => bail!("the stream ended without a reason"),
             Err(e) => bail!("the stream broke: {e}"),
         };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let Some(message) = SseMessage::parse(&frame) else {
-                continue;
-            };
+        for message in frames.feed(&chunk)? {
             let data: Value = serde_json::from_str(&message.data).unwrap_or_default();
             if message.event == "line" {
                 let mut out = std::io::stdout().lock();

@@ -11,6 +11,7 @@
 //! would; `verify` and `repair` open it without recovery.) Errors name the path or the seq
 //! and what to do.
 
+mod client;
 mod cluster;
 mod demo;
 mod explain;

@@ -13,11 +13,12 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use pool_core::{Event, PoolStatus};
 use pool_journal::Envelope;
 use serde_json::Value;
 
+use super::client::{Client, DaemonAddr, SseFrames, SseMessage};
 use crate::table::{registry_table_why, timeline_line};
 
 /// The longest line printed per event with `--watch` (longer ones are cut).
@@ -27,20 +28,12 @@ pub const WATCH_LINE_CHARS_MAX: usize = 200;
 const WATCH_SETTLE_MS: u64 = 1_000;
 /// ... and at most this often.
 const WATCH_TABLE_EVERY_MS: u64 = 5_000;
-/// How long a request may take before the daemon counts as unreachable.
-const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// `status` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// The daemon's address (`host:port`, or an `http://` URL).
-    #[arg(
-        long,
-        env = "POOL_MANAGERD_ADDR",
-        default_value = "127.0.0.1:9200",
-        value_name = "ADDR"
-    )]
-    pub addr: String,
+    #[command(flatten)]
+    pub daemon: DaemonAddr,
     /// Print the pools as JSON (`GET /v2/pools`, unchanged) instead of a table.
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
@@ -62,123 +55,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(status(args))
 }
 
-/// A client of one daemon.
-pub(super) struct Client {
-    http: reqwest::Client,
-    base: String,
-    addr: String,
-    token: Option<String>,
-}
-
+/// What `status` reads of a daemon, on top of the shared [`Client`].
 impl Client {
-    pub(super) fn new(addr: &str) -> anyhow::Result<Client> {
-        let addr = addr.trim().trim_end_matches('/').to_string();
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Client {
-            http,
-            base,
-            addr,
-            token: std::env::var("LLORCH_API_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-        })
-    }
-
-    pub(super) fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.get(format!("{}{path}", self.base));
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
-    }
-
-    /// Sends `request`; an unreachable daemon or an answer other than 2xx is an error that
-    /// says what to do.
-    pub(super) async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> anyhow::Result<reqwest::Response> {
-        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let body: Value = response
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        let said = body["error"].as_str().unwrap_or("").to_string();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            let remedy = if self.token.is_some() {
-                "the token in LLORCH_API_TOKEN is not the daemon's; set it to the daemon's token"
-            } else {
-                "the daemon requires a token: set LLORCH_API_TOKEN to it"
-            };
-            bail!(
-                "pool-managerd at {} refused the request (401 UNAUTHORIZED): {remedy}",
-                self.addr
-            );
-        }
-        bail!(
-            "pool-managerd at {} answered {status}{}{}",
-            self.addr,
-            body["code"]
-                .as_str()
-                .map(|code| format!(" {code}"))
-                .unwrap_or_default(),
-            if said.is_empty() {
-                String::new()
-            } else {
-                format!(": {said}")
-            }
-        )
-    }
-
-    fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
-        let why = std::error::Error::source(error)
-            .map(|source| {
-                // The innermost cause ("Connection refused (os error 111)").
-                let mut cause: &dyn std::error::Error = source;
-                while let Some(next) = cause.source() {
-                    cause = next;
-                }
-                cause.to_string()
-            })
-            .unwrap_or_else(|| error.to_string());
-        anyhow::anyhow!(
-            "cannot reach pool-managerd at {} ({why}): is it running? Start it with \
-             `pool-managerd serve` (`serve --dev` on a machine without a GPU), or pass --addr \
-             (or set POOL_MANAGERD_ADDR) to where it listens",
-            self.addr
-        )
-    }
-
     async fn pools(&self) -> anyhow::Result<(Vec<PoolStatus>, Value)> {
-        let request = self
-            .get("/v2/pools")
-            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-        let body = self
-            .send(request)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        let raw: Value = serde_json::from_slice(&body).with_context(|| {
-            format!(
-                "pool-managerd at {} sent a list that is not JSON",
-                self.addr
-            )
-        })?;
+        let raw = self.get_json("/v2/pools").await?;
         let statuses: Vec<PoolStatus> = serde_json::from_value(raw.clone()).with_context(|| {
             format!(
                 "pool-managerd at {} sent pools this client does not understand (another \
@@ -187,25 +67,6 @@ impl Client {
             )
         })?;
         Ok((statuses, raw))
-    }
-
-    /// `GET path` as JSON (an answer other than 2xx is an error that says what to do).
-    pub(super) async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        let request = self
-            .get(path)
-            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-        let body = self
-            .send(request)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        serde_json::from_slice(&body).with_context(|| {
-            format!(
-                "pool-managerd at {} sent an answer that is not JSON",
-                self.addr
-            )
-        })
     }
 
     /// One line of the explanation of each pool that is not ready (`GET
@@ -225,22 +86,13 @@ impl Client {
     }
 
     async fn journal_seq(&self) -> anyhow::Result<u64> {
-        let request = self
-            .get("/health")
-            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-        let body = self
-            .send(request)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        let health: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let health = self.get_json("/health").await?;
         Ok(health["journal_seq"].as_u64().unwrap_or(0))
     }
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.addr)?;
+    let client = Client::new(&args.daemon)?;
     if !args.watch {
         let (statuses, raw) = client.pools().await?;
         let mut out = std::io::stdout().lock();
@@ -323,7 +175,7 @@ enum Followed {
 impl Watch<'_> {
     /// Prints the stream's events until it ends, or `max_events` were printed.
     async fn follow(&mut self, mut response: reqwest::Response) -> anyhow::Result<Followed> {
-        let mut buffer = String::new();
+        let mut frames = SseFrames::default();
         loop {
             let settle = Duration::from_millis(WATCH_SETTLE_MS);
             let chunk = match tokio::time::timeout(settle, response.chunk()).await {
@@ -335,12 +187,7 @@ impl Watch<'_> {
                 Ok(Ok(None)) => return Ok(Followed::Ended("the stream ended".to_string())),
                 Ok(Err(e)) => return Ok(Followed::Ended(format!("the stream broke: {e}"))),
             };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let frame: String = buffer.drain(..end + 2).collect();
-                let Some(message) = SseMessage::parse(&frame) else {
-                    continue;
-                };
+            for message in frames.feed(&chunk)? {
                 if self.message(message).await? {
                     return Ok(Followed::Done);
                 }
@@ -424,62 +271,9 @@ fn event_line(data: &str) -> String {
     }
 }
 
-/// One Server-Sent Events message.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct SseMessage {
-    pub(crate) id: Option<u64>,
-    pub(crate) event: String,
-    pub(crate) data: String,
-}
-
-impl SseMessage {
-    /// Parses one frame (the lines before a blank line); `None` for a comment-only frame.
-    pub(crate) fn parse(frame: &str) -> Option<SseMessage> {
-        let mut message = SseMessage {
-            event: "message".to_string(),
-            ..SseMessage::default()
-        };
-        let mut any = false;
-        for line in frame.lines() {
-            if line.starts_with(':') || line.is_empty() {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            any = true;
-            match field {
-                "id" => message.id = value.parse().ok(),
-                "event" => message.event = value.to_string(),
-                "data" => {
-                    if !message.data.is_empty() {
-                        message.data.push('\n');
-                    }
-                    message.data.push_str(value);
-                }
-                _ => {}
-            }
-        }
-        any.then_some(message)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_frames_parse() {
-        assert_eq!(SseMessage::parse(": keep-alive\n\n"), None);
-        let message = SseMessage::parse("id: 7\nevent: PoolReady\ndata: {\"seq\":7}\n\n");
-        assert_eq!(
-            message,
-            Some(SseMessage {
-                id: Some(7),
-                event: "PoolReady".to_string(),
-                data: "{\"seq\":7}".to_string(),
-            })
-        );
-    }
 
     #[test]
     fn long_event_lines_are_cut() {
