@@ -171,12 +171,24 @@ async fn consume_stream(
     }
 }
 
-/// Follows the registry bucket and records each update's arrival.
-async fn consume_kv(url: String, seen: Arc<Mutex<Seen>>) {
+/// Follows the registry bucket and records each update's arrival; says `ready` once it
+/// watches. The nodes make the bucket with their first registry write, which may come after
+/// this starts: it is awaited, bounded.
+async fn consume_kv(url: String, seen: Arc<Mutex<Seen>>, ready: tokio::sync::oneshot::Sender<()>) {
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let bucket = js.get_key_value("POOL_REGISTRY").await.unwrap();
+    let since = Instant::now();
+    let bucket = loop {
+        match js.get_key_value("POOL_REGISTRY").await {
+            Ok(bucket) => break bucket,
+            Err(_) if since.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the registry bucket POOL_REGISTRY did not appear within 30 s: {e}"),
+        }
+    };
     let mut watch = bucket.watch_all().await.unwrap();
+    let _ = ready.send(());
     while let Some(Ok(entry)) = watch.next().await {
         let at = now_ms();
         let Ok(value) = serde_json::from_slice::<Value>(&entry.value) else {
@@ -240,7 +252,11 @@ async fn run(nodes: usize, clients: usize, secs: u64, http: &reqwest::Client) {
     let (ready, started) = tokio::sync::oneshot::channel();
     let stream_task = tokio::spawn(consume_stream(servers[0].url(), seen.clone(), ready));
     started.await.unwrap();
-    let kv_task = tokio::spawn(consume_kv(servers[0].url(), seen.clone()));
+    let (ready, watching) = tokio::sync::oneshot::channel();
+    let kv_task = tokio::spawn(consume_kv(servers[0].url(), seen.clone(), ready));
+    watching
+        .await
+        .expect("the registry bucket's watcher ended before it watched");
 
     let committed_before = fleet_sum(http, &bases, "journal_last_seq").await;
     let stop = Arc::new(AtomicBool::new(false));
