@@ -13,9 +13,14 @@
 //! line of the rules file; a case of the test file is an `alertname: NAME` line followed by
 //! its `exp_alerts:`, silent when that is `exp_alerts: []`, firing when a list follows.
 
+#[path = "support/promtool.rs"]
+mod promtool;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
+
+use promtool::promtool;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("packaging/prometheus")
@@ -23,22 +28,6 @@ fn dir() -> PathBuf {
 
 const RULES: &str = "pool-managerd.rules.yml";
 const RULE_TESTS: &str = "pool-managerd.rules.test.yml";
-
-/// The promtool to run: `None` (after saying why) when it is missing outside CI.
-fn promtool() -> Option<&'static str> {
-    let found = ["/usr/bin/promtool", "promtool"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok());
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("promtool is missing (Debian package `prometheus`; .ci/run installs it)");
-        }
-        eprintln!(
-            "SKIPPED the promtool check: promtool is not installed (apt-get install prometheus)"
-        );
-    }
-    found
-}
 
 /// Runs `promtool args` in the rules' folder; the combined output, after asserting that it
 /// succeeded and said nothing but the lines `allowed` accepts.

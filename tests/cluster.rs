@@ -108,27 +108,11 @@ async fn every_event_is_in_the_stream_once_in_order_across_a_restart() {
     assert!(last.payload["seq"].as_u64().unwrap() > before);
 }
 
-/// A gauge of a scrape of `GET /metrics`.
-async fn gauge(h: &Harness, name: &str) -> f64 {
-    let response = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap();
-    let text = response.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 /// Waits until the gauge `name` satisfies `check`.
 async fn gauge_becomes(h: &Harness, name: &str, check: impl Fn(f64) -> bool) -> f64 {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let value = gauge(h, name).await;
+        let value = h.metric(name).await;
         if check(value) {
             return value;
         }
@@ -156,7 +140,7 @@ async fn a_server_away_delays_publishing_and_the_backlog_drains_once_it_is_back(
     assert_eq!(h.post("/v2/pools/p1/preload", body).await.0, 200);
     published_through_the_end(&h).await;
     gauge_becomes(&h, "cluster_connected", |v| v == 1.0).await;
-    assert_eq!(gauge(&h, "cluster_publish_lag_events").await, 0.0);
+    assert_eq!(h.metric("cluster_publish_lag_events").await, 0.0);
 
     server.stop(); // SIGTERM: the server is away
     gauge_becomes(&h, "cluster_connected", |v| v == 0.0).await;
@@ -170,7 +154,7 @@ async fn a_server_away_delays_publishing_and_the_backlog_drains_once_it_is_back(
         );
         assert_eq!(h.call(reqwest::Method::DELETE, &path, None).await.0, 200);
     }
-    assert!(gauge(&h, "cluster_publish_lag_events").await >= 20.0);
+    assert!(h.metric("cluster_publish_lag_events").await >= 20.0);
     // The publisher gave up on a round (its acks timed out) and keeps trying.
     gauge_becomes(&h, "cluster_publish_failures_total", |v| v >= 1.0).await;
 
@@ -180,7 +164,7 @@ async fn a_server_away_delays_publishing_and_the_backlog_drains_once_it_is_back(
         &nats::stream_messages(&url, "POOL_EVENTS").await,
         &journal_events(&h).await,
     );
-    assert_eq!(gauge(&h, "cluster_publish_lag_events").await, 0.0);
+    assert_eq!(h.metric("cluster_publish_lag_events").await, 0.0);
     h.stop().await;
 }
 

@@ -140,24 +140,6 @@ async fn assert_streams_are_the_journals(fleet: &[Harness], urls: &str) {
     }
 }
 
-/// A sample of `GET /metrics`.
-async fn metric(h: &Harness, name: &str) -> f64 {
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in the scrape"))
-        .parse()
-        .unwrap()
-}
-
 /// `pool-managerd cluster status --json` through the first server.
 /// `cluster status --json`, or its stderr when it failed (a replicated bucket answers 503
 /// while its servers elect a leader after a restart).
@@ -253,7 +235,7 @@ async fn four_daemons_lose_nothing_when_a_server_dies_or_all_are_away() {
     for h in &fleet {
         // The outage was felt: a round of acks timed out on every node.
         assert!(
-            metric(h, "cluster_publish_failures_total").await >= 1.0,
+            h.metric("cluster_publish_failures_total").await >= 1.0,
             "{}",
             h.base
         );

@@ -78,28 +78,12 @@ async fn seal_segments(h: &Harness, segments: u64) {
         .expect("retention runs");
 }
 
-/// The value of `name` in a scrape of `GET /metrics`.
-async fn metric(h: &Harness, name: &str) -> f64 {
-    let response = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap();
-    let text = response.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 /// The seqs retention dropped (all of them before the earliest retained one) and
 /// `cluster_unpublished_dropped_events_total`, read while retention left the journal alone.
 async fn dropped_and_counted(h: &Harness) -> (u64, f64) {
     loop {
         let before = journal(h).usage().expired_through;
-        let counted = metric(h, "cluster_unpublished_dropped_events_total").await;
+        let counted = h.metric("cluster_unpublished_dropped_events_total").await;
         if journal(h).usage().expired_through == before {
             return (before, counted);
         }
@@ -167,17 +151,17 @@ async fn unpublished_events_are_held_past_retention_and_dropped_once_published()
     assert_eq!(status, 200, "{events}");
     assert_eq!(events[0]["seq"], 1, "{events}");
     assert_eq!(
-        metric(&h, "cluster_unpublished_dropped_events_total").await,
+        h.metric("cluster_unpublished_dropped_events_total").await,
         0.0
     );
-    assert!(metric(&h, "cluster_publish_lag_events").await >= (SEGMENTS * 8) as f64);
+    assert!(h.metric("cluster_publish_lag_events").await >= (SEGMENTS * 8) as f64);
 
     // Back: every seq from 1 is published.
     server.start();
     let last = published_through_the_end(&h).await;
     assert_stream_holds(&url, 1, last).await;
     assert_eq!(
-        metric(&h, "cluster_unpublished_dropped_events_total").await,
+        h.metric("cluster_unpublished_dropped_events_total").await,
         0.0
     );
 
@@ -199,7 +183,7 @@ async fn unpublished_events_are_held_past_retention_and_dropped_once_published()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        metric(&h, "cluster_unpublished_dropped_events_total").await,
+        h.metric("cluster_unpublished_dropped_events_total").await,
         0.0
     );
     h.stop().await;
@@ -229,9 +213,9 @@ async fn past_the_cap_retention_drops_unpublished_events_and_the_publisher_goes_
     let last = published_through_the_end(&h).await;
     assert_stream_holds(&url, lost + 1, last).await;
     assert_eq!(
-        metric(&h, "cluster_unpublished_dropped_events_total").await,
+        h.metric("cluster_unpublished_dropped_events_total").await,
         lost as f64
     );
-    assert_eq!(metric(&h, "cluster_publish_lag_events").await, 0.0);
+    assert_eq!(h.metric("cluster_publish_lag_events").await, 0.0);
     h.stop().await;
 }

@@ -12,6 +12,8 @@
 
 #[path = "support/daemon_harness.rs"]
 mod harness;
+#[path = "support/promtool.rs"]
+mod promtool;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::{engine_sim_preload, write_fixture, Harness};
+use promtool::promtool;
 use serde_json::{json, Value};
 
 const GIB: u64 = 1 << 30;
@@ -286,22 +289,6 @@ fn the_dashboard_has_its_variables_and_panels() {
     }
 }
 
-/// The promtool to run: `None` (after saying why) when it is missing outside CI.
-fn promtool() -> Option<&'static str> {
-    let found = ["/usr/bin/promtool", "promtool"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok());
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("promtool is missing (Debian package `prometheus`; .ci/run installs it)");
-        }
-        eprintln!(
-            "SKIPPED the promtool check: promtool is not installed (apt-get install prometheus)"
-        );
-    }
-    found
-}
-
 #[test]
 fn every_query_is_promql_that_promtool_parses() {
     let queries = queries(&dashboard());
@@ -344,17 +331,6 @@ fn served_names(text: &str) -> BTreeSet<String> {
         .filter_map(|line| line.split(['{', ' ']).next())
         .map(String::from)
         .collect()
-}
-
-async fn scrape(h: &Harness) -> String {
-    let response = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    response.text().await.unwrap()
 }
 
 /// A preload body of an engine-sim with `flags`, its model `model` (`steady` on GPU 0, the
@@ -470,7 +446,7 @@ async fn every_series_the_dashboard_names_is_in_a_real_scrape() {
     // fixture's faults come with the loop's next readings).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = scrape(&h).await;
+        let text = h.scrape().await;
         let served = served_names(&text);
         let missing: Vec<&String> = wanted.difference(&served).collect();
         if missing.is_empty() {

@@ -113,16 +113,6 @@ fn lease_ids(events: &[Value], kind: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn metrics(h: &Harness) -> String {
-    let response = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap();
-    response.text().await.unwrap()
-}
-
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
@@ -158,7 +148,7 @@ async fn check_unavailable(
             .contains(os_error),
         "{health}"
     );
-    let text = metrics(h).await;
+    let text = h.scrape().await;
     assert_eq!(sample(&text, "journal_writable "), 0.0);
     assert!(
         sample(

@@ -472,15 +472,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_daemon_keeps_answering() {
     assert!(reason.contains("slow client"), "{reason}");
     assert!(reason.contains("Last-Event-ID"), "{reason}");
     // Counted (before its last message went out).
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.scrape().await;
     assert!(
         metrics.contains("\nsse_clients_dropped_total 1\n"),
         "{metrics}"

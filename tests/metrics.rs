@@ -9,6 +9,8 @@
 
 #[path = "support/daemon_harness.rs"]
 mod harness;
+#[path = "support/promtool.rs"]
+mod promtool;
 
 use harness::serve::ServeCommand;
 
@@ -18,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{engine_sim_preload, Harness};
+use promtool::promtool;
 use serde_json::{json, Value};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pool-managerd");
@@ -53,37 +56,9 @@ fn expect(text: &str, name: &str, labels: &[(&str, &str)], wanted: f64) {
     );
 }
 
-async fn scrape(h: &Harness) -> String {
-    let response = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    response.text().await.unwrap()
-}
-
 /// `promtool check metrics` on `text`: `Ok(false)` when promtool is missing outside CI.
 fn promtool_check(text: &str) -> bool {
-    let promtool = ["/usr/bin/promtool", "promtool"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok());
-    let Some(promtool) = promtool else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("promtool is missing (Debian package `prometheus`; .ci/run installs it)");
-        }
-        eprintln!(
-            "SKIPPED the promtool check: promtool is not installed (apt-get install prometheus)"
-        );
+    let Some(promtool) = promtool() else {
         return false;
     };
     let mut child = Command::new(promtool)
@@ -132,7 +107,7 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    let text = scrape(&h).await;
+    let text = h.scrape().await;
     expect(
         &text,
         "pool_preload_total",
@@ -167,7 +142,7 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
     // A lease: one slot taken, then given back.
     let (status, lease) = h.post("/v2/pools/steady/leases", json!({})).await;
     assert_eq!(status, 201, "{lease}");
-    let text = scrape(&h).await;
+    let text = h.scrape().await;
     expect(&text, "pool_active_leases", &[("pool_id", "steady")], 1.0);
     expect(&text, "pool_slots_free", &[("pool_id", "steady")], 3.0);
     let lease_id = lease["lease_id"].as_str().unwrap();
@@ -207,7 +182,7 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
     h.wait_pool("steady", "drained", |s| s["phase"] == "stopped")
         .await;
 
-    let text = scrape(&h).await;
+    let text = h.scrape().await;
     let (_, health) = h.get("/health").await;
     expect(
         &text,
@@ -291,7 +266,7 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
 
     // A restart: counters count since this process started, gauges come back from the replay.
     h.restart().await;
-    let text = scrape(&h).await;
+    let text = h.scrape().await;
     assert!(value(&text, "pool_preload_total", &[]).is_none(), "{text}");
     assert!(value(&text, "engine_crash_total", &[]).is_none(), "{text}");
     expect(&text, "sse_clients_dropped_total", &[], 0.0);
@@ -319,7 +294,7 @@ async fn a_scrape_after_preload_lease_crash_and_drain_has_every_series_and_passe
             .await;
         assert_eq!(status, 200, "{answer}");
     }
-    let text = scrape(&h).await;
+    let text = h.scrape().await;
     assert!(!text.contains("pool_id=\"steady\""), "{text}");
     assert!(!text.contains("pool_id=\"crashy\""), "{text}");
     promtool_check(&text);

@@ -103,6 +103,37 @@ impl Harness {
             .await
     }
 
+    /// `GET /metrics`: the exposition text, after asserting a 200 in Prometheus' text format.
+    pub async fn scrape(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        response.text().await.unwrap()
+    }
+
+    /// The value of the label-less sample `name` in a scrape (a panic naming it, with the
+    /// scrape, when it is absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.scrape().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
     /// Reads `GET /v2/pools/{pool}` until `check` holds (`self.wait` at most), again each
     /// time the registry publishes a change (and at least every 200 ms: a probe's heartbeat
     /// changes a status without a new seq).
