@@ -222,6 +222,15 @@ impl Drop for Reaper {
     }
 }
 
+/// The worker of pool "a"'s lane A, outside the supervisor's own map (a test drives it).
+fn worker_a(supervisor: &Supervisor) -> PoolWorker {
+    PoolWorker::new(
+        supervisor.shared.clone(),
+        PoolId::new("a").unwrap(),
+        Lane::A,
+    )
+}
+
 /// Spawns `engine` on `worker` (token 7, in the worker's lane): its pid, from the
 /// `EngineSpawned` report, and its reaper.
 async fn spawn(
@@ -375,11 +384,7 @@ async fn a_no_gpu_line_during_the_health_wait_is_reported_once_by_the_log_watche
     let check = PlacementCheck::new(inventory, 5_000);
     let (supervisor, mut reports) =
         supervisor_reporting(dir.path(), preloaded(&engine), Some(check));
-    let mut worker = PoolWorker::new(
-        supervisor.shared.clone(),
-        PoolId::new("a").unwrap(),
-        Lane::A,
-    );
+    let mut worker = worker_a(&supervisor);
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     fixture_listing(&fixture, pid);
     let pool_id = worker.pool_id.clone();
@@ -461,11 +466,7 @@ async fn a_worker_kills_a_leftover_before_the_first_spawn_of_its_life_only() {
     let mut leftover = session_leader(script, &tag);
     runs_command_line(leftover.id(), script, &tag);
     let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
-    let mut worker = PoolWorker::new(
-        supervisor.shared.clone(),
-        PoolId::new("a").unwrap(),
-        Lane::A,
-    );
+    let mut worker = worker_a(&supervisor);
     assert!(worker.leftover_possible);
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine.clone()).await;
     // Killed and awaited before the spawn.
@@ -523,11 +524,7 @@ async fn an_engine_listening_soon_after_its_spawn_is_found_healthy_before_the_in
     policy.health.preload_interval_ms = 60_000;
     let (supervisor, mut reports) =
         supervisor_with_policy(dir.path(), preloaded(&engine), None, policy);
-    let mut worker = PoolWorker::new(
-        supervisor.shared.clone(),
-        PoolId::new("a").unwrap(),
-        Lane::A,
-    );
+    let mut worker = worker_a(&supervisor);
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     let pool_id = worker.pool_id.clone();
     let wait = Effect::StartHealthWait {

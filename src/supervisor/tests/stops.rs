@@ -12,11 +12,7 @@ async fn an_exit_during_a_stop_is_reported_once_by_the_stop_as_engine_stopped() 
     let tag = dir.path().display().to_string();
     let engine = sh_engine("a", free_port(), "exec sleep 120", &tag);
     let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
-    let mut worker = PoolWorker::new(
-        supervisor.shared.clone(),
-        PoolId::new("a").unwrap(),
-        Lane::A,
-    );
+    let mut worker = worker_a(&supervisor);
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     let mut exited = worker.engine.as_ref().unwrap().exited.clone();
     // SIGTERM ends it at once: its exit watcher sees the exit while the stop waits for it.
@@ -47,11 +43,7 @@ async fn an_engine_deaf_to_sigterm_is_killed_after_its_grace_and_reported_once()
     let script = "trap '' TERM; echo deaf; exec sleep 120";
     let engine = sh_engine("a", free_port(), script, &tag);
     let (supervisor, mut reports) = supervisor_reporting(dir.path(), preloaded(&engine), None);
-    let mut worker = PoolWorker::new(
-        supervisor.shared.clone(),
-        PoolId::new("a").unwrap(),
-        Lane::A,
-    );
+    let mut worker = worker_a(&supervisor);
     let (pid, _reaper) = spawn(&mut worker, &mut reports, engine).await;
     let mut exited = worker.engine.as_ref().unwrap().exited.clone();
     // Its trap must be set before the stop: a SIGTERM before it would end the shell.
