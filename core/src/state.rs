@@ -311,6 +311,27 @@ pub struct Second {
 }
 
 impl Second {
+    /// A surge's new engine as `SurgeStartRequested` (seq `token`, at `since_ms`) records it:
+    /// not spawned yet, nothing known of it.
+    pub fn surge(engine: PreparedEngine, token: u64, since_ms: u64) -> Second {
+        Second {
+            role: SecondRole::Surge,
+            engine,
+            token,
+            process: None,
+            health_deadline_at_ms: None,
+            health_passed: false,
+            slots_total: 0,
+            engine_version: None,
+            stopping: false,
+            stop_grace_ms: 0,
+            cancelled: false,
+            leases: BTreeSet::new(),
+            deadline_at_ms: None,
+            since_ms,
+        }
+    }
+
     /// Its pid, while a process is known.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.pid)

@@ -1,7 +1,5 @@
 //! The fold of a surge's events (see the module above).
 
-use std::collections::BTreeSet;
-
 use crate::event::{Event, ReloadStage, Stamp};
 use crate::state::{Activity, EngineProcess, Pool, Second, SecondRole};
 
@@ -25,7 +23,7 @@ pub(crate) fn apply_surge(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> b
                 return false;
             };
             reload.stage = ReloadStage::Surging;
-            pool.second = Some(new_surge(engine, stamp));
+            pool.second = Some(Second::surge((**engine).clone(), stamp.seq, stamp.ts_ms));
         }
         Event::SurgeSpawned { .. } => return on_surge_spawned(pool, stamp, event),
         Event::SurgeHealthPassed {
@@ -66,25 +64,6 @@ pub(crate) fn apply_surge(pool: &mut Pool, stamp: Stamp<'_>, event: &Event) -> b
         _ => return false,
     }
     true
-}
-
-fn new_surge(engine: &crate::engine::PreparedEngine, stamp: Stamp<'_>) -> Second {
-    Second {
-        role: SecondRole::Surge,
-        engine: engine.clone(),
-        token: stamp.seq,
-        process: None,
-        health_deadline_at_ms: None,
-        health_passed: false,
-        slots_total: 0,
-        engine_version: None,
-        stopping: false,
-        stop_grace_ms: 0,
-        cancelled: false,
-        leases: BTreeSet::new(),
-        deadline_at_ms: None,
-        since_ms: stamp.ts_ms,
-    }
 }
 
 fn surge_mut(pool: &mut Pool) -> Option<&mut Second> {

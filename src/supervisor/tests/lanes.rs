@@ -4,7 +4,7 @@
 
 use super::*;
 use pool_core::state::EngineProcess;
-use pool_core::{Second, SecondRole};
+use pool_core::Second;
 
 /// `state` with `engine` as pool `a`'s second engine (a surge's new one) in lane B, its
 /// process `pid` when known.
@@ -23,20 +23,8 @@ fn with_second(mut state: State, engine: &PreparedEngine, pid: Option<u32>) -> S
         exe: None,
     });
     pool.second = Some(Second {
-        role: SecondRole::Surge,
-        engine: engine.clone(),
-        token: 7,
         process,
-        health_deadline_at_ms: None,
-        health_passed: false,
-        slots_total: 0,
-        engine_version: None,
-        stopping: false,
-        stop_grace_ms: 0,
-        cancelled: false,
-        leases: Default::default(),
-        deadline_at_ms: None,
-        since_ms: 0,
+        ..Second::surge(engine.clone(), 7, 0)
     });
     state
 }
