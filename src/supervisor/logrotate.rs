@@ -33,7 +33,7 @@
 //! touches files outside `logs/`.
 
 use std::fs::{self, File};
-use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
@@ -216,19 +216,6 @@ pub fn parts_newest_first(log: &Path, keep: u32) -> Vec<PathBuf> {
         .chain((1..=keep).map(|n| rotated_path(log, n)))
         .filter(|p| p.exists())
         .collect()
-}
-
-/// Reads `path` from `offset` to its end (at most `max` bytes); a file shorter than `offset`
-/// (truncated by a rotation) is read from its start. Returns the bytes and the next offset.
-pub fn read_from(path: &Path, offset: u64, max: u64) -> io::Result<(Vec<u8>, u64)> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let offset = if len < offset { 0 } else { offset };
-    file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = Vec::new();
-    file.take(max).read_to_end(&mut bytes)?;
-    let next = offset + bytes.len() as u64;
-    Ok((bytes, next))
 }
 
 #[cfg(test)]

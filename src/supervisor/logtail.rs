@@ -17,7 +17,8 @@ use std::fs::File;
 use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::logrotate::{read_from, rotated_path};
+use super::logrotate::rotated_path;
+use super::logwatch::read_from;
 use super::process::LOG_HEADER_PREFIX;
 
 /// The longest line returned (longer ones are cut and marked).

@@ -14,7 +14,8 @@
 //! Never: writes the log or decides what a fault means (the core does).
 
 use std::collections::VecDeque;
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::fs::File;
+use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -133,7 +134,8 @@ impl LogFollower {
                         return Some(found);
                     }
                 }
-                let (bytes, next) = read_chunk(&self.path, self.offset);
+                let (bytes, next) = read_from(&self.path, self.offset, READ_CHUNK_BYTES as u64)
+                    .unwrap_or_else(|_| (Vec::new(), self.offset));
                 self.offset = next;
                 let full = bytes.len() >= READ_CHUNK_BYTES;
                 self.pending.extend(self.lines.feed(&bytes));
@@ -168,31 +170,35 @@ pub async fn first_fault(
     }
 }
 
-/// Reads up to [`READ_CHUNK_BYTES`] from `offset`; a file shorter than `offset` (truncated or
-/// replaced) is read again from its start. Returns the bytes and the next offset.
-fn read_chunk(path: &Path, offset: u64) -> (Vec<u8>, u64) {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return (Vec::new(), offset);
-    };
-    let len = file.metadata().map_or(0, |m| m.len());
+/// Reads `path` from `offset` to its end (at most `max` bytes); a file shorter than `offset`
+/// (truncated by a rotation) is read from its start. Returns the bytes and the next offset.
+pub fn read_from(path: &Path, offset: u64, max: u64) -> io::Result<(Vec<u8>, u64)> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
     let offset = if len < offset { 0 } else { offset };
-    if len == offset || file.seek(SeekFrom::Start(offset)).is_err() {
-        return (Vec::new(), offset);
-    }
-    let mut bytes = Vec::with_capacity(
-        READ_CHUNK_BYTES.min(usize::try_from(len - offset).unwrap_or(READ_CHUNK_BYTES)),
-    );
-    let read = file
-        .take(READ_CHUNK_BYTES as u64)
-        .read_to_end(&mut bytes)
-        .unwrap_or(0);
-    (bytes, offset + read as u64)
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    let next = offset + bytes.len() as u64;
+    Ok((bytes, next))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write as _;
+
+    #[test]
+    fn a_reader_past_the_end_starts_again_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("p.log");
+        std::fs::write(&log, "one\ntwo\n").unwrap();
+        let (bytes, next) = read_from(&log, 0, 1024).unwrap();
+        assert_eq!(bytes, b"one\ntwo\n");
+        std::fs::write(&log, "3\n").unwrap();
+        let (bytes, next) = read_from(&log, next, 1024).unwrap();
+        assert_eq!((bytes.as_slice(), next), (&b"3\n"[..], 2));
+    }
 
     #[test]
     fn lines_are_split_and_bounded() {

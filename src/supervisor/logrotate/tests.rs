@@ -101,15 +101,3 @@ fn a_directory_pass_rotates_the_logs_only() {
     let parts = parts_newest_first(&dir.path().join("a.log"), 3);
     assert_eq!(parts.len(), 3);
 }
-
-#[test]
-fn a_reader_past_the_end_starts_again_from_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("p.log");
-    fs::write(&log, "one\ntwo\n").unwrap();
-    let (bytes, next) = read_from(&log, 0, 1024).unwrap();
-    assert_eq!(bytes, b"one\ntwo\n");
-    fs::write(&log, "3\n").unwrap();
-    let (bytes, next) = read_from(&log, next, 1024).unwrap();
-    assert_eq!((bytes.as_slice(), next), (&b"3\n"[..], 2));
-}
