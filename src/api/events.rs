@@ -26,7 +26,7 @@
 //! {"reason", "last_event_id", "resume_from_seq"}`, the stream ends, and the node counts it
 //! (`sse_clients_dropped_total`; a stream the shutdown ends is not counted). The daemon never
 //! waits on a client: nothing but that producer task ever waits on its buffer. A comment
-//! (`: keep-alive`) goes out every [`SSE_KEEP_ALIVE_MS`] when nothing else does. The daemon's
+//! (`: keep-alive`) goes out every [`SSE_KEEP_ALIVE_MS`](super::sse::SSE_KEEP_ALIVE_MS) when nothing else does. The daemon's
 //! shutdown ends every stream with `event: shutdown` (same data), so that the server's
 //! graceful stop does not wait on them.
 
@@ -35,13 +35,14 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::sse::{self, NoRoom};
 use super::{ApiError, ApiState};
 use crate::node::NodeHandle;
 use crate::schema::PoolEnvelope;
@@ -56,8 +57,6 @@ pub const SSE_READ_CHUNK: usize = 256;
 pub const SSE_BUFFER_EVENTS: usize = 1_024;
 /// How long a full buffer may stay full before its client is dropped.
 pub const SSE_SLOW_CLIENT_MS: u64 = 5_000;
-/// Interval of the keep-alive comments.
-pub const SSE_KEEP_ALIVE_MS: u64 = 15_000;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct EventsQuery {
@@ -176,13 +175,7 @@ fn stream(state: ApiState, headers: &HeaderMap, since: Option<u64>) -> Result<Re
         },
         Outlet::next,
     );
-    Ok(Sse::new(out)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_millis(SSE_KEEP_ALIVE_MS))
-                .text("keep-alive"),
-        )
-        .into_response())
+    Ok(sse::respond(out))
 }
 
 /// Why a stream ends on the daemon's side.
@@ -341,25 +334,17 @@ async fn produce(
                     break;
                 }
             };
-            let permit = match tx.try_reserve() {
+            let wait = Duration::from_millis(SSE_SLOW_CLIENT_MS);
+            let permit = match sse::reserve(&tx, wait, &mut closing).await {
                 Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Closed(())) => return,
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    let wait = Duration::from_millis(SSE_SLOW_CLIENT_MS);
-                    tokio::select! {
-                        permit = tokio::time::timeout(wait, tx.reserve()) => match permit {
-                            Ok(Ok(permit)) => permit,
-                            Ok(Err(_)) => return,
-                            Err(_) => {
-                                ended = Some(End::Dropped);
-                                break;
-                            }
-                        },
-                        _ = closing.wait_for(|closing| *closing) => {
-                            ended = Some(End::Shutdown);
-                            break;
-                        }
-                    }
+                Err(NoRoom::ClientGone) => return,
+                Err(NoRoom::TooSlow) => {
+                    ended = Some(End::Dropped);
+                    break;
+                }
+                Err(NoRoom::Closing) => {
+                    ended = Some(End::Shutdown);
+                    break;
                 }
             };
             permit.send((envelope.seq, event));

@@ -16,7 +16,7 @@
 //! the engine writes, looked at every [`FOLLOW_POLL_MS`]. A rotation (the file shrinks) is
 //! followed from the file's new start; a restart's header is a line like any other; after a
 //! surge switches the pool's lane, the new lane's log is followed (its tail first). A comment
-//! (`: keep-alive`) goes out every [`SSE_KEEP_ALIVE_MS`] when nothing else does. Bounds: at
+//! (`: keep-alive`) goes out every [`SSE_KEEP_ALIVE_MS`](super::sse::SSE_KEEP_ALIVE_MS) when nothing else does. Bounds: at
 //! most [`FOLLOW_BUFFER_LINES`] lines wait for the client; one that leaves the buffer full for
 //! [`FOLLOW_SLOW_CLIENT_MS`] is dropped (`event: dropped`). The stream ends with `event:
 //! shutdown` when the daemon stops, `event: gone` when the pool is removed.
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pool_core::{ErrorCode, Lane, PoolId};
@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::ApiErrorBody;
+use super::sse::{self, NoRoom};
 use super::{ApiError, ApiState, PoolPath};
 use crate::node::NodeHandle;
 use crate::supervisor::logtail::{self, Follower, LogLine};
@@ -53,8 +54,6 @@ pub const FOLLOW_POLL_MS: u64 = 200;
 pub const FOLLOW_BUFFER_LINES: usize = 1_024;
 /// How long a full buffer may stay full before its client is dropped.
 pub const FOLLOW_SLOW_CLIENT_MS: u64 = 5_000;
-/// Interval of the keep-alive comments.
-pub const SSE_KEEP_ALIVE_MS: u64 = 15_000;
 
 /// Who wrote a line.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
@@ -269,13 +268,7 @@ fn stream(
             }
         },
     );
-    Sse::new(out)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_millis(SSE_KEEP_ALIVE_MS))
-                .text("keep-alive"),
-        )
-        .into_response()
+    sse::respond(out)
 }
 
 /// The producer of one stream.
@@ -344,20 +337,12 @@ impl Producer {
         closing: &mut watch::Receiver<bool>,
     ) -> Result<(), Option<End>> {
         for line in lines {
-            let permit = match self.tx.try_reserve() {
+            let wait = Duration::from_millis(FOLLOW_SLOW_CLIENT_MS);
+            let permit = match sse::reserve(&self.tx, wait, closing).await {
                 Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Closed(())) => return Err(None),
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    let wait = Duration::from_millis(FOLLOW_SLOW_CLIENT_MS);
-                    tokio::select! {
-                        permit = tokio::time::timeout(wait, self.tx.reserve()) => match permit {
-                            Ok(Ok(permit)) => permit,
-                            Ok(Err(_)) => return Err(None),
-                            Err(_) => return Err(Some(End::Dropped)),
-                        },
-                        _ = closing.wait_for(|closing| *closing) => return Err(Some(End::Shutdown)),
-                    }
-                }
+                Err(NoRoom::ClientGone) => return Err(None),
+                Err(NoRoom::TooSlow) => return Err(Some(End::Dropped)),
+                Err(NoRoom::Closing) => return Err(Some(End::Shutdown)),
             };
             permit.send(line_event(line));
         }

@@ -37,6 +37,7 @@ mod metrics;
 mod openapi;
 mod pools;
 mod server;
+mod sse;
 mod ui;
 
 use std::sync::Arc;
